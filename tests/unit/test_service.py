@@ -1,0 +1,405 @@
+"""The service end to end on loopback: real processes, a real redis-server, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.unit.conftest import ORIGIN, SECRET, token
+from wssfleet import auth
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=30))
+
+
+async def open_client(
+    service, path: str = "/ws", subject: str = "alice", **options
+) -> ClientConnection:
+    options.setdefault("origin", ORIGIN)
+    ws = await connect(f"{service.url}{path}?token={token(subject)}", **options)
+    welcome = await receive(ws)
+    assert welcome["type"] == "welcome"
+    return ws
+
+
+async def receive(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def request(ws: ClientConnection, **frame) -> None:
+    await ws.send(json.dumps(frame))
+
+
+async def expect_nothing(ws: ClientConnection, seconds: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ws.recv(), seconds)
+
+
+async def subscribed(ws: ClientConnection, channel: str) -> None:
+    await request(ws, type="subscribe", channel=channel)
+    assert await receive(ws) == {"type": "subscribed", "channel": channel}
+
+
+def refusal(service, path: str = "/ws", **options) -> int:
+    async def attempt() -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(service.url + path, **options)
+        return refused.value.response.status_code
+
+    return run(attempt())
+
+
+def test_healthz_without_redis_says_redis_disabled(start_service):
+    health = start_service().health()
+    assert health["status"] == "ok"
+    assert health["redis"] == "disabled"
+
+
+def test_healthz_says_redis_connected(start_service, redis_server):
+    service = start_service(redis_server.url)
+    deadline = time.monotonic() + 10
+    while service.health()["redis"] != "connected" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.health() == {
+        "status": "ok",
+        "redis": "connected",
+        "worker": f"test:{service.port}",
+        "connections": 0,
+    }
+
+
+def test_demo_page_is_served_with_a_content_security_policy(start_service):
+    service = start_service()
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/", timeout=5) as reply:
+        page = reply.read().decode()
+        assert "default-src 'none'" in reply.headers["Content-Security-Policy"]
+    assert '<script src="/app.js">' in page
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/app.js", timeout=5) as reply:
+        assert "new WebSocket" in reply.read().decode()
+
+
+def test_unknown_path_is_404(start_service):
+    service = start_service()
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"http://127.0.0.1:{service.port}/nope", timeout=5)
+    assert error.value.code == 404
+
+
+def test_welcome_names_the_worker_and_the_channel_of_the_path(start_service):
+    service = start_service()
+
+    async def scenario():
+        async with connect(f"{service.url}/ws/news?token={token('bob')}", origin=ORIGIN) as ws:
+            return await receive(ws)
+
+    assert run(scenario()) == {
+        "type": "welcome",
+        "worker": f"test:{service.port}",
+        "channels": ["news"],
+        "sub": "bob",
+    }
+
+
+def test_echo_answers_the_sender_only(start_service):
+    service = start_service()
+
+    async def scenario():
+        sender = await open_client(service, "/ws/room")
+        other = await open_client(service, "/ws/room")
+        await request(sender, type="echo", data={"n": 1})
+        assert await receive(sender) == {"type": "echo", "data": {"n": 1}}
+        await expect_nothing(other)
+
+    run(scenario())
+
+
+def test_publish_reaches_subscribers_only(start_service):
+    service = start_service()
+
+    async def scenario():
+        alice = await open_client(service, subject="alice")
+        bob = await open_client(service, subject="bob")
+        carol = await open_client(service, subject="carol")
+        await subscribed(alice, "room")
+        await subscribed(bob, "room")
+        await request(alice, type="publish", channel="room", data="hi")
+        expected = {"type": "message", "channel": "room", "data": "hi", "from": "alice"}
+        assert await receive(alice) == expected
+        assert await receive(bob) == expected
+        await expect_nothing(carol)
+        await request(bob, type="unsubscribe", channel="room")
+        assert await receive(bob) == {"type": "unsubscribed", "channel": "room"}
+        await request(alice, type="publish", channel="room", data="again")
+        assert (await receive(alice))["data"] == "again"
+        await expect_nothing(bob)
+
+    run(scenario())
+
+
+def test_publish_crosses_processes_through_redis(start_service, redis_server):
+    first, second = start_service(redis_server.url), start_service(redis_server.url)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        sender = await open_client(first, "/ws/room", subject="alice")
+        receiver = await open_client(second, "/ws/room", subject="bob")
+        await request(sender, type="publish", channel="room", data={"text": "across"})
+        expected = {
+            "type": "message",
+            "channel": "room",
+            "data": {"text": "across"},
+            "from": "alice",
+        }
+        assert await receive(receiver) == expected
+        # Delivered once to the sender: locally, not a second time through Redis.
+        assert await receive(sender) == expected
+        await expect_nothing(sender)
+
+    run(scenario())
+
+
+def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.health()["redis"] == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"service on {service.port} never reported redis {state}")
+
+
+def test_redis_outage_keeps_local_delivery_and_cross_delivery_resumes(start_service, redis_server):
+    first, second = start_service(redis_server.url), start_service(redis_server.url)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        local_a = await open_client(first, "/ws/room", subject="a")
+        local_b = await open_client(first, "/ws/room", subject="b")
+        remote = await open_client(second, "/ws/room", subject="r")
+
+        redis_server.stop()
+        await asyncio.to_thread(wait_until_redis, first, "disconnected")
+        assert first.health()["status"] == "degraded"
+        await request(local_a, type="publish", channel="room", data="during outage")
+        assert (await receive(local_b))["data"] == "during outage"
+        assert (await receive(local_a))["data"] == "during outage"
+        await request(local_a, type="echo", data="still here")
+        assert await receive(local_a) == {"type": "echo", "data": "still here"}
+        await expect_nothing(remote)
+
+        redis_server.start()
+        await asyncio.to_thread(wait_until_redis, first, "connected")
+        await asyncio.to_thread(wait_until_redis, second, "connected")
+        assert first.health()["status"] == "ok"
+        await request(local_a, type="publish", channel="room", data="after outage")
+        assert (await receive(remote))["data"] == "after outage"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "a frame must be a JSON object"),
+        ('{"channel": "c"}', "missing field 'type'"),
+        ('{"type": "shout"}', "unknown type 'shout'"),
+        ('{"type": "publish", "channel": "c"}', "publish needs a field 'data'"),
+        ('{"type": "subscribe"}', "subscribe needs a string field 'channel'"),
+        ('{"type": "subscribe", "channel": "bad channel!"}', "a channel is 1-64 characters"),
+        ('{"type": "echo"}', "echo needs a field 'data'"),
+    ],
+)
+def test_bad_frames_get_an_error_reply_and_the_connection_stays_open(start_service, frame, reason):
+    service = start_service()
+
+    async def scenario():
+        ws = await open_client(service)
+        await ws.send(frame)
+        reply = await receive(ws)
+        assert reply["type"] == "error"
+        assert reply["reason"].startswith(reason)
+        await request(ws, type="echo", data="still open")
+        assert await receive(ws) == {"type": "echo", "data": "still open"}
+
+    run(scenario())
+
+
+def closed_with(service, send, **options) -> int:
+    async def scenario() -> int:
+        ws = await open_client(service, **options)
+        bystander = await open_client(service, "/ws/room")
+        await send(ws)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await receive(ws)
+        # Nobody else notices: the bystander still echoes.
+        await request(bystander, type="echo", data="ok")
+        assert await receive(bystander) == {"type": "echo", "data": "ok"}
+        return closed.value.rcvd.code
+
+    return run(scenario())
+
+
+def test_binary_frame_closes_1003(start_service):
+    async def send(ws):
+        await ws.send(b"\x00\x01")
+
+    assert closed_with(start_service(), send) == 1003
+
+
+def test_oversized_message_closes_1009(start_service):
+    async def send(ws):
+        await ws.send(json.dumps({"type": "echo", "data": "x" * 2048}))
+
+    service = start_service(WSSFLEET_MAX_MESSAGE_BYTES="1024")
+    assert closed_with(service, send, max_size=None) == 1009
+
+
+def test_invalid_utf8_closes_1007(start_service):
+    async def send(ws):
+        await ws.send(b'{"type": "echo", "data": "\xc3\x28"}', text=True)
+
+    assert closed_with(start_service(), send) == 1007
+
+
+def test_foreign_origin_is_refused_403(start_service):
+    status = refusal(start_service(), f"/ws?token={token()}", origin="https://evil.example")
+    assert status == 403
+
+
+def test_no_origin_is_allowed_with_a_valid_token(start_service):
+    service = start_service()
+
+    async def scenario():
+        async with connect(f"{service.url}/ws?token={token()}") as ws:
+            return (await receive(ws))["type"]
+
+    assert run(scenario()) == "welcome"
+
+
+def test_token_in_authorization_header_is_accepted(start_service):
+    service = start_service()
+
+    async def scenario():
+        headers = {"Authorization": f"Bearer {token('hdr')}"}
+        async with connect(f"{service.url}/ws", additional_headers=headers, origin=ORIGIN) as ws:
+            return (await receive(ws))["sub"]
+
+    assert run(scenario()) == "hdr"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?token=",
+        f"?token={auth.mint(SECRET, 'late', 1, now=time.time() - 3600)}",
+        f"?token={auth.mint('another-secret-of-sufficient-length-0123456789', 'mallory', 300)}",
+        "?token=not.a.jwt",
+    ],
+    ids=["missing", "empty", "expired", "forged", "garbage"],
+)
+def test_bad_token_is_refused_401_before_the_upgrade(start_service, query):
+    assert refusal(start_service(), f"/ws{query}", origin=ORIGIN) == 401
+
+
+def test_refusals_are_logged_with_a_reason_but_never_the_token(start_service):
+    service = start_service()
+    forged = auth.mint("another-secret-of-sufficient-length-0123456789", "mallory", 300)
+    refusal(service, f"/ws?token={forged}", origin=ORIGIN)
+    service.stop()
+    lines = [json.loads(line) for line in service.log.read_text().splitlines()]
+    rejects = [line for line in lines if line["event"] == "reject"]
+    assert rejects and rejects[0]["reason"] == "forged token" and rejects[0]["status"] == 401
+    assert forged not in service.log.read_text()
+
+
+def test_rate_limit_drops_messages_with_an_error(start_service):
+    service = start_service(WSSFLEET_MESSAGES_PER_SECOND="5")
+
+    async def scenario():
+        ws = await open_client(service)
+        for n in range(20):
+            await request(ws, type="echo", data=n)
+        replies = [await receive(ws) for _ in range(20)]
+        return [reply["type"] for reply in replies]
+
+    kinds = run(scenario())
+    assert kinds.count("echo") <= 6
+    assert "error" in kinds
+
+
+def test_slow_consumer_is_closed_and_others_keep_receiving(start_service):
+    service = start_service(WSSFLEET_SEND_QUEUE_MESSAGES="8", WSSFLEET_MESSAGES_PER_SECOND="100000")
+
+    async def scenario():
+        # max_queue=1: the slow client stops reading its socket after one frame.
+        slow = await open_client(service, "/ws/room", subject="slow", max_queue=1)
+        fast = await open_client(service, "/ws/room", subject="fast")
+        payload = "x" * 60000
+        # The fast client reads each of its messages before publishing the next one.
+        for n in range(200):
+            await request(fast, type="publish", channel="room", data=[n, payload])
+            assert (await receive(fast))["data"][0] == n
+        return slow
+
+    run(scenario())
+    service.stop()
+    events = [json.loads(line)["event"] for line in service.log.read_text().splitlines()]
+    assert "overflow" in events
+
+
+def test_sigterm_closes_every_client_with_1001_and_exits_0(start_service):
+    service = start_service()
+
+    async def scenario():
+        clients = [await open_client(service) for _ in range(3)]
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        codes = []
+        for ws in clients:
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(ws, timeout=10)
+            codes.append(closed.value.rcvd.code)
+        return codes, time.monotonic() - started
+
+    codes, elapsed = run(scenario())
+    assert codes == [1001, 1001, 1001]
+    assert elapsed < 10
+    assert service.process.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WSSFLEET_PORT", "99999", "WSSFLEET_PORT='99999' is invalid: must be between 1 and 65535"),
+        ("WSSFLEET_JWT_SECRET", "short", "WSSFLEET_JWT_SECRET='short' is invalid"),
+        ("WSSFLEET_REDIS_URL", "http://x", "WSSFLEET_REDIS_URL='http://x' is invalid"),
+        ("WSSFLEET_ALLOWED_ORIGINS", "example.com", "'example.com' is not an origin"),
+        ("WSSFLEET_PORTT", "1", "unknown variable WSSFLEET_PORTT"),
+    ],
+)
+def test_bad_configuration_stops_the_process_naming_the_variable(variable, value, message):
+    env = {"WSSFLEET_JWT_SECRET": SECRET, "PATH": "/usr/bin:/bin", variable: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "wssfleet", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr

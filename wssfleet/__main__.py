@@ -1,0 +1,3 @@
+from wssfleet.cli import main
+
+raise SystemExit(main())

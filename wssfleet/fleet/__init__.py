@@ -1,0 +1,1 @@
+"""Control-machine side of wssfleet: settings, secrets, inventories, wheels, status."""

@@ -1,0 +1,352 @@
+"""One service process: HTTP routes, the checks before the upgrade, and the WebSocket hub.
+
+Routes: ``GET /healthz``, ``GET /`` (demo page), ``GET /app.js``, and the WebSocket
+endpoint ``/ws`` or ``/ws/<channel>``. Origin and token are checked before the upgrade,
+so a refused client never holds a WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from http import HTTPStatus
+from importlib import resources
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from wssfleet import auth, protocol
+from wssfleet.broker import RedisBus
+from wssfleet.config import Config
+
+log = logging.getLogger("wssfleet")
+
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def event(name: str, **fields: object) -> None:
+    """Log one structured line; callers never pass a token."""
+    log.info(name, extra={"fields": fields})
+
+
+class Client:
+    """One WebSocket client: its subscriptions, its bounded send queue and rate budget."""
+
+    def __init__(self, ws: ServerConnection, subject: str, config: Config) -> None:
+        self.ws = ws
+        self.subject = subject
+        self.channels: set[str] = set()
+        self.queue: asyncio.Queue[str] = asyncio.Queue(config.send_queue_messages)
+        self.overflowed = False
+        self.closing: asyncio.Task[None] | None = None
+        self.rate = config.messages_per_second
+        self.allowance = float(config.messages_per_second)
+        self.checked = time.monotonic()
+        self.writer = asyncio.create_task(self._write_forever())
+
+    def offer(self, text: str) -> None:
+        """Queue a frame; a client that cannot keep up is closed instead of buffered."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            event("overflow", sub=self.subject, queued=self.queue.qsize())
+            self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
+
+    def take_token(self) -> bool:
+        """Token bucket: ``rate`` messages a second, bursts up to one second's worth."""
+        now = time.monotonic()
+        self.allowance = min(self.rate, self.allowance + (now - self.checked) * self.rate)
+        self.checked = now
+        if self.allowance < 1:
+            return False
+        self.allowance -= 1
+        return True
+
+    async def _write_forever(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.send(await self.queue.get())
+
+
+class Hub:
+    """Every client of this process, by channel; local fan-out plus the Redis bus."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clients: set[Client] = set()
+        self.channels: dict[str, set[Client]] = {}
+        self.bus = RedisBus(config.redis_url, self.deliver) if config.redis_url else None
+
+    def subscribe(self, client: Client, channel: str) -> bool:
+        full = len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT
+        if full and channel not in client.channels:
+            return False
+        client.channels.add(channel)
+        self.channels.setdefault(channel, set()).add(client)
+        return True
+
+    def unsubscribe(self, client: Client, channel: str) -> None:
+        client.channels.discard(channel)
+        members = self.channels.get(channel)
+        if members is not None:
+            members.discard(client)
+            if not members:
+                del self.channels[channel]
+
+    def remove(self, client: Client) -> None:
+        for channel in list(client.channels):
+            self.unsubscribe(client, channel)
+        self.clients.discard(client)
+        client.writer.cancel()
+
+    def publish(self, channel: str, text: str) -> None:
+        self.deliver(channel, text)
+        if self.bus is not None:
+            self.bus.publish(channel, text)
+
+    def deliver(self, channel: str, text: str) -> None:
+        for client in tuple(self.channels.get(channel, ())):
+            client.offer(text)
+
+    def health(self) -> dict[str, object]:
+        if self.bus is None:
+            redis_state = "disabled"
+        else:
+            redis_state = "connected" if self.bus.connected else "disconnected"
+        return {
+            "status": "ok" if redis_state != "disconnected" else "degraded",
+            "redis": redis_state,
+            "worker": self.config.worker_label,
+            "connections": len(self.clients),
+        }
+
+
+class Service:
+    """The routes and the handler of one process, bound to its Config and Hub."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = Hub(config)
+        self.static = {
+            path: (resources.files("wssfleet.static").joinpath(name).read_bytes(), kind)
+            for path, (name, kind) in STATIC.items()
+        }
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/healthz":
+            return self._respond(
+                connection,
+                HTTPStatus.OK,
+                json.dumps(self.hub.health()).encode(),
+                "application/json",
+            )
+        if url.path in self.static:
+            body, kind = self.static[url.path]
+            return self._respond(connection, HTTPStatus.OK, body, kind, PAGE_HEADERS)
+        channel = self._endpoint_channel(url.path)
+        if channel is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if channel and not protocol.valid_channel(channel):
+            return connection.respond(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE + "\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
+            return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
+        try:
+            subject = auth.verify(self.config.jwt_secret, self._token(request, url.query))
+        except auth.TokenError as error:
+            response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
+            return response
+        connection.subject = subject  # type: ignore[attr-defined]
+        connection.first_channel = channel  # type: ignore[attr-defined]
+        return None
+
+    async def handle(self, ws: ServerConnection) -> None:
+        subject: str = ws.subject  # type: ignore[attr-defined]
+        client = Client(ws, subject, self.config)
+        self.hub.clients.add(client)
+        if ws.first_channel:  # type: ignore[attr-defined]
+            self.hub.subscribe(client, ws.first_channel)  # type: ignore[attr-defined]
+        event("connect", sub=subject, peer=self._peer(ws), channels=sorted(client.channels))
+        client.offer(
+            protocol.encode(
+                "welcome",
+                worker=self.config.worker_label,
+                channels=sorted(client.channels),
+                sub=subject,
+            )
+        )
+        try:
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    await ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
+                    break
+                self._answer(client, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.remove(client)
+            event("disconnect", sub=subject, peer=self._peer(ws), code=self._close_code(ws))
+
+    def _answer(self, client: Client, frame: str) -> None:
+        if not client.take_token():
+            client.offer(protocol.encode("error", reason="rate limited: message dropped"))
+            return
+        try:
+            request = protocol.parse(frame)
+        except protocol.ProtocolError as error:
+            client.offer(protocol.encode("error", reason=str(error)))
+            return
+        if request.type == "echo":
+            client.offer(protocol.encode("echo", data=request.data))
+        elif request.type == "subscribe":
+            if self.hub.subscribe(client, request.channel):
+                client.offer(protocol.encode("subscribed", channel=request.channel))
+            else:
+                client.offer(
+                    protocol.encode(
+                        "error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels"
+                    )
+                )
+        elif request.type == "unsubscribe":
+            self.hub.unsubscribe(client, request.channel)
+            client.offer(protocol.encode("unsubscribed", channel=request.channel))
+        else:
+            self.hub.publish(
+                request.channel,
+                protocol.encode(
+                    "message",
+                    channel=request.channel,
+                    data=request.data,
+                    **{"from": client.subject},
+                ),
+            )
+
+    @staticmethod
+    def _endpoint_channel(path: str) -> str | None:
+        """'' for /ws, the channel for /ws/<channel>, None for any other path."""
+        if path == "/ws":
+            return ""
+        if path.startswith("/ws/"):
+            return path[len("/ws/") :]
+        return None
+
+    @staticmethod
+    def _token(request: Request, query: str) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            return header[len("bearer ") :].strip()
+        values = parse_qs(query).get("token")
+        return values[0] if values else None
+
+    @staticmethod
+    def _respond(
+        connection: ServerConnection,
+        status: HTTPStatus,
+        body: bytes,
+        kind: str,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        response = connection.respond(status, "")
+        response.body = body
+        for name, value in {
+            "Content-Type": kind,
+            "Content-Length": str(len(body)),
+            **(extra or {}),
+        }.items():
+            if name in response.headers:
+                del response.headers[name]
+            response.headers[name] = value
+        return response
+
+    def _refuse(
+        self, connection: ServerConnection, request: Request, status: HTTPStatus, reason: str
+    ) -> Response:
+        event(
+            "reject",
+            status=status.value,
+            reason=reason,
+            path=urlsplit(request.path).path,
+            peer=self._peer(connection, request.headers),
+        )
+        return connection.respond(status, reason + "\n")
+
+    @staticmethod
+    def _peer(connection: ServerConnection, headers: Headers | None = None) -> str:
+        headers = headers if headers is not None else getattr(connection.request, "headers", None)
+        forwarded = headers.get("X-Forwarded-For") if headers is not None else None
+        address = connection.remote_address
+        direct = f"{address[0]}:{address[1]}" if address else "?"
+        return f"{forwarded} via {direct}" if forwarded else direct
+
+    @staticmethod
+    def _close_code(ws: ServerConnection) -> int | None:
+        sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+        frame = sent or received
+        return frame.code if frame is not None else 1006
+
+
+async def run(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then close every client with 1001 and return."""
+    service = Service(config)
+    if service.hub.bus is not None:
+        service.hub.bus.start()
+    async with serve(
+        service.handle,
+        config.bind,
+        config.port,
+        process_request=service.process_request,
+        compression=None,
+        max_size=config.max_message_bytes,
+        max_queue=16,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        close_timeout=min(config.shutdown_timeout, 10.0),
+        server_header="wssfleet",
+    ) as server:
+        _stop_on_signals(server)
+        event(
+            "listening",
+            bind=config.bind,
+            port=config.port,
+            worker=config.worker_label,
+            redis="configured" if config.redis_url else "disabled",
+        )
+        if ready is not None:
+            ready.set()
+        await server.wait_closed()
+    if service.hub.bus is not None:
+        await service.hub.bus.stop()
+    event("stopped", worker=config.worker_label)
+
+
+def _stop_on_signals(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.close)
