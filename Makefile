@@ -51,3 +51,9 @@ lint: tools ## ruff at line length 100
 
 test: tools ## everything: unit, lab, deploy, end to end, browser, testinfra
 	$(MAKE) --no-print-directory test-unit
+
+lab-up: tools ## start the local lab (hosts + Pebble); a no-op when it is up
+	$(PY) -m lab up
+
+lab-down: ## stop and remove the lab (PURGE=1 also drops the cached base filesystem)
+	@if [ -x $(PY) ]; then $(PY) -m lab down $(if $(PURGE),--purge); else echo "lab: nothing to do (no virtualenv)"; fi

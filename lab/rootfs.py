@@ -1,0 +1,125 @@
+"""Root filesystems: one cached Debian base built with debootstrap, one copy per host."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from lab.processes import log, run
+from lab.settings import BASE_DIR, BASE_PACKAGES, BASE_RECIPE, SUITE, Host, LabError
+
+MARKER = ".wssfleet-base"
+APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+
+def debian_mirror() -> str:
+    """The Debian mirror of this machine's own apt sources, read at run time."""
+    candidates = []
+    if APT_SOURCES.exists():
+        candidates += re.findall(r"^URIs:\s*(\S+)", APT_SOURCES.read_text(), re.MULTILINE)
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        candidates += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", legacy.read_text(), re.M)
+    for uri in candidates:
+        if "security" not in uri:
+            return uri.rstrip("/")
+    raise LabError(
+        "no Debian mirror in this machine's apt sources (/etc/apt/sources.list.d/debian.sources "
+        "or /etc/apt/sources.list): the lab builds its hosts from that mirror"
+    )
+
+
+def base_is_current() -> bool:
+    marker = BASE_DIR / MARKER
+    return marker.exists() and marker.read_text().strip() == BASE_RECIPE
+
+
+def build_base() -> None:
+    """debootstrap the base once (about a minute); later labs copy it in seconds."""
+    if base_is_current():
+        return
+    mirror = debian_mirror()
+    scratch = BASE_DIR.with_name(BASE_DIR.name + ".building")
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(BASE_DIR, ignore_errors=True)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building the Debian 12 base with debootstrap from {mirror} (about a minute, once)")
+    command = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={BASE_PACKAGES}",
+        SUITE,
+        str(scratch),
+        mirror,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise LabError(f"debootstrap failed; its last lines:\n{tail}")
+    _prepare_base(scratch)
+    (scratch / MARKER).write_text(BASE_RECIPE + "\n")
+    scratch.rename(BASE_DIR)
+    log("base ready")
+
+
+def _prepare_base(root: Path) -> None:
+    # A real server's apt sees updates and security too: use this machine's sources,
+    # which debootstrap's single-line sources.list lacks.
+    if APT_SOURCES.exists() and SUITE in APT_SOURCES.read_text():
+        (root / "etc/apt/sources.list").unlink(missing_ok=True)
+        shutil.copy(APT_SOURCES, root / "etc/apt/sources.list.d/debian.sources")
+    # This machine may read a dated snapshot of the mirror; its apt must then not reject
+    # old Release files, and neither must the hosts'.
+    options = run("apt-config", "dump", check=False).stdout.splitlines()
+    keep = [line for line in options if re.match(r"Acquire::Check-(Valid-Until|Date) ", line)]
+    if keep:
+        (root / "etc/apt/apt.conf.d/99wssfleet-lab").write_text("\n".join(keep) + "\n")
+    run("chroot", str(root), "systemctl", "enable", "systemd-networkd", quiet=True)
+    # Every host gets its own machine id and SSH host keys.
+    (root / "etc/machine-id").write_text("")
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def make_host(host: Host, gateway: str, prefix_length: int, public_key: str) -> None:
+    """A fresh copy of the base with the host's address, name, host keys and our SSH key."""
+    shutil.rmtree(host.root, ignore_errors=True)
+    run("cp", "-a", "--reflink=auto", str(BASE_DIR), str(host.root))
+    (host.root / MARKER).unlink()
+    (host.root / "etc/hostname").write_text(host.machine + "\n")
+    (host.root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.machine}\n::1\tlocalhost ip6-localhost\n"
+    )
+    # Sorts before nspawn's 80-container-host0.network, which would take a 169.254 address.
+    network = host.root / "etc/systemd/network/10-lab.network"
+    network.write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={host.address}/{prefix_length}\n"
+        f"Gateway={gateway}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+    )
+    ssh = host.root / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").write_text(public_key)
+    (ssh / "authorized_keys").chmod(0o600)
+    run("ssh-keygen", "-q", "-A", "-f", str(host.root))
+
+
+def remove_host(root: Path) -> None:
+    unmount_below(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def mounts_below(root: Path) -> list[str]:
+    prefix = str(root)
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if target == prefix or target.startswith(prefix + "/"):
+            mounts.append(target)
+    return mounts
+
+
+def unmount_below(root: Path) -> None:
+    for target in sorted(mounts_below(root), key=len, reverse=True):
+        run("umount", "-l", target, check=False)

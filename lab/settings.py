@@ -1,0 +1,100 @@
+"""What a lab looks like: names, addresses and paths, from LAB_* variables with defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHECKOUT_DIR = REPO / ".lab"
+# Machine-wide, because the bridge, the nftables table and the root filesystems are too:
+# a lab started from another checkout, or left by a stopped session, is found here.
+STATE_DIR = Path("/var/lib/wssfleet-lab")
+MACHINES_DIR = Path("/var/lib/machines")
+BASE_DIR = MACHINES_DIR / "wssfleet-base"
+BRIDGE = "wssfleet0"
+NFT_TABLE = "wssfleet_lab"
+MACHINE_PREFIX = "wssfleet-"
+SUITE = "bookworm"
+BASE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2"
+# Bump when the base recipe changes, so cached base filesystems are rebuilt.
+BASE_RECIPE = "3"
+
+ACME_PORT = 14000
+ACME_MANAGEMENT_PORT = 15000
+DNS_PORT = 8053
+CHALLTESTSRV_MANAGEMENT_PORT = 8055
+# Let's Encrypt issues 90-day certificates; Pebble's default is five years.
+CERTIFICATE_LIFETIME_SECONDS = 90 * 24 * 3600
+
+
+class LabError(RuntimeError):
+    """The lab cannot be built or used here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+
+    @property
+    def machine(self) -> str:
+        return MACHINE_PREFIX + self.name
+
+    @property
+    def root(self) -> Path:
+        return MACHINES_DIR / self.machine
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    workers: int
+    subnet: ipaddress.IPv4Network
+    domain: str
+
+    @classmethod
+    def from_environment(cls) -> LabSettings:
+        raw_workers = os.environ.get("LAB_WORKERS", "2")
+        if not raw_workers.isdigit() or not 1 <= int(raw_workers) <= 8:
+            raise LabError(f"LAB_WORKERS={raw_workers!r}: give a number of workers from 1 to 8")
+        raw_subnet = os.environ.get("LAB_SUBNET", "10.213.77.0/24")
+        try:
+            subnet = ipaddress.IPv4Network(raw_subnet)
+        except ValueError as error:
+            raise LabError(
+                f"LAB_SUBNET={raw_subnet!r}: {error}; give e.g. 10.213.77.0/24"
+            ) from None
+        if subnet.prefixlen > 26 or not subnet.is_private:
+            raise LabError(f"LAB_SUBNET={raw_subnet!r}: give a private /24 to /26 network")
+        domain = os.environ.get("LAB_DOMAIN", "wss.lab.test")
+        if not re.fullmatch(
+            r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain
+        ):
+            raise LabError(f"LAB_DOMAIN={domain!r}: give a lower-case DNS name like wss.lab.test")
+        return cls(int(raw_workers), subnet, domain)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def master(self) -> Host:
+        return Host("master", str(self.subnet.network_address + 10))
+
+    @property
+    def worker_hosts(self) -> list[Host]:
+        return [
+            Host(f"worker{n}", str(self.subnet.network_address + 10 + n))
+            for n in range(1, self.workers + 1)
+        ]
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [self.master, *self.worker_hosts]
+
+    @property
+    def acme_directory(self) -> str:
+        return f"https://{self.gateway}:{ACME_PORT}/dir"
