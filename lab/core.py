@@ -181,6 +181,8 @@ def boot(host: Host) -> Tracked:
         "--resolv-conf=copy-host",
         "--timezone=copy",
         "--console=read-only",
+        # A real server's systemd allows 524288 open files; this machine's shell may not.
+        "--rlimit=NOFILE=1048576",
     ]
     return spawn(host.name, command, LOGS / f"{host.name}.console.log")
 

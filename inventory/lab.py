@@ -1,0 +1,40 @@
+"""The lab: hosts made by `make lab-up`, read from .lab/lab.json so the two never disagree.
+
+The lab's ACME server is Pebble on the lab bridge; its CA bundle tells certbot to trust it.
+"""
+
+import json
+from pathlib import Path
+
+LAB_JSON = Path(__file__).resolve().parent.parent / ".lab" / "lab.json"
+
+if not LAB_JSON.exists():
+    raise SystemExit(f"the lab is not up ({LAB_JSON} is missing): run 'make lab-up'")
+
+_lab = json.loads(LAB_JSON.read_text())
+# Lab hosts are rebuilt at will and get new host keys each time: do not pin them.
+_ssh = {
+    "ssh_user": _lab["ssh_user"],
+    "ssh_key": _lab["ssh_key"],
+    "ssh_known_hosts_file": "/dev/null",
+    "ssh_strict_host_key_checking": "no",
+}
+
+master = [(_lab["master"]["name"], {"ssh_hostname": _lab["master"]["address"], **_ssh})]
+workers = [(node["name"], {"ssh_hostname": node["address"], **_ssh}) for node in _lab["workers"]]
+redis = [_lab["master"]["name"]]
+
+all = (
+    [name for name, _ in master + workers],
+    {
+        "wssfleet_inventory": __file__,
+        "wssfleet": {
+            "domain": _lab["domain"],
+            "acme_server": _lab["acme_directory"],
+            "acme_ca_bundle": _lab["acme_ca_bundle"],
+            # Lab hosts inherit this machine's open-file limit (20000 where it cannot be
+            # raised); HAProxy needs two descriptors a connection.
+            "haproxy_maxconn": 9000,
+        },
+    },
+)

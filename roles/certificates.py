@@ -1,0 +1,119 @@
+"""Certificates on the master: certbot (Debian's package) through HAProxy's :80.
+
+certbot listens on 127.0.0.1:8888 only while it validates; HAProxy routes the challenge
+path there. Its deploy hook hot-swaps the certificate in HAProxy. Renewal runs from cron,
+so Debian's certbot.timer is disabled: renewals happen once, on one schedule.
+"""
+
+import zlib
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+
+from roles import template
+from roles.haproxy import CERTIFICATE
+from wssfleet.fleet.inventory import Fleet
+
+CERT_NAME = "wssfleet"
+LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
+HOOK = "/usr/local/lib/wssfleet/haproxy-deploy-hook"
+RENEW = "/usr/local/sbin/wssfleet-renew"
+CA_BUNDLE = "/etc/wssfleet/acme-ca.pem"
+REQUEST = "/etc/wssfleet/certificate-request"
+
+
+@deploy("Certificates")
+def apply(fleet: Fleet) -> None:
+    settings = fleet.settings
+    apt.packages(
+        name="Ensure certbot and cron are installed",
+        packages=["certbot", "cron"],
+        no_recommends=True,
+    )
+    systemd.service(
+        name="Ensure Debian's certbot.timer is off (cron renews)",
+        service="certbot.timer",
+        running=False,
+        enabled=False,
+    )
+    if settings.acme_ca_bundle:
+        files.put(
+            name="Ensure certbot trusts the ACME server's CA",
+            src=settings.acme_ca_bundle,
+            dest=CA_BUNDLE,
+            mode="644",
+        )
+    ca_bundle = CA_BUNDLE if settings.acme_ca_bundle else ""
+    files.template(
+        name="Ensure the HAProxy deploy hook is installed",
+        src=template("certificates", "haproxy-deploy-hook.j2"),
+        dest=HOOK,
+        mode="755",
+        certificate=CERTIFICATE,
+        lineage=LINEAGE,
+    )
+    files.template(
+        name="Ensure the renewal script is installed",
+        src=template("certificates", "wssfleet-renew.j2"),
+        dest=RENEW,
+        mode="755",
+        ca_bundle=ca_bundle,
+        cert_name=CERT_NAME,
+    )
+    files.template(
+        name="Ensure cron renews certificates twice a day",
+        src=template("certificates", "cron.j2"),
+        dest="/etc/cron.d/wssfleet-certbot",
+        mode="644",
+        # A fixed minute per domain: stable across deploys, spread across deployments.
+        minute=zlib.crc32(settings.domain.encode()) % 60,
+    )
+    systemd.service(
+        name="Ensure cron is running", service="cron.service", running=True, enabled=True
+    )
+    # What to ask the ACME server for. When it changes (names, server), certbot is run
+    # again; otherwise the existing certificate stands and cron renews it.
+    request = files.put(
+        name="Ensure the certificate request is recorded",
+        src=_request_file(fleet),
+        dest=REQUEST,
+        mode="644",
+    )
+    command = _certonly(fleet, ca_bundle)
+    # fullchain.pem is a symlink into certbot's archive: test the path, not a regular file.
+    if host.get_fact(Command, f"test -e {LINEAGE}/fullchain.pem && echo issued || true"):
+        server.shell(
+            name="Ensure the certificate matches the request",
+            commands=[command],
+            _if=request.did_change,
+        )
+    else:
+        server.shell(name="Ensure a certificate is issued for the domains", commands=[command])
+
+
+def _request_file(fleet: Fleet):
+    from io import StringIO
+
+    settings = fleet.settings
+    return StringIO(
+        f"server {settings.acme_directory}\ndomains {' '.join(settings.domains)}\n"
+        f"email {settings.acme_email}\nkey ecdsa-secp256r1\n"
+    )
+
+
+def _certonly(fleet: Fleet, ca_bundle: str) -> str:
+    settings = fleet.settings
+    account = (
+        f"-m {settings.acme_email}" if settings.acme_email else "--register-unsafely-without-email"
+    )
+    domains = " ".join(f"-d {name}" for name in settings.domains)
+    environment = f"REQUESTS_CA_BUNDLE={ca_bundle} " if ca_bundle else ""
+    return (
+        f"{environment}certbot certonly --non-interactive --agree-tos --no-eff-email {account} "
+        f"--cert-name {CERT_NAME} {domains} --server {settings.acme_directory} "
+        "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
+        "--standalone --http-01-address 127.0.0.1 --http-01-port 8888 "
+        f"--deploy-hook {HOOK}"
+    )

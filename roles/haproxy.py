@@ -1,0 +1,96 @@
+"""HAProxy on the master: TLS termination, HTTP to HTTPS redirect, WebSocket routing.
+
+The rendered config is a candidate until ``haproxy -c`` accepts it; only then does it
+replace the live file, and HAProxy reloads (never restarts) so open WebSockets survive.
+"""
+
+from dataclasses import dataclass
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from roles import activate_candidate, open_files_limit, template
+from wssfleet.fleet.inventory import Fleet
+from wssfleet.fleet.settings import SettingsError
+
+LIVE = "/etc/haproxy/haproxy.cfg"
+CANDIDATE = "/etc/haproxy/haproxy.cfg.wssfleet-candidate"
+CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
+RELOAD = "/usr/local/lib/wssfleet/haproxy-reload"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    address: str
+    port: int
+
+
+def check_open_files(maxconn: int) -> None:
+    # Each connection holds two descriptors (client and worker side), plus listeners.
+    needed = 2 * maxconn + 100
+    allowed = open_files_limit()
+    if needed > allowed:
+        raise SettingsError(
+            f"setting haproxy_maxconn={maxconn} needs {needed} open files, but {host.name} "
+            f"allows {allowed}: lower haproxy_maxconn to {(allowed - 100) // 2} or less"
+        )
+
+
+@deploy("HAProxy")
+def apply(fleet: Fleet, backends: list[Backend]) -> None:
+    apt.packages(name="Ensure haproxy is installed", packages=["haproxy"], no_recommends=True)
+    files.directory(
+        name="Ensure the certificate directory is private",
+        path="/etc/haproxy/certs",
+        user="root",
+        group="haproxy",
+        mode="750",
+    )
+    # HAProxy cannot bind :443 without a certificate, and certbot needs HAProxy on :80 to
+    # get the real one: start on a throw-away self-signed one, which certbot's deploy hook
+    # replaces. Only when no certificate exists, so a second deploy changes nothing.
+    if not host.get_fact(File, path=CERTIFICATE):
+        server.shell(
+            name="Ensure HAProxy has a certificate to start with (self-signed, replaced by ACME)",
+            commands=[
+                "set -e; umask 077; tmp=$(mktemp -d); "
+                "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                f"-days 7 -subj /CN={fleet.settings.domain} -keyout $tmp/key -out $tmp/cert "
+                "2>/dev/null; "
+                f"cat $tmp/cert $tmp/key > {CERTIFICATE}; rm -r $tmp"
+            ],
+        )
+    files.template(
+        name="Ensure the verified-reload helper is installed",
+        src=template("haproxy", "haproxy-reload.j2"),
+        dest=RELOAD,
+        mode="755",
+    )
+    candidate = files.template(
+        name="Render the HAProxy config candidate",
+        src=template("haproxy", "haproxy.cfg.j2"),
+        dest=CANDIDATE,
+        mode="640",
+        settings=fleet.settings,
+        servers=backends,
+        certificate=CERTIFICATE,
+    )
+    activate_candidate(
+        "Ensure the validated HAProxy config is live (reloaded, never restarted)",
+        candidate,
+        CANDIDATE,
+        [
+            f"haproxy -c -f {CANDIDATE} || {{ rm -f {CANDIDATE}; exit 1; }}",
+            f"install -m 644 {CANDIDATE} {LIVE}",
+            RELOAD,
+        ],
+    )
+    systemd.service(
+        name="Ensure haproxy is running and enabled",
+        service="haproxy.service",
+        running=True,
+        enabled=True,
+    )

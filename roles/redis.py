@@ -1,0 +1,33 @@
+"""Redis for pub/sub between workers: private address, password, nothing persisted."""
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+
+from roles import template
+from wssfleet.fleet.inventory import Fleet
+
+
+@deploy("Redis")
+def apply(fleet: Fleet, password: str) -> None:
+    apt.packages(
+        name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
+    )
+    config = files.template(
+        name="Ensure redis.conf binds privately and requires the password",
+        src=template("redis", "redis.conf.j2"),
+        dest="/etc/redis/redis.conf",
+        user="redis",
+        group="redis",
+        mode="640",
+        settings=fleet.settings,
+        address=fleet.redis.address,
+        password=password,
+    )
+    # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
+    systemd.service(
+        name="Ensure redis-server is running and enabled",
+        service="redis-server.service",
+        running=True,
+        enabled=True,
+        restarted=config.will_change,
+    )

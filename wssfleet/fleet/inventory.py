@@ -1,0 +1,152 @@
+"""The fleet an inventory describes: its hosts by role, their addresses, settings and secrets.
+
+The same code checks an inventory before anything connects (``python -m wssfleet.fleet
+check``) and inside ``deploy.py``, so the check and the deploy cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wssfleet.fleet import secrets
+from wssfleet.fleet.settings import PORTS_USED_ON_MASTER, Settings, SettingsError, resolve
+
+ROLES = ("master", "workers", "redis")
+MAX_WORKER_PROCESSES = 64
+
+
+@dataclass(frozen=True)
+class Node:
+    """One host: its inventory name, private address and SSH settings."""
+
+    name: str
+    address: str
+    data: dict[str, Any]
+
+    @property
+    def ssh_host(self) -> str:
+        return self.data.get("ssh_hostname") or self.name
+
+    @property
+    def ssh_options(self) -> dict[str, Any]:
+        return {key: value for key, value in self.data.items() if key.startswith("ssh_")}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    inventory_path: str
+    settings: Settings
+    master: Node
+    workers: list[Node]
+    redis: Node
+
+    @property
+    def nodes(self) -> list[Node]:
+        seen: dict[str, Node] = {}
+        for node in (self.master, self.redis, *self.workers):
+            seen.setdefault(node.name, node)
+        return list(seen.values())
+
+    def roles_of(self, name: str) -> list[str]:
+        roles = []
+        if name == self.master.name:
+            roles.append("master")
+        if name == self.redis.name:
+            roles.append("redis")
+        if any(worker.name == name for worker in self.workers):
+            roles.append("worker")
+        return roles
+
+    def secrets(self) -> dict[str, str]:
+        return secrets.load(self.inventory_path)
+
+    def worker_ports(self, processes: int) -> list[int]:
+        return list(
+            range(self.settings.worker_base_port, self.settings.worker_base_port + processes)
+        )
+
+    def redis_url(self, password: str) -> str:
+        return f"redis://:{password}@{self.redis.address}:{self.settings.redis_port}/0"
+
+
+def _node(host: Any) -> Node:
+    data = dict(host.data.dict()) if hasattr(host.data, "dict") else dict(host.data)
+    address = data.get("private_address") or data.get("ssh_hostname") or host.name
+    return Node(host.name, address, data)
+
+
+def from_inventory(inventory: Any) -> Fleet:
+    """Build and check the fleet of a pyinfra Inventory; raise SettingsError when it is wrong."""
+    groups = {role: [_node(host) for host in inventory.get_group(role, [])] for role in ROLES}
+    if len(groups["master"]) != 1:
+        raise SettingsError(
+            f"the inventory needs exactly one host in group 'master', it has {len(groups['master'])}"
+        )
+    if not groups["workers"]:
+        raise SettingsError(
+            "the inventory has no workers: add at least one host to group 'workers'"
+        )
+    redis_nodes = groups["redis"] or groups["master"]
+    if len(redis_nodes) != 1:
+        raise SettingsError("group 'redis' must hold one host (or be left out: the master)")
+    everyone = {node.name: node for role in ROLES for node in groups[role]}
+    addresses: dict[str, str] = {}
+    for node in everyone.values():
+        if node.address in addresses:
+            raise SettingsError(
+                f"hosts {addresses[node.address]} and {node.name} share the address {node.address}:"
+                " give each host its own ssh_hostname or private_address"
+            )
+        addresses[node.address] = node.name
+    first = next(iter(everyone.values()))
+    settings = resolve(first.data.get("wssfleet"))
+    inventory_path = first.data.get("wssfleet_inventory")
+    if not inventory_path:
+        raise SettingsError("the inventory's 'all' group must set wssfleet_inventory=__file__")
+    fleet = Fleet(inventory_path, settings, groups["master"][0], groups["workers"], redis_nodes[0])
+    _check_ports(fleet)
+    return fleet
+
+
+def _check_ports(fleet: Fleet) -> None:
+    settings = fleet.settings
+    processes = settings.worker_processes
+    span = fleet.worker_ports(MAX_WORKER_PROCESSES if processes == "auto" else processes)
+    for worker in fleet.workers:
+        taken = {22: "SSH"}
+        if worker.name == fleet.master.name:
+            taken.update(PORTS_USED_ON_MASTER)
+        if worker.name == fleet.redis.name:
+            taken[settings.redis_port] = "Redis"
+        for port, user in taken.items():
+            if port in span:
+                raise SettingsError(
+                    f"setting worker_base_port={settings.worker_base_port} clashes on {worker.name}: "
+                    f"service ports {span[0]}-{span[-1]} include {port} ({user}); move the base port"
+                )
+    if fleet.redis.name == fleet.master.name and settings.redis_port in PORTS_USED_ON_MASTER:
+        raise SettingsError(
+            f"setting redis_port={settings.redis_port} clashes with "
+            f"{PORTS_USED_ON_MASTER[settings.redis_port]} on the master: choose another port"
+        )
+
+
+def load(path: str | os.PathLike[str]) -> Fleet:
+    """Read an inventory file the way pyinfra does, without connecting to any host."""
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.exceptions import CliError
+    from pyinfra_cli.inventory import make_inventory
+
+    if not Path(path).is_file():
+        raise SettingsError(f"inventory {path} does not exist")
+    try:
+        # pyinfra's loader records the file it executes on the current State.
+        with ctx_state.use(State()):
+            inventory = make_inventory(str(path), cwd=os.getcwd())
+    except CliError as error:
+        raise SettingsError(f"inventory {path}: {error}") from None
+    return from_inventory(inventory)

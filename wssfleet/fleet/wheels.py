@@ -1,0 +1,81 @@
+"""Wheels for the workers, built on the control machine for the workers' own Python.
+
+Workers need no PyPI access: the control machine builds the service's wheel and downloads
+its pinned dependencies as binary wheels for the hosts' interpreter and architecture.
+hatchling writes reproducible wheels, so an unchanged service ships nothing new.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "build" / "wheelhouse"
+# glibc of Debian 12 is 2.36: every manylinux tag up to it runs there.
+GLIBC_TAGS = ("2_17", "2_24", "2_27", "2_28", "2_31", "2_34", "2_35", "2_36")
+
+
+class WheelError(RuntimeError):
+    """A wheel could not be built or downloaded; the message carries pip's own words."""
+
+
+def pinned_dependencies() -> list[str]:
+    """The service's pins without their markers: pip evaluates markers against the control
+    machine's Python, not the hosts', so every pinned wheel is shipped; pip on the host
+    installs those its own Python needs."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [requirement.split(";")[0].strip() for requirement in project["dependencies"]]
+
+
+@cache
+def wheelhouse(python_version: str, machine: str) -> Path:
+    """A directory holding exactly the wheels one host type needs; built once per run."""
+    target = BUILD / f"py{python_version}-{machine}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(target),
+            str(REPO),
+        ],
+        "build the wssfleet wheel",
+    )
+    platforms = [f"manylinux_{tag}_{machine}" for tag in GLIBC_TAGS]
+    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        "--dest",
+        str(target),
+    ]
+    for platform in platforms:
+        command += ["--platform", platform]
+    _run(command + pinned_dependencies(), f"download wheels for Python {python_version} {machine}")
+    return target
+
+
+def _run(command: list[str], what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "WARNING: Location" not in line]
+        raise WheelError(f"could not {what}:\n" + "\n".join(errors[-12:]))
