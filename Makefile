@@ -22,7 +22,7 @@ VENV_STAMP := $(VENV)/.installed
 	test-browser test-infra lab-up lab-down lint bench token
 
 help: ## list the commands
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 tools: $(HOST_STAMP) $(VENV_STAMP) ## install Debian packages and the virtualenv
 
@@ -43,14 +43,62 @@ $(VENV_STAMP): pyproject.toml
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[control]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium' && touch $@
 
+# The lab inventory needs the lab: deploy, plan, verify and the rest bring it up first.
+define lab_if_needed
+	@if [ "$(INVENTORY)" = "$(LAB_INVENTORY)" ]; then $(PY) -m lab up; fi
+endef
+
+deploy: tools ## deploy the fleet (the lab first when INVENTORY is the lab, the default)
+	$(lab_if_needed)
+	@$(PY) -m wssfleet.fleet check $(INVENTORY)
+	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
+	@$(PY) -m wssfleet.fleet summary $(INVENTORY)
+
+plan: tools ## dry run: what a deploy would change, on which host; changes nothing
+	$(lab_if_needed)
+	@$(PY) -m wssfleet.fleet check $(INVENTORY)
+	$(VENV)/bin/pyinfra $(INVENTORY) deploy.py --dry < /dev/null
+
+verify: tools ## the testinfra suite against INVENTORY's hosts
+	$(lab_if_needed)
+	$(PYTEST) tests/infra --inventory=$(INVENTORY) -q
+
+status: tools ## hosts, services, certificate expiry, open connections
+	$(lab_if_needed)
+	@$(PY) -m wssfleet.fleet status $(INVENTORY)
+
+renew: tools ## force a certificate renewal through the cron job's own script
+	$(lab_if_needed)
+	@$(PY) -m wssfleet.fleet renew $(INVENTORY)
+
+token: tools ## print a client token: make token SUB=alice [TTL=3600]
+	@$(VENV)/bin/wssfleet token --inventory $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600)
+
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
 	$(PYTEST) tests/unit -q
+
+test-lab: tools ## the lab itself: up, idempotent, reachable, and down leaves nothing
+	$(PYTEST) tests/lab -q
+
+test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy behaviour, renewals
+	$(PYTEST) tests/e2e -q
 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-test: tools ## everything: unit, lab, deploy, end to end, browser, testinfra
-	$(MAKE) --no-print-directory test-unit
+bench: tools ## message throughput and memory per connection of one service process
+	$(PY) -m bench
+
+# One pytest summary per suite; the lab is torn down at the end, whatever happened.
+test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra
+	@status=0; \
+	$(MAKE) --no-print-directory test-unit || status=1; \
+	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-lab || status=1; fi; \
+	if [ $$status = 0 ]; then $(MAKE) --no-print-directory deploy || status=1; fi; \
+	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-e2e || status=1; fi; \
+	if [ $$status = 0 ]; then $(MAKE) --no-print-directory verify || status=1; fi; \
+	$(MAKE) --no-print-directory lab-down; \
+	exit $$status
 
 lab-up: tools ## start the local lab (hosts + Pebble); a no-op when it is up
 	$(PY) -m lab up

@@ -4,13 +4,15 @@ deploy.py calls them by the host's inventory groups. Every role's settings, with
 defaults, are documented in wssfleet/fleet/settings.py (README, 'Settings').
 """
 
+import os
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Operators may keep customised templates elsewhere (same layout); tests use this too.
+TEMPLATES = Path(os.environ.get("WSSFLEET_TEMPLATES") or Path(__file__).parent.parent / "templates")
 STATE = "/var/lib/wssfleet"
 
 

@@ -6,7 +6,10 @@ check``) and inside ``deploy.py``, so the check and the deploy cannot disagree.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,18 +75,36 @@ class Fleet:
         return f"redis://:{password}@{self.redis.address}:{self.settings.redis_port}/0"
 
 
-def _node(host: Any) -> Node:
-    data = dict(host.data.dict()) if hasattr(host.data, "dict") else dict(host.data)
-    address = data.get("private_address") or data.get("ssh_hostname") or host.name
-    return Node(host.name, address, data)
+def _node(name: str, data: dict[str, Any]) -> Node:
+    address = data.get("private_address") or data.get("ssh_hostname") or name
+    return Node(name, address, data)
+
+
+def groups_of(inventory: Any) -> dict[str, list[dict[str, Any]]]:
+    """The roles' hosts and their data, as plain JSON-able values."""
+    return {
+        role: [
+            {"name": host.name, "data": dict(host.data.dict())}
+            for host in inventory.get_group(role, [])
+        ]
+        for role in ROLES
+    }
 
 
 def from_inventory(inventory: Any) -> Fleet:
     """Build and check the fleet of a pyinfra Inventory; raise SettingsError when it is wrong."""
-    groups = {role: [_node(host) for host in inventory.get_group(role, [])] for role in ROLES}
+    return from_groups(groups_of(inventory))
+
+
+def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
+    groups = {
+        role: [_node(entry["name"], entry["data"]) for entry in described.get(role, [])]
+        for role in ROLES
+    }
     if len(groups["master"]) != 1:
         raise SettingsError(
-            f"the inventory needs exactly one host in group 'master', it has {len(groups['master'])}"
+            "the inventory needs exactly one host in group 'master', "
+            f"it has {len(groups['master'])}"
         )
     if not groups["workers"]:
         raise SettingsError(
@@ -124,8 +145,9 @@ def _check_ports(fleet: Fleet) -> None:
         for port, user in taken.items():
             if port in span:
                 raise SettingsError(
-                    f"setting worker_base_port={settings.worker_base_port} clashes on {worker.name}: "
-                    f"service ports {span[0]}-{span[-1]} include {port} ({user}); move the base port"
+                    f"setting worker_base_port={settings.worker_base_port} clashes on "
+                    f"{worker.name}: service ports {span[0]}-{span[-1]} include {port} ({user}); "
+                    "move the base port"
                 )
     if fleet.redis.name == fleet.master.name and settings.redis_port in PORTS_USED_ON_MASTER:
         raise SettingsError(
@@ -135,18 +157,29 @@ def _check_ports(fleet: Fleet) -> None:
 
 
 def load(path: str | os.PathLike[str]) -> Fleet:
-    """Read an inventory file the way pyinfra does, without connecting to any host."""
-    from pyinfra.api.state import State
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.exceptions import CliError
-    from pyinfra_cli.inventory import make_inventory
+    """Read an inventory file the way pyinfra does, without connecting to any host.
 
+    pyinfra's CLI package monkey-patches the standard library with gevent when imported,
+    so the file is read in a child process (``python -m wssfleet.fleet describe``).
+    """
     if not Path(path).is_file():
         raise SettingsError(f"inventory {path} does not exist")
-    try:
-        # pyinfra's loader records the file it executes on the current State.
-        with ctx_state.use(State()):
-            inventory = make_inventory(str(path), cwd=os.getcwd())
-    except CliError as error:
-        raise SettingsError(f"inventory {path}: {error}") from None
-    return from_inventory(inventory)
+    result = subprocess.run(
+        [sys.executable, "-m", "wssfleet.fleet", "describe", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise SettingsError(f"inventory {path}: {lines[-1] if lines else 'unreadable'}")
+    return from_groups(json.loads(result.stdout))
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    # pyinfra's loader records the file it executes on the current State.
+    with ctx_state.use(State()):
+        return groups_of(make_inventory(str(path), cwd=os.getcwd()))

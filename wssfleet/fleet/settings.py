@@ -267,7 +267,7 @@ class Settings:
 
 
 def resolve(raw: dict[str, Any] | None) -> Settings:
-    """Defaults plus the inventory's values, each checked; raise SettingsError on the first bad one."""
+    """Defaults plus the inventory's values, each checked; SettingsError on the first bad one."""
     raw = dict(raw or {})
     for name in raw:
         if name not in BY_NAME:

@@ -1,0 +1,150 @@
+"""How the deploy behaves on a deployed lab: idempotent, planned, minimal, safe, renewing.
+
+Runs after the fleet is deployed (`make test` deploys first). Each test leaves the fleet as
+the lab inventory describes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import ssl
+
+import pytest
+
+from tests.e2e.conftest import run
+from tests.lab_fleet import REPO, changed, deploy, derived_inventory, plan
+
+pytestmark = pytest.mark.timeout(900)
+
+LIVE_CONFIG = "/etc/haproxy/haproxy.cfg"
+
+
+def haproxy_state(lab) -> tuple[str, str]:
+    """The live config's checksum and the HAProxy master's PID (a restart changes it)."""
+    result = lab.on("master", f"sha256sum {LIVE_CONFIG}; systemctl show -p MainPID haproxy")
+    checksum, pid = result.stdout.split()[0], result.stdout.split("MainPID=")[1].strip()
+    return checksum, pid
+
+
+def test_second_deploy_changes_nothing_on_any_host():
+    code, statuses, output = deploy()
+    assert code == 0, output[-3000:]
+    assert statuses, "no operation status was parsed from pyinfra's output"
+    assert changed(statuses) == []
+
+
+def test_plan_shows_the_change_without_making_it(lab, tmp_path):
+    before = haproxy_state(lab)
+    code, rows, output = plan(derived_inventory(tmp_path, haproxy_timeout_tunnel="2h"))
+    assert code == 0, output[-3000:]
+    definite = {operation: change for operation, (change, _) in rows.items() if change != "-"}
+    assert definite == {"HAProxy | Render the HAProxy config candidate": "1 (master)"}
+    activate = "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)"
+    assert rows[activate][1] == "1 (master)"
+    assert haproxy_state(lab) == before
+
+
+async def open_echoing_socket(lab):
+    ws = await lab.connect()
+    await asyncio.wait_for(ws.recv(), 10)
+    return ws
+
+
+async def still_echoes(ws) -> bool:
+    await ws.send(json.dumps({"type": "echo", "data": "still here"}))
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))["data"] == "still here"
+
+
+def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
+    _, pid_before = haproxy_state(lab)
+
+    async def scenario():
+        ws = await open_echoing_socket(lab)
+        result = await asyncio.to_thread(
+            deploy, derived_inventory(tmp_path, haproxy_timeout_tunnel="2h")
+        )
+        alive = await still_echoes(ws)
+        await ws.close()
+        return result, alive
+
+    (code, statuses, output), alive = run(scenario(), timeout=600)
+    assert code == 0, output[-3000:]
+    assert changed(statuses) == [
+        (
+            "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)",
+            "master",
+        ),
+        ("HAProxy | Render the HAProxy config candidate", "master"),
+    ]
+    assert alive, "a WebSocket opened before the reload was dropped"
+    assert "timeout tunnel 2h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
+    assert haproxy_state(lab)[1] == pid_before, "HAProxy was restarted, not reloaded"
+    code, statuses, output = deploy()
+    assert code == 0, output[-3000:]
+    assert "timeout tunnel 1h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
+
+
+def test_rejected_haproxy_template_fails_and_leaves_haproxy_untouched(lab, tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    config = templates / "haproxy" / "haproxy.cfg.j2"
+    config.write_text(config.read_text().replace("balance leastconn", "balance not-a-method"))
+    before = haproxy_state(lab)
+    code, _, output = deploy(env={"WSSFLEET_TEMPLATES": str(templates)})
+    assert code != 0
+    assert "balance only supports" in output  # HAProxy's own complaint reaches the operator
+    assert haproxy_state(lab) == before
+    assert lab.on("master", "systemctl is-active haproxy").stdout.strip() == "active"
+    code, _, output = deploy()
+    assert code == 0, output[-3000:]
+
+
+def served_serial(lab) -> int:
+    context = lab.tls_context()
+    with (
+        socket.create_connection((lab.master_address, 443), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=lab.domain) as connection,
+    ):
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(
+            connection.getpeercert(binary_form=True)
+        ).serial_number
+
+
+def test_renewal_swaps_the_certificate_without_dropping_open_websockets(lab):
+    import subprocess
+    import sys
+
+    serial_before = served_serial(lab)
+
+    async def scenario():
+        ws = await open_echoing_socket(lab)
+        renewal = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "wssfleet.fleet", "renew", "inventory/lab.py"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        alive = await still_echoes(ws)
+        await ws.close()
+        return renewal, alive
+
+    renewal, alive = run(scenario(), timeout=400)
+    assert renewal.returncode == 0, renewal.stdout + renewal.stderr
+    assert "all renewals succeeded" in renewal.stdout + renewal.stderr
+    assert served_serial(lab) != serial_before
+    assert alive, "the WebSocket opened before the renewal was dropped"
+
+
+def test_cron_runs_the_same_renewal_script_twice_a_day(lab):
+    entry = lab.on("master", "cat /etc/cron.d/wssfleet-certbot").stdout
+    line = next(line for line in entry.splitlines() if "wssfleet-renew" in line)
+    assert line.split()[1] == "*/12"
+    assert "/usr/local/sbin/wssfleet-renew --random-delay" in line
+    assert ssl  # the hook itself is exercised by the renewal test above

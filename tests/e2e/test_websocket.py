@@ -1,0 +1,117 @@
+"""The WebSocket service through the master, as clients on the internet see it."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.e2e.conftest import run
+
+
+async def receive(ws, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+def test_echo_through_the_master(lab):
+    async def scenario():
+        async with await lab.connect() as ws:
+            welcome = await receive(ws)
+            await ws.send(json.dumps({"type": "echo", "data": {"hello": "fleet"}}))
+            return welcome, await receive(ws)
+
+    welcome, echo = run(scenario())
+    assert welcome["type"] == "welcome" and welcome["sub"] == "e2e"
+    assert echo == {"type": "echo", "data": {"hello": "fleet"}}
+
+
+def test_a_message_crosses_workers(lab):
+    """Clients pinned to different worker hosts (known from the welcome) share a channel."""
+
+    async def scenario():
+        by_host: dict[str, object] = {}
+        opened = []
+        for _ in range(16):
+            ws = await lab.connect("/ws/cross", subject=f"c{len(opened)}")
+            opened.append(ws)
+            host = (await receive(ws))["worker"].rsplit(":", 1)[0]
+            by_host.setdefault(host, ws)
+            if len(by_host) >= 2:
+                break
+        assert len(by_host) >= 2, f"every client landed on {list(by_host)}"
+        sender, receiver = list(by_host.values())[:2]
+        await sender.send(json.dumps({"type": "publish", "channel": "cross", "data": "over"}))
+        message = await receive(receiver)
+        for ws in opened:
+            await ws.close()
+        return sorted(by_host), message
+
+    hosts, message = run(scenario())
+    assert len(hosts) == 2
+    assert message["type"] == "message" and message["data"] == "over"
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "status"),
+    [
+        ("/ws", {"origin": "https://evil.example"}, 403),
+    ],
+)
+def test_foreign_origin_is_refused(lab, path, options, status):
+    async def scenario():
+        with pytest.raises(InvalidStatus) as refused:
+            await lab.connect(path, **options)
+        return refused.value.response.status_code
+
+    assert run(scenario()) == status
+
+
+@pytest.mark.parametrize("token", ["", "forged.token.value"], ids=["missing", "forged"])
+def test_bad_token_is_refused_401(lab, token):
+    async def scenario():
+        from websockets.asyncio.client import connect
+
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(
+                f"wss://{lab.domain}/ws?token={token}",
+                ssl=lab.tls_context(),
+                host=lab.master_address,
+                port=443,
+                server_hostname=lab.domain,
+                origin=f"https://{lab.domain}",
+                proxy=None,
+            )
+        return refused.value.response.status_code
+
+    assert run(scenario()) == 401
+
+
+def test_demo_page_is_served_over_https(lab):
+    context = lab.tls_context()
+    context.check_hostname = False
+    connection = http.client.HTTPSConnection(lab.master_address, 443, timeout=10, context=context)
+    connection.request("GET", "/", headers={"Host": lab.domain})
+    reply = connection.getresponse()
+    assert reply.status == 200
+    assert "<title>wssfleet</title>" in reply.read().decode()
+
+
+def reachable(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_worker_ports_and_redis_are_unreachable_from_outside(lab):
+    fleet = lab.fleet
+    assert reachable(lab.master_address, 443)  # the probe itself works
+    for worker in fleet.workers:
+        for port in (fleet.settings.worker_base_port, fleet.settings.worker_base_port + 1):
+            assert not reachable(worker.address, port), f"{worker.name}:{port} is exposed"
+    assert not reachable(fleet.redis.address, fleet.settings.redis_port), "Redis is exposed"
