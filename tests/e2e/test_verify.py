@@ -1,0 +1,38 @@
+"""`make verify` catches a broken host and names it."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.lab_fleet import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(lab):
+    worker = lab.fleet.workers[0]
+    port = lab.fleet.settings.worker_base_port
+    assert lab.on(worker.name, f"systemctl stop wssfleet@{port}").returncode == 0
+    try:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "verify"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
+    finally:
+        lab.on(worker.name, f"systemctl start wssfleet@{port}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    failed = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert failed, output[-2000:]
+    assert all(f"{worker.name}-{port}" in line for line in failed), failed
+    assert any("test_instance_is_active_and_enabled" in line for line in failed)
+    restarted = lab.on(
+        worker.name,
+        f"/opt/wssfleet/venv/bin/wssfleet wait-healthy --host {worker.address} --port {port}",
+    )
+    assert restarted.returncode == 0

@@ -1,0 +1,67 @@
+"""The master: HAProxy, its certificate, renewals, and a runtime API kept off the network."""
+
+from __future__ import annotations
+
+CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
+FOURTEEN_DAYS = 14 * 24 * 3600
+
+
+def test_haproxy_is_active_and_enabled(on, master):
+    service = on(master).service("haproxy")
+    assert service.is_running and service.is_enabled
+
+
+def test_haproxy_config_is_valid(on, master):
+    result = on(master).run("haproxy -c -f /etc/haproxy/haproxy.cfg")
+    assert result.rc == 0, result.stderr
+
+
+def test_haproxy_listens_on_80_and_443(on, master):
+    host = on(master)
+    for port in (80, 443):
+        assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+
+
+def test_certificate_covers_every_domain_for_more_than_14_days(on, master, fleet):
+    host = on(master)
+    assert host.run(f"openssl x509 -checkend {FOURTEEN_DAYS} -noout -in {CERTIFICATE}").rc == 0
+    names = host.check_output(f"openssl x509 -noout -ext subjectAltName -in {CERTIFICATE}")
+    for domain in fleet.settings.domains:
+        assert f"DNS:{domain}" in names, domain
+
+
+def test_served_certificate_is_the_one_on_disk(on, master, fleet):
+    host = on(master)
+    fingerprint = "openssl x509 -noout -fingerprint -sha256"
+    on_disk = host.check_output(f"{fingerprint} -in {CERTIFICATE}")
+    served = host.check_output(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {fleet.settings.domain} "
+        f"</dev/null 2>/dev/null | {fingerprint}"
+    )
+    assert served == on_disk
+
+
+def test_cron_renews_through_the_wssfleet_script(on, master):
+    entry = on(master).file("/etc/cron.d/wssfleet-certbot")
+    assert entry.exists and entry.user == "root"
+    assert "/usr/local/sbin/wssfleet-renew --random-delay" in entry.content_string
+    assert on(master).service("cron").is_running
+
+
+def test_debian_certbot_timer_is_disabled(on, master):
+    timer = on(master).service("certbot.timer")
+    assert not timer.is_enabled and not timer.is_running
+
+
+def test_runtime_api_is_a_local_socket_only(on, master, fleet):
+    host = on(master)
+    assert host.file("/run/haproxy/admin.sock").is_socket
+    expected = {22, 80, 443}
+    if fleet.redis.name == master.name:
+        expected.add(fleet.settings.redis_port)
+    public = {
+        int(line.split()[3].rsplit(":", 1)[1])
+        for line in host.check_output("ss -Hltn").splitlines()
+        if not line.split()[3].startswith(("127.", "[::1]"))
+    }
+    assert public <= expected, f"unexpected listeners: {sorted(public - expected)}"
