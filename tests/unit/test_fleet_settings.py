@@ -1,0 +1,189 @@
+"""Settings and inventories are checked before any host is touched, with errors that name
+the setting and the fix; rendered configs pass HAProxy's and nftables' own checks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from roles.haproxy import Backend
+from wssfleet.fleet.inventory import from_groups
+from wssfleet.fleet.settings import SettingsError, resolve
+
+REPO = Path(__file__).resolve().parents[2]
+PEBBLE = {"domain": "wss.example.test", "acme_server": "https://127.0.0.1:14000/dir"}
+
+
+def test_defaults_fill_in_everything_but_the_domain():
+    settings = resolve(PEBBLE)
+    assert settings.worker_processes == "auto"
+    assert settings.haproxy_timeout_tunnel == "1h"
+    assert settings.origins == ["https://wss.example.test"]
+    assert settings.acme_directory == "https://127.0.0.1:14000/dir"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "setting domain is required"),
+        ({**PEBBLE, "domain": "Not A Name"}, "setting domain='Not A Name' is invalid: give a"),
+        ({**PEBBLE, "haproxy_timeout_tunel": "2h"}, "did you mean 'haproxy_timeout_tunnel'"),
+        ({**PEBBLE, "haproxy_timeout_tunnel": "2 hours"}, "give a duration like"),
+        ({**PEBBLE, "worker_processes": 0}, "give a whole number from 1 to 64"),
+        ({**PEBBLE, "acme_server": "letsencrypt"}, "setting acme_email is required"),
+        ({**PEBBLE, "acme_server": "http://insecure/dir"}, "setting acme_server="),
+        ({**PEBBLE, "acme_ca_bundle": "/nonexistent.pem"}, "give the path of a PEM file"),
+        ({**PEBBLE, "allowed_origins": ["example.com"]}, "each origin is scheme://host"),
+        ({**PEBBLE, "extra_domains": ["wss.example.test"]}, "repeat a name"),
+    ],
+)
+def test_bad_settings_name_the_setting_and_the_fix(values, message):
+    with pytest.raises(SettingsError) as error:
+        resolve(values)
+    assert message in str(error.value)
+
+
+def groups(master=("m", "127.0.0.10"), workers=(("w1", "127.0.0.11"),), **settings):
+    common = {"wssfleet": {**PEBBLE, **settings}, "wssfleet_inventory": __file__}
+
+    def entry(name, address):
+        return {"name": name, "data": {"ssh_hostname": address, **common}}
+
+    return {
+        "master": [entry(*master)] if master else [],
+        "workers": [entry(*worker) for worker in workers],
+        "redis": [],
+    }
+
+
+def test_a_valid_inventory_puts_redis_on_the_master():
+    fleet = from_groups(groups())
+    assert fleet.redis.name == "m"
+    assert fleet.roles_of("m") == ["master", "redis"]
+    assert fleet.redis_url("pw") == "redis://:pw@127.0.0.10:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("described", "message"),
+    [
+        (groups(workers=()), "the inventory has no workers"),
+        (groups(master=None), "exactly one host in group 'master'"),
+        (groups(workers=(("w1", "127.0.0.10"),)), "share the address 127.0.0.10"),
+        (
+            groups(workers=(("m", "127.0.0.10"),), worker_base_port=8870, worker_processes=20),
+            "include 8888 (certbot",
+        ),
+        (groups(worker_base_port=20, worker_processes=4), "give a whole number from 1024"),
+        (groups(redis_port=8888), "clashes with certbot's HTTP-01 listener on the master"),
+    ],
+)
+def test_bad_inventories_are_refused(described, message):
+    with pytest.raises(SettingsError) as error:
+        from_groups(described)
+    assert message in str(error.value)
+
+
+def test_make_deploy_stops_on_a_bad_setting_before_connecting(tmp_path):
+    inventory = tmp_path / "bad.py"
+    inventory.write_text(
+        "master = [('m', {'ssh_hostname': '127.0.0.10'})]\n"
+        "workers = [('w', {'ssh_hostname': '127.0.0.11'})]\n"
+        "all = (['m', 'w'], {'wssfleet_inventory': __file__, "
+        "'wssfleet': {'domain': 'ws.example.com', 'acme_server': 'letsencrypt'}})\n"
+    )
+    result = subprocess.run(
+        ["make", "--no-print-directory", "deploy", f"INVENTORY={inventory}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "setting acme_email is required" in result.stderr
+    assert "Connecting to hosts" not in result.stdout + result.stderr
+
+
+def render(role: str, name: str, **variables) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO / "templates"), keep_trailing_newline=True
+    )
+    return environment.get_template(f"{role}/{name}").render(**variables)
+
+
+def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is missing: run 'make tools'")
+    certificate = tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test",
+            "-keyout",
+            str(tmp_path / "key"),
+            "-out",
+            str(tmp_path / "cert"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    certificate.write_text((tmp_path / "cert").read_text() + (tmp_path / "key").read_text())
+    backends = [Backend("w1-8001", "127.0.0.11", 8001), Backend("w1-8002", "127.0.0.11", 8002)]
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        render(
+            "haproxy",
+            "haproxy.cfg.j2",
+            settings=resolve(PEBBLE),
+            servers=backends,
+            certificate=certificate,
+        )
+    )
+    result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "server w1-8002 127.0.0.11:8002" in config.read_text()
+    assert "timeout tunnel 1h" in config.read_text()
+
+
+def test_rendered_firewall_passes_nft_check(tmp_path):
+    ruleset = tmp_path / "nftables.conf"
+    ruleset.write_text(
+        render(
+            "firewall",
+            "nftables.conf.j2",
+            settings=resolve(PEBBLE),
+            is_master=True,
+            is_redis=True,
+            worker_addresses=["127.0.0.11", "127.0.0.12"],
+            master_address="127.0.0.10",
+            service_ports=[8001, 8002],
+        )
+    )
+    result = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_settings_table_documents_every_setting():
+    result = subprocess.run(
+        [sys.executable, "-m", "wssfleet.fleet", "settings"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| `haproxy_timeout_tunnel` | `'1h'` |" in result.stdout
+    assert "| `domain` | (required) |" in result.stdout
