@@ -195,6 +195,16 @@ def container_init(process: Tracked) -> int | None:
     return None
 
 
+def inside(init: int, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a command in a container's namespaces, without SSH (which may not be up yet)."""
+    return subprocess.run(
+        ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_booted(host: Host, process: Tracked) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT
     while (init := container_init(process)) is None:
@@ -204,22 +214,11 @@ def wait_booted(host: Host, process: Tracked) -> None:
     log(f"waiting for {host.name} to boot")
     while True:
         try:
-            result = subprocess.run(
-                [
-                    "nsenter",
-                    "-t",
-                    str(init),
-                    "-m",
-                    "-u",
-                    "-i",
-                    "-n",
-                    "-p",
-                    "systemctl",
-                    "is-system-running",
-                    "--wait",
-                ],
-                capture_output=True,
-                text=True,
+            result = inside(
+                init,
+                "systemctl",
+                "is-system-running",
+                "--wait",
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         except subprocess.TimeoutExpired:
@@ -229,24 +228,7 @@ def wait_booted(host: Host, process: Tracked) -> None:
             break
         time.sleep(0.3)
     if result.stdout.strip() != "running":
-        failed = subprocess.run(
-            [
-                "nsenter",
-                "-t",
-                str(init),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "systemctl",
-                "--failed",
-                "--no-legend",
-                "--plain",
-            ],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        failed = inside(init, "systemctl", "--failed", "--no-legend", "--plain").stdout.strip()
         raise LabError(
             f"{host.name} booted {result.stdout.strip()!r} {result.stderr.strip()}; "
             f"failed units:\n{failed}"

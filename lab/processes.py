@@ -26,22 +26,23 @@ def run(*command: str, check: bool = True, quiet: bool = False) -> subprocess.Co
     return result
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot), or None if it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (which may contain spaces)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    # The command name (field 2) may contain spaces; fields after it are plain.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot), or None if it is gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def command_line(pid: int) -> list[str]:

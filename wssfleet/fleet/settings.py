@@ -22,6 +22,7 @@ ACME_SERVERS = {
 DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 DURATION = re.compile(r"\d+(us|ms|s|m|h|d)")
+MEMORY = re.compile(r"[1-9]\d*(kb|mb|gb)")
 PORTS_USED_ON_MASTER = {22: "SSH", 80: "HTTP", 443: "HTTPS", 8888: "certbot's HTTP-01 listener"}
 
 
@@ -69,6 +70,15 @@ def _duration(name: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or not DURATION.fullmatch(value):
             raise _fail(name, value, "give a duration like 500ms, 30s, 5m or 1h")
+        return value
+
+    return check
+
+
+def _memory(name: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not MEMORY.fullmatch(value):
+            raise _fail(name, value, "give a size like 256mb or 1gb")
         return value
 
     return check
@@ -238,7 +248,7 @@ SETTINGS = [
     Setting(
         "redis_port", 6379, "Redis port on the redis host", _integer("redis_port", 1024, 65535)
     ),
-    Setting("redis_maxmemory", "256mb", "Redis memory cap", lambda value: value),
+    Setting("redis_maxmemory", "256mb", "Redis memory cap", _memory("redis_maxmemory")),
 ]
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 

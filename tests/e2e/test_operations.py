@@ -1,0 +1,60 @@
+"""Day-two operations on the deployed lab: status at a glance, rolling restarts."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.lab_fleet import REPO, changed, deploy, derived_inventory
+
+pytestmark = pytest.mark.timeout(900)
+
+ROLLING = (
+    "WebSocket service | Ensure running instances serve the current release (one host at a time)"
+)
+
+
+def test_status_shows_hosts_services_certificate_and_connections(lab):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "status"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout
+    for node in lab.fleet.nodes:
+        assert node.name in output
+    assert "haproxy=running" in output and "redis-server=running" in output
+    assert f"wssfleet@{lab.fleet.settings.worker_base_port}=running" in output
+    assert "expires" in output and "Pebble" in output
+    assert output.count("(UP)") == sum(
+        int(lab.on(worker.name, "nproc").stdout) for worker in lab.fleet.workers
+    )
+
+
+def started_at(lab, worker: str) -> list[int]:
+    """Monotonic start times (µs) of a worker's instances; the lab's hosts share one kernel
+    clock, so times on different hosts compare."""
+    ports = lab.fleet.worker_ports(int(lab.on(worker, "nproc").stdout))
+    units = " ".join(f"wssfleet@{port}" for port in ports)
+    output = lab.on(
+        worker, f"systemctl show -p ActiveEnterTimestampMonotonic --value {units}"
+    ).stdout
+    return sorted(int(value) for value in output.split())
+
+
+def test_new_service_settings_restart_one_worker_host_at_a_time(lab, tmp_path):
+    first, second = (worker.name for worker in lab.fleet.workers[:2])
+    code, statuses, output = deploy(derived_inventory(tmp_path, messages_per_second=60))
+    try:
+        assert code == 0, output[-3000:]
+        assert (ROLLING, first) in changed(statuses) and (ROLLING, second) in changed(statuses)
+        assert not [key for key in changed(statuses) if key[1] == lab.fleet.master.name]
+        # The second host restarts only after every instance of the first one is back.
+        assert max(started_at(lab, first)) < min(started_at(lab, second))
+    finally:
+        code, _, output = deploy()
+    assert code == 0, output[-3000:]
