@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab.py"
 LAB_JSON = REPO / ".lab" / "lab.json"
 STATUS_LINE = re.compile(r"^\s+\[(?P<host>[^\]]+)\]\s+(?P<status>Success|No changes|Skipped|Error)")
-OPERATION_LINE = re.compile(r"^--> Starting operation: (?P<name>.+?)\s*$")
+OPERATION_LINE = re.compile(r"^--> Starting (?:serial )?operation: (?P<name>.+?)\s*$")
 
 
 @dataclass

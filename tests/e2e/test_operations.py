@@ -53,8 +53,34 @@ def test_new_service_settings_restart_one_worker_host_at_a_time(lab, tmp_path):
         assert code == 0, output[-3000:]
         assert (ROLLING, first) in changed(statuses) and (ROLLING, second) in changed(statuses)
         assert not [key for key in changed(statuses) if key[1] == lab.fleet.master.name]
-        # The second host restarts only after every instance of the first one is back.
-        assert max(started_at(lab, first)) < min(started_at(lab, second))
+        # Whichever host goes first, the other restarts only after all of its instances
+        # are back: the two restart windows do not overlap.
+        earlier, later = sorted((started_at(lab, first), started_at(lab, second)))
+        assert max(earlier) < min(later)
+    finally:
+        code, _, output = deploy()
+    assert code == 0, output[-3000:]
+
+
+def test_connection_rate_limit_refuses_a_flooding_source(lab, tmp_path):
+    import socket
+    import ssl
+
+    code, _, output = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=5))
+    try:
+        assert code == 0, output[-3000:]
+        outcomes = []
+        for _ in range(12):
+            try:
+                with (
+                    socket.create_connection((lab.master_address, 443), timeout=5) as raw,
+                    lab.tls_context().wrap_socket(raw, server_hostname=lab.domain),
+                ):
+                    outcomes.append("served")
+            except (ssl.SSLError, ConnectionError, OSError):
+                outcomes.append("refused")
+        assert outcomes[:5] == ["served"] * 5
+        assert outcomes[-1] == "refused"
     finally:
         code, _, output = deploy()
     assert code == 0, output[-3000:]
