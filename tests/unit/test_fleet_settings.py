@@ -187,3 +187,44 @@ def test_settings_table_documents_every_setting():
     )
     assert "| `haproxy_timeout_tunnel` | `'1h'` |" in result.stdout
     assert "| `domain` | (required) |" in result.stdout
+
+
+def test_the_production_example_inventory_is_valid():
+    result = subprocess.run(
+        [sys.executable, "-m", "wssfleet.fleet", "check", "inventory/production.example.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lb1 (master+redis), ws1 (worker), ws2 (worker)" in result.stdout
+
+
+def test_token_command_signs_with_the_deployments_secret(tmp_path):
+    from wssfleet import auth
+    from wssfleet.fleet import secrets
+
+    inventory = tmp_path / "staging.py"
+    inventory.write_text("")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wssfleet",
+            "token",
+            "--inventory",
+            str(inventory),
+            "--sub",
+            "ops",
+            "--ttl",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stored = secrets.path_for(inventory)
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert auth.verify(secrets.load(inventory)["jwt_secret"], result.stdout.strip()) == "ops"

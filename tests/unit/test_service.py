@@ -18,9 +18,20 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.unit.conftest import ORIGIN, SECRET, token
 from wssfleet import auth
 
+OPENED: list[ClientConnection] = []
+
 
 def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, timeout=30))
+    """Run a scenario, then close every client it opened, as a well-behaved client does."""
+
+    async def scenario():
+        try:
+            return await asyncio.wait_for(coroutine, timeout=30)
+        finally:
+            clients = [OPENED.pop() for _ in range(len(OPENED))]
+            await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
+
+    return asyncio.run(scenario())
 
 
 async def open_client(
@@ -28,6 +39,7 @@ async def open_client(
 ) -> ClientConnection:
     options.setdefault("origin", ORIGIN)
     ws = await connect(f"{service.url}{path}?token={token(subject)}", **options)
+    OPENED.append(ws)
     welcome = await receive(ws)
     assert welcome["type"] == "welcome"
     return ws
@@ -347,7 +359,7 @@ def test_slow_consumer_is_closed_and_others_keep_receiving(start_service):
 
     async def scenario():
         # max_queue=1: the slow client stops reading its socket after one frame.
-        slow = await open_client(service, "/ws/room", subject="slow", max_queue=1)
+        slow = await open_client(service, "/ws/room", subject="slow", max_queue=1, close_timeout=1)
         fast = await open_client(service, "/ws/room", subject="fast")
         payload = "x" * 60000
         # The fast client reads each of its messages before publishing the next one.
