@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from lab.processes import log, run
@@ -54,6 +55,7 @@ def build_base() -> None:
         str(scratch),
         mirror,
     ]
+    started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
@@ -61,7 +63,7 @@ def build_base() -> None:
     _prepare_base(scratch)
     (scratch / MARKER).write_text(BASE_RECIPE + "\n")
     scratch.rename(BASE_DIR)
-    log("base ready")
+    log(f"base ready in {time.monotonic() - started:.0f} s, cached in {BASE_DIR}")
 
 
 def _prepare_base(root: Path) -> None:
