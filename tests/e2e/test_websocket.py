@@ -115,3 +115,25 @@ def test_worker_ports_and_redis_are_unreachable_from_outside(lab):
         for port in (fleet.settings.worker_base_port, fleet.settings.worker_base_port + 1):
             assert not reachable(worker.address, port), f"{worker.name}:{port} is exposed"
     assert not reachable(fleet.redis.address, fleet.settings.redis_port), "Redis is exposed"
+
+
+def test_logs_record_connections_but_never_a_token(lab):
+    run(_echo_once(lab))
+    # Every JWT PyJWT makes starts with the base64 of '{"alg"'.
+    for node in lab.fleet.nodes:
+        journal = lab.on(node.name, "journalctl -o cat --no-pager")
+        assert journal.returncode == 0
+        assert "eyJhbGci" not in journal.stdout, f"a token reached {node.name}'s journal"
+        assert "token=" not in journal.stdout, f"a token query reached {node.name}'s journal"
+    events = []
+    for worker in lab.fleet.workers:
+        lines = lab.on(worker.name, "journalctl -u 'wssfleet@*' -o cat --no-pager").stdout
+        events += [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+    kinds = {event["event"] for event in events}
+    assert {"listening", "connect", "disconnect", "reject"} <= kinds
+    assert any(event.get("reason") == "origin not allowed" for event in events)
+
+
+async def _echo_once(lab):
+    async with await lab.connect(subject="logged") as ws:
+        await receive(ws)
