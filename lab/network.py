@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from pathlib import Path
 
 from lab.processes import run
@@ -67,8 +68,6 @@ table inet {NFT_TABLE} {{
 
 
 def run_nft(ruleset: str) -> str:
-    import subprocess
-
     result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
     return result.stderr.strip() if result.returncode else ""
 

@@ -6,6 +6,7 @@ so Debian's certbot.timer is disabled: renewals happen once, on one schedule.
 """
 
 import zlib
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -93,9 +94,7 @@ def apply(fleet: Fleet) -> None:
         server.shell(name="Ensure a certificate is issued for the domains", commands=[command])
 
 
-def _request_file(fleet: Fleet):
-    from io import StringIO
-
+def _request_file(fleet: Fleet) -> StringIO:
     settings = fleet.settings
     return StringIO(
         f"server {settings.acme_directory}\ndomains {' '.join(settings.domains)}\n"

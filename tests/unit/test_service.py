@@ -415,3 +415,30 @@ def test_bad_configuration_stops_the_process_naming_the_variable(variable, value
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_keepalive_drops_a_peer_that_stops_answering_pings(start_service):
+    import base64
+    import os
+    import socket as sockets
+
+    service = start_service(WSSFLEET_PING_INTERVAL="1", WSSFLEET_PING_TIMEOUT="1")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with sockets.create_connection(("127.0.0.1", service.port), timeout=10) as peer:
+        peer.sendall(
+            f"GET /ws?token={token('silent')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        # Read the 101, the welcome and the pings, never answering; the server must hang up.
+        started, received = time.monotonic(), b""
+        while chunk := peer.recv(65536):
+            received += chunk
+        elapsed = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 101")
+    assert elapsed < 8
+    service.stop()
+    events = [json.loads(line) for line in service.log.read_text().splitlines()]
+    disconnects = [event for event in events if event["event"] == "disconnect"]
+    assert [event["sub"] for event in disconnects] == ["silent"]
+    assert disconnects[0]["code"] == 1011  # keepalive ping timeout
