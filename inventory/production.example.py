@@ -10,6 +10,7 @@ ports 80 and 443 of the master open to the internet (Let's Encrypt validates on 
 _ssh = {
     "ssh_user": "root",
     "ssh_key": "~/.ssh/id_ed25519",
+    # With a non-root ssh_user, add "_sudo": True (passwordless sudo on the hosts).
 }
 
 # The master terminates TLS (HAProxy) and, by default, runs Redis.
