@@ -84,3 +84,28 @@ def test_connection_rate_limit_refuses_a_flooding_source(lab, tmp_path):
     finally:
         code, _, output = deploy()
     assert code == 0, output[-3000:]
+
+
+def test_a_new_release_ships_wheels_and_rolls_the_workers(lab):
+    # A different build timestamp makes a different wheel: to the deploy, a new release.
+    code, statuses, output = deploy(env={"SOURCE_DATE_EPOCH": "1700000000"})
+    try:
+        assert code == 0, output[-3000:]
+        for worker in lab.fleet.workers:
+            for operation in (
+                "WebSocket service | Ensure the release's wheels are on the host",
+                "WebSocket service | Ensure the release is installed in the virtualenv",
+                ROLLING,
+            ):
+                assert (operation, worker.name) in changed(statuses), (operation, worker.name)
+        assert not [key for key in changed(statuses) if key[1] == lab.fleet.master.name]
+        health = lab.on(
+            lab.fleet.workers[0].name,
+            f"python3 -c 'import urllib.request; print(urllib.request.urlopen("
+            f'"http://{lab.fleet.workers[0].address}:{lab.fleet.settings.worker_base_port}'
+            "/healthz\").read().decode())'",
+        )
+        assert '"status": "ok"' in health.stdout
+    finally:
+        code, _, output = deploy()
+    assert code == 0, output[-3000:]
