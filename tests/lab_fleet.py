@@ -103,14 +103,17 @@ def changed(statuses: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
     return sorted(key for key, status in statuses.items() if status == "Success")
 
 
-def derived_inventory(directory: Path, **settings) -> Path:
-    """The lab inventory with some settings changed (same hosts, same secrets)."""
+def derived_inventory(directory: Path, workers: int | None = None, **settings) -> Path:
+    """The lab inventory with some settings changed (same hosts, same secrets), optionally
+    keeping only the first ``workers`` workers."""
     path = directory / "lab_changed.py"
     path.write_text(
         "import runpy\n"
         f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
-        "master, workers, redis = _lab['master'], _lab['workers'], _lab['redis']\n"
-        "all = _lab['all']\n"
+        f"workers = _lab['workers'][:{workers}]\n"
+        "master, redis = _lab['master'], _lab['redis']\n"
+        "_names = {name for name, _ in master + workers}\n"
+        "all = ([name for name in _lab['all'][0] if name in _names], _lab['all'][1])\n"
         f"all[1]['wssfleet'].update({settings!r})\n"
     )
     return path

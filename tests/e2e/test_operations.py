@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -109,3 +110,35 @@ def test_a_new_release_ships_wheels_and_rolls_the_workers(lab):
     finally:
         code, _, output = deploy()
     assert code == 0, output[-3000:]
+
+
+def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_path):
+    added = lab.fleet.workers[-1]
+    code, _, output = deploy(derived_inventory(tmp_path, workers=len(lab.fleet.workers) - 1))
+    assert code == 0, output[-3000:]
+    assert f"server {added.name}-" not in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
+    assert added.address not in lab.on("master", "nft list table inet wssfleet").stdout
+
+    code, _, output = deploy()
+    assert code == 0, output[-3000:]
+    assert f"server {added.name}-" in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
+    assert added.address in lab.on("master", "nft list table inet wssfleet").stdout
+    # HAProxy's health checks bring the new servers UP within a few check intervals.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            ["make", "--no-print-directory", "status"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+        line = next(
+            line
+            for line in status.splitlines()
+            if line.strip().startswith(added.name) and "(" in line and ":" in line.split()[1]
+        )
+        if "DOWN" not in line and "UP" in line:
+            break
+        time.sleep(2)
+    assert "DOWN" not in line and "UP" in line, line
