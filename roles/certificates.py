@@ -27,6 +27,10 @@ REQUEST = "/etc/wssfleet/certificate-request"
 
 @deploy("Certificates")
 def apply(fleet: Fleet) -> None:
+    """Obtain the certificate once, then leave renewals to cron and the deploy hook.
+
+    + fleet: the checked inventory (domain, extra_domains, acme_* settings)
+    """
     settings = fleet.settings
     apt.packages(
         name="Ensure certbot and cron are installed",

@@ -15,9 +15,14 @@ CANDIDATE = "/etc/nftables.conf.wssfleet-candidate"
 
 @deploy("Firewall")
 def apply(fleet: Fleet, service_ports: list[int]) -> None:
+    """Load this host's ruleset, checked by ``nft -c`` first.
+
+    + fleet: the checked inventory
+    + service_ports: the service ports this host opens to the master (workers only)
+    """
     roles = fleet.roles_of(host.name)
     candidate = files.template(
-        name="Render the nftables ruleset candidate",
+        name="Ensure the candidate nftables ruleset is rendered",
         src=template("firewall", "nftables.conf.j2"),
         dest=CANDIDATE,
         mode="600",

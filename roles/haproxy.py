@@ -41,6 +41,11 @@ def check_open_files(maxconn: int) -> None:
 
 @deploy("HAProxy")
 def apply(fleet: Fleet, backends: list[Backend]) -> None:
+    """Install HAProxy with a config whose backend lists every worker instance.
+
+    + fleet: the checked inventory (haproxy_* settings, domain, hsts_max_age)
+    + backends: every worker instance, by name, address and port
+    """
     apt.packages(name="Ensure haproxy is installed", packages=["haproxy"], no_recommends=True)
     files.directory(
         name="Ensure the certificate directory is private",
@@ -70,7 +75,7 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         mode="755",
     )
     candidate = files.template(
-        name="Render the HAProxy config candidate",
+        name="Ensure the candidate HAProxy config is rendered",
         src=template("haproxy", "haproxy.cfg.j2"),
         dest=CANDIDATE,
         mode="640",

@@ -9,6 +9,11 @@ from wssfleet.fleet.inventory import Fleet
 
 @deploy("Redis")
 def apply(fleet: Fleet, password: str) -> None:
+    """Install and configure Redis on the fleet's redis host.
+
+    + fleet: the checked inventory (redis_port, redis_maxmemory, the redis address)
+    + password: the deployment's Redis password
+    """
     apt.packages(
         name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
     )

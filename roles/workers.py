@@ -39,6 +39,13 @@ def interpreter() -> tuple[str, str]:
 
 @deploy("WebSocket service")
 def apply(fleet: Fleet, node: Node, ports: list[int], secrets: dict[str, str]) -> None:
+    """Ship the release and run one instance per port, restarting one host at a time.
+
+    + fleet: the checked inventory (service settings, Redis address)
+    + node: this worker
+    + ports: the instances' ports on this host
+    + secrets: the deployment's JWT secret and Redis password
+    """
     apt.packages(
         name="Ensure python3-venv is installed", packages=["python3-venv"], no_recommends=True
     )

@@ -41,7 +41,7 @@ def test_plan_shows_the_change_without_making_it(lab, tmp_path):
     code, rows, output = plan(derived_inventory(tmp_path, haproxy_timeout_tunnel="2h"))
     assert code == 0, output[-3000:]
     definite = {operation: change for operation, (change, _) in rows.items() if change != "-"}
-    assert definite == {"HAProxy | Render the HAProxy config candidate": "1 (master)"}
+    assert definite == {"HAProxy | Ensure the candidate HAProxy config is rendered": "1 (master)"}
     activate = "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)"
     assert rows[activate][1] == "1 (master)"
     assert haproxy_state(lab) == before
@@ -77,7 +77,7 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
             "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)",
             "master",
         ),
-        ("HAProxy | Render the HAProxy config candidate", "master"),
+        ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
     ]
     assert alive, "a WebSocket opened before the reload was dropped"
     assert "timeout tunnel 2h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
