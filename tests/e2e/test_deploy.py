@@ -72,13 +72,13 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
 
     (code, statuses, output), alive = run(scenario(), timeout=600)
     assert code == 0, output[-3000:]
-    assert changed(statuses) == [
+    assert set(changed(statuses)) == {
+        ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
         (
             "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)",
             "master",
         ),
-        ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
-    ]
+    }
     assert alive, "a WebSocket opened before the reload was dropped"
     assert "timeout tunnel 2h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
     assert haproxy_state(lab)[1] == pid_before, "HAProxy was restarted, not reloaded"
