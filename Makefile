@@ -14,7 +14,7 @@ ARTIFACTS := artifacts
 # Pebble), the unit tests (a real redis-server, haproxy to validate rendered configs)
 # and the browser test (Chromium, its driver, NSS tools to trust the lab's ACME root).
 HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-server haproxy \
-	openssl openssh-client curl chromium chromium-driver libnss3-tools
+	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv
 HOST_STAMP := build/.host-packages
 VENV_STAMP := $(VENV)/.installed
 
