@@ -119,17 +119,22 @@ def derived_inventory(directory: Path, workers: int | None = None, **settings) -
     return path
 
 
-def plan(inventory_path: Path | str = LAB_INVENTORY) -> tuple[int, dict[str, tuple[str, str]], str]:
-    """`make plan`: pyinfra's dry run. Returns, per operation, its (change, conditional
-    change) columns, e.g. ("1 (master)", "-")."""
-    result = subprocess.run(
-        ["make", "--no-print-directory", "plan", f"INVENTORY={inventory_path}"],
+def make(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a make target the way an operator does, from the checkout."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def plan(inventory_path: Path | str = LAB_INVENTORY) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """`make plan`: pyinfra's dry run. Returns, per operation, its (change, conditional
+    change) columns, e.g. ("1 (master)", "-")."""
+    result = make("plan", f"INVENTORY={inventory_path}")
     output = result.stdout + result.stderr
     rows: dict[str, tuple[str, str]] = {}
     in_table = False

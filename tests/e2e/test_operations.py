@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
-from tests.lab_fleet import REPO, changed, deploy, derived_inventory
+from tests.lab_fleet import changed, deploy, derived_inventory, make
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -17,13 +16,7 @@ ROLLING = (
 
 
 def test_status_shows_hosts_services_certificate_and_connections(lab):
-    result = subprocess.run(
-        ["make", "--no-print-directory", "status"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = make("status")
     assert result.returncode == 0, result.stderr
     output = result.stdout
     for node in lab.fleet.nodes:
@@ -126,13 +119,7 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
     # HAProxy's health checks bring the new servers UP within a few check intervals.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        status = subprocess.run(
-            ["make", "--no-print-directory", "status"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        ).stdout
+        status = make("status").stdout
         line = next(
             line
             for line in status.splitlines()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.lab_fleet import REPO
+from tests.lab_fleet import make
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -16,13 +14,7 @@ def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(l
     port = lab.fleet.settings.worker_base_port
     assert lab.on(worker.name, f"systemctl stop wssfleet@{port}").returncode == 0
     try:
-        result = subprocess.run(
-            ["make", "--no-print-directory", "verify"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=500,
-        )
+        result = make("verify")
     finally:
         lab.on(worker.name, f"systemctl start wssfleet@{port}")
     output = result.stdout + result.stderr
