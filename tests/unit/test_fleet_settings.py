@@ -228,3 +228,9 @@ def test_token_command_signs_with_the_deployments_secret(tmp_path):
     stored = secrets.path_for(inventory)
     assert stored.stat().st_mode & 0o777 == 0o600
     assert auth.verify(secrets.load(inventory)["jwt_secret"], result.stdout.strip()) == "ops"
+
+
+def test_a_bad_memory_size_names_the_setting():
+    with pytest.raises(SettingsError) as error:
+        resolve({**PEBBLE, "redis_maxmemory": "lots"})
+    assert "setting redis_maxmemory='lots' is invalid: give a size like 256mb" in str(error.value)

@@ -66,22 +66,22 @@ def _integer(name: str, low: int, high: int) -> Callable[[Any], int]:
     return check
 
 
-def _duration(name: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or not DURATION.fullmatch(value):
-            raise _fail(name, value, "give a duration like 500ms, 30s, 5m or 1h")
-        return value
+def _matching(pattern: re.Pattern[str], fix: str) -> Callable[[str], Callable[[Any], str]]:
+    """A checker factory for string settings that must match ``pattern``."""
 
-    return check
+    def for_setting(name: str) -> Callable[[Any], str]:
+        def check(value: Any) -> str:
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                raise _fail(name, value, fix)
+            return value
+
+        return check
+
+    return for_setting
 
 
-def _memory(name: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or not MEMORY.fullmatch(value):
-            raise _fail(name, value, "give a size like 256mb or 1gb")
-        return value
-
-    return check
+_duration = _matching(DURATION, "give a duration like 500ms, 30s, 5m or 1h")
+_memory = _matching(MEMORY, "give a size like 256mb or 1gb")
 
 
 def _worker_processes(value: Any) -> int | str:
