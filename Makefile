@@ -4,9 +4,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 INVENTORY ?= inventory/lab.py
-LAB_INVENTORY := inventory/lab.py
 VENV := .venv
 PY := $(VENV)/bin/python
+WSSFLEET := $(VENV)/bin/wssfleet
 PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 ARTIFACTS := artifacts
 
@@ -37,42 +37,31 @@ $(HOST_STAMP): Makefile
 	fi
 	@mkdir -p build && touch $@
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml service/pyproject.toml
 	@echo "==> preparing the virtualenv $(VENV)"
 	@python3 -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[control]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium' && touch $@
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e ./service -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium, wssfleet, wssfleet_control' && touch $@
 
-# The lab inventory needs the lab: deploy, plan, verify and the rest bring it up first.
-define lab_if_needed
-	@if [ "$(INVENTORY)" = "$(LAB_INVENTORY)" ]; then $(PY) -m lab up; fi
-endef
-
+# Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py); with the lab's
+# inventory (the default) deploy, verify, status and renew bring the lab up first.
 deploy: tools ## deploy the fleet (the lab first when INVENTORY is the lab, the default)
-	$(lab_if_needed)
-	@$(PY) -m wssfleet.fleet check $(INVENTORY)
-	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
-	@$(PY) -m wssfleet.fleet summary $(INVENTORY)
+	@$(WSSFLEET) deploy -i $(INVENTORY)
 
 plan: tools ## dry run: what a deploy would change, on which host; changes nothing
-	$(lab_if_needed)
-	@$(PY) -m wssfleet.fleet check $(INVENTORY)
-	$(VENV)/bin/pyinfra $(INVENTORY) deploy.py --dry < /dev/null
+	@$(WSSFLEET) plan -i $(INVENTORY)
 
 verify: tools ## the testinfra suite against INVENTORY's hosts
-	$(lab_if_needed)
-	$(PYTEST) tests/infra --inventory=$(INVENTORY) -q
+	@$(WSSFLEET) verify -i $(INVENTORY)
 
 status: tools ## hosts, services, certificate expiry, open connections
-	$(lab_if_needed)
-	@$(PY) -m wssfleet.fleet status $(INVENTORY)
+	@$(WSSFLEET) status -i $(INVENTORY)
 
 renew: tools ## force a certificate renewal through the cron job's own script
-	$(lab_if_needed)
-	@$(PY) -m wssfleet.fleet renew $(INVENTORY)
+	@$(WSSFLEET) renew -i $(INVENTORY)
 
 token: tools ## print a client token: make token SUB=alice [TTL=3600]
-	@$(VENV)/bin/wssfleet token --inventory $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600)
+	@$(WSSFLEET) token -i $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600)
 
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
 	$(PYTEST) tests/unit -q
@@ -101,7 +90,7 @@ test: tools ## everything: unit, lab, deploy, end to end (browser included), tes
 	exit $$status
 
 lab-up: tools ## start the local lab (hosts + Pebble); a no-op when it is up
-	$(PY) -m lab up
+	@$(WSSFLEET) lab up
 
 lab-down: ## stop and remove the lab (PURGE=1 also drops the cached base filesystem)
-	@if [ -x $(PY) ]; then $(PY) -m lab down $(if $(PURGE),--purge); else echo "lab: nothing to do (no virtualenv)"; fi
+	@if [ -x $(WSSFLEET) ]; then $(WSSFLEET) lab down $(if $(PURGE),--purge); else echo "lab: nothing to do (no virtualenv)"; fi

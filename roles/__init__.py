@@ -1,23 +1,25 @@
 """pyinfra roles: one module per concern, each rendering its own templates/<role>/ files.
 
-deploy.py calls them by the host's inventory groups. Every role's settings, with their
-defaults, are documented in wssfleet/fleet/settings.py (README, 'Settings').
+deploy.py calls them by the host's inventory groups. Every setting a role reads, with its
+default, is documented in wssfleet_control/settings.py (README, 'Settings').
 """
 
-import os
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
-# Operators may keep customised templates elsewhere (same layout); tests use this too.
-TEMPLATES = Path(os.environ.get("WSSFLEET_TEMPLATES") or Path(__file__).parent.parent / "templates")
+from wssfleet_control.run import current_run, quote
+
 STATE = "/var/lib/wssfleet"
+HOSTSIDE = Path(__file__).resolve().parent.parent / "wssfleet_control" / "hostside"
+# Where the host-side helpers (wssfleet_control/hostside/) are installed.
+HELPERS = "/usr/local/lib/wssfleet"
 
 
 def template(role: str, name: str) -> str:
-    return str(TEMPLATES / role / name)
+    return str(current_run().templates / role / name)
 
 
 def open_files_limit() -> int:
@@ -34,9 +36,11 @@ def activate_candidate(name: str, candidate, candidate_path: str, commands: list
     deploy changes nothing; a rejected candidate is removed so the next deploy retries.
     """
     loaded = f"{STATE}/{Path(candidate_path).name}.loaded"
-    pending = host.get_fact(Command, f"cmp -s {candidate_path} {loaded} || echo pending")
+    pending = host.get_fact(
+        Command, f"cmp -s {quote(candidate_path)} {quote(loaded)} || echo pending"
+    )
     server.shell(
         name=name,
-        commands=[*commands, f"install -D -m 600 {candidate_path} {loaded}"],
+        commands=[*commands, f"install -D -m 600 {quote(candidate_path)} {quote(loaded)}"],
         _if=None if pending else candidate.did_change,
     )

@@ -14,8 +14,9 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import template
-from roles.haproxy import CERTIFICATE
-from wssfleet.fleet.inventory import Fleet
+from roles.haproxy import RUNTIME
+from wssfleet_control.inventory import Fleet
+from wssfleet_control.run import quote
 
 CERT_NAME = "wssfleet"
 LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
@@ -56,7 +57,7 @@ def apply(fleet: Fleet) -> None:
         src=template("certificates", "haproxy-deploy-hook.j2"),
         dest=HOOK,
         mode="755",
-        certificate=CERTIFICATE,
+        runtime=RUNTIME,
         lineage=LINEAGE,
     )
     files.template(
@@ -109,13 +110,15 @@ def _request_file(fleet: Fleet) -> StringIO:
 def _certonly(fleet: Fleet, ca_bundle: str) -> str:
     settings = fleet.settings
     account = (
-        f"-m {settings.acme_email}" if settings.acme_email else "--register-unsafely-without-email"
+        f"-m {quote(settings.acme_email)}"
+        if settings.acme_email
+        else "--register-unsafely-without-email"
     )
-    domains = " ".join(f"-d {name}" for name in settings.domains)
-    environment = f"REQUESTS_CA_BUNDLE={ca_bundle} " if ca_bundle else ""
+    domains = " ".join(f"-d {quote(name)}" for name in settings.domains)
+    environment = f"REQUESTS_CA_BUNDLE={quote(ca_bundle)} " if ca_bundle else ""
     return (
         f"{environment}certbot certonly --non-interactive --agree-tos --no-eff-email {account} "
-        f"--cert-name {CERT_NAME} {domains} --server {settings.acme_directory} "
+        f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} "
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
         "--standalone --http-01-address 127.0.0.1 --http-01-port 8888 "
         f"--deploy-hook {HOOK}"

@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
 from roles import activate_candidate, template
-from wssfleet.fleet.inventory import Fleet
+from wssfleet_control.inventory import Fleet
 
 LIVE = "/etc/nftables.conf"
 CANDIDATE = "/etc/nftables.conf.wssfleet-candidate"

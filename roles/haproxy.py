@@ -11,14 +11,16 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import activate_candidate, open_files_limit, template
-from wssfleet.fleet.inventory import Fleet
-from wssfleet.fleet.settings import SettingsError
+from roles import HELPERS, HOSTSIDE, activate_candidate, open_files_limit, template
+from wssfleet_control.inventory import Fleet
+from wssfleet_control.run import quote
+from wssfleet_control.settings import SettingsError
 
 LIVE = "/etc/haproxy/haproxy.cfg"
 CANDIDATE = "/etc/haproxy/haproxy.cfg.wssfleet-candidate"
 CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
-RELOAD = "/usr/local/lib/wssfleet/haproxy-reload"
+# The master's one runtime-API client (wssfleet_control/hostside/haproxy_runtime.py).
+RUNTIME = f"{HELPERS}/haproxy_runtime.py"
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,17 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
             commands=[
                 "set -e; umask 077; tmp=$(mktemp -d); "
                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                f"-days 7 -subj /CN={fleet.settings.domain} -keyout $tmp/key -out $tmp/cert "
+                f"-days 7 -subj {quote('/CN=' + fleet.settings.domain)} "
+                "-keyout $tmp/key -out $tmp/cert "
                 "2>/dev/null; "
                 f"cat $tmp/cert $tmp/key > {CERTIFICATE}; rm -r $tmp"
             ],
         )
-    files.template(
-        name="Ensure the verified-reload helper is installed",
-        src=template("haproxy", "haproxy-reload.j2"),
-        dest=RELOAD,
+    files.directory(name=f"Ensure {HELPERS} exists", path=HELPERS, mode="755")
+    files.put(
+        name="Ensure the runtime-API client is installed",
+        src=str(HOSTSIDE / "haproxy_runtime.py"),
+        dest=RUNTIME,
         mode="755",
     )
     candidate = files.template(
@@ -90,7 +94,7 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         [
             f"haproxy -c -f {CANDIDATE} || {{ rm -f {CANDIDATE}; exit 1; }}",
             f"install -m 644 {CANDIDATE} {LIVE}",
-            RELOAD,
+            f"python3 {RUNTIME} reload",
         ],
     )
     systemd.service(

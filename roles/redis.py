@@ -4,7 +4,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
 from roles import template
-from wssfleet.fleet.inventory import Fleet
+from wssfleet_control.inventory import Fleet
 
 
 @deploy("Redis")

@@ -1,31 +1,46 @@
-"""The WebSocket service on the workers: wheels, a virtualenv, one systemd unit per port.
+"""The WebSocket service on the workers: releases, the environment file, one unit per port.
 
-A new release (or new settings) restarts one host at a time, and the next host waits
-until every instance of the previous one answers /healthz.
+Each release lives in /opt/wssfleet/releases/<id> (its wheels and virtualenv); `current`
+points at the one instances start from. The first deploy points it and starts the instances;
+later, the rollout controller (wssfleet_control/rollout.py) moves `current` and restarts
+instances one at a time. This role never restarts a running instance.
 """
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File, Link
+from pyinfra.facts.hardware import Cpus
 from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
-from roles import open_files_limit, template
-from wssfleet.fleet import wheels
-from wssfleet.fleet.inventory import Fleet, Node
+from roles import HELPERS, HOSTSIDE, open_files_limit, template
+from wssfleet.settings import ClientPolicy, ServiceConfig
+from wssfleet_control.inventory import Fleet, Node
+from wssfleet_control.run import DeployRun, quote
 
 HOME = "/opt/wssfleet"
-WHEELS = f"{HOME}/wheels"
-VENV = f"{HOME}/venv"
+RELEASES = f"{HOME}/releases"
+CURRENT = f"{HOME}/current"
 ENV_FILE = "/etc/wssfleet/wssfleet.env"
 UNIT = "/etc/systemd/system/wssfleet@.service"
+INSTANCES = f"{HELPERS}/instances.py"
 LIMIT_NOFILE = 1048576
 INSTANCE_PREFIX = "wssfleet@"
+# The current release, the one before it (for rollback) and one more.
+RELEASES_KEPT = 3
+# Set per instance by the unit, not by the environment file.
+PER_INSTANCE = frozenset({"port", "worker_name"})
 
 
 def instance(port: int) -> str:
     return f"{INSTANCE_PREFIX}{port}.service"
+
+
+def ports(fleet: Fleet, worker) -> list[int]:
+    """The service ports of a worker host (a pyinfra Host): one per process."""
+    processes = fleet.settings.worker_processes
+    return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)
 
 
 def interpreter() -> tuple[str, str]:
@@ -37,14 +52,33 @@ def interpreter() -> tuple[str, str]:
     return version, machine
 
 
-@deploy("WebSocket service")
-def apply(fleet: Fleet, node: Node, ports: list[int], secrets: dict[str, str]) -> None:
-    """Ship the release and run one instance per port, restarting one host at a time.
+def service_config(run: DeployRun, node: Node) -> ServiceConfig:
+    """The service's own model, filled from the deployment: what every instance reads."""
+    settings = run.fleet.settings
+    policy = {name: getattr(settings, name) for name in ClientPolicy.model_fields}
+    return ServiceConfig.model_validate(
+        {
+            **policy,
+            "allowed_origins": settings.origins,
+            "jwt_secret": run.secrets["jwt_secret"],
+            "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
+            "bind": node.address,
+        }
+    )
 
-    + fleet: the checked inventory (service settings, Redis address)
+
+def systemd_quoted(value: str) -> str:
+    """A value for a systemd EnvironmentFile: double quotes, backslash escapes."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@deploy("WebSocket service")
+def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
+    """Install this run's release and run one instance per port.
+
+    + run: the deploy (fleet settings, secrets, release, whether it is a plan)
     + node: this worker
-    + ports: the instances' ports on this host
-    + secrets: the deployment's JWT secret and Redis password
+    + service_ports: the instances' ports on this host
     """
     apt.packages(
         name="Ensure python3-venv is installed", packages=["python3-venv"], no_recommends=True
@@ -58,9 +92,10 @@ def apply(fleet: Fleet, node: Node, ports: list[int], secrets: dict[str, str]) -
         create_home=False,
         ensure_home=False,
     )
-    files.directory(
-        name="Ensure the service home exists", path=HOME, user="root", group="root", mode="755"
-    )
+    for path in (HOME, RELEASES, HELPERS):
+        files.directory(
+            name=f"Ensure {path} exists", path=path, user="root", group="root", mode="755"
+        )
     files.directory(
         name="Ensure the service's config directory is private",
         path="/etc/wssfleet",
@@ -68,46 +103,33 @@ def apply(fleet: Fleet, node: Node, ports: list[int], secrets: dict[str, str]) -
         group="wssfleet",
         mode="750",
     )
-    release = files.sync(
-        name="Ensure the release's wheels are on the host",
-        src=str(wheels.wheelhouse(*interpreter())),
-        dest=WHEELS,
-        mode="644",
-        delete=True,
+    files.put(
+        name="Ensure the instance helper is installed",
+        src=str(HOSTSIDE / "instances.py"),
+        dest=INSTANCES,
+        mode="755",
     )
-    new_venv = not host.get_fact(Command, f"test -x {VENV}/bin/python && echo yes || true")
-    if new_venv:
-        server.shell(name="Ensure the virtualenv exists", commands=[f"python3 -m venv {VENV}"])
-    install = server.shell(
-        name="Ensure the release is installed in the virtualenv",
-        commands=[
-            f"{VENV}/bin/pip install --quiet --no-index --find-links {WHEELS} "
-            "--force-reinstall wssfleet"
-        ],
-        _if=None if new_venv else release.did_change,
-    )
-    environment = files.template(
+    _install_release(run)
+    environment = service_config(run, node).environment(exclude=PER_INSTANCE)
+    files.template(
         name="Ensure the service's environment file is current",
         src=template("workers", "wssfleet.env.j2"),
         dest=ENV_FILE,
         user="root",
         group="wssfleet",
         mode="640",
-        settings=fleet.settings,
-        address=node.address,
-        secrets=secrets,
-        redis_url=fleet.redis_url(secrets["redis_password"]),
+        environment={name: systemd_quoted(value) for name, value in environment.items()},
     )
     unit = files.template(
         name="Ensure the wssfleet@ systemd unit is current",
         src=template("workers", "wssfleet@.service.j2"),
         dest=UNIT,
         mode="644",
+        current=CURRENT,
+        environment_file=ENV_FILE,
         limit_nofile=min(LIMIT_NOFILE, open_files_limit()),
     )
-    status = host.get_fact(SystemdStatus)
-    running_before = [port for port in ports if status.get(instance(port))]
-    for port in ports:
+    for port in service_ports:
         systemd.service(
             name=f"Ensure instance {instance(port)} is running and enabled",
             service=instance(port),
@@ -115,23 +137,65 @@ def apply(fleet: Fleet, node: Node, ports: list[int], secrets: dict[str, str]) -
             enabled=True,
             daemon_reload=unit.will_change,
         )
-    for name, _ in sorted(status.items()):
-        if name.startswith(INSTANCE_PREFIX) and name not in {instance(p) for p in ports}:
+    wanted = {instance(port) for port in service_ports}
+    for name, _ in sorted(host.get_fact(SystemdStatus).items()):
+        if name.startswith(INSTANCE_PREFIX) and name not in wanted:
             systemd.service(
                 name=f"Ensure surplus {name} is stopped and disabled",
                 service=name,
                 running=False,
                 enabled=False,
             )
-    if running_before:
-        units = " ".join(instance(port) for port in running_before)
-        health = " ".join(f"--port {port}" for port in running_before)
+
+
+def _install_release(run: DeployRun) -> None:
+    """The release's wheels and virtualenv, unless a complete install is there already.
+
+    A marker written after pip succeeds decides it, so a deploy after a failed install
+    installs again."""
+    directory = f"{RELEASES}/{run.release}"
+    marker = f"{directory}/.installed"
+    if not host.get_fact(File, path=marker):
+        wheels = f"{directory}/wheels"
+        venv = f"{directory}/venv"
+        if not run.dry:
+            files.sync(
+                name=f"Ensure release {run.release}'s wheels are on the host",
+                src=str(run.wheelhouse(*interpreter())),
+                dest=wheels,
+                mode="644",
+                delete=True,
+            )
         server.shell(
-            name="Ensure running instances serve the current release (one host at a time)",
+            name=f"Ensure release {run.release} is installed",
             commands=[
-                f"systemctl restart {units}",
-                f"{VENV}/bin/wssfleet wait-healthy --host {node.address} {health} --timeout 60",
+                f"rm -rf {quote(venv)}",
+                f"python3 -m venv {quote(venv)}",
+                f"{quote(venv)}/bin/pip install --quiet --no-index --find-links {quote(wheels)} "
+                "wssfleet",
+                f"touch {quote(marker)}",
             ],
-            _if=any_changed(install, environment, unit),
-            _serial=True,
         )
+    if not host.get_fact(Link, path=CURRENT):
+        files.link(
+            name=f"Ensure {CURRENT} points at a release (the first one)",
+            path=CURRENT,
+            target=directory,
+        )
+    _prune_releases(run.release)
+
+
+def _prune_releases(new: str) -> None:
+    listing = (host.get_fact(Command, f"ls -1t {RELEASES} 2>/dev/null || true") or "").split()
+    current = host.get_fact(Command, f"readlink {CURRENT} || true") or ""
+    keep = {new, current.rsplit("/", 1)[-1]}
+    for name in listing:
+        if len(keep) < RELEASES_KEPT:
+            keep.add(name)
+    for name in listing:
+        if name not in keep:
+            files.directory(
+                name=f"Ensure old release {name} is removed",
+                path=f"{RELEASES}/{name}",
+                present=False,
+            )

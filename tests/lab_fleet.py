@@ -1,13 +1,16 @@
-"""What the end-to-end tests know about the deployed lab, and how they reach it."""
+"""What the end-to-end tests know about the deployed lab, and how they reach it.
+
+Deploys and plans run as `wssfleet deploy|plan --json`, whose report the tests read; hosts are
+reached with the OpenSSH config that the inventory itself generates (as `wssfleet verify`).
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import ssl
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,13 +18,12 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 
 from wssfleet import auth
-from wssfleet.fleet import inventory, remote
+from wssfleet_control import inventory
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab.py"
 LAB_JSON = REPO / ".lab" / "lab.json"
-STATUS_LINE = re.compile(r"^\s+\[(?P<host>[^\]]+)\]\s+(?P<status>Success|No changes|Skipped|Error)")
-OPERATION_LINE = re.compile(r"^--> Starting (?:serial )?operation: (?P<name>.+?)\s*$")
+SSH_CONFIG = REPO / "build" / "ssh_config.lab-tests"
 
 
 @dataclass
@@ -32,7 +34,10 @@ class Lab:
 
     @cached_property
     def fleet(self) -> inventory.Fleet:
-        return inventory.load(LAB_INVENTORY)
+        fleet = inventory.load(LAB_INVENTORY)
+        SSH_CONFIG.parent.mkdir(exist_ok=True)
+        SSH_CONFIG.write_text(fleet.ssh_config())
+        return fleet
 
     @property
     def domain(self) -> str:
@@ -65,47 +70,82 @@ class Lab:
             **options,
         )
 
-    def on(self, name: str, command: str) -> subprocess.CompletedProcess:
-        node = next(node for node in self.fleet.nodes if node.name == name)
-        return remote.run(node, command)
+    def ports(self, worker: str) -> list[int]:
+        """The service ports of a worker: one instance a CPU, as the lab deploys them."""
+        return self.fleet.worker_ports(int(self.on(worker, "nproc").stdout))
+
+    def on(self, name: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """A shell command on a lab host, through the inventory's own SSH settings."""
+        assert self.fleet
+        return subprocess.run(
+            ["ssh", "-F", str(SSH_CONFIG), name, command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
-def deploy(
-    inventory_path: Path | str = LAB_INVENTORY, *extra: str, env: dict[str, str] | None = None
-) -> tuple[int, dict[tuple[str, str], str], str]:
-    """Run pyinfra as `make deploy` does; return its exit code, each (operation, host)'s
-    status, and the whole output."""
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "pyinfra"),
-            "-y",
-            str(inventory_path),
-            "deploy.py",
-            *extra,
-        ],
+def wssfleet(*arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The control CLI, as the Make targets call it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "wssfleet"), *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
-        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
-    statuses: dict[tuple[str, str], str] = {}
-    operation = None
-    for line in (result.stdout + result.stderr).splitlines():
-        if match := OPERATION_LINE.match(line):
-            operation = match["name"]
-        elif operation and (match := STATUS_LINE.match(line)):
-            statuses[(operation, match["host"])] = match["status"]
-    return result.returncode, statuses, result.stdout + result.stderr
 
 
-def changed(statuses: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
-    return sorted(key for key, status in statuses.items() if status == "Success")
+def deploy(inventory_path: Path | str = LAB_INVENTORY, *extra: str) -> tuple[int, dict, str]:
+    """`wssfleet deploy --json`: its exit code, its report and its log (stderr)."""
+    result = wssfleet("deploy", "--json", "-i", str(inventory_path), *extra)
+    return result.returncode, _report(result), result.stderr
 
 
-def derived_inventory(directory: Path, workers: int | None = None, **settings) -> Path:
-    """The lab inventory with some settings changed (same hosts, same secrets), optionally
-    keeping only the first ``workers`` workers."""
+def plan(inventory_path: Path | str = LAB_INVENTORY) -> tuple[int, dict, str]:
+    """`wssfleet plan --json`."""
+    result = wssfleet("plan", "--json", "-i", str(inventory_path))
+    return result.returncode, _report(result), result.stderr
+
+
+def _report(result: subprocess.CompletedProcess) -> dict:
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise AssertionError(
+            f"no JSON report (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
+            f"{result.stderr[-3000:]}"
+        ) from None
+
+
+def with_status(report: dict, *statuses: str) -> list[tuple[str, str]]:
+    """(operation, host) pairs of the report whose outcome is one of ``statuses``."""
+    return sorted(
+        (operation["name"], host)
+        for operation in report["operations"]
+        for host, outcome in operation["hosts"].items()
+        if outcome["status"] in statuses
+    )
+
+
+def changed(report: dict) -> list[tuple[str, str]]:
+    return with_status(report, "changed")
+
+
+def restarted(report: dict) -> list[tuple[str, int]]:
+    return [
+        (step["host"], step["port"])
+        for step in report["rollout"]["steps"]
+        if step["outcome"] == "done"
+    ]
+
+
+def derived_inventory(
+    directory: Path, workers: int | None = None, own_secrets: bool = False, **settings
+) -> Path:
+    """The lab inventory with some settings changed (same hosts; the lab's secrets unless
+    ``own_secrets``), optionally keeping only the first ``workers`` workers."""
     path = directory / "lab_changed.py"
     path.write_text(
         "import runpy\n"
@@ -115,8 +155,21 @@ def derived_inventory(directory: Path, workers: int | None = None, **settings) -
         "_names = {name for name, _ in master + workers}\n"
         "all = ([name for name in _lab['all'][0] if name in _names], _lab['all'][1])\n"
         f"all[1]['wssfleet'].update({settings!r})\n"
+        + ("all[1]['wssfleet_inventory'] = __file__\n" if own_secrets else "")
     )
     return path
+
+
+@contextmanager
+def edited(path: Path, old: str, new: str):
+    """The checkout's file with ``old`` replaced by ``new``, restored afterwards."""
+    original = path.read_text()
+    assert old in original, f"{old!r} is not in {path}"
+    path.write_text(original.replace(old, new, 1))
+    try:
+        yield
+    finally:
+        path.write_text(original)
 
 
 def make(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -129,20 +182,3 @@ def make(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-
-
-def plan(inventory_path: Path | str = LAB_INVENTORY) -> tuple[int, dict[str, tuple[str, str]], str]:
-    """`make plan`: pyinfra's dry run. Returns, per operation, its (change, conditional
-    change) columns, e.g. ("1 (master)", "-")."""
-    result = make("plan", f"INVENTORY={inventory_path}")
-    output = result.stdout + result.stderr
-    rows: dict[str, tuple[str, str]] = {}
-    in_table = False
-    for line in output.splitlines():
-        if line.startswith("--> Detected changes"):
-            in_table = True
-            continue
-        columns = re.split(r"\s{2,}", line.strip())
-        if in_table and len(columns) == 3 and columns[0] != "Operation":
-            rows[columns[0]] = (columns[1], columns[2])
-    return result.returncode, rows, output

@@ -15,7 +15,16 @@ import ssl
 import pytest
 
 from tests.e2e.conftest import run
-from tests.lab_fleet import REPO, changed, deploy, derived_inventory, plan
+from tests.lab_fleet import (
+    REPO,
+    changed,
+    deploy,
+    derived_inventory,
+    plan,
+    restarted,
+    with_status,
+    wssfleet,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -30,20 +39,23 @@ def haproxy_state(lab) -> tuple[str, str]:
 
 
 def test_second_deploy_changes_nothing_on_any_host():
-    code, statuses, output = deploy()
-    assert code == 0, output[-3000:]
-    assert statuses, "no operation status was parsed from pyinfra's output"
-    assert changed(statuses) == []
+    code, report, log = deploy()
+    assert code == 0, log[-3000:]
+    assert len(report["operations"]) > 30
+    assert changed(report) == []
+    assert report["rollout"] == {"status": "done", "steps": []}
 
 
 def test_plan_shows_the_change_without_making_it(lab, tmp_path):
     before = haproxy_state(lab)
-    code, rows, output = plan(derived_inventory(tmp_path, haproxy_timeout_tunnel="2h"))
-    assert code == 0, output[-3000:]
-    definite = {operation: change for operation, (change, _) in rows.items() if change != "-"}
-    assert definite == {"HAProxy | Ensure the candidate HAProxy config is rendered": "1 (master)"}
+    code, report, log = plan(derived_inventory(tmp_path, haproxy_timeout_tunnel="2h"))
+    assert code == 0, log[-3000:]
+    assert with_status(report, "will change") == [
+        ("HAProxy | Ensure the candidate HAProxy config is rendered", "master")
+    ]
     activate = "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)"
-    assert rows[activate][1] == "1 (master)"
+    assert with_status(report, "may change") == [(activate, "master")]
+    assert report["rollout"] == {"status": "planned", "steps": []}
     assert haproxy_state(lab) == before
 
 
@@ -70,9 +82,10 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
         await ws.close()
         return result, alive
 
-    (code, statuses, output), alive = run(scenario(), timeout=600)
-    assert code == 0, output[-3000:]
-    assert set(changed(statuses)) == {
+    (code, report, log), alive = run(scenario(), timeout=600)
+    assert code == 0, log[-3000:]
+    assert restarted(report) == []
+    assert set(changed(report)) == {
         ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
         (
             "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)",
@@ -82,8 +95,8 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
     assert alive, "a WebSocket opened before the reload was dropped"
     assert "timeout tunnel 2h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
     assert haproxy_state(lab)[1] == pid_before, "HAProxy was restarted, not reloaded"
-    code, statuses, output = deploy()
-    assert code == 0, output[-3000:]
+    code, _, log = deploy()
+    assert code == 0, log[-3000:]
     assert "timeout tunnel 1h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
 
 
@@ -93,13 +106,19 @@ def test_rejected_haproxy_template_fails_and_leaves_haproxy_untouched(lab, tmp_p
     config = templates / "haproxy" / "haproxy.cfg.j2"
     config.write_text(config.read_text().replace("balance leastconn", "balance not-a-method"))
     before = haproxy_state(lab)
-    code, _, output = deploy(env={"WSSFLEET_TEMPLATES": str(templates)})
+    code, report, _ = deploy(REPO / "inventory" / "lab.py", "--templates", str(templates))
     assert code != 0
-    assert "balance only supports" in output  # HAProxy's own complaint reaches the operator
+    assert not report["ok"]
+    # HAProxy's own complaint reaches the operator, naming the host and the step.
+    assert any(
+        error.startswith("master: HAProxy | Ensure the validated HAProxy config is live")
+        and "balance only supports" in error
+        for error in report["errors"]
+    ), report["errors"]
     assert haproxy_state(lab) == before
     assert lab.on("master", "systemctl is-active haproxy").stdout.strip() == "active"
-    code, _, output = deploy()
-    assert code == 0, output[-3000:]
+    code, _, log = deploy()
+    assert code == 0, log[-3000:]
 
 
 def served_serial(lab) -> int:
@@ -116,21 +135,11 @@ def served_serial(lab) -> int:
 
 
 def test_renewal_swaps_the_certificate_without_dropping_open_websockets(lab):
-    import subprocess
-    import sys
-
     serial_before = served_serial(lab)
 
     async def scenario():
         ws = await open_echoing_socket(lab)
-        renewal = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "wssfleet.fleet", "renew", "inventory/lab.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        renewal = await asyncio.to_thread(wssfleet, "renew", "-i", "inventory/lab.py")
         alive = await still_echoes(ws)
         await ws.close()
         return renewal, alive

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 
-from tests.lab_fleet import changed, deploy, derived_inventory, make
+from tests.lab_fleet import REPO, changed, deploy, derived_inventory, edited, make, restarted
 
 pytestmark = pytest.mark.timeout(900)
-
-ROLLING = (
-    "WebSocket service | Ensure running instances serve the current release (one host at a time)"
-)
 
 
 def test_status_shows_hosts_services_certificate_and_connections(lab):
@@ -29,40 +26,43 @@ def test_status_shows_hosts_services_certificate_and_connections(lab):
     )
 
 
-def started_at(lab, worker: str) -> list[int]:
-    """Monotonic start times (µs) of a worker's instances; the lab's hosts share one kernel
-    clock, so times on different hosts compare."""
-    ports = lab.fleet.worker_ports(int(lab.on(worker, "nproc").stdout))
-    units = " ".join(f"wssfleet@{port}" for port in ports)
+def started_at(lab, worker: str, port: int) -> int:
+    """Monotonic start time (µs) of an instance; the lab's hosts share one kernel clock, so
+    times on different hosts compare."""
     output = lab.on(
-        worker, f"systemctl show -p ActiveEnterTimestampMonotonic --value {units}"
+        worker, f"systemctl show -p ActiveEnterTimestampMonotonic --value wssfleet@{port}"
     ).stdout
-    return sorted(int(value) for value in output.split())
+    return int(output)
 
 
-def test_new_service_settings_restart_one_worker_host_at_a_time(lab, tmp_path):
-    first, second = (worker.name for worker in lab.fleet.workers[:2])
-    code, statuses, output = deploy(derived_inventory(tmp_path, messages_per_second=60))
+def test_new_service_settings_restart_one_instance_at_a_time(lab, tmp_path):
+    code, report, log = deploy(derived_inventory(tmp_path, messages_per_second=60))
     try:
-        assert code == 0, output[-3000:]
-        assert (ROLLING, first) in changed(statuses) and (ROLLING, second) in changed(statuses)
-        assert not [key for key in changed(statuses) if key[1] == lab.fleet.master.name]
-        # Whichever host goes first, the other restarts only after all of its instances
-        # are back: the two restart windows do not overlap.
-        earlier, later = sorted((started_at(lab, first), started_at(lab, second)))
-        assert max(earlier) < min(later)
+        assert code == 0, log[-3000:]
+        steps = report["rollout"]["steps"]
+        every_instance = [
+            (worker.name, port) for worker in lab.fleet.workers for port in lab.ports(worker.name)
+        ]
+        assert restarted(report) == every_instance
+        assert {step["reason"] for step in steps} == {"settings changed since it started"}
+        assert not [key for key in changed(report) if key[1] == lab.fleet.master.name]
+        # Each instance started only after the one before it answered its health check.
+        starts = [started_at(lab, host, port) for host, port in every_instance]
+        assert starts == sorted(starts)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert min(gaps) > 200_000, gaps  # µs: at least one health check apart
     finally:
-        code, _, output = deploy()
-    assert code == 0, output[-3000:]
+        code, _, log = deploy()
+    assert code == 0, log[-3000:]
 
 
 def test_connection_rate_limit_refuses_a_flooding_source(lab, tmp_path):
     import socket
     import ssl
 
-    code, _, output = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=5))
+    code, _, log = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=5))
     try:
-        assert code == 0, output[-3000:]
+        assert code == 0, log[-3000:]
         outcomes = []
         for _ in range(12):
             try:
@@ -76,44 +76,54 @@ def test_connection_rate_limit_refuses_a_flooding_source(lab, tmp_path):
         assert outcomes[:5] == ["served"] * 5
         assert outcomes[-1] == "refused"
     finally:
-        code, _, output = deploy()
-    assert code == 0, output[-3000:]
+        code, _, log = deploy()
+    assert code == 0, log[-3000:]
 
 
-def test_a_new_release_ships_wheels_and_rolls_the_workers(lab):
-    # A different build timestamp makes a different wheel: to the deploy, a new release.
-    code, statuses, output = deploy(env={"SOURCE_DATE_EPOCH": "1700000000"})
+def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
+    old = deploy()[1]["release"]
+    with edited(
+        REPO / "service" / "wssfleet" / "protocol.py",
+        '"""The message protocol',
+        '"""(a new release) The message protocol',
+    ):
+        code, report, log = deploy()
     try:
-        assert code == 0, output[-3000:]
+        assert code == 0, log[-3000:]
+        new = report["release"]
+        assert new != old
         for worker in lab.fleet.workers:
             for operation in (
-                "WebSocket service | Ensure the release's wheels are on the host",
-                "WebSocket service | Ensure the release is installed in the virtualenv",
-                ROLLING,
+                f"WebSocket service | Ensure release {new}'s wheels are on the host",
+                f"WebSocket service | Ensure release {new} is installed",
             ):
-                assert (operation, worker.name) in changed(statuses), (operation, worker.name)
-        assert not [key for key in changed(statuses) if key[1] == lab.fleet.master.name]
-        health = lab.on(
-            lab.fleet.workers[0].name,
-            f"python3 -c 'import urllib.request; print(urllib.request.urlopen("
-            f'"http://{lab.fleet.workers[0].address}:{lab.fleet.settings.worker_base_port}'
-            "/healthz\").read().decode())'",
-        )
-        assert '"status": "ok"' in health.stdout
+                assert (operation, worker.name) in changed(report), (operation, worker.name)
+        assert not [key for key in changed(report) if key[1] == lab.fleet.master.name]
+        steps = report["rollout"]["steps"]
+        assert len(steps) == 2 * len(lab.fleet.workers)
+        assert {(step["reason"], step["outcome"]) for step in steps} == {
+            (f"runs release {old}", "done")
+        }
+        worker = lab.fleet.workers[0]
+        assert lab.on(worker.name, "readlink /opt/wssfleet/current").stdout.strip().endswith(new)
     finally:
-        code, _, output = deploy()
-    assert code == 0, output[-3000:]
+        code, report, log = deploy()
+    # Back to the release before: installed already, so only the rollout runs.
+    assert code == 0, log[-3000:]
+    assert report["release"] == old
+    assert not [name for name, _ in changed(report) if "installed" in name]
+    assert len(restarted(report)) == 2 * len(lab.fleet.workers)
 
 
 def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_path):
     added = lab.fleet.workers[-1]
-    code, _, output = deploy(derived_inventory(tmp_path, workers=len(lab.fleet.workers) - 1))
-    assert code == 0, output[-3000:]
+    code, _, log = deploy(derived_inventory(tmp_path, workers=len(lab.fleet.workers) - 1))
+    assert code == 0, log[-3000:]
     assert f"server {added.name}-" not in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
     assert added.address not in lab.on("master", "nft list table inet wssfleet").stdout
 
-    code, _, output = deploy()
-    assert code == 0, output[-3000:]
+    code, _, log = deploy()
+    assert code == 0, log[-3000:]
     assert f"server {added.name}-" in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
     assert added.address in lab.on("master", "nft list table inet wssfleet").stdout
     # HAProxy's health checks bring the new servers UP within a few check intervals.

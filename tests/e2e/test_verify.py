@@ -23,8 +23,10 @@ def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(l
     assert failed, output[-2000:]
     assert all(f"{worker.name}-{port}" in line for line in failed), failed
     assert any("test_instance_is_active_and_enabled" in line for line in failed)
+    release = lab.on(worker.name, "python3 /usr/local/lib/wssfleet/instances.py current").stdout
     restarted = lab.on(
         worker.name,
-        f"/opt/wssfleet/venv/bin/wssfleet wait-healthy --host {worker.address} --port {port}",
+        "python3 /usr/local/lib/wssfleet/instances.py wait-healthy "
+        f"{worker.address} {port} {release.strip()} 30",
     )
-    assert restarted.returncode == 0
+    assert restarted.returncode == 0, restarted.stdout

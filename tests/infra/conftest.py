@@ -6,13 +6,12 @@ Each test is parametrized by host (and instance), so a failure names exactly whe
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import testinfra
 
-from wssfleet.fleet import inventory as fleet_inventory
+from wssfleet_control import inventory as fleet_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,54 +22,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(REPO / "inventory" / "lab.py"),
         help="the pyinfra inventory whose hosts to verify",
     )
+    parser.addoption(
+        "--ssh-config",
+        default=None,
+        help="OpenSSH config for the inventory's hosts (`wssfleet verify` writes it)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config._wssfleet = fleet_inventory.load(config.getoption("--inventory"))
+    fleet = fleet_inventory.load(config.getoption("--inventory"))
+    config._wssfleet = fleet
+    ssh_config = config.getoption("--ssh-config")
+    if ssh_config is None:
+        generated = REPO / "build" / f"ssh_config.{Path(fleet.inventory_path).stem}"
+        generated.parent.mkdir(exist_ok=True)
+        generated.write_text(fleet.ssh_config())
+        ssh_config = str(generated)
+    config._wssfleet_ssh_config = ssh_config
 
 
 def _fleet(config: pytest.Config) -> fleet_inventory.Fleet:
     return config._wssfleet
 
 
+_hosts: dict[str, object] = {}
+_ssh_config: list[str] = []
+
+
 def _instances(fleet: fleet_inventory.Fleet, node) -> list[int]:
     processes = fleet.settings.worker_processes
     if processes != "auto":
         return fleet.worker_ports(processes)
-    cpus = int(_host(node).check_output("nproc"))
-    return fleet.worker_ports(cpus)
-
-
-_hosts: dict[str, object] = {}
+    return fleet.worker_ports(int(_host(node).check_output("nproc")))
 
 
 def _host(node):
+    """The testinfra host of an inventory node, through the inventory's own SSH config."""
     if node.name not in _hosts:
-        lines = [f"Host {node.name}", f"  HostName {node.ssh_host}"]
-        options = node.ssh_options
-        if options.get("ssh_user"):
-            lines.append(f"  User {options['ssh_user']}")
-        if options.get("ssh_port"):
-            lines.append(f"  Port {options['ssh_port']}")
-        if options.get("ssh_key"):
-            lines.append(f"  IdentityFile {os.path.expanduser(options['ssh_key'])}")
-        if "ssh_known_hosts_file" in options:
-            lines.append(f"  UserKnownHostsFile {options['ssh_known_hosts_file']}")
-        if "ssh_strict_host_key_checking" in options:
-            lines.append(f"  StrictHostKeyChecking {options['ssh_strict_host_key_checking']}")
-        lines.append("  LogLevel ERROR")
-        config = REPO / "build" / f"ssh_config.{node.name}"
-        config.parent.mkdir(exist_ok=True)
-        config.write_text("\n".join(lines) + "\n")
-        sudo = options.get("ssh_user", "root") != "root"
         _hosts[node.name] = testinfra.get_host(
-            f"ssh://{node.name}", ssh_config=str(config), sudo=sudo
+            f"ssh://{node.name}", ssh_config=_ssh_config[0], sudo=node.sudo
         )
     return _hosts[node.name]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fleet = _fleet(metafunc.config)
+    if not _ssh_config:
+        _ssh_config.append(metafunc.config._wssfleet_ssh_config)
     if "master" in metafunc.fixturenames:
         metafunc.parametrize("master", [fleet.master], ids=lambda n: n.name)
     if "redis_node" in metafunc.fixturenames:

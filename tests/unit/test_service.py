@@ -397,10 +397,14 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(start_service):
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("WSSFLEET_PORT", "99999", "WSSFLEET_PORT='99999' is invalid: must be between 1 and 65535"),
+        (
+            "WSSFLEET_PORT",
+            "99999",
+            "WSSFLEET_PORT='99999' is invalid: Input should be less than or equal to 65535",
+        ),
         ("WSSFLEET_JWT_SECRET", "short", "WSSFLEET_JWT_SECRET='short' is invalid"),
         ("WSSFLEET_REDIS_URL", "http://x", "WSSFLEET_REDIS_URL='http://x' is invalid"),
-        ("WSSFLEET_ALLOWED_ORIGINS", "example.com", "'example.com' is not an origin"),
+        ("WSSFLEET_ALLOWED_ORIGINS", "example.com", "each origin is scheme://host"),
         ("WSSFLEET_PORTT", "1", "unknown variable WSSFLEET_PORTT"),
     ],
 )

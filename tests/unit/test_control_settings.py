@@ -12,8 +12,8 @@ import jinja2
 import pytest
 
 from roles.haproxy import Backend
-from wssfleet.fleet.inventory import from_groups
-from wssfleet.fleet.settings import SettingsError, resolve
+from wssfleet_control.inventory import from_groups
+from wssfleet_control.settings import SettingsError, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 PEBBLE = {"domain": "wss.example.test", "acme_server": "https://127.0.0.1:14000/dir"}
@@ -23,7 +23,7 @@ def test_defaults_fill_in_everything_but_the_domain():
     settings = resolve(PEBBLE)
     assert settings.worker_processes == "auto"
     assert settings.haproxy_timeout_tunnel == "1h"
-    assert settings.origins == ["https://wss.example.test"]
+    assert settings.origins == ("https://wss.example.test",)
     assert settings.acme_directory == "https://127.0.0.1:14000/dir"
 
 
@@ -34,7 +34,7 @@ def test_defaults_fill_in_everything_but_the_domain():
         ({**PEBBLE, "domain": "Not A Name"}, "setting domain='Not A Name' is invalid: give a"),
         ({**PEBBLE, "haproxy_timeout_tunel": "2h"}, "did you mean 'haproxy_timeout_tunnel'"),
         ({**PEBBLE, "haproxy_timeout_tunnel": "2 hours"}, "give a duration like"),
-        ({**PEBBLE, "worker_processes": 0}, "give a whole number from 1 to 64"),
+        ({**PEBBLE, "worker_processes": 0}, "give 'auto' or a whole number from 1 to 64"),
         ({**PEBBLE, "acme_server": "letsencrypt"}, "setting acme_email is required"),
         ({**PEBBLE, "acme_server": "http://insecure/dir"}, "setting acme_server="),
         ({**PEBBLE, "acme_ca_bundle": "/nonexistent.pem"}, "give the path of a PEM file"),
@@ -79,7 +79,7 @@ def test_a_valid_inventory_puts_redis_on_the_master():
             "include 8888 (certbot",
         ),
         (groups(worker_base_port=20, worker_processes=4), "give a whole number from 1024"),
-        (groups(redis_port=8888), "clashes with certbot's HTTP-01 listener on the master"),
+        (groups(redis_port=8888), "clashes with certbot's HTTP-01 listener"),
     ],
 )
 def test_bad_inventories_are_refused(described, message):
@@ -179,7 +179,7 @@ def test_rendered_firewall_passes_nft_check(tmp_path):
 
 def test_settings_table_documents_every_setting():
     result = subprocess.run(
-        [sys.executable, "-m", "wssfleet.fleet", "settings"],
+        [sys.executable, "-m", "wssfleet_control", "settings"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -191,7 +191,7 @@ def test_settings_table_documents_every_setting():
 
 def test_the_production_example_inventory_is_valid():
     result = subprocess.run(
-        [sys.executable, "-m", "wssfleet.fleet", "check", "inventory/production.example.py"],
+        [sys.executable, "-m", "wssfleet_control", "check", "inventory/production.example.py"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -201,33 +201,31 @@ def test_the_production_example_inventory_is_valid():
     assert "lb1 (master+redis), ws1 (worker), ws2 (worker)" in result.stdout
 
 
-def test_token_command_signs_with_the_deployments_secret(tmp_path):
-    from wssfleet import auth
-    from wssfleet.fleet import secrets
-
-    inventory = tmp_path / "staging.py"
-    inventory.write_text("")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wssfleet",
-            "token",
-            "--inventory",
-            str(inventory),
-            "--sub",
-            "ops",
-            "--ttl",
-            "60",
-        ],
+def wssfleet(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wssfleet_control", *arguments],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_token_command_signs_with_the_deployments_secret(tmp_path):
+    from wssfleet import auth
+    from wssfleet_control import secrets
+
+    inventory = tmp_path / "staging.py"
+    inventory.write_text("")
+    refused = wssfleet("token", "-i", str(inventory), "--sub", "ops")
+    assert refused.returncode == 2
+    assert "has no signing key yet: deploy it first" in refused.stderr
+    assert not secrets.path_for(inventory).exists(), "a refused token command wrote secrets"
+    stored = secrets.load(inventory)
+    assert secrets.path_for(inventory).stat().st_mode & 0o777 == 0o600
+    result = wssfleet("token", "-i", str(inventory), "--sub", "ops", "--ttl", "60")
     assert result.returncode == 0, result.stderr
-    stored = secrets.path_for(inventory)
-    assert stored.stat().st_mode & 0o777 == 0o600
-    assert auth.verify(secrets.load(inventory)["jwt_secret"], result.stdout.strip()) == "ops"
+    assert auth.verify(stored["jwt_secret"], result.stdout.strip()) == "ops"
 
 
 def test_a_bad_memory_size_names_the_setting():

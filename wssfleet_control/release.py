@@ -1,12 +1,14 @@
-"""Wheels for the workers, built on the control machine for the workers' own Python.
+"""Releases of the service: what identifies one, and the wheels that install it.
 
-Workers need no PyPI access: the control machine builds the service's wheel and downloads
-its pinned dependencies as binary wheels for the hosts' interpreter and architecture.
-hatchling writes reproducible wheels, so an unchanged service ships nothing new.
+A release is named by a digest of the service's source (service/), computed without building
+anything, so `wssfleet plan` can tell whether hosts run it. `wssfleet deploy` builds the
+wheels for each host's own Python: workers need no PyPI access, and the control side is never
+in them, so editing it makes no release.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,10 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
+SERVICE = REPO / "service"
 BUILD = REPO / "build" / "wheelhouse"
-# glibc of Debian 12 is 2.36: every manylinux tag up to it runs there.
+# glibc of Debian 12 is 2.36 and of Debian 13 2.41: every manylinux tag up to it runs there.
 GLIBC_TAGS = ("2_17", "2_24", "2_27", "2_28", "2_31", "2_34", "2_35", "2_36")
 
 
@@ -24,18 +27,40 @@ class WheelError(RuntimeError):
     """A wheel could not be built or downloaded; the message carries pip's own words."""
 
 
+def service_files() -> list[Path]:
+    ignored = {"__pycache__", ".pytest_cache", "build", "dist"}
+    return sorted(
+        path
+        for path in SERVICE.rglob("*")
+        if path.is_file()
+        and not ignored.intersection(path.relative_to(SERVICE).parts)
+        and path.suffix != ".pyc"
+        and not path.name.endswith(".egg-info")
+    )
+
+
+@cache
+def release_id() -> str:
+    """The service's release: a digest of every file that goes into its wheel."""
+    digest = hashlib.sha256()
+    for path in service_files():
+        digest.update(str(path.relative_to(SERVICE)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def pinned_dependencies() -> list[str]:
     """The service's pins without their markers: pip evaluates markers against the control
     machine's Python, not the hosts', so every pinned wheel is shipped; pip on the host
     installs those its own Python needs."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((SERVICE / "pyproject.toml").read_text())["project"]
     return [requirement.split(";")[0].strip() for requirement in project["dependencies"]]
 
 
 @cache
 def wheelhouse(python_version: str, machine: str) -> Path:
     """A directory holding exactly the wheels one host type needs; built once per run."""
-    target = BUILD / f"py{python_version}-{machine}"
+    target = BUILD / release_id() / f"py{python_version}-{machine}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     _run(
@@ -47,7 +72,7 @@ def wheelhouse(python_version: str, machine: str) -> Path:
             "--no-isolation",
             "--outdir",
             str(target),
-            str(REPO),
+            str(SERVICE),
         ],
         "build the wssfleet wheel",
     )

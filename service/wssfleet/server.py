@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 
 from wssfleet import auth, protocol
 from wssfleet.broker import RedisBus
-from wssfleet.config import Config
+from wssfleet.settings import ServiceConfig as Config
 
 log = logging.getLogger("wssfleet")
 
@@ -178,7 +178,9 @@ class Service:
         if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
             return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
-            subject = auth.verify(self.config.jwt_secret, self._token(request, url.query))
+            subject = auth.verify(
+                self.config.jwt_secret.get_secret_value(), self._token(request, url.query)
+            )
         except auth.TokenError as error:
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
             response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'

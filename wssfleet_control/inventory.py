@@ -1,7 +1,8 @@
-"""The fleet an inventory describes: its hosts by role, their addresses, settings and secrets.
+"""The fleet an inventory describes: its hosts by role, their addresses, settings and SSH.
 
-The same code checks an inventory before anything connects (``python -m wssfleet.fleet
-check``) and inside ``deploy.py``, so the check and the deploy cannot disagree.
+The same code checks an inventory before anything connects (``wssfleet check``) and inside
+``deploy.py``, so the check and the deploy cannot disagree. It also writes the one OpenSSH
+config that tools outside pyinfra (testinfra, the tests) use to reach the same hosts.
 """
 
 from __future__ import annotations
@@ -14,11 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wssfleet.fleet import secrets
-from wssfleet.fleet.settings import PORTS_USED_ON_MASTER, Settings, SettingsError, resolve
+from wssfleet_control import secrets
+from wssfleet_control.settings import (
+    MAX_WORKER_PROCESSES,
+    PORTS_USED_ON_MASTER,
+    Settings,
+    SettingsError,
+    resolve,
+)
 
 ROLES = ("master", "workers", "redis")
-MAX_WORKER_PROCESSES = 64
+# pyinfra's SSH host data and the OpenSSH option each one means.
+SSH_OPTIONS = {
+    "ssh_hostname": "HostName",
+    "ssh_user": "User",
+    "ssh_port": "Port",
+    "ssh_key": "IdentityFile",
+    "ssh_known_hosts_file": "UserKnownHostsFile",
+    "ssh_strict_host_key_checking": "StrictHostKeyChecking",
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,10 @@ class Node:
     @property
     def ssh_options(self) -> dict[str, Any]:
         return {key: value for key, value in self.data.items() if key.startswith("ssh_")}
+
+    @property
+    def sudo(self) -> bool:
+        return bool(self.data.get("_sudo")) or self.ssh_options.get("ssh_user", "root") != "root"
 
 
 @dataclass(frozen=True)
@@ -63,13 +82,26 @@ class Fleet:
             roles.append("worker")
         return roles
 
-    def secrets(self) -> dict[str, str]:
-        return secrets.load(self.inventory_path)
+    def secrets(self, create: bool = True) -> dict[str, str]:
+        return secrets.load(self.inventory_path, create=create)
 
     def worker_ports(self, processes: int) -> list[int]:
-        return list(
-            range(self.settings.worker_base_port, self.settings.worker_base_port + processes)
-        )
+        return self.settings.worker_ports(processes)
+
+    def ssh_config(self) -> str:
+        """An OpenSSH config with one Host block a node, from the inventory's ssh_* data."""
+        blocks = []
+        for node in self.nodes:
+            lines = [f"Host {node.name}", f"  HostName {node.ssh_host}"]
+            for key, option in SSH_OPTIONS.items():
+                value = node.ssh_options.get(key)
+                if key != "ssh_hostname" and value is not None:
+                    if key == "ssh_key":
+                        value = os.path.expanduser(value)
+                    lines.append(f"  {option} {value}")
+            lines += ["  BatchMode yes", "  LogLevel ERROR"]
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks) + "\n"
 
     def redis_url(self, password: str) -> str:
         return f"redis://:{password}@{self.redis.address}:{self.settings.redis_port}/0"
@@ -149,23 +181,18 @@ def _check_ports(fleet: Fleet) -> None:
                     f"{worker.name}: service ports {span[0]}-{span[-1]} include {port} ({user}); "
                     "move the base port"
                 )
-    if fleet.redis.name == fleet.master.name and settings.redis_port in PORTS_USED_ON_MASTER:
-        raise SettingsError(
-            f"setting redis_port={settings.redis_port} clashes with "
-            f"{PORTS_USED_ON_MASTER[settings.redis_port]} on the master: choose another port"
-        )
 
 
 def load(path: str | os.PathLike[str]) -> Fleet:
     """Read an inventory file the way pyinfra does, without connecting to any host.
 
     pyinfra's CLI package monkey-patches the standard library with gevent when imported,
-    so the file is read in a child process (``python -m wssfleet.fleet describe``).
+    so the file is read in a child process (``python -m wssfleet_control describe``).
     """
     if not Path(path).is_file():
         raise SettingsError(f"inventory {path} does not exist")
     result = subprocess.run(
-        [sys.executable, "-m", "wssfleet.fleet", "describe", str(path)],
+        [sys.executable, "-m", "wssfleet_control", "describe", str(path)],
         capture_output=True,
         text=True,
     )

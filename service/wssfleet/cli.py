@@ -1,0 +1,51 @@
+"""``wssfleet-service serve``: one service process, configured by WSSFLEET_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line, for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"level": record.levelname.lower(), "event": record.getMessage()}
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from wssfleet import server, settings
+
+    try:
+        config = settings.load()
+    except settings.ConfigError as error:
+        print(f"wssfleet: configuration error: {error}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # The library logs every refused handshake at INFO; ours says it once, with a reason.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    uvloop.run(server.run(config))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="wssfleet-service", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run one service process (configured by WSSFLEET_*)")
+    serve.set_defaults(run=_serve)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)

@@ -1,0 +1,171 @@
+"""The service's settings: one schema for the deploy that writes them and the process that reads
+them.
+
+``ClientPolicy`` holds what a deployment decides for all its processes; each field's type,
+default, bounds and documentation live here and nowhere else (the control side's deployment
+settings inherit them). ``ServiceConfig`` adds what one process needs besides, and reads the
+whole of it from ``WSSFLEET_*`` environment variables: the systemd EnvironmentFile that the
+deploy renders with ``ServiceConfig.environment()``, so the two cannot disagree on a value.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+PREFIX = "WSSFLEET_"
+# HS256 keys shorter than the hash output weaken the signature (RFC 7518 section 3.2).
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """A WSSFLEET_* variable is missing or invalid; the message names it and the fix."""
+
+
+def _origin(value: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+        raise ValueError("each origin is scheme://host[:port], e.g. https://app.example.com")
+    return value
+
+
+Origin = Annotated[str, AfterValidator(_origin)]
+
+
+class ClientPolicy(BaseModel):
+    """What every client of a deployment may do, and how it is kept alive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_origins: tuple[Origin, ...] = Field(
+        default=(),
+        description="browser origins allowed to connect; empty = https://<each domain>",
+    )
+    max_message_bytes: int = Field(
+        default=65536,
+        ge=128,
+        le=16 * 2**20,
+        description="largest message a client may send (close 1009)",
+    )
+    messages_per_second: int = Field(
+        default=50, ge=1, le=100_000, description="messages a client may send per second"
+    )
+    send_queue_messages: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="messages queued for a slow client before it is closed",
+    )
+    ping_interval: int = Field(
+        default=20, ge=1, le=3600, description="seconds between keepalive pings"
+    )
+    ping_timeout: int = Field(
+        default=20, ge=1, le=3600, description="seconds without a pong before a peer is dropped"
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: Any) -> Any:
+        # The environment file carries a comma-separated list; an inventory gives a list.
+        if isinstance(value, str):
+            return tuple(item for item in value.split(",") if item.strip())
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+
+def _secret(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in ("redis", "rediss"):
+        raise ValueError("must be a redis:// or rediss:// URL, or empty to run without Redis")
+    return value
+
+
+class ServiceConfig(ClientPolicy):
+    """Everything one service process needs."""
+
+    jwt_secret: Annotated[SecretStr, AfterValidator(_secret)] = Field(
+        description="HS256 key that signs client tokens (required)"
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port of this process")
+    bind: str = Field(default="127.0.0.1", description="address to listen on")
+    worker_name: str = Field(
+        default="", description="label sent in the welcome message (host:port)"
+    )
+    redis_url: Annotated[str, AfterValidator(_redis_url)] = Field(
+        default="", description="redis:// URL of the pub/sub bus; empty: this process only"
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, ge=0.1, le=300, description="seconds to close every client on SIGTERM"
+    )
+
+    @property
+    def worker_label(self) -> str:
+        return self.worker_name or f"{socket.gethostname()}:{self.port}"
+
+    def environment(self, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
+        """The variables that make ``load()`` return this config again."""
+        values: dict[str, str] = {}
+        for name in type(self).model_fields:
+            if name in exclude:
+                continue
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            values[PREFIX + name.upper()] = str(value)
+        return values
+
+
+def variable_names() -> list[str]:
+    return [PREFIX + name.upper() for name in ServiceConfig.model_fields]
+
+
+def load(environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Read the config from the environment; ConfigError names the first bad variable."""
+    environ = os.environ if environ is None else environ
+    known = set(variable_names())
+    unknown = sorted(key for key in environ if key.startswith(PREFIX) and key not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown variable {unknown[0]}: known ones are {', '.join(sorted(known))}"
+        )
+    raw = {
+        key[len(PREFIX) :].lower(): value.strip() for key, value in environ.items() if key in known
+    }
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0])
+        name = PREFIX + field.upper()
+        if first["type"] == "missing":
+            raise ConfigError(f"{name} is not set: {_doc(field)}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(
+            f"{name}={environ.get(name)!r} is invalid: {message} ({_doc(field)})"
+        ) from None
+
+
+def _doc(field: str) -> str:
+    return ServiceConfig.model_fields[field].description or field

@@ -1,0 +1,123 @@
+"""The control side's contract with the hosts: a plan touches nothing, only a service change
+makes a release, and the rollout controller stops a bad release at its first instance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.lab_fleet import (
+    REPO,
+    deploy,
+    derived_inventory,
+    edited,
+    plan,
+    restarted,
+    with_status,
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+INSTANCES = "python3 /usr/local/lib/wssfleet/instances.py"
+# Where a deploy or a plan could leave a trace on a host.
+HOST_PATHS = "/etc /opt /usr/local /var/lib/wssfleet /root"
+UNWATCHED = {".venv", ".git", "__pycache__", "logs", ".pytest_cache", ".ruff_cache", "artifacts"}
+
+
+def control_files() -> dict[str, tuple[int, int]]:
+    """Every file of the checkout (build/ and secrets included) with its size and mtime."""
+    found = {}
+    for root, directories, names in os.walk(REPO):
+        directories[:] = [name for name in directories if name not in UNWATCHED]
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            found[os.path.join(root, name)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def instance_pids(lab) -> dict[str, str]:
+    pids = {}
+    for worker in lab.fleet.workers:
+        for port in lab.ports(worker.name):
+            shown = lab.on(worker.name, f"systemctl show -P MainPID wssfleet@{port}").stdout
+            pids[f"{worker.name}/{port}"] = shown.strip()
+    return pids
+
+
+def releases_running(lab) -> dict[str, str]:
+    running = {}
+    for worker in lab.fleet.workers:
+        ports = " ".join(str(port) for port in lab.ports(worker.name))
+        states = json.loads(lab.on(worker.name, f"{INSTANCES} state {ports}").stdout)
+        running |= {f"{worker.name}/{port}": state["release"] for port, state in states.items()}
+    return running
+
+
+def test_plan_changes_nothing_on_the_control_machine_or_the_hosts(lab, tmp_path):
+    # An inventory with secrets of its own that do not exist yet: a plan must not make them.
+    inventory = derived_inventory(tmp_path, own_secrets=True, haproxy_timeout_tunnel="2h")
+    for node in lab.fleet.nodes:
+        assert lab.on(node.name, "touch /tmp/wssfleet-plan-marker").returncode == 0
+    before = control_files()
+    code, report, log = plan(inventory)
+    assert code == 0, log[-3000:]
+    assert control_files() == before
+    assert not (tmp_path / ".secrets").exists(), "the plan wrote secrets"
+    for node in lab.fleet.nodes:
+        touched = lab.on(
+            node.name, f"find {HOST_PATHS} -xdev -newer /tmp/wssfleet-plan-marker -print"
+        ).stdout.split()
+        assert touched == [], f"the plan changed {touched} on {node.name}"
+    # What the plan says instead: new secrets would change every worker's environment file.
+    environment = "WebSocket service | Ensure the service's environment file is current"
+    assert {host for name, host in with_status(report, "will change") if name == environment} == {
+        worker.name for worker in lab.fleet.workers
+    }
+
+
+def test_editing_the_control_side_makes_no_release_and_restarts_nothing(lab):
+    pids_before = instance_pids(lab)
+    with edited(
+        REPO / "wssfleet_control" / "status.py",
+        '"""`wssfleet status`',
+        '"""`wssfleet status` (edited by test_rollout)',
+    ):
+        code, report, log = deploy()
+    assert code == 0, log[-3000:]
+    assert restarted(report) == []
+    assert instance_pids(lab) == pids_before
+
+
+def test_a_release_that_fails_its_health_check_stops_the_rollout_at_its_first_instance(
+    lab, tmp_path
+):
+    running_before = releases_running(lab)
+    first = lab.fleet.workers[0]
+    port = lab.fleet.settings.worker_base_port
+    inventory = derived_inventory(tmp_path, rollout_health_timeout=8)
+    with edited(
+        REPO / "service" / "wssfleet" / "server.py",
+        "HTTPStatus.OK,\n                json.dumps(self.hub.health())",
+        "HTTPStatus.SERVICE_UNAVAILABLE,\n                json.dumps(self.hub.health())",
+    ):
+        code, report, log = deploy(inventory)
+    assert code != 0
+    rollout = report["rollout"]
+    assert rollout["status"] == "stopped"
+    assert [(step["host"], step["port"], step["outcome"]) for step in rollout["steps"]][:2] == [
+        (first.name, port, "failed"),
+        (first.name, port + 1, "pending"),
+    ]
+    assert {step["outcome"] for step in rollout["steps"][1:]} == {"pending"}
+    error = rollout["error"]
+    assert error.startswith(f"{first.name} instance wssfleet@{port}.service: release ")
+    assert "within 8 s (HTTP 503" in error and '"status": "ok"' in error
+    assert f"it is back on release {running_before[f'{first.name}/{port}']}" in error
+    assert error in report["errors"]
+    # Every instance runs the release it ran before, the failed one included.
+    assert releases_running(lab) == running_before
+    code, report, log = deploy()
+    assert code == 0, log[-3000:]
+    assert restarted(report) == []

@@ -1,1 +1,0 @@
-"""Control-machine side of wssfleet: settings, secrets, inventories, wheels, status."""

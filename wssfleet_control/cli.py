@@ -1,0 +1,351 @@
+"""wssfleet: deploy, plan, verify and operate a WebSocket fleet. Every Make target calls this.
+
+Each command takes the inventory with -i (the lab's by default). `deploy` and `plan` print
+what changed (or would), on which host; with --json they print it as one JSON document.
+"""
+
+# pyinfra's API needs the standard library patched for gevent before anything else loads it.
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from wssfleet_control.run import TEMPLATES, DeployError, DeployRun  # noqa: E402
+from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LAB_INVENTORY = REPO / "inventory" / "lab.py"
+
+inventory_option = click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    default=str(LAB_INVENTORY.relative_to(REPO)),
+    show_default=True,
+    help="the pyinfra inventory of the deployment",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+
+
+class Failure(click.ClickException):
+    """A command failed; its message says what and where. Exit code 1."""
+
+    exit_code = 1
+
+
+def is_lab(inventory_path: str) -> bool:
+    return Path(inventory_path).resolve() == LAB_INVENTORY
+
+
+def ensure_lab(inventory_path: str) -> None:
+    if is_lab(inventory_path):
+        from lab import core
+        from lab.settings import LabError
+
+        try:
+            core.up()
+        except LabError as error:
+            raise Failure(f"lab: {error}") from None
+
+
+def open_session(inventory_path: str, quiet: bool = False):
+    from wssfleet_control.engine import Session
+
+    if not Path(inventory_path).is_file():
+        raise click.UsageError(f"inventory {inventory_path} does not exist")
+    try:
+        return Session(inventory_path, quiet=quiet)
+    except SettingsError as error:
+        raise click.UsageError(f"{inventory_path}: {error}") from None
+
+
+@click.group(help=__doc__)
+def main() -> None:
+    pass
+
+
+@main.command()
+@inventory_option
+@json_option
+@click.option(
+    "--templates",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="render customised templates from this directory (same layout as templates/)",
+)
+def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
+    """Converge every host, then roll instances onto the release one at a time."""
+    from wssfleet_control import rollout
+
+    ensure_lab(inventory_path)
+    session = open_session(inventory_path, quiet=as_json)
+    started = time.monotonic()
+    run = DeployRun(
+        fleet=session.fleet,
+        secrets=session.fleet.secrets(create=True),
+        dry=False,
+        templates=templates or TEMPLATES,
+    )
+    report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
+    try:
+        report |= session.converge(run)
+        errors = _failures(report)
+        if not errors:
+            _say(as_json, "--> Rolling instances onto release", run.release)
+            try:
+                steps = rollout.roll(session, run.release, on_step=_print_step(as_json))
+                report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
+            except rollout.RolloutError as error:
+                steps = getattr(error, "steps", [])
+                report["rollout"] = {
+                    "status": "stopped",
+                    "steps": rollout.as_data(steps),
+                    "error": str(error),
+                }
+                errors.append(str(error))
+    except DeployError as error:
+        errors = [str(error)]
+    finally:
+        session.close()
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["ok"] = not errors
+    report["errors"] = errors
+    _finish(report, as_json)
+    if not as_json and not errors:
+        _summary(session.fleet, inventory_path)
+
+
+@main.command()
+@inventory_option
+@json_option
+def plan(inventory_path: str, as_json: bool) -> None:
+    """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
+    from wssfleet_control import rollout
+
+    if is_lab(inventory_path) and not (REPO / ".lab" / "lab.json").exists():
+        raise Failure("the lab is down: `make lab-up` (a plan starts nothing)")
+    session = open_session(inventory_path, quiet=as_json)
+    run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
+    report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
+    try:
+        report |= session.converge(run)
+        report["rollout"] = {
+            "status": "planned",
+            "steps": rollout.as_data(rollout.pending_steps(session, run.release)),
+        }
+    except (DeployError, rollout.RolloutError) as error:
+        report["errors"] = [str(error)]
+    finally:
+        session.close()
+    report.setdefault("errors", [])
+    report["ok"] = not report["errors"]
+    _finish(report, as_json)
+
+
+@main.command()
+@inventory_option
+@click.argument("pytest_args", nargs=-1)
+def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
+    """The testinfra suite (tests/infra) against the inventory's hosts."""
+    from wssfleet_control import inventory
+
+    ensure_lab(inventory_path)
+    try:
+        fleet = inventory.load(inventory_path)
+    except SettingsError as error:
+        raise click.UsageError(f"{inventory_path}: {error}") from None
+    config = REPO / "build" / f"ssh_config.{Path(inventory_path).stem}"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(fleet.ssh_config())
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/infra"]
+    command += [f"--inventory={inventory_path}", f"--ssh-config={config}", *pytest_args]
+    sys.exit(subprocess.run(command, cwd=REPO).returncode)
+
+
+@main.command()
+@inventory_option
+def status(inventory_path: str) -> None:
+    """Hosts, services, certificate expiry and open connections, read live."""
+    from wssfleet_control import status as fleet_status
+
+    ensure_lab(inventory_path)
+    session = open_session(inventory_path, quiet=True)
+    try:
+        sys.exit(fleet_status.show(session))
+    finally:
+        session.close()
+
+
+@main.command()
+@inventory_option
+def renew(inventory_path: str) -> None:
+    """Force a certificate renewal through the cron job's own script."""
+    from roles.certificates import RENEW
+
+    ensure_lab(inventory_path)
+    session = open_session(inventory_path, quiet=True)
+    try:
+        # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
+        result = session.run(session.fleet.master.name, f"{RENEW} --force-renewal", timeout=300)
+    finally:
+        session.close()
+    click.echo(result.stdout + result.stderr, nl=False)
+    if not result.ok:
+        raise Failure("the renewal failed (certbot's words are above)")
+
+
+@main.command()
+@inventory_option
+@click.option("--sub", required=True, help="who the token is for")
+@click.option("--ttl", default=3600, show_default=True, help="seconds until it expires")
+def token(inventory_path: str, sub: str, ttl: int) -> None:
+    """Print a client token signed with the deployment's key."""
+    from wssfleet import auth
+    from wssfleet_control import secrets
+
+    try:
+        secret = secrets.load(inventory_path, create=False)["jwt_secret"]
+        if secret == secrets.NOT_YET:
+            raise ValueError(f"{inventory_path} has no signing key yet: deploy it first")
+        click.echo(auth.mint(secret, sub, ttl))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@main.command()
+@click.argument("inventory_path", metavar="INVENTORY")
+def check(inventory_path: str) -> None:
+    """Validate an inventory and its settings, touching no host."""
+    from wssfleet_control import inventory
+
+    try:
+        fleet = inventory.load(inventory_path)
+    except SettingsError as error:
+        raise click.UsageError(f"{inventory_path}: {error}") from None
+    names = ", ".join(
+        f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes
+    )
+    click.echo(f"wssfleet: {inventory_path} is valid: {names}; domains {fleet.settings.domains}")
+
+
+@main.command()
+def settings() -> None:
+    """Every setting with its default and meaning (the README's table)."""
+    click.echo(markdown_table())
+
+
+@main.group()
+def lab() -> None:
+    """The local lab: real Debian hosts in systemd-nspawn and a local ACME server."""
+
+
+@lab.command("up")
+def lab_up() -> None:
+    """Build and start the lab (a no-op when it is up)."""
+    ensure_lab(str(LAB_INVENTORY))
+
+
+@lab.command("down")
+@click.option("--purge", is_flag=True, help="remove the cached base filesystem as well")
+def lab_down(purge: bool) -> None:
+    """Stop and remove the lab: nothing is left behind."""
+    from lab import core
+    from lab.settings import LabError
+
+    try:
+        core.down(purge=purge)
+    except LabError as error:
+        raise Failure(f"lab: {error}") from None
+
+
+def _failures(report: dict[str, Any]) -> list[str]:
+    errors = []
+    for operation in report["operations"]:
+        for host, outcome in operation["hosts"].items():
+            if outcome["status"] == "failed":
+                errors.append(f"{host}: {operation['name']} failed:\n{outcome.get('output', '')}")
+    if report.get("error") and not errors:
+        errors.append(report["error"])
+    return errors
+
+
+def _say(as_json: bool, *words: object) -> None:
+    if not as_json:
+        click.echo(" ".join(str(word) for word in words), err=True)
+
+
+def _print_step(as_json: bool):
+    def show(step) -> None:
+        _say(
+            as_json,
+            f"    [{step.host}] instance {step.port}: {step.reason} -> restarted, "
+            f"healthy in {step.seconds} s",
+        )
+
+    return show
+
+
+def _finish(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if not report["ok"]:
+        raise Failure("\n".join(report["errors"]))
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    dry = report.get("dry")
+    wanted = ("will change", "may change") if dry else ("changed", "failed")
+    rows = [
+        (operation["name"], host, outcome["status"])
+        for operation in report.get("operations", [])
+        for host, outcome in operation["hosts"].items()
+        if outcome["status"] in wanted
+    ]
+    title = "would change" if dry else "changed"
+    click.echo(f"--> Operations that {title} ({len(rows)}):")
+    for name, host, state in rows:
+        click.echo(f"    [{host}] {name}: {state}")
+    steps = report.get("rollout", {}).get("steps", [])
+    if dry:
+        click.echo(f"--> Instances a deploy would restart ({len(steps)}):")
+        for step in steps:
+            click.echo(f"    [{step['host']}] instance {step['port']}: {step['reason']}")
+    elif "seconds" in report:
+        click.echo(
+            f"--> release {report['release']}: {len(rows)} changes, "
+            f"{sum(step['outcome'] == 'done' for step in steps)} instances restarted, "
+            f"in {report['seconds']} s"
+        )
+
+
+def _summary(fleet, inventory_path: str) -> None:
+    domain = fleet.settings.domain
+    click.echo(f"""
+wssfleet is deployed: https://{domain}/  (WebSocket: wss://{domain}/ws)
+Mint a token:  .venv/bin/wssfleet token -i {inventory_path} --sub NAME [--ttl SECONDS]
+Open the demo: https://{domain}/#token=<token>&channel=lobby
+Fleet status:  make status INVENTORY={inventory_path}""")
+    if is_lab(inventory_path):
+        click.echo(
+            f"The lab's {domain} is not in public DNS: point it at the master, e.g.\n"
+            f"  echo '{fleet.master.address} {domain}' >> /etc/hosts\n"
+            f"and trust the lab's ACME root: .lab/acme/root.pem"
+        )
+
+
+@main.command(hidden=True)
+@click.argument("inventory_path", metavar="INVENTORY")
+def describe(inventory_path: str) -> None:
+    """The inventory's hosts and data as JSON (how other processes read an inventory)."""
+    from wssfleet_control import inventory
+
+    click.echo(json.dumps(inventory.describe(inventory_path), default=str))

@@ -1,0 +1,153 @@
+"""pyinfra driven through its Python API: one connected State per command, every operation's
+outcome kept per host as data, and remote commands through the same connectors.
+
+The process must be gevent-patched before anything else is imported (wssfleet_control.cli
+does it first), as pyinfra's own CLI does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyinfra
+from pyinfra.api import Config, State
+from pyinfra.api.command import StringCommand
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+from pyinfra_cli.inventory import make_inventory
+from pyinfra_cli.log import setup_logging
+from pyinfra_cli.util import load_deploy_file
+
+from wssfleet_control import run as deploy_run
+from wssfleet_control.inventory import from_inventory
+from wssfleet_control.run import REPO, DeployError, DeployRun
+
+DEPLOY_FILE = REPO / "deploy.py"
+
+
+@dataclass
+class Result:
+    ok: bool
+    stdout: str
+    stderr: str
+
+
+class Session:
+    """A connected pyinfra State for one inventory."""
+
+    def __init__(self, inventory_path: str | os.PathLike[str], quiet: bool = False) -> None:
+        setup_logging(logging.WARNING if quiet else logging.INFO)
+        # As in pyinfra's CLI: an operation is identified by where deploy.py calls it, so
+        # the same call on several hosts is one operation.
+        pyinfra.is_cli = True
+        self.inventory_path = str(inventory_path)
+        self.state = State(check_for_changes=True)
+        self.state.cwd = str(REPO)
+        ctx_state.set(self.state)
+        config = Config()
+        ctx_config.set(config)
+        inventory = make_inventory(self.inventory_path, cwd=str(REPO))
+        ctx_inventory.set(inventory)
+        self.fleet = from_inventory(inventory)
+        self.state.init(inventory, config)
+        self.connected = False
+
+    def connect(self) -> None:
+        if not self.connected:
+            self.state.set_stage(StateStage.Connect)
+            connect_all(self.state)
+            self.connected = True
+            unreachable = sorted(host.name for host in self.state.failed_hosts)
+            if unreachable:
+                raise DeployError(f"cannot reach {', '.join(unreachable)} over SSH")
+
+    def close(self) -> None:
+        if self.connected:
+            disconnect_all(self.state)
+            self.connected = False
+
+    def host(self, name: str):
+        return self.state.inventory.get_host(name)
+
+    def run(self, name: str, command: str, timeout: int = 120) -> Result:
+        """A shell command on one host, as the inventory's SSH user (with its sudo)."""
+        self.connect()
+        host = self.host(name)
+        ok, output = host.run_shell_command(
+            StringCommand(command),
+            _sudo=host.data.get("_sudo", False),
+            _timeout=timeout,
+            print_output=False,
+            print_input=False,
+        )
+        return Result(ok, output.stdout, output.stderr)
+
+    def converge(self, run: DeployRun) -> dict[str, Any]:
+        """Load deploy.py for every host and, unless the run is dry, execute it. Returns each
+        operation's outcome per host; a failed host is named in ``failed_hosts``."""
+        self.connect()
+        deploy_run.begin(run)
+        try:
+            self.state.set_stage(StateStage.Prepare)
+            load_deploy_file(self.state, str(DEPLOY_FILE))
+            failure = None
+            if not run.dry:
+                self.state.set_stage(StateStage.Execute)
+                try:
+                    run_ops(self.state)
+                except PyinfraError as error:
+                    failure = str(error)
+        finally:
+            deploy_run.end()
+        report = self.report(run.dry)
+        if failure:
+            report["error"] = failure
+        return report
+
+    def report(self, dry: bool) -> dict[str, Any]:
+        operations = []
+        for op_hash in self.state.get_op_order():
+            names = sorted(self.state.op_meta[op_hash].names)
+            per_host = {}
+            for host in self.state.inventory:
+                if op_hash not in self.state.ops.get(host, {}):
+                    continue
+                data = self.state.get_op_data_for_host(host, op_hash)
+                per_host[host.name] = _outcome(data, dry)
+            operations.append({"name": " / ".join(names), "hosts": per_host})
+        return {
+            "dry": dry,
+            "operations": operations,
+            "failed_hosts": sorted(host.name for host in self.state.failed_hosts),
+        }
+
+
+def _outcome(data: Any, dry: bool) -> dict[str, Any]:
+    meta = data.operation_meta
+    if dry:
+        if not meta._maybe_is_change:
+            return {"status": "unchanged"}
+        return {"status": "may change" if data.global_arguments["_if"] else "will change"}
+    if not meta.is_complete():
+        return {"status": "not run"}
+    if meta.did_succeed(_raise_if_not_complete=False):
+        return {"status": "changed" if meta.did_change() else "unchanged"}
+    output = meta._combined_output
+    lines = output.output.splitlines() if output is not None else []
+    return {"status": "failed", "output": "\n".join(lines[-40:])}
+
+
+def changed(report: dict[str, Any], status: str = "changed") -> list[tuple[str, str]]:
+    """(operation, host) pairs with that status."""
+    return sorted(
+        (operation["name"], host)
+        for operation in report["operations"]
+        for host, outcome in operation["hosts"].items()
+        if outcome["status"] == status
+    )

@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""The service instances of a worker, as the rollout controller sees them. Installed by
+roles/workers.py as /usr/local/lib/wssfleet/instances.py; standard library only.
+
+    instances.py state PORT...         per instance: active, release it runs, stale config
+    instances.py current               the release `current` points at
+    instances.py point RELEASE         point `current` at an installed release (atomically)
+    instances.py wait-healthy ADDRESS PORT RELEASE SECONDS
+                                       until the instance runs RELEASE and /healthz says 200
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+HOME = "/opt/wssfleet"
+RELEASES = f"{HOME}/releases"
+CURRENT = f"{HOME}/current"
+# What an instance reads when it starts: newer than the process means it runs stale settings.
+STARTUP_FILES = ("/etc/wssfleet/wssfleet.env", "/etc/systemd/system/wssfleet@.service")
+RELEASE_IN_PATH = re.compile(r"/releases/([^/]+)/")
+
+
+def unit(port: str) -> str:
+    return f"wssfleet@{port}.service"
+
+
+def main_pid(port: str) -> int:
+    shown = subprocess.run(
+        ["systemctl", "show", "-P", "MainPID", unit(port)], capture_output=True, text=True
+    )
+    return int(shown.stdout.strip() or 0)
+
+
+def started_at(pid: int) -> float:
+    """When a process started, in seconds since the epoch."""
+    with open(f"/proc/{pid}/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as machine:
+        boot = next(int(line.split()[1]) for line in machine if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def running_release(pid: int) -> str | None:
+    # pip writes the virtualenv's own path into the script's #!, so the interpreter's path
+    # names the release even though the unit starts it through `current`.
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        arguments = cmdline.read().decode(errors="replace").split("\0")
+    match = RELEASE_IN_PATH.search(arguments[0])
+    return match[1] if match else None
+
+
+def state(port: str) -> dict[str, object]:
+    pid = main_pid(port)
+    if not pid:
+        return {"active": False, "release": None, "stale": False}
+    try:
+        newest = max(os.stat(path).st_mtime for path in STARTUP_FILES if os.path.exists(path))
+        return {
+            "active": True,
+            "release": running_release(pid),
+            "stale": newest > started_at(pid),
+        }
+    except (FileNotFoundError, ProcessLookupError):
+        return {"active": False, "release": None, "stale": False}
+
+
+def current() -> str:
+    return os.path.basename(os.readlink(CURRENT)) if os.path.islink(CURRENT) else ""
+
+
+def point(release: str) -> int:
+    target = f"{RELEASES}/{release}"
+    if not os.path.exists(f"{target}/.installed"):
+        print(f"release {release} is not installed on this host", file=sys.stderr)
+        return 1
+    temporary = f"{CURRENT}.new"
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    os.symlink(target, temporary)
+    os.replace(temporary, CURRENT)
+    return 0
+
+
+def health(address: str, port: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as reply:
+            return reply.status, reply.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as error:
+        return 0, str(getattr(error, "reason", error))
+
+
+def wait_healthy(address: str, port: str, release: str, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        seen = state(port)
+        status, body = health(address, port) if seen["active"] else (0, "not running")
+        if status == 200 and seen["release"] == release:
+            print(json.dumps({"status": status, "reply": body}))
+            return 0
+        if time.monotonic() > deadline:
+            print(
+                json.dumps(
+                    {"status": status, "reply": body.strip()[:500], "release": seen["release"]}
+                )
+            )
+            return 1
+        time.sleep(0.2)
+
+
+def main(argv: list[str]) -> int:
+    match argv:
+        case ["state", *ports]:
+            print(json.dumps({port: state(port) for port in ports}))
+            return 0
+        case ["current"]:
+            print(current())
+            return 0
+        case ["point", release]:
+            return point(release)
+        case ["wait-healthy", address, port, release, seconds]:
+            return wait_healthy(address, port, release, float(seconds))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""The rollout controller: after pyinfra has converged the hosts, it brings every service
+instance onto the wanted release and settings, one instance at a time across the fleet, each
+verified before the next. The first instance that fails its check stops the rollout: it goes
+back to the release it ran before, and the error names the host, the instance and what was
+seen. Which instances need a restart is read from the hosts (hostside/instances.py), not
+from what the deploy changed, so a rollout that stopped half way is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from roles import workers
+from wssfleet_control.engine import Session
+from wssfleet_control.inventory import Node
+from wssfleet_control.run import quote
+
+HELPER = f"python3 {workers.INSTANCES}"
+
+
+class RolloutError(RuntimeError):
+    """A rollout step failed; the message names the host, the instance and what was seen."""
+
+
+@dataclass
+class Step:
+    host: str
+    port: int
+    reason: str
+    outcome: str = "pending"
+    seconds: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+
+def pending_steps(session: Session, release: str) -> list[Step]:
+    """Every instance that does not run ``release`` with the current settings, in fleet order."""
+    steps = []
+    for worker in session.fleet.workers:
+        ports = workers.ports(session.fleet, session.host(worker.name))
+        states = json.loads(
+            _checked(session, worker, f"{HELPER} state {' '.join(map(str, ports))}")
+        )
+        for port in ports:
+            state = states[str(port)]
+            if not state["active"]:
+                reason = "not running"
+            elif state["release"] != release:
+                reason = f"runs release {state['release']}"
+            elif state["stale"]:
+                reason = "settings changed since it started"
+            else:
+                continue
+            steps.append(Step(worker.name, port, reason))
+    return steps
+
+
+def roll(session: Session, release: str, on_step=None) -> list[Step]:
+    """Restart what needs it, one instance at a time; RolloutError at the first failure (the
+    steps done so far are in its ``steps``)."""
+    timeout = session.fleet.settings.rollout_health_timeout
+    steps = pending_steps(session, release)
+    for step in steps:
+        worker = next(node for node in session.fleet.workers if node.name == step.host)
+        started = time.monotonic()
+        previous = _checked(session, worker, f"{HELPER} current").strip()
+        if previous != release:
+            _checked(session, worker, f"{HELPER} point {quote(release)}")
+        healthy, seen = _restart(session, worker, step.port, release, timeout)
+        step.seconds = round(time.monotonic() - started, 1)
+        step.detail = seen
+        if healthy:
+            step.outcome = "done"
+            if on_step:
+                on_step(step)
+            continue
+        step.outcome = "failed"
+        message = (
+            f"{worker.name} instance {workers.instance(step.port)}: release {release} did not "
+            f"pass /healthz within {timeout} s (HTTP {seen.get('status')}: "
+            f"{seen.get('reply') or 'no reply'})"
+        )
+        if previous and previous != release:
+            _checked(session, worker, f"{HELPER} point {quote(previous)}")
+            back, _ = _restart(session, worker, step.port, previous, timeout)
+            message += (
+                f"; it is back on release {previous}"
+                if back
+                else f"; going back to release {previous} failed too"
+            )
+        message += "; the rollout stopped there, later instances were not touched"
+        error = RolloutError(message)
+        error.steps = steps  # type: ignore[attr-defined]
+        raise error
+    return steps
+
+
+def _restart(
+    session: Session, worker: Node, port: int, release: str, timeout: int
+) -> tuple[bool, dict]:
+    session.run(worker.name, f"systemctl restart {workers.instance(port)}")
+    result = session.run(
+        worker.name,
+        f"{HELPER} wait-healthy {quote(worker.address)} {port} {quote(release)} {timeout}",
+        timeout=timeout + 30,
+    )
+    try:
+        seen = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        seen = {"status": 0, "reply": (result.stdout + result.stderr).strip()[-500:]}
+    return result.ok, seen
+
+
+def _checked(session: Session, worker: Node, command: str) -> str:
+    result = session.run(worker.name, command)
+    if not result.ok:
+        raise RolloutError(f"{worker.name}: `{command}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def as_data(steps: list[Step]) -> list[dict]:
+    return [asdict(step) for step in steps]

@@ -1,0 +1,259 @@
+"""Every deployment setting: its type, default, bounds and meaning, in one pydantic model.
+
+An inventory sets them in the ``wssfleet`` dict of its ``all`` group. They are validated once,
+before any host is touched: a bad value stops the deploy with a message that names the setting
+and the fix. The client settings are the service's own (``wssfleet.settings.ClientPolicy``):
+the deploy renders them into the service's environment file with the service's model, which
+reads them back. ``wssfleet settings`` prints the README's table from this module.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from wssfleet.settings import ClientPolicy
+
+ACME_SERVERS = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+PORTS_USED_ON_MASTER = {22: "SSH", 80: "HTTP", 443: "HTTPS", 8888: "certbot's HTTP-01 listener"}
+MAX_WORKER_PROCESSES = 64
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message names it and says how to fix it."""
+
+
+def _pattern(regex: str, fix: str) -> AfterValidator:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(fix)
+        return value
+
+    return AfterValidator(check)
+
+
+DnsName = Annotated[
+    str,
+    _pattern(
+        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}",
+        "give a lower-case DNS name like wss.example.com",
+    ),
+]
+Duration = Annotated[
+    str, _pattern(r"\d+(us|ms|s|m|h|d)", "give a duration like 500ms, 30s, 5m or 1h")
+]
+Memory = Annotated[str, _pattern(r"[1-9]\d*(kb|mb|gb)", "give a size like 256mb or 1gb")]
+Email = Annotated[
+    str,
+    _pattern(
+        r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}",
+        "give an e-mail address like ops@example.com",
+    ),
+]
+
+
+def _acme_server(value: str) -> str:
+    parts = urlsplit(value)
+    if value in ACME_SERVERS or (parts.scheme == "https" and parts.netloc):
+        return value
+    raise ValueError(f"give {' or '.join(ACME_SERVERS)}, or the https:// URL of an ACME directory")
+
+
+def _bundle(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError("give the path of a PEM file on the control machine")
+    return value
+
+
+def _processes(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise ValueError(f"give 'auto' or a whole number from 1 to {MAX_WORKER_PROCESSES}")
+    return value
+
+
+class Settings(ClientPolicy):
+    """A deployment: names and certificates, workers, HAProxy, Redis, rollouts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    # Names and certificates
+    domain: DnsName = Field(description="DNS name clients use; it must resolve to the master")
+    extra_domains: tuple[DnsName, ...] = Field(
+        default=(), description="more names on the same certificate"
+    )
+    acme_server: Annotated[str, AfterValidator(_acme_server)] = Field(
+        default="letsencrypt",
+        description="letsencrypt, letsencrypt-staging, or an ACME directory URL",
+    )
+    acme_email: Email = Field(default="", description="account e-mail; required by Let's Encrypt")
+    acme_ca_bundle: Annotated[str, AfterValidator(_bundle)] = Field(
+        default="",
+        description="PEM bundle (control machine) that certbot trusts for a private ACME server",
+    )
+    # Workers
+    worker_processes: Annotated[Literal["auto"] | int, PlainValidator(_processes)] = Field(
+        default="auto", description="service processes per worker host; auto = one per CPU"
+    )
+    worker_base_port: int = Field(
+        default=8001, ge=1024, le=65000, description="first service port; the next ones follow"
+    )
+    rollout_health_timeout: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="seconds a restarted instance has to answer /healthz before the rollout stops",
+    )
+    # HAProxy
+    haproxy_maxconn: int = Field(
+        default=50000, ge=100, le=2_000_000, description="connections HAProxy accepts at once"
+    )
+    haproxy_timeout_connect: Duration = Field(
+        default="5s", description="time to connect to a worker"
+    )
+    haproxy_timeout_client: Duration = Field(
+        default="30s", description="client inactivity before the upgrade"
+    )
+    haproxy_timeout_server: Duration = Field(
+        default="30s", description="worker inactivity before the upgrade"
+    )
+    haproxy_timeout_http_request: Duration = Field(
+        default="10s", description="time a client has to send its request"
+    )
+    haproxy_timeout_tunnel: Duration = Field(
+        default="1h", description="inactivity that closes an open WebSocket"
+    )
+    haproxy_hard_stop_after: Duration = Field(
+        default="1h", description="how long a reloaded HAProxy keeps old WebSockets open"
+    )
+    haproxy_connection_rate_limit: int = Field(
+        default=300,
+        ge=1,
+        le=1_000_000,
+        description="new connections per source IP per 10 s before refusals",
+    )
+    hsts_max_age: int = Field(
+        default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
+    )
+    # Redis
+    redis_port: int = Field(
+        default=6379, ge=1024, le=65535, description="Redis port on the redis host"
+    )
+    redis_maxmemory: Memory = Field(default="256mb", description="Redis memory cap")
+
+    @field_validator("extra_domains", mode="before")
+    @classmethod
+    def _list_as_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.acme_server in ACME_SERVERS and not self.acme_email:
+            raise ValueError(
+                f"setting acme_email is required with acme_server={self.acme_server!r}: "
+                "Let's Encrypt writes there about expiring certificates"
+            )
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError("settings domain and extra_domains repeat a name: list each once")
+        if self.redis_port in PORTS_USED_ON_MASTER:
+            raise ValueError(
+                f"setting redis_port={self.redis_port} clashes with "
+                f"{PORTS_USED_ON_MASTER[self.redis_port]}: choose another port"
+            )
+        return self
+
+    @property
+    def domains(self) -> list[str]:
+        return [self.domain, *self.extra_domains]
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return self.allowed_origins or tuple(f"https://{name}" for name in self.domains)
+
+    @property
+    def acme_directory(self) -> str:
+        return ACME_SERVERS.get(self.acme_server, self.acme_server)
+
+    def worker_ports(self, processes: int) -> list[int]:
+        return list(range(self.worker_base_port, self.worker_base_port + processes))
+
+
+def resolve(raw: dict[str, Any] | None) -> Settings:
+    """Defaults plus the inventory's values; SettingsError names the first bad one."""
+    raw = dict(raw or {})
+    for name in raw:
+        if name not in Settings.model_fields:
+            hint = get_close_matches(name, Settings.model_fields, n=1)
+            raise SettingsError(
+                f"unknown setting {name!r}"
+                + (f": did you mean {hint[0]!r}?" if hint else ": see README, 'Settings'")
+            )
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        raise SettingsError(_explain(error.errors()[0], raw)) from None
+
+
+def _explain(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """pydantic's first complaint as 'setting NAME=VALUE is invalid: FIX'."""
+    if not error["loc"]:
+        return error["msg"].removeprefix("Value error, ")
+    name = str(error["loc"][0])
+    field = Settings.model_fields[name]
+    if error["type"] == "missing":
+        return f"setting {name} is required: {field.description}"
+    value = raw.get(name)
+    message = error["msg"].removeprefix("Value error, ")
+    bounds = {
+        key: getattr(item, key)
+        for item in _constraints(field)
+        for key in ("ge", "le")
+        if getattr(item, key, None) is not None
+    }
+    if bounds and error["type"].startswith(("int", "greater", "less")):
+        message = f"give a whole number from {bounds['ge']} to {bounds['le']}"
+    elif error["type"] == "tuple_type":
+        message = f"give a list: {field.description}"
+    elif error["type"] == "string_type":
+        message = f"give a string: {field.description}"
+    return f"setting {name}={value!r} is invalid: {message}"
+
+
+def _constraints(field: Any) -> list[Any]:
+    return list(field.metadata)
+
+
+def documented_order() -> list[str]:
+    """Names and certificates, then the workers (the service's client settings with them),
+    then HAProxy and Redis."""
+    own = list(Settings.__annotations__)
+    split = own.index("worker_base_port") + 1
+    return own[:split] + list(ClientPolicy.model_fields) + own[split:]
+
+
+def markdown_table() -> str:
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name in documented_order():
+        field = Settings.model_fields[name]
+        default = "(required)" if field.is_required() else f"`{field.default!r}`"
+        rows.append(f"| `{name}` | {default} | {field.description} |")
+    return "\n".join(rows)
