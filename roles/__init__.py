@@ -7,6 +7,7 @@ default, is documented in wssfleet_control/settings.py (README, 'Settings').
 from pathlib import Path
 
 from pyinfra import host
+from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
@@ -36,8 +37,8 @@ def activate_candidate(name: str, candidate, candidate_path: str, commands: list
     deploy changes nothing; a rejected candidate is removed so the next deploy retries.
     """
     loaded = f"{STATE}/{Path(candidate_path).name}.loaded"
-    pending = host.get_fact(
-        Command, f"cmp -s {quote(candidate_path)} {quote(loaded)} || echo pending"
+    pending = host.get_fact(Sha256File, path=candidate_path) != host.get_fact(
+        Sha256File, path=loaded
     )
     server.shell(
         name=name,

@@ -176,11 +176,9 @@ def status(inventory_path: str) -> None:
     from wssfleet_control import status as fleet_status
 
     ensure_lab(inventory_path)
-    session = open_session(inventory_path, quiet=True)
-    try:
-        sys.exit(fleet_status.show(session))
-    finally:
-        session.close()
+    with open_session(inventory_path, quiet=True) as session:
+        code = fleet_status.show(session)
+    sys.exit(code)
 
 
 @main.command()
@@ -190,12 +188,9 @@ def renew(inventory_path: str) -> None:
     from roles.certificates import RENEW
 
     ensure_lab(inventory_path)
-    session = open_session(inventory_path, quiet=True)
-    try:
+    with open_session(inventory_path, quiet=True) as session:
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
         result = session.run(session.fleet.master.name, f"{RENEW} --force-renewal", timeout=300)
-    finally:
-        session.close()
     click.echo(result.stdout + result.stderr, nl=False)
     if not result.ok:
         raise Failure("the renewal failed (certbot's words are above)")

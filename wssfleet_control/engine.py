@@ -17,6 +17,7 @@ from pyinfra.api import Config, State
 from pyinfra.api.command import StringCommand
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_inventory, ctx_state
@@ -71,6 +72,12 @@ class Session:
         if self.connected:
             disconnect_all(self.state)
             self.connected = False
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def host(self, name: str):
         return self.state.inventory.get_host(name)
@@ -133,7 +140,10 @@ def _outcome(data: Any, dry: bool) -> dict[str, Any]:
     if dry:
         if not meta._maybe_is_change:
             return {"status": "unchanged"}
-        return {"status": "may change" if data.global_arguments["_if"] else "will change"}
+        condition = _predicted(data.global_arguments["_if"])
+        if condition is None:
+            return {"status": "may change"}
+        return {"status": "will change" if condition else "unchanged"}
     if not meta.is_complete():
         return {"status": "not run"}
     if meta.did_succeed(_raise_if_not_complete=False):
@@ -143,11 +153,15 @@ def _outcome(data: Any, dry: bool) -> dict[str, Any]:
     return {"status": "failed", "output": "\n".join(lines[-40:])}
 
 
-def changed(report: dict[str, Any], status: str = "changed") -> list[tuple[str, str]]:
-    """(operation, host) pairs with that status."""
-    return sorted(
-        (operation["name"], host)
-        for operation in report["operations"]
-        for host, outcome in operation["hosts"].items()
-        if outcome["status"] == status
-    )
+def _predicted(condition: Any) -> bool | None:
+    """What a dry run can tell of an ``_if``: an earlier operation's ``did_change`` is true
+    when that operation would change; None for a condition it cannot judge."""
+    if not condition:
+        return True
+    if isinstance(condition, list):
+        predictions = [_predicted(item) for item in condition]
+        return None if None in predictions else all(predictions)
+    owner = getattr(condition, "__self__", None)
+    if isinstance(owner, OperationMeta) and condition.__name__ == "did_change":
+        return bool(owner._maybe_is_change)
+    return None

@@ -78,15 +78,18 @@ def test_plan_changes_nothing_on_the_control_machine_or_the_hosts(lab, tmp_path)
 
 
 def test_editing_the_control_side_makes_no_release_and_restarts_nothing(lab):
+    code, report, log = deploy()
+    assert code == 0, log[-3000:]
     pids_before = instance_pids(lab)
     with edited(
         REPO / "wssfleet_control" / "status.py",
         '"""`wssfleet status`',
         '"""`wssfleet status` (edited by test_rollout)',
     ):
-        code, report, log = deploy()
+        code, edited_report, log = deploy()
     assert code == 0, log[-3000:]
-    assert restarted(report) == []
+    assert edited_report["release"] == report["release"]
+    assert restarted(edited_report) == []
     assert instance_pids(lab) == pids_before
 
 

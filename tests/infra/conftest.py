@@ -22,16 +22,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(REPO / "inventory" / "lab.py"),
         help="the pyinfra inventory whose hosts to verify",
     )
-    parser.addoption(
-        "--ssh-config",
-        default=None,
-        help="OpenSSH config for the inventory's hosts (`wssfleet verify` writes it)",
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     fleet = fleet_inventory.load(config.getoption("--inventory"))
     config._wssfleet = fleet
+    # testinfra's own option; `wssfleet verify` passes the config it generated.
     ssh_config = config.getoption("--ssh-config")
     if ssh_config is None:
         generated = REPO / "build" / f"ssh_config.{Path(fleet.inventory_path).stem}"
