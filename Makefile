@@ -18,7 +18,7 @@ HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-se
 HOST_STAMP := build/.host-packages
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help tools deploy plan verify status renew test test-unit test-lab test-e2e \
+.PHONY: help tools deploy plan rollback verify status renew test test-unit test-lab test-e2e \
 	test-browser test-infra lab-up lab-down lint bench token
 
 help: ## list the commands
@@ -50,6 +50,9 @@ deploy: tools ## deploy the fleet (the lab first when INVENTORY is the lab, the 
 
 plan: tools ## dry run: what a deploy would change, on which host; changes nothing
 	@$(WSSFLEET) plan -i $(INVENTORY)
+
+rollback: tools ## every instance back onto the release it ran before, drained one at a time
+	@$(WSSFLEET) rollback -i $(INVENTORY)
 
 verify: tools ## the testinfra suite against INVENTORY's hosts
 	@$(WSSFLEET) verify -i $(INVENTORY)

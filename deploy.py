@@ -25,7 +25,7 @@ if "worker" in roles:
     workers.apply(run, node, service_ports)
 if "master" in roles:
     backends = [
-        haproxy.Backend(f"{worker.name}-{port}", worker.address, port)
+        haproxy.Backend(haproxy.server_name(worker.name, port), worker.address, port)
         for worker in fleet.workers
         for port in workers.ports(fleet, inventory.get_host(worker.name))
     ]

@@ -23,11 +23,19 @@ CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
 RUNTIME = f"{HELPERS}/haproxy_runtime.py"
 
 
+BACKEND = "workers"
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     address: str
     port: int
+
+
+def server_name(worker: str, port: int) -> str:
+    """The HAProxy server of one worker instance, as the config and the runtime API name it."""
+    return f"{worker}-{port}"
 
 
 def check_open_files(maxconn: int) -> None:

@@ -177,10 +177,10 @@ def _install_release(run: DeployRun) -> None:
             ],
         )
     if not host.get_fact(Link, path=CURRENT):
-        files.link(
+        # Later releases are pointed at by the rollout, which records them the same way.
+        server.shell(
             name=f"Ensure {CURRENT} points at a release (the first one)",
-            path=CURRENT,
-            target=directory,
+            commands=[f"python3 {INSTANCES} point {quote(run.release)}"],
         )
     _prune_releases(run.release)
 

@@ -125,6 +125,37 @@ def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
 @main.command()
 @inventory_option
 @json_option
+def rollback(inventory_path: str, as_json: bool) -> None:
+    """Roll every instance back onto the release it ran before, with the same drain."""
+    from wssfleet_control import rollout
+
+    ensure_lab(inventory_path)
+    started = time.monotonic()
+    report: dict[str, Any] = {"inventory": inventory_path}
+    with open_session(inventory_path, quiet=as_json) as session:
+        try:
+            target = rollout.previous_release(session)
+            report["release"] = target
+            _say(as_json, "--> Rolling instances back onto release", target)
+            steps = rollout.roll(session, target, on_step=_print_step(as_json))
+            report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
+            report["errors"] = []
+        except rollout.RolloutError as error:
+            report["rollout"] = {
+                "status": "stopped",
+                "steps": rollout.as_data(getattr(error, "steps", [])),
+                "error": str(error),
+            }
+            report["errors"] = [str(error)]
+    report["operations"] = []
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["ok"] = not report["errors"]
+    _finish(report, as_json)
+
+
+@main.command()
+@inventory_option
+@json_option
 def plan(inventory_path: str, as_json: bool) -> None:
     """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
     from wssfleet_control import rollout

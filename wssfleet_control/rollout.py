@@ -1,6 +1,9 @@
 """The rollout controller: after pyinfra has converged the hosts, it brings every service
-instance onto the wanted release and settings, one instance at a time across the fleet, each
-verified before the next. The first instance that fails its check stops the rollout: it goes
+instance onto the wanted release and settings, one instance at a time across the fleet, so
+capacity never drops by more than one instance. Each step drains the instance (HAProxy sends
+it no new client; the service closes its clients with 1012 over ``drain_seconds``), restarts
+it, waits until it runs the release and answers /healthz, waits until HAProxy's checks see it
+UP, and puts it back in rotation. The first instance that fails stops the rollout: it goes
 back to the release it ran before, and the error names the host, the instance and what was
 seen. Which instances need a restart is read from the hosts (hostside/instances.py), not
 from what the deploy changed, so a rollout that stopped half way is finished by the next one.
@@ -12,12 +15,15 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from roles import workers
+from roles import haproxy, workers
 from wssfleet_control.engine import Session
 from wssfleet_control.inventory import Node
 from wssfleet_control.run import quote
 
 HELPER = f"python3 {workers.INSTANCES}"
+RUNTIME = f"python3 {haproxy.RUNTIME}"
+# Beyond the drain window: time for the last closes to complete.
+DRAIN_GRACE = 10
 
 
 class RolloutError(RuntimeError):
@@ -56,6 +62,22 @@ def pending_steps(session: Session, release: str) -> list[Step]:
     return steps
 
 
+def previous_release(session: Session) -> str:
+    """The release the workers ran before the current one; RolloutError when there is none
+    or the workers disagree."""
+    found = {
+        worker.name: _checked(session, worker, f"{HELPER} previous").strip()
+        for worker in session.fleet.workers
+    }
+    releases = set(found.values())
+    if len(releases) != 1 or "" in releases:
+        raise RolloutError(
+            "no single earlier release to go back to: "
+            + ", ".join(f"{host}: {release or 'none'}" for host, release in found.items())
+        )
+    return releases.pop()
+
+
 def roll(session: Session, release: str, on_step=None) -> list[Step]:
     """Restart what needs it, one instance at a time; RolloutError at the first failure (the
     steps done so far are in its ``steps``)."""
@@ -65,22 +87,41 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
         started = time.monotonic()
         previous = _checked(session, worker, f"{HELPER} current").strip()
+        server = quote(f"{haproxy.BACKEND}/{haproxy.server_name(worker.name, step.port)}")
+        master = session.fleet.master.name
+        # A server HAProxy does not know yet (a new worker) has nothing to drain there.
+        in_rotation = session.run(master, f"{RUNTIME} server-state {server} drain").ok
+        drain = session.fleet.settings.drain_seconds
+        drained = session.run(
+            worker.name,
+            f"{HELPER} drain {quote(worker.address)} {step.port} {drain + DRAIN_GRACE}",
+            timeout=drain + DRAIN_GRACE + 30,
+        )
+        step.detail["drain"] = _last_json(drained)
         if previous != release:
             _checked(session, worker, f"{HELPER} point {quote(release)}")
         healthy, seen = _restart(session, worker, step.port, release, timeout)
+        step.detail |= seen
+        problem = (
+            f"release {release} did not pass /healthz within {timeout} s "
+            f"(HTTP {seen.get('status')}: {seen.get('reply') or 'no reply'})"
+        )
+        if in_rotation:
+            session.run(master, f"{RUNTIME} server-state {server} ready")
+        if healthy and in_rotation:
+            # Capacity is whole again only once HAProxy's own checks send it clients.
+            up = session.run(master, f"{RUNTIME} wait-up {server} {timeout}", timeout=timeout + 30)
+            step.detail["haproxy"] = up.stdout.strip()
+            healthy = up.ok
+            problem = f"HAProxy's checks did not see it UP within {timeout} s ({up.stdout.strip()})"
         step.seconds = round(time.monotonic() - started, 1)
-        step.detail = seen
         if healthy:
             step.outcome = "done"
             if on_step:
                 on_step(step)
             continue
         step.outcome = "failed"
-        message = (
-            f"{worker.name} instance {workers.instance(step.port)}: release {release} did not "
-            f"pass /healthz within {timeout} s (HTTP {seen.get('status')}: "
-            f"{seen.get('reply') or 'no reply'})"
-        )
+        message = f"{worker.name} instance {workers.instance(step.port)}: {problem}"
         if previous and previous != release:
             _checked(session, worker, f"{HELPER} point {quote(previous)}")
             back, _ = _restart(session, worker, step.port, previous, timeout)
@@ -105,11 +146,15 @@ def _restart(
         f"{HELPER} wait-healthy {quote(worker.address)} {port} {quote(release)} {timeout}",
         timeout=timeout + 30,
     )
+    return result.ok, _last_json(result)
+
+
+def _last_json(result) -> dict:
+    """A helper's answer: its last output line, a JSON object."""
     try:
-        seen = json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        seen = {"status": 0, "reply": (result.stdout + result.stderr).strip()[-500:]}
-    return result.ok, seen
+        return {"status": 0, "reply": (result.stdout + result.stderr).strip()[-500:]}
 
 
 def _checked(session: Session, worker: Node, command: str) -> str:

@@ -128,7 +128,8 @@ class Settings(ClientPolicy):
         default=50000, ge=100, le=2_000_000, description="connections HAProxy accepts at once"
     )
     haproxy_timeout_connect: Duration = Field(
-        default="5s", description="time to connect to a worker"
+        default="2s",
+        description="time to connect to a worker before trying another (private network)",
     )
     haproxy_timeout_client: Duration = Field(
         default="30s", description="client inactivity before the upgrade"
@@ -146,10 +147,10 @@ class Settings(ClientPolicy):
         default="1h", description="how long a reloaded HAProxy keeps old WebSockets open"
     )
     haproxy_connection_rate_limit: int = Field(
-        default=300,
+        default=1000,
         ge=1,
         le=1_000_000,
-        description="new connections per source IP per 10 s before refusals",
+        description="connections a source IP may open per 10 s; refused attempts do not count",
     )
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"

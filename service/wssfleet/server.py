@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import time
 from http import HTTPStatus
@@ -30,6 +31,10 @@ log = logging.getLogger("wssfleet")
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
+# Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
+CLOSE_SERVICE_RESTART = 1012
+# How often a drain closes its next share of clients.
+DRAIN_TICK = 0.1
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -101,6 +106,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.channels: dict[str, set[Client]] = {}
         self.bus = RedisBus(config.redis_url, self.deliver) if config.redis_url else None
+        self.draining: asyncio.Task[None] | None = None
 
     def subscribe(self, client: Client, channel: str) -> bool:
         full = len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT
@@ -143,7 +149,37 @@ class Hub:
             "redis": redis_state,
             "worker": self.config.worker_label,
             "connections": len(self.clients),
+            "draining": self.draining is not None,
         }
+
+    async def drain(self) -> None:
+        """Close every client with 1012 at an even pace over ``drain_seconds``, so that their
+        reconnections reach the other instances as a trickle, not a herd. Clients that
+        arrived meanwhile are closed at the end of the window."""
+        seconds = self.config.drain_seconds
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = list(self.clients)
+        total = len(pending)
+        event("drain", clients=total, seconds=seconds, worker=self.config.worker_label)
+        while True:
+            elapsed = loop.time() - started
+            due = total if elapsed >= seconds else math.ceil(total * elapsed / seconds)
+            while total - len(pending) < due:
+                self._restart_close(pending.pop())
+            if elapsed >= seconds:
+                break
+            await asyncio.sleep(DRAIN_TICK)
+        for latecomer in list(self.clients):
+            self._restart_close(latecomer)
+        event("drained", clients=total, worker=self.config.worker_label)
+
+    @staticmethod
+    def _restart_close(client: Client) -> None:
+        if client.closing is None:
+            client.closing = asyncio.create_task(
+                client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
+            )
 
 
 class Service:
@@ -332,7 +368,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         close_timeout=min(config.shutdown_timeout, 10.0),
         server_header="wssfleet",
     ) as server:
-        _stop_on_signals(server)
+        _stop_on_signals(server, service.hub)
         event(
             "listening",
             bind=config.bind,
@@ -348,7 +384,15 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     event("stopped", worker=config.worker_label)
 
 
-def _stop_on_signals(server: Server) -> None:
+def _stop_on_signals(server: Server, hub: Hub) -> None:
+    """SIGTERM and SIGINT: close every client with 1001 at once and stop. SIGUSR1: drain
+    (the rollout asks for it before a planned restart)."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.close)
+
+    def drain() -> None:
+        if hub.draining is None:
+            hub.draining = asyncio.create_task(hub.drain())
+
+    loop.add_signal_handler(signal.SIGUSR1, drain)

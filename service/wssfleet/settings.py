@@ -76,6 +76,12 @@ class ClientPolicy(BaseModel):
     ping_timeout: int = Field(
         default=20, ge=1, le=3600, description="seconds without a pong before a peer is dropped"
     )
+    drain_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=600,
+        description="a drained instance closes its clients (1012) evenly over this many seconds",
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

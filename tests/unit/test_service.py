@@ -88,6 +88,7 @@ def test_healthz_says_redis_connected(start_service, redis_server):
         "redis": "connected",
         "worker": f"test:{service.port}",
         "connections": 0,
+        "draining": False,
     }
 
 
@@ -392,6 +393,37 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(start_service):
     assert codes == [1001, 1001, 1001]
     assert elapsed < 10
     assert service.process.wait(timeout=10) == 0
+
+
+def test_a_drain_closes_every_client_with_1012_evenly_over_drain_seconds(start_service):
+    service = start_service(WSSFLEET_DRAIN_SECONDS="2")
+    count = 40
+
+    async def closed_at(ws, started: float) -> tuple[int, float]:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await receive(ws, timeout=10)
+        return closed.value.rcvd.code, time.monotonic() - started
+
+    async def scenario():
+        clients = [await open_client(service) for _ in range(count)]
+        started = time.monotonic()
+        watchers = [asyncio.create_task(closed_at(ws, started)) for ws in clients]
+        service.process.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(0.5)
+        health = await asyncio.to_thread(service.health)
+        return health, await asyncio.gather(*watchers)
+
+    health, closes = run(scenario())
+    assert health["draining"] is True
+    assert {code for code, _ in closes} == {1012}
+    times = sorted(moment for _, moment in closes)
+    assert times[-1] < 3.0 and times[-1] - times[0] > 1.5, times
+    # No second closes more than ceil(clients / drain_seconds) + 1 clients.
+    per_second = [sum(1 for moment in times if start <= moment < start + 1) for start in times]
+    assert max(per_second) <= count // 2 + 1, per_second
+    # A drained process still stops on SIGTERM, cleanly.
+    assert service.stop() == 0
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ check, `wssfleet status` and the rollout use. Installed by roles/haproxy.py as
     haproxy_runtime.py reload               reload, and wait for HAProxy to say it loaded
     haproxy_runtime.py install-cert LINEAGE swap in certbot's certificate without a reload
     haproxy_runtime.py server-state BACKEND/SERVER ready|drain|maint
+    haproxy_runtime.py wait-up BACKEND/SERVER SECONDS   until its health checks say UP
 """
 
 from __future__ import annotations
@@ -145,6 +146,18 @@ def server_state(server: str, state: str) -> int:
     return 0
 
 
+def wait_up(server: str, seconds: float) -> int:
+    backend, _, name = server.partition("/")
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [row for row in servers() if (row["backend"], row["server"]) == (backend, name)]
+        status = found[0]["status"] if found else "absent"
+        if status.startswith("UP") or time.monotonic() > deadline:
+            print(status)
+            return 0 if status.startswith("UP") else 1
+        time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     match argv:
         case ["servers"]:
@@ -158,6 +171,8 @@ def main(argv: list[str]) -> int:
             return install_cert(os.environ["RENEWED_LINEAGE"])
         case ["server-state", server, state]:
             return server_state(server, state)
+        case ["wait-up", server, seconds]:
+            return wait_up(server, float(seconds))
     print(__doc__, file=sys.stderr)
     return 2
 

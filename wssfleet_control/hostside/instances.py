@@ -5,8 +5,11 @@ roles/workers.py as /usr/local/lib/wssfleet/instances.py; standard library only.
     instances.py state PORT...         per instance: active, release it runs, stale config
     instances.py current               the release `current` points at
     instances.py point RELEASE         point `current` at an installed release (atomically)
+    instances.py previous              the release `current` pointed at before, if installed
     instances.py wait-healthy ADDRESS PORT RELEASE SECONDS
                                        until the instance runs RELEASE and /healthz says 200
+    instances.py drain ADDRESS PORT SECONDS
+                                       ask the instance to drain, wait until it has no client
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import urllib.request
 HOME = "/opt/wssfleet"
 RELEASES = f"{HOME}/releases"
 CURRENT = f"{HOME}/current"
+# Every release `current` was pointed at, oldest first: what `wssfleet rollback` goes back to.
+HISTORY = f"{HOME}/history"
 # What an instance reads when it starts: newer than the process means it runs stale settings.
 STARTUP_FILES = ("/etc/wssfleet/wssfleet.env", "/etc/systemd/system/wssfleet@.service")
 RELEASE_IN_PATH = re.compile(r"/releases/([^/]+)/")
@@ -86,7 +91,22 @@ def point(release: str) -> int:
         os.unlink(temporary)
     os.symlink(target, temporary)
     os.replace(temporary, CURRENT)
+    with open(HISTORY, "a") as history:
+        history.write(release + "\n")
     return 0
+
+
+def previous() -> str:
+    now = current()
+    try:
+        with open(HISTORY) as history:
+            pointed = [line.strip() for line in history if line.strip()]
+    except FileNotFoundError:
+        pointed = []
+    for release in reversed(pointed):
+        if release != now and os.path.exists(f"{RELEASES}/{release}/.installed"):
+            return release
+    return ""
 
 
 def health(address: str, port: str) -> tuple[int, str]:
@@ -117,6 +137,27 @@ def wait_healthy(address: str, port: str, release: str, seconds: float) -> int:
         time.sleep(0.2)
 
 
+def drain(address: str, port: str, seconds: float) -> int:
+    """SIGUSR1 makes the service close its clients with 1012, spread over its drain window."""
+    if not state(port)["active"]:
+        print(json.dumps({"connections": 0, "reply": "not running"}))
+        return 0
+    subprocess.run(
+        ["systemctl", "kill", "--kill-whom=main", "--signal=SIGUSR1", unit(port)], check=True
+    )
+    deadline = time.monotonic() + seconds
+    while True:
+        status, body = health(address, port)
+        try:
+            connections = json.loads(body)["connections"] if status == 200 else None
+        except (ValueError, KeyError):
+            connections = None
+        if connections == 0 or time.monotonic() > deadline:
+            print(json.dumps({"connections": connections, "reply": body.strip()[:500]}))
+            return 0 if connections == 0 else 1
+        time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     match argv:
         case ["state", *ports]:
@@ -127,8 +168,13 @@ def main(argv: list[str]) -> int:
             return 0
         case ["point", release]:
             return point(release)
+        case ["previous"]:
+            print(previous())
+            return 0
         case ["wait-healthy", address, port, release, seconds]:
             return wait_healthy(address, port, release, float(seconds))
+        case ["drain", address, port, seconds]:
+            return drain(address, port, float(seconds))
     print(__doc__, file=sys.stderr)
     return 2
 
