@@ -52,7 +52,12 @@ class Lab:
         return self.described["acme_root_bundle"]
 
     def tls_context(self) -> ssl.SSLContext:
+        """A new context trusting the lab's ACME root (callers may narrow it)."""
         return ssl.create_default_context(cafile=self.root_bundle)
+
+    @cached_property
+    def _client_tls(self) -> ssl.SSLContext:
+        return self.tls_context()
 
     def token(self, subject: str = "e2e", ttl: int = 600) -> str:
         return auth.mint(self.fleet.secrets()["jwt_secret"], subject, ttl)
@@ -62,7 +67,7 @@ class Lab:
         options.setdefault("origin", f"https://{self.domain}")
         return await connect(
             f"wss://{self.domain}{path}?token={self.token(subject)}",
-            ssl=self.tls_context(),
+            ssl=self._client_tls,
             host=self.master_address,
             port=443,
             server_hostname=self.domain,
@@ -146,6 +151,7 @@ def derived_inventory(
 ) -> Path:
     """The lab inventory with some settings changed (same hosts; the lab's secrets unless
     ``own_secrets``), optionally keeping only the first ``workers`` workers."""
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lab_changed.py"
     path.write_text(
         "import runpy\n"

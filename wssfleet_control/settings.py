@@ -9,6 +9,7 @@ reads them back. ``wssfleet settings`` prints the README's table from this modul
 
 from __future__ import annotations
 
+import math
 import re
 from difflib import get_close_matches
 from pathlib import Path
@@ -148,9 +149,10 @@ class Settings(ClientPolicy):
     )
     haproxy_connection_rate_limit: int = Field(
         default=1000,
-        ge=1,
+        ge=10,
         le=1_000_000,
-        description="connections a source IP may open per 10 s; refused attempts do not count",
+        description="connections a source IP may open per 10 s, paced per second; "
+        "refused attempts do not count",
     )
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
@@ -189,6 +191,11 @@ class Settings(ClientPolicy):
     @property
     def origins(self) -> tuple[str, ...]:
         return self.allowed_origins or tuple(f"https://{name}" for name in self.domains)
+
+    @property
+    def admissions_per_second(self) -> int:
+        """haproxy_connection_rate_limit as HAProxy enforces it: a tenth of it each second."""
+        return math.ceil(self.haproxy_connection_rate_limit / 10)
 
     @property
     def acme_directory(self) -> str:

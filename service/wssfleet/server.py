@@ -33,8 +33,9 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
-# How often a drain closes its next share of clients.
-DRAIN_TICK = 0.1
+# How often a drain closes its next share of clients: fine enough that no second closes
+# more than its share (ceil(clients / drain_seconds)).
+DRAIN_TICK = 0.05
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -161,18 +162,27 @@ class Hub:
         started = loop.time()
         pending = list(self.clients)
         total = len(pending)
+        moments: list[float] = []
         event("drain", clients=total, seconds=seconds, worker=self.config.worker_label)
         while True:
             elapsed = loop.time() - started
-            due = total if elapsed >= seconds else math.ceil(total * elapsed / seconds)
+            due = total if elapsed >= seconds else math.floor(total * elapsed / seconds)
             while total - len(pending) < due:
                 self._restart_close(pending.pop())
+                moments.append(loop.time())
             if elapsed >= seconds:
                 break
             await asyncio.sleep(DRAIN_TICK)
-        for latecomer in list(self.clients):
+        latecomers = [client for client in self.clients if client.closing is None]
+        for latecomer in latecomers:
             self._restart_close(latecomer)
-        event("drained", clients=total, worker=self.config.worker_label)
+        event(
+            "drained",
+            clients=total,
+            latecomers=len(latecomers),
+            busiest_second=busiest_second(moments),
+            worker=self.config.worker_label,
+        )
 
     @staticmethod
     def _restart_close(client: Client) -> None:
@@ -180,6 +190,16 @@ class Hub:
             client.closing = asyncio.create_task(
                 client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
             )
+
+
+def busiest_second(moments: list[float]) -> int:
+    """The most of these (sorted) moments that fall in any one-second window."""
+    busiest, first = 0, 0
+    for last, moment in enumerate(moments):
+        while moment - moments[first] >= 1.0:
+            first += 1
+        busiest = max(busiest, last - first + 1)
+    return busiest
 
 
 class Service:

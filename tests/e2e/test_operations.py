@@ -60,7 +60,7 @@ def test_connection_rate_limit_refuses_a_flooding_source(lab, tmp_path):
     import socket
     import ssl
 
-    code, _, log = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=5))
+    code, _, log = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=50))
     try:
         assert code == 0, log[-3000:]
         outcomes = []

@@ -1,4 +1,7 @@
-// Demo client: one channel, reconnects with exponential backoff and full jitter.
+// Demo client: one channel, following wssfleet's client contract (README, "The client
+// contract"): after 1001, 1006 or 1012 reconnect after a random delay in [0, 1] s; after a
+// failed attempt back off exponentially with full jitter, up to 10 s; after 1008 or a 4xxx
+// code do not retry.
 "use strict";
 
 const params = new URLSearchParams(location.hash.slice(1));
@@ -9,9 +12,12 @@ const status = document.getElementById("status");
 const input = document.getElementById("message");
 document.getElementById("channel").textContent = channel;
 
-const BACKOFF_FIRST_MS = 500;
-const BACKOFF_MAX_MS = 30000;
-let attempt = 0;
+const FIRST_DELAY_MS = 1000;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+const RETRY_AFTER = new Set([1001, 1006, 1012]);
+let failures = 0;
+let opened = false;
 let socket = null;
 
 function show(text, kind) {
@@ -31,8 +37,10 @@ function connect() {
   const url = `wss://${location.host}/ws/${encodeURIComponent(channel)}?token=${encodeURIComponent(token)}`;
   socket = new WebSocket(url);
   setStatus("connecting", "connecting…");
+  opened = false;
   socket.onopen = () => {
-    attempt = 0;
+    opened = true;
+    failures = 0;
     setStatus("open", "connected");
   };
   socket.onmessage = (event) => {
@@ -48,8 +56,17 @@ function connect() {
     }
   };
   socket.onclose = (event) => {
-    const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt);
-    attempt += 1;
+    if (opened && !RETRY_AFTER.has(event.code)) {
+      setStatus("closed", `closed (${event.code} ${event.reason}): not retrying`);
+      return;
+    }
+    let delay;
+    if (opened) {
+      delay = Math.random() * FIRST_DELAY_MS;
+    } else {
+      failures += 1;
+      delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** failures);
+    }
     setStatus("closed", `disconnected (${event.code}), retrying in ${(delay / 1000).toFixed(1)} s`);
     setTimeout(connect, delay);
   };
