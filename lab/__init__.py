@@ -2,5 +2,5 @@
 
 Everything about fake infrastructure lives here and nothing about the deploy: the lab makes
 hosts that look like fresh servers, writes ``.lab/lab.json``, and ``inventory/lab.py``
-reads that file. ``python -m lab up|down|status`` (or ``make lab-up`` / ``make lab-down``).
+reads that file. ``wssfleet lab up|down|status`` (or ``make lab-up`` / ``make lab-down``).
 """

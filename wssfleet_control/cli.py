@@ -278,6 +278,14 @@ def lab_up() -> None:
     ensure_lab(str(LAB_INVENTORY))
 
 
+@lab.command("status")
+def lab_status() -> None:
+    """Say whether the lab is up, and the state of each of its processes."""
+    from lab import core
+
+    sys.exit(core.status())
+
+
 @lab.command("down")
 @click.option("--purge", is_flag=True, help="remove the cached base filesystem as well")
 def lab_down(purge: bool) -> None:

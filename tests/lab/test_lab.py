@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from lab import core, network, rootfs
 from lab.processes import find
 from lab.settings import BRIDGE, MACHINES_DIR, LabSettings
+from tests.lab_fleet import wssfleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,13 +22,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def lab(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lab", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return wssfleet("lab", *arguments)
 
 
 def lab_json() -> dict:
