@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from roles import HELPERS, HOSTSIDE, activate_candidate, open_files_limit, template
 from wssfleet_control.inventory import Fleet
@@ -21,6 +22,11 @@ CANDIDATE = "/etc/haproxy/haproxy.cfg.wssfleet-candidate"
 CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
 # The master's one runtime-API client (wssfleet_control/hostside/haproxy_runtime.py).
 RUNTIME = f"{HELPERS}/haproxy_runtime.py"
+REBALANCER = f"{HELPERS}/rebalancer.py"
+REBALANCER_UNIT = "/etc/systemd/system/wssfleet-rebalancer.service"
+# Seconds between the rebalancer's rounds, and how far off the mean an instance may be.
+REBALANCE_INTERVAL = 2
+REBALANCE_TOLERANCE = 0.2
 
 
 BACKEND = "workers"
@@ -96,13 +102,14 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         certificate=CERTIFICATE,
     )
     activate_candidate(
-        "Ensure the validated HAProxy config is live (reloaded, never restarted)",
+        "Ensure the validated HAProxy config is live (servers changed at runtime, else reloaded)",
         candidate,
         CANDIDATE,
         [
             f"haproxy -c -f {CANDIDATE} || {{ rm -f {CANDIDATE}; exit 1; }}",
-            f"install -m 644 {CANDIDATE} {LIVE}",
-            f"python3 {RUNTIME} reload",
+            # Workers added or removed: through the runtime API; anything else: a reload.
+            f"python3 {RUNTIME} apply {CANDIDATE} {LIVE} {fleet.settings.drain_seconds} "
+            f"{fleet.settings.close_spread_seconds}",
         ],
     )
     systemd.service(
@@ -110,4 +117,33 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         service="haproxy.service",
         running=True,
         enabled=True,
+    )
+    _rebalancer(fleet, backends)
+
+
+def _rebalancer(fleet: Fleet, backends: list[Backend]) -> None:
+    program = files.put(
+        name="Ensure the rebalancer is installed",
+        src=str(HOSTSIDE / "rebalancer.py"),
+        dest=REBALANCER,
+        mode="755",
+    )
+    unit = files.template(
+        name="Ensure the rebalancer's unit is current",
+        src=template("haproxy", "wssfleet-rebalancer.service.j2"),
+        dest=REBALANCER_UNIT,
+        mode="644",
+        program=REBALANCER,
+        rate=fleet.settings.rebalance_rate,
+        interval=REBALANCE_INTERVAL,
+        tolerance=REBALANCE_TOLERANCE,
+        servers=backends,
+    )
+    systemd.service(
+        name="Ensure the rebalancer is running and enabled",
+        service="wssfleet-rebalancer.service",
+        running=True,
+        enabled=True,
+        daemon_reload=unit.will_change,
+        restarted=any_changed(program, unit),
     )

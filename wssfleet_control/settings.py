@@ -71,6 +71,15 @@ Email = Annotated[
 ]
 
 
+DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds_of(duration: str) -> float:
+    """An HAProxy duration (a Duration setting) in seconds."""
+    number = duration.rstrip("umshd")
+    return int(number) * DURATION_UNITS[duration[len(number) :]]
+
+
 def _acme_server(value: str) -> str:
     parts = urlsplit(value)
     if value in ACME_SERVERS or (parts.scheme == "https" and parts.netloc):
@@ -124,6 +133,13 @@ class Settings(ClientPolicy):
         le=3600,
         description="seconds a restarted instance has to answer /healthz before the rollout stops",
     )
+    rebalance_rate: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description="clients a second the rebalancer may move (close with 1012) fleet-wide, "
+        "to keep every instance within 20% of the mean",
+    )
     # HAProxy
     haproxy_maxconn: int = Field(
         default=50000, ge=100, le=2_000_000, description="connections HAProxy accepts at once"
@@ -146,6 +162,11 @@ class Settings(ClientPolicy):
     )
     haproxy_hard_stop_after: Duration = Field(
         default="1h", description="how long a reloaded HAProxy keeps old WebSockets open"
+    )
+    haproxy_close_spread: Duration = Field(
+        default="5m",
+        description="after a reload, the old process's WebSockets are closed evenly over this "
+        "window (shorter than haproxy_hard_stop_after)",
     )
     haproxy_connection_rate_limit: int = Field(
         default=1000,
@@ -177,6 +198,12 @@ class Settings(ClientPolicy):
             )
         if len(set(self.domains)) != len(self.domains):
             raise ValueError("settings domain and extra_domains repeat a name: list each once")
+        if seconds_of(self.haproxy_close_spread) >= seconds_of(self.haproxy_hard_stop_after):
+            raise ValueError(
+                f"setting haproxy_close_spread={self.haproxy_close_spread!r} must be shorter than "
+                f"haproxy_hard_stop_after={self.haproxy_hard_stop_after!r}: the old process is "
+                "stopped at the latter, with whatever it still holds"
+            )
         if self.redis_port in PORTS_USED_ON_MASTER:
             raise ValueError(
                 f"setting redis_port={self.redis_port} clashes with "
@@ -191,6 +218,10 @@ class Settings(ClientPolicy):
     @property
     def origins(self) -> tuple[str, ...]:
         return self.allowed_origins or tuple(f"https://{name}" for name in self.domains)
+
+    @property
+    def close_spread_seconds(self) -> float:
+        return seconds_of(self.haproxy_close_spread)
 
     @property
     def admissions_per_second(self) -> int:

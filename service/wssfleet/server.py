@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import signal
 import time
 from http import HTTPStatus
@@ -108,6 +109,7 @@ class Hub:
         self.channels: dict[str, set[Client]] = {}
         self.bus = RedisBus(config.redis_url, self.deliver) if config.redis_url else None
         self.draining: asyncio.Task[None] | None = None
+        self.shedding: asyncio.Task[None] | None = None
 
     def subscribe(self, client: Client, channel: str) -> bool:
         full = len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT
@@ -158,31 +160,44 @@ class Hub:
         reconnections reach the other instances as a trickle, not a herd. Clients that
         arrived meanwhile are closed at the end of the window."""
         seconds = self.config.drain_seconds
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        pending = list(self.clients)
-        total = len(pending)
-        moments: list[float] = []
-        event("drain", clients=total, seconds=seconds, worker=self.config.worker_label)
-        while True:
-            elapsed = loop.time() - started
-            due = total if elapsed >= seconds else math.floor(total * elapsed / seconds)
-            while total - len(pending) < due:
-                self._restart_close(pending.pop())
-                moments.append(loop.time())
-            if elapsed >= seconds:
-                break
-            await asyncio.sleep(DRAIN_TICK)
+        clients = list(self.clients)
+        event("drain", clients=len(clients), seconds=seconds, worker=self.config.worker_label)
+        busiest = await self._close_paced(clients, seconds)
         latecomers = [client for client in self.clients if client.closing is None]
         for latecomer in latecomers:
             self._restart_close(latecomer)
         event(
             "drained",
-            clients=total,
+            clients=len(clients),
             latecomers=len(latecomers),
-            busiest_second=busiest_second(moments),
+            busiest_second=busiest,
             worker=self.config.worker_label,
         )
+
+    async def shed(self, count: int, seconds: float) -> None:
+        """Close ``count`` clients with 1012 over ``seconds``, so that they reconnect to
+        emptier instances (the master's rebalancer asks)."""
+        clients = [client for client in self.clients if client.closing is None]
+        random.shuffle(clients)
+        busiest = await self._close_paced(clients[:count], seconds)
+        event("shed", clients=min(count, len(clients)), busiest_second=busiest)
+
+    async def _close_paced(self, clients: list[Client], seconds: float) -> int:
+        """Close these clients with 1012 evenly over ``seconds``; returns the most closed in
+        any one second."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total = len(clients)
+        moments: list[float] = []
+        while True:
+            elapsed = loop.time() - started
+            due = total if elapsed >= seconds else math.floor(total * elapsed / seconds)
+            while len(moments) < due:
+                self._restart_close(clients[len(moments)])
+                moments.append(loop.time())
+            if elapsed >= seconds:
+                return busiest_second(moments)
+            await asyncio.sleep(DRAIN_TICK)
 
     @staticmethod
     def _restart_close(client: Client) -> None:
@@ -222,6 +237,8 @@ class Service:
                 json.dumps(self.hub.health()).encode(),
                 "application/json",
             )
+        if url.path == "/internal/shed":
+            return self._shed(connection, request, url.query)
         if url.path in self.static:
             body, kind = self.static[url.path]
             return self._respond(connection, HTTPStatus.OK, body, kind, PAGE_HEADERS)
@@ -244,6 +261,27 @@ class Service:
         connection.subject = subject  # type: ignore[attr-defined]
         connection.first_channel = channel  # type: ignore[attr-defined]
         return None
+
+    def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
+        """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: HAProxy
+        refuses /internal/ to clients, and whatever it forwards carries X-Forwarded-For."""
+        if "X-Forwarded-For" in request.headers:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        arguments = parse_qs(query)
+        try:
+            count = int(arguments["count"][0])
+            seconds = float(arguments.get("seconds", ["1"])[0])
+            if not (1 <= count <= 1_000_000 and 0.1 <= seconds <= 600):
+                raise ValueError
+        except (KeyError, ValueError):
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST, "give count=1..1000000 and seconds=0.1..600\n"
+            )
+        if self.hub.shedding is not None and not self.hub.shedding.done():
+            return connection.respond(HTTPStatus.CONFLICT, "already shedding\n")
+        self.hub.shedding = asyncio.get_running_loop().create_task(self.hub.shed(count, seconds))
+        body = json.dumps({"shedding": min(count, len(self.hub.clients))}).encode()
+        return self._respond(connection, HTTPStatus.ACCEPTED, body, "application/json")
 
     async def handle(self, ws: ServerConnection) -> None:
         subject: str = ws.subject  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import math
 import ssl
 import subprocess
 import time
@@ -253,6 +254,82 @@ def test_a_vanished_worker_host_costs_new_connections_no_error(lab, source_addre
     assert moved == 100, "clients of the vanished host were not all connected elsewhere"
     time.sleep(8)  # the host's timer lifts the block at 20 s
     wait_all_up(lab)
+
+
+def test_after_an_instance_restarts_the_fleet_evens_out_within_2_minutes(lab, source_address):
+    worker, port = lab.fleet.workers[0], lab.fleet.settings.worker_base_port
+    rate = lab.fleet.settings.rebalance_rate
+    instances = [label(node, p) for node in lab.fleet.workers for p in lab.ports(node.name)]
+
+    def spread(where: dict[str, int]) -> float:
+        """How far the farthest instance is off the mean, as a share of it."""
+        counts = [where.get(instance, 0) for instance in instances]
+        mean = sum(counts) / len(counts)
+        return max(abs(count - mean) for count in counts) / mean
+
+    async def scenario():
+        crowd = Crowd(connector(lab, source_address(8)), 1000)
+        crowd.start()
+        await crowd.until_connected(1000, 60)
+        await asyncio.to_thread(lab.on, worker.name, f"systemctl restart wssfleet@{port}")
+        restarted_at = time.monotonic()
+        uneven = 0.0
+        while time.monotonic() - restarted_at < 120:
+            await asyncio.sleep(0.5)
+            uneven = max(uneven, spread(crowd.where()))
+            if crowd.connected() == 1000 and spread(crowd.where()) <= 0.2:
+                break
+        took = time.monotonic() - restarted_at
+        where = crowd.where()
+        moved = [moment for moment, code, _ in crowd.closes() if code == 1012]
+        await crowd.finish()
+        return took, uneven, where, moved
+
+    took, uneven, where, moved = run(scenario(), timeout=220)
+    print(
+        f"\nrebalance: even after {took:.1f} s (at worst {uneven:.0%} off the mean), "
+        f"{len(moved)} clients moved, busiest second {busiest_second(moved)} (rate {rate})"
+    )
+    assert uneven > 0.2, "the restart never unbalanced the fleet: the test tested nothing"
+    assert took < 120, f"not even after 2 minutes: {where}"
+    # What clients saw: at most the rate, give or take the delivery jitter of this machine.
+    assert busiest_second(moved) <= rate + 2
+
+
+def test_an_unavoidable_reload_moves_websockets_to_the_new_process_gradually(
+    lab, tmp_path, source_address
+):
+    clients, spread = 60, 15
+    # An HSTS change is a frontend change: HAProxy must reload.
+    changed = derived_inventory(tmp_path, hsts_max_age=86400, haproxy_close_spread=f"{spread}s")
+
+    async def scenario():
+        crowd = Crowd(connector(lab, source_address(9)), clients)
+        crowd.start()
+        await crowd.until_connected(clients, 60)
+        result = await asyncio.to_thread(deploy, changed)
+        await asyncio.sleep(spread + 3)
+        await crowd.until_connected(clients, 15)
+        connected = crowd.connected()
+        closes = [moment for moment, _, _ in crowd.closes()]
+        await crowd.finish()
+        return result, connected, closes
+
+    try:
+        (code, _, log), connected, closes = run(scenario(), timeout=200)
+        assert code == 0, log[-3000:]
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+    window = max(closes) - min(closes) if closes else 0
+    print(
+        f"\nreload: {len(closes)} WebSockets moved over {window:.1f} s, "
+        f"busiest second {busiest_second(closes)}"
+    )
+    assert len(closes) == clients, "not every WebSocket of the old process was closed"
+    assert window >= spread / 2, f"closed within {window:.1f} s: a herd, not a trickle"
+    assert busiest_second(closes) <= math.ceil(clients / spread) + 2
+    assert connected == clients
 
 
 def _cut_off(lab, host: str, command: str) -> None:

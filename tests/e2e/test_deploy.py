@@ -50,7 +50,10 @@ def test_plan_shows_the_change_without_making_it(lab, tmp_path):
     before = haproxy_state(lab)
     code, report, log = plan(derived_inventory(tmp_path, haproxy_timeout_tunnel="2h"))
     assert code == 0, log[-3000:]
-    activate = "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)"
+    activate = (
+        "HAProxy | Ensure the validated HAProxy config is live "
+        "(servers changed at runtime, else reloaded)"
+    )
     assert with_status(report, "will change", "may change") == [
         ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
         (activate, "master"),
@@ -88,7 +91,8 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
     assert set(changed(report)) == {
         ("HAProxy | Ensure the candidate HAProxy config is rendered", "master"),
         (
-            "HAProxy | Ensure the validated HAProxy config is live (reloaded, never restarted)",
+            "HAProxy | Ensure the validated HAProxy config is live "
+            "(servers changed at runtime, else reloaded)",
             "master",
         ),
     }

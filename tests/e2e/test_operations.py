@@ -115,15 +115,23 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
     assert len(restarted(report)) == 2 * len(lab.fleet.workers)
 
 
+def reloads(lab) -> int:
+    runtime = "python3 /usr/local/lib/wssfleet/haproxy_runtime.py reloads"
+    return int(lab.on(lab.fleet.master.name, runtime).stdout)
+
+
 def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_path):
     added = lab.fleet.workers[-1]
+    reloads_before = reloads(lab)
     code, _, log = deploy(derived_inventory(tmp_path, workers=len(lab.fleet.workers) - 1))
     assert code == 0, log[-3000:]
+    assert reloads(lab) == reloads_before, "removing a worker reloaded HAProxy"
     assert f"server {added.name}-" not in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
     assert added.address not in lab.on("master", "nft list table inet wssfleet").stdout
 
     code, _, log = deploy()
     assert code == 0, log[-3000:]
+    assert reloads(lab) == reloads_before, "adding a worker reloaded HAProxy"
     assert f"server {added.name}-" in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
     assert added.address in lab.on("master", "nft list table inet wssfleet").stdout
     # HAProxy's health checks bring the new servers UP within a few check intervals.

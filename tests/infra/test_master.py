@@ -11,6 +11,15 @@ def test_haproxy_is_active_and_enabled(on, master):
     assert service.is_running and service.is_enabled
 
 
+def test_rebalancer_is_active_enabled_and_reads_haproxy(on, master):
+    host = on(master)
+    service = host.service("wssfleet-rebalancer")
+    assert service.is_running and service.is_enabled
+    log = host.check_output("journalctl -u wssfleet-rebalancer -n 50 --no-pager -o cat")
+    assert '"event": "started"' in log
+    assert '"event": "error"' not in log.split('"event": "started"')[-1], log
+
+
 def test_haproxy_config_is_valid(on, master):
     result = on(master).run("haproxy -c -f /etc/haproxy/haproxy.cfg")
     assert result.rc == 0, result.stderr

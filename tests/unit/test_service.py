@@ -478,3 +478,39 @@ def test_keepalive_drops_a_peer_that_stops_answering_pings(start_service):
     disconnects = [event for event in events if event["event"] == "disconnect"]
     assert [event["sub"] for event in disconnects] == ["silent"]
     assert disconnects[0]["code"] == 1011  # keepalive ping timeout
+
+
+def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_service):
+    service = start_service()
+    base = f"http://127.0.0.1:{service.port}/internal/shed"
+
+    def get(url: str, **headers: str) -> int:
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    async def scenario():
+        clients = [await open_client(service) for _ in range(10)]
+        # Through HAProxy (X-Forwarded-For) the path does not exist; nonsense is refused.
+        forwarded = await asyncio.to_thread(
+            get, f"{base}?count=3", **{"X-Forwarded-For": "1.2.3.4"}
+        )
+        nonsense = await asyncio.to_thread(get, f"{base}?count=0")
+        accepted = await asyncio.to_thread(get, f"{base}?count=3&seconds=0.5")
+        await asyncio.sleep(1.5)
+        codes = []
+        for ws in clients:
+            try:
+                await request(ws, type="echo", data="x")
+                await receive(ws, timeout=2)
+                codes.append(None)
+            except ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else 1006)
+        return forwarded, nonsense, accepted, codes
+
+    forwarded, nonsense, accepted, codes = run(scenario())
+    assert (forwarded, nonsense, accepted) == (404, 400, 202)
+    assert sorted(codes, key=str) == [1012] * 3 + [None] * 7

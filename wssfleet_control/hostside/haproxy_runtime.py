@@ -5,9 +5,16 @@ check, `wssfleet status` and the rollout use. Installed by roles/haproxy.py as
 
     haproxy_runtime.py servers              every backend server and its state, as JSON
     haproxy_runtime.py reload               reload, and wait for HAProxy to say it loaded
+    haproxy_runtime.py reloads              how many times the master has reloaded
     haproxy_runtime.py install-cert LINEAGE swap in certbot's certificate without a reload
     haproxy_runtime.py server-state BACKEND/SERVER ready|drain|maint
     haproxy_runtime.py wait-up BACKEND/SERVER SECONDS   until its health checks say UP
+    haproxy_runtime.py apply CANDIDATE LIVE DRAIN_SECONDS SPREAD_SECONDS
+        make the candidate config live: when only the workers' servers differ, add and remove
+        them through the runtime API (removed ones drained first) with no reload; otherwise
+        reload, and close the old process's WebSockets evenly over SPREAD_SECONDS
+    haproxy_runtime.py close-old PID SPREAD_SECONDS
+        close the WebSockets an old (reloaded) process still holds, evenly over the window
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import syslog
 import time
+import urllib.request
 
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 # Debian's haproxy.service starts the master with -S /run/haproxy-master.sock.
@@ -73,8 +82,10 @@ def master_counters() -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
-def reload() -> int:
-    """Reload HAProxy; succeed only once its master reports the new config loaded."""
+def reload(spread_seconds: float = 0) -> int:
+    """Reload HAProxy; succeed only once its master reports the new config loaded. Then the
+    old process's WebSockets are closed evenly over ``spread_seconds`` (in the background),
+    so that its clients reconnect to the new one as a trickle, not all at hard-stop-after."""
     if subprocess.run(["systemctl", "is-active", "--quiet", "haproxy"]).returncode != 0:
         return subprocess.run(["systemctl", "start", "haproxy"]).returncode
     _, reloads, failed = master_counters()
@@ -96,10 +107,70 @@ def reload() -> int:
             print(f"HAProxy rejected the new config and kept the old one:\n{log}", file=sys.stderr)
             return 1
         if reloads_now > reloads:
+            if spread_seconds > 0:
+                for pid in old_workers():
+                    close_old_in_background(pid, spread_seconds)
             return 0
         time.sleep(0.05)
     print(f"HAProxy did not report the reload within {RELOAD_TIMEOUT:.0f} s", file=sys.stderr)
     return 1
+
+
+def old_workers() -> list[int]:
+    """The PIDs of the processes a reload left serving their open connections."""
+    reply = ask("show proc", MASTER_SOCKET, until=b"# programs")
+    section = reply.split("# old workers", 1)[1] if "# old workers" in reply else ""
+    section = section.split("# programs", 1)[0]
+    return [int(line.split()[0]) for line in section.splitlines() if line[:1].isdigit()]
+
+
+def ask_process(pid: int, command: str, wait: float = 2.0) -> str:
+    """A command for one (old) process, through the master CLI, which keeps the connection
+    open afterwards: an answer ends with an empty line; a command that answers nothing is
+    given ``wait`` seconds."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(wait)
+        connection.connect(MASTER_SOCKET)
+        connection.sendall(f"@!{pid} {command}\n".encode())
+        reply = b""
+        try:
+            while not reply.endswith(b"\n\n") and (chunk := connection.recv(65536)):
+                reply += chunk
+        except TimeoutError:
+            pass
+    return reply.decode()
+
+
+def close_old_in_background(pid: int, spread_seconds: float) -> None:
+    # A transient unit: it outlives the deploy's SSH session.
+    subprocess.run(
+        [
+            "systemd-run",
+            "--quiet",
+            "--collect",
+            f"--unit=wssfleet-close-old-haproxy-{pid}",
+            "/usr/bin/python3",
+            os.path.abspath(__file__),
+            "close-old",
+            str(pid),
+            str(spread_seconds),
+        ],
+        check=False,
+    )
+
+
+def close_old(pid: int, spread_seconds: float) -> int:
+    tunnels = [
+        line.split(":", 1)[0]
+        for line in ask_process(pid, "show sess").splitlines()
+        if f" be={WORKERS} " in line
+    ]
+    started = time.monotonic()
+    print(f"closing {len(tunnels)} WebSockets of old process {pid} over {spread_seconds:.0f} s")
+    for n, session in enumerate(tunnels):
+        time.sleep(max(0.0, started + n * spread_seconds / len(tunnels) - time.monotonic()))
+        ask_process(pid, f"shutdown session {session}", wait=0.05)
+    return 0
 
 
 def install_cert(lineage: str) -> int:
@@ -158,6 +229,107 @@ def wait_up(server: str, seconds: float) -> int:
         time.sleep(0.2)
 
 
+WORKERS = "workers"
+SERVER_LINE = re.compile(r"^\s+server\s+(\S+)\s+(\S+)\s*$")
+
+
+def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
+    """The workers backend's servers (name -> address:port), its default-server options, and
+    the rest of the config: what a reload would be needed for."""
+    servers_found: dict[str, str] = {}
+    options = ""
+    rest = []
+    section = ""
+    for line in config.splitlines():
+        if line and not line[0].isspace():
+            section = line.strip()
+        match = SERVER_LINE.match(line)
+        if section == f"backend {WORKERS}" and match:
+            servers_found[match[1]] = match[2]
+            continue
+        if section == f"backend {WORKERS}" and line.strip().startswith("default-server "):
+            options = line.strip().removeprefix("default-server ")
+        # The template leaves a blank line a server: blank lines say nothing.
+        if line.strip():
+            rest.append(line)
+    return servers_found, options, "\n".join(rest)
+
+
+def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seconds: float) -> int:
+    """Make the (checked) candidate the live config, with no reload when only the workers'
+    servers change."""
+    with open(candidate_path) as candidate:
+        wanted, options, wanted_rest = worker_servers(candidate.read())
+    running: dict[str, str] = {}
+    running_rest = None
+    if os.path.exists(live_path):
+        with open(live_path) as live:
+            running, _, running_rest = worker_servers(live.read())
+    if wanted_rest != running_rest or not os.path.exists(ADMIN_SOCKET):
+        return install_and_reload(candidate_path, live_path, spread_seconds)
+    for name in sorted(set(wanted) - set(running)):
+        if not add_server(name, wanted[name], options):
+            return install_and_reload(candidate_path, live_path, spread_seconds)
+    removed = sorted(set(running) - set(wanted))
+    drain_servers({name: running[name] for name in removed}, drain_seconds)
+    for name in removed:
+        ask(f"set server {WORKERS}/{name} state maint")
+        ask(f"shutdown sessions server {WORKERS}/{name}")
+        answer = ask(f"del server {WORKERS}/{name}").strip()
+        if "Server deleted" not in answer:
+            print(f"HAProxy: del server {WORKERS}/{name}: {answer}; reloading", file=sys.stderr)
+            return install_and_reload(candidate_path, live_path, spread_seconds)
+        print(f"removed server {WORKERS}/{name} without a reload")
+    install(candidate_path, live_path)
+    return 0
+
+
+def add_server(name: str, address: str, options: str) -> bool:
+    # Dynamic servers do not take the backend's default-server line: give its options.
+    for command in (
+        f"add server {WORKERS}/{name} {address} {options}",
+        f"enable health {WORKERS}/{name}",
+        f"enable server {WORKERS}/{name}",
+    ):
+        answer = ask(command).strip()
+        if answer and "New server registered" not in answer:
+            print(f"HAProxy: {command}: {answer}", file=sys.stderr)
+            return False
+    print(f"added server {WORKERS}/{name} ({address}) without a reload")
+    return True
+
+
+def drain_servers(removed: dict[str, str], drain_seconds: float) -> None:
+    """No new client for these servers; their instances close their clients with 1012 over
+    the drain window, so they reconnect to the others; wait until they have none."""
+    for name, address in removed.items():
+        ask(f"set server {WORKERS}/{name} state drain")
+        url = f"http://{address}/internal/shed?count=1000000&seconds={drain_seconds}"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                pass
+        except OSError as error:
+            print(f"{name}: could not ask {address} to shed its clients: {error}", file=sys.stderr)
+    deadline = time.monotonic() + drain_seconds + 10
+    while removed and time.monotonic() < deadline:
+        sessions = {row["server"]: int(row["sessions"]) for row in servers()}
+        if all(sessions.get(name, 0) == 0 for name in removed):
+            return
+        time.sleep(0.5)
+
+
+def install(candidate_path: str, live_path: str) -> None:
+    temporary = f"{live_path}.wssfleet-new"
+    shutil.copyfile(candidate_path, temporary)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, live_path)
+
+
+def install_and_reload(candidate_path: str, live_path: str, spread_seconds: float) -> int:
+    install(candidate_path, live_path)
+    return reload(spread_seconds)
+
+
 def main(argv: list[str]) -> int:
     match argv:
         case ["servers"]:
@@ -165,6 +337,9 @@ def main(argv: list[str]) -> int:
             return 0
         case ["reload"]:
             return reload()
+        case ["reloads"]:
+            print(master_counters()[1])
+            return 0
         case ["install-cert", lineage]:
             return install_cert(lineage)
         case ["install-cert"]:
@@ -173,6 +348,10 @@ def main(argv: list[str]) -> int:
             return server_state(server, state)
         case ["wait-up", server, seconds]:
             return wait_up(server, float(seconds))
+        case ["apply", candidate, live, drain_seconds, spread_seconds]:
+            return apply(candidate, live, float(drain_seconds), float(spread_seconds))
+        case ["close-old", pid, spread_seconds]:
+            return close_old(int(pid), float(spread_seconds))
     print(__doc__, file=sys.stderr)
     return 2
 
