@@ -18,7 +18,7 @@ HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-se
 HOST_STAMP := build/.host-packages
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help tools deploy plan rollback verify status renew test test-unit test-lab test-e2e \
+.PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
 	test-browser test-infra lab-up lab-down lint bench token
 
 help: ## list the commands
@@ -53,6 +53,12 @@ plan: tools ## dry run: what a deploy would change, on which host; changes nothi
 
 rollback: tools ## every instance back onto the release it ran before, drained one at a time
 	@$(WSSFLEET) rollback -i $(INVENTORY)
+
+drain: tools ## take WORKER=name out of rotation, its clients moved gently to the others
+	@$(WSSFLEET) drain -i $(INVENTORY) $(WORKER)
+
+ready: tools ## put WORKER=name back in rotation after a drain
+	@$(WSSFLEET) ready -i $(INVENTORY) $(WORKER)
 
 verify: tools ## the testinfra suite against INVENTORY's hosts
 	@$(WSSFLEET) verify -i $(INVENTORY)

@@ -10,7 +10,6 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from roles import HELPERS, HOSTSIDE, activate_candidate, open_files_limit, template
 from wssfleet_control.inventory import Fleet
@@ -145,5 +144,5 @@ def _rebalancer(fleet: Fleet, backends: list[Backend]) -> None:
         running=True,
         enabled=True,
         daemon_reload=unit.will_change,
-        restarted=any_changed(program, unit),
+        restarted=program.will_change or unit.will_change,
     )

@@ -153,6 +153,47 @@ def rollback(inventory_path: str, as_json: bool) -> None:
     _finish(report, as_json)
 
 
+def _worker(session, name: str):
+    found = [node for node in session.fleet.workers if node.name == name]
+    if not found:
+        names = ", ".join(node.name for node in session.fleet.workers)
+        raise click.UsageError(f"{name} is not a worker of this inventory: give one of {names}")
+    return found[0]
+
+
+@main.command()
+@inventory_option
+@click.argument("worker_name", metavar="WORKER")
+def drain(inventory_path: str, worker_name: str) -> None:
+    """Take WORKER out of rotation for maintenance: its clients move to the other workers
+    (1012, over drain_seconds). `wssfleet ready WORKER` puts it back."""
+    from wssfleet_control import rollout
+
+    ensure_lab(inventory_path)
+    with open_session(inventory_path, quiet=True) as session:
+        try:
+            left = rollout.drain_worker(session, _worker(session, worker_name))
+        except rollout.RolloutError as error:
+            raise Failure(str(error)) from None
+    click.echo(f"{worker_name} is drained; sessions left per instance: {left}")
+
+
+@main.command()
+@inventory_option
+@click.argument("worker_name", metavar="WORKER")
+def ready(inventory_path: str, worker_name: str) -> None:
+    """Put a drained WORKER back in rotation (the rebalancer then evens out the clients)."""
+    from wssfleet_control import rollout
+
+    ensure_lab(inventory_path)
+    with open_session(inventory_path, quiet=True) as session:
+        try:
+            rollout.ready_worker(session, _worker(session, worker_name))
+        except rollout.RolloutError as error:
+            raise Failure(str(error)) from None
+    click.echo(f"{worker_name} is back in rotation")
+
+
 @main.command()
 @inventory_option
 @json_option

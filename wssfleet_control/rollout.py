@@ -137,6 +137,36 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
     return steps
 
 
+def drain_worker(session: Session, worker: Node) -> dict:
+    """Take a worker out of rotation for maintenance: HAProxy sends it no new client and its
+    instances move their clients to the others with 1012, over ``drain_seconds``."""
+    seconds = session.fleet.settings.drain_seconds
+    pairs = " ".join(
+        quote(f"{haproxy.server_name(worker.name, port)}={worker.address}:{port}")
+        for port in workers.ports(session.fleet, session.host(worker.name))
+    )
+    result = session.run(
+        session.fleet.master.name,
+        f"{RUNTIME} drain-servers {seconds} {pairs}",
+        timeout=seconds + DRAIN_GRACE + 30,
+    )
+    if not result.ok:
+        raise RolloutError(f"draining {worker.name} failed: {result.stderr.strip()}")
+    return _last_json(result)
+
+
+def ready_worker(session: Session, worker: Node) -> None:
+    """Put a worker's instances back in rotation and wait until HAProxy's checks see them UP."""
+    timeout = session.fleet.settings.rollout_health_timeout
+    for port in workers.ports(session.fleet, session.host(worker.name)):
+        server = quote(f"{haproxy.BACKEND}/{haproxy.server_name(worker.name, port)}")
+        master = session.fleet.master.name
+        session.run(master, f"{RUNTIME} server-state {server} ready")
+        up = session.run(master, f"{RUNTIME} wait-up {server} {timeout}", timeout=timeout + 30)
+        if not up.ok:
+            raise RolloutError(f"{worker.name} instance {port} is not UP: {up.stdout.strip()}")
+
+
 def _restart(
     session: Session, worker: Node, port: int, release: str, timeout: int
 ) -> tuple[bool, dict]:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.contract_client import Crowd, busiest_second, drain_bound
 from tests.e2e.conftest import run
-from tests.lab_fleet import deploy, derived_inventory, restarted
+from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -330,6 +330,33 @@ def test_an_unavoidable_reload_moves_websockets_to_the_new_process_gradually(
     assert window >= spread / 2, f"closed within {window:.1f} s: a herd, not a trickle"
     assert busiest_second(closes) <= math.ceil(clients / spread) + 2
     assert connected == clients
+
+
+def test_a_drained_worker_hands_its_clients_to_the_others_and_gets_no_new_ones(lab, source_address):
+    drained = lab.fleet.workers[0]
+    prefix = f"wssfleet-{drained.name}:"
+
+    async def scenario():
+        crowd = Crowd(connector(lab, source_address(10)), 200)
+        crowd.start()
+        await crowd.until_connected(200, 60)
+        asked_at = time.monotonic()
+        result = await asyncio.to_thread(wssfleet, "drain", drained.name)
+        await crowd.until_connected(200, 15)
+        where = crowd.where()
+        codes = {code for _, code, worker in crowd.closes() if worker.startswith(prefix)}
+        refused = [refusal for refusal in crowd.refusals() if refusal[0] >= asked_at]
+        back = await asyncio.to_thread(wssfleet, "ready", drained.name)
+        await crowd.finish()
+        return result, where, codes, refused, back
+
+    result, where, codes, refused, back = run(scenario(), timeout=200)
+    assert result.returncode == 0, result.stderr
+    assert back.returncode == 0, back.stderr
+    assert sum(where.values()) == 200 and refused == []
+    assert not [label for label in where if label.startswith(prefix)], where
+    assert codes == {1012}
+    wait_all_up(lab)
 
 
 def _cut_off(lab, host: str, command: str) -> None:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
 
-from tests.lab_fleet import REPO, changed, deploy, derived_inventory, edited, make, restarted
+from tests.lab_fleet import (
+    REPO,
+    changed,
+    deploy,
+    derived_inventory,
+    edited,
+    make,
+    restarted,
+    wssfleet,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -107,12 +117,21 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
         worker = lab.fleet.workers[0]
         assert lab.on(worker.name, "readlink /opt/wssfleet/current").stdout.strip().endswith(new)
     finally:
-        code, report, log = deploy()
-    # Back to the release before: installed already, so only the rollout runs.
+        # `make rollback`: every instance back on the release before, drained one at a time.
+        rolled = wssfleet("rollback", "--json")
+    report = json.loads(rolled.stdout)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert report["release"] == old
+    steps = report["rollout"]["steps"]
+    assert len(steps) == 2 * len(lab.fleet.workers)
+    assert {(step["reason"], step["outcome"]) for step in steps} == {
+        (f"runs release {new}", "done")
+    }
+    # The checkout is the old release again: a deploy has nothing to restart.
+    code, report, log = deploy()
     assert code == 0, log[-3000:]
     assert report["release"] == old
-    assert not [name for name, _ in changed(report) if "installed" in name]
-    assert len(restarted(report)) == 2 * len(lab.fleet.workers)
+    assert restarted(report) == []
 
 
 def reloads(lab) -> int:

@@ -13,6 +13,8 @@ check, `wssfleet status` and the rollout use. Installed by roles/haproxy.py as
         make the candidate config live: when only the workers' servers differ, add and remove
         them through the runtime API (removed ones drained first) with no reload; otherwise
         reload, and close the old process's WebSockets evenly over SPREAD_SECONDS
+    haproxy_runtime.py drain-servers SECONDS SERVER=ADDRESS:PORT...
+        out of rotation, their clients moved to the others (1012) over SECONDS
     haproxy_runtime.py close-old PID SPREAD_SECONDS
         close the WebSockets an old (reloaded) process still holds, evenly over the window
 """
@@ -168,7 +170,9 @@ def close_old(pid: int, spread_seconds: float) -> int:
     started = time.monotonic()
     print(f"closing {len(tunnels)} WebSockets of old process {pid} over {spread_seconds:.0f} s")
     for n, session in enumerate(tunnels):
-        time.sleep(max(0.0, started + n * spread_seconds / len(tunnels) - time.monotonic()))
+        # The middle of each one's share of the window: none is closed the moment it starts.
+        due = started + (n + 0.5) * spread_seconds / len(tunnels)
+        time.sleep(max(0.0, due - time.monotonic()))
         ask_process(pid, f"shutdown session {session}", wait=0.05)
     return 0
 
@@ -350,6 +354,11 @@ def main(argv: list[str]) -> int:
             return wait_up(server, float(seconds))
         case ["apply", candidate, live, drain_seconds, spread_seconds]:
             return apply(candidate, live, float(drain_seconds), float(spread_seconds))
+        case ["drain-servers", seconds, *pairs]:
+            drain_servers(dict(pair.split("=", 1) for pair in pairs), float(seconds))
+            left = {row["server"]: row["sessions"] for row in servers()}
+            print(json.dumps({pair.split("=")[0]: left.get(pair.split("=")[0]) for pair in pairs}))
+            return 0
         case ["close-old", pid, spread_seconds]:
             return close_old(int(pid), float(spread_seconds))
     print(__doc__, file=sys.stderr)
