@@ -89,7 +89,11 @@ def spawn(
     time.sleep(0.05)
     started = start_time(process.pid)
     if started is None or process.poll() is not None:
-        raise RuntimeError(f"{role} exited at once; see {log_file}")
+        last_lines = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        # nspawn exits at once when another lab (another checkout, or a PID namespace this
+        # one cannot see) still holds the machine's lock: the log's last lines say so.
+        ending = "\n".join(last_lines)
+        raise RuntimeError(f"{role} exited at once; {log_file} ends with:\n{ending}")
     return Tracked(role, process.pid, started)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from wssfleet_control.settings import DnsName
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKOUT_DIR = REPO / ".lab"
@@ -70,10 +73,13 @@ class LabSettings:
         if subnet.prefixlen > 26 or not subnet.is_private:
             raise LabError(f"LAB_SUBNET={raw_subnet!r}: give a private /24 to /26 network")
         domain = os.environ.get("LAB_DOMAIN", "wss.lab.test")
-        if not re.fullmatch(
-            r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain
-        ):
-            raise LabError(f"LAB_DOMAIN={domain!r}: give a lower-case DNS name like wss.lab.test")
+        # The lab's domain becomes the deployment's `domain`: checked by the same rule.
+        try:
+            TypeAdapter(DnsName).validate_python(domain)
+        except ValidationError:
+            raise LabError(
+                f"LAB_DOMAIN={domain!r}: give a lower-case DNS name like wss.lab.test"
+            ) from None
         return cls(int(raw_workers), subnet, domain)
 
     @property
