@@ -1,4 +1,5 @@
-"""Redis for pub/sub between workers: private address, password, nothing persisted."""
+"""Redis, the message plane: pub/sub between workers and each channel's history, kept in an
+append-only file; private address, password."""
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd

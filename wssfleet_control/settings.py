@@ -71,6 +71,21 @@ Email = Annotated[
 ]
 
 
+MEMORY_UNITS = {"kb": 2**10, "mb": 2**20, "gb": 2**30}
+# A stream entry's memory, from MEMORY USAGE of 1,000-entry streams on Redis 7.0: 38, 244, 659
+# and 5,436 bytes an entry for messages of 16, 200, 512 and 4,096 bytes; a third more than the
+# message plus 24 bytes covers each.
+STREAM_ENTRY_FACTOR = 4 / 3
+STREAM_ENTRY_BYTES = 24
+# Client buffers, the pub/sub output buffers and Redis's own structures.
+REDIS_BASE_BYTES = 32 * 2**20
+
+
+def memory_bytes(size: str) -> int:
+    """Bytes in a Redis size like 256mb (Redis's units are powers of 1024)."""
+    return int(size[:-2]) * MEMORY_UNITS[size[-2:]]
+
+
 DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -182,7 +197,22 @@ class Settings(ClientPolicy):
     redis_port: int = Field(
         default=6379, ge=1024, le=65535, description="Redis port on the redis host"
     )
-    redis_maxmemory: Memory = Field(default="256mb", description="Redis memory cap")
+    redis_maxmemory: Memory = Field(
+        default="256mb",
+        description="Redis memory cap; settings whose history cannot fit are refused",
+    )
+    history_channels: int = Field(
+        default=200,
+        ge=1,
+        le=10_000_000,
+        description="channels expected to have history at once (sizes redis_maxmemory)",
+    )
+    history_message_bytes: int = Field(
+        default=512,
+        ge=16,
+        le=16 * 2**20,
+        description="typical message size in bytes (sizes redis_maxmemory)",
+    )
 
     @field_validator("extra_domains", mode="before")
     @classmethod
@@ -204,12 +234,29 @@ class Settings(ClientPolicy):
                 f"haproxy_hard_stop_after={self.haproxy_hard_stop_after!r}: the old process is "
                 "stopped at the latter, with whatever it still holds"
             )
+        needed = self.history_memory_bytes
+        if needed > memory_bytes(self.redis_maxmemory):
+            raise ValueError(
+                f"setting redis_maxmemory={self.redis_maxmemory!r} cannot hold the history: "
+                f"history_channels={self.history_channels} x history_size={self.history_size} "
+                f"messages of history_message_bytes={self.history_message_bytes} need about "
+                f"{math.ceil(needed / 2**20)}mb; raise redis_maxmemory to at least that, or "
+                "lower history_size or history_channels"
+            )
         if self.redis_port in PORTS_USED_ON_MASTER:
             raise ValueError(
                 f"setting redis_port={self.redis_port} clashes with "
                 f"{PORTS_USED_ON_MASTER[self.redis_port]}: choose another port"
             )
         return self
+
+    @property
+    def history_memory_bytes(self) -> int:
+        """Redis memory the history needs at most: every entry with its stream overhead, a
+        quarter more for publish keys and allocator slack, and a base for buffers."""
+        entries = self.history_channels * self.history_size
+        entry = self.history_message_bytes * STREAM_ENTRY_FACTOR + STREAM_ENTRY_BYTES
+        return int(entries * entry * 1.25) + REDIS_BASE_BYTES
 
     @property
     def domains(self) -> list[str]:

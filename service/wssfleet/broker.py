@@ -1,124 +1,539 @@
-"""The Redis pub/sub bus that carries every published message to every service process.
+"""The message plane: where a published message is stored, numbered and carried to every process
+that serves its channel.
 
-Each process holds one subscription to one Redis channel and fans messages out in process.
-Redis is optional at any moment: when it is down, publishing is skipped (local delivery
-already happened) and a background task reconnects with capped, jittered backoff.
+Every message gets an offset when it is stored: ``<epoch>:<milliseconds>-<sequence>``, zero
+padded so that, within a channel, a later message's offset sorts after an earlier one's. The
+epoch names one life of a channel's history: when the history is gone (expired, flushed,
+evicted) the next message starts a new epoch, so an offset from before can never be mistaken for
+one the history still reaches.
+
+Two buses share one interface:
+
+- ``RedisBus`` keeps each channel's history in a Redis stream (trimmed to ``history_size``,
+  expiring ``history_ttl`` after the last message) and carries messages to the processes over
+  pub/sub, one Redis channel per wssfleet channel, subscribed only while a process serves it.
+  A Lua script stores and publishes in one step, so pub/sub order is history order.
+- ``MemoryBus`` does the same inside one process, for a service run without Redis.
+
+Frames are built once: the hub passes the message frame without its closing offset (``head``),
+the bus appends ``offset"}``; nothing on the hot path decodes JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
+import re
 import uuid
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-
-BUS_CHANNEL = "wssfleet:bus"
-# Messages waiting for Redis; past this a burst is dropped from the bus, not from memory.
-PUBLISH_BACKLOG = 10_000
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("wssfleet.broker")
 
-Deliver = Callable[[str, str], None]
+OFFSET = re.compile(r"^([0-9a-f]{1,32}):(\d{13,20})-(\d{6,20})$")
+FRAME_TAIL = '"}'
+# Subscribed by every process whatever its clients want: the pub/sub connection exists (and is
+# health-checked) before the first channel is asked for.
+CONTROL_CHANNEL = "wssfleet:control"
+# A channel nobody serves any more keeps its subscription this long, so a client that comes
+# straight back (a reconnect) finds its feed still warm.
+UNSUBSCRIBE_AFTER = 5.0
+COMMAND_TIMEOUT = 2.0
+
+# KEYS: history stream, its state (hash: epoch, last trimmed id), [idempotency key]
+# ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history
+STORE_AND_PUBLISH = """
+if #KEYS == 3 then
+  local done = redis.call('GET', KEYS[3])
+  if done then return done end
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local size = tonumber(ARGV[3])
+local length = redis.call('XLEN', KEYS[1])
+if length >= size then
+  -- Remember the newest entry trimmed: an offset before it cannot be recovered in full.
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', length - size + 1)
+  redis.call('HSET', KEYS[2], 'trimmed', oldest[#oldest][1])
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '*', 'f', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+local offset = epoch .. ':' .. string.rep('0', 13 - #ms) .. ms .. '-'
+  .. string.rep('0', 6 - #seq) .. seq
+redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. '"}')
+if #KEYS == 3 then
+  redis.call('SET', KEYS[3], offset, 'EX', ARGV[4])
+end
+return offset
+"""
+
+# KEYS: history stream, its state
+# ARGV: epoch of the client's offset ('' = only the latest offset), its stream id, max entries
+# Returns {epoch, last id, recovered (0/1), entries}; epoch '' when there is no history.
+READ_SINCE = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'', '', 0, {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, deleted = '0-0', '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+if ARGV[1] == '' or ARGV[1] ~= epoch then
+  return {epoch, last, 0, {}}
+end
+local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+-- Beyond the newest message, or older than what trimming (or an XDEL) removed: not whole.
+if after(ARGV[2], last) or after(trimmed, ARGV[2]) or after(deleted, ARGV[2]) then
+  return {epoch, last, 0, {}}
+end
+return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}
+"""
 
 
-class RedisBus:
-    """One process's link to Redis: a subscriber task, a publisher task, a health flag."""
+class BusUnavailable(Exception):
+    """The bus could not store or read a message now; the caller says so to its client."""
 
-    def __init__(self, url: str, deliver: Deliver) -> None:
-        """
-        + url: redis:// URL, password included
-        + deliver: called with (channel, serialized message) for messages of other processes
-        """
-        self.url = url
-        self.deliver = deliver
-        self.origin = uuid.uuid4().hex
-        self.connected = False
-        self._outbox: asyncio.Queue[str] = asyncio.Queue(PUBLISH_BACKLOG)
-        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._subscribe_forever(), name="redis-subscriber"),
-            asyncio.create_task(self._publish_forever(), name="redis-publisher"),
-        ]
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where an offset points: its epoch and its place in that epoch's history."""
+
+    epoch: str
+    milliseconds: int
+    sequence: int
+
+    @classmethod
+    def parse(cls, offset: str) -> Position | None:
+        match = OFFSET.match(offset)
+        if match is None:
+            return None
+        return cls(match[1], int(match[2]), int(match[3]))
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.milliseconds}-{self.sequence}"
+
+
+def offset_of(epoch: str, stream_id: str) -> str:
+    milliseconds, sequence = stream_id.split("-")
+    return f"{epoch}:{int(milliseconds):013d}-{int(sequence):06d}"
+
+
+def is_after(offset: str, reference: str | None) -> bool:
+    """Whether ``offset`` comes after ``reference`` in its channel. A message of another
+    epoch counts as later: a new history starts after the old one ended. (Called for every
+    message: compares the padded text instead of parsing.)"""
+    if not reference:
+        return True
+    epoch, _, place = offset.partition(":")
+    reference_epoch, _, reference_place = reference.partition(":")
+    if epoch != reference_epoch:
+        return True
+    return (len(place), place) > (len(reference_place), reference_place)
+
+
+@dataclass(frozen=True)
+class History:
+    """A channel's history as seen from an offset: what came after it, and whether that is
+    all of it."""
+
+    latest: str
+    recovered: bool
+    missed: list[tuple[str, str]] = field(default_factory=list)
+
+
+# (channel, offset, complete frame)
+Deliver = Callable[[str, str, str], None]
+# Called with the channels whose messages may have been missed while the bus was away.
+Resync = Callable[[list[str]], None]
+
+
+class Bus:
+    """What the hub needs from a bus."""
+
+    connected: bool
+    received: int
+
+    def start(self, deliver: Deliver, resync: Resync) -> None:
+        raise NotImplementedError
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        raise NotImplementedError
 
-    def publish(self, channel: str, message: str) -> None:
-        """Queue a message for the other processes; never blocks the caller."""
-        if not self.connected:
+    def want(self, channel: str) -> None:
+        """This process serves ``channel``: carry its messages here (see ``ready``)."""
+        raise NotImplementedError
+
+    async def ready(self, channel: str) -> None:
+        """Return once messages of a wanted ``channel`` published from now on reach
+        ``deliver``."""
+        raise NotImplementedError
+
+    def release(self, channel: str) -> None:
+        """This process no longer serves ``channel``."""
+        raise NotImplementedError
+
+    async def publish(self, channel: str, head: str, key: str | None) -> str:
+        """Store and carry a message; its offset. ``key`` makes a retry return the first
+        attempt's offset instead of storing the message again."""
+        raise NotImplementedError
+
+    async def since(self, channel: str, offset: str | None) -> History:
+        """What the channel's history holds after ``offset`` (None: only its latest offset)."""
+        raise NotImplementedError
+
+    async def wait_connected(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryBus(Bus):
+    """The bus of a process that runs alone: history in memory, same offsets and answers."""
+
+    def __init__(self, history_size: int, history_ttl: float) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.connected = True
+        self.received = 0
+        self.epoch = uuid.uuid4().hex[:8]
+        self._histories: dict[str, deque[tuple[str, str]]] = {}
+        self._trimmed: dict[str, str] = {}
+        self._sequence = 0
+        self._keys: dict[str, tuple[str, float]] = {}
+        self._touched: dict[str, float] = {}
+        self._swept = 0.0
+        self._deliver: Deliver = lambda channel, offset, frame: None
+
+    def _expire(self, now: float) -> None:
+        """Forget histories and publish keys older than history_ttl, as Redis would."""
+        if now - self._swept < 1.0:
             return
-        envelope = json.dumps({"origin": self.origin, "channel": channel, "message": message})
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(envelope)
+        self._swept = now
+        for channel in [c for c, at in self._touched.items() if now - at > self.history_ttl]:
+            del self._touched[channel]
+            self._histories.pop(channel, None)
+            self._trimmed.pop(channel, None)
+        for key in [k for k, (_, at) in self._keys.items() if now - at > self.history_ttl]:
+            del self._keys[key]
 
-    def _client(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=10
+    def start(self, deliver: Deliver, resync: Resync) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        return None
+
+    def want(self, channel: str) -> None:
+        return None
+
+    async def ready(self, channel: str) -> None:
+        return None
+
+    def release(self, channel: str) -> None:
+        return None
+
+    async def wait_connected(self) -> None:
+        return None
+
+    async def publish(self, channel: str, head: str, key: str | None) -> str:
+        now = asyncio.get_running_loop().time()
+        self._expire(now)
+        if key is not None and key in self._keys:
+            return self._keys[key][0]
+        self._touched[channel] = now
+        self._sequence += 1
+        offset = f"{self.epoch}:{int(now * 1000):013d}-{self._sequence:06d}"
+        history = self._histories.setdefault(channel, deque())
+        history.append((offset, head))
+        while len(history) > self.history_size:
+            self._trimmed[channel] = history.popleft()[0]
+        if key is not None:
+            self._keys[key] = (offset, now)
+        self.received += 1
+        self._deliver(channel, offset, head + offset + FRAME_TAIL)
+        return offset
+
+    async def since(self, channel: str, offset: str | None) -> History:
+        self._expire(asyncio.get_running_loop().time())
+        history = self._histories.get(channel, deque())
+        latest = history[-1][0] if history else ""
+        if offset is None:
+            return History(latest, False)
+        position = Position.parse(offset)
+        trimmed = self._trimmed.get(channel)
+        if (
+            position is None
+            or position.epoch != self.epoch
+            or (latest and is_after(offset, latest))
+            or not latest
+            or (trimmed is not None and is_after(trimmed, offset))
+        ):
+            return History(latest, False)
+        missed = [(o, head + o + FRAME_TAIL) for o, head in history if is_after(o, offset)]
+        return History(latest, True, missed)
+
+
+class RedisBus(Bus):
+    """One process's link to Redis: a command connection for storing and reading history and
+    one pub/sub connection for the channels this process serves."""
+
+    def __init__(self, url: str, history_size: int, history_ttl: int, name: str) -> None:
+        """
+        + url: redis:// URL, password included
+        + history_size: messages kept per channel
+        + history_ttl: seconds a channel's history outlives its last message
+        + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>)
+        """
+        self.url = url
+        self.name = name
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.connected = False
+        self.received = 0
+        self._deliver: Deliver = lambda channel, offset, frame: None
+        self._resync: Resync = lambda channels: None
+        self._wanted: dict[str, int] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._release_timers: dict[str, asyncio.TimerHandle] = {}
+        self._pubsub: redis.client.PubSub | None = None
+        self._connected_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # A command that meets a connection the server closed (a Redis restart) is retried
+        # once on a fresh one: without this the first command after a restart fails.
+        self._commands = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+            health_check_interval=10,
+        )
+        self._store = self._commands.register_script(STORE_AND_PUBLISH)
+        self._read = self._commands.register_script(READ_SINCE)
+
+    def start(self, deliver: Deliver, resync: Resync) -> None:
+        self._deliver = deliver
+        self._resync = resync
+        self._task = asyncio.create_task(self._listen_forever(), name="redis-bus")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._commands.aclose()
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    @staticmethod
+    def _bus_channel(channel: str) -> str:
+        return f"wssfleet:channel:{channel}"
+
+    @staticmethod
+    def _keys(channel: str) -> list[str]:
+        return [f"wssfleet:history:{channel}", f"wssfleet:history-state:{channel}"]
+
+    def want(self, channel: str) -> None:
+        timer = self._release_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        self._wanted[channel] = self._wanted.get(channel, 0) + 1
+        if channel in self._confirmed:
+            return
+        self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        # Subscribed now if a connection exists; a connection made later subscribes every
+        # channel in _confirmed itself.
+        if self._pubsub is not None:
+            asyncio.get_running_loop().create_task(self._subscribe(self._pubsub, channel))
+
+    async def _subscribe(self, pubsub: redis.client.PubSub, channel: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.subscribe(self._bus_channel(channel))
+
+    async def ready(self, channel: str) -> None:
+        """Wait until Redis has confirmed this process's subscription to ``channel``."""
+        while True:
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                return
+            try:
+                await asyncio.shield(confirmed)
+                return
+            except BusUnavailable:
+                await self.wait_connected()
+
+    def release(self, channel: str) -> None:
+        count = self._wanted.get(channel, 0) - 1
+        if count > 0:
+            self._wanted[channel] = count
+            return
+        self._wanted.pop(channel, None)
+        self._unsubscribe_later(channel)
+
+    def _unsubscribe_later(self, channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._release_timers[channel] = loop.call_later(
+            UNSUBSCRIBE_AFTER, lambda: loop.create_task(self._unsubscribe(channel))
         )
 
-    async def _subscribe_forever(self) -> None:
+    async def _unsubscribe(self, channel: str) -> None:
+        self._release_timers.pop(channel, None)
+        if channel in self._wanted:
+            return
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            return
+        if not confirmed.done():
+            # Unsubscribing before Redis confirmed could let that late confirmation pass for
+            # a later subscription's: try again once this one is settled.
+            self._unsubscribe_later(channel)
+            return
+        del self._confirmed[channel]
+        if self._pubsub is not None and self.connected:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(self._bus_channel(channel))
+
+    async def publish(self, channel: str, head: str, key: str | None) -> str:
+        keys = self._keys(channel)
+        if key is not None:
+            keys.append(f"wssfleet:published:{channel}:{key}")
+        arguments = [
+            self._bus_channel(channel),
+            head,
+            self.history_size,
+            self.history_ttl,
+            uuid.uuid4().hex[:8],
+        ]
+        try:
+            offset = await asyncio.wait_for(self._store(keys, arguments), COMMAND_TIMEOUT * 2)
+        except (RedisError, OSError, TimeoutError) as error:
+            raise BusUnavailable(_reason(error)) from None
+        return offset.decode()
+
+    async def since(self, channel: str, offset: str | None) -> History:
+        position = Position.parse(offset) if offset else None
+        arguments: list[str | int] = (
+            ["", "", 0]
+            if position is None
+            else [position.epoch, position.stream_id, self.history_size]
+        )
+        try:
+            epoch, last, recovered, entries = await asyncio.wait_for(
+                self._read(self._keys(channel), arguments), COMMAND_TIMEOUT * 2
+            )
+        except (RedisError, OSError, TimeoutError) as error:
+            raise BusUnavailable(_reason(error)) from None
+        epoch = epoch.decode()
+        latest = offset_of(epoch, last.decode()) if epoch else ""
+        if offset is None or not recovered:
+            return History(latest, False)
+        missed = []
+        for stream_id, fields in entries:
+            message_offset = offset_of(epoch, stream_id.decode())
+            head = dict(zip(fields[::2], fields[1::2], strict=True))[b"f"].decode()
+            missed.append((message_offset, head + message_offset + FRAME_TAIL))
+        return History(latest, True, missed)
+
+    async def _listen_forever(self) -> None:
         delay = 0.1
         while True:
-            client = self._client()
+            # No retries on this connection: a silent reconnect would skip what was published
+            # meanwhile. Instead each new connection asks the hub to catch up from history.
+            client = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=COMMAND_TIMEOUT,
+                socket_timeout=None,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=5,
+                client_name=f"bus:{self.name}",
+            )
+            pubsub = client.pubsub()
             try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(BUS_CHANNEL)
-                    self._set_connected(True)
-                    delay = 0.1
-                    async for item in pubsub.listen():
-                        if item.get("type") == "message":
-                            self._receive(item["data"])
+                await pubsub.subscribe(CONTROL_CHANNEL)
+                self._pubsub = pubsub
+                channels = list(self._confirmed)
+                for channel in channels:
+                    await pubsub.subscribe(self._bus_channel(channel))
+                await self._read_until_lost(pubsub, channels)
             except (RedisError, OSError) as error:
                 if self.connected:
                     log.warning("redis lost: %s", error)
             finally:
+                self._pubsub = None
                 self._set_connected(False)
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
                 await client.aclose()
             # Full jitter keeps a fleet of processes from reconnecting in lockstep.
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 2.0)
 
-    async def _publish_forever(self) -> None:
-        client = self._client()
-        try:
-            while True:
-                envelope = await self._outbox.get()
-                try:
-                    await asyncio.wait_for(client.publish(BUS_CHANNEL, envelope), timeout=2)
-                except (RedisError, OSError, TimeoutError):
-                    # The subscriber notices the outage and flips the flag; the message
-                    # was already delivered locally.
-                    continue
-        finally:
-            await client.aclose()
+    async def _read_until_lost(self, pubsub: redis.client.PubSub, resubscribed: list[str]) -> None:
+        prefix = len(self._bus_channel(""))
+        while True:
+            item = await pubsub.get_message(timeout=1.0)
+            if item is None:
+                continue
+            kind, name = item["type"], item["channel"].decode()
+            if kind == "message":
+                self.received += 1
+                offset, _, frame = item["data"].decode().partition(" ")
+                self._deliver(name[prefix:], offset, frame)
+            elif kind == "subscribe" and name == CONTROL_CHANNEL:
+                if resubscribed:
+                    # Whatever these channels carried while the bus was away is in history.
+                    self._resync(resubscribed)
+                self._set_connected(True)
+            elif kind == "subscribe":
+                confirmed = self._confirmed.get(name[prefix:])
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
 
     def _set_connected(self, connected: bool) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            log.info("redis %s", "connected" if connected else "disconnected")
-            if not connected:
-                while not self._outbox.empty():
-                    self._outbox.get_nowait()
+        if connected == self.connected:
+            return
+        self.connected = connected
+        log.info("redis %s", "connected" if connected else "disconnected")
+        if connected:
+            self._connected_event.set()
+            return
+        self._connected_event.clear()
+        for channel, confirmed in list(self._confirmed.items()):
+            if not confirmed.done():
+                confirmed.set_exception(BusUnavailable("redis disconnected"))
+                # Retrieved by whoever awaits it; marked so an unawaited one does not warn.
+                confirmed.exception()
+            self._confirmed[channel] = asyncio.get_running_loop().create_future()
 
-    def _receive(self, raw: bytes) -> None:
-        try:
-            envelope = json.loads(raw)
-        except ValueError:
-            return
-        if envelope.get("origin") == self.origin:
-            return
-        channel, message = envelope.get("channel"), envelope.get("message")
-        if isinstance(channel, str) and isinstance(message, str):
-            self.deliver(channel, message)
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "the message bus did not answer in time"
+    return f"the message bus is unavailable ({type(error).__name__})"

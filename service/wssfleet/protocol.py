@@ -3,17 +3,23 @@
 Client to server::
 
     {"type": "subscribe", "channel": "c"}
+    {"type": "subscribe", "channel": "c", "since": "<offset>"}
     {"type": "unsubscribe", "channel": "c"}
     {"type": "publish", "channel": "c", "data": <any JSON>}
+    {"type": "publish", "channel": "c", "data": <any JSON>, "id": "<string or integer>"}
     {"type": "echo", "data": <any JSON>}
 
 Server to client::
 
     {"type": "welcome", "worker": "host:port", "channels": [...], "sub": "name"}
-    {"type": "subscribed" | "unsubscribed", "channel": "c"}
-    {"type": "message", "channel": "c", "data": ..., "from": "<sub>"}
+    {"type": "subscribed", "channel": "c", "offset": "<latest offset or empty>"}
+    {"type": "subscribed", "channel": "c", "recovered": true, "missed": N}  (then N messages)
+    {"type": "subscribed", "channel": "c", "recovered": false, "offset": "<latest>"}
+    {"type": "unsubscribed", "channel": "c"}
+    {"type": "message", "channel": "c", "data": ..., "from": "<sub>", "offset": "<offset>"}
+    {"type": "published", "id": "x", "offset": "<offset>"}
     {"type": "echo", "data": ...}
-    {"type": "error", "reason": "..."}
+    {"type": "error", "reason": "..."}   (with "id" when it answers a publish that had one)
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHANNEL_RULE = "a channel is 1-64 characters of A-Z a-z 0-9 _ . : -"
 MAX_CHANNELS_PER_CLIENT = 100
+MAX_ID_CHARACTERS = 64
+MAX_OFFSET_CHARACTERS = 80
 
 
 class ProtocolError(ValueError):
@@ -37,6 +45,8 @@ class Request:
     type: str
     channel: str | None = None
     data: Any = None
+    since: str | None = None
+    id: str | int | None = None
 
 
 def valid_channel(name: str) -> bool:
@@ -61,7 +71,9 @@ def parse(text: str) -> Request:
         if kind == "publish":
             if "data" not in frame:
                 raise ProtocolError("publish needs a field 'data'")
-            return Request(kind, channel, frame["data"])
+            return Request(kind, channel, frame["data"], id=_publish_id(frame))
+        if kind == "subscribe" and "since" in frame:
+            return Request(kind, channel, since=_since(frame["since"]))
         return Request(kind, channel)
     if kind == "echo":
         if "data" not in frame:
@@ -70,6 +82,27 @@ def parse(text: str) -> Request:
     if kind is None:
         raise ProtocolError("missing field 'type'")
     raise ProtocolError(f"unknown type {str(kind)[:32]!r}")
+
+
+def _publish_id(frame: dict[str, Any]) -> str | int | None:
+    value = frame.get("id")
+    if value is None:
+        return None
+    valid_text = isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARACTERS
+    if not (valid_text or (isinstance(value, int) and not isinstance(value, bool))):
+        raise ProtocolError(f"'id' is a string of 1-{MAX_ID_CHARACTERS} characters or an integer")
+    return value
+
+
+def _since(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_OFFSET_CHARACTERS:
+        raise ProtocolError("'since' is an offset this service sent (a string)")
+    return value
+
+
+def message_head(channel: str, data: Any, sender: str) -> str:
+    """A message frame up to its offset, which the bus appends when it stores the message."""
+    return encode("message", channel=channel, data=data, **{"from": sender})[:-1] + ',"offset":"'
 
 
 def encode(kind: str, **fields: Any) -> str:

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from wssfleet import auth, protocol
-from wssfleet.broker import RedisBus
+from wssfleet.broker import Bus, BusUnavailable, History, MemoryBus, RedisBus, is_after
 from wssfleet.settings import ServiceConfig as Config
 
 log = logging.getLogger("wssfleet")
@@ -65,6 +65,8 @@ class Client:
         self.ws = ws
         self.subject = subject
         self.channels: set[str] = set()
+        # Channels being recovered: their live messages wait here until history is sent.
+        self.pending: dict[str, list[tuple[str, str]]] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue(config.send_queue_messages)
         self.overflowed = False
         self.closing: asyncio.Task[None] | None = None
@@ -100,50 +102,185 @@ class Client:
                 await self.ws.send(await self.queue.get())
 
 
+class Feed:
+    """One channel as this process serves it: its clients and the last offset delivered."""
+
+    def __init__(self) -> None:
+        self.members: set[Client] = set()
+        self.offset: str | None = None
+        # Messages that arrive while the feed catches up on what a bus outage skipped.
+        self.buffer: list[tuple[str, str]] | None = None
+
+
 class Hub:
-    """Every client of this process, by channel; local fan-out plus the Redis bus."""
+    """Every client of this process, by channel, and the bus that stores and carries their
+    messages."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.clients: set[Client] = set()
-        self.channels: dict[str, set[Client]] = {}
-        self.bus = RedisBus(config.redis_url, self.deliver) if config.redis_url else None
+        self.feeds: dict[str, Feed] = {}
+        self.bus: Bus = (
+            RedisBus(config.redis_url, config.history_size, config.history_ttl, config.worker_label)
+            if config.redis_url
+            else MemoryBus(config.history_size, config.history_ttl)
+        )
         self.draining: asyncio.Task[None] | None = None
         self.shedding: asyncio.Task[None] | None = None
+        self._catching_up: set[asyncio.Task[None]] = set()
 
-    def subscribe(self, client: Client, channel: str) -> bool:
-        full = len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT
-        if full and channel not in client.channels:
-            return False
+    def start(self) -> None:
+        self.bus.start(self.deliver, self.resync)
+
+    async def join(self, client: Client, channel: str, since: str | None) -> None:
+        """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
+        with every message after that offset first, then the live ones, none twice."""
+        if channel in client.channels:
+            feed = self.feeds[channel]
+            client.offer(protocol.encode("subscribed", channel=channel, offset=feed.offset or ""))
+            return
+        if len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT:
+            client.offer(
+                protocol.encode(
+                    "error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels"
+                )
+            )
+            return
+        feed = self.feeds.get(channel)
+        if feed is None:
+            feed = self.feeds[channel] = Feed()
+            self.bus.want(channel)
+        pending: list[tuple[str, str]] = []
         client.channels.add(channel)
-        self.channels.setdefault(channel, set()).add(client)
-        return True
+        client.pending[channel] = pending
+        feed.members.add(client)
+        history = await self._history(channel, since)
+        if client.pending.get(channel) is not pending:
+            return  # unsubscribed or gone meanwhile
+        if feed.offset is None:
+            feed.offset = history.latest
+        if since is None:
+            client.offer(protocol.encode("subscribed", channel=channel, offset=history.latest))
+            last = history.latest
+        elif history.recovered:
+            client.offer(
+                protocol.encode(
+                    "subscribed", channel=channel, recovered=True, missed=len(history.missed)
+                )
+            )
+            for _, frame in history.missed:
+                client.offer(frame)
+            last = history.missed[-1][0] if history.missed else since
+        else:
+            client.offer(
+                protocol.encode(
+                    "subscribed", channel=channel, recovered=False, offset=history.latest
+                )
+            )
+            last = history.latest
+        del client.pending[channel]
+        for offset, frame in pending:
+            if is_after(offset, last):
+                client.offer(frame)
 
-    def unsubscribe(self, client: Client, channel: str) -> None:
+    async def _history(self, channel: str, since: str | None) -> History:
+        """The channel's history after ``since``, once messages of the channel reach this
+        process; waits for the bus when it is away."""
+        while True:
+            try:
+                await self.bus.ready(channel)
+                return await self.bus.since(channel, since)
+            except BusUnavailable:
+                await self.bus.wait_connected()
+
+    def leave(self, client: Client, channel: str) -> None:
         client.channels.discard(channel)
-        members = self.channels.get(channel)
-        if members is not None:
-            members.discard(client)
-            if not members:
-                del self.channels[channel]
+        client.pending.pop(channel, None)
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            feed.members.discard(client)
+            if not feed.members:
+                del self.feeds[channel]
+                self.bus.release(channel)
 
     def remove(self, client: Client) -> None:
         for channel in list(client.channels):
-            self.unsubscribe(client, channel)
+            self.leave(client, channel)
         self.clients.discard(client)
         client.writer.cancel()
 
-    def publish(self, channel: str, text: str) -> None:
-        self.deliver(channel, text)
-        if self.bus is not None:
-            self.bus.publish(channel, text)
+    async def publish(self, client: Client, request: protocol.Request) -> None:
+        """Store and carry a client's message. With an ``id`` the client hears when it is
+        stored (and a retry with the same id is stored once); a failure is always said."""
+        channel = request.channel
+        assert channel is not None
+        key = None if request.id is None else f"{client.subject}:{json.dumps(request.id)}"
+        head = protocol.message_head(channel, request.data, client.subject)
+        ids = {} if request.id is None else {"id": request.id}
+        try:
+            offset = await self.bus.publish(channel, head, key)
+        except BusUnavailable as error:
+            client.offer(protocol.encode("error", reason=f"not published: {error}", **ids))
+            return
+        if request.id is not None:
+            client.offer(protocol.encode("published", id=request.id, offset=offset))
 
-    def deliver(self, channel: str, text: str) -> None:
-        for client in tuple(self.channels.get(channel, ())):
-            client.offer(text)
+    def deliver(self, channel: str, offset: str, frame: str) -> None:
+        feed = self.feeds.get(channel)
+        if feed is None:
+            return
+        if feed.buffer is not None:
+            feed.buffer.append((offset, frame))
+            return
+        self._fan_out(feed, channel, offset, frame)
+
+    @staticmethod
+    def _fan_out(feed: Feed, channel: str, offset: str, frame: str) -> None:
+        if not is_after(offset, feed.offset):
+            return  # delivered already: a catch-up read overlapped the live messages
+        feed.offset = offset
+        for client in tuple(feed.members):
+            pending = client.pending.get(channel)
+            if pending is not None:
+                pending.append((offset, frame))
+            else:
+                client.offer(frame)
+
+    def resync(self, channels: list[str]) -> None:
+        """The bus is back after an outage: catch each served channel up from history."""
+        for channel in channels:
+            feed = self.feeds.get(channel)
+            if feed is None or feed.buffer is not None:
+                continue
+            feed.buffer = []
+            task = asyncio.get_running_loop().create_task(self._catch_up(channel, feed))
+            self._catching_up.add(task)
+            task.add_done_callback(self._catching_up.discard)
+
+    async def _catch_up(self, channel: str, feed: Feed) -> None:
+        history = await self._history(channel, feed.offset) if feed.offset else None
+        buffered, feed.buffer = feed.buffer or [], None
+        if self.feeds.get(channel) is not feed:
+            return
+        if history is not None and history.recovered:
+            for offset, frame in history.missed:
+                self._fan_out(feed, channel, offset, frame)
+        elif history is not None:
+            # The history no longer reaches back to what this process last delivered: say so
+            # to every live client, which refetches its state, as after its own subscribe.
+            notice = protocol.encode(
+                "subscribed", channel=channel, recovered=False, offset=history.latest
+            )
+            for client in feed.members:
+                if channel not in client.pending:
+                    client.offer(notice)
+            feed.offset = history.latest
+            event("history lost", channel=channel, worker=self.config.worker_label)
+        for offset, frame in buffered:
+            self._fan_out(feed, channel, offset, frame)
 
     def health(self) -> dict[str, object]:
-        if self.bus is None:
+        if not self.config.redis_url:
             redis_state = "disabled"
         else:
             redis_state = "connected" if self.bus.connected else "disconnected"
@@ -152,6 +289,8 @@ class Hub:
             "redis": redis_state,
             "worker": self.config.worker_label,
             "connections": len(self.clients),
+            "channels": len(self.feeds),
+            "bus_messages": self.bus.received,
             "draining": self.draining is not None,
         }
 
@@ -258,8 +397,12 @@ class Service:
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
             response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
             return response
+        since = parse_qs(url.query).get("since", [None])[0]
+        if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
         connection.subject = subject  # type: ignore[attr-defined]
         connection.first_channel = channel  # type: ignore[attr-defined]
+        connection.since = since  # type: ignore[attr-defined]
         return None
 
     def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
@@ -287,62 +430,56 @@ class Service:
         subject: str = ws.subject  # type: ignore[attr-defined]
         client = Client(ws, subject, self.config)
         self.hub.clients.add(client)
-        if ws.first_channel:  # type: ignore[attr-defined]
-            self.hub.subscribe(client, ws.first_channel)  # type: ignore[attr-defined]
-        event("connect", sub=subject, peer=self._peer(ws), channels=sorted(client.channels))
+        first_channel: str = ws.first_channel  # type: ignore[attr-defined]
+        event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
         client.offer(
             protocol.encode(
                 "welcome",
                 worker=self.config.worker_label,
-                channels=sorted(client.channels),
+                channels=[first_channel] if first_channel else [],
                 sub=subject,
             )
         )
         try:
+            if first_channel:
+                await self.hub.join(client, first_channel, ws.since)  # type: ignore[attr-defined]
             async for frame in ws:
                 if isinstance(frame, bytes):
                     await ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
                     break
-                self._answer(client, frame)
+                await self._answer(client, frame)
         except ConnectionClosed:
             pass
         finally:
             self.hub.remove(client)
             event("disconnect", sub=subject, peer=self._peer(ws), code=self._close_code(ws))
 
-    def _answer(self, client: Client, frame: str) -> None:
-        if not client.take_token():
-            client.offer(protocol.encode("error", reason="rate limited: message dropped"))
-            return
+    async def _answer(self, client: Client, frame: str) -> None:
+        """Answer one frame. Frames of a client are answered in order: a publish's reply
+        comes after the message is stored, a subscribe's after its recovery."""
         try:
             request = protocol.parse(frame)
         except protocol.ProtocolError as error:
-            client.offer(protocol.encode("error", reason=str(error)))
+            request = None
+            problem = str(error)
+        if not client.take_token():
+            ids = {} if request is None or request.id is None else {"id": request.id}
+            client.offer(protocol.encode("error", reason="rate limited: message dropped", **ids))
+            return
+        if request is None:
+            client.offer(protocol.encode("error", reason=problem))
             return
         if request.type == "echo":
             client.offer(protocol.encode("echo", data=request.data))
         elif request.type == "subscribe":
-            if self.hub.subscribe(client, request.channel):
-                client.offer(protocol.encode("subscribed", channel=request.channel))
-            else:
-                client.offer(
-                    protocol.encode(
-                        "error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels"
-                    )
-                )
+            assert request.channel is not None
+            await self.hub.join(client, request.channel, request.since)
         elif request.type == "unsubscribe":
-            self.hub.unsubscribe(client, request.channel)
+            assert request.channel is not None
+            self.hub.leave(client, request.channel)
             client.offer(protocol.encode("unsubscribed", channel=request.channel))
         else:
-            self.hub.publish(
-                request.channel,
-                protocol.encode(
-                    "message",
-                    channel=request.channel,
-                    data=request.data,
-                    **{"from": client.subject},
-                ),
-            )
+            await self.hub.publish(client, request)
 
     @staticmethod
     def _endpoint_channel(path: str) -> str | None:
@@ -411,8 +548,7 @@ class Service:
 async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then close every client with 1001 and return."""
     service = Service(config)
-    if service.hub.bus is not None:
-        service.hub.bus.start()
+    service.hub.start()
     async with serve(
         service.handle,
         config.bind,
@@ -437,8 +573,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await server.wait_closed()
-    if service.hub.bus is not None:
-        await service.hub.bus.stop()
+    await service.hub.bus.stop()
     event("stopped", worker=config.worker_label)
 
 

@@ -47,7 +47,8 @@ Origin = Annotated[str, AfterValidator(_origin)]
 
 
 class ClientPolicy(BaseModel):
-    """What every client of a deployment may do, and how it is kept alive."""
+    """What every client of a deployment may do, how it is kept alive, and how much of each
+    channel's past it can recover."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -75,6 +76,18 @@ class ClientPolicy(BaseModel):
     )
     ping_timeout: int = Field(
         default=20, ge=1, le=3600, description="seconds without a pong before a peer is dropped"
+    )
+    history_size: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="messages kept per channel for clients that reconnect with since",
+    )
+    history_ttl: int = Field(
+        default=300,
+        ge=1,
+        le=7 * 86400,
+        description="seconds a channel's history is kept after its last message",
     )
     drain_seconds: int = Field(
         default=10,

@@ -63,8 +63,11 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
+                # As deployed: the history survives a restart.
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--requirepass",
                 self.password,
                 "--dir",
@@ -73,6 +76,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
+
+    def cli(self, *command: str) -> object:
+        """Run one Redis command as an operator would."""
+        import redis
+
+        with redis.Redis(port=self.port, password=self.password) as client:
+            return client.execute_command(*command)
 
     def stop(self) -> None:
         if self.process is not None:

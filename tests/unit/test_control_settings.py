@@ -232,3 +232,13 @@ def test_a_bad_memory_size_names_the_setting():
     with pytest.raises(SettingsError) as error:
         resolve({**PEBBLE, "redis_maxmemory": "lots"})
     assert "setting redis_maxmemory='lots' is invalid: give a size like 256mb" in str(error.value)
+
+
+def test_a_history_that_cannot_fit_in_redis_is_refused_with_the_fix():
+    with pytest.raises(SettingsError) as refused:
+        resolve({**PEBBLE, "history_size": 9000})
+    message = str(refused.value)
+    assert "redis_maxmemory='256mb' cannot hold the history" in message
+    assert "raise redis_maxmemory to at least" in message
+    fitting = {"history_size": 9000, "redis_maxmemory": "2gb"}
+    assert resolve({**PEBBLE, **fitting}).history_size == 9000

@@ -15,6 +15,7 @@ from wssfleet import settings as service_settings
 from wssfleet_control import release
 from wssfleet_control.inventory import from_groups
 from wssfleet_control.run import DeployRun
+from wssfleet_control.settings import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,3 +102,8 @@ def test_only_the_service_source_names_a_release(tmp_path, monkeypatch):
         assert release.release_id.__wrapped__() != first
     finally:
         release.release_id.cache_clear()
+
+
+def test_the_readme_settings_table_is_the_schema():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table().strip() in readme, "regenerate it: wssfleet settings"

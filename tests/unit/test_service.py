@@ -12,55 +12,20 @@ import urllib.error
 import urllib.request
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.unit.clients import (
+    expect_nothing,
+    message,
+    open_client,
+    receive,
+    request,
+    run,
+    subscribed,
+)
 from tests.unit.conftest import ORIGIN, SECRET, token
 from wssfleet import auth
-
-OPENED: list[ClientConnection] = []
-
-
-def run(coroutine):
-    """Run a scenario, then close every client it opened, as a well-behaved client does."""
-
-    async def scenario():
-        try:
-            return await asyncio.wait_for(coroutine, timeout=30)
-        finally:
-            clients = [OPENED.pop() for _ in range(len(OPENED))]
-            await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
-
-    return asyncio.run(scenario())
-
-
-async def open_client(
-    service, path: str = "/ws", subject: str = "alice", **options
-) -> ClientConnection:
-    options.setdefault("origin", ORIGIN)
-    ws = await connect(f"{service.url}{path}?token={token(subject)}", **options)
-    OPENED.append(ws)
-    welcome = await receive(ws)
-    assert welcome["type"] == "welcome"
-    return ws
-
-
-async def receive(ws: ClientConnection, timeout: float = 5.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def request(ws: ClientConnection, **frame) -> None:
-    await ws.send(json.dumps(frame))
-
-
-async def expect_nothing(ws: ClientConnection, seconds: float = 0.3) -> None:
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.recv(), seconds)
-
-
-async def subscribed(ws: ClientConnection, channel: str) -> None:
-    await request(ws, type="subscribe", channel=channel)
-    assert await receive(ws) == {"type": "subscribed", "channel": channel}
 
 
 def refusal(service, path: str = "/ws", **options) -> int:
@@ -88,6 +53,8 @@ def test_healthz_says_redis_connected(start_service, redis_server):
         "redis": "connected",
         "worker": f"test:{service.port}",
         "connections": 0,
+        "channels": 0,
+        "bus_messages": 0,
         "draining": False,
     }
 
@@ -148,13 +115,13 @@ def test_publish_reaches_subscribers_only(start_service):
         await subscribed(bob, "room")
         await request(alice, type="publish", channel="room", data="hi")
         expected = {"type": "message", "channel": "room", "data": "hi", "from": "alice"}
-        assert await receive(alice) == expected
-        assert await receive(bob) == expected
+        assert await message(alice) == expected
+        assert await message(bob) == expected
         await expect_nothing(carol)
         await request(bob, type="unsubscribe", channel="room")
         assert await receive(bob) == {"type": "unsubscribed", "channel": "room"}
         await request(alice, type="publish", channel="room", data="again")
-        assert (await receive(alice))["data"] == "again"
+        assert (await message(alice))["data"] == "again"
         await expect_nothing(bob)
 
     run(scenario())
@@ -175,9 +142,9 @@ def test_publish_crosses_processes_through_redis(start_service, redis_server):
             "data": {"text": "across"},
             "from": "alice",
         }
-        assert await receive(receiver) == expected
-        # Delivered once to the sender: locally, not a second time through Redis.
-        assert await receive(sender) == expected
+        assert await message(receiver) == expected
+        # Delivered once to the sender too, through Redis like everyone else.
+        assert await message(sender) == expected
         await expect_nothing(sender)
 
     run(scenario())
@@ -192,7 +159,7 @@ def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
     raise AssertionError(f"service on {service.port} never reported redis {state}")
 
 
-def test_redis_outage_keeps_local_delivery_and_cross_delivery_resumes(start_service, redis_server):
+def test_a_redis_outage_refuses_publishes_aloud_and_delivery_resumes(start_service, redis_server):
     first, second = start_service(redis_server.url), start_service(redis_server.url)
     wait_until_redis(first, "connected")
     wait_until_redis(second, "connected")
@@ -205,19 +172,24 @@ def test_redis_outage_keeps_local_delivery_and_cross_delivery_resumes(start_serv
         redis_server.stop()
         await asyncio.to_thread(wait_until_redis, first, "disconnected")
         assert first.health()["status"] == "degraded"
-        await request(local_a, type="publish", channel="room", data="during outage")
-        assert (await receive(local_b))["data"] == "during outage"
-        assert (await receive(local_a))["data"] == "during outage"
+        await request(local_a, type="publish", channel="room", data="during outage", id="m1")
+        refused = await receive(local_a, timeout=10)
+        assert (refused["type"], refused["id"]) == ("error", "m1")
+        assert refused["reason"].startswith("not published: the message bus")
         await request(local_a, type="echo", data="still here")
         assert await receive(local_a) == {"type": "echo", "data": "still here"}
+        await expect_nothing(local_b)
         await expect_nothing(remote)
 
         redis_server.start()
         await asyncio.to_thread(wait_until_redis, first, "connected")
         await asyncio.to_thread(wait_until_redis, second, "connected")
         assert first.health()["status"] == "ok"
-        await request(local_a, type="publish", channel="room", data="after outage")
-        assert (await receive(remote))["data"] == "after outage"
+        await request(local_a, type="publish", channel="room", data="during outage", id="m1")
+        frames = [await receive(local_a), await receive(local_a)]
+        assert {frame["type"] for frame in frames} == {"published", "message"}
+        assert (await message(remote))["data"] == "during outage"
+        assert (await message(local_b))["data"] == "during outage"
 
     run(scenario())
 
@@ -366,7 +338,7 @@ def test_slow_consumer_is_closed_and_others_keep_receiving(start_service):
         # The fast client reads each of its messages before publishing the next one.
         for n in range(200):
             await request(fast, type="publish", channel="room", data=[n, payload])
-            assert (await receive(fast))["data"][0] == n
+            assert (await message(fast))["data"][0] == n
         return slow
 
     run(scenario())

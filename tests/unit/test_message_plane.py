@@ -1,0 +1,328 @@
+"""The message plane on loopback: offsets, history and recovery, acknowledged publishes and
+per-channel routing, with the in-memory bus (a process alone) and with a real redis-server
+between two processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.unit.clients import (
+    expect_nothing,
+    message,
+    open_client,
+    receive,
+    request,
+    run,
+    subscribed,
+)
+from tests.unit.test_service import wait_until_redis
+
+FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def plane(request, start_service, tmp_path):
+    """(publishing process, subscribing process): the same process without Redis, two
+    processes joined by a real redis-server with it."""
+
+    def start(**overrides: str):
+        settings = {**FAST, **overrides}
+        if request.param == "memory":
+            alone = start_service(**settings)
+            return alone, alone
+        redis_server = request.getfixturevalue("redis_server")
+        first = start_service(redis_server.url, **settings)
+        second = start_service(redis_server.url, **settings)
+        wait_until_redis(first, "connected")
+        wait_until_redis(second, "connected")
+        return first, second
+
+    return start
+
+
+async def publish(ws: ClientConnection, data, message_id: str) -> str:
+    """Publish with an id; the stored message's offset (other frames in between are kept)."""
+    await request(ws, type="publish", channel="room", data=data, id=message_id)
+    while True:
+        frame = await receive(ws)
+        if frame["type"] == "published" and frame["id"] == message_id:
+            return frame["offset"]
+        assert frame["type"] == "message", frame
+
+
+async def subscribe_since(ws: ClientConnection, since: str) -> dict:
+    await request(ws, type="subscribe", channel="room", since=since)
+    return await receive(ws)
+
+
+def test_offsets_increase_and_a_subscribe_answers_the_latest(plane):
+    publisher_process, subscriber_process = plane()
+
+    async def scenario():
+        publisher = await open_client(publisher_process, subject="pub")
+        listener = await open_client(subscriber_process, subject="listener")
+        assert await subscribed(listener, "room") == ""
+        offsets = [await publish(publisher, n, f"m{n}") for n in range(5)]
+        assert offsets == sorted(offsets) and len(set(offsets)) == 5
+        received = [await message(listener) for _ in range(5)]
+        assert [frame["data"] for frame in received] == list(range(5))
+        newcomer = await open_client(subscriber_process, subject="newcomer")
+        assert await subscribed(newcomer, "room") == offsets[-1]
+        await expect_nothing(newcomer)
+
+    run(scenario())
+
+
+def test_since_sends_what_was_missed_in_order_then_the_live_messages(plane):
+    publisher_process, subscriber_process = plane()
+
+    async def scenario():
+        publisher = await open_client(publisher_process, subject="pub")
+        first = [await publish(publisher, n, f"m{n}") for n in range(3)]
+        missed = [await publish(publisher, n, f"m{n}") for n in range(3, 8)]
+        path = f"/ws/room?since={first[-1]}"
+        # The same recovery through the path's ?since= and through a subscribe frame.
+        client = await open_client(subscriber_process, path, subject="back")
+        again = await open_client(subscriber_process, subject="again")
+        answer = await subscribe_since(again, first[-1])
+        assert answer == {"type": "subscribed", "channel": "room", "recovered": True, "missed": 5}
+        for ws in (client, again):
+            frames = [await receive(ws) for _ in range(5)]
+            assert [frame["data"] for frame in frames] == list(range(3, 8))
+            assert [frame["offset"] for frame in frames] == missed
+        live = await publish(publisher, 8, "m8")
+        for ws in (client, again):
+            frame = await receive(ws)
+            assert (frame["data"], frame["offset"]) == (8, live)
+            await expect_nothing(ws)
+
+    run(scenario())
+
+
+def test_an_offset_the_history_no_longer_reaches_is_not_recovered(plane):
+    publisher_process, subscriber_process = plane(WSSFLEET_HISTORY_SIZE="3")
+
+    async def scenario():
+        publisher = await open_client(publisher_process, subject="pub")
+        offsets = [await publish(publisher, n, f"m{n}") for n in range(6)]
+        client = await open_client(subscriber_process, subject="late")
+        answer = await subscribe_since(client, offsets[0])
+        assert answer == {
+            "type": "subscribed",
+            "channel": "room",
+            "recovered": False,
+            "offset": offsets[-1],
+        }
+        await expect_nothing(client)
+        # The oldest offset still in the history does recover what follows it.
+        other = await open_client(subscriber_process, subject="in-time")
+        answer = await subscribe_since(other, offsets[3])
+        assert (answer["recovered"], answer["missed"]) == (True, 2)
+        assert [(await message(other))["data"] for _ in range(2)] == [4, 5]
+        await publish(publisher, 6, "m6")
+        assert (await message(client))["data"] == 6
+
+    run(scenario())
+
+
+def test_unknown_offsets_and_empty_channels_are_not_recovered(plane):
+    publisher_process, subscriber_process = plane()
+
+    async def scenario():
+        client = await open_client(subscriber_process, subject="c")
+        # No history at all: nothing to recover from, nothing claimed.
+        answer = await subscribe_since(client, "0badc0de:1700000000000-000000")
+        assert answer == {"type": "subscribed", "channel": "room", "recovered": False, "offset": ""}
+        publisher = await open_client(publisher_process, subject="pub")
+        latest = await publish(publisher, "x", "m0")
+        assert (await message(client))["data"] == "x"
+        beyond = latest.rsplit("-", 1)[0] + "-999999"
+        for unknown in ("0badc0de:1700000000000-000000", "not an offset", beyond):
+            other = await open_client(subscriber_process, subject="o")
+            answer = await subscribe_since(other, unknown)
+            assert (answer["recovered"], answer.get("offset")) == (False, latest), (unknown, answer)
+        await request(client, type="subscribe", channel="other", since=5)
+        refused = await receive(client)
+        assert refused["type"] == "error" and "since" in refused["reason"]
+
+    run(scenario())
+
+
+def test_a_retried_publish_is_stored_and_delivered_once(plane):
+    publisher_process, subscriber_process = plane()
+
+    async def scenario():
+        publisher = await open_client(publisher_process, subject="pub")
+        listener = await open_client(subscriber_process, "/ws/room", subject="listener")
+        first = await publish(publisher, "once", "same-id")
+        assert await publish(publisher, "once", "same-id") == first
+        assert (await message(listener))["data"] == "once"
+        await expect_nothing(listener, 0.5)
+        # The id is the publisher's own: another user's equal id is another message.
+        someone = await open_client(publisher_process, subject="someone")
+        assert await publish(someone, "mine", "same-id") != first
+
+    run(scenario())
+
+
+def test_resubscribing_with_since_during_a_stream_of_publishes_loses_and_repeats_nothing(plane):
+    publisher_process, subscriber_process = plane()
+    total = 300
+
+    async def scenario():
+        publisher = await open_client(publisher_process, subject="pub")
+        acked: list[int] = []
+
+        async def publish_all():
+            for n in range(total):
+                await publish(publisher, n, f"m{n}")
+                acked.append(n)
+
+        client = await open_client(subscriber_process, subject="hopper")
+        offset = await subscribed(client, "room")
+        publishing = asyncio.create_task(publish_all())
+        seen: list[int] = []
+        while len(seen) < total:
+            # Read a few, then drop the connection and come back with since.
+            for _ in range(7):
+                if len(seen) == total:
+                    break
+                frame = await message_with_offset(client)
+                seen.append(frame["data"])
+                offset = frame["offset"]
+            await client.close()
+            client = await open_client(subscriber_process, subject="hopper")
+            answer = await subscribe_since(client, offset)
+            assert answer["recovered"] is True, answer
+        await publishing
+        assert seen == list(range(total)) == acked
+        await expect_nothing(client)
+
+    run(scenario())
+
+
+async def message_with_offset(ws: ClientConnection) -> dict:
+    frame = await receive(ws)
+    assert frame["type"] == "message", frame
+    return frame
+
+
+def test_a_redis_restart_between_two_publishes_loses_neither(start_service, redis_server):
+    # The bug this guards: the first command over a pooled connection that the restarted
+    # server had closed failed, and the message was dropped in silence.
+    first, second = start_service(redis_server.url), start_service(redis_server.url)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        publisher = await open_client(first, subject="pub")
+        listener = await open_client(second, "/ws/room", subject="listener")
+        await publish(publisher, "before", "m1")
+        assert (await message(listener))["data"] == "before"
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.to_thread(wait_until_redis, second, "connected")
+        await asyncio.to_thread(wait_until_redis, first, "connected")
+        await publish(publisher, "after", "m2")
+        assert (await message(listener))["data"] == "after"
+
+    run(scenario())
+
+
+def test_a_process_catches_up_on_what_its_bus_connection_missed(start_service, redis_server):
+    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+    total = 400
+
+    async def scenario():
+        publisher = await open_client(first, subject="pub")
+        listener = await open_client(second, "/ws/room", subject="listener")
+
+        async def publish_all():
+            for n in range(total):
+                await publish(publisher, n, f"m{n}")
+
+        async def cut_the_bus():
+            # The listener's process loses its pub/sub connection again and again while
+            # messages keep being stored; the publisher's process is untouched.
+            for _ in range(5):
+                await asyncio.sleep(0.15)
+                await asyncio.to_thread(redis_server.cli, "CLIENT", "KILL", "TYPE", "pubsub")
+
+        publishing = asyncio.create_task(publish_all())
+        await cut_the_bus()
+        await publishing
+        seen = [(await message(listener, timeout=10))["data"] for _ in range(total)]
+        assert seen == list(range(total))
+        await expect_nothing(listener)
+
+    run(scenario())
+
+
+def test_a_process_subscribes_only_to_the_channels_its_clients_are_on(start_service, redis_server):
+    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        here = await open_client(first, "/ws/here", subject="a")
+        there = await open_client(second, "/ws/there", subject="b")
+        for n in range(20):
+            await request(here, type="publish", channel="here", data=n)
+        assert [(await message(here))["data"] for _ in range(20)] == list(range(20))
+        await expect_nothing(there)
+        return first.health(), second.health()
+
+    first_health, second_health = run(scenario())
+    assert (first_health["bus_messages"], first_health["channels"]) == (20, 1)
+    assert (second_health["bus_messages"], second_health["channels"]) == (0, 1)
+
+
+def test_publishes_without_redis_are_refused_with_their_id_and_retries_land_once(
+    start_service, redis_server
+):
+    service = start_service(redis_server.url)
+    wait_until_redis(service, "connected")
+
+    async def scenario():
+        publisher = await open_client(service, "/ws/room", subject="pub")
+        redis_server.stop()
+        await asyncio.to_thread(wait_until_redis, service, "disconnected")
+        await request(publisher, type="publish", channel="room", data="x", id=7)
+        refused = await receive(publisher, timeout=10)
+        assert (refused["type"], refused["id"]) == ("error", 7)
+        await request(publisher, type="publish", channel="room", data="no id")
+        assert (await receive(publisher, timeout=10))["type"] == "error"
+        redis_server.start()
+        await asyncio.to_thread(wait_until_redis, service, "connected")
+        await request(publisher, type="publish", channel="room", data="x", id=7)
+        frames = {frame["type"]: frame for frame in [await receive(publisher) for _ in range(2)]}
+        assert frames["published"]["id"] == 7
+        assert frames["message"]["data"] == "x"
+        assert frames["message"]["offset"] == frames["published"]["offset"]
+        await expect_nothing(publisher)
+
+    run(scenario())
+
+
+def test_a_flushed_history_starts_a_new_epoch_and_old_offsets_are_not_recovered(
+    start_service, redis_server
+):
+    service = start_service(redis_server.url)
+    wait_until_redis(service, "connected")
+
+    async def scenario():
+        publisher = await open_client(service, subject="pub")
+        old = await publish(publisher, "old", "m1")
+        await asyncio.to_thread(redis_server.cli, "FLUSHDB")
+        new = await publish(publisher, "new", "m2")
+        assert new.split(":")[0] != old.split(":")[0]
+        client = await open_client(service, subject="c")
+        answer = await subscribe_since(client, old)
+        assert (answer["recovered"], answer["offset"]) == (False, new)
+
+    run(scenario())
