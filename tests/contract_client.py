@@ -3,7 +3,10 @@ page's app.js does the same), and record what they saw, for the continuity tests
 
 - closed with 1001, 1006 or 1012: reconnect after a random delay in [0, FIRST_DELAY] s;
 - a failed attempt: wait a random delay in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n)] s;
-- closed with 1008 or a 4xxx code: do not retry.
+- closed with 1008 or a 4xxx code: do not retry;
+- a subscriber comes back with ``since`` = the last offset it received;
+- a publisher publishes with an ``id`` and sends the same message again, same id, until it is
+  acknowledged (after an error reply, a timeout or a reconnection).
 """
 
 from __future__ import annotations
@@ -50,9 +53,16 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+Session = Callable[[ClientConnection], Awaitable[None]]
+
+
 async def follow_contract(
-    connect: Callable[[], Awaitable[ClientConnection]], seen: Seen, stop: asyncio.Event
+    connect: Callable[[], Awaitable[ClientConnection]],
+    seen: Seen,
+    stop: asyncio.Event,
+    session: Session | None = None,
 ) -> None:
+    """Stay connected by the contract; ``session`` uses each connection until it closes."""
     failures = 0
     while not stop.is_set():
         try:
@@ -66,7 +76,7 @@ async def follow_contract(
         failures = 0
         seen.connects.append((time.monotonic(), welcome["worker"]))
         stopping = asyncio.ensure_future(stop.wait())
-        closed = asyncio.ensure_future(ws.wait_closed())
+        closed = asyncio.ensure_future(session(ws) if session else ws.wait_closed())
         await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             closed.cancel()
@@ -145,3 +155,171 @@ def busiest_second(moments: list[float]) -> int:
 
 def drain_bound(clients: int, drain_seconds: int) -> int:
     return math.ceil(clients / drain_seconds) + 1
+
+
+@dataclass
+class Inbox:
+    """What a subscriber received on its channel, in order."""
+
+    channel: str
+    offset: str = ""
+    received: list[tuple[int, str]] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """Where to connect: the channel, and after the first time, since the last offset
+        (empty if the channel was empty then: all of the history)."""
+        return f"/ws/{self.channel}" + (f"?since={self.offset}" if self.answers else "")
+
+    async def read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for text in ws:
+                frame = json.loads(text)
+                if frame["type"] == "message":
+                    self.received.append((frame["data"], frame["offset"]))
+                    self.offset = frame["offset"]
+                elif frame["type"] == "subscribed":
+                    self.answers.append(frame)
+                    if "offset" in frame:
+                        # A first subscribe, or a history that no longer reaches back.
+                        self.offset = frame["offset"]
+
+
+class Subscribers:
+    """Contract-following subscribers, ``per_channel`` on each channel."""
+
+    def __init__(
+        self,
+        connect: Callable[[str], Awaitable[ClientConnection]],
+        channels: list[str],
+        per_channel: int,
+    ) -> None:
+        self.inboxes = [Inbox(channel) for channel in channels for _ in range(per_channel)]
+        self.seen = [Seen() for _ in self.inboxes]
+        self.connect = connect
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for inbox, seen in zip(self.inboxes, self.seen, strict=True):
+            self.tasks.append(
+                asyncio.create_task(
+                    follow_contract(
+                        lambda inbox=inbox: self.connect(inbox.path), seen, self.stop, inbox.read
+                    )
+                )
+            )
+
+    async def until_subscribed(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if all(inbox.answers for inbox in self.inboxes):
+                return
+            await asyncio.sleep(0.1)
+
+    async def until_even(self, seconds: float) -> bool:
+        """Wait until every instance holds its share within 20% (as the rebalancer keeps
+        it), so that what follows is not mixed up with rebalancing."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            counts: dict[str, int] = defaultdict(int)
+            for seen in self.seen:
+                if seen.connects:
+                    counts[seen.connects[-1][1]] += 1
+            mean = len(self.seen) / max(len(counts), 1)
+            if counts and all(abs(count - mean) <= 0.2 * mean for count in counts.values()):
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
+    async def until_caught_up(self, last: dict[str, str], seconds: float) -> None:
+        """Wait until every inbox holds its channel's last acknowledged offset."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if all(inbox.offset >= last.get(inbox.channel, "") for inbox in self.inboxes):
+                return
+            await asyncio.sleep(0.2)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def reconnections(self) -> int:
+        return sum(len(seen.closes) for seen in self.seen)
+
+
+class Publisher:
+    """Publishes 0, 1, 2, … to its channel every ``interval`` s, each until acknowledged."""
+
+    def __init__(
+        self, connect: Callable[[], Awaitable[ClientConnection]], channel: str, interval: float
+    ) -> None:
+        self.connect = connect
+        self.channel = channel
+        self.interval = interval
+        self.acked: list[tuple[int, str]] = []
+        self.refused: list[str] = []
+        self.retries = 0
+        self.seen = Seen()
+        self.stopping = False
+        self.in_flight = False
+        self.idle = asyncio.Event()
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(
+            follow_contract(self.connect, self.seen, self.done, self._publish)
+        )
+
+    async def _publish(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                # Only between acknowledged messages: one in flight may be stored already.
+                if self.stopping and not self.in_flight:
+                    self.idle.set()
+                    await ws.wait_closed()
+                    return
+                number = len(self.acked)
+                frame = {
+                    "type": "publish",
+                    "channel": self.channel,
+                    "data": number,
+                    "id": f"{self.channel}-{number}",
+                }
+                self.in_flight = True
+                await ws.send(json.dumps(frame))
+                try:
+                    reply = await asyncio.wait_for(self._reply(ws, frame["id"]), 10)
+                except TimeoutError:
+                    self.retries += 1
+                    continue
+                if reply["type"] == "published":
+                    self.acked.append((number, reply["offset"]))
+                    self.in_flight = False
+                    await _pause(self.done, self.interval)
+                else:
+                    self.refused.append(reply["reason"])
+                    self.retries += 1
+                    await asyncio.sleep(0.2)
+
+    @staticmethod
+    async def _reply(ws: ClientConnection, message_id: str) -> dict:
+        while True:
+            reply = json.loads(await ws.recv())
+            if reply.get("id") == message_id:
+                return reply
+
+    async def finish(self, seconds: float = 30) -> None:
+        """Stop once the message in flight is acknowledged."""
+        self.stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), seconds)
+        self.done.set()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    @property
+    def last(self) -> str:
+        return self.acked[-1][1] if self.acked else ""

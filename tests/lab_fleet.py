@@ -66,7 +66,7 @@ class Lab:
         """A browser-like client: wss:// to the domain, resolved to the master."""
         options.setdefault("origin", f"https://{self.domain}")
         return await connect(
-            f"wss://{self.domain}{path}?token={self.token(subject)}",
+            f"wss://{self.domain}{path}{'&' if '?' in path else '?'}token={self.token(subject)}",
             ssl=self._client_tls,
             host=self.master_address,
             port=443,

@@ -84,12 +84,13 @@ return offset
 """
 
 # KEYS: history stream, its state
-# ARGV: epoch of the client's offset ('' = only the latest offset), its stream id, max entries
+# ARGV: what to read ('latest', 'all', or 'since'), the offset's epoch and stream id, max entries
 # Returns {epoch, last id, recovered (0/1), entries}; epoch '' when there is no history.
 READ_SINCE = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'', '', 0, {}}
+  -- Nothing stored: whoever saw the channel empty has missed nothing.
+  return {'', '', ARGV[1] == 'all' and 1 or 0, {}}
 end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local last, deleted = '0-0', '0-0'
@@ -97,10 +98,11 @@ for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then last = info[i + 1] end
   if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
 end
-if ARGV[1] == '' or ARGV[1] ~= epoch then
+local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
+if ARGV[1] == 'latest' or (ARGV[1] == 'since' and ARGV[2] ~= epoch) then
   return {epoch, last, 0, {}}
 end
-local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
+local since = ARGV[1] == 'all' and '0-0' or ARGV[3]
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -111,10 +113,10 @@ local function after(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 -- Beyond the newest message, or older than what trimming (or an XDEL) removed: not whole.
-if after(ARGV[2], last) or after(trimmed, ARGV[2]) or after(deleted, ARGV[2]) then
+if after(since, last) or after(trimmed, since) or after(deleted, since) then
   return {epoch, last, 0, {}}
 end
-return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}
+return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[4])}
 """
 
 
@@ -207,7 +209,8 @@ class Bus:
         raise NotImplementedError
 
     async def since(self, channel: str, offset: str | None) -> History:
-        """What the channel's history holds after ``offset`` (None: only its latest offset)."""
+        """What the channel's history holds after ``offset``: None asks only for its latest
+        offset, "" (a client that saw the channel empty) for all of it."""
         raise NotImplementedError
 
     async def wait_connected(self) -> None:
@@ -285,8 +288,12 @@ class MemoryBus(Bus):
         latest = history[-1][0] if history else ""
         if offset is None:
             return History(latest, False)
-        position = Position.parse(offset)
         trimmed = self._trimmed.get(channel)
+        if offset == "":
+            if trimmed is not None:
+                return History(latest, False)
+            return History(latest, True, [(o, head + o + FRAME_TAIL) for o, head in history])
+        position = Position.parse(offset)
         if (
             position is None
             or position.epoch != self.epoch
@@ -439,11 +446,14 @@ class RedisBus(Bus):
 
     async def since(self, channel: str, offset: str | None) -> History:
         position = Position.parse(offset) if offset else None
-        arguments: list[str | int] = (
-            ["", "", 0]
-            if position is None
-            else [position.epoch, position.stream_id, self.history_size]
-        )
+        arguments: list[str | int]
+        if offset == "":
+            arguments = ["all", "", "", self.history_size]
+        elif position is None:
+            # No offset, or one this service never gives: the latest only.
+            arguments = ["latest", "", "", 0]
+        else:
+            arguments = ["since", position.epoch, position.stream_id, self.history_size]
         try:
             epoch, last, recovered, entries = await asyncio.wait_for(
                 self._read(self._keys(channel), arguments), COMMAND_TIMEOUT * 2
@@ -453,7 +463,7 @@ class RedisBus(Bus):
         epoch = epoch.decode()
         latest = offset_of(epoch, last.decode()) if epoch else ""
         if offset is None or not recovered:
-            return History(latest, False)
+            return History(latest, bool(recovered))
         missed = []
         for stream_id, fields in entries:
             message_offset = offset_of(epoch, stream_id.decode())

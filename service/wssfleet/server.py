@@ -397,7 +397,7 @@ class Service:
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
             response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
             return response
-        since = parse_qs(url.query).get("since", [None])[0]
+        since = parse_qs(url.query, keep_blank_values=True).get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
         connection.subject = subject  # type: ignore[attr-defined]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
+import subprocess
 
 import pytest
 
@@ -16,3 +19,28 @@ def lab() -> Lab:
 
 def run(coroutine, timeout: float = 60):
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+@pytest.fixture
+def source_address(lab):
+    """add(n) -> an extra address of this machine on the lab bridge, removed afterwards."""
+    bridge = lab.described["bridge"]
+    added: list[str] = []
+
+    def add(n: int) -> str:
+        shown = json.loads(_local(["ip", "-j", "-4", "addr", "show", "dev", bridge]).stdout)[0][
+            "addr_info"
+        ][0]
+        network = ipaddress.ip_network(f"{shown['local']}/{shown['prefixlen']}", strict=False)
+        address = str(network.broadcast_address - 1 - n)
+        _local(["ip", "addr", "add", f"{address}/{network.prefixlen}", "dev", bridge])
+        added.append(f"{address}/{network.prefixlen}")
+        return address
+
+    yield add
+    for address in added:
+        _local(["ip", "addr", "del", address, "dev", bridge])
+
+
+def _local(command: list[str]):
+    return subprocess.run(command, capture_output=True, text=True, check=True)

@@ -117,6 +117,10 @@ def test_an_offset_the_history_no_longer_reaches_is_not_recovered(plane):
             "offset": offsets[-1],
         }
         await expect_nothing(client)
+        # Having seen the channel empty does not help once the history was trimmed.
+        assert (await subscribe_since(await open_client(subscriber_process), ""))[
+            "recovered"
+        ] is False
         # The oldest offset still in the history does recover what follows it.
         other = await open_client(subscriber_process, subject="in-time")
         answer = await subscribe_since(other, offsets[3])
@@ -144,6 +148,11 @@ def test_unknown_offsets_and_empty_channels_are_not_recovered(plane):
             other = await open_client(subscriber_process, subject="o")
             answer = await subscribe_since(other, unknown)
             assert (answer["recovered"], answer.get("offset")) == (False, latest), (unknown, answer)
+        # A client that saw the channel empty ("offset": "") asks for all of it with since "".
+        empty_then = await open_client(subscriber_process, subject="e")
+        answer = await subscribe_since(empty_then, "")
+        assert answer == {"type": "subscribed", "channel": "room", "recovered": True, "missed": 1}
+        assert (await message(empty_then))["data"] == "x"
         await request(client, type="subscribe", channel="other", since=5)
         refused = await receive(client)
         assert refused["type"] == "error" and "since" in refused["reason"]
