@@ -84,8 +84,8 @@ test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: tools ## message throughput and memory per connection of one service process
-	$(PY) -m bench
+bench: tools ## the service measured on loopback; COMPARE=<git revision> adds a column for it
+	$(PY) -m bench $(if $(COMPARE),--compare $(COMPARE))
 
 # One pytest summary per suite; the lab is torn down at the end, whatever happened.
 test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra

@@ -1,7 +1,8 @@
 // Demo client: one channel, following wssfleet's client contract (README, "The client
 // contract"): after 1001, 1006 or 1012 reconnect after a random delay in [0, 1] s; after a
 // failed attempt back off exponentially with full jitter, up to 10 s; after 1008 or a 4xxx
-// code do not retry.
+// code do not retry. It comes back with ?since=<last offset> so nothing published meanwhile
+// is missed, and publishes with an id, sending again (same id) until the message is stored.
 "use strict";
 
 const params = new URLSearchParams(location.hash.slice(1));
@@ -19,6 +20,10 @@ const RETRY_AFTER = new Set([1001, 1006, 1012]);
 let failures = 0;
 let opened = false;
 let socket = null;
+// The last offset received; null before the first subscription ("" = the channel was empty).
+let offset = null;
+// Messages sent but not yet stored, by id: sent again after a reconnection or an error.
+const unacknowledged = new Map();
 
 function show(text, kind) {
   const item = document.createElement("li");
@@ -34,7 +39,8 @@ function setStatus(state, text) {
 }
 
 function connect() {
-  const url = `wss://${location.host}/ws/${encodeURIComponent(channel)}?token=${encodeURIComponent(token)}`;
+  const since = offset === null ? "" : `&since=${encodeURIComponent(offset)}`;
+  const url = `wss://${location.host}/ws/${encodeURIComponent(channel)}?token=${encodeURIComponent(token)}${since}`;
   socket = new WebSocket(url);
   setStatus("connecting", "connecting…");
   opened = false;
@@ -42,17 +48,29 @@ function connect() {
     opened = true;
     failures = 0;
     setStatus("open", "connected");
+    for (const [id, data] of unacknowledged) send(id, data);
   };
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (frame.type === "welcome") {
       document.getElementById("worker").textContent = frame.worker;
       show(`joined ${channel} on ${frame.worker} as ${frame.sub}`, "system");
+    } else if (frame.type === "subscribed") {
+      if (frame.recovered === false) {
+        show("some messages are no longer in the history: reload for the full state", "system");
+      }
+      if ("offset" in frame) offset = frame.offset;
     } else if (frame.type === "message") {
+      offset = frame.offset;
       const text = typeof frame.data === "string" ? frame.data : JSON.stringify(frame.data);
       show(`${frame.from}: ${text}`);
+    } else if (frame.type === "published") {
+      unacknowledged.delete(frame.id);
     } else if (frame.type === "error") {
       show(`error: ${frame.reason}`, "system");
+      if (unacknowledged.has(frame.id)) {
+        setTimeout(() => send(frame.id, unacknowledged.get(frame.id)), 1000);
+      }
     }
   };
   socket.onclose = (event) => {
@@ -72,10 +90,18 @@ function connect() {
   };
 }
 
+function send(id, data) {
+  if (socket && socket.readyState === WebSocket.OPEN && unacknowledged.has(id)) {
+    socket.send(JSON.stringify({ type: "publish", channel, data, id }));
+  }
+}
+
 document.getElementById("send").addEventListener("submit", (event) => {
   event.preventDefault();
-  if (socket && socket.readyState === WebSocket.OPEN && input.value) {
-    socket.send(JSON.stringify({ type: "publish", channel, data: input.value }));
+  if (input.value) {
+    const id = crypto.randomUUID();
+    unacknowledged.set(id, input.value);
+    send(id, input.value);
     input.value = "";
   }
 });
