@@ -39,6 +39,8 @@ def test_a_message_crosses_workers(lab):
             ws = await lab.connect("/ws/cross", subject=f"c{len(opened)}")
             opened.append(ws)
             host = (await receive(ws))["worker"].rsplit(":", 1)[0]
+            # Subscribed from this answer on: messages published after it reach this client.
+            assert (await receive(ws))["type"] == "subscribed"
             by_host.setdefault(host, ws)
             if len(by_host) >= 2:
                 break
