@@ -19,7 +19,7 @@ HOST_STAMP := build/.host-packages
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra lab-up lab-down lint bench token
+	test-browser test-infra lab-up lab-down lint bench token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,8 +69,12 @@ status: tools ## hosts, services, certificate expiry, open connections
 renew: tools ## force a certificate renewal through the cron job's own script
 	@$(WSSFLEET) renew -i $(INVENTORY)
 
-token: tools ## print a client token: make token SUB=alice [TTL=3600]
-	@$(WSSFLEET) token -i $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600)
+rotate-secret: tools ## new token signing key, deployed; old tokens keep working for token_max_ttl
+	$(WSSFLEET) rotate-secret -i $(INVENTORY)
+
+token: tools ## print a client token: make token SUB=alice [CHANNELS='lobby user.alice.*'] [TTL=3600]
+	@$(WSSFLEET) token -i $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600) \
+		$(foreach pattern,$(or $(CHANNELS),lobby),--subscribe '$(pattern)' --publish '$(pattern)')
 
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
 	$(PYTEST) tests/unit -q

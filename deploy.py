@@ -20,7 +20,7 @@ service_ports = workers.ports(fleet, host) if "worker" in roles else []
 base.apply()
 firewall.apply(fleet, service_ports)
 if "redis" in roles:
-    redis.apply(fleet, run.secrets["redis_password"])
+    redis.apply(fleet, run.secrets["redis_password"], run.secrets["redis_admin_password"])
 if "worker" in roles:
     workers.apply(run, node, service_ports)
 if "master" in roles:

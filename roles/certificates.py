@@ -6,7 +6,6 @@ so Debian's certbot.timer is disabled: renewals happen once, on one schedule.
 """
 
 import zlib
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -23,6 +22,7 @@ LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
 HOOK = "/usr/local/lib/wssfleet/haproxy-deploy-hook"
 RENEW = "/usr/local/sbin/wssfleet-renew"
 CA_BUNDLE = "/etc/wssfleet/acme-ca.pem"
+# Where wssfleet 0.2 recorded its request; certificates are now judged by themselves.
 REQUEST = "/etc/wssfleet/certificate-request"
 
 
@@ -79,32 +79,30 @@ def apply(fleet: Fleet) -> None:
     systemd.service(
         name="Ensure cron is running", service="cron.service", running=True, enabled=True
     )
-    # What to ask the ACME server for. When it changes (names, server), certbot is run
-    # again; otherwise the existing certificate stands and cron renews it.
-    request = files.put(
-        name="Ensure the certificate request is recorded",
-        src=_request_file(fleet),
-        dest=REQUEST,
-        mode="644",
-    )
-    command = _certonly(fleet, ca_bundle)
-    # fullchain.pem is a symlink into certbot's archive: test the path, not a regular file.
-    if host.get_fact(Command, f"test -e {LINEAGE}/fullchain.pem && echo issued || true"):
+    # Decided from the certificate on the host, not from what an earlier deploy wrote: a
+    # certbot run that failed leaves the old certificate, and the next deploy asks again.
+    wanted = (sorted(fleet.settings.domains), fleet.settings.acme_directory)
+    if _issued() != wanted:
         server.shell(
-            name="Ensure the certificate matches the request",
-            commands=[command],
-            _if=request.did_change,
+            name="Ensure a certificate for the domains from the ACME server is issued",
+            commands=[_certonly(fleet, ca_bundle)],
         )
-    else:
-        server.shell(name="Ensure a certificate is issued for the domains", commands=[command])
+    files.file(name="Ensure the old request record is gone", path=REQUEST, present=False)
 
 
-def _request_file(fleet: Fleet) -> StringIO:
-    settings = fleet.settings
-    return StringIO(
-        f"server {settings.acme_directory}\ndomains {' '.join(settings.domains)}\n"
-        f"email {settings.acme_email}\nkey ecdsa-secp256r1\n"
+def _issued() -> tuple[list[str], str] | None:
+    """The names on the live certificate and the ACME server it came from, if there is one."""
+    names = host.get_fact(
+        Command,
+        f"openssl x509 -in {LINEAGE}/cert.pem -noout -ext subjectAltName 2>/dev/null "
+        "| tr ',' '\\n' | sed -n 's/.*DNS://p' || true",
     )
+    if not names:
+        return None
+    issuer = host.get_fact(
+        Command, f"sed -n 's/^server = //p' /etc/letsencrypt/renewal/{CERT_NAME}.conf || true"
+    )
+    return sorted(names.split()), (issuer or "").strip()
 
 
 def _certonly(fleet: Fleet, ca_bundle: str) -> str:

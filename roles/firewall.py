@@ -1,32 +1,58 @@
-"""nftables on every host: SSH, the master's 80/443, Redis from the workers, service ports
-from the master; everything else dropped. The candidate ruleset is checked with
-``nft -c`` before it replaces the live one."""
+"""nftables on every host: SSH (on the inventory's ssh_port), the master's 80/443, Redis from
+the workers, service ports from the master; everything else dropped. wssfleet owns one table,
+``inet wssfleet``, loaded by its own unit; it never flushes the ruleset, so other tables stay.
+The candidate table is checked with ``nft -c`` before it replaces the live one."""
+
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, systemd
 
 from roles import activate_candidate, template
 from wssfleet_control.inventory import Fleet
 
-LIVE = "/etc/nftables.conf"
-CANDIDATE = "/etc/nftables.conf.wssfleet-candidate"
+LIVE = "/etc/wssfleet/firewall.nft"
+CANDIDATE = "/etc/wssfleet/firewall.nft.candidate"
+UNIT = "/etc/systemd/system/wssfleet-firewall.service"
+# Earlier wssfleet versions wrote the host's /etc/nftables.conf (with a flush of every table);
+# such a file goes back to Debian's stock one.
+HOST_CONFIG = "/etc/nftables.conf"
+DEBIAN_STOCK_CONFIG = """#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+	chain forward {
+		type filter hook forward priority filter;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+"""
 
 
 @deploy("Firewall")
 def apply(fleet: Fleet, service_ports: list[int]) -> None:
-    """Load this host's ruleset, checked by ``nft -c`` first.
+    """Load this host's table, checked by ``nft -c`` first.
 
     + fleet: the checked inventory
     + service_ports: the service ports this host opens to the master (workers only)
     """
     roles = fleet.roles_of(host.name)
+    files.directory(name="Ensure /etc/wssfleet exists", path="/etc/wssfleet", mode="755")
     candidate = files.template(
-        name="Ensure the candidate nftables ruleset is rendered",
-        src=template("firewall", "nftables.conf.j2"),
+        name="Ensure the candidate nftables table is rendered",
+        src=template("firewall", "wssfleet.nft.j2"),
         dest=CANDIDATE,
         mode="600",
         settings=fleet.settings,
+        ssh_port=int(host.data.get("ssh_port") or 22),
         is_master="master" in roles,
         is_redis="redis" in roles,
         worker_addresses=[worker.address for worker in fleet.workers],
@@ -34,18 +60,33 @@ def apply(fleet: Fleet, service_ports: list[int]) -> None:
         service_ports=service_ports,
     )
     activate_candidate(
-        "Ensure the validated nftables ruleset is live",
+        "Ensure the validated nftables table is live",
         candidate,
         CANDIDATE,
         [
             f"nft -c -f {CANDIDATE} || {{ rm -f {CANDIDATE}; exit 1; }}",
-            f"install -m 700 {CANDIDATE} {LIVE}",
+            f"install -m 600 {CANDIDATE} {LIVE}",
             f"nft -f {LIVE}",
         ],
     )
+    unit = files.template(
+        name="Ensure the wssfleet-firewall unit loads the table at boot",
+        src=template("firewall", "wssfleet-firewall.service.j2"),
+        dest=UNIT,
+        mode="644",
+        ruleset=LIVE,
+    )
     systemd.service(
-        name="Ensure nftables loads the ruleset at boot",
-        service="nftables.service",
+        name="Ensure wssfleet-firewall is enabled",
+        service="wssfleet-firewall.service",
         running=True,
         enabled=True,
+        daemon_reload=unit.will_change,
     )
+    if host.get_fact(FindInFile, path=HOST_CONFIG, pattern="Managed by wssfleet"):
+        files.put(
+            name="Ensure the host's nftables.conf is Debian's again, not wssfleet's",
+            src=StringIO(DEBIAN_STOCK_CONFIG),
+            dest=HOST_CONFIG,
+            mode="755",
+        )

@@ -1,25 +1,72 @@
 """Redis, the message plane: pub/sub between workers and each channel's history, kept in an
 append-only file; private address, password."""
 
+import hashlib
+
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
 from roles import template
-from wssfleet_control.inventory import Fleet
+from wssfleet_control.inventory import WORKER_REDIS_USER, Fleet
+
+ADMIN_REDIS_USER = "wssfleet-admin"
+# Everything the message plane does (wssfleet/broker.py, its Lua scripts included: Redis
+# checks the commands a script calls against the caller's user), and nothing else: no
+# FLUSHDB, KEYS, DEL, CLIENT KILL or SHUTDOWN, and only wssfleet:* keys and channels.
+WORKER_COMMANDS = (
+    "ping",
+    "client|setname",
+    "subscribe",
+    "unsubscribe",
+    "evalsha",
+    "script|load",
+    "get",
+    "set",
+    "exists",
+    "expire",
+    "hget",
+    "hset",
+    "xadd",
+    "xlen",
+    "xrange",
+    "xinfo|stream",
+    "publish",
+)
+
+
+def acl_users(worker_password: str, admin_password: str) -> dict[str, str]:
+    """Redis's users and their rules. Passwords appear only as SHA-256 hashes, so the config
+    on the host, a diff of it and its logs never hold one."""
+
+    def hashed(password: str) -> str:
+        return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+    allowed = " ".join(f"+{command}" for command in WORKER_COMMANDS)
+    return {
+        # Nobody connects without a name: the default user is off. Its permissions stay whole
+        # because Redis 7.0 checks the transactions it replays from the append-only file
+        # against them (with -@all it drops every stored script's effects at start).
+        "default": "off resetpass ~* &* +@all",
+        WORKER_REDIS_USER: f"on {hashed(worker_password)} resetkeys resetchannels "
+        f"~wssfleet:* &wssfleet:* -@all {allowed}",
+        # For the operator and wssfleet's own checks (make verify): everything.
+        ADMIN_REDIS_USER: f"on {hashed(admin_password)} ~* &* +@all",
+    }
 
 
 @deploy("Redis")
-def apply(fleet: Fleet, password: str) -> None:
+def apply(fleet: Fleet, password: str, admin_password: str) -> None:
     """Install and configure Redis on the fleet's redis host.
 
     + fleet: the checked inventory (redis_port, redis_maxmemory, the redis address)
-    + password: the deployment's Redis password
+    + password: the workers' Redis password
+    + admin_password: the operator's Redis password (user wssfleet-admin)
     """
     apt.packages(
         name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
     )
     config = files.template(
-        name="Ensure redis.conf binds privately and requires the password",
+        name="Ensure redis.conf binds privately and gives each user only what it needs",
         src=template("redis", "redis.conf.j2"),
         dest="/etc/redis/redis.conf",
         user="redis",
@@ -27,7 +74,7 @@ def apply(fleet: Fleet, password: str) -> None:
         mode="640",
         settings=fleet.settings,
         address=fleet.redis.address,
-        password=password,
+        users=acl_users(password, admin_password),
     )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(

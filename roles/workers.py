@@ -16,6 +16,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from roles import HELPERS, HOSTSIDE, open_files_limit, template
 from wssfleet.settings import ClientPolicy, ServiceConfig
+from wssfleet_control import secrets
 from wssfleet_control.inventory import Fleet, Node
 from wssfleet_control.run import DeployRun, quote
 
@@ -61,6 +62,7 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             **policy,
             "allowed_origins": settings.origins,
             "jwt_secret": run.secrets["jwt_secret"],
+            "jwt_previous_secret": secrets.previous_key(run.secrets),
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
             "bind": node.address,
         }

@@ -60,13 +60,20 @@ class Lab:
         return self.tls_context()
 
     def token(self, subject: str = "e2e", ttl: int = 600) -> str:
-        return auth.mint(self.fleet.secrets()["jwt_secret"], subject, ttl)
+        """A token for every channel."""
+        secret = self.fleet.secrets()["jwt_secret"]
+        return auth.mint(secret, subject, ttl, subscribe=["*"], publish=["*"])
 
     async def connect(self, path: str = "/ws", subject: str = "e2e", **options) -> ClientConnection:
         """A browser-like client: wss:// to the domain, resolved to the master."""
+        return await self.connect_with_token(self.token(subject), path, **options)
+
+    async def connect_with_token(
+        self, token: str, path: str = "/ws", **options
+    ) -> ClientConnection:
         options.setdefault("origin", f"https://{self.domain}")
         return await connect(
-            f"wss://{self.domain}{path}{'&' if '?' in path else '?'}token={self.token(subject)}",
+            f"wss://{self.domain}{path}{'&' if '?' in path else '?'}token={token}",
             ssl=self._client_tls,
             host=self.master_address,
             port=443,

@@ -268,11 +268,50 @@ def renew(inventory_path: str) -> None:
         raise Failure("the renewal failed (certbot's words are above)")
 
 
+@main.command("rotate-secret")
+@inventory_option
+@json_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="rotate even while the previous key is still accepted (the tokens it signed stop)",
+)
+@click.pass_context
+def rotate_secret(ctx: click.Context, inventory_path: str, as_json: bool, force: bool) -> None:
+    """Make a new token signing key and deploy it. Tokens signed with the old key keep working
+    for token_max_ttl (their longest lifetime); the first deploy after that drops the key."""
+    from wssfleet_control import secrets
+
+    with open_session(inventory_path, quiet=True) as session:
+        overlap = session.fleet.settings.token_max_ttl
+    try:
+        secrets.rotate(inventory_path, overlap, force=force)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    _say(as_json, "--> New signing key; the old one is accepted for", f"{overlap} s more")
+    ctx.invoke(deploy, inventory_path=inventory_path, as_json=as_json, templates=None)
+
+
 @main.command()
 @inventory_option
 @click.option("--sub", required=True, help="who the token is for")
 @click.option("--ttl", default=3600, show_default=True, help="seconds until it expires")
-def token(inventory_path: str, sub: str, ttl: int) -> None:
+@click.option(
+    "--subscribe",
+    multiple=True,
+    metavar="PATTERN",
+    help="a channel pattern it may subscribe to (* = any run of characters); repeatable. "
+    "None given: the deployment's token_default_subscribe",
+)
+@click.option(
+    "--publish",
+    multiple=True,
+    metavar="PATTERN",
+    help="a channel pattern it may publish to; repeatable. None given: token_default_publish",
+)
+def token(
+    inventory_path: str, sub: str, ttl: int, subscribe: tuple[str, ...], publish: tuple[str, ...]
+) -> None:
     """Print a client token signed with the deployment's key."""
     from wssfleet import auth
     from wssfleet_control import secrets
@@ -281,7 +320,9 @@ def token(inventory_path: str, sub: str, ttl: int) -> None:
         secret = secrets.load(inventory_path, create=False)["jwt_secret"]
         if secret == secrets.NOT_YET:
             raise ValueError(f"{inventory_path} has no signing key yet: deploy it first")
-        click.echo(auth.mint(secret, sub, ttl))
+        click.echo(
+            auth.mint(secret, sub, ttl, subscribe=subscribe or None, publish=publish or None)
+        )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -406,7 +447,7 @@ def _summary(fleet, inventory_path: str) -> None:
     domain = fleet.settings.domain
     click.echo(f"""
 wssfleet is deployed: https://{domain}/  (WebSocket: wss://{domain}/ws)
-Mint a token:  .venv/bin/wssfleet token -i {inventory_path} --sub NAME [--ttl SECONDS]
+Mint a token:  make token INVENTORY={inventory_path} SUB=NAME  (channels: lobby; CHANNELS='a b.*')
 Open the demo: https://{domain}/#token=<token>&channel=lobby
 Fleet status:  make status INVENTORY={inventory_path}""")
     if is_lab(inventory_path):

@@ -7,22 +7,29 @@ config that tools outside pyinfra (testinfra, the tests) use to reach the same h
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote as quote_url
 
 from wssfleet_control import secrets
 from wssfleet_control.settings import (
     MAX_WORKER_PROCESSES,
+    PLAIN_PATH,
     PORTS_USED_ON_MASTER,
     Settings,
     SettingsError,
     resolve,
 )
+
+# The Redis user the workers connect as (roles/redis.py gives it only what it needs).
+WORKER_REDIS_USER = "wssfleet"
 
 ROLES = ("master", "workers", "redis")
 # pyinfra's SSH host data and the OpenSSH option each one means.
@@ -104,10 +111,63 @@ class Fleet:
         return "\n\n".join(blocks) + "\n"
 
     def redis_url(self, password: str) -> str:
-        return f"redis://:{password}@{self.redis.address}:{self.settings.redis_port}/0"
+        """How a worker reaches Redis: as the least-privileged worker user."""
+        address = f"{self.redis.address}:{self.settings.redis_port}"
+        return f"redis://{WORKER_REDIS_USER}:{quote_url(password, safe='')}@{address}/0"
+
+
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*")
+# Each host field a deploy uses, the grammar it must follow, and the fix to suggest.
+HOST_FIELDS: dict[str, tuple[re.Pattern[str] | None, str]] = {
+    "private_address": (None, "give an IP address like 10.0.0.5"),
+    "ssh_hostname": (HOST_NAME, "give a host name like web1.example.com or an IP address"),
+    "ssh_user": (re.compile(r"[a-z_][a-z0-9_.-]{0,31}"), "give a user name like deploy"),
+    "ssh_key": (
+        PLAIN_PATH,
+        "give a key file path like ~/.ssh/id_ed25519",
+    ),
+    "ssh_known_hosts_file": (PLAIN_PATH, "give a file path"),
+    "ssh_strict_host_key_checking": (
+        re.compile(r"yes|no|accept-new"),
+        "give yes, no or accept-new",
+    ),
+}
+
+
+def _check_host(name: str, data: dict[str, Any]) -> None:
+    """Every host field a deploy uses follows its grammar: nothing reaches a shell, an
+    nftables rule, Redis's bind or an OpenSSH config that is not what it claims to be."""
+    if not HOST_NAME.fullmatch(name):
+        raise SettingsError(f"host {name!r}: give a host name like web1 or web1.example.com")
+    for field, (grammar, fix) in HOST_FIELDS.items():
+        value = data.get(field)
+        if value is None:
+            continue
+        if field == "private_address" or (field == "ssh_hostname" and _is_ip(value)):
+            valid = _is_ip(value)
+        else:
+            valid = (
+                isinstance(value, str) and grammar is not None and bool(grammar.fullmatch(value))
+            )
+        if not valid:
+            raise SettingsError(f"host {name}: {field}={value!r} is invalid: {fix}")
+    port = data.get("ssh_port")
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
+    ):
+        raise SettingsError(f"host {name}: ssh_port={port!r} is invalid: give a port 1-65535")
+
+
+def _is_ip(value: Any) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _node(name: str, data: dict[str, Any]) -> Node:
+    _check_host(name, data)
     address = data.get("private_address") or data.get("ssh_hostname") or name
     return Node(name, address, data)
 
@@ -169,7 +229,7 @@ def _check_ports(fleet: Fleet) -> None:
     processes = settings.worker_processes
     span = fleet.worker_ports(MAX_WORKER_PROCESSES if processes == "auto" else processes)
     for worker in fleet.workers:
-        taken = {22: "SSH"}
+        taken = {int(worker.data.get("ssh_port") or 22): "SSH"}
         if worker.name == fleet.master.name:
             taken.update(PORTS_USED_ON_MASTER)
         if worker.name == fleet.redis.name:

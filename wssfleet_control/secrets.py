@@ -2,6 +2,11 @@
 
 They live beside the inventory in ``.secrets/<inventory name>.json`` (git-ignored, mode 600).
 Operators who keep secrets in a vault write that file from it before a deploy.
+
+After ``wssfleet rotate-secret`` the file also holds the previous token signing key
+(``jwt_previous_secret``) and until when it is still accepted (``jwt_previous_until``, Unix
+seconds): tokens signed before the rotation keep working for their whole lifetime, and the
+first deploy after that moment drops the old key.
 """
 
 from __future__ import annotations
@@ -9,9 +14,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-NAMES = ("jwt_secret", "redis_password")
+NAMES = ("jwt_secret", "redis_password", "redis_admin_password")
+PREVIOUS = "jwt_previous_secret"
+PREVIOUS_UNTIL = "jwt_previous_until"
 # What `wssfleet plan` renders where a secret does not exist yet: plan writes nothing.
 NOT_YET = "(not made yet: the first deploy makes this secret)"
 
@@ -33,10 +42,48 @@ def load(inventory: str | os.PathLike[str], create: bool = True) -> dict[str, st
     if missing:
         for name in missing:
             stored[name] = secrets.token_urlsafe(32)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(stored, handle, indent=2)
-        temporary.replace(path)
+        _write(path, stored)
+    if create and stored.get(PREVIOUS) and float(stored.get(PREVIOUS_UNTIL, 0)) <= time.time():
+        # The overlap is over: every token the old key signed has expired.
+        del stored[PREVIOUS], stored[PREVIOUS_UNTIL]
+        _write(path, stored)
+    return stored
+
+
+def _write(path: Path, stored: dict[str, str]) -> None:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(stored, handle, indent=2)
+    temporary.replace(path)
+
+
+def previous_key(stored: dict[str, str], now: float | None = None) -> str:
+    """The previous signing key while it is still accepted, else ''."""
+    now = time.time() if now is None else now
+    if stored.get(PREVIOUS) and float(stored.get(PREVIOUS_UNTIL, 0)) > now:
+        return stored[PREVIOUS]
+    return ""
+
+
+def rotate(
+    inventory: str | os.PathLike[str], overlap_seconds: int, force: bool = False
+) -> dict[str, str]:
+    """Make a new signing key; keep the current one as the previous for ``overlap_seconds``
+    (the longest a token may live), so no token in use stops working."""
+    stored = load(inventory, create=False)
+    if stored["jwt_secret"] == NOT_YET:
+        raise ValueError(f"{inventory} has no signing key yet: deploy it first")
+    now = time.time()
+    if previous_key(stored, now) and not force:
+        until = datetime.fromtimestamp(float(stored[PREVIOUS_UNTIL]), UTC)
+        raise ValueError(
+            f"the previous key is still accepted until {until:%Y-%m-%d %H:%M:%S} UTC: rotating "
+            "again now would stop the tokens it signed; wait until then, or pass --force"
+        )
+    stored[PREVIOUS] = stored["jwt_secret"]
+    stored[PREVIOUS_UNTIL] = str(int(now + overlap_seconds))
+    stored["jwt_secret"] = secrets.token_urlsafe(32)
+    _write(path_for(inventory), stored)
     return stored

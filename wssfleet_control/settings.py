@@ -14,7 +14,6 @@ import re
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -95,15 +94,20 @@ def seconds_of(duration: str) -> float:
     return int(number) * DURATION_UNITS[duration[len(number) :]]
 
 
+# A path of plain characters (no option-like leading dash): paths reach command lines.
+PLAIN_PATH = re.compile(r"[A-Za-z0-9_./~@+][A-Za-z0-9_./~@+-]{0,1023}")
+# An https:// URL of plain characters: it reaches certbot's command line.
+ACME_URL = re.compile(r"https://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/-]*)?")
+
+
 def _acme_server(value: str) -> str:
-    parts = urlsplit(value)
-    if value in ACME_SERVERS or (parts.scheme == "https" and parts.netloc):
+    if value in ACME_SERVERS or ACME_URL.fullmatch(value):
         return value
     raise ValueError(f"give {' or '.join(ACME_SERVERS)}, or the https:// URL of an ACME directory")
 
 
 def _bundle(value: str) -> str:
-    if value and not Path(value).is_file():
+    if value and (not PLAIN_PATH.fullmatch(value) or not Path(value).is_file()):
         raise ValueError("give the path of a PEM file on the control machine")
     return value
 

@@ -13,7 +13,7 @@ from wssfleet_control.run import quote
 
 def units_of(session: Session, node: Node) -> list[str]:
     roles = session.fleet.roles_of(node.name)
-    units = ["nftables.service"]
+    units = ["wssfleet-firewall.service"]
     if "master" in roles:
         units += ["haproxy.service", "cron.service"]
     if "redis" in roles:

@@ -60,8 +60,7 @@ end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[5]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'trimmed', '0-0')
 end
 local size = tonumber(ARGV[3])
 local length = redis.call('XLEN', KEYS[1])

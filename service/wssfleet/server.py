@@ -61,9 +61,16 @@ def event(name: str, **fields: object) -> None:
 class Client:
     """One WebSocket client: its subscriptions, its bounded send queue and rate budget."""
 
-    def __init__(self, ws: ServerConnection, subject: str, config: Config) -> None:
+    def __init__(self, ws: ServerConnection, grant: auth.Grant, config: Config) -> None:
         self.ws = ws
-        self.subject = subject
+        self.subject = grant.subject
+        # What the token allows, or the deployment's defaults where it says nothing.
+        self.may_subscribe = (
+            grant.subscribe if grant.subscribe is not None else config.token_default_subscribe
+        )
+        self.may_publish = (
+            grant.publish if grant.publish is not None else config.token_default_publish
+        )
         self.channels: set[str] = set()
         # Channels being recovered: their live messages wait here until history is sent.
         self.pending: dict[str, list[tuple[str, str]]] = {}
@@ -135,6 +142,9 @@ class Hub:
     async def join(self, client: Client, channel: str, since: str | None) -> None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
         with every message after that offset first, then the live ones, none twice."""
+        if not auth.allows(client.may_subscribe, channel):
+            client.offer(protocol.encode("error", reason="not allowed", channel=channel))
+            return
         if channel in client.channels:
             feed = self.feeds[channel]
             client.offer(protocol.encode("subscribed", channel=channel, offset=feed.offset or ""))
@@ -217,6 +227,9 @@ class Hub:
         key = None if request.id is None else f"{client.subject}:{json.dumps(request.id)}"
         head = protocol.message_head(channel, request.data, client.subject)
         ids = {} if request.id is None else {"id": request.id}
+        if not auth.allows(client.may_publish, channel):
+            client.offer(protocol.encode("error", reason="not allowed", channel=channel, **ids))
+            return
         try:
             offset = await self.bus.publish(channel, head, key)
         except BusUnavailable as error:
@@ -390,8 +403,11 @@ class Service:
         if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
             return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
-            subject = auth.verify(
-                self.config.jwt_secret.get_secret_value(), self._token(request, url.query)
+            grant = auth.verify(
+                self.config.jwt_secret.get_secret_value(),
+                self._token(request, url.query),
+                previous=self.config.jwt_previous_secret.get_secret_value(),
+                max_ttl=self.config.token_max_ttl,
             )
         except auth.TokenError as error:
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
@@ -400,7 +416,7 @@ class Service:
         since = parse_qs(url.query, keep_blank_values=True).get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
-        connection.subject = subject  # type: ignore[attr-defined]
+        connection.grant = grant  # type: ignore[attr-defined]
         connection.first_channel = channel  # type: ignore[attr-defined]
         connection.since = since  # type: ignore[attr-defined]
         return None
@@ -427,8 +443,9 @@ class Service:
         return self._respond(connection, HTTPStatus.ACCEPTED, body, "application/json")
 
     async def handle(self, ws: ServerConnection) -> None:
-        subject: str = ws.subject  # type: ignore[attr-defined]
-        client = Client(ws, subject, self.config)
+        grant: auth.Grant = ws.grant  # type: ignore[attr-defined]
+        subject = grant.subject
+        client = Client(ws, grant, self.config)
         self.hub.clients.add(client)
         first_channel: str = ws.first_channel  # type: ignore[attr-defined]
         event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])

@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
 )
 
+from wssfleet import auth
+
 PREFIX = "WSSFLEET_"
 # HS256 keys shorter than the hash output weaken the signature (RFC 7518 section 3.2).
 MIN_SECRET_BYTES = 32
@@ -46,6 +48,14 @@ def _origin(value: str) -> str:
 Origin = Annotated[str, AfterValidator(_origin)]
 
 
+def _channel_pattern(value: str) -> str:
+    auth.check_patterns([value])
+    return value
+
+
+ChannelPattern = Annotated[str, AfterValidator(_channel_pattern)]
+
+
 class ClientPolicy(BaseModel):
     """What every client of a deployment may do, how it is kept alive, and how much of each
     channel's past it can recover."""
@@ -55,6 +65,22 @@ class ClientPolicy(BaseModel):
     allowed_origins: tuple[Origin, ...] = Field(
         default=(),
         description="browser origins allowed to connect; empty = https://<each domain>",
+    )
+    token_default_subscribe: tuple[ChannelPattern, ...] = Field(
+        default=(),
+        description="channel patterns a token without a subscribe claim may subscribe to; "
+        "empty: none (least privilege: tokens say what they may do)",
+    )
+    token_default_publish: tuple[ChannelPattern, ...] = Field(
+        default=(),
+        description="channel patterns a token without a publish claim may publish to; empty: none",
+    )
+    token_max_ttl: int = Field(
+        default=86400,
+        ge=10,
+        le=30 * 86400,
+        description="longest lifetime (exp - iat) of a token the service accepts, in seconds; "
+        "also how long a rotated-out signing key stays accepted",
     )
     max_message_bytes: int = Field(
         default=65536,
@@ -96,9 +122,11 @@ class ClientPolicy(BaseModel):
         description="a drained instance closes its clients (1012) evenly over this many seconds",
     )
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator(
+        "allowed_origins", "token_default_subscribe", "token_default_publish", mode="before"
+    )
     @classmethod
-    def _origins_from_text(cls, value: Any) -> Any:
+    def _list_from_text(cls, value: Any) -> Any:
         # The environment file carries a comma-separated list; an inventory gives a list.
         if isinstance(value, str):
             return tuple(item for item in value.split(",") if item.strip())
@@ -113,6 +141,10 @@ def _secret(value: SecretStr) -> SecretStr:
     return value
 
 
+def _previous_secret(value: SecretStr) -> SecretStr:
+    return _secret(value) if value.get_secret_value() else value
+
+
 def _redis_url(value: str) -> str:
     if value and urlsplit(value).scheme not in ("redis", "rediss"):
         raise ValueError("must be a redis:// or rediss:// URL, or empty to run without Redis")
@@ -124,6 +156,10 @@ class ServiceConfig(ClientPolicy):
 
     jwt_secret: Annotated[SecretStr, AfterValidator(_secret)] = Field(
         description="HS256 key that signs client tokens (required)"
+    )
+    jwt_previous_secret: Annotated[SecretStr, AfterValidator(_previous_secret)] = Field(
+        default=SecretStr(""),
+        description="the signing key before the last rotation, accepted until it is dropped",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port of this process")
     bind: str = Field(default="127.0.0.1", description="address to listen on")

@@ -39,7 +39,7 @@ def test_acme_challenges_are_not_redirected(lab):
 
 
 def test_https_sends_hsts(lab):
-    reply = https_get(lab, "/healthz")
+    reply = https_get(lab, "/")
     assert reply.status == 200
     assert reply.getheader("Strict-Transport-Security") == "max-age=63072000"
 
@@ -77,3 +77,10 @@ def test_certificate_is_ecdsa_for_the_domain_and_chains_to_the_lab_acme_root(lab
     assert "Pebble" in certificate.issuer.rfc4514_string()
     lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
     assert 89 <= lifetime.days <= 90
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/internal/shed?count=1", "/healthz?x=1"])
+def test_internals_are_not_served_through_the_public_front_end(lab, path):
+    reply = https_get(lab, path)
+    assert reply.status == 404
+    assert b"worker" not in reply.read()

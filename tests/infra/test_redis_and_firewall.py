@@ -1,6 +1,12 @@
-"""Redis behind a password on a private address; nftables loaded everywhere."""
+"""Redis behind a password on a private address, keeping history on disk; nftables loaded
+everywhere."""
 
 from __future__ import annotations
+
+import shlex
+
+from roles.redis import ADMIN_REDIS_USER
+from roles.workers import CURRENT, ENV_FILE
 
 
 def test_redis_is_active_and_enabled(on, redis_node):
@@ -21,8 +27,42 @@ def test_redis_is_bound_privately(on, redis_node, fleet):
     assert not host.socket(f"tcp://0.0.0.0:{fleet.settings.redis_port}").is_listening
 
 
+def test_redis_keeps_the_history_in_an_append_only_file(on, redis_node, fleet):
+    password = fleet.secrets(create=False)["redis_admin_password"]
+    info = on(redis_node).check_output(
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --user {ADMIN_REDIS_USER} "
+        f"-h {redis_node.address} -p {fleet.settings.redis_port} info persistence"
+    )
+    assert "aof_enabled:1" in info, info
+    assert "aof_last_write_status:ok" in info, info
+
+
+REDIS_PROBE = """
+import os, redis
+r = redis.Redis.from_url(os.environ["WSSFLEET_REDIS_URL"])
+print(r.ping())
+forbidden = (["FLUSHDB"], ["KEYS", "*"], ["CLIENT", "LIST"], ["SHUTDOWN"], ["DEL", "wssfleet:x"])
+for command in forbidden:
+    try:
+        r.execute_command(*command)
+        print("ALLOWED", command)
+    except redis.exceptions.NoPermissionError:
+        print("refused", command[0])
+"""
+
+
+def test_the_workers_redis_user_may_not_flush_list_or_kill(on, worker_node):
+    # From the worker itself, with the credentials its instances use.
+    output = on(worker_node).check_output(
+        f"set -a; . {ENV_FILE}; {CURRENT}/venv/bin/python -c {shlex.quote(REDIS_PROBE)}"
+    )
+    assert output.splitlines()[0] == "True", output
+    assert "ALLOWED" not in output, output
+    assert output.count("refused") == 5, output
+
+
 def test_firewall_rules_are_loaded_with_a_default_drop(on, any_node):
     host = on(any_node)
     ruleset = host.check_output("nft list table inet wssfleet")
     assert "hook input priority filter; policy drop;" in ruleset
-    assert host.service("nftables").is_enabled
+    assert host.service("wssfleet-firewall").is_enabled

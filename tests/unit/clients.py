@@ -27,15 +27,22 @@ def run(coroutine):
 
 
 async def open_client(
-    service, path: str = "/ws", subject: str = "alice", **options
+    service,
+    path: str = "/ws",
+    subject: str = "alice",
+    token_text: str | None = None,
+    subscribed: bool = True,
+    **options,
 ) -> ClientConnection:
+    """A client past its welcome (and, with ``subscribed``, its path channel's answer)."""
     options.setdefault("origin", ORIGIN)
     separator = "&" if "?" in path else "?"
-    ws = await connect(f"{service.url}{path}{separator}token={token(subject)}", **options)
+    credential = token_text or token(subject)
+    ws = await connect(f"{service.url}{path}{separator}token={credential}", **options)
     OPENED.append(ws)
     welcome = await receive(ws)
     assert welcome["type"] == "welcome"
-    if path.startswith("/ws/"):
+    if path.startswith("/ws/") and subscribed:
         # The path's channel is subscribed as by a subscribe frame, with the same answer.
         answer = await receive(ws)
         assert answer["type"] == "subscribed", answer

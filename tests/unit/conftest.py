@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from roles.redis import ADMIN_REDIS_USER, acl_users
 from wssfleet import auth
+from wssfleet_control.inventory import WORKER_REDIS_USER
 
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
 ORIGIN = "https://wss.example.test"
@@ -47,11 +49,13 @@ class RedisServer:
         self.directory = directory
         self.port = free_port()
         self.password = "unit-test-redis-password"
+        self.admin_password = "unit-test-redis-admin-password"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        """As the workers connect: the least-privileged user."""
+        return f"redis://{WORKER_REDIS_USER}:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -68,8 +72,12 @@ class RedisServer:
                 "yes",
                 "--appendfsync",
                 "everysec",
-                "--requirepass",
-                self.password,
+                # The users and rules a deploy gives Redis (roles/redis.py).
+                *(
+                    argument
+                    for name, rules in acl_users(self.password, self.admin_password).items()
+                    for argument in ("--user", name, *rules.split())
+                ),
                 "--dir",
                 str(self.directory),
             ],
@@ -77,11 +85,16 @@ class RedisServer:
         )
         wait_for_port(self.port)
 
-    def cli(self, *command: str) -> object:
-        """Run one Redis command as an operator would."""
+    def cli(self, *command: str, as_worker: bool = False) -> object:
+        """Run one Redis command as the operator (or as a worker would)."""
         import redis
 
-        with redis.Redis(port=self.port, password=self.password) as client:
+        user, password = (
+            (WORKER_REDIS_USER, self.password)
+            if as_worker
+            else (ADMIN_REDIS_USER, self.admin_password)
+        )
+        with redis.Redis(port=self.port, username=user, password=password) as client:
             return client.execute_command(*command)
 
     def stop(self) -> None:
@@ -155,5 +168,6 @@ def start_service(tmp_path: Path) -> Iterator:
         service.stop()
 
 
-def token(subject: str = "alice", ttl: int = 300) -> str:
-    return auth.mint(SECRET, subject, ttl)
+def token(subject: str = "alice", ttl: int = 300, channels: tuple[str, ...] = ("*",)) -> str:
+    """A token for every channel unless ``channels`` says otherwise."""
+    return auth.mint(SECRET, subject, ttl, subscribe=channels, publish=channels)

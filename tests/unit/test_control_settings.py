@@ -65,7 +65,7 @@ def test_a_valid_inventory_puts_redis_on_the_master():
     fleet = from_groups(groups())
     assert fleet.redis.name == "m"
     assert fleet.roles_of("m") == ["master", "redis"]
-    assert fleet.redis_url("pw") == "redis://:pw@127.0.0.10:6379/0"
+    assert fleet.redis_url("p/w") == "redis://wssfleet:p%2Fw@127.0.0.10:6379/0"
 
 
 @pytest.mark.parametrize(
@@ -159,13 +159,14 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
     assert "timeout tunnel 1h" in config.read_text()
 
 
-def test_rendered_firewall_passes_nft_check(tmp_path):
-    ruleset = tmp_path / "nftables.conf"
+def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path):
+    ruleset = tmp_path / "wssfleet.nft"
     ruleset.write_text(
         render(
             "firewall",
-            "nftables.conf.j2",
+            "wssfleet.nft.j2",
             settings=resolve(PEBBLE),
+            ssh_port=2222,
             is_master=True,
             is_redis=True,
             worker_addresses=["127.0.0.11", "127.0.0.12"],
@@ -175,6 +176,16 @@ def test_rendered_firewall_passes_nft_check(tmp_path):
     )
     result = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    text = ruleset.read_text()
+    assert "tcp dport 2222 accept" in text and "dport 22 " not in text
+    statements = [line.split()[0] for line in text.splitlines() if line and line[0].isalpha()]
+    # Only wssfleet's own table is declared, deleted and defined: no flush of the ruleset.
+    assert "flush" not in statements
+    assert {line for line in text.splitlines() if line.startswith(("table", "delete"))} == {
+        "table inet wssfleet",
+        "delete table inet wssfleet",
+        "table inet wssfleet {",
+    }
 
 
 def test_settings_table_documents_every_setting():
@@ -225,7 +236,26 @@ def test_token_command_signs_with_the_deployments_secret(tmp_path):
     assert secrets.path_for(inventory).stat().st_mode & 0o777 == 0o600
     result = wssfleet("token", "-i", str(inventory), "--sub", "ops", "--ttl", "60")
     assert result.returncode == 0, result.stderr
-    assert auth.verify(stored["jwt_secret"], result.stdout.strip()) == "ops"
+    assert auth.verify(stored["jwt_secret"], result.stdout.strip()) == auth.Grant("ops")
+    limited = wssfleet(
+        "token",
+        "-i",
+        str(inventory),
+        "--sub",
+        "ops",
+        "--subscribe",
+        "user.ops.*",
+        "--subscribe",
+        "lobby",
+        "--publish",
+        "lobby",
+    )
+    assert limited.returncode == 0, limited.stderr
+    grant = auth.verify(stored["jwt_secret"], limited.stdout.strip())
+    assert grant == auth.Grant("ops", subscribe=("user.ops.*", "lobby"), publish=("lobby",))
+    bad = wssfleet("token", "-i", str(inventory), "--sub", "ops", "--publish", "a b")
+    assert bad.returncode == 2
+    assert "'a b': a channel pattern is 1-64 characters" in bad.stderr
 
 
 def test_a_bad_memory_size_names_the_setting():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 from websockets.asyncio.client import ClientConnection
 
 from tests.unit.clients import (
@@ -335,3 +336,28 @@ def test_a_flushed_history_starts_a_new_epoch_and_old_offsets_are_not_recovered(
         assert (answer["recovered"], answer["offset"]) == (False, new)
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("FLUSHDB",),
+        ("FLUSHALL",),
+        ("KEYS", "*"),
+        ("CLIENT", "LIST"),
+        ("CLIENT", "KILL", "TYPE", "normal"),
+        ("SHUTDOWN", "NOSAVE"),
+        ("CONFIG", "GET", "*"),
+        ("DEL", "wssfleet:history:room"),
+        ("XTRIM", "wssfleet:history:room", "MAXLEN", "0"),
+        ("EVAL", "return 1", "0"),
+        ("GET", "someone-elses:key"),
+        ("SET", "someone-elses:key", "x"),
+        ("PUBLISH", "someone-elses-channel", "x"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_the_workers_redis_user_may_do_nothing_but_the_message_plane(redis_server, command):
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis_server.cli(*command, as_worker=True)
+    assert redis_server.cli("PING", as_worker=True)

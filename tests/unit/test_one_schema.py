@@ -72,7 +72,7 @@ def test_the_environment_file_reads_back_as_the_config_the_deploy_meant(override
     read = service_settings.load({**read_environment_file(rendered), "WSSFLEET_PORT": "8001"})
     assert read == meant.model_copy(update={"port": 8001})
     assert read.allowed_origins == deployment.settings.origins
-    assert read.redis_url == "redis://:pw@127.0.0.10:6379/0"
+    assert read.redis_url == "redis://wssfleet:pw@127.0.0.10:6379/0"
     assert read.ping_timeout == deployment.settings.ping_timeout
 
 

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import jwt
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -303,7 +304,13 @@ def test_bad_token_is_refused_401_before_the_upgrade(start_service, query):
 
 def test_refusals_are_logged_with_a_reason_but_never_the_token(start_service):
     service = start_service()
-    forged = auth.mint("another-secret-of-sufficient-length-0123456789", "mallory", 300)
+    # Signed with another key, under the real key's id.
+    forged = jwt.encode(
+        {"sub": "mallory", "exp": int(time.time()) + 300},
+        "another-secret-of-sufficient-length-0123456789",
+        algorithm="HS256",
+        headers={"kid": auth.key_id(SECRET)},
+    )
     refusal(service, f"/ws?token={forged}", origin=ORIGIN)
     service.stop()
     lines = [json.loads(line) for line in service.log.read_text().splitlines()]

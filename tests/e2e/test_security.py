@@ -1,0 +1,190 @@
+"""Least privilege in the lab: the firewall owns only its own table and follows the inventory's
+SSH port; a rotated signing key keeps old tokens working through the overlap and is refused
+after it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.e2e.conftest import run
+from tests.lab_fleet import (
+    LAB_INVENTORY,
+    REPO,
+    changed,
+    deploy,
+    derived_inventory,
+    edited,
+    wssfleet,
+)
+from wssfleet import auth
+from wssfleet_control import inventory, secrets
+
+pytestmark = pytest.mark.timeout(400)
+
+SSH_PORT = 2222
+LIVE_CERTIFICATE = "/etc/letsencrypt/live/wssfleet/cert.pem"
+
+
+def ssh(config: Path, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", "-F", str(config), host, command], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_the_firewall_keeps_other_tables_and_the_inventorys_ssh_port(lab, tmp_path):
+    worker = lab.fleet.workers[-1].name
+    # A second sshd on the new port, as an operator moving SSH would start one.
+    started = lab.on(worker, f"/usr/sbin/sshd -p {SSH_PORT} -o PidFile=/run/sshd-{SSH_PORT}.pid")
+    assert started.returncode == 0, started.stderr
+    foreign_table = (
+        "nft add table inet operator && nft add set inet operator kept '{ type ipv4_addr; }'"
+    )
+    assert lab.on(worker, foreign_table).returncode == 0
+    moved = tmp_path / "moved_ssh.py"
+    moved.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
+        f"workers = [(n, {{**d, 'ssh_port': {SSH_PORT}}}) if n == {worker!r} else (n, d)\n"
+        "           for n, d in _lab['workers']]\n"
+        "master, redis, all = _lab['master'], _lab['redis'], _lab['all']\n"
+    )
+    config = tmp_path / "ssh_config"
+    config.write_text(inventory.load(moved).ssh_config())
+    try:
+        code, _, log = deploy(moved)
+        assert code == 0, log[-3000:]
+        # The deploy reached the host on the new port and opened it in the firewall...
+        ruleset = ssh(config, worker, "nft list table inet wssfleet")
+        assert ruleset.returncode == 0, ruleset.stderr
+        assert f"tcp dport {SSH_PORT} accept" in ruleset.stdout
+        # ...and left the operator's table alone.
+        foreign = ssh(config, worker, "nft list table inet operator")
+        assert foreign.returncode == 0 and "set kept" in foreign.stdout, foreign.stderr
+        again, _, log = deploy(moved)
+        assert again == 0, log[-3000:]
+        # nftables.service's own config flushes everything when it restarts; the table
+        # comes back with it.
+        restarted = ssh(config, worker, "systemctl restart nftables && nft list tables")
+        assert "table inet wssfleet" in restarted.stdout, restarted.stdout + restarted.stderr
+    finally:
+        # Back to port 22: drop wssfleet's table over the port that is open, then deploy.
+        ssh(config, worker, "nft delete table inet wssfleet; nft delete table inet operator")
+        ssh(config, worker, f"kill $(cat /run/sshd-{SSH_PORT}.pid)")
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+
+
+def test_a_rotated_key_keeps_old_tokens_through_the_overlap_and_refuses_them_after(lab, tmp_path):
+    overlap = 45
+    own = derived_inventory(tmp_path, own_secrets=True, token_max_ttl=overlap)
+    try:
+        code, _, log = deploy(own)
+        assert code == 0, log[-3000:]
+        old_key = secrets.load(own, create=False)["jwt_secret"]
+        old_token = auth.mint(old_key, "before", overlap, subscribe=["*"], publish=["*"])
+        rotation = wssfleet("rotate-secret", "-i", str(own), "--json")
+        assert rotation.returncode == 0, rotation.stdout[-2000:] + rotation.stderr[-2000:]
+        assert json.loads(rotation.stdout)["ok"]
+        stored = secrets.load(own, create=False)
+        assert stored["jwt_secret"] != old_key and stored["jwt_previous_secret"] == old_key
+        new_token = auth.mint(stored["jwt_secret"], "after", 60, subscribe=["*"])
+        assert connects(lab, old_token) and connects(lab, new_token)
+        again = wssfleet("rotate-secret", "-i", str(own))
+        assert again.returncode == 2 and "still accepted until" in again.stderr
+        time.sleep(max(0.0, int(stored["jwt_previous_until"]) - time.time() + 1))
+        # The overlap is over: the next deploy drops the old key everywhere.
+        code, _, log = deploy(own)
+        assert code == 0, log[-3000:]
+        assert "jwt_previous_secret" not in secrets.load(own, create=False)
+        # A token the old key signs now (an attacker holding it) is refused for its key.
+        late = auth.mint(old_key, "late", overlap, subscribe=["*"])
+        assert refused_status(lab, late) == 401
+        environment = lab.on(lab.fleet.workers[0].name, "cat /etc/wssfleet/wssfleet.env").stdout
+        assert 'WSSFLEET_JWT_PREVIOUS_SECRET=""' in environment.splitlines()
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+
+
+def connects(lab, token: str) -> bool:
+    async def attempt():
+        ws = await lab.connect_with_token(token)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        await ws.close()
+        return welcome["type"] == "welcome"
+
+    return run(attempt())
+
+
+def refused_status(lab, token: str) -> int:
+    async def attempt():
+        with pytest.raises(InvalidStatus) as refused:
+            await lab.connect_with_token(token)
+        return refused.value.response.status_code
+
+    return run(attempt())
+
+
+def test_a_deploy_after_a_failed_certbot_run_asks_for_the_new_names(lab, tmp_path):
+    master = lab.fleet.master.name
+    extra_name = f"again.{lab.domain}"
+    more_names = derived_inventory(tmp_path, extra_domains=[extra_name])
+    # certbot fails once, after the deploy has decided to ask for the new name.
+    broken = lab.on(
+        master,
+        "mv /usr/bin/certbot /usr/bin/certbot.real && "
+        "printf '#!/bin/sh\\necho certbot broken by the test >&2\\nexit 1\\n' > /usr/bin/certbot "
+        "&& chmod 755 /usr/bin/certbot",
+    )
+    assert broken.returncode == 0, broken.stderr
+    try:
+        code, _, log = deploy(more_names)
+        assert code != 0 and "certbot broken by the test" in log, log[-3000:]
+    finally:
+        lab.on(master, "mv /usr/bin/certbot.real /usr/bin/certbot")
+    try:
+        code, _, log = deploy(more_names)
+        assert code == 0, log[-3000:]
+        names = lab.on(master, f"openssl x509 -in {LIVE_CERTIFICATE} -noout -ext subjectAltName")
+        assert f"DNS:{extra_name}" in names.stdout, names.stdout + names.stderr
+        # Now that the certificate has the names, a deploy leaves it alone.
+        code, report, log = deploy(more_names)
+        assert code == 0, log[-3000:]
+        assert [name for name, _ in changed(report) if "certificate" in name] == []
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+
+
+def test_a_deploy_after_a_failed_install_installs_and_rolls_out_the_release(lab):
+    worker = lab.fleet.workers[0].name
+    # pip fails on this worker once: its global config demands hashes the install has not.
+    broken = lab.on(worker, "printf '[install]\\nrequire-hashes = true\\n' > /etc/pip.conf")
+    assert broken.returncode == 0, broken.stderr
+    release_file = REPO / "service/wssfleet/__init__.py"
+    try:
+        version = '__version__ = "0.1.0"'
+        with edited(release_file, version, f"{version}  # a release made by test_security"):
+            try:
+                code, report, log = deploy()
+                assert code != 0, "the deploy succeeded although pip could not install"
+                assert "require-hashes" in log or "Hashes are required" in log, log[-3000:]
+            finally:
+                lab.on(worker, "rm -f /etc/pip.conf")
+            code, report, log = deploy()
+            assert code == 0, log[-3000:]
+            release = report["release"]
+            installed = [n for n, host in changed(report) if n.endswith(f"{release} is installed")]
+            assert installed, "the second deploy did not install the release"
+            running = lab.on(worker, "readlink /opt/wssfleet/current").stdout.strip()
+            assert running.endswith(release), running
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
