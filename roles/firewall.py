@@ -45,7 +45,8 @@ def apply(fleet: Fleet, service_ports: list[int]) -> None:
     + service_ports: the service ports this host opens to the master (workers only)
     """
     roles = fleet.roles_of(host.name)
-    files.directory(name="Ensure /etc/wssfleet exists", path="/etc/wssfleet", mode="755")
+    # Only its existence: the workers role makes it private to the service's group.
+    files.directory(name="Ensure /etc/wssfleet exists", path="/etc/wssfleet")
     candidate = files.template(
         name="Ensure the candidate nftables table is rendered",
         src=template("firewall", "wssfleet.nft.j2"),

@@ -57,6 +57,8 @@ def test_the_firewall_keeps_other_tables_and_the_inventorys_ssh_port(lab, tmp_pa
     )
     config = tmp_path / "ssh_config"
     config.write_text(inventory.load(moved).ssh_config())
+    # As on a new host whose SSH listens on 2222: no wssfleet table yet.
+    assert lab.on(worker, "nft delete table inet wssfleet").returncode == 0
     try:
         code, _, log = deploy(moved)
         assert code == 0, log[-3000:]
@@ -67,11 +69,19 @@ def test_the_firewall_keeps_other_tables_and_the_inventorys_ssh_port(lab, tmp_pa
         # ...and left the operator's table alone.
         foreign = ssh(config, worker, "nft list table inet operator")
         assert foreign.returncode == 0 and "set kept" in foreign.stdout, foreign.stderr
+        # Reachable after the deploy: the next one gets in the same way.
         again, _, log = deploy(moved)
         assert again == 0, log[-3000:]
         # nftables.service's own config flushes everything when it restarts; the table
         # comes back with it.
-        restarted = ssh(config, worker, "systemctl restart nftables && nft list tables")
+        # (systemctl waits for nftables' own job; ours follows it.)
+        restarted = ssh(
+            config,
+            worker,
+            "systemctl restart nftables && for i in $(seq 50); do "
+            "nft list table inet wssfleet >/dev/null 2>&1 && break; sleep 0.1; done; "
+            "nft list tables",
+        )
         assert "table inet wssfleet" in restarted.stdout, restarted.stdout + restarted.stderr
     finally:
         # Back to port 22: drop wssfleet's table over the port that is open, then deploy.
@@ -94,7 +104,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_and_refuses_them_aft
         assert json.loads(rotation.stdout)["ok"]
         stored = secrets.load(own, create=False)
         assert stored["jwt_secret"] != old_key and stored["jwt_previous_secret"] == old_key
-        new_token = auth.mint(stored["jwt_secret"], "after", 60, subscribe=["*"])
+        new_token = auth.mint(stored["jwt_secret"], "after", overlap, subscribe=["*"])
         assert connects(lab, old_token) and connects(lab, new_token)
         again = wssfleet("rotate-secret", "-i", str(own))
         assert again.returncode == 2 and "still accepted until" in again.stderr
