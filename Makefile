@@ -48,8 +48,8 @@ $(VENV_STAMP): pyproject.toml service/pyproject.toml
 deploy: tools ## deploy the fleet (the lab first when INVENTORY is the lab, the default)
 	@$(WSSFLEET) deploy -i $(INVENTORY)
 
-plan: tools ## dry run: what a deploy would change, on which host; changes nothing
-	@$(WSSFLEET) plan -i $(INVENTORY)
+plan: tools ## dry run: what a deploy would change, on which host; changes nothing (DIFF=1: how)
+	@$(WSSFLEET) plan -i $(INVENTORY) $(if $(DIFF),--diff)
 
 rollback: tools ## every instance back onto the release it ran before, drained one at a time
 	@$(WSSFLEET) rollback -i $(INVENTORY)

@@ -4,12 +4,16 @@ deploy.py calls them by the host's inventory groups. Every setting a role reads,
 default, is documented in wssfleet_control/settings.py (README, 'Settings').
 """
 
+import hashlib
+from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api.util import get_template
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import Command
-from pyinfra.operations import server
+from pyinfra.operations import files, server
 
 from wssfleet_control.run import current_run, quote
 
@@ -45,3 +49,25 @@ def activate_candidate(name: str, candidate, candidate_path: str, commands: list
         commands=[*commands, f"install -D -m 600 {quote(candidate_path)} {quote(loaded)}"],
         _if=None if pending else candidate.did_change,
     )
+
+
+@operation()
+def secret_template(src: str, dest: str, user: str, group: str, mode: str, **data):
+    """
+    Render a template that holds secrets onto the host; uploaded when its SHA-256 differs.
+    Unlike ``files.template`` it never shows the contents: ``pyinfra --diff`` would print them.
+
+    + src: the template
+    + dest: the file on the host
+    + user, group, mode: its owner and permissions
+    """
+    content = get_template(src).render(data).encode()
+    if host.get_fact(Sha256File, path=dest) != hashlib.sha256(content).hexdigest():
+        yield FileUploadCommand(
+            BytesIO(content), dest, remote_temp_filename=host.get_temp_filename(dest)
+        )
+        # The upload comes with the temporary file's permissions: set ours at once.
+        yield StringCommand("chown", f"{user}:{group}", dest)
+        yield StringCommand("chmod", mode, dest)
+    else:
+        yield from files.file._inner(path=dest, user=user, group=group, mode=mode)

@@ -14,7 +14,7 @@ from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import HELPERS, HOSTSIDE, open_files_limit, template
+from roles import HELPERS, HOSTSIDE, open_files_limit, secret_template, template
 from wssfleet.settings import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
 from wssfleet_control.inventory import Fleet, Node
@@ -113,8 +113,8 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     )
     _install_release(run)
     environment = service_config(run, node).environment(exclude=PER_INSTANCE)
-    files.template(
-        name="Ensure the service's environment file is current",
+    secret_template(
+        name="Ensure the service's environment file is current (contents withheld: secrets)",
         src=template("workers", "wssfleet.env.j2"),
         dest=ENV_FILE,
         user="root",

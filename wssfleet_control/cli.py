@@ -56,13 +56,13 @@ def ensure_lab(inventory_path: str) -> None:
             raise Failure(f"lab: {error}") from None
 
 
-def open_session(inventory_path: str, quiet: bool = False):
+def open_session(inventory_path: str, quiet: bool = False, diff: bool = False):
     from wssfleet_control.engine import Session
 
     if not Path(inventory_path).is_file():
         raise click.UsageError(f"inventory {inventory_path} does not exist")
     try:
-        return Session(inventory_path, quiet=quiet)
+        return Session(inventory_path, quiet=quiet, diff=diff)
     except SettingsError as error:
         raise click.UsageError(f"{inventory_path}: {error}") from None
 
@@ -197,13 +197,14 @@ def ready(inventory_path: str, worker_name: str) -> None:
 @main.command()
 @inventory_option
 @json_option
-def plan(inventory_path: str, as_json: bool) -> None:
+@click.option("--diff", is_flag=True, help="show how each file would change (secrets withheld)")
+def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
     """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
     from wssfleet_control import rollout
 
     if is_lab(inventory_path) and not (REPO / ".lab" / "lab.json").exists():
         raise Failure("the lab is down: `make lab-up` (a plan starts nothing)")
-    session = open_session(inventory_path, quiet=as_json)
+    session = open_session(inventory_path, quiet=as_json, diff=diff)
     run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
     try:

@@ -42,7 +42,9 @@ class Result:
 class Session:
     """A connected pyinfra State for one inventory."""
 
-    def __init__(self, inventory_path: str | os.PathLike[str], quiet: bool = False) -> None:
+    def __init__(
+        self, inventory_path: str | os.PathLike[str], quiet: bool = False, diff: bool = False
+    ) -> None:
         setup_logging(logging.WARNING if quiet else logging.INFO)
         # As in pyinfra's CLI: an operation is identified by where deploy.py calls it, so
         # the same call on several hosts is one operation.
@@ -51,7 +53,9 @@ class Session:
         self.state = State(check_for_changes=True)
         self.state.cwd = str(REPO)
         ctx_state.set(self.state)
-        config = Config()
+        # With diff, file operations print how each file would change (secret files excepted:
+        # roles.secret_template withholds them).
+        config = Config(DIFF=diff)
         ctx_config.set(config)
         inventory = make_inventory(self.inventory_path, cwd=str(REPO))
         ctx_inventory.set(inventory)

@@ -62,6 +62,23 @@ def test_plan_shows_the_change_without_making_it(lab, tmp_path):
     assert haproxy_state(lab) == before
 
 
+def test_plan_diff_shows_how_files_change_but_never_a_secret(lab, tmp_path):
+    changed_settings = derived_inventory(
+        tmp_path, haproxy_timeout_tunnel="2h", messages_per_second=61
+    )
+    result = wssfleet("plan", "-i", str(changed_settings), "--diff")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    # The diff is there for ordinary files...
+    assert "timeout tunnel 2h" in output, output[-3000:]
+    # ...and the environment file, which changes too, is named without its contents.
+    assert "environment file is current (contents withheld: secrets)" in output
+    assert "WSSFLEET_MESSAGES_PER_SECOND" not in output
+    stored = lab.fleet.secrets(create=False)
+    for name, secret in stored.items():
+        assert secret not in output, f"plan --diff printed {name}"
+
+
 async def open_echoing_socket(lab):
     ws = await lab.connect()
     await asyncio.wait_for(ws.recv(), 10)

@@ -71,7 +71,10 @@ def test_plan_changes_nothing_on_the_control_machine_or_the_hosts(lab, tmp_path)
         ).stdout.split()
         assert touched == [], f"the plan changed {touched} on {node.name}"
     # What the plan says instead: new secrets would change every worker's environment file.
-    environment = "WebSocket service | Ensure the service's environment file is current"
+    environment = (
+        "WebSocket service | Ensure the service's environment file is current "
+        "(contents withheld: secrets)"
+    )
     assert {host for name, host in with_status(report, "will change") if name == environment} == {
         worker.name for worker in lab.fleet.workers
     }
