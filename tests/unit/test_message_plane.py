@@ -361,3 +361,25 @@ def test_the_workers_redis_user_may_do_nothing_but_the_message_plane(redis_serve
     with pytest.raises(redis.exceptions.NoPermissionError):
         redis_server.cli(*command, as_worker=True)
     assert redis_server.cli("PING", as_worker=True)
+
+
+def test_a_process_that_finds_its_history_gone_after_an_outage_says_so(start_service, redis_server):
+    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        publisher = await open_client(first, subject="pub")
+        listener = await open_client(second, "/ws/room", subject="listener")
+        await publish(publisher, "before", "m1")
+        assert (await message(listener))["data"] == "before"
+        # The listener's process loses its bus connection while the history is flushed.
+        await asyncio.to_thread(redis_server.cli, "FLUSHDB")
+        await asyncio.to_thread(redis_server.cli, "CLIENT", "KILL", "TYPE", "pubsub")
+        notice = await receive(listener, timeout=10)
+        assert (notice["type"], notice["recovered"]) == ("subscribed", False), notice
+        # Live delivery goes on from the new history.
+        await publish(publisher, "after", "m2")
+        assert (await message(listener))["data"] == "after"
+
+    run(scenario())
