@@ -74,6 +74,9 @@ class Client:
         self.channels: set[str] = set()
         # Channels being recovered: their live messages wait here until history is sent.
         self.pending: dict[str, list[tuple[str, str]]] = {}
+        # After a recovery, the last offset sent per channel: the same message may still come
+        # live (pub/sub can lag the history read), and is not sent twice.
+        self.sent_up_to: dict[str, str] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue(config.send_queue_messages)
         self.overflowed = False
         self.closing: asyncio.Task[None] | None = None
@@ -192,6 +195,9 @@ class Hub:
         for offset, frame in pending:
             if is_after(offset, last):
                 client.offer(frame)
+                last = offset
+        if is_after(last, feed.offset):
+            client.sent_up_to[channel] = last
 
     async def _history(self, channel: str, since: str | None) -> History:
         """The channel's history after ``since``, once messages of the channel reach this
@@ -206,6 +212,7 @@ class Hub:
     def leave(self, client: Client, channel: str) -> None:
         client.channels.discard(channel)
         client.pending.pop(channel, None)
+        client.sent_up_to.pop(channel, None)
         feed = self.feeds.get(channel)
         if feed is not None:
             feed.members.discard(client)
@@ -256,6 +263,13 @@ class Hub:
             pending = client.pending.get(channel)
             if pending is not None:
                 pending.append((offset, frame))
+            elif client.sent_up_to:
+                sent = client.sent_up_to.get(channel)
+                if sent is not None:
+                    if not is_after(offset, sent):
+                        continue
+                    del client.sent_up_to[channel]
+                client.offer(frame)
             else:
                 client.offer(frame)
 
