@@ -110,7 +110,10 @@ def test_a_rolling_release_drops_no_handshake_and_strands_no_client(lab, tmp_pat
         assert crowd.longest_offline(until) <= 3.0
         # What each instance did, from its own log: it drained every client it had (it may
         # have gained some from earlier drains) and never closed more than its share of them
-        # in any second. What the clients saw agrees, within delivery jitter.
+        # in any second. What the clients saw agrees, within jitter: their timestamps come
+        # from one Python process running 1,000 TLS clients on the same two cores, which can
+        # stall and see a second's closes late and bunched (once 54 against a bound of 35,
+        # while the instance's own log said 34). A herd would be all ~330 at once.
         assert sorted(drains) == sorted(before), drains
         for worker, count in before.items():
             drained = drains[worker]
@@ -118,7 +121,7 @@ def test_a_rolling_release_drops_no_handshake_and_strands_no_client(lab, tmp_pat
             bound = drain_bound(drained["clients"], drain_seconds)
             assert drained["busiest_second"] <= bound, (worker, drained)
             seen = [moment for moment, _, closed_by in closes if closed_by == worker]
-            assert busiest_second(seen) <= bound + 3, (worker, busiest_second(seen))
+            assert busiest_second(seen) <= 2 * bound, (worker, busiest_second(seen))
     finally:
         code, _, log = deploy()
         assert code == 0, log[-3000:]
