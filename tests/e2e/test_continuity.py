@@ -269,8 +269,10 @@ def test_after_an_instance_restarts_the_fleet_evens_out_within_2_minutes(lab, so
     )
     assert uneven > 0.2, "the restart never unbalanced the fleet: the test tested nothing"
     assert took < 120, f"not even after 2 minutes: {where}"
-    # What clients saw: at most the rate, give or take the delivery jitter of this machine.
-    assert busiest_second(moved) <= rate + 2
+    # What clients saw: the rate, give or take what their one Python process on the same two
+    # cores adds when it stalls and sees a second's closes late and bunched (once 27 against
+    # a rate of 20, with other work on the machine). A herd would be hundreds at once.
+    assert busiest_second(moved) <= 2 * rate
 
 
 def test_an_unavoidable_reload_moves_websockets_to_the_new_process_gradually(
