@@ -16,6 +16,9 @@ ARTIFACTS := artifacts
 HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-server haproxy \
 	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv
 HOST_STAMP := build/.host-packages
+# Prometheus's promtool, unpacked from Debian's package without installing it (which would
+# start a Prometheus here): the unit tests check the rendered config and test the alert rules.
+PROMTOOL := build/prometheus/usr/bin/promtool
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
@@ -24,7 +27,15 @@ VENV_STAMP := $(VENV)/.installed
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: $(HOST_STAMP) $(VENV_STAMP) ## install Debian packages and the virtualenv
+tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) ## install Debian packages and the virtualenv
+
+$(PROMTOOL): | $(HOST_STAMP)
+	@echo "==> unpacking promtool from Debian's prometheus package"
+	@rm -rf build/prometheus build/prometheus-deb && mkdir -p build/prometheus-deb
+	@cd build/prometheus-deb && { apt-get download -q prometheus >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; }
+	@dpkg-deb -x build/prometheus-deb/prometheus_*.deb build/prometheus && rm -r build/prometheus-deb
+	@$(PROMTOOL) --version >/dev/null
 
 $(HOST_STAMP): Makefile
 	@missing=$$(for p in $(HOST_PACKAGES); do \

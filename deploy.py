@@ -8,7 +8,7 @@ one instance at a time, each verified before the next.
 
 from pyinfra import host, inventory
 
-from roles import base, certificates, firewall, haproxy, redis, workers
+from roles import base, certificates, firewall, haproxy, monitoring, redis, workers
 from wssfleet_control.run import current_run
 
 run = current_run()
@@ -17,18 +17,49 @@ roles = fleet.roles_of(host.name)
 node = next(node for node in fleet.nodes if node.name == host.name)
 service_ports = workers.ports(fleet, host) if "worker" in roles else []
 
-base.apply()
-firewall.apply(fleet, service_ports)
-if "redis" in roles:
-    redis.apply(fleet, run.secrets["redis_password"], run.secrets["redis_admin_password"])
-if "worker" in roles:
-    workers.apply(run, node, service_ports)
-if "master" in roles:
-    backends = [
-        haproxy.Backend(haproxy.server_name(worker.name, port), worker.address, port)
+
+def every_instance() -> list[tuple[str, str, int]]:
+    """(worker, address, port) of every service process in the fleet."""
+    return [
+        (worker.name, worker.address, port)
         for worker in fleet.workers
         for port in workers.ports(fleet, inventory.get_host(worker.name))
     ]
+
+
+base.apply()
+firewall.apply(fleet, service_ports)
+monitoring.node_exporter(node)
+if "redis" in roles:
+    redis.apply(
+        fleet,
+        run.secrets["redis_password"],
+        run.secrets["redis_admin_password"],
+        run.secrets["redis_monitor_password"],
+    )
+    monitoring.redis_exporter(fleet, run.secrets["redis_monitor_password"])
+if "worker" in roles:
+    workers.apply(run, node, service_ports)
+if "master" in roles:
     haproxy.check_open_files(fleet.settings.haproxy_maxconn)
-    haproxy.apply(fleet, backends)
+    haproxy.apply(
+        fleet,
+        [
+            haproxy.Backend(haproxy.server_name(name, port), address, port)
+            for name, address, port in every_instance()
+        ],
+    )
     certificates.apply(fleet)
+if "monitoring" in roles:
+    monitoring.prometheus(
+        fleet,
+        [
+            monitoring.ScrapedInstance(
+                host=name,
+                address=address,
+                metrics_port=port + fleet.settings.metrics_port_offset,
+                server=haproxy.server_name(name, port),
+            )
+            for name, address, port in every_instance()
+        ],
+    )

@@ -25,6 +25,8 @@ workers = [
 ]
 # Redis runs on the master unless you name another host here.
 redis = ["lb1"]
+# Prometheus (and its alert rules) runs on the master unless you name another host here.
+monitoring = ["lb1"]
 
 all = (
     ["lb1", "ws1", "ws2"],

@@ -9,11 +9,13 @@ import zlib
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import template
+from roles import HELPERS, HOSTSIDE, template
 from roles.haproxy import RUNTIME
+from roles.monitoring import TEXTFILE_DIRECTORY
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.run import quote
 
@@ -22,6 +24,9 @@ LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
 HOOK = "/usr/local/lib/wssfleet/haproxy-deploy-hook"
 RENEW = "/usr/local/sbin/wssfleet-renew"
 CA_BUNDLE = "/etc/wssfleet/acme-ca.pem"
+# Writes the certificate's metrics for node_exporter (wssfleet_control/hostside/).
+METRICS = f"{HELPERS}/certificate_metrics.py"
+METRICS_FILE = f"{TEXTFILE_DIRECTORY}/wssfleet_certificate.prom"
 # Where wssfleet 0.2 recorded its request; certificates are now judged by themselves.
 REQUEST = "/etc/wssfleet/certificate-request"
 
@@ -52,6 +57,12 @@ def apply(fleet: Fleet) -> None:
             mode="644",
         )
     ca_bundle = CA_BUNDLE if settings.acme_ca_bundle else ""
+    files.put(
+        name="Ensure the certificate metrics writer is installed",
+        src=str(HOSTSIDE / "certificate_metrics.py"),
+        dest=METRICS,
+        mode="755",
+    )
     files.template(
         name="Ensure the HAProxy deploy hook is installed",
         src=template("certificates", "haproxy-deploy-hook.j2"),
@@ -59,6 +70,7 @@ def apply(fleet: Fleet) -> None:
         mode="755",
         runtime=RUNTIME,
         lineage=LINEAGE,
+        metrics=METRICS,
     )
     files.template(
         name="Ensure the renewal script is installed",
@@ -67,6 +79,7 @@ def apply(fleet: Fleet) -> None:
         mode="755",
         ca_bundle=ca_bundle,
         cert_name=CERT_NAME,
+        metrics=METRICS,
     )
     files.template(
         name="Ensure cron renews certificates twice a day",
@@ -88,6 +101,12 @@ def apply(fleet: Fleet) -> None:
             commands=[_certonly(fleet, ca_bundle)],
         )
     files.file(name="Ensure the old request record is gone", path=REQUEST, present=False)
+    if not host.get_fact(File, path=METRICS_FILE):
+        # Certificates from before the metrics existed (the hook writes them from now on).
+        server.shell(
+            name="Ensure the certificate's metrics are written",
+            commands=[f"python3 {METRICS} refresh"],
+        )
 
 
 def _issued() -> tuple[list[str], str] | None:

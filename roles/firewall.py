@@ -1,5 +1,6 @@
 """nftables on every host: SSH (on the inventory's ssh_port), the master's 80/443, Redis from
-the workers, service ports from the master; everything else dropped. wssfleet owns one table,
+the workers, service ports from the master, metrics ports from the monitoring host; everything
+else dropped. wssfleet owns one table,
 ``inet wssfleet``, loaded by its own unit; it never flushes the ruleset, so other tables stay.
 The candidate table is checked with ``nft -c`` before it replaces the live one."""
 
@@ -12,6 +13,7 @@ from pyinfra.operations import files, systemd
 
 from roles import activate_candidate, template
 from wssfleet_control.inventory import Fleet
+from wssfleet_control.settings import HAPROXY_METRICS_PORT, NODE_EXPORTER_PORT, REDIS_EXPORTER_PORT
 
 LIVE = "/etc/wssfleet/firewall.nft"
 CANDIDATE = "/etc/wssfleet/firewall.nft.candidate"
@@ -59,6 +61,8 @@ def apply(fleet: Fleet, service_ports: list[int]) -> None:
         worker_addresses=[worker.address for worker in fleet.workers],
         master_address=fleet.master.address,
         service_ports=service_ports,
+        monitoring_address=fleet.monitoring.address,
+        metrics_ports=metrics_ports(fleet, roles, service_ports),
     )
     activate_candidate(
         "Ensure the validated nftables table is live",
@@ -91,3 +95,14 @@ def apply(fleet: Fleet, service_ports: list[int]) -> None:
             dest=HOST_CONFIG,
             mode="755",
         )
+
+
+def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> list[int]:
+    """The ports this host opens to the monitoring host: its exporters' and, on a worker,
+    each service process's metrics port."""
+    ports = [NODE_EXPORTER_PORT]
+    if "master" in roles:
+        ports.append(HAPROXY_METRICS_PORT)
+    if "redis" in roles:
+        ports.append(REDIS_EXPORTER_PORT)
+    return ports + [port + fleet.settings.metrics_port_offset for port in service_ports]

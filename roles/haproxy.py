@@ -14,7 +14,7 @@ from pyinfra.operations import apt, files, server, systemd
 from roles import HELPERS, HOSTSIDE, activate_candidate, open_files_limit, template
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.run import quote
-from wssfleet_control.settings import SettingsError
+from wssfleet_control.settings import HAPROXY_METRICS_PORT, SettingsError
 
 LIVE = "/etc/haproxy/haproxy.cfg"
 CANDIDATE = "/etc/haproxy/haproxy.cfg.wssfleet-candidate"
@@ -99,6 +99,8 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         settings=fleet.settings,
         servers=backends,
         certificate=CERTIFICATE,
+        metrics_address=fleet.master.address,
+        metrics_port=HAPROXY_METRICS_PORT,
     )
     activate_candidate(
         "Ensure the validated HAProxy config is live (servers changed at runtime, else reloaded)",

@@ -10,6 +10,7 @@ from roles import template
 from wssfleet_control.inventory import WORKER_REDIS_USER, Fleet
 
 ADMIN_REDIS_USER = "wssfleet-admin"
+MONITOR_REDIS_USER = "wssfleet-monitor"
 # Everything the message plane does (wssfleet/broker.py, its Lua scripts included: Redis
 # checks the commands a script calls against the caller's user), and nothing else: no
 # FLUSHDB, KEYS, DEL, CLIENT KILL or SHUTDOWN, and only wssfleet:* keys and channels.
@@ -34,7 +35,21 @@ WORKER_COMMANDS = (
 )
 
 
-def acl_users(worker_password: str, admin_password: str) -> dict[str, str]:
+# What redis_exporter runs: INFO and a few read-only introspection commands, on no key.
+MONITOR_COMMANDS = (
+    "ping",
+    "info",
+    "config|get",
+    "client|list",
+    "slowlog|get",
+    "slowlog|len",
+    "latency|latest",
+    "select",
+    "memory|stats",
+)
+
+
+def acl_users(worker_password: str, admin_password: str, monitor_password: str) -> dict[str, str]:
     """Redis's users and their rules. Passwords appear only as SHA-256 hashes, so the config
     on the host, a diff of it and its logs never hold one."""
 
@@ -51,16 +66,20 @@ def acl_users(worker_password: str, admin_password: str) -> dict[str, str]:
         f"~wssfleet:* &wssfleet:* -@all {allowed}",
         # For the operator and wssfleet's own checks (make verify): everything.
         ADMIN_REDIS_USER: f"on {hashed(admin_password)} ~* &* +@all",
+        # For redis_exporter (roles/monitoring.py): introspection, no key, no channel.
+        MONITOR_REDIS_USER: f"on {hashed(monitor_password)} resetkeys resetchannels -@all "
+        + " ".join(f"+{command}" for command in MONITOR_COMMANDS),
     }
 
 
 @deploy("Redis")
-def apply(fleet: Fleet, password: str, admin_password: str) -> None:
+def apply(fleet: Fleet, password: str, admin_password: str, monitor_password: str) -> None:
     """Install and configure Redis on the fleet's redis host.
 
     + fleet: the checked inventory (redis_port, redis_maxmemory, the redis address)
     + password: the workers' Redis password
     + admin_password: the operator's Redis password (user wssfleet-admin)
+    + monitor_password: redis_exporter's password (user wssfleet-monitor)
     """
     apt.packages(
         name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
@@ -74,7 +93,7 @@ def apply(fleet: Fleet, password: str, admin_password: str) -> None:
         mode="640",
         settings=fleet.settings,
         address=fleet.redis.address,
-        users=acl_users(password, admin_password),
+        users=acl_users(password, admin_password, monitor_password),
     )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(

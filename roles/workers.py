@@ -65,6 +65,7 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "jwt_previous_secret": secrets.previous_key(run.secrets),
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
             "bind": node.address,
+            "metrics_port_offset": settings.metrics_port_offset,
         }
     )
 

@@ -21,6 +21,7 @@ from urllib.parse import quote as quote_url
 from wssfleet_control import secrets
 from wssfleet_control.settings import (
     MAX_WORKER_PROCESSES,
+    MONITORING_PORTS,
     PLAIN_PATH,
     PORTS_USED_ON_MASTER,
     Settings,
@@ -31,7 +32,8 @@ from wssfleet_control.settings import (
 # The Redis user the workers connect as (roles/redis.py gives it only what it needs).
 WORKER_REDIS_USER = "wssfleet"
 
-ROLES = ("master", "workers", "redis")
+# "monitoring" is optional: without it, the master runs Prometheus.
+ROLES = ("master", "workers", "redis", "monitoring")
 # pyinfra's SSH host data and the OpenSSH option each one means.
 SSH_OPTIONS = {
     "ssh_hostname": "HostName",
@@ -71,11 +73,12 @@ class Fleet:
     master: Node
     workers: list[Node]
     redis: Node
+    monitoring: Node
 
     @property
     def nodes(self) -> list[Node]:
         seen: dict[str, Node] = {}
-        for node in (self.master, self.redis, *self.workers):
+        for node in (self.master, self.redis, *self.workers, self.monitoring):
             seen.setdefault(node.name, node)
         return list(seen.values())
 
@@ -87,6 +90,8 @@ class Fleet:
             roles.append("redis")
         if any(worker.name == name for worker in self.workers):
             roles.append("worker")
+        if name == self.monitoring.name:
+            roles.append("monitoring")
         return roles
 
     def secrets(self, create: bool = True) -> dict[str, str]:
@@ -205,6 +210,11 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
     redis_nodes = groups["redis"] or groups["master"]
     if len(redis_nodes) != 1:
         raise SettingsError("group 'redis' must hold one host (or be left out: the master)")
+    monitoring_nodes = groups["monitoring"] or groups["master"]
+    if len(monitoring_nodes) != 1:
+        raise SettingsError(
+            "group 'monitoring' must hold one host (or be left out: the master runs Prometheus)"
+        )
     everyone = {node.name: node for role in ROLES for node in groups[role]}
     addresses: dict[str, str] = {}
     for node in everyone.values():
@@ -219,7 +229,14 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
     inventory_path = first.data.get("wssfleet_inventory")
     if not inventory_path:
         raise SettingsError("the inventory's 'all' group must set wssfleet_inventory=__file__")
-    fleet = Fleet(inventory_path, settings, groups["master"][0], groups["workers"], redis_nodes[0])
+    fleet = Fleet(
+        inventory_path,
+        settings,
+        groups["master"][0],
+        groups["workers"],
+        redis_nodes[0],
+        monitoring_nodes[0],
+    )
     _check_ports(fleet)
     return fleet
 
@@ -227,9 +244,10 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
 def _check_ports(fleet: Fleet) -> None:
     settings = fleet.settings
     processes = settings.worker_processes
-    span = fleet.worker_ports(MAX_WORKER_PROCESSES if processes == "auto" else processes)
+    count = MAX_WORKER_PROCESSES if processes == "auto" else processes
+    span = fleet.worker_ports(count) + settings.metrics_ports(count)
     for worker in fleet.workers:
-        taken = {int(worker.data.get("ssh_port") or 22): "SSH"}
+        taken = {int(worker.data.get("ssh_port") or 22): "SSH", **MONITORING_PORTS}
         if worker.name == fleet.master.name:
             taken.update(PORTS_USED_ON_MASTER)
         if worker.name == fleet.redis.name:
@@ -237,9 +255,9 @@ def _check_ports(fleet: Fleet) -> None:
         for port, user in taken.items():
             if port in span:
                 raise SettingsError(
-                    f"setting worker_base_port={settings.worker_base_port} clashes on "
-                    f"{worker.name}: service ports {span[0]}-{span[-1]} include {port} ({user}); "
-                    "move the base port"
+                    f"settings worker_base_port={settings.worker_base_port} and "
+                    f"metrics_port_offset={settings.metrics_port_offset} clash on {worker.name}: "
+                    f"the service and metrics ports include {port} ({user}); move either"
                 )
 
 

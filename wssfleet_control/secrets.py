@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-NAMES = ("jwt_secret", "redis_password", "redis_admin_password")
+NAMES = ("jwt_secret", "redis_password", "redis_admin_password", "redis_monitor_password")
 PREVIOUS = "jwt_previous_secret"
 PREVIOUS_UNTIL = "jwt_previous_until"
 # What `wssfleet plan` renders where a secret does not exist yet: plan writes nothing.

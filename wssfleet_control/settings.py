@@ -32,6 +32,17 @@ ACME_SERVERS = {
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
 PORTS_USED_ON_MASTER = {22: "SSH", 80: "HTTP", 443: "HTTPS", 8888: "certbot's HTTP-01 listener"}
+# The monitoring ports (roles/monitoring.py), each on the private address only.
+NODE_EXPORTER_PORT = 9100
+REDIS_EXPORTER_PORT = 9121
+HAPROXY_METRICS_PORT = 8405
+PROMETHEUS_PORT = 9090
+MONITORING_PORTS = {
+    NODE_EXPORTER_PORT: "node_exporter",
+    REDIS_EXPORTER_PORT: "redis_exporter",
+    HAPROXY_METRICS_PORT: "HAProxy's Prometheus exporter",
+    PROMETHEUS_PORT: "Prometheus",
+}
 MAX_WORKER_PROCESSES = 64
 
 
@@ -61,6 +72,13 @@ Duration = Annotated[
     str, _pattern(r"\d+(us|ms|s|m|h|d)", "give a duration like 500ms, 30s, 5m or 1h")
 ]
 Memory = Annotated[str, _pattern(r"[1-9]\d*(kb|mb|gb)", "give a size like 256mb or 1gb")]
+HostPort = Annotated[
+    str,
+    _pattern(
+        r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}|[0-9a-fA-F:.\[\]]{0,60}):\d{1,5}",
+        "give host:port like 10.0.0.9:9093",
+    ),
+]
 Email = Annotated[
     str,
     _pattern(
@@ -146,6 +164,13 @@ class Settings(ClientPolicy):
     worker_base_port: int = Field(
         default=8001, ge=1024, le=65000, description="first service port; the next ones follow"
     )
+    metrics_port_offset: int = Field(
+        default=1000,
+        ge=1,
+        le=30000,
+        description="each service process serves Prometheus metrics on its port plus this "
+        "(8001: 9001), to the monitoring host only",
+    )
     rollout_health_timeout: int = Field(
         default=60,
         ge=5,
@@ -218,7 +243,32 @@ class Settings(ClientPolicy):
         description="typical message size in bytes (sizes redis_maxmemory)",
     )
 
-    @field_validator("extra_domains", mode="before")
+    # Monitoring
+    prometheus_retention: Duration = Field(
+        default="15d", description="how long Prometheus keeps samples"
+    )
+    prometheus_scrape_interval: Duration = Field(
+        default="10s", description="how often Prometheus scrapes every target"
+    )
+    alertmanagers: tuple[HostPort, ...] = Field(
+        default=(),
+        description="Alertmanagers (host:port) that Prometheus sends firing alerts to; "
+        "empty: alerts show in Prometheus and make status only",
+    )
+    alert_drop_percent: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="alert when a process drops more than this share of its frames for 10 minutes",
+    )
+    alert_5xx_percent: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="alert when more than this share of HAProxy's answers are 5xx for 10 minutes",
+    )
+
+    @field_validator("extra_domains", "alertmanagers", mode="before")
     @classmethod
     def _list_as_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
@@ -247,10 +297,16 @@ class Settings(ClientPolicy):
                 f"{math.ceil(needed / 2**20)}mb; raise redis_maxmemory to at least that, or "
                 "lower history_size or history_channels"
             )
-        if self.redis_port in PORTS_USED_ON_MASTER:
+        taken = {**PORTS_USED_ON_MASTER, **MONITORING_PORTS}
+        if self.redis_port in taken:
             raise ValueError(
                 f"setting redis_port={self.redis_port} clashes with "
-                f"{PORTS_USED_ON_MASTER[self.redis_port]}: choose another port"
+                f"{taken[self.redis_port]}: choose another port"
+            )
+        if self.worker_base_port + MAX_WORKER_PROCESSES + self.metrics_port_offset > 65535:
+            raise ValueError(
+                f"settings worker_base_port={self.worker_base_port} and metrics_port_offset="
+                f"{self.metrics_port_offset} put metrics ports beyond 65535: lower either"
             )
         return self
 
@@ -285,6 +341,9 @@ class Settings(ClientPolicy):
 
     def worker_ports(self, processes: int) -> list[int]:
         return list(range(self.worker_base_port, self.worker_base_port + processes))
+
+    def metrics_ports(self, processes: int) -> list[int]:
+        return [port + self.metrics_port_offset for port in self.worker_ports(processes)]
 
 
 def resolve(raw: dict[str, Any] | None) -> Settings:

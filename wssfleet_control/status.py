@@ -1,23 +1,33 @@
-"""`wssfleet status`: the fleet at a glance, read live from the hosts."""
+"""`wssfleet status`: the fleet at a glance. Live figures (connections, message rates, targets,
+firing alerts) come from the fleet's Prometheus; when it does not answer, from a snapshot of
+HAProxy's runtime API. The certificate's dates and renewal record come from the master."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
 
+from roles.certificates import METRICS as CERTIFICATE_METRICS
 from roles.haproxy import CERTIFICATE, RUNTIME
+from roles.monitoring import QUERY
 from wssfleet_control.engine import Session
 from wssfleet_control.inventory import Node
 from wssfleet_control.run import quote
+from wssfleet_control.settings import PROMETHEUS_PORT
 
 
 def units_of(session: Session, node: Node) -> list[str]:
     roles = session.fleet.roles_of(node.name)
     units = ["wssfleet-firewall.service"]
+    units.append("prometheus-node-exporter.service")
     if "master" in roles:
         units += ["haproxy.service", "cron.service"]
     if "redis" in roles:
-        units.append("redis-server.service")
+        units += ["redis-server.service", "prometheus-redis-exporter.service"]
+    if "monitoring" in roles:
+        units.append("prometheus.service")
     if "worker" in roles:
         units.append("wssfleet@*")
     return units
@@ -59,6 +69,33 @@ def connections(session: Session) -> dict[str, str]:
     }
 
 
+def renewal(session: Session) -> dict[str, float] | None:
+    """The certificate's dates and the renewal job's record, from the master."""
+    result = session.run(session.fleet.master.name, f"python3 {CERTIFICATE_METRICS} show")
+    if not result.ok:
+        return None
+    return json.loads(result.stdout)
+
+
+def live_figures(session: Session) -> dict | None:
+    """Prometheus's summary (targets, alerts, per-instance figures), or None."""
+    monitoring = session.fleet.monitoring
+    prometheus = quote(f"{monitoring.address}:{PROMETHEUS_PORT}")
+    result = session.run(monitoring.name, f"python3 {QUERY} {prometheus} summary")
+    if not result.ok:
+        return None
+    return json.loads(result.stdout)
+
+
+def when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    moment = datetime.fromtimestamp(seconds, UTC)
+    days = (seconds - time.time()) / 86400
+    relative = f"in {days:.1f} days" if days >= 0 else f"{-days:.1f} days ago"
+    return f"{moment:%Y-%m-%d %H:%M} UTC ({relative})"
+
+
 def show(session: Session) -> int:
     fleet = session.fleet
     table = [("host", "address", "roles", "services")]
@@ -74,6 +111,44 @@ def show(session: Session) -> int:
         )
     names = ", ".join(fleet.settings.domains)
     print(f"\ncertificate ({names}): expires {certificate_expiry(session)}")
+    record = renewal(session)
+    if record is not None:
+        result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")
+        print(f"  next planned renewal: {when(record.get('next_renewal'))} (certbot's rule)")
+        print(f"  last renewal run:     {when(record.get('last_attempt'))}, {result}")
+    figures = live_figures(session)
+    if figures is None:
+        print("\nPrometheus did not answer: open connections from HAProxy's runtime API instead")
+        _show_snapshot(session)
+        return 0
+    _show_live(fleet.monitoring.name, figures)
+    return 0
+
+
+def _show_live(monitoring: str, figures: dict) -> None:
+    print(f"\nlive, from Prometheus on {monitoring} (last scrape):")
+    print(f"  {'instance':<16} {'connections':>11} {'in/s':>9} {'out/s':>9} {'drops/s':>8}")
+    for server, values in sorted(figures["instances"].items()):
+        print(
+            f"  {server:<16} {values.get('connections', 0):>11.0f} "
+            f"{values.get('received_per_second', 0):>9.1f} "
+            f"{values.get('delivered_per_second', 0):>9.1f} "
+            f"{values.get('drops_per_second', 0):>8.2f}"
+        )
+    targets = figures["targets"]
+    down = [target for target in targets if target["health"] != "up"]
+    print(f"  targets: {len(targets) - len(down)} of {len(targets)} up")
+    for target in down:
+        where = f"{target['job']} {target['instance']} ({target['host']})"
+        print(f"    DOWN {where}: {target['error']}")
+    firing = [alert for alert in figures["alerts"] if alert["state"] == "firing"]
+    pending = [alert for alert in figures["alerts"] if alert["state"] == "pending"]
+    print(f"  alerts: {len(firing)} firing, {len(pending)} pending")
+    for alert in firing + pending:
+        print(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}")
+
+
+def _show_snapshot(session: Session) -> None:
     per_host: dict[str, list[str]] = defaultdict(list)
     for server, state in sorted(connections(session).items()):
         host, _, port = server.rpartition("-")
@@ -83,4 +158,3 @@ def show(session: Session) -> int:
         print(f"  {host:<12} " + ", ".join(states))
     if not per_host:
         print("  (HAProxy's runtime API did not answer)")
-    return 0

@@ -330,6 +330,9 @@ class RedisBus(Bus):
         self._pubsub: redis.client.PubSub | None = None
         self._connected_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The loop keeps only weak references to tasks: one nobody holds can be collected
+        # mid-flight, and a subscription it was making would never be confirmed.
+        self._background: set[asyncio.Task[None]] = set()
         # A command that meets a connection the server closed (a Redis restart) is retried
         # once on a fresh one: without this the first command after a restart fails.
         self._commands = redis.Redis.from_url(
@@ -377,7 +380,12 @@ class RedisBus(Bus):
         # Subscribed now if a connection exists; a connection made later subscribes every
         # channel in _confirmed itself.
         if self._pubsub is not None:
-            asyncio.get_running_loop().create_task(self._subscribe(self._pubsub, channel))
+            self._in_background(self._subscribe(self._pubsub, channel))
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _subscribe(self, pubsub: redis.client.PubSub, channel: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -406,7 +414,7 @@ class RedisBus(Bus):
     def _unsubscribe_later(self, channel: str) -> None:
         loop = asyncio.get_running_loop()
         self._release_timers[channel] = loop.call_later(
-            UNSUBSCRIBE_AFTER, lambda: loop.create_task(self._unsubscribe(channel))
+            UNSUBSCRIBE_AFTER, lambda: self._in_background(self._unsubscribe(channel))
         )
 
     async def _unsubscribe(self, channel: str) -> None:

@@ -24,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from wssfleet import auth, protocol
+from wssfleet import auth, metrics, protocol
 from wssfleet.broker import Bus, BusUnavailable, History, MemoryBus, RedisBus, is_after
 from wssfleet.settings import ServiceConfig as Config
 
@@ -32,6 +32,7 @@ log = logging.getLogger("wssfleet")
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
 # How often a drain closes its next share of clients: fine enough that no second closes
@@ -61,8 +62,11 @@ def event(name: str, **fields: object) -> None:
 class Client:
     """One WebSocket client: its subscriptions, its bounded send queue and rate budget."""
 
-    def __init__(self, ws: ServerConnection, grant: auth.Grant, config: Config) -> None:
+    def __init__(
+        self, ws: ServerConnection, grant: auth.Grant, config: Config, stats: metrics.Stats
+    ) -> None:
         self.ws = ws
+        self.stats = stats
         self.subject = grant.subject
         # What the token allows, or the deployment's defaults where it says nothing.
         self.may_subscribe = (
@@ -85,16 +89,26 @@ class Client:
         self.checked = time.monotonic()
         self.writer = asyncio.create_task(self._write_forever())
 
-    def offer(self, text: str) -> None:
-        """Queue a frame; a client that cannot keep up is closed instead of buffered."""
+    def offer(self, text: str, kind: str = "message") -> None:
+        """Queue a frame (``kind``: its type, for the metrics); a client that cannot keep up
+        is closed instead of buffered."""
         if self.overflowed:
+            self.stats.drops["queue_overflow"] += 1
             return
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             self.overflowed = True
+            self.stats.drops["queue_overflow"] += 1
+            self.stats.closes["overflow"] += 1
             event("overflow", sub=self.subject, queued=self.queue.qsize())
             self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
+            return
+        self.stats.delivered[kind] += 1
+
+    def reply(self, kind: str, **fields: object) -> None:
+        """Queue an answer of type ``kind``."""
+        self.offer(protocol.encode(kind, **fields), kind)
 
     def take_token(self) -> bool:
         """Token bucket: ``rate`` messages a second, bursts up to one second's worth."""
@@ -128,6 +142,7 @@ class Hub:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.stats = metrics.Stats()
         self.clients: set[Client] = set()
         self.feeds: dict[str, Feed] = {}
         self.bus: Bus = (
@@ -146,18 +161,16 @@ class Hub:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
         with every message after that offset first, then the live ones, none twice."""
         if not auth.allows(client.may_subscribe, channel):
-            client.offer(protocol.encode("error", reason="not allowed", channel=channel))
+            self.stats.requests_refused["not_allowed"] += 1
+            client.reply("error", reason="not allowed", channel=channel)
             return
         if channel in client.channels:
             feed = self.feeds[channel]
-            client.offer(protocol.encode("subscribed", channel=channel, offset=feed.offset or ""))
+            client.reply("subscribed", channel=channel, offset=feed.offset or "")
             return
         if len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT:
-            client.offer(
-                protocol.encode(
-                    "error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels"
-                )
-            )
+            self.stats.requests_refused["too_many_channels"] += 1
+            client.reply("error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels")
             return
         feed = self.feeds.get(channel)
         if feed is None:
@@ -173,23 +186,18 @@ class Hub:
         if feed.offset is None:
             feed.offset = history.latest
         if since is None:
-            client.offer(protocol.encode("subscribed", channel=channel, offset=history.latest))
+            client.reply("subscribed", channel=channel, offset=history.latest)
             last = history.latest
         elif history.recovered:
-            client.offer(
-                protocol.encode(
-                    "subscribed", channel=channel, recovered=True, missed=len(history.missed)
-                )
-            )
+            self.stats.recoveries["recovered"] += 1
+            self.stats.recovered_messages += len(history.missed)
+            client.reply("subscribed", channel=channel, recovered=True, missed=len(history.missed))
             for _, frame in history.missed:
                 client.offer(frame)
             last = history.missed[-1][0] if history.missed else since
         else:
-            client.offer(
-                protocol.encode(
-                    "subscribed", channel=channel, recovered=False, offset=history.latest
-                )
-            )
+            self.stats.recoveries["not_recovered"] += 1
+            client.reply("subscribed", channel=channel, recovered=False, offset=history.latest)
             last = history.latest
         del client.pending[channel]
         for offset, frame in pending:
@@ -235,15 +243,17 @@ class Hub:
         head = protocol.message_head(channel, request.data, client.subject)
         ids = {} if request.id is None else {"id": request.id}
         if not auth.allows(client.may_publish, channel):
-            client.offer(protocol.encode("error", reason="not allowed", channel=channel, **ids))
+            self.stats.requests_refused["not_allowed"] += 1
+            client.reply("error", reason="not allowed", channel=channel, **ids)
             return
         try:
             offset = await self.bus.publish(channel, head, key)
         except BusUnavailable as error:
-            client.offer(protocol.encode("error", reason=f"not published: {error}", **ids))
+            self.stats.requests_refused["bus_unavailable"] += 1
+            client.reply("error", reason=f"not published: {error}", **ids)
             return
         if request.id is not None:
-            client.offer(protocol.encode("published", id=request.id, offset=offset))
+            client.reply("published", id=request.id, offset=offset)
 
     def deliver(self, channel: str, offset: str, frame: str) -> None:
         feed = self.feeds.get(channel)
@@ -300,11 +310,22 @@ class Hub:
             )
             for client in feed.members:
                 if channel not in client.pending:
-                    client.offer(notice)
+                    client.offer(notice, "subscribed")
             feed.offset = history.latest
+            self.stats.history_lost += 1
             event("history lost", channel=channel, worker=self.config.worker_label)
         for offset, frame in buffered:
             self._fan_out(feed, channel, offset, frame)
+
+    def gauges(self) -> dict[str, float]:
+        """The live figures the metrics report beside the counters."""
+        return {
+            "connections": len(self.clients),
+            "channels": len(self.feeds),
+            "bus_connected": 1 if not self.config.redis_url or self.bus.connected else 0,
+            "bus_messages": self.bus.received,
+            "draining": 1 if self.draining is not None else 0,
+        }
 
     def health(self) -> dict[str, object]:
         if not self.config.redis_url:
@@ -328,10 +349,10 @@ class Hub:
         seconds = self.config.drain_seconds
         clients = list(self.clients)
         event("drain", clients=len(clients), seconds=seconds, worker=self.config.worker_label)
-        busiest = await self._close_paced(clients, seconds)
+        busiest = await self._close_paced(clients, seconds, "drain")
         latecomers = [client for client in self.clients if client.closing is None]
         for latecomer in latecomers:
-            self._restart_close(latecomer)
+            self._restart_close(latecomer, "drain")
         event(
             "drained",
             clients=len(clients),
@@ -345,12 +366,12 @@ class Hub:
         emptier instances (the master's rebalancer asks)."""
         clients = [client for client in self.clients if client.closing is None]
         random.shuffle(clients)
-        busiest = await self._close_paced(clients[:count], seconds)
+        busiest = await self._close_paced(clients[:count], seconds, "rebalance")
         event("shed", clients=min(count, len(clients)), busiest_second=busiest)
 
-    async def _close_paced(self, clients: list[Client], seconds: float) -> int:
-        """Close these clients with 1012 evenly over ``seconds``; returns the most closed in
-        any one second."""
+    async def _close_paced(self, clients: list[Client], seconds: float, reason: str) -> int:
+        """Close these clients with 1012 evenly over ``seconds`` (``reason``: drain or
+        rebalance); returns the most closed in any one second."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         total = len(clients)
@@ -359,15 +380,15 @@ class Hub:
             elapsed = loop.time() - started
             due = total if elapsed >= seconds else math.floor(total * elapsed / seconds)
             while len(moments) < due:
-                self._restart_close(clients[len(moments)])
+                self._restart_close(clients[len(moments)], reason)
                 moments.append(loop.time())
             if elapsed >= seconds:
                 return busiest_second(moments)
             await asyncio.sleep(DRAIN_TICK)
 
-    @staticmethod
-    def _restart_close(client: Client) -> None:
+    def _restart_close(self, client: Client, reason: str) -> None:
         if client.closing is None:
+            self.stats.closes[reason] += 1
             client.closing = asyncio.create_task(
                 client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
             )
@@ -412,9 +433,11 @@ class Service:
         if channel is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if channel and not protocol.valid_channel(channel):
+            self.hub.stats.handshakes_refused["request"] += 1
             return connection.respond(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE + "\n")
         origin = request.headers.get("Origin")
         if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
+            self.hub.stats.handshakes_refused["origin"] += 1
             return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
             grant = auth.verify(
@@ -424,11 +447,13 @@ class Service:
                 max_ttl=self.config.token_max_ttl,
             )
         except auth.TokenError as error:
+            self.hub.stats.handshakes_refused["token"] += 1
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
             response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
             return response
         since = parse_qs(url.query, keep_blank_values=True).get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
+            self.hub.stats.handshakes_refused["request"] += 1
             return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
         connection.grant = grant  # type: ignore[attr-defined]
         connection.first_channel = channel  # type: ignore[attr-defined]
@@ -459,23 +484,23 @@ class Service:
     async def handle(self, ws: ServerConnection) -> None:
         grant: auth.Grant = ws.grant  # type: ignore[attr-defined]
         subject = grant.subject
-        client = Client(ws, grant, self.config)
+        client = Client(ws, grant, self.config, self.hub.stats)
         self.hub.clients.add(client)
+        self.hub.stats.connections_opened += 1
         first_channel: str = ws.first_channel  # type: ignore[attr-defined]
         event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
-        client.offer(
-            protocol.encode(
-                "welcome",
-                worker=self.config.worker_label,
-                channels=[first_channel] if first_channel else [],
-                sub=subject,
-            )
+        client.reply(
+            "welcome",
+            worker=self.config.worker_label,
+            channels=[first_channel] if first_channel else [],
+            sub=subject,
         )
         try:
             if first_channel:
                 await self.hub.join(client, first_channel, ws.since)  # type: ignore[attr-defined]
             async for frame in ws:
                 if isinstance(frame, bytes):
+                    self.hub.stats.drops["unsupported"] += 1
                     await ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
                     break
                 await self._answer(client, frame)
@@ -483,7 +508,10 @@ class Service:
             pass
         finally:
             self.hub.remove(client)
-            event("disconnect", sub=subject, peer=self._peer(ws), code=self._close_code(ws))
+            code = self._close_code(ws)
+            if code == CLOSE_TOO_BIG:
+                self.hub.stats.drops["too_big"] += 1
+            event("disconnect", sub=subject, peer=self._peer(ws), code=code)
 
     async def _answer(self, client: Client, frame: str) -> None:
         """Answer one frame. Frames of a client are answered in order: a publish's reply
@@ -493,22 +521,25 @@ class Service:
         except protocol.ProtocolError as error:
             request = None
             problem = str(error)
+        stats = self.hub.stats
+        stats.received["invalid" if request is None else request.type] += 1
         if not client.take_token():
+            stats.drops["rate_limit"] += 1
             ids = {} if request is None or request.id is None else {"id": request.id}
-            client.offer(protocol.encode("error", reason="rate limited: message dropped", **ids))
+            client.reply("error", reason="rate limited: message dropped", **ids)
             return
         if request is None:
-            client.offer(protocol.encode("error", reason=problem))
+            client.reply("error", reason=problem)
             return
         if request.type == "echo":
-            client.offer(protocol.encode("echo", data=request.data))
+            client.reply("echo", data=request.data)
         elif request.type == "subscribe":
             assert request.channel is not None
             await self.hub.join(client, request.channel, request.since)
         elif request.type == "unsubscribe":
             assert request.channel is not None
             self.hub.leave(client, request.channel)
-            client.offer(protocol.encode("unsubscribed", channel=request.channel))
+            client.reply("unsubscribed", channel=request.channel)
         else:
             await self.hub.publish(client, request)
 
@@ -580,24 +611,40 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then close every client with 1001 and return."""
     service = Service(config)
     service.hub.start()
-    async with serve(
-        service.handle,
-        config.bind,
-        config.port,
-        process_request=service.process_request,
-        compression=None,
-        max_size=config.max_message_bytes,
-        max_queue=16,
-        ping_interval=config.ping_interval,
-        ping_timeout=config.ping_timeout,
-        close_timeout=min(config.shutdown_timeout, 10.0),
-        server_header="wssfleet",
-    ) as server:
+    async with (
+        serve(
+            service.handle,
+            config.bind,
+            config.port,
+            process_request=service.process_request,
+            compression=None,
+            max_size=config.max_message_bytes,
+            max_queue=16,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=min(config.shutdown_timeout, 10.0),
+            server_header="wssfleet",
+        ) as server,
+        contextlib.AsyncExitStack() as listeners,
+    ):
+        if config.metrics_port is not None:
+            await listeners.enter_async_context(
+                serve(
+                    _never_upgraded,
+                    config.bind,
+                    config.metrics_port,
+                    process_request=metrics.responder(
+                        metrics.registry(service.hub.stats, service.hub.gauges)
+                    ),
+                    server_header="wssfleet",
+                )
+            )
         _stop_on_signals(server, service.hub)
         event(
             "listening",
             bind=config.bind,
             port=config.port,
+            metrics_port=config.metrics_port,
             worker=config.worker_label,
             redis="configured" if config.redis_url else "disabled",
         )
@@ -606,6 +653,11 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         await server.wait_closed()
     await service.hub.bus.stop()
     event("stopped", worker=config.worker_label)
+
+
+async def _never_upgraded(ws: ServerConnection) -> None:
+    """The metrics listener answers every request before an upgrade could happen."""
+    await ws.close(CLOSE_POLICY, "metrics only")
 
 
 def _stop_on_signals(server: Server, hub: Hub) -> None:

@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from wssfleet import auth
@@ -169,9 +170,28 @@ class ServiceConfig(ClientPolicy):
     redis_url: Annotated[str, AfterValidator(_redis_url)] = Field(
         default="", description="redis:// URL of the pub/sub bus; empty: this process only"
     )
+    metrics_port_offset: int = Field(
+        default=0,
+        ge=-65535,
+        le=65535,
+        description="the metrics port is the service port plus this; 0: no metrics listener",
+    )
     shutdown_timeout: float = Field(
         default=10.0, ge=0.1, le=300, description="seconds to close every client on SIGTERM"
     )
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.port + self.metrics_port_offset if self.metrics_port_offset else None
+
+    @model_validator(mode="after")
+    def _metrics_port_fits(self) -> ServiceConfig:
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ValueError(
+                f"WSSFLEET_METRICS_PORT_OFFSET={self.metrics_port_offset} puts the metrics port "
+                f"of port {self.port} outside 1-65535"
+            )
+        return self
 
     @property
     def worker_label(self) -> str:
@@ -212,6 +232,8 @@ def load(environ: Mapping[str, str] | None = None) -> ServiceConfig:
         return ServiceConfig.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
+        if not first["loc"]:
+            raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
         field = str(first["loc"][0])
         name = PREFIX + field.upper()
         if first["type"] == "missing":

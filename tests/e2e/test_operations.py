@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 
 import pytest
@@ -31,9 +32,17 @@ def test_status_shows_hosts_services_certificate_and_connections(lab):
     assert "haproxy=running" in output and "redis-server=running" in output
     assert f"wssfleet@{lab.fleet.settings.worker_base_port}=running" in output
     assert "expires" in output and "Pebble" in output
-    assert output.count("(UP)") == sum(
-        int(lab.on(worker.name, "nproc").stdout) for worker in lab.fleet.workers
-    )
+    assert "prometheus=running" in output and "prometheus-node-exporter=running" in output
+    assert "next planned renewal:" in output and "last renewal run:" in output
+    # Live figures from Prometheus: a line per instance, every target up.
+    assert "live, from Prometheus on" in output, output
+    instances = [
+        f"{worker.name}-{port}" for worker in lab.fleet.workers for port in lab.ports(worker.name)
+    ]
+    for instance in instances:
+        assert f"\n  {instance} " in output, output
+    targets = re.search(r"targets: (\d+) of (\d+) up", output)
+    assert targets and targets[1] == targets[2], output
 
 
 def started_at(lab, worker: str, port: int) -> int:

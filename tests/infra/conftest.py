@@ -71,6 +71,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("redis_node", [fleet.redis], ids=lambda n: n.name)
     if "worker_node" in metafunc.fixturenames:
         metafunc.parametrize("worker_node", fleet.workers, ids=lambda n: n.name)
+    if "monitoring_node" in metafunc.fixturenames:
+        metafunc.parametrize("monitoring_node", [fleet.monitoring], ids=lambda n: n.name)
     if "any_node" in metafunc.fixturenames:
         metafunc.parametrize("any_node", fleet.nodes, ids=lambda n: n.name)
     if "worker_instance" in metafunc.fixturenames:

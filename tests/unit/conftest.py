@@ -50,6 +50,7 @@ class RedisServer:
         self.port = free_port()
         self.password = "unit-test-redis-password"
         self.admin_password = "unit-test-redis-admin-password"
+        self.monitor_password = "unit-test-redis-monitor-password"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +76,9 @@ class RedisServer:
                 # The users and rules a deploy gives Redis (roles/redis.py).
                 *(
                     argument
-                    for name, rules in acl_users(self.password, self.admin_password).items()
+                    for name, rules in acl_users(
+                        self.password, self.admin_password, self.monitor_password
+                    ).items()
                     for argument in ("--user", name, *rules.split())
                 ),
                 "--dir",
@@ -118,6 +121,7 @@ class ServiceProcess:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = int(env["WSSFLEET_PORT"])
         self.log = log
+        self.metrics_port: int | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wssfleet", "serve"],
             env={**os.environ, **env},
@@ -136,6 +140,21 @@ class ServiceProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as reply:
             return json.loads(reply.read())
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample on the metrics port, by name and labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.metrics_port is not None, "start the service with metrics=True"
+        wait_for_port(self.metrics_port)
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -146,9 +165,12 @@ class ServiceProcess:
 def start_service(tmp_path: Path) -> Iterator:
     started: list[ServiceProcess] = []
 
-    def start(redis_url: str = "", **overrides: str) -> ServiceProcess:
+    def start(redis_url: str = "", metrics: bool = False, **overrides: str) -> ServiceProcess:
         port = free_port()
+        # The metrics port is the service port plus an offset, as on a worker.
+        metrics_port = free_port() if metrics else port
         env = {
+            "WSSFLEET_METRICS_PORT_OFFSET": str(metrics_port - port),
             "WSSFLEET_JWT_SECRET": SECRET,
             "WSSFLEET_PORT": str(port),
             "WSSFLEET_WORKER_NAME": f"test:{port}",
@@ -160,6 +182,7 @@ def start_service(tmp_path: Path) -> Iterator:
             **overrides,
         }
         service = ServiceProcess(env, tmp_path / f"service-{port}.log")
+        service.metrics_port = metrics_port if metrics else None
         started.append(service)
         return service
 

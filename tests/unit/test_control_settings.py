@@ -64,7 +64,7 @@ def groups(master=("m", "127.0.0.10"), workers=(("w1", "127.0.0.11"),), **settin
 def test_a_valid_inventory_puts_redis_on_the_master():
     fleet = from_groups(groups())
     assert fleet.redis.name == "m"
-    assert fleet.roles_of("m") == ["master", "redis"]
+    assert fleet.roles_of("m") == ["master", "redis", "monitoring"]
     assert fleet.redis_url("p/w") == "redis://wssfleet:p%2Fw@127.0.0.10:6379/0"
 
 
@@ -151,12 +151,15 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
             settings=resolve(PEBBLE),
             servers=backends,
             certificate=certificate,
+            metrics_address="127.0.0.1",
+            metrics_port=8405,
         )
     )
     result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "server w1-8002 127.0.0.11:8002" in config.read_text()
     assert "timeout tunnel 1h" in config.read_text()
+    assert "bind 127.0.0.1:8405" in config.read_text()
 
 
 def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path):
@@ -172,12 +175,15 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path)
             worker_addresses=["127.0.0.11", "127.0.0.12"],
             master_address="127.0.0.10",
             service_ports=[8001, 8002],
+            monitoring_address="127.0.0.13",
+            metrics_ports=[9100, 8405, 9121, 9001, 9002],
         )
     )
     result = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = ruleset.read_text()
     assert "tcp dport 2222 accept" in text and "dport 22 " not in text
+    assert "ip saddr 127.0.0.13 tcp dport { 9100, 8405, 9121, 9001, 9002 } accept" in text
     statements = [line.split()[0] for line in text.splitlines() if line and line[0].isalpha()]
     # Only wssfleet's own table is declared, deleted and defined: no flush of the ruleset.
     assert "flush" not in statements
@@ -209,7 +215,7 @@ def test_the_production_example_inventory_is_valid():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "lb1 (master+redis), ws1 (worker), ws2 (worker)" in result.stdout
+    assert "lb1 (master+redis+monitoring), ws1 (worker), ws2 (worker)" in result.stdout
 
 
 def wssfleet(*arguments: str) -> subprocess.CompletedProcess:

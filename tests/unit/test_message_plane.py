@@ -191,7 +191,10 @@ def test_resubscribing_with_since_during_a_stream_of_publishes_loses_and_repeats
                 await publish(publisher, n, f"m{n}")
                 acked.append(n)
 
-        client = await open_client(subscriber_process, subject="hopper")
+        # Unread frames never pause its reading: a paused reader would not see the server's
+        # answer to its close, and each hop would wait out the close timeout.
+        hopper = {"subject": "hopper", "max_queue": None}
+        client = await open_client(subscriber_process, **hopper)
         offset = await subscribed(client, "room")
         publishing = asyncio.create_task(publish_all())
         seen: list[int] = []
@@ -204,7 +207,7 @@ def test_resubscribing_with_since_during_a_stream_of_publishes_loses_and_repeats
                 seen.append(frame["data"])
                 offset = frame["offset"]
             await client.close()
-            client = await open_client(subscriber_process, subject="hopper")
+            client = await open_client(subscriber_process, **hopper)
             answer = await subscribe_since(client, offset)
             assert answer["recovered"] is True, answer
         await publishing

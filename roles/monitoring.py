@@ -1,0 +1,187 @@
+"""Monitoring: node_exporter on every host, redis_exporter beside Redis, HAProxy's own exporter
+(roles/haproxy.py) and Prometheus, with wssfleet's alert rules, on the monitoring host (the
+master unless the inventory has a ``monitoring`` group).
+
+Every exporter listens on its host's private address and the firewall opens it to the
+monitoring host only; Prometheus listens on the monitoring host's private address and is
+opened to nobody: operators reach it through an SSH tunnel. Rules and config are candidates
+until ``promtool`` accepts them; only then do they replace the live files and Prometheus
+reloads (no restart: its samples and alert states stay).
+"""
+
+from dataclasses import dataclass
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+
+from roles import HELPERS, HOSTSIDE, activate_candidate, secret_template, template
+from roles.redis import MONITOR_REDIS_USER
+from wssfleet_control.inventory import Fleet, Node
+from wssfleet_control.settings import (
+    HAPROXY_METRICS_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    REDIS_EXPORTER_PORT,
+)
+
+TEXTFILE_DIRECTORY = "/var/lib/prometheus/node-exporter"
+CONFIG = "/etc/prometheus/prometheus.yml"
+CONFIG_CANDIDATE = "/etc/prometheus/prometheus.yml.wssfleet-candidate"
+RULES = "/etc/prometheus/wssfleet-rules.yml"
+RULES_CANDIDATE = "/etc/prometheus/wssfleet-rules.yml.wssfleet-candidate"
+# Reads Prometheus's API on the monitoring host (make status, the tests).
+QUERY = f"{HELPERS}/prometheus_query.py"
+
+
+@dataclass(frozen=True)
+class ScrapedInstance:
+    """One service process as Prometheus scrapes it."""
+
+    host: str
+    address: str
+    metrics_port: int
+    server: str
+
+
+@deploy("Host metrics")
+def node_exporter(node: Node) -> None:
+    """node_exporter on this host's private address, with the textfile collector.
+
+    + node: this host
+    """
+    apt.packages(
+        name="Ensure node_exporter is installed",
+        packages=["prometheus-node-exporter"],
+        no_recommends=True,
+    )
+    arguments = files.template(
+        name="Ensure node_exporter listens on the private address only",
+        src=template("monitoring", "prometheus-node-exporter.j2"),
+        dest="/etc/default/prometheus-node-exporter",
+        mode="644",
+        address=node.address,
+        port=NODE_EXPORTER_PORT,
+        textfile_directory=TEXTFILE_DIRECTORY,
+    )
+    systemd.service(
+        name="Ensure node_exporter is running and enabled",
+        service="prometheus-node-exporter.service",
+        running=True,
+        enabled=True,
+        restarted=arguments.will_change,
+    )
+
+
+@deploy("Redis metrics")
+def redis_exporter(fleet: Fleet, password: str) -> None:
+    """redis_exporter beside Redis, as the introspection-only Redis user.
+
+    + fleet: the checked inventory (the redis host, redis_port)
+    + password: the password of Redis user wssfleet-monitor
+    """
+    apt.packages(
+        name="Ensure redis_exporter is installed",
+        packages=["prometheus-redis-exporter"],
+        no_recommends=True,
+    )
+    settings = secret_template(
+        name="Ensure redis_exporter's settings are current (contents withheld: a password)",
+        src=template("monitoring", "prometheus-redis-exporter.j2"),
+        dest="/etc/default/prometheus-redis-exporter",
+        user="root",
+        group="root",
+        mode="600",
+        address=fleet.redis.address,
+        port=REDIS_EXPORTER_PORT,
+        redis_address=fleet.redis.address,
+        redis_port=fleet.settings.redis_port,
+        redis_user=MONITOR_REDIS_USER,
+        password=password,
+    )
+    systemd.service(
+        name="Ensure redis_exporter is running and enabled",
+        service="prometheus-redis-exporter.service",
+        running=True,
+        enabled=True,
+        restarted=settings.will_change,
+    )
+
+
+@deploy("Prometheus")
+def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
+    """Prometheus on the monitoring host: every target, wssfleet's alert rules.
+
+    + fleet: the checked inventory (hosts, prometheus_* and alert_* settings)
+    + instances: every service process to scrape
+    """
+    monitoring = fleet.monitoring
+    apt.packages(name="Ensure Prometheus is installed", packages=["prometheus"], no_recommends=True)
+    files.directory(name=f"Ensure {HELPERS} exists", path=HELPERS, mode="755")
+    files.put(
+        name="Ensure the Prometheus query helper is installed",
+        src=str(HOSTSIDE / "prometheus_query.py"),
+        dest=QUERY,
+        mode="755",
+    )
+    rules = files.template(
+        name="Ensure the candidate alert rules are rendered",
+        src=template("monitoring", "wssfleet-rules.yml.j2"),
+        dest=RULES_CANDIDATE,
+        mode="644",
+        settings=fleet.settings,
+    )
+    activate_candidate(
+        "Ensure the checked alert rules are live",
+        rules,
+        RULES_CANDIDATE,
+        [
+            f"promtool check rules {RULES_CANDIDATE} || {{ rm -f {RULES_CANDIDATE}; exit 1; }}",
+            f"install -m 644 {RULES_CANDIDATE} {RULES}",
+            "! systemctl is-active --quiet prometheus || systemctl reload prometheus",
+        ],
+    )
+    config = files.template(
+        name="Ensure the candidate Prometheus config is rendered",
+        src=template("monitoring", "prometheus.yml.j2"),
+        dest=CONFIG_CANDIDATE,
+        mode="644",
+        settings=fleet.settings,
+        rules=RULES,
+        instances=instances,
+        nodes=fleet.nodes,
+        master=fleet.master,
+        redis=fleet.redis,
+        monitoring=monitoring,
+        address=monitoring.address,
+        port=PROMETHEUS_PORT,
+        haproxy_port=HAPROXY_METRICS_PORT,
+        redis_exporter_port=REDIS_EXPORTER_PORT,
+        node_exporter_port=NODE_EXPORTER_PORT,
+    )
+    activate_candidate(
+        "Ensure the checked Prometheus config is live",
+        config,
+        CONFIG_CANDIDATE,
+        [
+            f"promtool check config {CONFIG_CANDIDATE} || {{ rm -f {CONFIG_CANDIDATE}; exit 1; }}",
+            f"install -m 644 {CONFIG_CANDIDATE} {CONFIG}",
+            "! systemctl is-active --quiet prometheus || systemctl reload prometheus",
+        ],
+    )
+    arguments = files.template(
+        name="Ensure Prometheus listens on the private address only",
+        src=template("monitoring", "prometheus.j2"),
+        dest="/etc/default/prometheus",
+        mode="644",
+        config=CONFIG,
+        address=monitoring.address,
+        port=PROMETHEUS_PORT,
+        retention=fleet.settings.prometheus_retention,
+    )
+    systemd.service(
+        name="Ensure Prometheus is running and enabled",
+        service="prometheus.service",
+        running=True,
+        enabled=True,
+        restarted=arguments.will_change,
+    )

@@ -1,0 +1,193 @@
+"""Prometheus metrics of one service process, served on its own private port.
+
+The hot path only adds to plain integers (``Stats``); ``prometheus_client`` turns them into
+metric families when Prometheus scrapes, so a delivery costs one dictionary increment, not a
+lock. The metrics port answers ``GET /metrics`` and nothing else: it never upgrades to a
+WebSocket, and the firewall opens it to the monitoring host only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+# Label values a counter always shows, at 0 until it happens: a rate() over a series that
+# appears only with its first event misses that event.
+HANDSHAKE_REFUSALS = ("origin", "token", "request")
+RECEIVED_TYPES = ("echo", "subscribe", "unsubscribe", "publish", "invalid")
+DELIVERED_TYPES = (
+    "message",
+    "welcome",
+    "echo",
+    "subscribed",
+    "unsubscribed",
+    "published",
+    "error",
+)
+DROP_CAUSES = ("queue_overflow", "rate_limit", "too_big", "unsupported")
+REQUEST_REFUSALS = ("not_allowed", "bus_unavailable", "too_many_channels")
+RECOVERY_RESULTS = ("recovered", "not_recovered")
+CLOSE_REASONS = ("drain", "rebalance", "overflow")
+
+
+class Stats:
+    """What one process has done since it started, as plain counters."""
+
+    def __init__(self) -> None:
+        self.connections_opened = 0
+        self.handshakes_refused: Counter[str] = Counter(dict.fromkeys(HANDSHAKE_REFUSALS, 0))
+        self.received: Counter[str] = Counter(dict.fromkeys(RECEIVED_TYPES, 0))
+        self.delivered: Counter[str] = Counter(dict.fromkeys(DELIVERED_TYPES, 0))
+        self.drops: Counter[str] = Counter(dict.fromkeys(DROP_CAUSES, 0))
+        self.requests_refused: Counter[str] = Counter(dict.fromkeys(REQUEST_REFUSALS, 0))
+        self.recoveries: Counter[str] = Counter(dict.fromkeys(RECOVERY_RESULTS, 0))
+        self.recovered_messages = 0
+        self.history_lost = 0
+        self.closes: Counter[str] = Counter(dict.fromkeys(CLOSE_REASONS, 0))
+
+
+class ServiceCollector(Collector):
+    """Reads a process's Stats and live state (``gauges``) at scrape time."""
+
+    def __init__(self, stats: Stats, gauges: Callable[[], dict[str, float]]) -> None:
+        self.stats = stats
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.stats
+        live = self.gauges()
+        yield _gauge("wssfleet_connections", "Open WebSocket connections", live["connections"])
+        yield _gauge("wssfleet_channels", "Channels with a subscriber here", live["channels"])
+        yield _gauge(
+            "wssfleet_bus_connected",
+            "1 when the Redis bus is connected (or not used)",
+            live["bus_connected"],
+        )
+        yield _gauge("wssfleet_draining", "1 while this process drains", live["draining"])
+        yield _counter(
+            "wssfleet_connections_opened",
+            "WebSocket connections accepted",
+            stats.connections_opened,
+        )
+        yield _counter(
+            "wssfleet_bus_messages",
+            "Messages this process received from the bus",
+            live["bus_messages"],
+        )
+        yield _labelled(
+            "wssfleet_handshakes_refused",
+            "Upgrade requests refused, by reason",
+            "reason",
+            stats.handshakes_refused,
+        )
+        yield _labelled(
+            "wssfleet_messages_received",
+            "Frames received from clients, by type",
+            "type",
+            stats.received,
+        )
+        yield _labelled(
+            "wssfleet_messages_delivered",
+            "Frames queued to clients, by type",
+            "type",
+            stats.delivered,
+        )
+        yield _labelled(
+            "wssfleet_drops",
+            "Frames dropped, by cause (a client's or for a client)",
+            "cause",
+            stats.drops,
+        )
+        yield _labelled(
+            "wssfleet_requests_refused",
+            "Subscribes and publishes refused, by reason",
+            "reason",
+            stats.requests_refused,
+        )
+        yield _labelled(
+            "wssfleet_recoveries",
+            "Subscribes with since, by whether the history covered them",
+            "result",
+            stats.recoveries,
+        )
+        yield _counter(
+            "wssfleet_recovered_messages",
+            "Messages replayed to recovering clients",
+            stats.recovered_messages,
+        )
+        yield _counter(
+            "wssfleet_history_lost",
+            "Channels whose history no longer reached back after a bus outage",
+            stats.history_lost,
+        )
+        yield _labelled(
+            "wssfleet_closes",
+            "Clients this process closed on purpose, by reason",
+            "reason",
+            stats.closes,
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _labelled(
+    name: str, documentation: str, label: str, values: Counter[str]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def registry(stats: Stats, gauges: Callable[[], dict[str, float]]) -> CollectorRegistry:
+    """The process's own registry: its service metrics and the process's CPU, memory, file
+    descriptors and Python runtime."""
+    own = CollectorRegistry(auto_describe=True)
+    own.register(ServiceCollector(stats, gauges))
+    ProcessCollector(registry=own)
+    PlatformCollector(registry=own)
+    GCCollector(registry=own)
+    return own
+
+
+def responder(
+    metrics: CollectorRegistry,
+) -> Callable[[ServerConnection, Request], Response]:
+    """A process_request for the metrics listener: /metrics or 404, never an upgrade."""
+
+    def respond(connection: ServerConnection, request: Request) -> Response:
+        if request.path.split("?", 1)[0] != "/metrics":
+            return connection.respond(HTTPStatus.NOT_FOUND, "only /metrics here\n")
+        body = generate_latest(metrics)
+        response = connection.respond(HTTPStatus.OK, "")
+        response.body = body
+        for name, value in (
+            ("Content-Type", CONTENT_TYPE_LATEST),
+            ("Content-Length", str(len(body))),
+        ):
+            if name in response.headers:
+                del response.headers[name]
+            response.headers[name] = value
+        return response
+
+    return respond

@@ -1,0 +1,204 @@
+"""Observability end to end: Prometheus on the master scrapes the real fleet, its alerts fire
+when an instance stops or a renewal fails (read from Prometheus's API), and the metrics ports
+answer the monitoring host only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import socket
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from roles.monitoring import QUERY
+from tests.e2e.conftest import run
+from tests.lab_fleet import make, wssfleet
+from wssfleet_control.settings import (
+    HAPROXY_METRICS_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    REDIS_EXPORTER_PORT,
+    seconds_of,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+# A rule's "for", then at most a scrape interval to see it and an evaluation interval to judge
+# it (both prometheus_scrape_interval), and a few seconds for this test's own polling.
+POLL_SECONDS = 2
+SLACK_SECONDS = 5
+INSTANCE_DOWN_FOR = 30
+BLOCK_TABLE = "wssfleet_test_block_acme"
+CAN_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except OSError as error:
+    print("closed", error)
+"""
+
+
+def prometheus(lab, *arguments: str):
+    monitoring = lab.fleet.monitoring
+    command = " ".join(shlex.quote(part) for part in arguments)
+    result = lab.on(
+        monitoring.name, f"python3 {QUERY} {monitoring.address}:{PROMETHEUS_PORT} {command}"
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def alert_states(lab, name: str) -> list[dict]:
+    return [alert for alert in prometheus(lab, "alerts") if alert["name"] == name]
+
+
+def wait_for(condition, seconds: float, what: str):
+    """Poll ``condition`` until it returns something true; returns (value, seconds taken)."""
+    started = time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            return value, time.monotonic() - started
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"{what}: not within {seconds:.0f} s")
+        time.sleep(POLL_SECONDS)
+
+
+def interval(lab) -> float:
+    return seconds_of(lab.fleet.settings.prometheus_scrape_interval)
+
+
+def test_a_stopped_instance_fires_instance_down_within_the_rules_time(lab):
+    worker = lab.fleet.workers[0]
+    port = lab.ports(worker.name)[-1]
+    server = f"{worker.name}-{port}"
+    up = f'up{{job="wssfleet", server="{server}"}}'
+
+    def scraped_up():
+        return any(sample["value"][1] == "1" for sample in prometheus(lab, "query", up))
+
+    wait_for(scraped_up, 4 * interval(lab), f"{server} scraped")
+    stopped = lab.on(worker.name, f"systemctl stop wssfleet@{port}")
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+
+        def firing():
+            return any(
+                alert["state"] == "firing" and alert["labels"].get("server") == server
+                for alert in alert_states(lab, "WssfleetInstanceDown")
+            )
+
+        bound = INSTANCE_DOWN_FOR + 2 * interval(lab) + SLACK_SECONDS
+        _, took = wait_for(firing, bound, f"WssfleetInstanceDown for {server}")
+        # Not before the rule's "for": a scrape or two missed is no alert.
+        assert took >= INSTANCE_DOWN_FOR, took
+        print(f"WssfleetInstanceDown fired {took:.0f} s after the stop (bound {bound:.0f} s)")
+    finally:
+        lab.on(worker.name, f"systemctl start wssfleet@{port}")
+
+    def resolved():
+        return scraped_up() and not any(
+            alert["labels"].get("server") == server
+            for alert in alert_states(lab, "WssfleetInstanceDown")
+        )
+
+    wait_for(resolved, 4 * interval(lab) + SLACK_SECONDS, f"{server} back and its alert gone")
+
+
+def test_a_failed_renewal_fires_its_alert_and_shows_in_status_until_one_succeeds(lab):
+    master = lab.fleet.master
+    acme = urlsplit(lab.described["acme_directory"])
+    # The ACME server becomes unreachable from the master: certbot fails as on a real outage.
+    block = (
+        f"nft add table inet {BLOCK_TABLE} && "
+        f"nft add chain inet {BLOCK_TABLE} output "
+        "'{ type filter hook output priority 0; }' && "
+        f"nft add rule inet {BLOCK_TABLE} output ip daddr {acme.hostname} "
+        f"tcp dport {acme.port} reject with tcp reset"
+    )
+    assert lab.on(master.name, block).returncode == 0
+
+    def firing():
+        return any(
+            alert["state"] == "firing"
+            for alert in alert_states(lab, "WssfleetCertificateRenewalFailed")
+        )
+
+    try:
+        failed = wssfleet("renew", "-i", "inventory/lab.py", timeout=300)
+        assert failed.returncode != 0, failed.stdout
+        assert "the renewal failed" in failed.stderr
+        bound = 2 * interval(lab) + SLACK_SECONDS
+        _, took = wait_for(firing, bound, "WssfleetCertificateRenewalFailed")
+        print(f"WssfleetCertificateRenewalFailed fired {took:.0f} s after the failed run")
+        status = make("status")
+        assert "last renewal run:" in status.stdout and "FAILED" in status.stdout, status.stdout
+        assert "FIRING WssfleetCertificateRenewalFailed" in status.stdout, status.stdout
+    finally:
+        lab.on(master.name, f"nft delete table inet {BLOCK_TABLE}")
+    renewed = wssfleet("renew", "-i", "inventory/lab.py", timeout=300)
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    wait_for(lambda: not firing(), 2 * interval(lab) + SLACK_SECONDS, "the alert cleared")
+    assert "succeeded" in make("status").stdout
+
+
+def can_connect(lab, source: str, address: str, port: int) -> bool:
+    result = lab.on(source, f"python3 -c {shlex.quote(CAN_CONNECT)} {address} {port}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.startswith("open")
+
+
+def test_metrics_ports_answer_the_monitoring_host_and_nobody_else(lab):
+    fleet = lab.fleet
+    worker, other = fleet.workers[0], fleet.workers[1]
+    metrics_port = lab.ports(worker.name)[0] + fleet.settings.metrics_port_offset
+    inside = [
+        (worker.address, metrics_port),
+        (worker.address, NODE_EXPORTER_PORT),
+        (fleet.master.address, HAPROXY_METRICS_PORT),
+        (fleet.redis.address, REDIS_EXPORTER_PORT),
+    ]
+    for address, port in inside:
+        assert can_connect(lab, fleet.monitoring.name, address, port), (address, port)
+    # Another worker of the fleet is not the monitoring host: refused like anyone else.
+    for address, port in inside[:2]:
+        assert not can_connect(lab, other.name, address, port), (address, port)
+    # From outside the fleet (this machine, on the lab bridge): nothing, Prometheus included.
+    for address, port in [*inside, (fleet.monitoring.address, PROMETHEUS_PORT)]:
+        assert not _reachable_from_here(address, port), (address, port)
+
+
+def _reachable_from_here(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_prometheus_counts_the_connections_clients_hold(lab):
+    clients = 6
+    query = "sum(wssfleet_connections)"
+
+    def total() -> float:
+        return sum(float(sample["value"][1]) for sample in prometheus(lab, "query", query))
+
+    async def scenario():
+        before = await asyncio.to_thread(total)
+        opened = [await lab.connect(subject=f"counted{n}") for n in range(clients)]
+
+        def counted():
+            return total() >= before + clients - 0.5 or None
+
+        try:
+            await asyncio.to_thread(wait_for, counted, 3 * interval(lab), "connections counted")
+        finally:
+            for ws in opened:
+                await ws.close()
+
+    # Whatever else holds connections, the six of this test show up within a few scrapes.
+    run(scenario(), timeout=120)

@@ -1,0 +1,229 @@
+"""The Prometheus config and alert rules as a deploy renders them: promtool accepts them, and
+each alert fires on the series that mean trouble, after its rule's time, and not on a burst."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_control_settings import PEBBLE, render
+from wssfleet_control.inventory import Node
+from wssfleet_control.settings import resolve
+
+REPO = Path(__file__).resolve().parents[2]
+PROMTOOL = REPO / "build/prometheus/usr/bin/promtool"
+WORKER = 'job="wssfleet", instance="10.0.0.2:9001", host="w1", server="w1-8001"'
+
+
+def promtool(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    if not PROMTOOL.exists():
+        pytest.fail(f"{PROMTOOL} is missing: run 'make tools'")
+    return subprocess.run([str(PROMTOOL), *arguments], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    settings = resolve({**PEBBLE, "alert_drop_percent": 2})
+    path = tmp_path / "wssfleet-rules.yml"
+    path.write_text(render("monitoring", "wssfleet-rules.yml.j2", settings=settings))
+    return path
+
+
+def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
+    settings = resolve({**PEBBLE, "alertmanagers": ["10.0.0.9:9093"]})
+    master = Node("m", "10.0.0.1", {})
+    worker = Node("w1", "10.0.0.2", {})
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        render(
+            "monitoring",
+            "prometheus.yml.j2",
+            settings=settings,
+            rules=rules,
+            instances=[
+                {"host": "w1", "address": "10.0.0.2", "metrics_port": 9001, "server": "w1-8001"}
+            ],
+            nodes=[master, worker],
+            master=master,
+            redis=master,
+            monitoring=master,
+            address="10.0.0.1",
+            port=9090,
+            haproxy_port=8405,
+            redis_exporter_port=9121,
+            node_exporter_port=9100,
+        )
+    )
+    checked = promtool("check", "config", str(config), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 9 rules found" in checked.stdout, checked.stdout
+    text = config.read_text()
+    jobs = [line.split(":")[1].strip() for line in text.splitlines() if "job_name:" in line]
+    assert jobs == ["wssfleet", "haproxy", "redis", "node", "prometheus"]
+    assert '- targets: ["10.0.0.2:9001"]\n        labels:\n          host: "w1"\n' in text
+    assert '            - "10.0.0.9:9093"' in text
+
+
+def alert(labels: dict[str, str], annotations: dict[str, str]) -> dict:
+    return {"exp_labels": labels, "exp_annotations": annotations}
+
+
+def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
+    worker_labels = {
+        "job": "wssfleet",
+        "instance": "10.0.0.2:9001",
+        "host": "w1",
+        "server": "w1-8001",
+    }
+    certificate = {
+        "job": "node",
+        "instance": "10.0.0.1:9100",
+        "host": "m",
+        "certificate": "wssfleet",
+    }
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                # Stopped at 30 s: pending from then, firing once down for 30 s.
+                "interval": "10s",
+                "input_series": [{"series": f"up{{{WORKER}}}", "values": "1 1 1 0x20"}],
+                "alert_rule_test": [
+                    {"eval_time": "50s", "alertname": "WssfleetInstanceDown", "exp_alerts": []},
+                    {
+                        "eval_time": "70s",
+                        "alertname": "WssfleetInstanceDown",
+                        "exp_alerts": [
+                            alert(
+                                {**worker_labels, "severity": "critical"},
+                                {
+                                    "summary": "wssfleet instance w1-8001 is down",
+                                    "description": "10.0.0.2:9001 on w1 has not answered for 30 s.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                # A renewal run fails at 20 s; the next one, at 60 s, succeeds.
+                "interval": "10s",
+                "input_series": [
+                    {
+                        "series": "wssfleet_certificate_renewal_last_success"
+                        '{job="node", instance="10.0.0.1:9100", host="m", '
+                        'certificate="wssfleet"}',
+                        "values": "1 1 0 0 0 0 1 1",
+                    }
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "30s",
+                        "alertname": "WssfleetCertificateRenewalFailed",
+                        "exp_alerts": [
+                            alert(
+                                {**certificate, "severity": "critical"},
+                                {
+                                    "summary": "the last certificate renewal on m failed",
+                                    "description": "See `journalctl -t wssfleet-renew` on the "
+                                    "master; `make renew` retries.",
+                                },
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "70s",
+                        "alertname": "WssfleetCertificateRenewalFailed",
+                        "exp_alerts": [],
+                    },
+                ],
+            },
+            {
+                # Valid from 0 to 3,000 s: a third of its lifetime is left from 2,000 s on,
+                # and the alert fires 10 minutes later.
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": "wssfleet_certificate_not_before_seconds"
+                        '{job="node", instance="10.0.0.1:9100", host="m", '
+                        'certificate="wssfleet"}',
+                        "values": "0x60",
+                    },
+                    {
+                        "series": "wssfleet_certificate_not_after_seconds"
+                        '{job="node", instance="10.0.0.1:9100", host="m", '
+                        'certificate="wssfleet"}',
+                        "values": "3000x60",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "40m",
+                        "alertname": "WssfleetCertificateExpiringSoon",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "45m",
+                        "alertname": "WssfleetCertificateExpiringSoon",
+                        "exp_alerts": [
+                            alert(
+                                {**certificate, "severity": "critical"},
+                                {
+                                    "summary": "the certificate expires in 5m 0s",
+                                    "description": "Less than a third of its lifetime left; "
+                                    "see wssfleet_certificate_renewal_last_success and the "
+                                    "wssfleet-renew journal.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                # 3 drops a second beside 97 deliveries (3%, above the 2% set) for 30
+                # minutes; a one-minute burst of 50 a second before it stays quiet.
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'wssfleet_drops_total{{{WORKER}, cause="rate_limit"}}',
+                        "values": "0 3000 3000x8 3000+180x30",
+                    },
+                    {
+                        "series": f'wssfleet_messages_delivered_total{{{WORKER}, type="message"}}',
+                        "values": "0+5820x40",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "WssfleetDropRateHigh", "exp_alerts": []},
+                    {
+                        "eval_time": "35m",
+                        "alertname": "WssfleetDropRateHigh",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "instance": "10.0.0.2:9001",
+                                    "host": "w1",
+                                    "server": "w1-8001",
+                                    "severity": "warning",
+                                },
+                                {
+                                    "summary": "wssfleet instance w1-8001 drops 3% of its frames",
+                                    "description": "Above alert_drop_percent=2% for 10 "
+                                    "minutes: see wssfleet_drops_total by cause.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    test_file = tmp_path / "tests.yml"
+    # YAML is a superset of JSON: promtool reads this as its test file.
+    test_file.write_text(json.dumps(tests, indent=1))
+    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

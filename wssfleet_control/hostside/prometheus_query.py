@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Live figures from the fleet's Prometheus, for `wssfleet status` and the tests; run on the
+monitoring host, where Prometheus listens on the private address.
+
+    prometheus_query.py ADDRESS:PORT summary     targets, firing alerts, per-instance figures
+    prometheus_query.py ADDRESS:PORT alerts      every alert Prometheus holds, as JSON
+    prometheus_query.py ADDRESS:PORT query EXPR  one instant query's result, as JSON
+
+Standard library only: it runs with the host's python3.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.parse
+import urllib.request
+
+PER_INSTANCE = {
+    "connections": "wssfleet_connections",
+    "received_per_second": "sum by (server) (rate(wssfleet_messages_received_total[1m]))",
+    "delivered_per_second": "sum by (server) (rate(wssfleet_messages_delivered_total[1m]))",
+    "drops_per_second": "sum by (server) (rate(wssfleet_drops_total[5m]))",
+}
+
+
+def api(base: str, path: str, **parameters: str) -> object:
+    query = f"?{urllib.parse.urlencode(parameters)}" if parameters else ""
+    with urllib.request.urlopen(f"http://{base}/api/v1/{path}{query}", timeout=10) as reply:
+        answer = json.loads(reply.read())
+    if answer.get("status") != "success":
+        raise RuntimeError(f"Prometheus answered {answer}")
+    return answer["data"]
+
+
+def query(base: str, expression: str) -> list[dict]:
+    return api(base, "query", query=expression)["result"]  # type: ignore[index]
+
+
+def summary(base: str) -> dict:
+    targets = [
+        {
+            "job": target["labels"].get("job"),
+            "host": target["labels"].get("host"),
+            "instance": target["labels"].get("instance"),
+            "server": target["labels"].get("server"),
+            "health": target["health"],
+            "error": target.get("lastError", ""),
+        }
+        for target in api(base, "targets", state="active")["activeTargets"]  # type: ignore[index]
+    ]
+    figures: dict[str, dict[str, float]] = {}
+    for name, expression in PER_INSTANCE.items():
+        for sample in query(base, expression):
+            server = sample["metric"].get("server", "?")
+            figures.setdefault(server, {})[name] = float(sample["value"][1])
+    return {"targets": targets, "alerts": alerts(base), "instances": figures}
+
+
+def alerts(base: str) -> list[dict]:
+    return [
+        {
+            "name": alert["labels"].get("alertname"),
+            "state": alert["state"],
+            "labels": alert["labels"],
+            "active_at": alert.get("activeAt"),
+            "summary": alert.get("annotations", {}).get("summary", ""),
+        }
+        for alert in api(base, "alerts")["alerts"]  # type: ignore[index]
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in ("summary", "alerts", "query"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    base, command = argv[0], argv[1]
+    if command == "summary":
+        print(json.dumps(summary(base)))
+    elif command == "alerts":
+        print(json.dumps(alerts(base)))
+    else:
+        print(json.dumps(query(base, argv[2])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
