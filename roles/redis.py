@@ -38,6 +38,7 @@ WORKER_COMMANDS = (
 # What redis_exporter runs: INFO and a few read-only introspection commands, on no key.
 MONITOR_COMMANDS = (
     "ping",
+    "client|setname",
     "info",
     "config|get",
     "client|list",

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -57,9 +58,19 @@ def pinned_dependencies() -> list[str]:
     return [requirement.split(";")[0].strip() for requirement in project["dependencies"]]
 
 
-@cache
+# Hosts are deployed concurrently (pyinfra's greenlets, under gevent's patched threading):
+# the first host of a type builds its wheelhouse, the others wait for it and reuse it.
+_building = threading.Lock()
+
+
 def wheelhouse(python_version: str, machine: str) -> Path:
     """A directory holding exactly the wheels one host type needs; built once per run."""
+    with _building:
+        return _wheelhouse(python_version, machine)
+
+
+@cache
+def _wheelhouse(python_version: str, machine: str) -> Path:
     target = BUILD / release_id() / f"py{python_version}-{machine}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

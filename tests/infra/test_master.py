@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from wssfleet_control.settings import (
+    HAPROXY_METRICS_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    REDIS_EXPORTER_PORT,
+)
+
 CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
 FOURTEEN_DAYS = 14 * 24 * 3600
 
@@ -68,9 +75,23 @@ def test_runtime_api_is_a_local_socket_only(on, master, fleet):
     expected = {22, 80, 443}
     if fleet.redis.name == master.name:
         expected.add(fleet.settings.redis_port)
+    # The monitoring ports, on the private address only (the firewall admits the monitoring
+    # host alone; tests/infra/test_monitoring.py checks where they listen).
+    private = {NODE_EXPORTER_PORT, HAPROXY_METRICS_PORT}
+    if fleet.redis.name == master.name:
+        private.add(REDIS_EXPORTER_PORT)
+    if fleet.monitoring.name == master.name:
+        private.add(PROMETHEUS_PORT)
+    listeners = [line.split()[3] for line in host.check_output("ss -Hltn").splitlines()]
     public = {
-        int(line.split()[3].rsplit(":", 1)[1])
-        for line in host.check_output("ss -Hltn").splitlines()
-        if not line.split()[3].startswith(("127.", "[::1]"))
+        int(address.rsplit(":", 1)[1])
+        for address in listeners
+        if not address.startswith(("127.", "[::1]", f"{master.address}:"))
+    }
+    on_private = {
+        int(address.rsplit(":", 1)[1])
+        for address in listeners
+        if address.startswith(f"{master.address}:")
     }
     assert public <= expected, f"unexpected listeners: {sorted(public - expected)}"
+    assert on_private <= expected | private, sorted(on_private - expected - private)

@@ -46,28 +46,46 @@ def test_prometheus_listens_on_the_private_address_only(on, monitoring_node):
     assert not host.socket(f"tcp://0.0.0.0:{PROMETHEUS_PORT}").is_listening
 
 
-def test_every_target_is_up(on, monitoring_node, fleet):
+def test_prometheus_scrapes_every_exporter(on, monitoring_node, fleet):
     targets = prometheus(on, monitoring_node, "summary")["targets"]
-    down = [target for target in targets if target["health"] != "up"]
+    exporters = [target for target in targets if target["job"] != "wssfleet"]
+    down = [f"{t['job']} on {t['host']}: {t['error']}" for t in exporters if t["health"] != "up"]
     assert not down, down
-    jobs = {target["job"] for target in targets}
-    assert jobs == {"wssfleet", "haproxy", "redis", "node", "prometheus"}
-    assert sum(target["job"] == "node" for target in targets) == len(fleet.nodes)
+    assert {target["job"] for target in exporters} == {"haproxy", "redis", "node", "prometheus"}
+    assert sum(target["job"] == "node" for target in exporters) == len(fleet.nodes)
 
 
-def test_wssfleets_alert_rules_are_loaded_and_none_is_firing(on, monitoring_node):
-    # An alert that resolves within a minute (a host just back: its next scrape and rule
-    # evaluation) passes; one that stays fails, by name.
+def test_prometheus_scrapes_the_instance(on, fleet, worker_instance):
+    node, port = worker_instance
+    server = f"{node.name}-{port}"
+    targets = prometheus(on, fleet.monitoring, "summary")["targets"]
+    mine = [target for target in targets if target["server"] == server]
+    assert [target["health"] for target in mine] == ["up"], mine
+
+
+def firing_alerts(on, monitoring_node, about) -> list[str]:
+    """Alerts that fire about what ``about`` selects, once those that resolve within a minute
+    (a host just back: its next scrape and rule evaluation) have had that minute."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
-        alerts = prometheus(on, monitoring_node, "alerts")
-        firing = [alert for alert in alerts if alert["state"] == "firing"]
+        firing = [
+            f"{alert['name']}: {alert['summary']}"
+            for alert in prometheus(on, monitoring_node, "alerts")
+            if alert["state"] == "firing" and about(alert["labels"])
+        ]
         if not firing or time.monotonic() > deadline:
-            break
+            return firing
         time.sleep(5)
-    assert not firing, "alerts firing: " + "; ".join(
-        f"{alert['name']}: {alert['summary']}" for alert in firing
-    )
+
+
+def test_no_alert_fires_about_the_host(on, fleet, any_node):
+    firing = firing_alerts(on, fleet.monitoring, lambda labels: labels.get("host") == any_node.name)
+    assert not firing, firing
+
+
+def test_no_fleet_wide_alert_fires_and_the_rules_are_loaded(on, monitoring_node):
+    firing = firing_alerts(on, monitoring_node, lambda labels: "host" not in labels)
+    assert not firing, firing
     loaded = on(monitoring_node).check_output(
         "promtool check rules /etc/prometheus/wssfleet-rules.yml"
     )

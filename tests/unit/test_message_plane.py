@@ -386,3 +386,24 @@ def test_a_process_that_finds_its_history_gone_after_an_outage_says_so(start_ser
         assert (await message(listener))["data"] == "after"
 
     run(scenario())
+
+
+def test_redis_exporters_user_may_look_but_not_touch(redis_server):
+    from roles.redis import MONITOR_REDIS_USER
+
+    with redis.Redis(
+        port=redis_server.port, username=MONITOR_REDIS_USER, password=redis_server.monitor_password
+    ) as monitor:
+        assert monitor.info("server")["tcp_port"] == redis_server.port
+        assert monitor.client_setname("redis_exporter")
+        for command in (
+            ("GET", "wssfleet:history-state:room"),
+            ("XRANGE", "wssfleet:history:room", "-", "+"),
+            ("SUBSCRIBE", "wssfleet:channel:room"),
+            ("FLUSHDB",),
+            ("KEYS", "*"),
+            ("CONFIG", "SET", "maxmemory", "1"),
+            ("CLIENT", "KILL", "TYPE", "normal"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                monitor.execute_command(*command)
