@@ -34,7 +34,9 @@ $(PROMTOOL): | $(HOST_STAMP)
 	@rm -rf build/prometheus build/prometheus-deb && mkdir -p build/prometheus-deb
 	@cd build/prometheus-deb && { apt-get download -q prometheus >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; }
-	@dpkg-deb -x build/prometheus-deb/prometheus_*.deb build/prometheus && rm -r build/prometheus-deb
+	@dpkg-deb -x build/prometheus-deb/prometheus_*.deb build/prometheus-deb/unpacked
+	@install -D -m 755 build/prometheus-deb/unpacked/usr/bin/promtool $(PROMTOOL)
+	@rm -r build/prometheus-deb
 	@$(PROMTOOL) --version >/dev/null
 
 $(HOST_STAMP): Makefile

@@ -50,7 +50,9 @@ if "master" in roles:
         ],
     )
     certificates.apply(fleet)
-if "monitoring" in roles:
+if "monitoring" not in roles:
+    monitoring.prometheus_retired()
+else:
     monitoring.prometheus(
         fleet,
         [

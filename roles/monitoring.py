@@ -11,7 +11,9 @@ reloads (no restart: its samples and alert states stay).
 
 from dataclasses import dataclass
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, systemd
 
 from roles import HELPERS, HOSTSIDE, activate_candidate, secret_template, template
@@ -105,6 +107,19 @@ def redis_exporter(fleet: Fleet, password: str) -> None:
         enabled=True,
         restarted=settings.will_change,
     )
+
+
+@deploy("Prometheus elsewhere")
+def prometheus_retired() -> None:
+    """On a host that is no longer the monitoring host: its Prometheus stopped (its package
+    and data stay, for whoever wants its history)."""
+    if "prometheus.service" in host.get_fact(SystemdStatus):
+        systemd.service(
+            name="Ensure Prometheus is stopped here (another host monitors the fleet)",
+            service="prometheus.service",
+            running=False,
+            enabled=False,
+        )
 
 
 @deploy("Prometheus")

@@ -154,10 +154,15 @@ def restarted(report: dict) -> list[tuple[str, int]]:
 
 
 def derived_inventory(
-    directory: Path, workers: int | None = None, own_secrets: bool = False, **settings
+    directory: Path,
+    workers: int | None = None,
+    own_secrets: bool = False,
+    monitoring: str | None = None,
+    **settings,
 ) -> Path:
     """The lab inventory with some settings changed (same hosts; the lab's secrets unless
-    ``own_secrets``), optionally keeping only the first ``workers`` workers."""
+    ``own_secrets``), optionally keeping only the first ``workers`` workers, or with a
+    ``monitoring`` group of that one host."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lab_changed.py"
     path.write_text(
@@ -169,6 +174,7 @@ def derived_inventory(
         "all = ([name for name in _lab['all'][0] if name in _names], _lab['all'][1])\n"
         f"all[1]['wssfleet'].update({settings!r})\n"
         + ("all[1]['wssfleet_inventory'] = __file__\n" if own_secrets else "")
+        + (f"monitoring = [{monitoring!r}]\n" if monitoring else "")
     )
     return path
 

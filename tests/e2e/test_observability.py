@@ -15,7 +15,7 @@ import pytest
 
 from roles.monitoring import QUERY
 from tests.e2e.conftest import run
-from tests.lab_fleet import make, wssfleet
+from tests.lab_fleet import deploy, derived_inventory, make, wssfleet
 from wssfleet_control.settings import (
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
@@ -42,8 +42,8 @@ except OSError as error:
 """
 
 
-def prometheus(lab, *arguments: str):
-    monitoring = lab.fleet.monitoring
+def prometheus(lab, *arguments: str, monitoring=None):
+    monitoring = monitoring or lab.fleet.monitoring
     command = " ".join(shlex.quote(part) for part in arguments)
     result = lab.on(
         monitoring.name, f"python3 {QUERY} {monitoring.address}:{PROMETHEUS_PORT} {command}"
@@ -202,3 +202,46 @@ def test_prometheus_counts_the_connections_clients_hold(lab):
 
     # Whatever else holds connections, the six of this test show up within a few scrapes.
     run(scenario(), timeout=120)
+
+
+def test_status_falls_back_to_haproxy_when_prometheus_does_not_answer(lab):
+    monitoring = lab.fleet.monitoring
+    assert lab.on(monitoring.name, "systemctl stop prometheus").returncode == 0
+    try:
+        status = make("status")
+    finally:
+        lab.on(monitoring.name, "systemctl start prometheus")
+    assert status.returncode == 0, status.stderr
+    assert "Prometheus did not answer" in status.stdout, status.stdout
+    assert "open connections per worker instance (HAProxy runtime API)" in status.stdout
+    assert status.stdout.count("(UP)") == sum(len(lab.ports(w.name)) for w in lab.fleet.workers)
+    wait_for(lambda: "live, from Prometheus" in make("status").stdout, 60, "Prometheus back")
+
+
+def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_path):
+    fleet = lab.fleet
+    elsewhere = fleet.workers[-1]
+    first = fleet.workers[0]
+    instance = (first.address, lab.ports(first.name)[0] + fleet.settings.metrics_port_offset)
+    code, _, log = deploy(derived_inventory(tmp_path, monitoring=elsewhere.name))
+    try:
+        assert code == 0, log[-3000:]
+        master_prometheus = lab.on(fleet.master.name, "systemctl is-active prometheus")
+        assert master_prometheus.stdout.strip() == "inactive", master_prometheus.stdout
+
+        # Every instance, every host's node_exporter, HAProxy, Redis and Prometheus itself.
+        expected = sum(len(lab.ports(w.name)) for w in fleet.workers) + len(fleet.nodes) + 3
+
+        def all_up():
+            targets = prometheus(lab, "summary", monitoring=elsewhere)["targets"]
+            return len(targets) == expected and all(t["health"] == "up" for t in targets)
+
+        wait_for(all_up, 6 * interval(lab), f"every target up in {elsewhere.name}'s Prometheus")
+        # The metrics ports now answer the new monitoring host, and no longer the master.
+        assert can_connect(lab, elsewhere.name, *instance)
+        assert not can_connect(lab, fleet.master.name, *instance)
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+    assert lab.on(fleet.master.name, "systemctl is-active prometheus").stdout.strip() == "active"
+    assert lab.on(elsewhere.name, "systemctl is-active prometheus").stdout.strip() == "inactive"

@@ -164,14 +164,16 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
     assert added.address in lab.on("master", "nft list table inet wssfleet").stdout
     # HAProxy's health checks bring the new servers UP within a few check intervals.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = make("status").stdout
-        line = next(
-            line
-            for line in status.splitlines()
-            if line.strip().startswith(added.name) and "(" in line and ":" in line.split()[1]
+    while True:
+        servers = json.loads(
+            lab.on("master", "python3 /usr/local/lib/wssfleet/haproxy_runtime.py servers").stdout
         )
-        if "DOWN" not in line and "UP" in line:
+        states = [
+            server["status"]
+            for server in servers
+            if server["backend"] == "workers" and server["server"].startswith(f"{added.name}-")
+        ]
+        if (states and set(states) == {"UP"}) or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert "DOWN" not in line and "UP" in line, line
+    assert states and set(states) == {"UP"}, states
