@@ -59,7 +59,7 @@ else:
             monitoring.ScrapedInstance(
                 host=name,
                 address=address,
-                metrics_port=port + fleet.settings.metrics_port_offset,
+                metrics_port=fleet.settings.metrics_port(port),
                 server=haproxy.server_name(name, port),
             )
             for name, address, port in every_instance()

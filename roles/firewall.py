@@ -105,4 +105,4 @@ def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> l
         ports.append(HAPROXY_METRICS_PORT)
     if "redis" in roles:
         ports.append(REDIS_EXPORTER_PORT)
-    return ports + [port + fleet.settings.metrics_port_offset for port in service_ports]
+    return ports + [fleet.settings.metrics_port(port) for port in service_ports]

@@ -31,6 +31,8 @@ CONFIG = "/etc/prometheus/prometheus.yml"
 CONFIG_CANDIDATE = "/etc/prometheus/prometheus.yml.wssfleet-candidate"
 RULES = "/etc/prometheus/wssfleet-rules.yml"
 RULES_CANDIDATE = "/etc/prometheus/wssfleet-rules.yml.wssfleet-candidate"
+# A stopped Prometheus is not reloaded: it reads the new files when it starts.
+RELOAD = "! systemctl is-active --quiet prometheus || systemctl reload prometheus"
 # Reads Prometheus's API on the monitoring host (make status, the tests).
 QUERY = f"{HELPERS}/prometheus_query.py"
 
@@ -152,7 +154,7 @@ def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
         [
             f"promtool check rules {RULES_CANDIDATE} || {{ rm -f {RULES_CANDIDATE}; exit 1; }}",
             f"install -m 644 {RULES_CANDIDATE} {RULES}",
-            "! systemctl is-active --quiet prometheus || systemctl reload prometheus",
+            RELOAD,
         ],
     )
     config = files.template(
@@ -180,7 +182,7 @@ def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
         [
             f"promtool check config {CONFIG_CANDIDATE} || {{ rm -f {CONFIG_CANDIDATE}; exit 1; }}",
             f"install -m 644 {CONFIG_CANDIDATE} {CONFIG}",
-            "! systemctl is-active --quiet prometheus || systemctl reload prometheus",
+            RELOAD,
         ],
     )
     arguments = files.template(

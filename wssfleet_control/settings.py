@@ -342,8 +342,12 @@ class Settings(ClientPolicy):
     def worker_ports(self, processes: int) -> list[int]:
         return list(range(self.worker_base_port, self.worker_base_port + processes))
 
+    def metrics_port(self, service_port: int) -> int:
+        """Where the service process on ``service_port`` serves its metrics."""
+        return service_port + self.metrics_port_offset
+
     def metrics_ports(self, processes: int) -> list[int]:
-        return [port + self.metrics_port_offset for port in self.worker_ports(processes)]
+        return [self.metrics_port(port) for port in self.worker_ports(processes)]
 
 
 def resolve(raw: dict[str, Any] | None) -> Settings:

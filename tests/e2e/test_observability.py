@@ -155,7 +155,7 @@ def can_connect(lab, source: str, address: str, port: int) -> bool:
 def test_metrics_ports_answer_the_monitoring_host_and_nobody_else(lab):
     fleet = lab.fleet
     worker, other = fleet.workers[0], fleet.workers[1]
-    metrics_port = lab.ports(worker.name)[0] + fleet.settings.metrics_port_offset
+    metrics_port = fleet.settings.metrics_port(lab.ports(worker.name)[0])
     inside = [
         (worker.address, metrics_port),
         (worker.address, NODE_EXPORTER_PORT),
@@ -222,7 +222,7 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
     fleet = lab.fleet
     elsewhere = fleet.workers[-1]
     first = fleet.workers[0]
-    instance = (first.address, lab.ports(first.name)[0] + fleet.settings.metrics_port_offset)
+    instance = (first.address, fleet.settings.metrics_port(lab.ports(first.name)[0]))
     code, _, log = deploy(derived_inventory(tmp_path, monitoring=elsewhere.name))
     try:
         assert code == 0, log[-3000:]

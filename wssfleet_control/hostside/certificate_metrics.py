@@ -89,12 +89,13 @@ def figures(state: dict[str, float]) -> dict[str, float]:
     found: dict[str, float] = dict(state)
     if dates is not None:
         not_before, not_after = dates
+        window = renew_before()
         found.update(
             not_before=not_before,
             not_after=not_after,
-            renew_before=renew_before(),
+            renew_before=window,
             # certbot renews at the first run inside the window: from this moment on.
-            next_renewal=max(not_after - renew_before(), time.time()),
+            next_renewal=max(not_after - window, time.time()),
         )
     return found
 
