@@ -145,7 +145,6 @@ class ServiceProcess:
         from prometheus_client.parser import text_string_to_metric_families
 
         assert self.metrics_port is not None, "start the service with metrics=True"
-        wait_for_port(self.metrics_port)
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
             text = reply.read().decode()
@@ -182,7 +181,10 @@ def start_service(tmp_path: Path) -> Iterator:
             **overrides,
         }
         service = ServiceProcess(env, tmp_path / f"service-{port}.log")
-        service.metrics_port = metrics_port if metrics else None
+        if metrics:
+            # The metrics listener opens just after the service's own port.
+            wait_for_port(metrics_port)
+            service.metrics_port = metrics_port
         started.append(service)
         return service
 
