@@ -10,15 +10,23 @@ WSSFLEET := $(VENV)/bin/wssfleet
 PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 ARTIFACTS := artifacts
 
-# Debian packages the control machine needs: the lab (nspawn, debootstrap, nftables,
-# Pebble), the unit tests (a real redis-server, haproxy to validate rendered configs)
+# Debian packages the control machine needs: the lab (nspawn, debootstrap, nftables),
+# the unit tests (a real redis-server, haproxy to validate rendered configs)
 # and the browser test (Chromium, its driver, NSS tools to trust the lab's ACME root).
-HOST_PACKAGES := systemd-container debootstrap nftables iproute2 pebble redis-server haproxy \
+HOST_PACKAGES := systemd-container debootstrap nftables iproute2 redis-server haproxy \
 	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv
 HOST_STAMP := build/.host-packages
 # Prometheus's promtool, unpacked from Debian's package without installing it (which would
 # start a Prometheus here): the unit tests check the rendered config and test the alert rules.
 PROMTOOL := build/prometheus/usr/bin/promtool
+# The lab's ACME server: Pebble 2.6 from Debian 13's package, unpacked (it is one static
+# binary), whatever this machine runs: Debian 12's 2.4 has no renewal information (ARI).
+PEBBLE := build/pebble/usr/bin/pebble
+PEBBLE_SUITE := trixie
+# apt, pointed at that suite of this machine's own mirror, with its own lists under build/.
+SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/sources \
+	-o Dir::State::Lists=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/lists \
+	-o Dir::Cache=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/cache -o Dir::State::Status=/dev/null
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
@@ -27,7 +35,22 @@ VENV_STAMP := $(VENV)/.installed
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) ## install Debian packages and the virtualenv
+tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) ## install Debian packages and the virtualenv
+
+$(PEBBLE): | $(HOST_STAMP)
+	@echo "==> unpacking Pebble from Debian $(PEBBLE_SUITE)'s package"
+	@rm -rf build/pebble build/apt-$(PEBBLE_SUITE) && mkdir -p build/apt-$(PEBBLE_SUITE)/sources \
+		build/apt-$(PEBBLE_SUITE)/lists/partial build/apt-$(PEBBLE_SUITE)/cache/archives/partial
+	@sed -E 's/\b(bookworm|trixie)\b/$(PEBBLE_SUITE)/g' /etc/apt/sources.list.d/debian.sources \
+		> build/apt-$(PEBBLE_SUITE)/sources/debian.sources
+	@$(SUITE_APT) update >/dev/null
+	@cd build/apt-$(PEBBLE_SUITE) && { $(SUITE_APT) download pebble >download.log 2>&1 \
+		|| { cat download.log >&2; exit 1; }; }
+	@dpkg-deb -x build/apt-$(PEBBLE_SUITE)/pebble_*.deb build/apt-$(PEBBLE_SUITE)/unpacked
+	@install -D -m 755 -t build/pebble/usr/bin build/apt-$(PEBBLE_SUITE)/unpacked/usr/bin/pebble \
+		build/apt-$(PEBBLE_SUITE)/unpacked/usr/bin/pebble-challtestsrv
+	@rm -r build/apt-$(PEBBLE_SUITE)
+	@test -x $(PEBBLE)
 
 $(PROMTOOL): | $(HOST_STAMP)
 	@echo "==> unpacking promtool from Debian's prometheus package"

@@ -27,6 +27,7 @@ def every_instance() -> list[tuple[str, str, int]]:
     ]
 
 
+base.release()
 base.apply()
 firewall.apply(fleet, service_ports)
 monitoring.node_exporter(node)
@@ -49,7 +50,7 @@ if "master" in roles:
             for name, address, port in every_instance()
         ],
     )
-    certificates.apply(fleet)
+    certificates.apply(run)
 if "monitoring" not in roles:
     monitoring.prometheus_retired()
 else:

@@ -23,6 +23,7 @@ from lab.settings import (
     CERTIFICATE_LIFETIME_SECONDS,
     CHALLTESTSRV_MANAGEMENT_PORT,
     DNS_PORT,
+    PEBBLE_BIN,
     LabError,
     LabSettings,
 )
@@ -62,6 +63,9 @@ def make_listener_certificate(directory: Path, address: str) -> Path:
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -80,6 +84,12 @@ def make_listener_certificate(directory: Path, address: str) -> Path:
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
+        # Python 3.13's strict verification (Debian 13's certbot) requires the key identifiers.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     bundle = directory / "listener-ca.pem"
@@ -114,7 +124,7 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
     dns = spawn(
         "pebble-challtestsrv",
         [
-            "pebble-challtestsrv",
+            str(PEBBLE_BIN / "pebble-challtestsrv"),
             "-defaultIPv4",
             settings.master.address,
             "-defaultIPv6",
@@ -134,7 +144,7 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
     )
     pebble = spawn(
         "pebble",
-        ["pebble", "-config", str(config), "-dnsserver", f"{gateway}:{DNS_PORT}"],
+        [str(PEBBLE_BIN / "pebble"), "-config", str(config), "-dnsserver", f"{gateway}:{DNS_PORT}"],
         logs / "pebble.log",
         # No random sleeps before validation, no deliberate bad nonces: fast, repeatable tests.
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},

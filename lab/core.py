@@ -29,6 +29,7 @@ from lab.settings import (
     MACHINE_PREFIX,
     MACHINES_DIR,
     NFT_TABLE,
+    PEBBLE_BIN,
     STATE_DIR,
     Host,
     LabError,
@@ -45,8 +46,6 @@ REQUIRED_COMMANDS = {
     "debootstrap": "debootstrap",
     "nft": "nftables",
     "ip": "iproute2",
-    "pebble": "pebble",
-    "pebble-challtestsrv": "pebble",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "nsenter": "util-linux",
@@ -62,6 +61,8 @@ def check_machine() -> None:
     )
     if missing:
         raise LabError(f"missing Debian packages {', '.join(missing)}: run 'make tools'")
+    if not all((PEBBLE_BIN / name).is_file() for name in ("pebble", "pebble-challtestsrv")):
+        raise LabError(f"Pebble is not unpacked in {PEBBLE_BIN}: run 'make tools'")
     probe = subprocess.run(
         ["unshare", "--net", "--pid", "--mount", "--fork", "true"], capture_output=True, text=True
     )
@@ -103,6 +104,7 @@ def describe(settings: LabSettings) -> dict:
         "workers": settings.workers,
         "subnet": str(settings.subnet),
         "domain": settings.domain,
+        "suite": settings.suite,
         "public_key": ensure_key(),
     }
 
@@ -136,7 +138,7 @@ def up() -> None:
         log("clearing what an earlier lab left behind: " + ", ".join(leftovers(settings)))
         teardown(state, settings)
     started = time.monotonic()
-    rootfs.build_base()
+    rootfs.build_base(settings)
     state = {"lab": describe(settings), "processes": [], "complete": False}
     save_state(state)
     state["ip_forward_before"] = network.create(settings)
@@ -144,7 +146,7 @@ def up() -> None:
     public_key = ensure_key()
     for host in settings.hosts:
         log(f"copying the base for {host.name} ({host.address})")
-        rootfs.make_host(host, settings.gateway, settings.subnet.prefixlen, public_key)
+        rootfs.make_host(host, settings, public_key)
         process = boot(host)
         state["processes"].append(process.to_json())
         save_state(state)
@@ -316,7 +318,7 @@ def host_roots() -> list[Path]:
     return [
         path
         for path in MACHINES_DIR.glob(MACHINE_PREFIX + "*")
-        if path.is_dir() and path.name != "wssfleet-base" and not path.name.endswith(".building")
+        if path.is_dir() and path not in rootfs.base_dirs() and not path.name.endswith(".building")
     ]
 
 
@@ -336,7 +338,8 @@ def down(purge: bool = False) -> None:
     (CHECKOUT_DIR / "ssh_config").unlink(missing_ok=True)
     shutil.rmtree(ACME_DIR, ignore_errors=True)
     if purge:
-        shutil.rmtree(rootfs.BASE_DIR, ignore_errors=True)
+        for base in rootfs.base_dirs():
+            shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         log("removed the cached base too")
     log("the lab is down")

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from lab.processes import log, run
-from lab.settings import BASE_DIR, BASE_PACKAGES, BASE_RECIPE, SUITE, Host, LabError
+from lab.settings import (
+    BASE_PACKAGES,
+    BASE_PREFIX,
+    BASE_RECIPE,
+    MACHINES_DIR,
+    Host,
+    LabError,
+    LabSettings,
+)
 
 MARKER = ".wssfleet-base"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -32,26 +40,37 @@ def debian_mirror() -> str:
     )
 
 
-def base_is_current() -> bool:
-    marker = BASE_DIR / MARKER
+def base_is_current(base: Path) -> bool:
+    marker = base / MARKER
     return marker.exists() and marker.read_text().strip() == BASE_RECIPE
 
 
-def build_base() -> None:
-    """debootstrap the base once (about a minute); later labs copy it in seconds."""
-    if base_is_current():
+def base_dirs() -> list[Path]:
+    """Every cached base, of any release (and the single base of wssfleet before 0.5)."""
+    return [path for path in MACHINES_DIR.glob(BASE_PREFIX + "*") if path.is_dir()]
+
+
+def build_base(settings: LabSettings) -> None:
+    """debootstrap the release's base once (about a minute); later labs copy it in seconds."""
+    base = settings.base_dir
+    if base_is_current(base):
         return
     mirror = debian_mirror()
-    scratch = BASE_DIR.with_name(BASE_DIR.name + ".building")
+    # wssfleet before 0.5 cached a single Debian 12 base under the bare prefix.
+    shutil.rmtree(MACHINES_DIR / BASE_PREFIX, ignore_errors=True)
+    scratch = base.with_name(base.name + ".building")
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.rmtree(BASE_DIR, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     scratch.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building the Debian 12 base with debootstrap from {mirror} (about a minute, once)")
+    log(
+        f"building the {settings.release} ({settings.suite}) base with debootstrap from "
+        f"{mirror} (about a minute, once)"
+    )
     command = [
         "debootstrap",
         "--variant=minbase",
         f"--include={BASE_PACKAGES}",
-        SUITE,
+        settings.suite,
         str(scratch),
         mirror,
     ]
@@ -60,18 +79,22 @@ def build_base() -> None:
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
         raise LabError(f"debootstrap failed; its last lines:\n{tail}")
-    _prepare_base(scratch)
+    _prepare_base(scratch, settings.suite)
     (scratch / MARKER).write_text(BASE_RECIPE + "\n")
-    scratch.rename(BASE_DIR)
-    log(f"base ready in {time.monotonic() - started:.0f} s, cached in {BASE_DIR}")
+    scratch.rename(base)
+    log(f"base ready in {time.monotonic() - started:.0f} s, cached in {base}")
 
 
-def _prepare_base(root: Path) -> None:
+def _prepare_base(root: Path, suite: str) -> None:
     # A real server's apt sees updates and security too: use this machine's sources,
-    # which debootstrap's single-line sources.list lacks.
-    if APT_SOURCES.exists() and SUITE in APT_SOURCES.read_text():
-        (root / "etc/apt/sources.list").unlink(missing_ok=True)
-        shutil.copy(APT_SOURCES, root / "etc/apt/sources.list.d/debian.sources")
+    # which debootstrap's single-line sources.list lacks, with the host's release named.
+    if APT_SOURCES.exists():
+        sources = APT_SOURCES.read_text()
+        machine_suite = re.search(r"^Suites:\s*([a-z]+)", sources, re.MULTILINE)
+        if machine_suite:
+            sources = re.sub(rf"\b{machine_suite.group(1)}\b", suite, sources)
+            (root / "etc/apt/sources.list").unlink(missing_ok=True)
+            (root / "etc/apt/sources.list.d/debian.sources").write_text(sources)
     # This machine may read a dated snapshot of the mirror; its apt must then not reject
     # old Release files, and neither must the hosts'.
     options = run("apt-config", "dump", check=False).stdout.splitlines()
@@ -85,10 +108,11 @@ def _prepare_base(root: Path) -> None:
         key.unlink()
 
 
-def make_host(host: Host, gateway: str, prefix_length: int, public_key: str) -> None:
+def make_host(host: Host, settings: LabSettings, public_key: str) -> None:
     """A fresh copy of the base with the host's address, name, host keys and our SSH key."""
+    gateway, prefix_length = settings.gateway, settings.subnet.prefixlen
     shutil.rmtree(host.root, ignore_errors=True)
-    run("cp", "-a", "--reflink=auto", str(BASE_DIR), str(host.root))
+    run("cp", "-a", "--reflink=auto", str(settings.base_dir), str(host.root))
     (host.root / MARKER).unlink()
     (host.root / "etc/hostname").write_text(host.machine + "\n")
     (host.root / "etc/hosts").write_text(

@@ -17,15 +17,19 @@ CHECKOUT_DIR = REPO / ".lab"
 # a lab started from another checkout, or left by a stopped session, is found here.
 STATE_DIR = Path("/var/lib/wssfleet-lab")
 MACHINES_DIR = Path("/var/lib/machines")
-BASE_DIR = MACHINES_DIR / "wssfleet-base"
+# One cached base per Debian release, e.g. /var/lib/machines/wssfleet-base-trixie.
+BASE_PREFIX = "wssfleet-base"
 BRIDGE = "wssfleet0"
 NFT_TABLE = "wssfleet_lab"
 MACHINE_PREFIX = "wssfleet-"
-SUITE = "bookworm"
+# The Debian releases a lab can be built from (LAB_SUITE), by codename; the first is the default.
+SUITES = {"trixie": "Debian 13", "bookworm": "Debian 12"}
 BASE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2"
 # Bump when the base recipe changes, so cached base filesystems are rebuilt.
 BASE_RECIPE = "3"
 
+# Pebble 2.6 (ARI), unpacked from Debian 13's package by `make tools` (Makefile, PEBBLE).
+PEBBLE_BIN = REPO / "build" / "pebble" / "usr" / "bin"
 ACME_PORT = 14000
 ACME_MANAGEMENT_PORT = 15000
 DNS_PORT = 8053
@@ -57,6 +61,7 @@ class LabSettings:
     workers: int
     subnet: ipaddress.IPv4Network
     domain: str
+    suite: str = next(iter(SUITES))
 
     @classmethod
     def from_environment(cls) -> LabSettings:
@@ -80,7 +85,19 @@ class LabSettings:
             raise LabError(
                 f"LAB_DOMAIN={domain!r}: give a lower-case DNS name like wss.lab.test"
             ) from None
-        return cls(int(raw_workers), subnet, domain)
+        suite = os.environ.get("LAB_SUITE", next(iter(SUITES)))
+        if suite not in SUITES:
+            choices = ", ".join(f"{name} ({release})" for name, release in SUITES.items())
+            raise LabError(f"LAB_SUITE={suite!r}: give one of {choices}")
+        return cls(int(raw_workers), subnet, domain, suite)
+
+    @property
+    def release(self) -> str:
+        return SUITES[self.suite]
+
+    @property
+    def base_dir(self) -> Path:
+        return MACHINES_DIR / f"{BASE_PREFIX}-{self.suite}"
 
     @property
     def gateway(self) -> str:

@@ -5,13 +5,14 @@ default, is documented in wssfleet_control/settings.py (README, 'Settings').
 """
 
 import hashlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.api.util import get_template
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
@@ -25,6 +26,47 @@ HELPERS = "/usr/local/lib/wssfleet"
 
 def template(role: str, name: str) -> str:
     return str(current_run().templates / role / name)
+
+
+def interpreter() -> tuple[str, str]:
+    """The host's python3 version and machine, which the wheels shipped to it must match."""
+    version, machine = host.get_fact(
+        Command,
+        "python3 -c 'import platform; print(platform.python_version(), platform.machine())'",
+    ).split()
+    return version, machine
+
+
+def virtualenv_from_wheels(
+    label: str, directory: str, wheelhouse: Callable[[], Path], requirement: str, dry: bool
+) -> None:
+    """``requirement`` in ``directory``/venv from wheels shipped to ``directory``/wheels, unless
+    a complete install is there: a marker written only after pip succeeds decides it, so a
+    deploy after a failed install installs again. ``wheelhouse`` builds them (never in a plan).
+    """
+    marker = f"{directory}/.installed"
+    if host.get_fact(File, path=marker):
+        return
+    wheels = f"{directory}/wheels"
+    venv = f"{directory}/venv"
+    if not dry:
+        files.sync(
+            name=f"Ensure {label}'s wheels are on the host",
+            src=str(wheelhouse()),
+            dest=wheels,
+            mode="644",
+            delete=True,
+        )
+    server.shell(
+        name=f"Ensure {label} is installed",
+        commands=[
+            f"rm -rf {quote(venv)}",
+            f"python3 -m venv {quote(venv)}",
+            f"{quote(venv)}/bin/pip install --quiet --no-index --find-links {quote(wheels)} "
+            f"{quote(requirement)}",
+            f"touch {quote(marker)}",
+        ],
+    )
 
 
 def open_files_limit() -> int:

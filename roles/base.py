@@ -1,9 +1,29 @@
-"""What every host needs before its role: a fresh package index and the common tools."""
+"""What every host needs before its role: a supported release, a fresh package index and the
+common tools."""
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt
 
+from wssfleet_control.run import DeployError
+
 COMMON_PACKAGES = ["ca-certificates", "nftables", "python3"]
+# Debian releases wssfleet is tested on (the lab builds both; `make test` deploys each).
+SUPPORTED_RELEASES = {13: "Debian 13 (trixie)", 12: "Debian 12 (bookworm)"}
+
+
+def release() -> int:
+    """The host's Debian major release; anything else stops the deploy before any change."""
+    distribution = host.get_fact(LinuxDistribution)
+    name, major = distribution.get("name"), distribution.get("major")
+    if name != "Debian" or major not in SUPPORTED_RELEASES:
+        supported = " or ".join(SUPPORTED_RELEASES.values())
+        raise DeployError(
+            f"host {host.name} runs {name or 'an unknown system'} {major or ''}: wssfleet "
+            f"supports {supported}; reinstall it, or remove it from the inventory"
+        )
+    return major
 
 
 @deploy("Base system")

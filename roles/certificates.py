@@ -1,8 +1,13 @@
-"""Certificates on the master: certbot (Debian's package) through HAProxy's :80.
+"""Certificates on the master: a pinned certbot in its own virtualenv, through HAProxy's :80.
+
+The same certbot runs on Debian 12 and 13: their packages (2.1 and 4.0) lack ACME Renewal
+Information (ARI, certbot 4.1+), which Let's Encrypt recommends for deciding when to renew,
+and Debian 12's lacks ACME profiles (4.0+). Its wheels are shipped from the control machine for
+the host's own Python, like the service's, so the master needs no PyPI access.
 
 certbot listens on 127.0.0.1:8888 only while it validates; HAProxy routes the challenge
-path there. Its deploy hook hot-swaps the certificate in HAProxy. Renewal runs from cron,
-so Debian's certbot.timer is disabled: renewals happen once, on one schedule.
+path there. Its deploy hook hot-swaps the certificate in HAProxy. Renewal runs from cron, on
+one schedule (`renewal_interval`, spread by `renewal_random_delay`).
 """
 
 import zlib
@@ -13,11 +18,40 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import HELPERS, HOSTSIDE, template
+from roles import HELPERS, HOSTSIDE, interpreter, template, virtualenv_from_wheels
 from roles.haproxy import RUNTIME
 from roles.monitoring import TEXTFILE_DIRECTORY
 from wssfleet_control.inventory import Fleet
-from wssfleet_control.run import quote
+from wssfleet_control.release import requirements_id
+from wssfleet_control.run import DeployRun, quote
+from wssfleet_control.settings import Settings, seconds_of
+
+# certbot and everything it imports, pinned: one tested set on every host release.
+CERTBOT_VERSION = "5.8.0"
+CERTBOT_REQUIREMENTS = (
+    f"certbot=={CERTBOT_VERSION}",
+    f"acme=={CERTBOT_VERSION}",
+    "certifi==2026.10.19.post1",
+    "cffi==2.1.1",
+    "charset-normalizer==3.5.3",
+    "configargparse==1.9.0",
+    "configobj==5.0.9",
+    "cryptography==50.0.2",
+    "distro==1.9.0",
+    "idna==3.20",
+    "josepy==2.2.0",
+    "parsedatetime==2.6",
+    "pycparser==3.12",
+    "pyopenssl==26.4.0",
+    "pyrfc3339==2.1.1",
+    "requests==2.34.2",
+    "typing-extensions==4.16.0",
+    "urllib3==2.8.0",
+)
+CERTBOT_HOME = "/opt/wssfleet-certbot"
+# What operators, cron and the deploy run: a link to the pinned virtualenv's certbot.
+CERTBOT = "/usr/local/bin/certbot"
+ACME_INFO = f"{HELPERS}/acme_info.py"
 
 CERT_NAME = "wssfleet"
 LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
@@ -32,23 +66,25 @@ REQUEST = "/etc/wssfleet/certificate-request"
 
 
 @deploy("Certificates")
-def apply(fleet: Fleet) -> None:
+def apply(run: DeployRun) -> None:
     """Obtain the certificate once, then leave renewals to cron and the deploy hook.
 
-    + fleet: the checked inventory (domain, extra_domains, acme_* settings)
+    + run: the deploy (the checked inventory: domain, extra_domains, acme_* and renewal_*)
     """
+    fleet = run.fleet
     settings = fleet.settings
     apt.packages(
-        name="Ensure certbot and cron are installed",
-        packages=["certbot", "cron"],
+        name="Ensure python3-venv and cron are installed",
+        packages=["python3-venv", "cron"],
         no_recommends=True,
     )
-    systemd.service(
-        name="Ensure Debian's certbot.timer is off (cron renews)",
-        service="certbot.timer",
-        running=False,
-        enabled=False,
+    # Its timer and /usr/bin/certbot would be a second, older renewer beside ours.
+    apt.packages(
+        name="Ensure Debian's certbot package is absent (wssfleet runs its own certbot)",
+        packages=["certbot"],
+        present=False,
     )
+    _install_certbot(run)
     if settings.acme_ca_bundle:
         files.put(
             name="Ensure certbot trusts the ACME server's CA",
@@ -57,12 +93,13 @@ def apply(fleet: Fleet) -> None:
             mode="644",
         )
     ca_bundle = CA_BUNDLE if settings.acme_ca_bundle else ""
-    files.put(
-        name="Ensure the certificate metrics writer is installed",
-        src=str(HOSTSIDE / "certificate_metrics.py"),
-        dest=METRICS,
-        mode="755",
-    )
+    for helper in (METRICS, ACME_INFO):
+        files.put(
+            name=f"Ensure {helper} is installed",
+            src=str(HOSTSIDE / helper.rsplit("/", 1)[1]),
+            dest=helper,
+            mode="755",
+        )
     files.template(
         name="Ensure the HAProxy deploy hook is installed",
         src=template("certificates", "haproxy-deploy-hook.j2"),
@@ -79,26 +116,39 @@ def apply(fleet: Fleet) -> None:
         mode="755",
         ca_bundle=ca_bundle,
         cert_name=CERT_NAME,
+        certbot=CERTBOT,
         metrics=METRICS,
+        random_delay=int(seconds_of(settings.renewal_random_delay)),
     )
     files.template(
-        name="Ensure cron renews certificates twice a day",
+        name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
         src=template("certificates", "cron.j2"),
         dest="/etc/cron.d/wssfleet-certbot",
         mode="644",
-        # A fixed minute per domain: stable across deploys, spread across deployments.
-        minute=zlib.crc32(settings.domain.encode()) % 60,
+        schedule=cron_schedule(settings),
+        interval=settings.renewal_interval,
+        random_delay=settings.renewal_random_delay,
     )
     systemd.service(
         name="Ensure cron is running", service="cron.service", running=True, enabled=True
     )
     # Decided from the certificate on the host, not from what an earlier deploy wrote: a
     # certbot run that failed leaves the old certificate, and the next deploy asks again.
-    wanted = (sorted(fleet.settings.domains), fleet.settings.acme_directory)
+    wanted = (sorted(settings.domains), settings.acme_directory, settings.acme_profile)
     if _issued() != wanted:
+        environment = f"REQUESTS_CA_BUNDLE={quote(ca_bundle)} " if ca_bundle else ""
+        # A CA without profiles ignores the one asked for: refuse rather than get another.
+        profile_check = (
+            [
+                f"{environment}python3 {ACME_INFO} require-profile "
+                f"{quote(settings.acme_directory)} {quote(settings.acme_profile)}"
+            ]
+            if settings.acme_profile
+            else []
+        )
         server.shell(
             name="Ensure a certificate for the domains from the ACME server is issued",
-            commands=[_certonly(fleet, ca_bundle)],
+            commands=[*profile_check, environment + _certonly(fleet)],
         )
     files.file(name="Ensure the old request record is gone", path=REQUEST, present=False)
     if not host.get_fact(File, path=METRICS_FILE):
@@ -109,8 +159,44 @@ def apply(fleet: Fleet) -> None:
         )
 
 
-def _issued() -> tuple[list[str], str] | None:
-    """The names on the live certificate and the ACME server it came from, if there is one."""
+def cron_schedule(settings: Settings) -> str:
+    """The cron fields for `renewal_interval` (minutes dividing an hour, hours dividing a day)."""
+    minutes = int(seconds_of(settings.renewal_interval)) // 60
+    if minutes < 60:
+        return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"
+    # A fixed minute per domain: stable across deploys, spread across deployments.
+    minute = zlib.crc32(settings.domain.encode()) % 60
+    return f"{minute} */{minutes // 60} * * *"
+
+
+def _install_certbot(run: DeployRun) -> None:
+    """The pinned certbot's virtualenv, unless a complete install is there (a marker decides)."""
+    directory = f"{CERTBOT_HOME}/{requirements_id(CERTBOT_REQUIREMENTS)}"
+    virtualenv_from_wheels(
+        f"certbot {CERTBOT_VERSION} in its own virtualenv",
+        directory,
+        lambda: run.tool_wheelhouse(CERTBOT_REQUIREMENTS, *interpreter()),
+        f"certbot=={CERTBOT_VERSION}",
+        run.dry,
+    )
+    files.link(
+        name=f"Ensure {CERTBOT} is certbot {CERTBOT_VERSION}",
+        path=CERTBOT,
+        target=f"{directory}/venv/bin/certbot",
+    )
+    installed = (host.get_fact(Command, f"ls -1 {CERTBOT_HOME} 2>/dev/null || true") or "").split()
+    for name in installed:
+        if f"{CERTBOT_HOME}/{name}" != directory:
+            files.directory(
+                name=f"Ensure the replaced certbot {name} is removed",
+                path=f"{CERTBOT_HOME}/{name}",
+                present=False,
+            )
+
+
+def _issued() -> tuple[list[str], str, str] | None:
+    """The names on the live certificate, the ACME server it came from and the profile asked
+    for, if there is a certificate."""
     names = host.get_fact(
         Command,
         f"openssl x509 -in {LINEAGE}/cert.pem -noout -ext subjectAltName 2>/dev/null "
@@ -118,13 +204,13 @@ def _issued() -> tuple[list[str], str] | None:
     )
     if not names:
         return None
-    issuer = host.get_fact(
-        Command, f"sed -n 's/^server = //p' /etc/letsencrypt/renewal/{CERT_NAME}.conf || true"
-    )
-    return sorted(names.split()), (issuer or "").strip()
+    renewal = f"/etc/letsencrypt/renewal/{CERT_NAME}.conf"
+    issuer = host.get_fact(Command, f"sed -n 's/^server = //p' {renewal} || true")
+    profile = host.get_fact(Command, f"sed -n 's/^required_profile = //p' {renewal} || true")
+    return sorted(names.split()), (issuer or "").strip(), (profile or "").strip()
 
 
-def _certonly(fleet: Fleet, ca_bundle: str) -> str:
+def _certonly(fleet: Fleet) -> str:
     settings = fleet.settings
     account = (
         f"-m {quote(settings.acme_email)}"
@@ -132,10 +218,10 @@ def _certonly(fleet: Fleet, ca_bundle: str) -> str:
         else "--register-unsafely-without-email"
     )
     domains = " ".join(f"-d {quote(name)}" for name in settings.domains)
-    environment = f"REQUESTS_CA_BUNDLE={quote(ca_bundle)} " if ca_bundle else ""
+    profile = f"--required-profile {quote(settings.acme_profile)} " if settings.acme_profile else ""
     return (
-        f"{environment}certbot certonly --non-interactive --agree-tos --no-eff-email {account} "
-        f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} "
+        f"{CERTBOT} certonly --non-interactive --agree-tos --no-eff-email {account} "
+        f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} {profile}"
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
         "--standalone --http-01-address 127.0.0.1 --http-01-port 8888 "
         f"--deploy-hook {HOOK}"

@@ -8,13 +8,21 @@ instances one at a time. This role never restarts a running instance.
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File, Link
+from pyinfra.facts.files import Link
 from pyinfra.facts.hardware import Cpus
 from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import HELPERS, HOSTSIDE, open_files_limit, secret_template, template
+from roles import (
+    HELPERS,
+    HOSTSIDE,
+    interpreter,
+    open_files_limit,
+    secret_template,
+    template,
+    virtualenv_from_wheels,
+)
 from wssfleet.settings import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
 from wssfleet_control.inventory import Fleet, Node
@@ -42,15 +50,6 @@ def ports(fleet: Fleet, worker) -> list[int]:
     """The service ports of a worker host (a pyinfra Host): one per process."""
     processes = fleet.settings.worker_processes
     return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)
-
-
-def interpreter() -> tuple[str, str]:
-    """The worker's python3 version and machine, which its wheels must match."""
-    version, machine = host.get_fact(
-        Command,
-        "python3 -c 'import platform; print(platform.python_version(), platform.machine())'",
-    ).split()
-    return version, machine
 
 
 def service_config(run: DeployRun, node: Node) -> ServiceConfig:
@@ -156,29 +155,13 @@ def _install_release(run: DeployRun) -> None:
 
     A marker written after pip succeeds decides it, so a deploy after a failed install
     installs again."""
-    directory = f"{RELEASES}/{run.release}"
-    marker = f"{directory}/.installed"
-    if not host.get_fact(File, path=marker):
-        wheels = f"{directory}/wheels"
-        venv = f"{directory}/venv"
-        if not run.dry:
-            files.sync(
-                name=f"Ensure release {run.release}'s wheels are on the host",
-                src=str(run.wheelhouse(*interpreter())),
-                dest=wheels,
-                mode="644",
-                delete=True,
-            )
-        server.shell(
-            name=f"Ensure release {run.release} is installed",
-            commands=[
-                f"rm -rf {quote(venv)}",
-                f"python3 -m venv {quote(venv)}",
-                f"{quote(venv)}/bin/pip install --quiet --no-index --find-links {quote(wheels)} "
-                "wssfleet",
-                f"touch {quote(marker)}",
-            ],
-        )
+    virtualenv_from_wheels(
+        f"release {run.release}",
+        f"{RELEASES}/{run.release}",
+        lambda: run.wheelhouse(*interpreter()),
+        "wssfleet",
+        run.dry,
+    )
     if not host.get_fact(Link, path=CURRENT):
         # Later releases are pointed at by the rollout, which records them the same way.
         server.shell(

@@ -21,6 +21,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+from pyinfra_cli.exceptions import UnexpectedExternalError
 from pyinfra_cli.inventory import make_inventory
 from pyinfra_cli.log import setup_logging
 from pyinfra_cli.util import load_deploy_file
@@ -106,7 +107,13 @@ class Session:
         deploy_run.begin(run)
         try:
             self.state.set_stage(StateStage.Prepare)
-            load_deploy_file(self.state, str(DEPLOY_FILE))
+            try:
+                load_deploy_file(self.state, str(DEPLOY_FILE))
+            except UnexpectedExternalError as error:
+                # A role refused a host (an unsupported release): its own words, no traceback.
+                if isinstance(error.exception, DeployError):
+                    raise error.exception from None
+                raise
             failure = None
             if not run.dry:
                 self.state.set_stage(StateStage.Execute)

@@ -66,14 +66,22 @@ _building = threading.Lock()
 def wheelhouse(python_version: str, machine: str) -> Path:
     """A directory holding exactly the wheels one host type needs; built once per run."""
     with _building:
-        return _wheelhouse(python_version, machine)
+        return _service_wheelhouse(python_version, machine)
+
+
+def tool_wheelhouse(requirements: tuple[str, ...], python_version: str, machine: str) -> Path:
+    """The wheels of a pinned third-party tool (certbot) for one host type, built once."""
+    with _building:
+        return _tool_wheelhouse(requirements, python_version, machine)
+
+
+def requirements_id(requirements: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
 
 
 @cache
-def _wheelhouse(python_version: str, machine: str) -> Path:
-    target = BUILD / release_id() / f"py{python_version}-{machine}"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+def _service_wheelhouse(python_version: str, machine: str) -> Path:
+    target = _fresh(BUILD / release_id() / f"py{python_version}-{machine}")
     _run(
         [
             sys.executable,
@@ -87,6 +95,25 @@ def _wheelhouse(python_version: str, machine: str) -> Path:
         ],
         "build the wssfleet wheel",
     )
+    _download(target, pinned_dependencies(), python_version, machine)
+    return target
+
+
+@cache
+def _tool_wheelhouse(requirements: tuple[str, ...], python_version: str, machine: str) -> Path:
+    name = f"tools-{requirements_id(requirements)}"
+    target = _fresh(BUILD / name / f"py{python_version}-{machine}")
+    _download(target, list(requirements), python_version, machine)
+    return target
+
+
+def _fresh(target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    return target
+
+
+def _download(target: Path, requirements: list[str], python_version: str, machine: str) -> None:
     platforms = [f"manylinux_{tag}_{machine}" for tag in GLIBC_TAGS]
     platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
     command = [
@@ -106,8 +133,7 @@ def _wheelhouse(python_version: str, machine: str) -> Path:
     ]
     for platform in platforms:
         command += ["--platform", platform]
-    _run(command + pinned_dependencies(), f"download wheels for Python {python_version} {machine}")
-    return target
+    _run(command + requirements, f"download wheels for Python {python_version} {machine}")
 
 
 def _run(command: list[str], what: str) -> None:

@@ -33,6 +33,11 @@ class DeployRun:
             raise DeployError("a plan builds no wheels")
         return release.wheelhouse(python_version, machine)
 
+    def tool_wheelhouse(self, requirements: tuple[str, ...], python_version: str, machine: str):
+        if self.dry:
+            raise DeployError("a plan builds no wheels")
+        return release.tool_wheelhouse(requirements, python_version, machine)
+
 
 _current: DeployRun | None = None
 

@@ -157,6 +157,21 @@ class Settings(ClientPolicy):
         default="",
         description="PEM bundle (control machine) that certbot trusts for a private ACME server",
     )
+    acme_profile: Literal["", "classic", "tlsserver", "shortlived"] = Field(
+        default="",
+        description="ACME profile to ask for (Let's Encrypt: classic, tlsserver, shortlived = "
+        "about 6 days); empty: the CA's default; a CA that does not offer it stops the deploy",
+    )
+    renewal_interval: Duration = Field(
+        default="6h",
+        description="how often cron asks certbot whether to renew (minutes dividing an hour or "
+        "hours dividing a day); certbot follows the CA's renewal information (ARI)",
+    )
+    renewal_random_delay: Duration = Field(
+        default="1h",
+        description="each renewal run first waits a random time up to this, shorter than "
+        "renewal_interval, so fleets do not all ask the CA at once",
+    )
     # Workers
     worker_processes: Annotated[Literal["auto"] | int, PlainValidator(_processes)] = Field(
         default="auto", description="service processes per worker host; auto = one per CPU"
@@ -279,6 +294,21 @@ class Settings(ClientPolicy):
             raise ValueError(
                 f"setting acme_email is required with acme_server={self.acme_server!r}: "
                 "Let's Encrypt writes there about expiring certificates"
+            )
+        interval = seconds_of(self.renewal_interval)
+        minutes, hours = interval / 60, interval / 3600
+        every_minutes = minutes.is_integer() and 1 <= minutes < 60 and 60 % minutes == 0
+        every_hours = hours.is_integer() and 1 <= hours <= 24 and 24 % hours == 0
+        if not (every_minutes or every_hours):
+            raise ValueError(
+                f"setting renewal_interval={self.renewal_interval!r} cannot be a cron schedule: "
+                "give minutes that divide an hour (1m, 5m, 30m) or hours that divide a day "
+                "(1h, 6h, 12h, 24h)"
+            )
+        if seconds_of(self.renewal_random_delay) >= interval:
+            raise ValueError(
+                f"setting renewal_random_delay={self.renewal_random_delay!r} must be shorter "
+                f"than renewal_interval={self.renewal_interval!r}: runs would overlap"
             )
         if len(set(self.domains)) != len(self.domains):
             raise ValueError("settings domain and extra_domains repeat a name: list each once")

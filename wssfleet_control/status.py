@@ -87,13 +87,31 @@ def live_figures(session: Session) -> dict | None:
     return json.loads(result.stdout)
 
 
+RENEWAL_RULES = {
+    "ari": "the CA's renewal information (ARI)",
+    "lifetime": "certbot's lifetime rule",
+    "renew_before_expiry": "renew_before_expiry in certbot's renewal config",
+}
+
+
 def when(seconds: float | None) -> str:
     if seconds is None:
         return "never"
     moment = datetime.fromtimestamp(seconds, UTC)
-    days = (seconds - time.time()) / 86400
-    relative = f"in {days:.1f} days" if days >= 0 else f"{-days:.1f} days ago"
-    return f"{moment:%Y-%m-%d %H:%M} UTC ({relative})"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative(seconds - time.time())})"
+
+
+def relative(seconds: float) -> str:
+    """'in 3.2 days', '5 min ago': a unit that suits 90-day and 6-day certificates alike."""
+    size = abs(seconds)
+    amount = (
+        f"{size / 86400:.1f} days"
+        if size >= 2 * 86400
+        else f"{size / 3600:.1f} h"
+        if size >= 2 * 3600
+        else f"{size / 60:.0f} min"
+    )
+    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
 
 
 def show(session: Session) -> int:
@@ -114,7 +132,8 @@ def show(session: Session) -> int:
     record = renewal(session)
     if record is not None:
         result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")
-        print(f"  next planned renewal: {when(record.get('next_renewal'))} (certbot's rule)")
+        rule = RENEWAL_RULES.get(str(record.get("renewal_rule")), "no certificate")
+        print(f"  next planned renewal: {when(record.get('next_renewal'))}, from {rule}")
         print(f"  last renewal run:     {when(record.get('last_attempt'))}, {result}")
     figures = live_figures(session)
     if figures is None:

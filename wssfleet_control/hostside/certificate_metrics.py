@@ -12,6 +12,11 @@ templates/monitoring/wssfleet-rules.yml.j2).
     certificate_metrics.py refresh          rewrite the file from what is on disk
     certificate_metrics.py show             print the figures as JSON (make status)
 
+When certbot will renew (``next_renewal``, the ``renewal_rule`` that says so) follows certbot
+5's own decision: the CA's renewal information (ARI, RFC 9773) when it offers it, certbot
+renewing at a random moment of the suggested window; a ``renew_before_expiry`` in the renewal
+config; otherwise 2/3 of the certificate's lifetime (1/2 below 10 days).
+
 Standard library only: it runs with the host's python3.
 """
 
@@ -26,14 +31,15 @@ import sys
 import time
 from pathlib import Path
 
+import acme_info  # beside this file on the host (wssfleet_control/hostside/)
+
 CERT_NAME = "wssfleet"
 CERTIFICATE = Path(f"/etc/letsencrypt/live/{CERT_NAME}/cert.pem")
 RENEWAL_CONFIG = Path(f"/etc/letsencrypt/renewal/{CERT_NAME}.conf")
 STATE = Path("/var/lib/wssfleet/renewal.json")
 TEXTFILE = Path("/var/lib/prometheus/node-exporter/wssfleet_certificate.prom")
-# certbot renews a certificate this long before it expires unless its renewal config says
-# otherwise (renew_before_expiry).
-DEFAULT_RENEW_BEFORE = 30 * 86400
+# certbot's lifetime rule (certbot/_internal/renewal.py, _default_renewal_time).
+SHORT_LIFETIME = 10 * 86400
 UNITS = {
     "day": 86400,
     "days": 86400,
@@ -65,16 +71,41 @@ def certificate_dates() -> tuple[float, float] | None:
     return seconds(fields["notBefore"]), seconds(fields["notAfter"])
 
 
-def renew_before() -> int:
-    """certbot's renewal window for this certificate, from its renewal config."""
+def renewal_config(key: str) -> str | None:
+    """A value of this certificate's certbot renewal config, if set (not commented out)."""
     try:
         text = RENEWAL_CONFIG.read_text()
     except OSError:
-        return DEFAULT_RENEW_BEFORE
-    match = re.search(r"^\s*renew_before_expiry\s*=\s*(\d+)\s*([a-z]+)", text, re.MULTILINE)
+        return None
+    match = re.search(rf"^\s*{key}\s*=\s*(.+?)\s*$", text, re.MULTILINE)
+    return match[1] if match else None
+
+
+def renew_before() -> int | None:
+    """The renewal config's renew_before_expiry in seconds, if it sets one."""
+    match = re.fullmatch(r"(\d+)\s*([a-z]+)", renewal_config("renew_before_expiry") or "")
     if match and match[2] in UNITS:
         return int(match[1]) * UNITS[match[2]]
-    return DEFAULT_RENEW_BEFORE
+    return None
+
+
+def renewal_plan(not_before: float, not_after: float) -> dict[str, float | str]:
+    """When certbot will renew, and which rule says so (certbot's should_autorenew)."""
+    candidates: dict[str, float] = {}
+    server = renewal_config("server")
+    if server:
+        window = acme_info.renewal_window(server, str(CERTIFICATE))
+        if window is not None:
+            candidates["ari"] = window[0]
+    configured = renew_before()
+    if configured is not None:
+        candidates["renew_before_expiry"] = not_after - configured
+    if not candidates:
+        lifetime = not_after - not_before
+        share = 1 / 2 if lifetime < SHORT_LIFETIME else 2 / 3
+        candidates["lifetime"] = not_before + lifetime * share
+    rule = min(candidates, key=candidates.__getitem__)
+    return {"next_renewal": candidates[rule], "renewal_rule": rule}
 
 
 def load_state() -> dict[str, float]:
@@ -84,19 +115,13 @@ def load_state() -> dict[str, float]:
         return {}
 
 
-def figures(state: dict[str, float]) -> dict[str, float]:
+def figures(state: dict[str, float]) -> dict[str, float | str]:
     dates = certificate_dates()
-    found: dict[str, float] = dict(state)
+    found: dict[str, float | str] = dict(state)
     if dates is not None:
         not_before, not_after = dates
-        window = renew_before()
-        found.update(
-            not_before=not_before,
-            not_after=not_after,
-            renew_before=window,
-            # certbot renews at the first run inside the window: from this moment on.
-            next_renewal=max(not_after - window, time.time()),
-        )
+        found.update(not_before=not_before, not_after=not_after)
+        found.update(renewal_plan(not_before, not_after))
     return found
 
 
@@ -117,7 +142,7 @@ METRICS = (
         "next_renewal",
         "wssfleet_certificate_renewal_next_timestamp_seconds",
         "gauge",
-        "When the renewal job will next renew it: certbot's renew_before_expiry rule",
+        "When certbot plans to renew it: the CA's renewal information (ARI) or the lifetime rule",
     ),
     (
         "last_attempt",
@@ -146,14 +171,17 @@ METRICS = (
 )
 
 
-def write_textfile(found: dict[str, float]) -> None:
+def write_textfile(found: dict[str, float | str]) -> None:
     lines = []
     for key, name, kind, help_text in METRICS:
         if key in found:
+            labels = f'certificate="{CERT_NAME}"'
+            if key == "next_renewal":
+                labels += f',rule="{found["renewal_rule"]}"'
             lines += [
                 f"# HELP {name} {help_text}",
                 f"# TYPE {name} {kind}",
-                f'{name}{{certificate="{CERT_NAME}"}} {found[key]:.0f}',
+                f"{name}{{{labels}}} {found[key]:.0f}",
             ]
     TEXTFILE.parent.mkdir(parents=True, exist_ok=True)
     # node_exporter must never read a half-written file: write beside it, then rename.
