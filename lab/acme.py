@@ -18,12 +18,11 @@ from cryptography.x509.oid import NameOID
 
 from lab.processes import Tracked, spawn
 from lab.settings import (
-    ACME_MANAGEMENT_PORT,
-    ACME_PORT,
-    CERTIFICATE_LIFETIME_SECONDS,
+    ACME_SERVERS,
     CHALLTESTSRV_MANAGEMENT_PORT,
     DNS_PORT,
     PEBBLE_BIN,
+    AcmeServer,
     LabError,
     LabSettings,
 )
@@ -100,27 +99,8 @@ def make_listener_certificate(directory: Path, address: str) -> Path:
 
 
 def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
-    """Start the DNS stand-in and Pebble on the bridge address; return them once they answer."""
+    """Start the DNS stand-in and every Pebble on the bridge address."""
     gateway = settings.gateway
-    config = directory / "pebble.json"
-    config.write_text(
-        json.dumps(
-            {
-                "pebble": {
-                    "listenAddress": f"{gateway}:{ACME_PORT}",
-                    "managementListenAddress": f"{gateway}:{ACME_MANAGEMENT_PORT}",
-                    "certificate": str(directory / "listener.pem"),
-                    "privateKey": str(directory / "listener.key"),
-                    "httpPort": 80,
-                    "tlsPort": 443,
-                    "ocspResponderURL": "",
-                    "externalAccountBindingRequired": False,
-                    "certificateValidityPeriod": CERTIFICATE_LIFETIME_SECONDS,
-                }
-            },
-            indent=2,
-        )
-    )
     dns = spawn(
         "pebble-challtestsrv",
         [
@@ -142,37 +122,61 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
         ],
         logs / "challtestsrv.log",
     )
-    pebble = spawn(
+    return [dns, *(_start_pebble(settings, server, directory, logs) for server in ACME_SERVERS)]
+
+
+def _start_pebble(
+    settings: LabSettings, server: AcmeServer, directory: Path, logs: Path
+) -> Tracked:
+    gateway = settings.gateway
+    config = directory / f"{server.name}.json"
+    config.write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"{gateway}:{server.port}",
+                    "managementListenAddress": f"{gateway}:{server.management_port}",
+                    "certificate": str(directory / "listener.pem"),
+                    "privateKey": str(directory / "listener.key"),
+                    "httpPort": 80,
+                    "tlsPort": 443,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                    "certificateValidityPeriod": server.lifetime_seconds,
+                }
+            },
+            indent=2,
+        )
+    )
+    return spawn(
         "pebble",
         [str(PEBBLE_BIN / "pebble"), "-config", str(config), "-dnsserver", f"{gateway}:{DNS_PORT}"],
-        logs / "pebble.log",
+        logs / f"{server.name}.log",
         # No random sleeps before validation, no deliberate bad nonces: fast, repeatable tests.
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
     )
-    return [dns, pebble]
 
 
 def wait_ready(settings: LabSettings, listener_ca: Path, timeout: float = 30.0) -> None:
     context = ssl.create_default_context(cafile=str(listener_ca))
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(
-                settings.acme_directory, context=context, timeout=3
-            ) as reply:
-                if "newOrder" in json.loads(reply.read()):
-                    return
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"Pebble does not answer at {settings.acme_directory}: {error}"
-                ) from None
-        time.sleep(0.3)
+    for server in ACME_SERVERS:
+        url = settings.acme_directory(server)
+        while True:
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=3) as reply:
+                    if "newOrder" in json.loads(reply.read()):
+                        break
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                if time.monotonic() > deadline:
+                    raise LabError(f"Pebble does not answer at {url}: {error}") from None
+            time.sleep(0.3)
 
 
-def fetch_root(settings: LabSettings, listener_ca: Path, destination: Path) -> None:
-    """Pebble makes a new root at each start; save it to verify what it issues."""
+def fetch_roots(settings: LabSettings, listener_ca: Path, directory: Path) -> None:
+    """Pebble makes a new root at each start; save each to verify what it issues."""
     context = ssl.create_default_context(cafile=str(listener_ca))
-    url = f"https://{settings.gateway}:{ACME_MANAGEMENT_PORT}/roots/0"
-    with urllib.request.urlopen(url, context=context, timeout=10) as reply:
-        destination.write_bytes(reply.read())
+    for server in ACME_SERVERS:
+        url = f"https://{settings.gateway}:{server.management_port}/roots/0"
+        with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+            (directory / server.root_file).write_bytes(reply.read())

@@ -30,6 +30,8 @@ from lab.settings import (
     MACHINES_DIR,
     NFT_TABLE,
     PEBBLE_BIN,
+    SHORT_LIVED_CA,
+    STANDARD_CA,
     STATE_DIR,
     Host,
     LabError,
@@ -154,13 +156,13 @@ def up() -> None:
         wait_booted(host, Tracked(**entry))
     for host in settings.hosts:
         wait_ssh(host)
-    log("starting Pebble (ACME) and its DNS on the bridge")
+    log("starting Pebble (ACME: a standard and a short-lived CA) and its DNS on the bridge")
     listener_ca = acme.make_listener_certificate(ACME_DIR, settings.gateway)
     for process in acme.start(settings, ACME_DIR, LOGS):
         state["processes"].append(process.to_json())
     save_state(state)
     acme.wait_ready(settings, listener_ca)
-    acme.fetch_root(settings, listener_ca, ACME_DIR / "root.pem")
+    acme.fetch_roots(settings, listener_ca, ACME_DIR)
     write_lab_json(settings, listener_ca)
     state["complete"] = True
     save_state(state)
@@ -279,9 +281,14 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
         "workers": [{"name": host.name, "address": host.address} for host in settings.worker_hosts],
         "ssh_user": "root",
         "ssh_key": str(KEY),
-        "acme_directory": settings.acme_directory,
-        "acme_root_bundle": str(ACME_DIR / "root.pem"),
+        "acme_directory": settings.acme_directory(),
+        "acme_root_bundle": str(ACME_DIR / STANDARD_CA.root_file),
         "acme_ca_bundle": str(listener_ca),
+        "acme_short_lived": {
+            "directory": settings.acme_directory(SHORT_LIVED_CA),
+            "root_bundle": str(ACME_DIR / SHORT_LIVED_CA.root_file),
+            "lifetime_seconds": SHORT_LIVED_CA.lifetime_seconds,
+        },
     }
     LAB_JSON.write_text(json.dumps(lab, indent=2) + "\n")
     ssh_config = "".join(
@@ -296,7 +303,7 @@ def orphans(settings: LabSettings) -> list[Tracked]:
     """Lab processes no state file records (it was lost), found by unmistakable arguments:
     nspawn on our bridge, Pebble with a lab config, its DNS on our bridge address."""
     found = find(f"--network-bridge={BRIDGE}")
-    found += [p for p in find("/.lab/acme/pebble.json") if p.role == "pebble"]
+    found += [p for p in find("/.lab/acme/pebble") if p.role == "pebble"]
     found += [p for p in find(f"{settings.gateway}:{DNS_PORT}") if p.role == "pebble-challtestsrv"]
     return found
 

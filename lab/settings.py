@@ -30,12 +30,28 @@ BASE_RECIPE = "3"
 
 # Pebble 2.6 (ARI), unpacked from Debian 13's package by `make tools` (Makefile, PEBBLE).
 PEBBLE_BIN = REPO / "build" / "pebble" / "usr" / "bin"
-ACME_PORT = 14000
-ACME_MANAGEMENT_PORT = 15000
 DNS_PORT = 8053
 CHALLTESTSRV_MANAGEMENT_PORT = 8055
-# Let's Encrypt issues 90-day certificates; Pebble's default is five years.
-CERTIFICATE_LIFETIME_SECONDS = 90 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class AcmeServer:
+    """One Pebble: its ports on the bridge address and the lifetime of what it issues."""
+
+    name: str
+    port: int
+    management_port: int
+    lifetime_seconds: int
+    root_file: str
+
+
+# The lab's CA issues 90-day certificates like Let's Encrypt's classic profile (Pebble's own
+# default is five years). A second one issues 4-minute certificates, so that renewals on
+# schedule through cron can be watched in a test: cron's grain is a minute, and a certificate
+# must outlive the wait for the next run after its renewal time.
+STANDARD_CA = AcmeServer("pebble", 14000, 15000, 90 * 24 * 3600, "root.pem")
+SHORT_LIVED_CA = AcmeServer("pebble-short-lived", 14001, 15001, 240, "short-lived-root.pem")
+ACME_SERVERS = (STANDARD_CA, SHORT_LIVED_CA)
 
 
 class LabError(RuntimeError):
@@ -118,6 +134,5 @@ class LabSettings:
     def hosts(self) -> list[Host]:
         return [self.master, *self.worker_hosts]
 
-    @property
-    def acme_directory(self) -> str:
-        return f"https://{self.gateway}:{ACME_PORT}/dir"
+    def acme_directory(self, server: AcmeServer = STANDARD_CA) -> str:
+        return f"https://{self.gateway}:{server.port}/dir"

@@ -52,8 +52,11 @@ class Lab:
         return self.described["acme_root_bundle"]
 
     def tls_context(self) -> ssl.SSLContext:
-        """A new context trusting the lab's ACME root (callers may narrow it)."""
-        return ssl.create_default_context(cafile=self.root_bundle)
+        """A new context trusting the lab's ACME roots, the standard and the short-lived CA's
+        (callers may narrow it)."""
+        context = ssl.create_default_context(cafile=self.root_bundle)
+        context.load_verify_locations(cafile=self.described["acme_short_lived"]["root_bundle"])
+        return context
 
     @cached_property
     def _client_tls(self) -> ssl.SSLContext:

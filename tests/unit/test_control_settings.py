@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import jinja2
 import pytest
 
+from roles.certificates import cron_schedule
 from roles.haproxy import Backend
 from wssfleet_control.inventory import from_groups
 from wssfleet_control.settings import SettingsError, resolve
@@ -40,6 +42,11 @@ def test_defaults_fill_in_everything_but_the_domain():
         ({**PEBBLE, "acme_ca_bundle": "/nonexistent.pem"}, "give the path of a PEM file"),
         ({**PEBBLE, "allowed_origins": ["example.com"]}, "each origin is scheme://host"),
         ({**PEBBLE, "extra_domains": ["wss.example.test"]}, "repeat a name"),
+        ({**PEBBLE, "acme_profile": "weekly"}, "'classic', 'tlsserver' or 'shortlived'"),
+        ({**PEBBLE, "renewal_interval": "7m"}, "minutes that divide an hour"),
+        ({**PEBBLE, "renewal_interval": "5h"}, "hours that divide a day"),
+        ({**PEBBLE, "renewal_interval": "90s"}, "cannot be a cron schedule"),
+        ({**PEBBLE, "renewal_interval": "1m"}, "renewal_random_delay='1h' must be shorter"),
     ],
 )
 def test_bad_settings_name_the_setting_and_the_fix(values, message):
@@ -278,3 +285,18 @@ def test_a_history_that_cannot_fit_in_redis_is_refused_with_the_fix():
     assert "raise redis_maxmemory to at least" in message
     fitting = {"history_size": 9000, "redis_maxmemory": "2gb"}
     assert resolve({**PEBBLE, **fitting}).history_size == 9000
+
+
+@pytest.mark.parametrize(
+    ("interval", "schedule"),
+    [
+        ("1m", "* * * * *"),
+        ("15m", "*/15 * * * *"),
+        ("6h", "{m} */6 * * *"),
+        ("1d", "{m} */24 * * *"),
+    ],
+)
+def test_renewal_interval_becomes_the_cron_schedule(interval, schedule):
+    settings = resolve({**PEBBLE, "renewal_interval": interval, "renewal_random_delay": "10s"})
+    minute = zlib.crc32(settings.domain.encode()) % 60
+    assert cron_schedule(settings) == schedule.format(m=minute)

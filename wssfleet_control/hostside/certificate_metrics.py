@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import acme_info  # beside this file on the host (wssfleet_control/hostside/)
@@ -89,11 +90,22 @@ def renew_before() -> int | None:
     return None
 
 
+def ari_deferred() -> bool:
+    """Whether certbot skips ARI now: after asking, it waits for the CA's Retry-After (6 hours
+    by default), recorded in the renewal config, and meanwhile applies the other rules."""
+    retry_after = renewal_config("ari_retry_after")
+    try:
+        # certbot records it in the host's local time, without a zone, and compares so too.
+        return bool(retry_after) and datetime.fromisoformat(retry_after) > datetime.now()
+    except ValueError:
+        return False
+
+
 def renewal_plan(not_before: float, not_after: float) -> dict[str, float | str]:
     """When certbot will renew, and which rule says so (certbot's should_autorenew)."""
     candidates: dict[str, float] = {}
     server = renewal_config("server")
-    if server:
+    if server and not ari_deferred():
         window = acme_info.renewal_window(server, str(CERTIFICATE))
         if window is not None:
             candidates["ari"] = window[0]
