@@ -30,7 +30,7 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra lab-up lab-down lint bench token rotate-secret
+	test-browser test-infra test-debian12 lab-up lab-down lint bench token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -135,8 +135,15 @@ test: tools ## everything: unit, lab, deploy, end to end (browser included), tes
 	if [ $$status = 0 ]; then $(MAKE) --no-print-directory deploy || status=1; fi; \
 	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-e2e || status=1; fi; \
 	if [ $$status = 0 ]; then $(MAKE) --no-print-directory verify || status=1; fi; \
+	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-debian12 || status=1; fi; \
 	$(MAKE) --no-print-directory lab-down; \
 	exit $$status
+
+# The lab is rebuilt on Debian 12 (its hosts only; each release's base is cached).
+test-debian12: tools ## a Debian 12 lab: deploy, testinfra, and the TLS and WebSocket end-to-end tests
+	@export LAB_SUITE=bookworm; \
+	$(WSSFLEET) deploy -i inventory/lab.py && $(WSSFLEET) verify -i inventory/lab.py \
+		&& $(PYTEST) tests/e2e/test_tls.py tests/e2e/test_websocket.py -q
 
 lab-up: tools ## start the local lab (hosts + Pebble); a no-op when it is up
 	@$(WSSFLEET) lab up

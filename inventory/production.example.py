@@ -1,7 +1,7 @@
 """A real deployment: copy to inventory/production.py, fill in, then
 `make deploy INVENTORY=inventory/production.py`.
 
-Prerequisites (README, 'Deploying to real servers'): Debian 12 hosts reachable by SSH as a
+Prerequisites (README, 'Deploying to real servers'): Debian 13 or 12 hosts reachable by SSH as a
 user with root (or sudo), DNS A/AAAA records of every domain pointing at the master, and
 ports 80 and 443 of the master open to the internet (Let's Encrypt validates on port 80).
 """
