@@ -19,10 +19,11 @@ HOST_STAMP := build/.host-packages
 # Prometheus's promtool, unpacked from Debian's package without installing it (which would
 # start a Prometheus here): the unit tests check the rendered config and test the alert rules.
 PROMTOOL := build/prometheus/usr/bin/promtool
-# The lab's ACME server: Pebble 2.6 from Debian 13's package, unpacked (it is one static
-# binary), whatever this machine runs: Debian 12's 2.4 has no renewal information (ARI).
+# The lab's ACME server: the newest Pebble Debian packages, from its testing suite (2.10:
+# renewal information and ACME profiles; Debian 12 has 2.4, Debian 13 2.6 without profiles),
+# unpacked whatever this machine runs: two binaries that need only the C library.
 PEBBLE := build/pebble/usr/bin/pebble
-PEBBLE_SUITE := trixie
+PEBBLE_SUITE := forky
 # apt, pointed at that suite of this machine's own mirror, with its own lists under build/.
 SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/sources \
 	-o Dir::State::Lists=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/lists \

@@ -109,7 +109,7 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
             settings.master.address,
             "-defaultIPv6",
             "",
-            "-dns01",
+            "-dnsserver",
             f"{gateway}:{DNS_PORT}",
             "-http01",
             "",
@@ -142,7 +142,10 @@ def _start_pebble(
                     "tlsPort": 443,
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": False,
-                    "certificateValidityPeriod": server.lifetime_seconds,
+                    "profiles": {
+                        name: {"description": f"{name} (lab)", "validityPeriod": lifetime}
+                        for name, lifetime in server.profiles.items()
+                    },
                 }
             },
             indent=2,

@@ -31,6 +31,7 @@ from lab.settings import (
     NFT_TABLE,
     PEBBLE_BIN,
     SHORT_LIVED_CA,
+    SHORT_LIVED_PROFILE,
     STANDARD_CA,
     STATE_DIR,
     Host,
@@ -287,7 +288,8 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
         "acme_short_lived": {
             "directory": settings.acme_directory(SHORT_LIVED_CA),
             "root_bundle": str(ACME_DIR / SHORT_LIVED_CA.root_file),
-            "lifetime_seconds": SHORT_LIVED_CA.lifetime_seconds,
+            "profile": SHORT_LIVED_PROFILE,
+            "lifetime_seconds": SHORT_LIVED_CA.profiles[SHORT_LIVED_PROFILE],
         },
     }
     LAB_JSON.write_text(json.dumps(lab, indent=2) + "\n")

@@ -28,7 +28,7 @@ BASE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2"
 # Bump when the base recipe changes, so cached base filesystems are rebuilt.
 BASE_RECIPE = "3"
 
-# Pebble 2.6 (ARI), unpacked from Debian 13's package by `make tools` (Makefile, PEBBLE).
+# Pebble 2.10 (ARI, profiles), unpacked from Debian's package by `make tools` (Makefile, PEBBLE).
 PEBBLE_BIN = REPO / "build" / "pebble" / "usr" / "bin"
 DNS_PORT = 8053
 CHALLTESTSRV_MANAGEMENT_PORT = 8055
@@ -36,21 +36,30 @@ CHALLTESTSRV_MANAGEMENT_PORT = 8055
 
 @dataclass(frozen=True)
 class AcmeServer:
-    """One Pebble: its ports on the bridge address and the lifetime of what it issues."""
+    """One Pebble: its ports on the bridge address and its ACME profiles (name: lifetime)."""
 
     name: str
     port: int
     management_port: int
-    lifetime_seconds: int
+    profiles: dict[str, int]
     root_file: str
 
 
-# The lab's CA issues 90-day certificates like Let's Encrypt's classic profile (Pebble's own
-# default is five years). A second one issues 4-minute certificates, so that renewals on
-# schedule through cron can be watched in a test: cron's grain is a minute, and a certificate
-# must outlive the wait for the next run after its renewal time.
-STANDARD_CA = AcmeServer("pebble", 14000, 15000, 90 * 24 * 3600, "root.pem")
-SHORT_LIVED_CA = AcmeServer("pebble-short-lived", 14001, 15001, 240, "short-lived-root.pem")
+CLASSIC_LIFETIME_SECONDS = 90 * 24 * 3600
+# The lab's CA issues 90-day certificates, like Let's Encrypt's classic profile (Pebble's own
+# default is five years); it offers that profile only, since Pebble gives an order that names
+# none a profile at random. A second CA also offers `shortlived`: 4-minute certificates, so
+# that renewals on schedule through cron can be watched in a test (cron's grain is a minute,
+# and a certificate must outlive the wait for the first run after its renewal time).
+STANDARD_CA = AcmeServer("pebble", 14000, 15000, {"classic": CLASSIC_LIFETIME_SECONDS}, "root.pem")
+SHORT_LIVED_PROFILE = "shortlived"
+SHORT_LIVED_CA = AcmeServer(
+    "pebble-short-lived",
+    14001,
+    15001,
+    {"classic": CLASSIC_LIFETIME_SECONDS, SHORT_LIVED_PROFILE: 240},
+    "short-lived-root.pem",
+)
 ACME_SERVERS = (STANDARD_CA, SHORT_LIVED_CA)
 
 

@@ -1,8 +1,9 @@
 """Certificates of today and tomorrow: short-lived ones renewed on schedule by cron, ACME
 profiles, and hosts of a release wssfleet does not support.
 
-The lab runs two Pebbles (lab/settings.py): the standard CA (90 days) and a short-lived one
-(4 minutes). Each test leaves the fleet on the standard CA, as the lab inventory describes it.
+The lab runs two Pebbles (lab/settings.py): the standard CA, whose one profile is `classic`
+(90 days), and one that also offers `shortlived` (4 minutes). Each test leaves the fleet on
+the standard CA, as the lab inventory describes it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
     inventory = derived_inventory(
         tmp_path,
         acme_server=short_lived["directory"],
+        acme_profile=short_lived["profile"],
         renewal_interval="1m",
         renewal_random_delay="5s",
     )
@@ -130,9 +132,10 @@ def test_a_profile_the_ca_does_not_offer_stops_the_deploy_and_keeps_the_certific
     serial_before = served_certificate(lab).serial_number
     code, report, log = deploy(derived_inventory(tmp_path, acme_profile="shortlived"))
     assert code != 0
-    # The lab's Pebble 2.6 knows no profiles: certbot would silently get the default.
+    # The lab's CA offers `classic` only; Pebble would give an order naming another profile
+    # an error, but a CA that knows no profiles would silently issue its default.
     assert any(
-        "acme_profile='shortlived'" in error and "offers no profiles" in error
+        "acme_profile='shortlived'" in error and "offers these: classic;" in error
         for error in report["errors"]
     ), report["errors"] or log[-3000:]
     assert served_certificate(lab).serial_number == serial_before
