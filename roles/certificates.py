@@ -183,6 +183,8 @@ def _install_certbot(run: DeployRun) -> None:
         name=f"Ensure {CERTBOT} is certbot {CERTBOT_VERSION}",
         path=CERTBOT,
         target=f"{directory}/venv/bin/certbot",
+        # An operator's or an old installer's file in its place is replaced.
+        force=True,
     )
     installed = (host.get_fact(Command, f"ls -1 {CERTBOT_HOME} 2>/dev/null || true") or "").split()
     for name in installed:

@@ -149,16 +149,17 @@ def test_a_deploy_after_a_failed_certbot_run_asks_for_the_new_names(lab, tmp_pat
     # certbot fails once, after the deploy has decided to ask for the new name.
     broken = lab.on(
         master,
-        "mv /usr/local/bin/certbot /usr/local/bin/certbot.real && printf "
-        "'#!/bin/sh\\necho certbot broken by the test >&2\\nexit 1\\n' > /usr/local/bin/certbot "
-        "&& chmod 755 /usr/local/bin/certbot",
+        # The pinned virtualenv's own certbot, which the deploy's link points at.
+        'real=$(readlink -f /usr/local/bin/certbot) && mv "$real" "$real.real" && printf '
+        "'#!/bin/sh\\necho certbot broken by the test >&2\\nexit 1\\n' > \"$real\" "
+        '&& chmod 755 "$real"',
     )
     assert broken.returncode == 0, broken.stderr
     try:
         code, _, log = deploy(more_names)
         assert code != 0 and "certbot broken by the test" in log, log[-3000:]
     finally:
-        lab.on(master, "mv /usr/local/bin/certbot.real /usr/local/bin/certbot")
+        lab.on(master, 'real=$(readlink -f /usr/local/bin/certbot) && mv "$real.real" "$real"')
     try:
         code, _, log = deploy(more_names)
         assert code == 0, log[-3000:]
