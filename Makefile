@@ -31,7 +31,7 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra test-debian12 lab-up lab-down lint bench token rotate-secret
+	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-loopback token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -125,8 +125,11 @@ test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: tools ## the service measured on loopback; COMPARE=<git revision> adds a column for it
-	$(PY) -m bench $(if $(COMPARE),--compare $(COMPARE))
+bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the performance table
+	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS))
+
+bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it
+	$(PY) -m bench.loopback $(if $(COMPARE),--compare $(COMPARE))
 
 # One pytest summary per suite; the lab is torn down at the end, whatever happened.
 test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra

@@ -1,0 +1,354 @@
+"""`make bench`: wssfleet's service against its peer, the seeds' Node `ws` stack, side by side.
+
+Each side runs as deployed, scaled down to loopback: two service processes behind one HAProxy
+that terminates TLS, joined by one redis-server keeping history in an append-only file. The
+peer (bench/peer/server.js) speaks the same protocol with the same checks and runs wssfleet's
+own store-and-publish script, so both do the same work per message. One load generator
+(bench/peer/load.js, Node `ws` clients) drives both. Rounds alternate which side goes first;
+the table gives each measure's median and range over the rounds, and the ratio of the medians
+oriented so that 1.0 or more means wssfleet does at least as well.
+
+CPU figures are the service processes' own CPU time (user + system, from /proc) over exactly
+the measured work, divided by what was done; HAProxy, Redis and the load generator share the
+same two cores and are not counted. Loopback only, at most 1,000 clients, each measure under a
+minute.
+
+    python -m bench [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loopback import ORIGIN, SECRET, free_port, redis_server, rss_kib, wait_for_port
+from wssfleet import auth
+from wssfleet.broker import STORE_AND_PUBLISH
+
+PEER = Path(__file__).resolve().parent / "peer"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SUBSCRIBERS = 1000
+IDLE_CONNECTIONS = 1000
+CONNECTIONS_OPENED = 300
+ECHO_SECONDS = 5
+FANOUT_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    name: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 0
+
+
+FANOUT = "fan-out, 1,000 subscribers"
+MEASURES = [
+    Measure("echo_rate", "echo through HAProxy TLS, 50 clients, 256 B", "msg/s", True),
+    Measure("echo_cpu", "service CPU per echo message", "µs", False, 1),
+    Measure("light_p50", f"{FANOUT}, 10 msg/s: publish → receive p50", "ms", False, 1),
+    Measure("light_p99", f"{FANOUT}, 10 msg/s: p99", "ms", False, 1),
+    Measure("saturated_p50", f"{FANOUT}, 40 msg/s (saturating): p50", "ms", False, 1),
+    Measure("saturated_p99", f"{FANOUT}, 40 msg/s (saturating): p99", "ms", False, 1),
+    Measure("delivery_cpu", "service CPU per fan-out delivery (at 40 msg/s)", "µs", False, 1),
+    Measure("idle_memory", "memory per idle connection (1,000 open)", "KiB", False, 1),
+    Measure("connect_cpu", "service CPU per connection opened (upgrade, JWT)", "µs", False),
+]
+# Typography of the table, spelled out so that no one mistakes them for ASCII.
+TIMES, EN_DASH = "\u00d7", "\u2013"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return json.loads(reply.read()).get("redis") == "connected"
+    except OSError:
+        return False
+
+
+def wssfleet_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
+        "WSSFLEET_JWT_SECRET": SECRET,
+        "WSSFLEET_PORT": str(port),
+        "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
+        "WSSFLEET_MESSAGES_PER_SECOND": "100000",
+        "WSSFLEET_REDIS_URL": redis_url,
+    }
+    return [sys.executable, "-m", "wssfleet", "serve"], env
+
+
+def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PEER_JWT_SECRET": SECRET,
+        "PEER_PORT": str(port),
+        "PEER_ALLOWED_ORIGINS": ORIGIN,
+        "PEER_MESSAGES_PER_SECOND": "100000",
+        "PEER_REDIS_URL": redis_url,
+        "PEER_STORE_AND_PUBLISH": STORE_AND_PUBLISH,
+    }
+    return ["node", str(PEER / "server.js")], env
+
+
+SIDES: dict[str, Callable[[int, str], tuple[list[str], dict[str, str]]]] = {
+    "wssfleet": wssfleet_command,
+    "Node ws": peer_command,
+}
+
+
+@contextlib.contextmanager
+def processes(side: str, redis_url: str) -> Iterator[tuple[list[int], list[int]]]:
+    """Two service processes of ``side``; yields their pids and ports once both are on Redis."""
+    ports = [free_port(), free_port()]
+    started = []
+    try:
+        for port in ports:
+            command, env = SIDES[side](port, redis_url)
+            started.append(
+                subprocess.Popen(
+                    command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for port in ports:
+            wait_for_port(port, side)
+            deadline = time.monotonic() + 10
+            while not healthy(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{side} on port {port} did not reach Redis")
+                time.sleep(0.05)
+        yield [process.pid for process in started], ports
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def tls_material() -> Iterator[Path]:
+    """A directory with a self-signed certificate for 127.0.0.1 (ca.pem) and HAProxy's
+    certificate-and-key file (site.pem)."""
+    with tempfile.TemporaryDirectory(prefix="wssfleet-bench-tls-") as name:
+        directory = Path(name)
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(directory / "key.pem"), "-out", str(directory / "ca.pem"),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        (directory / "site.pem").write_text(
+            (directory / "ca.pem").read_text() + (directory / "key.pem").read_text()
+        )
+        yield directory
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 5000
+    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
+defaults
+    mode http
+    option http-server-close
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+frontend public
+    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
+    default_backend workers
+backend workers
+    balance leastconn
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def haproxy(tls: Path, backends: list[int]) -> Iterator[int]:
+    """HAProxy terminating TLS on loopback in front of ``backends``; yields its port."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        raise SystemExit("haproxy is not installed: run 'make tools'")
+    port = free_port()
+    servers = "\n".join(
+        f"    server s{number} 127.0.0.1:{backend}" for number, backend in enumerate(backends)
+    )
+    config = tls / f"haproxy-{port}.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, pem=tls / "site.pem", servers=servers))
+    process = subprocess.Popen(
+        [binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(port, "haproxy")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class Load:
+    """One run of the load generator: open its clients, run the measured work, close."""
+
+    def __init__(self, job: dict) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(PEER / "load.js"), json.dumps(job)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._expect("ready")
+
+    def _expect(self, key: str) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        answer = json.loads(line) if line else {"error": "the load generator exited"}
+        if key not in answer:
+            self.process.kill()
+            raise RuntimeError(f"load generator: {answer.get('error', answer)}")
+        return answer[key]
+
+    def _say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def run(self) -> dict:
+        self._say("go")
+        return self._expect("done")
+
+    def close(self) -> None:
+        self._say("close")
+        self.process.wait(timeout=60)
+
+
+def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
+    """One round of every measure on ``side``, on fresh processes."""
+    token = auth.mint(SECRET, "bench", 3600, subscribe=["*"], publish=["*"])
+    results: dict[str, float] = {}
+    with processes(side, redis_url) as (pids, ports), haproxy(tls, ports) as port:
+        base = {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
+                "ca": str(tls / "ca.pem")}  # fmt: skip
+
+        memory_before = sum(rss_kib(pid) for pid in pids)
+        idle = Load({**base, "mode": "idle", "clients": IDLE_CONNECTIONS})
+        time.sleep(1)
+        memory = (sum(rss_kib(pid) for pid in pids) - memory_before) / IDLE_CONNECTIONS
+        idle.close()
+
+        echo = Load({**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS})
+        cpu = cpu_seconds(pids)
+        done = echo.run()
+        cpu = cpu_seconds(pids) - cpu
+        echo.close()
+        results["echo_rate"] = done["messages"] / done["seconds"]
+        results["echo_cpu"] = cpu / done["messages"] * 1e6
+
+        for rate, load in ((10, "light"), (40, "saturated")):
+            fanout = Load(
+                {**base, "mode": "fanout", "subscribers": SUBSCRIBERS, "rate": rate,
+                 "seconds": FANOUT_SECONDS}
+            )  # fmt: skip
+            cpu = cpu_seconds(pids)
+            done = fanout.run()
+            cpu = cpu_seconds(pids) - cpu
+            fanout.close()
+            if done["deliveries"] != done["expected"]:
+                raise RuntimeError(
+                    f"{side}: {done['deliveries']} of {done['expected']} deliveries arrived"
+                )
+            results[f"{load}_p50"] = done["p50_ms"]
+            results[f"{load}_p99"] = done["p99_ms"]
+        results["delivery_cpu"] = cpu / done["deliveries"] * 1e6
+        results["idle_memory"] = memory
+
+        opening = Load({**base, "mode": "connect", "count": CONNECTIONS_OPENED})
+        cpu = cpu_seconds(pids)
+        done = opening.run()
+        cpu = cpu_seconds(pids) - cpu
+        opening.close()
+        results["connect_cpu"] = cpu / done["connections"] * 1e6
+    return results
+
+
+def ensure_peer_installed() -> None:
+    """The peer's pinned packages (package-lock.json), installed once into bench/peer."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise SystemExit("the peer needs Node.js 20 or newer and npm: apt-get install nodejs npm")
+    lock = PEER / "package-lock.json"
+    stamp = PEER / "node_modules" / ".installed"
+    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEER, check=True
+    )
+    stamp.touch()
+
+
+def cell(values: list[float], measure: Measure) -> str:
+    def number(value: float) -> str:
+        return f"{value:,.{measure.digits}f}"
+
+    middle = statistics.median(values)
+    return f"{number(middle)} {measure.unit} ({number(min(values))}{EN_DASH}{number(max(values))})"
+
+
+def ratio(ours: list[float], theirs: list[float], measure: Measure) -> str:
+    """How wssfleet compares, oriented so that 1.0 or more is as good or better."""
+    mine, peer = statistics.median(ours), statistics.median(theirs)
+    value = mine / peer if measure.higher_is_better else peer / mine
+    return f"{value:.2f}{TIMES}"
+
+
+def main(arguments: argparse.Namespace) -> None:
+    ensure_peer_installed()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sides = list(SIDES)
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    with redis_server() as redis_url, tls_material() as tls:
+        for number in range(arguments.rounds):
+            order = sides if number % 2 == 0 else sides[::-1]
+            for side in order:
+                print(f"round {number + 1}/{arguments.rounds}: {side}", file=sys.stderr)
+                runs[side].append(measure_side(side, redis_url, tls))
+    ours, theirs = sides
+    print(
+        f"\n{arguments.rounds} alternating rounds on 127.0.0.1, {os.cpu_count()} cores shared by "
+        "HAProxy, Redis, the load generator and two service processes a side; "
+        f"median (min{EN_DASH}max); ratio ≥ 1.00{TIMES} means wssfleet does at least as well\n"
+    )
+    print(f"| measure | {ours} | {theirs} | ratio |")
+    print("| --- | --- | --- | --- |")
+    for measure in MEASURES:
+        mine = [run[measure.key] for run in runs[ours]]
+        peer = [run[measure.key] for run in runs[theirs]]
+        print(
+            f"| {measure.name} | {cell(mine, measure)} | {cell(peer, measure)} | "
+            f"{ratio(mine, peer, measure)} |"
+        )

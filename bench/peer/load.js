@@ -1,0 +1,154 @@
+// The load generator both services are measured with: WebSocket clients over TLS through
+// HAProxy, driven by the bench (bench/compare.py) in three steps on stdin/stdout, so that it
+// can read the services' CPU time around exactly the measured work:
+//   load.js '<json job>'  ->  {"ready": true}   (clients open)
+//   "go"                  ->  {"done": {...}}   (the measured work)
+//   "close"               ->  exits after closing every client
+'use strict';
+
+const fs = require('node:fs');
+const readline = require('node:readline');
+const WebSocket = require('ws');
+
+const job = JSON.parse(process.argv[2]);
+const tls = { ca: fs.readFileSync(job.ca), origin: job.origin, perMessageDeflate: false };
+const say = (object) => process.stdout.write(`${JSON.stringify(object)}\n`);
+
+// Opens a client to `path`, resolved once it has read `answers` frames (welcome, subscribed).
+function open(path, answers, onFrame) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${job.url}${path}?token=${job.token}`, tls);
+    let seen = 0;
+    ws.on('message', (data) => {
+      if (seen < answers) {
+        seen += 1;
+        if (seen === answers) resolve(ws);
+      } else if (onFrame) {
+        onFrame(data);
+      }
+    });
+    ws.once('error', reject);
+    ws.once('close', (code) => {
+      if (seen < answers) reject(new Error(`closed with ${code} before its answers`));
+    });
+  });
+}
+
+async function openMany(count, concurrency, make) {
+  const clients = [];
+  for (let start = 0; start < count; start += concurrency) {
+    const batch = [];
+    for (let i = start; i < Math.min(count, start + concurrency); i += 1) batch.push(make(i));
+    clients.push(...(await Promise.all(batch)));
+  }
+  return clients;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function percentile(sorted, fraction) {
+  return sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))];
+}
+
+const jobs = {
+  // `clients` clients, each sending a frame and waiting for its echo, for `seconds`.
+  async echo() {
+    const frame = JSON.stringify({ type: 'echo', data: 'x'.repeat(job.bytes - 25) });
+    const clients = await openMany(job.clients, 50, () => open('/ws', 1));
+    return {
+      clients,
+      async run() {
+        let answered = 0;
+        const until = performance.now() + job.seconds * 1000;
+        const started = performance.now();
+        await Promise.all(clients.map((ws) => new Promise((resolve) => {
+          ws.on('message', () => {
+            answered += 1;
+            if (performance.now() < until) ws.send(frame);
+            else resolve();
+          });
+          ws.send(frame);
+        })));
+        return { messages: answered, seconds: (performance.now() - started) / 1000 };
+      },
+    };
+  },
+
+  // `subscribers` on one channel, one publisher at `rate` messages a second for `seconds`.
+  async fanout() {
+    const channel = `fan-${process.pid}-${Date.now()}`;
+    const latencies = [];
+    let delivered = 0;
+    const onFrame = (data) => {
+      const text = data.toString();
+      if (!text.startsWith('{"type":"message"')) return;
+      delivered += 1;
+      latencies.push(performance.now() - JSON.parse(text).data);
+    };
+    const subscribers = await openMany(job.subscribers, 50, () => open(`/ws/${channel}`, 2, onFrame));
+    const publisher = await open('/ws', 1);
+    return {
+      clients: [...subscribers, publisher],
+      async run() {
+        const count = Math.round(job.rate * job.seconds);
+        const started = performance.now();
+        for (let n = 0; n < count; n += 1) {
+          await sleep(Math.max(0, started + (n * 1000) / job.rate - performance.now()));
+          publisher.send(JSON.stringify({ type: 'publish', channel, data: performance.now() }));
+        }
+        const expected = count * job.subscribers;
+        const deadline = performance.now() + 30000;
+        while (delivered < expected && performance.now() < deadline) await sleep(20);
+        latencies.sort((a, b) => a - b);
+        return {
+          deliveries: delivered,
+          expected,
+          p50_ms: percentile(latencies, 0.5),
+          p99_ms: percentile(latencies, 0.99),
+        };
+      },
+    };
+  },
+
+  // `clients` connections held open and idle.
+  async idle() {
+    const clients = await openMany(job.clients, 50, () => open('/ws', 1));
+    return { clients, async run() { return { connections: clients.length }; } };
+  },
+
+  // `count` connections opened (TLS, upgrade, token check, welcome) and closed, 10 at a time.
+  async connect() {
+    return {
+      clients: [],
+      async run() {
+        const started = performance.now();
+        await openMany(job.count, 10, async () => {
+          const ws = await open('/ws', 1);
+          await new Promise((resolve) => { ws.once('close', resolve); ws.close(1000); });
+        });
+        return { connections: job.count, seconds: (performance.now() - started) / 1000 };
+      },
+    };
+  },
+};
+
+async function main() {
+  const prepared = await jobs[job.mode]();
+  say({ ready: true });
+  const lines = readline.createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (line === 'go') say({ done: await prepared.run() });
+    if (line === 'close') break;
+  }
+  await Promise.all(prepared.clients.map((ws) => new Promise((resolve) => {
+    if (ws.readyState === WebSocket.CLOSED) return resolve();
+    ws.once('close', resolve);
+    ws.close(1000);
+  })));
+  process.exit(0);
+}
+
+main().catch((error) => {
+  say({ error: String(error && error.message ? error.message : error) });
+  process.exit(1);
+});

@@ -1,0 +1,267 @@
+// The peer: wssfleet's protocol served the way the seeds build it (Node `ws` 8), written as a
+// careful Node developer would. Same checks before the upgrade (path, origin, JWT HS256 with
+// sub and exp, channel grants), same size limit, same per-client rate limit, same JSON frames,
+// and the same message plane: each publish runs wssfleet's own store-and-publish script on
+// Redis (history stream, offset) and reaches the other processes by Redis pub/sub.
+//
+// It lacks what the bench does not exercise: recovery by `since`, drains, metrics.
+'use strict';
+
+const http = require('node:http');
+const crypto = require('node:crypto');
+const { WebSocketServer } = require('ws');
+const jwt = require('jsonwebtoken');
+const Redis = require('ioredis');
+
+const env = process.env;
+const PORT = Number(env.PEER_PORT);
+const SECRET = env.PEER_JWT_SECRET;
+const ORIGINS = new Set((env.PEER_ALLOWED_ORIGINS || '').split(','));
+const MAX_BYTES = Number(env.PEER_MAX_MESSAGE_BYTES || 65536);
+const RATE = Number(env.PEER_MESSAGES_PER_SECOND || 50);
+const BACKLOG_BYTES = Number(env.PEER_BACKLOG_BYTES || 4 * 1024 * 1024);
+const HISTORY_SIZE = String(env.PEER_HISTORY_SIZE || 1000);
+const HISTORY_TTL = String(env.PEER_HISTORY_TTL || 86400);
+const STORE_AND_PUBLISH = env.PEER_STORE_AND_PUBLISH;
+const WORKER = `127.0.0.1:${PORT}`;
+
+const CHANNEL = /^[A-Za-z0-9_.:-]{1,64}$/;
+const SUBJECT = /^[A-Za-z0-9_.@:+-]{1,64}$/;
+const PATTERN = /^[A-Za-z0-9_.:*-]{1,64}$/;
+const MAX_CHANNELS = 100;
+
+const redis = new Redis(env.PEER_REDIS_URL);
+const bus = new Redis(env.PEER_REDIS_URL);
+redis.defineCommand('storeAndPublish', { lua: STORE_AND_PUBLISH });
+
+// channel -> Set of sockets, and the last offset delivered.
+const feeds = new Map();
+
+function busChannel(channel) {
+  return `wssfleet:channel:${channel}`;
+}
+
+function matcher(patterns) {
+  if (!Array.isArray(patterns)) return null;
+  if (!patterns.every((p) => typeof p === 'string' && PATTERN.test(p))) throw new Error('pattern');
+  const alternatives = patterns.map((p) =>
+    p.replace(/[.*+?^${}()|[\]\\-]/g, (c) => (c === '*' ? '[A-Za-z0-9_.:-]*' : `\\${c}`)),
+  );
+  return new RegExp(`^(?:${alternatives.join('|')})$`);
+}
+
+function send(ws, object) {
+  ws.send(JSON.stringify(object));
+}
+
+function refuse(socket, status, reason) {
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n` +
+    `Content-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(reason) + 1}\r\n\r\n${reason}\n`);
+}
+
+function verify(token) {
+  const claims = jwt.verify(token, SECRET, { algorithms: ['HS256'] });
+  if (typeof claims.sub !== 'string' || !SUBJECT.test(claims.sub) || claims.exp === undefined) {
+    throw new Error('claims');
+  }
+  return {
+    subject: claims.sub,
+    subscribe: matcher(claims.subscribe || []),
+    publish: matcher(claims.publish || []),
+  };
+}
+
+function join(ws, channel) {
+  if (!ws.grant.subscribe || !ws.grant.subscribe.test(channel)) {
+    return send(ws, { type: 'error', reason: 'not allowed', channel });
+  }
+  if (!ws.channels.has(channel) && ws.channels.size >= MAX_CHANNELS) {
+    return send(ws, { type: 'error', reason: `at most ${MAX_CHANNELS} channels` });
+  }
+  let feed = feeds.get(channel);
+  if (!feed) {
+    feed = { members: new Set(), offset: '' };
+    feeds.set(channel, feed);
+    bus.subscribe(busChannel(channel));
+  }
+  feed.members.add(ws);
+  ws.channels.add(channel);
+  send(ws, { type: 'subscribed', channel, offset: feed.offset });
+}
+
+function leave(ws, channel) {
+  ws.channels.delete(channel);
+  const feed = feeds.get(channel);
+  if (!feed) return;
+  feed.members.delete(ws);
+  if (feed.members.size === 0) {
+    feeds.delete(channel);
+    bus.unsubscribe(busChannel(channel));
+  }
+}
+
+async function publish(ws, request) {
+  const { channel, id } = request;
+  const ids = id === undefined ? {} : { id };
+  if (!ws.grant.publish || !ws.grant.publish.test(channel)) {
+    return send(ws, { type: 'error', reason: 'not allowed', channel, ...ids });
+  }
+  const frame = JSON.stringify({ type: 'message', channel, data: request.data, from: ws.grant.subject });
+  const head = `${frame.slice(0, -1)},"offset":"`;
+  const keys = [`wssfleet:history:${channel}`, `wssfleet:history-state:${channel}`];
+  if (id !== undefined) keys.push(`wssfleet:published:${channel}:${ws.grant.subject}:${JSON.stringify(id)}`);
+  try {
+    const offset = await redis.storeAndPublish(keys.length, ...keys, busChannel(channel), head,
+      HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'));
+    if (id !== undefined) send(ws, { type: 'published', id, offset });
+  } catch (error) {
+    send(ws, { type: 'error', reason: `not published: ${error.message}`, ...ids });
+  }
+}
+
+function takeToken(ws) {
+  const now = performance.now();
+  ws.allowance = Math.min(RATE, ws.allowance + ((now - ws.checked) / 1000) * RATE);
+  ws.checked = now;
+  if (ws.allowance < 1) return false;
+  ws.allowance -= 1;
+  return true;
+}
+
+function validRequest(frame) {
+  if (frame === null || typeof frame !== 'object' || Array.isArray(frame)) return 'a frame must be a JSON object';
+  const { type } = frame;
+  if (type === 'subscribe' || type === 'unsubscribe' || type === 'publish') {
+    if (typeof frame.channel !== 'string') return `${type} needs a string field 'channel'`;
+    if (!CHANNEL.test(frame.channel)) return 'a channel is 1-64 characters of A-Z a-z 0-9 _ . : -';
+    if (type === 'publish' && !('data' in frame)) return "publish needs a field 'data'";
+    const id = frame.id;
+    if (type === 'publish' && id !== undefined && id !== null &&
+      !((typeof id === 'string' && id.length >= 1 && id.length <= 64) || Number.isInteger(id))) {
+      return "'id' is a string of 1-64 characters or an integer";
+    }
+    return null;
+  }
+  if (type === 'echo') return 'data' in frame ? null : "echo needs a field 'data'";
+  return type === undefined ? "missing field 'type'" : `unknown type '${String(type).slice(0, 32)}'`;
+}
+
+function answer(ws, text) {
+  let frame;
+  let problem = null;
+  try {
+    frame = JSON.parse(text);
+    problem = validRequest(frame);
+  } catch {
+    problem = 'malformed JSON';
+  }
+  if (!takeToken(ws)) {
+    const ids = frame && frame.id !== undefined ? { id: frame.id } : {};
+    return send(ws, { type: 'error', reason: 'rate limited: message dropped', ...ids });
+  }
+  if (problem) return send(ws, { type: 'error', reason: problem });
+  switch (frame.type) {
+    case 'echo':
+      return send(ws, { type: 'echo', data: frame.data });
+    case 'subscribe':
+      return join(ws, frame.channel);
+    case 'unsubscribe':
+      leave(ws, frame.channel);
+      return send(ws, { type: 'unsubscribed', channel: frame.channel });
+    default:
+      return publish(ws, frame);
+  }
+}
+
+// A message from the bus: "<offset> <frame>", encoded once for every subscriber here.
+bus.on('messageBuffer', (channelBuffer, payload) => {
+  const feed = feeds.get(channelBuffer.toString().slice('wssfleet:channel:'.length));
+  if (!feed) return;
+  const space = payload.indexOf(32);
+  feed.offset = payload.toString('latin1', 0, space);
+  const frame = payload.subarray(space + 1);
+  for (const ws of feed.members) {
+    if (ws.bufferedAmount > BACKLOG_BYTES) {
+      ws.close(1008, 'send queue overflow');
+    } else {
+      ws.send(frame, { binary: false });
+    }
+  }
+});
+
+const server = http.createServer((request, response) => {
+  if (request.url === '/healthz') {
+    response.writeHead(200, { 'Content-Type': 'application/json' });
+    return response.end(JSON.stringify({ status: 'ok', redis: redis.status === 'ready' ? 'connected' : 'disconnected', worker: WORKER, connections: wss.clients.size }));
+  }
+  response.writeHead(404).end('not found\n');
+});
+
+const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_BYTES, perMessageDeflate: false });
+
+server.on('upgrade', (request, socket, head) => {
+  const url = new URL(request.url, 'http://peer');
+  let channel;
+  if (url.pathname === '/ws') channel = '';
+  else if (url.pathname.startsWith('/ws/')) channel = url.pathname.slice(4);
+  else return refuse(socket, 404, 'not found');
+  if (channel && !CHANNEL.test(channel)) return refuse(socket, 404, 'bad channel');
+  const origin = request.headers.origin;
+  if (origin !== undefined && !ORIGINS.has(origin.replace(/\/$/, ''))) {
+    return refuse(socket, 403, 'origin not allowed');
+  }
+  const header = request.headers.authorization || '';
+  const token = header.toLowerCase().startsWith('bearer ') ? header.slice(7).trim() : url.searchParams.get('token');
+  let grant;
+  try {
+    grant = verify(token);
+  } catch {
+    return refuse(socket, 401, 'invalid token');
+  }
+  wss.handleUpgrade(request, socket, head, (ws) => {
+    ws.grant = grant;
+    ws.channels = new Set();
+    ws.allowance = RATE;
+    ws.checked = performance.now();
+    ws.isAlive = true;
+    wss.emit('connection', ws, channel);
+  });
+});
+
+wss.on('connection', (ws, channel) => {
+  ws.on('pong', () => { ws.isAlive = true; });
+  ws.on('message', (data, isBinary) => {
+    if (isBinary) return ws.close(1003, 'binary frames are not supported');
+    answer(ws, data.toString());
+  });
+  ws.on('close', () => {
+    for (const joined of [...ws.channels]) leave(ws, joined);
+  });
+  ws.on('error', () => {});
+  send(ws, { type: 'welcome', worker: WORKER, channels: channel ? [channel] : [], sub: ws.grant.subject });
+  if (channel) join(ws, channel);
+});
+
+// One keepalive timer for every connection, as the ws README shows.
+const keepalive = setInterval(() => {
+  for (const ws of wss.clients) {
+    if (!ws.isAlive) {
+      ws.terminate();
+      continue;
+    }
+    ws.isAlive = false;
+    ws.ping();
+  }
+}, 20000);
+
+function stop() {
+  clearInterval(keepalive);
+  for (const ws of wss.clients) ws.close(1001, 'going away');
+  server.close();
+  redis.quit();
+  bus.quit();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+
+server.listen(PORT, '127.0.0.1');
