@@ -69,7 +69,6 @@ def start_service(port: int, source: Path | None, redis_url: str = "") -> subpro
         "WSSFLEET_PORT": str(port),
         "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
         "WSSFLEET_MESSAGES_PER_SECOND": "100000",
-        "WSSFLEET_SEND_QUEUE_MESSAGES": "10000",
         "WSSFLEET_REDIS_URL": redis_url,
     }
     if source is not None:

@@ -46,6 +46,13 @@ MONITORING_PORTS = {
 MAX_WORKER_PROCESSES = 64
 
 
+# Settings an earlier release had, and what to set instead.
+REPLACED = {
+    "send_queue_messages": "a slow client's backlog is now bounded in bytes; set "
+    "send_buffer_bytes instead (default 1048576), or remove it",
+}
+
+
 class SettingsError(ValueError):
     """A setting is wrong; the message names it and says how to fix it."""
 
@@ -384,6 +391,8 @@ def resolve(raw: dict[str, Any] | None) -> Settings:
     """Defaults plus the inventory's values; SettingsError names the first bad one."""
     raw = dict(raw or {})
     for name in raw:
+        if name in REPLACED:
+            raise SettingsError(f"setting {name!r} is gone: {REPLACED[name]}")
         if name not in Settings.model_fields:
             hint = get_close_matches(name, Settings.model_fields, n=1)
             raise SettingsError(

@@ -22,7 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from wssfleet import auth, metrics, protocol
 from wssfleet.broker import Bus, BusUnavailable, History, MemoryBus, RedisBus, is_after
@@ -59,8 +61,20 @@ def event(name: str, **fields: object) -> None:
     log.info(name, extra={"fields": fields})
 
 
+def text_frame(text: str) -> bytes:
+    """``text`` as one unmasked WebSocket text frame, ready for any client's socket: a fan-out
+    frames a message once for all its subscribers."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
 class Client:
-    """One WebSocket client: its subscriptions, its bounded send queue and rate budget."""
+    """One WebSocket client: its subscriptions, its send backlog bound and rate budget.
+
+    Frames go straight to the connection's transport, as websockets' own ``broadcast`` does,
+    instead of through a queue and a writer task per client: no task switch per frame, and one
+    serialized frame serves every subscriber. The transport's buffer is the backlog, bounded
+    in bytes (``send_buffer_bytes``); a client that lets it grow past that is closed.
+    """
 
     def __init__(
         self, ws: ServerConnection, grant: auth.Grant, config: Config, stats: metrics.Stats
@@ -81,33 +95,40 @@ class Client:
         # After a recovery, the last offset sent per channel: the same message may still come
         # live (pub/sub can lag the history read), and is not sent twice.
         self.sent_up_to: dict[str, str] = {}
-        self.queue: asyncio.Queue[str] = asyncio.Queue(config.send_queue_messages)
+        self.backlog_limit = config.send_buffer_bytes
         self.overflowed = False
         self.closing: asyncio.Task[None] | None = None
         self.rate = config.messages_per_second
         self.allowance = float(config.messages_per_second)
         self.checked = time.monotonic()
-        self.writer = asyncio.create_task(self._write_forever())
 
     def offer(self, text: str, kind: str = "message") -> None:
-        """Queue a frame (``kind``: its type, for the metrics); a client that cannot keep up
-        is closed instead of buffered."""
+        """Send a frame (``kind``: its type, for the metrics)."""
+        self.send_frame(text_frame(text), kind)
+
+    def send_frame(self, frame: bytes, kind: str = "message") -> bool:
+        """Write a serialized frame; a client that cannot keep up is closed instead of
+        buffered. True if it was written."""
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return False  # closing: the close frame is the last thing it gets
         if self.overflowed:
             self.stats.drops["queue_overflow"] += 1
-            return
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+            return False
+        transport = ws.transport
+        if transport.get_write_buffer_size() > self.backlog_limit:
             self.overflowed = True
             self.stats.drops["queue_overflow"] += 1
             self.stats.closes["overflow"] += 1
-            event("overflow", sub=self.subject, queued=self.queue.qsize())
-            self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
-            return
+            event("overflow", sub=self.subject, buffered=transport.get_write_buffer_size())
+            self.closing = asyncio.create_task(ws.close(CLOSE_POLICY, "send queue overflow"))
+            return False
+        transport.write(frame)
         self.stats.delivered[kind] += 1
+        return True
 
     def reply(self, kind: str, **fields: object) -> None:
-        """Queue an answer of type ``kind``."""
+        """Send an answer of type ``kind``."""
         self.offer(protocol.encode(kind, **fields), kind)
 
     def take_token(self) -> bool:
@@ -119,11 +140,6 @@ class Client:
             return False
         self.allowance -= 1
         return True
-
-    async def _write_forever(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await self.ws.send(await self.queue.get())
 
 
 class Feed:
@@ -232,7 +248,6 @@ class Hub:
         for channel in list(client.channels):
             self.leave(client, channel)
         self.clients.discard(client)
-        client.writer.cancel()
 
     async def publish(self, client: Client, request: protocol.Request) -> None:
         """Store and carry a client's message. With an ``id`` the client hears when it is
@@ -269,19 +284,20 @@ class Hub:
         if not is_after(offset, feed.offset):
             return  # delivered already: a catch-up read overlapped the live messages
         feed.offset = offset
+        serialized = text_frame(frame)
         for client in tuple(feed.members):
-            pending = client.pending.get(channel)
-            if pending is not None:
-                pending.append((offset, frame))
-            elif client.sent_up_to:
+            if client.pending:
+                pending = client.pending.get(channel)
+                if pending is not None:
+                    pending.append((offset, frame))
+                    continue
+            if client.sent_up_to:
                 sent = client.sent_up_to.get(channel)
                 if sent is not None:
                     if not is_after(offset, sent):
                         continue
                     del client.sent_up_to[channel]
-                client.offer(frame)
-            else:
-                client.offer(frame)
+            client.send_frame(serialized)
 
     def resync(self, channels: list[str]) -> None:
         """The bus is back after an outage: catch each served channel up from history."""

@@ -92,11 +92,12 @@ class ClientPolicy(BaseModel):
     messages_per_second: int = Field(
         default=50, ge=1, le=100_000, description="messages a client may send per second"
     )
-    send_queue_messages: int = Field(
-        default=256,
-        ge=1,
-        le=100_000,
-        description="messages queued for a slow client before it is closed",
+    send_buffer_bytes: int = Field(
+        default=2**20,
+        ge=4096,
+        le=256 * 2**20,
+        description="bytes waiting to be sent to a client too slow to read them before it is "
+        "closed (1008)",
     )
     ping_interval: int = Field(
         default=20, ge=1, le=3600, description="seconds between keepalive pings"

@@ -35,6 +35,10 @@ def test_defaults_fill_in_everything_but_the_domain():
         ({}, "setting domain is required"),
         ({**PEBBLE, "domain": "Not A Name"}, "setting domain='Not A Name' is invalid: give a"),
         ({**PEBBLE, "haproxy_timeout_tunel": "2h"}, "did you mean 'haproxy_timeout_tunnel'"),
+        (
+            {**PEBBLE, "send_queue_messages": 256},
+            "is gone: a slow client's backlog is now bounded in bytes; set send_buffer_bytes",
+        ),
         ({**PEBBLE, "haproxy_timeout_tunnel": "2 hours"}, "give a duration like"),
         ({**PEBBLE, "worker_processes": 0}, "give 'auto' or a whole number from 1 to 64"),
         ({**PEBBLE, "acme_server": "letsencrypt"}, "setting acme_email is required"),

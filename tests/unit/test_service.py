@@ -335,7 +335,9 @@ def test_rate_limit_drops_messages_with_an_error(start_service):
 
 
 def test_slow_consumer_is_closed_and_others_keep_receiving(start_service):
-    service = start_service(WSSFLEET_SEND_QUEUE_MESSAGES="8", WSSFLEET_MESSAGES_PER_SECOND="100000")
+    service = start_service(
+        WSSFLEET_SEND_BUFFER_BYTES="65536", WSSFLEET_MESSAGES_PER_SECOND="100000"
+    )
 
     async def scenario():
         # max_queue=1: the slow client stops reading its socket after one frame.
