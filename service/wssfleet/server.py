@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -76,6 +76,26 @@ class Client:
     in bytes (``send_buffer_bytes``); a client that lets it grow past that is closed.
     """
 
+    # Memory per connection is the figure that limits a worker: no per-instance __dict__.
+    __slots__ = (
+        "allowance",
+        "backlog_limit",
+        "channels",
+        "checked",
+        "closing",
+        "may_publish",
+        "may_subscribe",
+        "overflowed",
+        "pending",
+        "pinged",
+        "pong",
+        "rate",
+        "sent_up_to",
+        "stats",
+        "subject",
+        "ws",
+    )
+
     def __init__(
         self, ws: ServerConnection, grant: auth.Grant, config: Config, stats: metrics.Stats
     ) -> None:
@@ -101,6 +121,9 @@ class Client:
         self.rate = config.messages_per_second
         self.allowance = float(config.messages_per_second)
         self.checked = time.monotonic()
+        # Keepalive (Hub.keep_alive): when the last ping went out, and its pong if awaited.
+        self.pinged = asyncio.get_running_loop().time()
+        self.pong: asyncio.Future[float] | None = None
 
     def offer(self, text: str, kind: str = "message") -> None:
         """Send a frame (``kind``: its type, for the metrics)."""
@@ -169,9 +192,39 @@ class Hub:
         self.draining: asyncio.Task[None] | None = None
         self.shedding: asyncio.Task[None] | None = None
         self._catching_up: set[asyncio.Task[None]] = set()
+        self._keeping_alive: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.bus.start(self.deliver, self.resync)
+        self._keeping_alive = asyncio.get_running_loop().create_task(self.keep_alive())
+
+    async def stop(self) -> None:
+        if self._keeping_alive is not None:
+            self._keeping_alive.cancel()
+        await self.bus.stop()
+
+    async def keep_alive(self) -> None:
+        """One keepalive for every client instead of a task per connection (websockets'
+        own): each client is pinged ``ping_interval`` after its last ping, and dropped with
+        1011 when the pong has not come ``ping_timeout`` after the ping."""
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        tick = min(1.0, interval / 2, timeout / 2)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for client in tuple(self.clients):
+                ws = client.ws
+                if client.closing is not None or ws.protocol.state is not State.OPEN:
+                    continue
+                if client.pong is not None and not client.pong.done():
+                    if now - client.pinged > timeout:
+                        client.closing = loop.create_task(_drop_unresponsive(ws))
+                    continue
+                if now - client.pinged >= interval:
+                    client.pinged = now
+                    with contextlib.suppress(ConnectionClosed):
+                        client.pong = await ws.ping()
 
     async def join(self, client: Client, channel: str, since: str | None) -> None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
@@ -636,8 +689,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             compression=None,
             max_size=config.max_message_bytes,
             max_queue=16,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
+            ping_interval=None,  # Hub.keep_alive pings every client
             close_timeout=min(config.shutdown_timeout, 10.0),
             server_header="wssfleet",
         ) as server,
@@ -667,8 +719,16 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await server.wait_closed()
-    await service.hub.bus.stop()
+    await service.hub.stop()
     event("stopped", worker=config.worker_label)
+
+
+async def _drop_unresponsive(ws: ServerConnection) -> None:
+    """Close a client whose pong is late with 1011 and hang up at once, as websockets'
+    keepalive does: a peer that does not answer pings will not answer a close either."""
+    with contextlib.suppress(ConnectionClosed):
+        async with ws.send_context():
+            ws.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
 
 async def _never_upgraded(ws: ServerConnection) -> None:

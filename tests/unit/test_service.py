@@ -461,6 +461,34 @@ def test_keepalive_drops_a_peer_that_stops_answering_pings(start_service):
     assert disconnects[0]["code"] == 1011  # keepalive ping timeout
 
 
+def test_keepalive_pings_every_client_and_keeps_those_that_answer(start_service):
+    service = start_service(WSSFLEET_PING_INTERVAL="1", WSSFLEET_PING_TIMEOUT="1")
+
+    async def scenario():
+        clients = [await open_client(service, subject=f"live{n}") for n in range(3)]
+        pings = 0
+        for ws in clients:
+            # websockets' client answers pings itself; count them through its protocol.
+            ws.protocol.receive_data = counting(ws.protocol.receive_data)
+        await asyncio.sleep(4.5)
+        for ws in clients:
+            await request(ws, type="echo", data="still here")
+            assert (await receive(ws))["data"] == "still here"
+            pings += ws.protocol.receive_data.pings
+        return pings
+
+    def counting(receive_data):
+        def counted(data):
+            counted.pings += data.count(b"\x89")
+            return receive_data(data)
+
+        counted.pings = 0
+        return counted
+
+    # Each of the 3 clients is pinged about once a second for 4.5 s.
+    assert run(scenario()) >= 9
+
+
 def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_service):
     service = start_service()
     base = f"http://127.0.0.1:{service.port}/internal/shed"
