@@ -44,6 +44,9 @@ SUBSCRIBERS = 1000
 IDLE_CONNECTIONS = 1000
 CONNECTIONS_OPENED = 500
 ECHO_SECONDS = 5
+# Publishers in the throughput measure, each with its own channel and one subscriber on it.
+PAIRS = 40
+PUBLISH_SECONDS = 5
 FANOUT_SECONDS = 10
 
 
@@ -67,6 +70,15 @@ MEASURES = [
     Measure("delivery_cpu", "service CPU per fan-out delivery (at 40 msg/s)", "µs", False, 1),
     Measure("idle_memory", "memory per idle connection (1,000 open)", "KiB", False, 1),
     Measure("connect_cpu", "service CPU per connection opened (upgrade, JWT)", "µs", False),
+    *(
+        Measure(
+            f"publish_{count}",
+            f"publish throughput, {PAIRS} publishers, {count} {noun}",
+            "msg/s",
+            True,
+        )
+        for count, noun in ((1, "process"), (2, "processes"), (4, "processes"))
+    ),
 ]
 # Typography of the table, spelled out so that no one mistakes them for ASCII.
 TIMES, EN_DASH = "\u00d7", "\u2013"
@@ -119,10 +131,19 @@ SIDES: dict[str, Callable[[int, str], tuple[list[str], dict[str, str]]]] = {
 }
 
 
+def wait_for_redis(port: int, side: str) -> None:
+    deadline = time.monotonic() + 10
+    while not healthy(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{side} on port {port} did not reach Redis")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
-def processes(side: str, redis_url: str) -> Iterator[tuple[list[int], list[int]]]:
-    """Two service processes of ``side``; yields their pids and ports once both are on Redis."""
-    ports = [free_port(), free_port()]
+def processes(side: str, redis_url: str, count: int = 2) -> Iterator[tuple[list[int], list[int]]]:
+    """``count`` service processes of ``side``; yields their pids and ports once all are on
+    Redis."""
+    ports = [free_port() for _ in range(count)]
     started = []
     try:
         for port in ports:
@@ -134,11 +155,7 @@ def processes(side: str, redis_url: str) -> Iterator[tuple[list[int], list[int]]
             )
         for port in ports:
             wait_for_port(port, side)
-            deadline = time.monotonic() + 10
-            while not healthy(port):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{side} on port {port} did not reach Redis")
-                time.sleep(0.05)
+            wait_for_redis(port, side)
         yield [process.pid for process in started], ports
     finally:
         for process in started:
@@ -293,7 +310,25 @@ def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
         cpu = cpu_seconds(pids) - cpu
         opening.close()
         results["connect_cpu"] = cpu / done["connections"] * 1e6
+    for count in (1, 2, 4):
+        results[f"publish_{count}"] = publish_throughput(side, redis_url, tls, token, count)
     return results
+
+
+def publish_throughput(side: str, redis_url: str, tls: Path, token: str, count: int) -> float:
+    """Messages stored and delivered a second by ``count`` processes (channels routed to the
+    processes that serve them)."""
+    with processes(side, redis_url, count) as (_, ports), haproxy(tls, ports) as port:
+        load = Load(
+            {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
+             "ca": str(tls / "ca.pem"), "mode": "publish", "pairs": PAIRS,
+             "seconds": PUBLISH_SECONDS}
+        )  # fmt: skip
+        done = load.run()
+        load.close()
+    if done["delivered"] != done["published"]:
+        raise RuntimeError(f"{side}: {done['delivered']} of {done['published']} delivered")
+    return done["published"] / done["seconds"]
 
 
 def ensure_peer_installed() -> None:

@@ -110,6 +110,39 @@ const jobs = {
     };
   },
 
+  // `pairs` publishers, each with one subscriber on its own channel; each publisher sends with
+  // an id and waits for the "published" answer before the next, for `seconds`.
+  async publish() {
+    const prefix = `pub-${process.pid}-${Date.now()}`;
+    let delivered = 0;
+    const count = () => { delivered += 1; };
+    const subscribers = await openMany(job.pairs, 50, (i) => open(`/ws/${prefix}-${i}`, 2, count));
+    const publishers = await openMany(job.pairs, 50, () => open('/ws', 1));
+    return {
+      clients: [...subscribers, ...publishers],
+      async run() {
+        let published = 0;
+        const until = performance.now() + job.seconds * 1000;
+        const started = performance.now();
+        await Promise.all(publishers.map((ws, i) => new Promise((resolve) => {
+          const next = () => ws.send(JSON.stringify(
+            { type: 'publish', channel: `${prefix}-${i}`, data: published, id: published }));
+          ws.on('message', (data) => {
+            if (!data.toString().startsWith('{"type":"published"')) return;
+            published += 1;
+            if (performance.now() < until) next();
+            else resolve();
+          });
+          next();
+        })));
+        const seconds = (performance.now() - started) / 1000;
+        const deadline = performance.now() + 10000;
+        while (delivered < published && performance.now() < deadline) await sleep(20);
+        return { published, delivered, seconds };
+      },
+    };
+  },
+
   // `clients` connections held open and idle.
   async idle() {
     const clients = await openMany(job.clients, 50, () => open('/ws', 1));

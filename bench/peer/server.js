@@ -260,6 +260,8 @@ function stop() {
   server.close();
   redis.quit();
   bus.quit();
+  // Clients that do not answer the close within a second are cut off, as wssfleet does.
+  setTimeout(() => process.exit(0), 1000).unref();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
