@@ -24,10 +24,13 @@ Server to client::
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+# orjson: a quarter of the standard library's time per frame (bench/), and strict: NaN,
+# Infinity and lone surrogates are malformed JSON, so they never reach other clients.
+import orjson
 
 CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHANNEL_RULE = "a channel is 1-64 characters of A-Z a-z 0-9 _ . : -"
@@ -40,7 +43,7 @@ class ProtocolError(ValueError):
     """A frame the server answers with an error reply; the connection stays open."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     type: str
     channel: str | None = None
@@ -56,8 +59,8 @@ def valid_channel(name: str) -> bool:
 def parse(text: str) -> Request:
     """Parse one client frame or raise ProtocolError saying what is wrong."""
     try:
-        frame = json.loads(text)
-    except ValueError:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
         raise ProtocolError("malformed JSON") from None
     if not isinstance(frame, dict):
         raise ProtocolError("a frame must be a JSON object")
@@ -102,8 +105,10 @@ def _since(value: Any) -> str:
 
 def message_head(channel: str, data: Any, sender: str) -> str:
     """A message frame up to its offset, which the bus appends when it stores the message."""
-    return encode("message", channel=channel, data=data, **{"from": sender})[:-1] + ',"offset":"'
+    frame = encode("message", channel=channel, data=data, **{"from": sender})
+    return frame[:-1].decode() + ',"offset":"'
 
 
-def encode(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+def encode(kind: str, **fields: Any) -> bytes:
+    """A server frame's JSON text, UTF-8 encoded."""
+    return orjson.dumps({"type": kind, **fields})

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import signal
+import struct
 import time
 from http import HTTPStatus
 from importlib import resources
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -61,10 +62,16 @@ def event(name: str, **fields: object) -> None:
     log.info(name, extra={"fields": fields})
 
 
-def text_frame(text: str) -> bytes:
-    """``text`` as one unmasked WebSocket text frame, ready for any client's socket: a fan-out
+def text_frame(payload: bytes) -> bytes:
+    """UTF-8 ``payload`` as one unmasked WebSocket text frame (RFC 6455, 5.2: FIN and the text
+    opcode, then the length in 7, 16 or 64 bits), ready for any client's socket: a fan-out
     frames a message once for all its subscribers."""
-    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 2**16:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
 class Client:
@@ -127,7 +134,7 @@ class Client:
 
     def offer(self, text: str, kind: str = "message") -> None:
         """Send a frame (``kind``: its type, for the metrics)."""
-        self.send_frame(text_frame(text), kind)
+        self.send_frame(text_frame(text.encode()), kind)
 
     def send_frame(self, frame: bytes, kind: str = "message") -> bool:
         """Write a serialized frame; a client that cannot keep up is closed instead of
@@ -152,7 +159,7 @@ class Client:
 
     def reply(self, kind: str, **fields: object) -> None:
         """Send an answer of type ``kind``."""
-        self.offer(protocol.encode(kind, **fields), kind)
+        self.send_frame(text_frame(protocol.encode(kind, **fields)), kind)
 
     def take_token(self) -> bool:
         """Token bucket: ``rate`` messages a second, bursts up to one second's worth."""
@@ -337,7 +344,7 @@ class Hub:
         if not is_after(offset, feed.offset):
             return  # delivered already: a catch-up read overlapped the live messages
         feed.offset = offset
-        serialized = text_frame(frame)
+        serialized = text_frame(frame.encode())
         for client in tuple(feed.members):
             if client.pending:
                 pending = client.pending.get(channel)
@@ -374,12 +381,13 @@ class Hub:
         elif history is not None:
             # The history no longer reaches back to what this process last delivered: say so
             # to every live client, which refetches its state, as after its own subscribe.
-            notice = protocol.encode(
-                "subscribed", channel=channel, recovered=False, offset=history.latest
+            latest = history.latest
+            notice = text_frame(
+                protocol.encode("subscribed", channel=channel, recovered=False, offset=latest)
             )
             for client in feed.members:
                 if channel not in client.pending:
-                    client.offer(notice, "subscribed")
+                    client.send_frame(notice, "subscribed")
             feed.offset = history.latest
             self.stats.history_lost += 1
             event("history lost", channel=channel, worker=self.config.worker_label)

@@ -523,3 +523,13 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
     forwarded, nonsense, accepted, codes = run(scenario())
     assert (forwarded, nonsense, accepted) == (404, 400, 202)
     assert sorted(codes, key=str) == [1012] * 3 + [None] * 7
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 2**16 - 1, 2**16])
+def test_a_prebuilt_frame_is_the_frame_websockets_would_send(length):
+    from websockets.frames import Frame, Opcode
+
+    from wssfleet.server import text_frame
+
+    payload = ("é" * length).encode()[:length]
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
