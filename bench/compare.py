@@ -34,7 +34,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.loopback import ORIGIN, SECRET, free_port, redis_server, rss_kib, wait_for_port
+from bench.loopback import (
+    ORIGIN,
+    SECRET,
+    free_port,
+    redis_server,
+    rss_kib,
+    service_env,
+    wait_for_port,
+)
 from wssfleet import auth
 from wssfleet.broker import STORE_AND_PUBLISH
 
@@ -101,15 +109,7 @@ def healthy(port: int) -> bool:
 
 
 def wssfleet_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
-    env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
-        "WSSFLEET_JWT_SECRET": SECRET,
-        "WSSFLEET_PORT": str(port),
-        "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
-        "WSSFLEET_MESSAGES_PER_SECOND": "100000",
-        "WSSFLEET_REDIS_URL": redis_url,
-    }
-    return [sys.executable, "-m", "wssfleet", "serve"], env
+    return [sys.executable, "-m", "wssfleet", "serve"], service_env(port, redis_url)
 
 
 def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
@@ -264,6 +264,17 @@ class Load:
         self.process.wait(timeout=60)
 
 
+def run_measured(job: dict, pids: list[int]) -> tuple[dict, float]:
+    """Run one load job; what it reports, and the CPU seconds ``pids`` spent on its measured
+    work (not on opening or closing its clients)."""
+    load = Load(job)
+    before = cpu_seconds(pids)
+    done = load.run()
+    spent = cpu_seconds(pids) - before
+    load.close()
+    return done, spent
+
+
 def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
     """One round of every measure on ``side``, on fresh processes."""
     token = auth.mint(SECRET, "bench", 3600, subscribe=["*"], publish=["*"])
@@ -278,23 +289,15 @@ def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
         memory = (sum(rss_kib(pid) for pid in pids) - memory_before) / IDLE_CONNECTIONS
         idle.close()
 
-        echo = Load({**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS})
-        cpu = cpu_seconds(pids)
-        done = echo.run()
-        cpu = cpu_seconds(pids) - cpu
-        echo.close()
+        echo = {**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS}
+        done, cpu = run_measured(echo, pids)
         results["echo_rate"] = done["messages"] / done["seconds"]
         results["echo_cpu"] = cpu / done["messages"] * 1e6
 
         for rate, load in ((10, "light"), (100, "saturated")):
-            fanout = Load(
-                {**base, "mode": "fanout", "subscribers": SUBSCRIBERS, "rate": rate,
-                 "seconds": FANOUT_SECONDS}
-            )  # fmt: skip
-            cpu = cpu_seconds(pids)
-            done = fanout.run()
-            cpu = cpu_seconds(pids) - cpu
-            fanout.close()
+            fanout = {**base, "mode": "fanout", "subscribers": SUBSCRIBERS, "rate": rate,
+                      "seconds": FANOUT_SECONDS}  # fmt: skip
+            done, cpu = run_measured(fanout, pids)
             if done["deliveries"] != done["expected"]:
                 raise RuntimeError(
                     f"{side}: {done['deliveries']} of {done['expected']} deliveries arrived"
@@ -304,11 +307,7 @@ def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
         results["delivery_cpu"] = cpu / done["deliveries"] * 1e6
         results["idle_memory"] = memory
 
-        opening = Load({**base, "mode": "connect", "count": CONNECTIONS_OPENED})
-        cpu = cpu_seconds(pids)
-        done = opening.run()
-        cpu = cpu_seconds(pids) - cpu
-        opening.close()
+        done, cpu = run_measured({**base, "mode": "connect", "count": CONNECTIONS_OPENED}, pids)
         results["connect_cpu"] = cpu / done["connections"] * 1e6
     for count in (1, 2, 4):
         results[f"publish_{count}"] = publish_throughput(side, redis_url, tls, token, count)

@@ -61,9 +61,10 @@ def wait_for_port(port: int, what: str) -> None:
     raise RuntimeError(f"{what} did not start")
 
 
-def start_service(port: int, source: Path | None, redis_url: str = "") -> subprocess.Popen:
-    """A service process; ``source`` is another revision's service/ directory to run."""
-    env = {
+def service_env(port: int, redis_url: str) -> dict[str, str]:
+    """The environment of a measured service process: this one's, minus any WSSFLEET_
+    setting, plus the bench's (no rate limit in the way of the load)."""
+    return {
         **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
         "WSSFLEET_JWT_SECRET": SECRET,
         "WSSFLEET_PORT": str(port),
@@ -71,6 +72,11 @@ def start_service(port: int, source: Path | None, redis_url: str = "") -> subpro
         "WSSFLEET_MESSAGES_PER_SECOND": "100000",
         "WSSFLEET_REDIS_URL": redis_url,
     }
+
+
+def start_service(port: int, source: Path | None, redis_url: str = "") -> subprocess.Popen:
+    """A service process; ``source`` is another revision's service/ directory to run."""
+    env = service_env(port, redis_url)
     if source is not None:
         env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
