@@ -187,6 +187,8 @@ def test_clients_of_a_killed_instance_are_back_within_2_s(lab, source_address):
 
 def test_a_vanished_worker_host_costs_new_connections_no_error(lab, source_address):
     gone = lab.fleet.workers[-1]
+    # Asked before the cut: SSH to the host goes with it.
+    gone_instances = len(lab.ports(gone.name))
     # The host drops every packet, as if unplugged; a timer on it undoes that, since SSH
     # to it is cut too.
     vanish = (
@@ -222,11 +224,13 @@ def test_a_vanished_worker_host_costs_new_connections_no_error(lab, source_addre
 
     failures, served, moved = run(scenario(), timeout=150)
     print(f"\nvanished host: {served} new connections served, failures {failures}")
-    # No 503 (no server left to try) and no reset. A handshake still waiting to connect to
-    # the vanished host when the checks mark it down is cut by on-marked-down
-    # shutdown-sessions (a 502): HAProxy's, rare, and retried by the client contract.
-    assert [f for f in failures if "503" in f or "Reset" in f or "Refused" in f] == []
-    assert len(failures) <= max(1, served // 50), failures[:5]
+    # No 503 (no server left to try), no reset, no refusal. The one failure HAProxy allows: a
+    # handshake still waiting to connect to the vanished host when the checks mark one of its
+    # instances down is cut by on-marked-down shutdown-sessions (the client sees no HTTP
+    # answer, and the client contract retries it). This loop has one handshake in flight at
+    # a time, so each instance's mark-down can cut at most one.
+    assert [f for f in failures if not f.startswith("InvalidMessage(")] == [], failures[:5]
+    assert len(failures) <= gone_instances, failures[:5]
     assert served >= 50
     assert moved == 100, "clients of the vanished host were not all connected elsewhere"
     time.sleep(8)  # the host's timer lifts the block at 20 s
