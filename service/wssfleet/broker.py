@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import random
 import re
@@ -33,10 +35,12 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wssfleet.pipelined import Address, Connection, Link, LinkLost, ReplyError
 
 log = logging.getLogger("wssfleet.broker")
 
@@ -45,10 +49,16 @@ FRAME_TAIL = '"}'
 # Subscribed by every process whatever its clients want: the pub/sub connection exists (and is
 # health-checked) before the first channel is asked for.
 CONTROL_CHANNEL = "wssfleet:control"
+# Redis's name for a wssfleet channel's pub/sub channel is this and the channel's name.
+CHANNEL_PREFIX = "wssfleet:channel:"
+CHANNEL_PREFIX_LENGTH = len(CHANNEL_PREFIX)
 # A channel nobody serves any more keeps its subscription this long, so a client that comes
 # straight back (a reconnect) finds its feed still warm.
 UNSUBSCRIBE_AFTER = 5.0
 COMMAND_TIMEOUT = 2.0
+# A pub/sub connection that has said nothing this long is asked for a PONG; one that stays
+# silent COMMAND_TIMEOUT longer is dropped and made again.
+HEALTH_CHECK_INTERVAL = 5.0
 
 # KEYS: history stream, its state (hash: epoch, last trimmed id), [idempotency key]
 # ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history
@@ -117,6 +127,9 @@ if after(since, last) or after(trimmed, since) or after(deleted, since) then
 end
 return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[4])}
 """
+
+
+STORE_AND_PUBLISH_SHA = hashlib.sha1(STORE_AND_PUBLISH.encode()).hexdigest()
 
 
 class BusUnavailable(Exception):
@@ -314,7 +327,8 @@ class RedisBus(Bus):
         + url: redis:// URL, password included
         + history_size: messages kept per channel
         + history_ttl: seconds a channel's history outlives its last message
-        + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>)
+        + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>, its
+          publish connection publish:<name>)
         """
         self.url = url
         self.name = name
@@ -327,7 +341,7 @@ class RedisBus(Bus):
         self._wanted: dict[str, int] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._release_timers: dict[str, asyncio.TimerHandle] = {}
-        self._pubsub: redis.client.PubSub | None = None
+        self._subscriber: Connection | None = None
         self._connected_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # The loop keeps only weak references to tasks: one nobody holds can be collected
@@ -343,8 +357,11 @@ class RedisBus(Bus):
             retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
             health_check_interval=10,
         )
-        self._store = self._commands.register_script(STORE_AND_PUBLISH)
         self._read = self._commands.register_script(READ_SINCE)
+        # Every publish of this process goes out on one pipelined connection, and messages
+        # arrive on another, handled as they are parsed (see pipelined.py).
+        self._publishing = Link(url, f"publish:{name}", COMMAND_TIMEOUT)
+        self._address = Address(url)
 
     def start(self, deliver: Deliver, resync: Resync) -> None:
         self._deliver = deliver
@@ -356,6 +373,7 @@ class RedisBus(Bus):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._publishing.close()
         await self._commands.aclose()
 
     async def wait_connected(self) -> None:
@@ -363,7 +381,7 @@ class RedisBus(Bus):
 
     @staticmethod
     def _bus_channel(channel: str) -> str:
-        return f"wssfleet:channel:{channel}"
+        return f"{CHANNEL_PREFIX}{channel}"
 
     @staticmethod
     def _keys(channel: str) -> list[str]:
@@ -379,17 +397,19 @@ class RedisBus(Bus):
         self._confirmed[channel] = asyncio.get_running_loop().create_future()
         # Subscribed now if a connection exists; a connection made later subscribes every
         # channel in _confirmed itself.
-        if self._pubsub is not None:
-            self._in_background(self._subscribe(self._pubsub, channel))
+        self._send_to_subscriber("SUBSCRIBE", self._bus_channel(channel))
 
     def _in_background(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _subscribe(self, pubsub: redis.client.PubSub, channel: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await pubsub.subscribe(self._bus_channel(channel))
+    def _send_to_subscriber(self, *command: str) -> None:
+        subscriber = self._subscriber
+        if subscriber is not None:
+            # A connection lost meanwhile: the next one subscribes from _confirmed.
+            with contextlib.suppress(LinkLost):
+                subscriber.send(*command)
 
     async def ready(self, channel: str) -> None:
         """Wait until Redis has confirmed this process's subscription to ``channel``."""
@@ -430,9 +450,8 @@ class RedisBus(Bus):
             self._unsubscribe_later(channel)
             return
         del self._confirmed[channel]
-        if self._pubsub is not None and self.connected:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self._bus_channel(channel))
+        if self.connected:
+            self._send_to_subscriber("UNSUBSCRIBE", self._bus_channel(channel))
 
     async def publish(self, channel: str, head: str, key: str | None) -> str:
         keys = self._keys(channel)
@@ -446,13 +465,22 @@ class RedisBus(Bus):
             # Names a new history's epoch: unique enough, and no system call per message.
             f"{random.getrandbits(32):08x}",
         ]
-        try:
-            # A timeout scope, not wait_for: no extra task for every message.
-            async with asyncio.timeout(COMMAND_TIMEOUT * 2):
-                offset = await self._store(keys, arguments)
-        except (RedisError, OSError, TimeoutError) as error:
-            raise BusUnavailable(_reason(error)) from None
-        return offset.decode()
+        command = ("EVALSHA", STORE_AND_PUBLISH_SHA, len(keys), *keys, *arguments)
+        # A second try only where it cannot store the message twice: the script was not
+        # loaded (a new or flushed Redis), the connection was gone before the command left
+        # (Redis restarted between two publishes), or the publish has an idempotency key.
+        for last_try in (False, True):
+            try:
+                return (await self._publishing.call(*command)).decode()
+            except ReplyError as error:
+                if last_try or not str(error).startswith("NOSCRIPT"):
+                    raise BusUnavailable(_reason(error)) from None
+                with contextlib.suppress(ReplyError, OSError, TimeoutError):
+                    await self._publishing.call("SCRIPT", "LOAD", STORE_AND_PUBLISH)
+            except LinkLost as error:
+                if last_try or (error.sent and key is None):
+                    raise BusUnavailable(_reason(error)) from None
+        raise AssertionError("unreachable")
 
     async def since(self, channel: str, offset: str | None) -> History:
         position = Position.parse(offset) if offset else None
@@ -486,55 +514,68 @@ class RedisBus(Bus):
         while True:
             # No retries on this connection: a silent reconnect would skip what was published
             # meanwhile. Instead each new connection asks the hub to catch up from history.
-            client = redis.Redis.from_url(
-                self.url,
-                socket_connect_timeout=COMMAND_TIMEOUT,
-                socket_timeout=None,
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=5,
-                client_name=f"bus:{self.name}",
-            )
-            pubsub = client.pubsub()
+            subscriber = None
             try:
-                await pubsub.subscribe(CONTROL_CHANNEL)
-                self._pubsub = pubsub
+                subscriber = await self._address.connect(f"bus:{self.name}", COMMAND_TIMEOUT)
                 channels = list(self._confirmed)
-                for channel in channels:
-                    await pubsub.subscribe(self._bus_channel(channel))
-                await self._read_until_lost(pubsub, channels)
-            except (RedisError, OSError) as error:
+                subscriber.listen(functools.partial(self._heard, resubscribed=channels))
+                # One command: when the control channel is confirmed, so is every channel.
+                subscriber.send(
+                    "SUBSCRIBE", CONTROL_CHANNEL, *(self._bus_channel(c) for c in channels)
+                )
+                self._subscriber = subscriber
+                await self._until_lost(subscriber)
+            except (LinkLost, ReplyError) as error:
                 if self.connected:
                     log.warning("redis lost: %s", error)
             finally:
-                self._pubsub = None
+                self._subscriber = None
+                if self.connected:
+                    delay = 0.1
                 self._set_connected(False)
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                await client.aclose()
+                if subscriber is not None:
+                    subscriber.close("the bus stopped listening")
             # Full jitter keeps a fleet of processes from reconnecting in lockstep.
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 2.0)
 
-    async def _read_until_lost(self, pubsub: redis.client.PubSub, resubscribed: list[str]) -> None:
-        prefix = len(self._bus_channel(""))
+    async def _until_lost(self, subscriber: Connection) -> None:
+        """Return when the connection is lost, or has been silent through a health check."""
+        loop = asyncio.get_running_loop()
         while True:
-            item = await pubsub.get_message(timeout=1.0)
-            if item is None:
-                continue
-            kind, name = item["type"], item["channel"].decode()
-            if kind == "message":
-                self.received += 1
-                offset, _, frame = item["data"].decode().partition(" ")
-                self._deliver(name[prefix:], offset, frame)
-            elif kind == "subscribe" and name == CONTROL_CHANNEL:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(subscriber.lost), HEALTH_CHECK_INTERVAL)
+                log.warning("redis lost: the bus connection closed")
+                return
+            silent = loop.time() - subscriber.heard
+            if silent > HEALTH_CHECK_INTERVAL + COMMAND_TIMEOUT:
+                log.warning("redis lost: silent for %.1f s", silent)
+                return
+            if silent >= HEALTH_CHECK_INTERVAL:
+                with contextlib.suppress(LinkLost):
+                    subscriber.send("PING")
+
+    def _heard(self, reply: list | ReplyError, resubscribed: list[str]) -> None:
+        """One push from the pub/sub connection, as it is parsed."""
+        if not isinstance(reply, list):
+            log.warning("redis refused a subscription: %s", reply)
+            return
+        kind = reply[0]
+        if kind == b"message":
+            self.received += 1
+            offset, _, frame = reply[2].decode().partition(" ")
+            self._deliver(reply[1][CHANNEL_PREFIX_LENGTH:].decode(), offset, frame)
+        elif kind == b"subscribe":
+            name = reply[1].decode()
+            if name == CONTROL_CHANNEL:
                 if resubscribed:
                     # Whatever these channels carried while the bus was away is in history.
                     self._resync(resubscribed)
                 self._set_connected(True)
-            elif kind == "subscribe":
-                confirmed = self._confirmed.get(name[prefix:])
-                if confirmed is not None and not confirmed.done():
-                    confirmed.set_result(None)
+                return
+            confirmed = self._confirmed.get(name[CHANNEL_PREFIX_LENGTH:])
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self.connected:

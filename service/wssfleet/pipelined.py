@@ -1,0 +1,244 @@
+"""Redis connections for the message plane's hot paths: publishing and receiving.
+
+redis-py's asyncio client lends a pooled connection to one command at a time and waits for its
+reply before the connection serves anyone else, so forty concurrent publishes cost forty
+connections, forty writes, forty reads and a timeout for each; and its pub/sub reader wakes a
+task, arms a timeout and runs a retry wrapper for every message. ioredis, which the seeds'
+Node stack uses, writes every command on one connection as it comes, matches the replies in
+order and hands pub/sub messages to a callback as they are parsed. This does the same, on
+asyncio's protocol callbacks: commands issued in one pass of the event loop leave in one
+write, and hiredis (redis-py's own C parser) parses what comes back.
+
+Only what those paths need: commands and their replies in order (``Link``, made again when it
+is lost), and a connection whose every reply goes to a callback (``Connection.listen``, for
+pub/sub). The rarer history reads stay on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+log = logging.getLogger("wssfleet.broker")
+
+Argument = str | bytes | int
+
+
+class ReplyError(Exception):
+    """Redis answered the command with an error; its text is Redis's."""
+
+
+class LinkLost(ConnectionError):
+    """The connection closed, could not be made, or went silent before the command was
+    answered. ``sent``: whether the command had left, so that Redis may have run it."""
+
+    def __init__(self, reason: str, sent: bool = False) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Connection(asyncio.Protocol):
+    """One connection to Redis: writes commands, hands each reply to the oldest waiter, or
+    every reply to a listener once ``listen`` is called (pub/sub)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._reader = hiredis.Reader()
+        # Each waiter with the moment its reply is overdue.
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._outgoing: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._listener: Callable[[Any], None] | None = None
+        self.open = False
+        self.lost: asyncio.Future[None] = loop.create_future()
+        # When Redis last sent anything: a listener's health check.
+        self.heard = loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = self._loop.time()
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as error:
+                self.close(f"Redis sent something that is not RESP: {error}")
+                return
+            if reply is False:
+                return
+            if self._listener is not None:
+                try:
+                    self._listener(reply)
+                except Exception:
+                    # One message's failure must not cost the others their connection.
+                    log.exception("a message from Redis could not be handled")
+                continue
+            future, _ = self._waiting.popleft()
+            if future.done():
+                continue  # its caller stopped waiting
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(ReplyError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.open = False
+        self._transport = None
+        self._fail_waiting(f"connection lost ({error or 'closed by Redis'})")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def _fail_waiting(self, reason: str) -> None:
+        # The newest waiters' commands may still be in _outgoing, never written.
+        written = len(self._waiting) - len(self._outgoing)
+        self._outgoing.clear()
+        for number, (future, _) in enumerate(self._waiting):
+            if not future.done():
+                future.set_exception(LinkLost(reason, sent=number < written))
+                # Marked retrieved: a caller that gave up must not leave a warning behind.
+                future.exception()
+        self._waiting.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def send(self, *arguments: Argument) -> None:
+        """Queue a command for this pass's write (a listener's replies go to the listener)."""
+        if not self.open:
+            raise LinkLost("connection lost")
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(hiredis.pack_command(arguments))
+
+    def command(self, *arguments: Argument) -> asyncio.Future[Any]:
+        """Send a command; its reply, or LinkLost if none comes within the timeout."""
+        self.send(*arguments)
+        future = self._loop.create_future()
+        self._waiting.append((future, self._loop.time() + self._timeout))
+        # One timer for the connection, not one for every command.
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._timeout, self._check_overdue)
+        return future
+
+    def _check_overdue(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        overdue = self._waiting[0][1] - self._loop.time()
+        if overdue <= 0:
+            self.close("Redis did not answer in time")
+        else:
+            self._watchdog = self._loop.call_later(overdue, self._check_overdue)
+
+    def listen(self, listener: Callable[[Any], None]) -> None:
+        """From now on every reply goes to ``listener`` (after SUBSCRIBE, Redis sends only
+        pushes: subscribe confirmations, messages, pongs)."""
+        self._listener = listener
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None and outgoing:
+            self._transport.write(b"".join(outgoing))
+
+    def close(self, reason: str) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self.open = False
+        self._fail_waiting(reason)
+
+
+class Address:
+    """Where a ``redis://`` or ``rediss://`` URL points, and as whom."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or 6379
+        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        self._user = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        database = parts.path.strip("/")
+        self._database = int(database) if database else 0
+
+    async def connect(self, client_name: str, timeout: float) -> Connection:
+        """A new connection, authenticated, on its database, named ``client_name`` in
+        Redis's CLIENT LIST; LinkLost if Redis cannot be reached, ReplyError if it refuses."""
+        loop = asyncio.get_running_loop()
+        connection: Connection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    lambda: Connection(loop, timeout), self.host, self.port, ssl=self._ssl
+                )
+                setup = []
+                if self._password is not None:
+                    credentials = [self._password]
+                    if self._user is not None:
+                        credentials.insert(0, self._user)
+                    setup.append(connection.command("AUTH", *credentials))
+                if self._database:
+                    setup.append(connection.command("SELECT", self._database))
+                setup.append(connection.command("CLIENT", "SETNAME", client_name))
+                await asyncio.gather(*setup)
+        except (OSError, TimeoutError) as error:
+            if connection is not None:
+                connection.close("could not be set up")
+            raise LinkLost(f"cannot connect to Redis ({type(error).__name__})") from error
+        except ReplyError:
+            assert connection is not None
+            connection.close("refused")
+            raise
+        return connection
+
+
+class Link:
+    """Commands and their replies, pipelined on one connection that is made on first use and
+    again after it is lost."""
+
+    def __init__(self, url: str, client_name: str, timeout: float) -> None:
+        """
+        + url: redis:// or rediss:// URL; its user, password and database are used
+        + client_name: this connection in Redis's CLIENT LIST
+        + timeout: seconds to connect, and for a reply before the connection is dropped
+        """
+        self._address = Address(url)
+        self._client_name = client_name
+        self._timeout = timeout
+        self._connection: Connection | None = None
+        self._connecting: asyncio.Task[Connection] | None = None
+
+    async def call(self, *arguments: Argument) -> Any:
+        """Send one command and return its reply: ``ReplyError`` for Redis's refusals,
+        ``LinkLost`` when no connection carried it to a reply in time (a silent connection
+        is dropped, so the next command makes a new one)."""
+        connection = self._connection
+        if connection is None or not connection.open:
+            connection = await self._connected()
+        return await connection.command(*arguments)
+
+    async def _connected(self) -> Connection:
+        # One connection attempt at a time, however many commands wait for it.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(
+                self._address.connect(self._client_name, self._timeout)
+            )
+        self._connection = await asyncio.shield(self._connecting)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close("closed")
+            self._connection = None

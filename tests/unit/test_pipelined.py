@@ -1,0 +1,131 @@
+"""The publish path's pipelined Redis connection, against a real redis-server with the deployed
+ACLs: one connection carries every command, replies reach their own callers, and a lost or
+silent connection fails what it carried and is made again."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from roles.redis import ADMIN_REDIS_USER
+from wssfleet.pipelined import Link, LinkLost, ReplyError
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def publish_connections(redis_server, name: str) -> list[str]:
+    listing = redis_server.cli("CLIENT", "LIST").decode()
+    return [line for line in listing.splitlines() if f"name={name} " in line + " "]
+
+
+def test_concurrent_commands_share_one_connection_and_get_their_own_replies(redis_server):
+    async def scenario():
+        link = Link(redis_server.url, "publish:unit", 2.0)
+        replies = await asyncio.gather(
+            *(link.call("SET", f"wssfleet:pipelined:{n}", str(n)) for n in range(500)),
+            *(link.call("GET", f"wssfleet:pipelined:{n}") for n in range(500)),
+        )
+        connections = publish_connections(redis_server, "publish:unit")
+        link.close()
+        return replies, connections
+
+    replies, connections = run(scenario())
+    assert replies[:500] == [b"OK"] * 500
+    assert replies[500:] == [str(n).encode() for n in range(500)]
+    assert len(connections) == 1, connections
+
+
+def test_a_refused_command_fails_alone(redis_server):
+    async def scenario():
+        link = Link(redis_server.url, "publish:unit", 2.0)
+        before, refused, after = await asyncio.gather(
+            link.call("SET", "wssfleet:pipelined:a", "1"),
+            # The workers' user may not run FLUSHDB (roles/redis.py).
+            link.call("FLUSHDB"),
+            link.call("GET", "wssfleet:pipelined:a"),
+            return_exceptions=True,
+        )
+        link.close()
+        return before, refused, after
+
+    before, refused, after = run(scenario())
+    assert (before, after) == (b"OK", b"1")
+    assert isinstance(refused, ReplyError) and str(refused).startswith("NOPERM"), refused
+
+
+def test_wrong_credentials_are_refused_by_redis(redis_server):
+    async def scenario():
+        url = redis_server.url.replace(redis_server.password, "not-the-password")
+        with pytest.raises(ReplyError, match="WRONGPASS"):
+            await Link(url, "publish:unit", 2.0).call("PING")
+
+    run(scenario())
+
+
+def test_a_restarted_redis_is_reached_on_a_new_connection(redis_server):
+    async def scenario():
+        link = Link(redis_server.url, "publish:unit", 2.0)
+        assert await link.call("PING") == b"PONG"
+        redis_server.stop()
+        # The loop sees the connection close (a service's loop always runs), then the next
+        # command finds no server to connect to.
+        await asyncio.sleep(0.2)
+        with pytest.raises(LinkLost) as lost:
+            await link.call("PING")
+        assert not lost.value.sent, "nothing can have left for a server that is gone"
+        redis_server.start()
+        answer = await link.call("PING")
+        link.close()
+        return answer
+
+    assert run(scenario()) == b"PONG"
+
+
+def test_a_silent_redis_fails_the_command_sent_and_drops_the_connection(redis_server):
+    async def scenario():
+        link = Link(redis_server.url, "publish:unit", 0.5)
+        assert await link.call("PING") == b"PONG"
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(LinkLost, match="did not answer in time") as silent:
+                await link.call("PING")
+            waited = asyncio.get_running_loop().time() - started
+            assert silent.value.sent
+            assert 0.4 <= waited < 2.0, waited
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        # The dropped connection's replies can never reach a later caller: a new one is made.
+        answer = await link.call("GET", "wssfleet:pipelined:none")
+        link.close()
+        return answer
+
+    assert run(scenario()) is None
+
+
+def test_commands_in_flight_when_the_connection_dies_are_failed_as_sent(redis_server):
+    # The workers' user may not EVAL, so the command that holds Redis runs as the operator.
+    admin_url = f"redis://{ADMIN_REDIS_USER}:{redis_server.admin_password}@127.0.0.1:" + str(
+        redis_server.port
+    )
+
+    async def scenario():
+        link = Link(admin_url, "publish:unit", 5.0)
+        assert await link.call("PING") == b"PONG"
+        busy = asyncio.ensure_future(link.call("EVAL", "while true do end", 0))
+        queued = asyncio.ensure_future(link.call("PING"))
+        await asyncio.sleep(0.2)
+        assert redis_server.process is not None
+        redis_server.process.kill()
+        redis_server.process.wait()
+        redis_server.process = None
+        return await asyncio.gather(busy, queued, return_exceptions=True)
+
+    lost = run(scenario())
+    assert all(isinstance(error, LinkLost) for error in lost), lost
+    # Both had left: Redis may have run them, and the caller must not take them as unsent.
+    assert [error.sent for error in lost] == [True, True]
