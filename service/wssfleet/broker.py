@@ -540,13 +540,10 @@ class RedisBus(Bus):
             delay = min(delay * 2, 2.0)
 
     async def _until_lost(self, subscriber: Connection) -> None:
-        """Return when the connection is lost, or has been silent through a health check."""
+        """Return when the connection is lost, or silent COMMAND_TIMEOUT past the PING that a
+        silence of HEALTH_CHECK_INTERVAL brings."""
         loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(subscriber.lost), HEALTH_CHECK_INTERVAL)
-                log.warning("redis lost: the bus connection closed")
-                return
             silent = loop.time() - subscriber.heard
             if silent > HEALTH_CHECK_INTERVAL + COMMAND_TIMEOUT:
                 log.warning("redis lost: silent for %.1f s", silent)
@@ -554,6 +551,14 @@ class RedisBus(Bus):
             if silent >= HEALTH_CHECK_INTERVAL:
                 with contextlib.suppress(LinkLost):
                     subscriber.send("PING")
+                wait = HEALTH_CHECK_INTERVAL + COMMAND_TIMEOUT - silent
+            else:
+                wait = HEALTH_CHECK_INTERVAL - silent
+            with contextlib.suppress(TimeoutError):
+                # A little past the moment, so that the next look finds it passed.
+                await asyncio.wait_for(asyncio.shield(subscriber.lost), wait + 0.05)
+                log.warning("redis lost: the bus connection closed")
+                return
 
     def _heard(self, reply: list | ReplyError, resubscribed: list[str]) -> None:
         """One push from the pub/sub connection, as it is parsed."""

@@ -18,6 +18,7 @@ import struct
 import time
 from http import HTTPStatus
 from importlib import resources
+from json.encoder import encode_basestring_ascii
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -72,6 +73,14 @@ def text_frame(payload: bytes) -> bytes:
     if length < 2**16:
         return struct.pack("!BBH", 0x81, 126, length) + payload
     return struct.pack("!BBQ", 0x81, 127, length) + payload
+
+
+def publish_key(message_id: str | int) -> str:
+    """A publish id as its idempotency key names it: its JSON text, as json.dumps writes it
+    (keys stored by an earlier release must still match), without json.dumps's per-call work."""
+    if isinstance(message_id, str):
+        return encode_basestring_ascii(message_id)
+    return str(message_id)
 
 
 class Client:
@@ -314,7 +323,7 @@ class Hub:
         stored (and a retry with the same id is stored once); a failure is always said."""
         channel = request.channel
         assert channel is not None
-        key = None if request.id is None else f"{client.subject}:{json.dumps(request.id)}"
+        key = None if request.id is None else f"{client.subject}:{publish_key(request.id)}"
         head = protocol.message_head(channel, request.data, client.subject)
         ids = {} if request.id is None else {"id": request.id}
         if not auth.allows(client.may_publish, channel):

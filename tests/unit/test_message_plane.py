@@ -5,6 +5,7 @@ between two processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis
@@ -20,6 +21,7 @@ from tests.unit.clients import (
     subscribed,
 )
 from tests.unit.test_service import wait_until_redis
+from wssfleet.server import publish_key
 
 FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000"}
 
@@ -407,3 +409,8 @@ def test_redis_exporters_user_may_look_but_not_touch(redis_server):
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 monitor.execute_command(*command)
+
+
+@pytest.mark.parametrize("message_id", ["m1", "é", 'a"b\\c\n', "\U0001f600", 0, -7, 2**70])
+def test_a_publish_key_is_the_ids_json_text_as_earlier_releases_stored_it(message_id):
+    assert publish_key(message_id) == json.dumps(message_id)

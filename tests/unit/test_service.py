@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -533,3 +534,36 @@ def test_a_prebuilt_frame_is_the_frame_websockets_would_send(length):
 
     payload = ("é" * length).encode()[:length]
     assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def test_a_frozen_redis_is_noticed_by_the_health_check_and_delivery_resumes(
+    start_service, redis_server
+):
+    # A frozen Redis keeps its sockets open: only the bus's own health check can tell.
+    first, second = start_service(redis_server.url), start_service(redis_server.url)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+
+    async def scenario():
+        publisher = await open_client(first, subject="p")
+        remote = await open_client(second, "/ws/room", subject="r")
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            # A PING after 5 s of silence, dropped 2 s after that (broker.py).
+            await asyncio.to_thread(wait_until_redis, second, "disconnected", 12.0)
+            noticed = time.monotonic() - frozen_at
+            await request(publisher, type="publish", channel="room", data="frozen", id="m1")
+            refused = await receive(publisher, timeout=10)
+            assert (refused["type"], refused["id"]) == ("error", "m1")
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        await asyncio.to_thread(wait_until_redis, second, "connected")
+        await request(publisher, type="publish", channel="room", data="thawed", id="m2")
+        assert (await receive(publisher))["type"] == "published"
+        assert (await message(remote))["data"] == "thawed"
+        return noticed
+
+    noticed = run(scenario())
+    assert noticed <= 9.0, f"a frozen Redis went unnoticed for {noticed:.1f} s"
