@@ -109,13 +109,18 @@ class Client:
         "sent_up_to",
         "stats",
         "subject",
+        "transport",
         "ws",
+        "ws_protocol",
     )
 
     def __init__(
         self, ws: ServerConnection, grant: auth.Grant, config: Config, stats: metrics.Stats
     ) -> None:
         self.ws = ws
+        # Read for every frame sent: kept here rather than looked up through ws each time.
+        self.ws_protocol = ws.protocol
+        self.transport = ws.transport
         self.stats = stats
         self.subject = grant.subject
         # What the token allows, or the deployment's defaults where it says nothing.
@@ -146,24 +151,29 @@ class Client:
         self.send_frame(text_frame(text.encode()), kind)
 
     def send_frame(self, frame: bytes, kind: str = "message") -> bool:
-        """Write a serialized frame; a client that cannot keep up is closed instead of
-        buffered. True if it was written."""
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN:
+        """Write a serialized frame and count it as a ``kind``; True if it was written."""
+        if self.write(frame):
+            self.stats.delivered[kind] += 1
+            return True
+        return False
+
+    def write(self, frame: bytes) -> bool:
+        """Write a serialized frame, uncounted (a fan-out counts its frames once); a client
+        that cannot keep up is closed instead of buffered. True if it was written."""
+        if self.ws_protocol.state is not State.OPEN:
             return False  # closing: the close frame is the last thing it gets
         if self.overflowed:
             self.stats.drops["queue_overflow"] += 1
             return False
-        transport = ws.transport
+        transport = self.transport
         if transport.get_write_buffer_size() > self.backlog_limit:
             self.overflowed = True
             self.stats.drops["queue_overflow"] += 1
             self.stats.closes["overflow"] += 1
             event("overflow", sub=self.subject, buffered=transport.get_write_buffer_size())
-            self.closing = asyncio.create_task(ws.close(CLOSE_POLICY, "send queue overflow"))
+            self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
             return False
         transport.write(frame)
-        self.stats.delivered[kind] += 1
         return True
 
     def reply(self, kind: str, **fields: object) -> None:
@@ -348,12 +358,12 @@ class Hub:
             return
         self._fan_out(feed, channel, offset, frame)
 
-    @staticmethod
-    def _fan_out(feed: Feed, channel: str, offset: str, frame: str) -> None:
+    def _fan_out(self, feed: Feed, channel: str, offset: str, frame: str) -> None:
         if not is_after(offset, feed.offset):
             return  # delivered already: a catch-up read overlapped the live messages
         feed.offset = offset
         serialized = text_frame(frame.encode())
+        written = 0
         for client in tuple(feed.members):
             if client.pending:
                 pending = client.pending.get(channel)
@@ -366,7 +376,9 @@ class Hub:
                     if not is_after(offset, sent):
                         continue
                     del client.sent_up_to[channel]
-            client.send_frame(serialized)
+            if client.write(serialized):
+                written += 1
+        self.stats.delivered["message"] += written
 
     def resync(self, channels: list[str]) -> None:
         """The bus is back after an outage: catch each served channel up from history."""
