@@ -330,7 +330,6 @@ class RedisBus(Bus):
         + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>, its
           publish connection publish:<name>)
         """
-        self.url = url
         self.name = name
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -475,7 +474,8 @@ class RedisBus(Bus):
             except ReplyError as error:
                 if last_try or not str(error).startswith("NOSCRIPT"):
                     raise BusUnavailable(_reason(error)) from None
-                with contextlib.suppress(ReplyError, OSError, TimeoutError):
+                # A failure here is met again, and said, by the second try.
+                with contextlib.suppress(ReplyError, LinkLost):
                     await self._publishing.call("SCRIPT", "LOAD", STORE_AND_PUBLISH)
             except LinkLost as error:
                 if last_try or (error.sent and key is None):
