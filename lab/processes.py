@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,7 +109,17 @@ def stop(processes: list[Tracked], grace_seconds: float = 20.0) -> None:
     for process in live:
         if process.alive:
             log(f"{process.role} (pid {process.pid}) ignored SIGTERM; killing it")
+            # nspawn's container init is its child, in a session and PID namespace of its own:
+            # left alone it would outlive nspawn, with the host's network. Killing a PID
+            # namespace's init ends every process in it.
+            for child in children_of(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             os.kill(process.pid, signal.SIGKILL)
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child in all_pids() if parent_of(child) == pid]
 
 
 def find(marker: str) -> list[Tracked]:
