@@ -20,7 +20,7 @@ from tests.unit.clients import (
     run,
     subscribed,
 )
-from tests.unit.test_service import wait_until_redis
+from tests.unit.test_service import two_services_on_redis, wait_until_redis
 from wssfleet.server import publish_key
 
 FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000"}
@@ -228,9 +228,7 @@ async def message_with_offset(ws: ClientConnection) -> dict:
 def test_a_redis_restart_between_two_publishes_loses_neither(start_service, redis_server):
     # The bug this guards: the first command over a pooled connection that the restarted
     # server had closed failed, and the message was dropped in silence.
-    first, second = start_service(redis_server.url), start_service(redis_server.url)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server)
 
     async def scenario():
         publisher = await open_client(first, subject="pub")
@@ -248,9 +246,7 @@ def test_a_redis_restart_between_two_publishes_loses_neither(start_service, redi
 
 
 def test_a_process_catches_up_on_what_its_bus_connection_missed(start_service, redis_server):
-    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server, **FAST)
     total = 400
 
     async def scenario():
@@ -279,9 +275,7 @@ def test_a_process_catches_up_on_what_its_bus_connection_missed(start_service, r
 
 
 def test_a_process_subscribes_only_to_the_channels_its_clients_are_on(start_service, redis_server):
-    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server, **FAST)
 
     async def scenario():
         here = await open_client(first, "/ws/here", subject="a")
@@ -369,9 +363,7 @@ def test_the_workers_redis_user_may_do_nothing_but_the_message_plane(redis_serve
 
 
 def test_a_process_that_finds_its_history_gone_after_an_outage_says_so(start_service, redis_server):
-    first, second = start_service(redis_server.url, **FAST), start_service(redis_server.url, **FAST)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server, **FAST)
 
     async def scenario():
         publisher = await open_client(first, subject="pub")

@@ -130,9 +130,7 @@ def test_publish_reaches_subscribers_only(start_service):
 
 
 def test_publish_crosses_processes_through_redis(start_service, redis_server):
-    first, second = start_service(redis_server.url), start_service(redis_server.url)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server)
 
     async def scenario():
         sender = await open_client(first, "/ws/room", subject="alice")
@@ -161,10 +159,17 @@ def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
     raise AssertionError(f"service on {service.port} never reported redis {state}")
 
 
-def test_a_redis_outage_refuses_publishes_aloud_and_delivery_resumes(start_service, redis_server):
-    first, second = start_service(redis_server.url), start_service(redis_server.url)
+def two_services_on_redis(start_service, redis_server, **settings: str):
+    """Two service processes on the same Redis, once both report it connected."""
+    first = start_service(redis_server.url, **settings)
+    second = start_service(redis_server.url, **settings)
     wait_until_redis(first, "connected")
     wait_until_redis(second, "connected")
+    return first, second
+
+
+def test_a_redis_outage_refuses_publishes_aloud_and_delivery_resumes(start_service, redis_server):
+    first, second = two_services_on_redis(start_service, redis_server)
 
     async def scenario():
         local_a = await open_client(first, "/ws/room", subject="a")
@@ -540,9 +545,7 @@ def test_a_frozen_redis_is_noticed_by_the_health_check_and_delivery_resumes(
     start_service, redis_server
 ):
     # A frozen Redis keeps its sockets open: only the bus's own health check can tell.
-    first, second = start_service(redis_server.url), start_service(redis_server.url)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
+    first, second = two_services_on_redis(start_service, redis_server)
 
     async def scenario():
         publisher = await open_client(first, subject="p")
