@@ -16,6 +16,7 @@ import random
 import signal
 import struct
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
 from json.encoder import encode_basestring_ascii
@@ -40,7 +41,7 @@ CLOSE_TOO_BIG = 1009
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
 # How often a drain closes its next share of clients: fine enough that no second closes
-# more than its share (ceil(clients / drain_seconds)).
+# more than its share (most_per_second).
 DRAIN_TICK = 0.05
 
 STATIC = {
@@ -470,19 +471,10 @@ class Hub:
     async def _close_paced(self, clients: list[Client], seconds: float, reason: str) -> int:
         """Close these clients with 1012 evenly over ``seconds`` (``reason``: drain or
         rebalance); returns the most closed in any one second."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        total = len(clients)
-        moments: list[float] = []
-        while True:
-            elapsed = loop.time() - started
-            due = total if elapsed >= seconds else math.floor(total * elapsed / seconds)
-            while len(moments) < due:
-                self._restart_close(clients[len(moments)], reason)
-                moments.append(loop.time())
-            if elapsed >= seconds:
-                return busiest_second(moments)
-            await asyncio.sleep(DRAIN_TICK)
+        moments = await paced(
+            len(clients), seconds, lambda index: self._restart_close(clients[index], reason)
+        )
+        return busiest_second(moments)
 
     def _restart_close(self, client: Client, reason: str) -> None:
         if client.closing is None:
@@ -490,6 +482,36 @@ class Hub:
             client.closing = asyncio.create_task(
                 client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
             )
+
+
+def most_per_second(count: int, seconds: float) -> int:
+    """The most closes a paced drain of ``count`` clients over ``seconds`` makes in any one
+    second: its even share, rounded up, plus one for where a second's edge falls."""
+    return math.ceil(count / seconds) + 1 if seconds > 0 else count
+
+
+async def paced(count: int, seconds: float, act: Callable[[int], None]) -> list[float]:
+    """Call ``act(0)`` .. ``act(count - 1)`` evenly over ``seconds`` and return when each
+    ran. The even schedule alone would catch up in a burst after the event loop stalls
+    (a busy second of handshakes); a sliding one-second window holds every second to
+    ``most_per_second`` instead, and the pace runs late rather than herd. It returns no
+    sooner than ``seconds``, so that whoever waits for it gets the whole window."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    limit = most_per_second(count, seconds)
+    moments: list[float] = []
+    while True:
+        elapsed = loop.time() - started
+        due = count if elapsed >= seconds else math.floor(count * elapsed / seconds)
+        while len(moments) < due:
+            now = loop.time()
+            if len(moments) >= limit and now - moments[-limit] < 1.0:
+                break
+            act(len(moments))
+            moments.append(now)
+        if elapsed >= seconds and len(moments) == count:
+            return moments
+        await asyncio.sleep(DRAIN_TICK)
 
 
 def busiest_second(moments: list[float]) -> int:
