@@ -8,6 +8,7 @@ so a refused client never holds a WebSocket.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -16,7 +17,7 @@ import random
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from importlib import resources
 from json.encoder import encode_basestring_ascii
@@ -31,6 +32,7 @@ from websockets.protocol import State
 
 from wssfleet import auth, metrics, protocol
 from wssfleet.broker import Bus, BusUnavailable, History, MemoryBus, RedisBus, is_after
+from wssfleet.connection import Connection
 from wssfleet.settings import ServiceConfig as Config
 
 log = logging.getLogger("wssfleet")
@@ -43,6 +45,9 @@ CLOSE_SERVICE_RESTART = 1012
 # How often a drain closes its next share of clients: fine enough that no second closes
 # more than its share (most_per_second).
 DRAIN_TICK = 0.05
+# A client whose answers wait (publishes to a slow Redis) and that keeps sending: past this
+# many queued messages its socket is not read until the queue is back down to the low mark.
+INBOX_HIGH, INBOX_LOW = 16, 4
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -96,13 +101,16 @@ class Client:
     # Memory per connection is the figure that limits a worker: no per-instance __dict__.
     __slots__ = (
         "allowance",
+        "answering",
         "backlog_limit",
         "channels",
         "checked",
         "closing",
+        "inbox",
         "may_publish",
         "may_subscribe",
         "overflowed",
+        "paused",
         "pending",
         "pinged",
         "pong",
@@ -116,7 +124,7 @@ class Client:
     )
 
     def __init__(
-        self, ws: ServerConnection, grant: auth.Grant, config: Config, stats: metrics.Stats
+        self, ws: Connection, grant: auth.Grant, config: Config, stats: metrics.Stats
     ) -> None:
         self.ws = ws
         # Read for every frame sent: kept here rather than looked up through ws each time.
@@ -138,6 +146,10 @@ class Client:
         # live (pub/sub can lag the history read), and is not sent twice.
         self.sent_up_to: dict[str, str] = {}
         self.backlog_limit = config.send_buffer_bytes
+        # The answer being awaited (Service._answer_in_order) and the messages behind it.
+        self.answering: asyncio.Task[None] | None = None
+        self.inbox: collections.deque[str | bytes] | None = None
+        self.paused = False
         self.overflowed = False
         self.closing: asyncio.Task[None] | None = None
         self.rate = config.messages_per_second
@@ -601,7 +613,7 @@ class Service:
         body = json.dumps({"shedding": min(count, len(self.hub.clients))}).encode()
         return self._respond(connection, HTTPStatus.ACCEPTED, body, "application/json")
 
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: Connection) -> None:
         grant: auth.Grant = ws.grant  # type: ignore[attr-defined]
         subject = grant.subject
         client = Client(ws, grant, self.config, self.hub.stats)
@@ -617,15 +629,13 @@ class Service:
         )
         try:
             if first_channel:
-                await self.hub.join(client, first_channel, ws.since)  # type: ignore[attr-defined]
-            async for frame in ws:
-                if isinstance(frame, bytes):
-                    self.hub.stats.drops["unsupported"] += 1
-                    await ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
-                    break
-                await self._answer(client, frame)
-        except ConnectionClosed:
-            pass
+                # Frames that come meanwhile are answered after this join, in order.
+                join = self.hub.join(client, first_channel, ws.since)  # type: ignore[attr-defined]
+                client.answering = asyncio.create_task(self._answer_in_order(client, join))
+            ws.attach(lambda message: self._read(client, message))
+            await ws.wait_closed()
+            if client.answering is not None:
+                await client.answering
         finally:
             self.hub.remove(client)
             code = self._close_code(ws)
@@ -633,11 +643,71 @@ class Service:
                 self.hub.stats.drops["too_big"] += 1
             event("disconnect", sub=subject, peer=self._peer(ws), code=code)
 
-    async def _answer(self, client: Client, frame: str) -> None:
-        """Answer one frame. Frames of a client are answered in order: a publish's reply
-        comes after the message is stored, a subscribe's after its recovery."""
+    def _read(self, client: Client, message: str | bytes) -> None:
+        """Answer one message of a client as it is parsed, unless an earlier one still waits
+        for its answer: then it queues behind it, and a long queue stops reading the socket
+        (as websockets' own receive queue would)."""
+        if client.answering is not None:
+            if client.inbox is None:
+                client.inbox = collections.deque()
+            client.inbox.append(message)
+            if len(client.inbox) > INBOX_HIGH and not client.paused:
+                client.paused = True
+                client.transport.pause_reading()
+            return
         try:
-            request = protocol.parse(frame)
+            waiting = self._answer(client, message)
+        except Exception:
+            self._fail_internal(client)
+            return
+        if waiting is not None:
+            client.answering = asyncio.create_task(self._answer_in_order(client, waiting))
+
+    async def _answer_in_order(
+        self, client: Client, waiting: Coroutine[None, None, None] | None
+    ) -> None:
+        """Finish the answer that waits (a publish, a join), then answer what queued behind
+        it, one at a time."""
+        try:
+            while True:
+                if waiting is not None:
+                    await waiting
+                inbox = client.inbox
+                if not inbox:
+                    return
+                message = inbox.popleft()
+                if client.paused and len(inbox) <= INBOX_LOW:
+                    client.paused = False
+                    client.transport.resume_reading()
+                waiting = self._answer(client, message)
+        except Exception:
+            self._fail_internal(client)
+        finally:
+            client.answering = None
+
+    def _fail_internal(self, client: Client) -> None:
+        """A bug in answering one client closes that client with 1011 and nobody else."""
+        log.exception("answering %s failed", client.subject)
+        if client.inbox:
+            client.inbox.clear()
+        client.ws.attach(_ignore)
+        client.closing = asyncio.create_task(client.ws.close(CloseCode.INTERNAL_ERROR))
+
+    def _answer(self, client: Client, message: str | bytes) -> Coroutine[None, None, None] | None:
+        """Answer one message, or return what has to be awaited to answer it (a publish is
+        answered once stored, a subscribe after its recovery)."""
+        ws = client.ws
+        if isinstance(message, bytes):
+            self.hub.stats.drops["unsupported"] += 1
+            if client.inbox:
+                client.inbox.clear()
+            ws.attach(_ignore)
+            client.closing = asyncio.create_task(
+                ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
+            )
+            return None
+        try:
+            request = protocol.parse(message)
         except protocol.ProtocolError as error:
             request = None
             problem = str(error)
@@ -647,21 +717,22 @@ class Service:
             stats.drops["rate_limit"] += 1
             ids = {} if request is None or request.id is None else {"id": request.id}
             client.reply("error", reason="rate limited: message dropped", **ids)
-            return
+            return None
         if request is None:
             client.reply("error", reason=problem)
-            return
+            return None
         if request.type == "echo":
             client.reply("echo", data=request.data)
         elif request.type == "subscribe":
             assert request.channel is not None
-            await self.hub.join(client, request.channel, request.since)
+            return self.hub.join(client, request.channel, request.since)
         elif request.type == "unsubscribe":
             assert request.channel is not None
             self.hub.leave(client, request.channel)
             client.reply("unsubscribed", channel=request.channel)
         else:
-            await self.hub.publish(client, request)
+            return self.hub.publish(client, request)
+        return None
 
     @staticmethod
     def _endpoint_channel(path: str) -> str | None:
@@ -739,7 +810,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             process_request=service.process_request,
             compression=None,
             max_size=config.max_message_bytes,
-            max_queue=16,
+            create_connection=Connection,
             ping_interval=None,  # Hub.keep_alive pings every client
             close_timeout=min(config.shutdown_timeout, 10.0),
             server_header="wssfleet",
@@ -780,6 +851,10 @@ async def _drop_unresponsive(ws: ServerConnection) -> None:
     with contextlib.suppress(ConnectionClosed):
         async with ws.send_context():
             ws.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+
+def _ignore(message: str | bytes) -> None:
+    """The reader of a client being closed for what it sent: what follows is not answered."""
 
 
 async def _never_upgraded(ws: ServerConnection) -> None:

@@ -267,6 +267,70 @@ def test_invalid_utf8_closes_1007(start_service):
     assert closed_with(start_service(), send) == 1007
 
 
+def test_a_fragmented_message_is_reassembled_and_answered(start_service):
+    async def scenario():
+        ws = await open_client(start_service())
+        text = json.dumps({"type": "echo", "data": "in three parts: é, 😀"})
+        await ws.send([text[:10], text[10:25], text[25:]])
+        return await receive(ws)
+
+    assert run(scenario()) == {"type": "echo", "data": "in three parts: é, 😀"}
+
+
+def test_a_fragmented_message_over_the_size_limit_closes_1009(start_service):
+    async def send(ws):
+        await ws.send(['{"type": "echo", "data": "', "x" * 600, "x" * 600, '"}'])
+
+    service = start_service(WSSFLEET_MAX_MESSAGE_BYTES="1024")
+    assert closed_with(service, send, max_size=None) == 1009
+
+
+def test_a_message_in_too_many_fragments_closes_1009(start_service):
+    async def send(ws):
+        await ws.send(["x"] * 5000)
+
+    assert closed_with(start_service(), send) == 1009
+
+
+def test_invalid_utf8_across_fragments_closes_1007(start_service):
+    async def send(ws):
+        await ws.send([b'{"type": "echo", "data": "\xc3', b'\x28"}'], text=True)
+
+    assert closed_with(start_service(), send) == 1007
+
+
+def test_frames_are_answered_in_order_while_a_publish_waits_for_redis(start_service, redis_server):
+    service = start_service(redis_server.url)
+    wait_until_redis(service, "connected")
+
+    async def scenario():
+        ws = await open_client(service, subject="p")
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            sent = time.monotonic()
+            await request(ws, type="publish", channel="room", data="stuck", id="m1")
+            await request(ws, type="echo", data="after the publish")
+            await ws.send("not json")
+            await request(ws, type="unsubscribe", channel="room")
+            answers = [await receive(ws, timeout=10) for _ in range(4)]
+            waited = time.monotonic() - sent
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        return answers, waited
+
+    answers, waited = run(scenario())
+    assert [(answer["type"], answer.get("id")) for answer in answers] == [
+        ("error", "m1"),
+        ("echo", None),
+        ("error", None),
+        ("unsubscribed", None),
+    ], answers
+    # The publish failed aloud when Redis did not answer (2 s, broker.py); nothing behind
+    # it was answered first.
+    assert waited >= 1.5, waited
+
+
 def test_foreign_origin_is_refused_403(start_service):
     status = refusal(start_service(), f"/ws?token={token()}", origin="https://evil.example")
     assert status == 403
