@@ -18,6 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.http11 import Request
 
+from wssfleet.auth import Grant
+
 Message = str | bytes
 
 # websockets' own bound on the frames of one message (its WEBSOCKETS_MAX_FRAGMENTS default):
@@ -27,7 +29,21 @@ MAX_FRAGMENTS = 4096
 
 class Connection(ServerConnection):
     """``reader`` gets every complete message, a ``str`` for text and ``bytes`` for binary,
-    in order; messages that come before it is set wait in ``early``."""
+    in order; messages that come before it is set wait in ``early``. ``grant``,
+    ``first_channel`` and ``since`` are what the checks before the upgrade found."""
+
+    # Slots, not the instance dict: past websockets' own 27 attributes, more keys there end
+    # its key sharing with every other connection, and each connection pays 1.3 KiB for it.
+    __slots__ = (
+        "early",
+        "failed",
+        "first_channel",
+        "fragmented",
+        "fragments",
+        "grant",
+        "reader",
+        "since",
+    )
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -37,6 +53,9 @@ class Connection(ServerConnection):
         self.fragments: list[bytes] | None = None
         self.fragmented: Opcode | None = None
         self.failed = False
+        self.grant: Grant | None = None
+        self.first_channel = ""
+        self.since: str | None = None
 
     def process_event(self, event: Request | Frame) -> None:  # type: ignore[override]
         if self.request is None or event.opcode not in DATA_OPCODES:  # type: ignore[union-attr]

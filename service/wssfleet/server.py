@@ -547,7 +547,7 @@ class Service:
             for path, (name, kind) in STATIC.items()
         }
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == "/healthz":
             return self._respond(
@@ -587,9 +587,9 @@ class Service:
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             self.hub.stats.handshakes_refused["request"] += 1
             return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
-        connection.grant = grant  # type: ignore[attr-defined]
-        connection.first_channel = channel  # type: ignore[attr-defined]
-        connection.since = since  # type: ignore[attr-defined]
+        connection.grant = grant
+        connection.first_channel = channel
+        connection.since = since
         return None
 
     def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
@@ -614,12 +614,13 @@ class Service:
         return self._respond(connection, HTTPStatus.ACCEPTED, body, "application/json")
 
     async def handle(self, ws: Connection) -> None:
-        grant: auth.Grant = ws.grant  # type: ignore[attr-defined]
+        grant = ws.grant
+        assert grant is not None  # process_request set it, or there was no upgrade
         subject = grant.subject
         client = Client(ws, grant, self.config, self.hub.stats)
         self.hub.clients.add(client)
         self.hub.stats.connections_opened += 1
-        first_channel: str = ws.first_channel  # type: ignore[attr-defined]
+        first_channel = ws.first_channel
         event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
         client.reply(
             "welcome",
@@ -630,7 +631,7 @@ class Service:
         try:
             if first_channel:
                 # Frames that come meanwhile are answered after this join, in order.
-                join = self.hub.join(client, first_channel, ws.since)  # type: ignore[attr-defined]
+                join = self.hub.join(client, first_channel, ws.since)
                 client.answering = asyncio.create_task(self._answer_in_order(client, join))
             ws.attach(lambda message: self._read(client, message))
             await ws.wait_closed()
