@@ -189,6 +189,17 @@ class Client:
         transport.write(frame)
         return True
 
+    def refuse(self, code: int, reason: str) -> None:
+        """Close this client for what it sent: nothing it sent after is answered, and its
+        socket is read again (a paused one could not hear the client's close frame)."""
+        if self.inbox:
+            self.inbox.clear()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self.ws.attach(_ignore)
+        self.closing = asyncio.create_task(self.ws.close(code, reason))
+
     def reply(self, kind: str, **fields: object) -> None:
         """Send an answer of type ``kind``."""
         self.send_frame(text_frame(protocol.encode(kind, **fields)), kind)
@@ -689,23 +700,14 @@ class Service:
     def _fail_internal(self, client: Client) -> None:
         """A bug in answering one client closes that client with 1011 and nobody else."""
         log.exception("answering %s failed", client.subject)
-        if client.inbox:
-            client.inbox.clear()
-        client.ws.attach(_ignore)
-        client.closing = asyncio.create_task(client.ws.close(CloseCode.INTERNAL_ERROR))
+        client.refuse(CloseCode.INTERNAL_ERROR, "")
 
     def _answer(self, client: Client, message: str | bytes) -> Coroutine[None, None, None] | None:
         """Answer one message, or return what has to be awaited to answer it (a publish is
         answered once stored, a subscribe after its recovery)."""
-        ws = client.ws
         if isinstance(message, bytes):
             self.hub.stats.drops["unsupported"] += 1
-            if client.inbox:
-                client.inbox.clear()
-            ws.attach(_ignore)
-            client.closing = asyncio.create_task(
-                ws.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
-            )
+            client.refuse(CLOSE_UNSUPPORTED, "binary frames are not supported")
             return None
         try:
             request = protocol.parse(message)
