@@ -64,6 +64,29 @@ PAGE_HEADERS = {
 }
 
 
+class AmbiguousRequest(Exception):
+    """A request that repeats a header the service decides on: refused with 400."""
+
+
+def single_header(headers: Headers, name: str) -> str | None:
+    """A header the service decides on (Origin, Authorization): one value or none. Two are
+    ambiguous, since a proxy and the service could each read another one, and are refused."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise AmbiguousRequest(f"repeated {name} header")
+    return values[0] if values else None
+
+
+def forwarded_for(headers: Headers) -> str | None:
+    """The client's address as the nearest proxy (HAProxy) saw it: the last value of the
+    last X-Forwarded-For. HAProxy replaces whatever a client sent with one value of its own;
+    a chain of proxies appends, and only the last one's word is not the client's."""
+    values = headers.get_all("X-Forwarded-For")
+    if not values:
+        return None
+    return values[-1].rpartition(",")[2].strip() or None
+
+
 def event(name: str, **fields: object) -> None:
     """Log one structured line; callers never pass a token."""
     log.info(name, extra={"fields": fields})
@@ -578,14 +601,19 @@ class Service:
         if channel and not protocol.valid_channel(channel):
             self.hub.stats.handshakes_refused["request"] += 1
             return connection.respond(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE + "\n")
-        origin = request.headers.get("Origin")
+        try:
+            origin = single_header(request.headers, "Origin")
+            credential = self._token(request, url.query)
+        except AmbiguousRequest as error:
+            self.hub.stats.handshakes_refused["request"] += 1
+            return self._refuse(connection, request, HTTPStatus.BAD_REQUEST, str(error))
         if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
             self.hub.stats.handshakes_refused["origin"] += 1
             return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
             grant = auth.verify(
                 self.config.jwt_secret.get_secret_value(),
-                self._token(request, url.query),
+                credential,
                 previous=self.config.jwt_previous_secret.get_secret_value(),
                 max_ttl=self.config.token_max_ttl,
             )
@@ -629,17 +657,18 @@ class Service:
         assert grant is not None  # process_request set it, or there was no upgrade
         subject = grant.subject
         client = Client(ws, grant, self.config, self.hub.stats)
-        self.hub.clients.add(client)
-        self.hub.stats.connections_opened += 1
         first_channel = ws.first_channel
-        event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
-        client.reply(
-            "welcome",
-            worker=self.config.worker_label,
-            channels=[first_channel] if first_channel else [],
-            sub=subject,
-        )
+        # Counted only inside the block that uncounts it: whatever fails, nothing leaks.
+        self.hub.clients.add(client)
         try:
+            self.hub.stats.connections_opened += 1
+            event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
+            client.reply(
+                "welcome",
+                worker=self.config.worker_label,
+                channels=[first_channel] if first_channel else [],
+                sub=subject,
+            )
             if first_channel:
                 # Frames that come meanwhile are answered after this join, in order.
                 join = self.hub.join(client, first_channel, ws.since)
@@ -748,7 +777,7 @@ class Service:
 
     @staticmethod
     def _token(request: Request, query: str) -> str | None:
-        header = request.headers.get("Authorization", "")
+        header = single_header(request.headers, "Authorization") or ""
         if header.lower().startswith("bearer "):
             return header[len("bearer ") :].strip()
         values = parse_qs(query).get("token")
@@ -789,7 +818,7 @@ class Service:
     @staticmethod
     def _peer(connection: ServerConnection, headers: Headers | None = None) -> str:
         headers = headers if headers is not None else getattr(connection.request, "headers", None)
-        forwarded = headers.get("X-Forwarded-For") if headers is not None else None
+        forwarded = forwarded_for(headers) if headers is not None else None
         address = connection.remote_address
         direct = f"{address[0]}:{address[1]}" if address else "?"
         return f"{forwarded} via {direct}" if forwarded else direct
