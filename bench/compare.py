@@ -45,6 +45,7 @@ from bench.loopback import (
 )
 from wssfleet import auth
 from wssfleet.broker import STORE_AND_PUBLISH
+from wssfleet.settings import ClientPolicy
 
 PEER = Path(__file__).resolve().parent / "peer"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -112,6 +113,17 @@ def wssfleet_command(port: int, redis_url: str) -> tuple[list[str], dict[str, st
     return [sys.executable, "-m", "wssfleet", "serve"], service_env(port, redis_url)
 
 
+def publish_limits() -> list[int]:
+    """STORE_AND_PUBLISH's bounds as a wssfleet process with the bench's settings passes them."""
+    policy = ClientPolicy()
+    return [
+        policy.history_max_bytes,
+        policy.history_channels,
+        policy.history_channels_per_subject,
+        policy.publish_ids_per_subject,
+    ]
+
+
 def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -121,6 +133,7 @@ def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
         "PEER_MESSAGES_PER_SECOND": "100000",
         "PEER_REDIS_URL": redis_url,
         "PEER_STORE_AND_PUBLISH": STORE_AND_PUBLISH,
+        "PEER_PUBLISH_LIMITS": json.dumps(publish_limits()),
     }
     return ["node", str(PEER / "server.js")], env
 

@@ -50,6 +50,8 @@ MAX_WORKER_PROCESSES = 64
 REPLACED = {
     "send_queue_messages": "a slow client's backlog is now bounded in bytes; set "
     "send_buffer_bytes instead (default 1048576), or remove it",
+    "history_message_bytes": "each channel's history is now bounded in bytes; set "
+    "history_max_bytes instead (default 524288), or remove it",
 }
 
 
@@ -241,6 +243,13 @@ class Settings(ClientPolicy):
         description="connections a source IP may open per 10 s, paced per second; "
         "refused attempts do not count",
     )
+    haproxy_connections_per_source: int = Field(
+        default=5000,
+        ge=10,
+        le=2_000_000,
+        description="connections a source IP may hold open at once (a carrier's or office's NAT "
+        "is one source: leave room for it); more are refused before TLS",
+    )
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
     )
@@ -251,18 +260,6 @@ class Settings(ClientPolicy):
     redis_maxmemory: Memory = Field(
         default="256mb",
         description="Redis memory cap; settings whose history cannot fit are refused",
-    )
-    history_channels: int = Field(
-        default=200,
-        ge=1,
-        le=10_000_000,
-        description="channels expected to have history at once (sizes redis_maxmemory)",
-    )
-    history_message_bytes: int = Field(
-        default=512,
-        ge=16,
-        le=16 * 2**20,
-        description="typical message size in bytes (sizes redis_maxmemory)",
     )
 
     # Monitoring
@@ -329,10 +326,10 @@ class Settings(ClientPolicy):
         if needed > memory_bytes(self.redis_maxmemory):
             raise ValueError(
                 f"setting redis_maxmemory={self.redis_maxmemory!r} cannot hold the history: "
-                f"history_channels={self.history_channels} x history_size={self.history_size} "
-                f"messages of history_message_bytes={self.history_message_bytes} need about "
-                f"{math.ceil(needed / 2**20)}mb; raise redis_maxmemory to at least that, or "
-                "lower history_size or history_channels"
+                f"history_channels={self.history_channels} x history_max_bytes="
+                f"{self.history_max_bytes} (history_size={self.history_size} entries each) "
+                f"need about {math.ceil(needed / 2**20)}mb; raise redis_maxmemory to at least "
+                "that, or lower history_max_bytes or history_channels"
             )
         taken = {**PORTS_USED_ON_MASTER, **MONITORING_PORTS}
         if self.redis_port in taken:
@@ -349,11 +346,13 @@ class Settings(ClientPolicy):
 
     @property
     def history_memory_bytes(self) -> int:
-        """Redis memory the history needs at most: every entry with its stream overhead, a
-        quarter more for publish keys and allocator slack, and a base for buffers."""
-        entries = self.history_channels * self.history_size
-        entry = self.history_message_bytes * STREAM_ENTRY_FACTOR + STREAM_ENTRY_BYTES
-        return int(entries * entry * 1.25) + REDIS_BASE_BYTES
+        """Redis memory the history needs at most, from the bounds the service enforces: every
+        channel's byte budget with the stream's overhead for its entries (at most history_size,
+        and no message is under 16 bytes), a quarter more for publish keys and allocator
+        slack, and a base for buffers."""
+        entries = min(self.history_size, self.history_max_bytes // 16)
+        channel = self.history_max_bytes * STREAM_ENTRY_FACTOR + entries * STREAM_ENTRY_BYTES
+        return int(self.history_channels * channel * 1.25) + REDIS_BASE_BYTES
 
     @property
     def domains(self) -> list[str]:

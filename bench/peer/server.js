@@ -23,6 +23,8 @@ const BACKLOG_BYTES = Number(env.PEER_BACKLOG_BYTES || 4 * 1024 * 1024);
 const HISTORY_SIZE = String(env.PEER_HISTORY_SIZE || 1000);
 const HISTORY_TTL = String(env.PEER_HISTORY_TTL || 86400);
 const STORE_AND_PUBLISH = env.PEER_STORE_AND_PUBLISH;
+// The script's bounds on what publishers store, as wssfleet passes them (bench/compare.py).
+const PUBLISH_LIMITS = JSON.parse(env.PEER_PUBLISH_LIMITS);
 const WORKER = `127.0.0.1:${PORT}`;
 
 const CHANNEL = /^[A-Za-z0-9_.:-]{1,64}$/;
@@ -108,11 +110,16 @@ async function publish(ws, request) {
   }
   const frame = JSON.stringify({ type: 'message', channel, data: request.data, from: ws.grant.subject });
   const head = `${frame.slice(0, -1)},"offset":"`;
-  const keys = [`wssfleet:history:${channel}`, `wssfleet:history-state:${channel}`];
-  if (id !== undefined) keys.push(`wssfleet:published:${channel}:${ws.grant.subject}:${JSON.stringify(id)}`);
+  const subject = `${ws.grant.subject.length}:${ws.grant.subject}`;
+  const keys = [`wssfleet:history:${channel}`, `wssfleet:history-state:${channel}`,
+    'wssfleet:history-channels', `wssfleet:subject-channels:${subject}`];
+  if (id !== undefined) {
+    keys.push(`wssfleet:published:${channel.length}:${channel}:${subject}:${JSON.stringify(id)}`,
+      `wssfleet:subject-ids:${subject}`);
+  }
   try {
     const offset = await redis.storeAndPublish(keys.length, ...keys, busChannel(channel), head,
-      HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'));
+      HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'), ...PUBLISH_LIMITS, channel);
     if (id !== undefined) send(ws, { type: 'published', id, offset });
   } catch (error) {
     send(ws, { type: 'error', reason: `not published: ${error.message}`, ...ids });

@@ -29,7 +29,7 @@ import logging
 import random
 import re
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,34 +60,95 @@ COMMAND_TIMEOUT = 2.0
 # silent COMMAND_TIMEOUT longer is dropped and made again.
 HEALTH_CHECK_INTERVAL = 5.0
 
-# KEYS: history stream, its state (hash: epoch, last trimmed id), [idempotency key]
-# ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history
+# KEYS: history stream, its state (hash: epoch, last trimmed id, bytes held), the registry of
+#   channels with history (zset: channel by expiry, ms), the publishing subject's registry of
+#   the channels it started, [idempotency key, the subject's pending ids (zset: key by expiry)]
+# ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history,
+#   history byte budget, most channels with history, most per subject, most pending ids per
+#   subject, the channel's name
+# Answers the offset, or an error 'LIMIT <reason>' that the publisher hears as it is.
 STORE_AND_PUBLISH = """
-if #KEYS == 3 then
-  local done = redis.call('GET', KEYS[3])
+local ttl = tonumber(ARGV[4]) * 1000
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if #KEYS == 6 then
+  local done = redis.call('GET', KEYS[5])
   if done then return done end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then
+    return redis.error_reply('LIMIT too many publish ids of this subject await expiry')
+  end
 end
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+-- Whether a registry has room for one more channel: members whose expiry passed are looked
+-- up (their history may have been kept alive since) and re-scored or dropped.
+local function has_room(registry, most)
+  local due = redis.call('ZRANGEBYSCORE', registry, '-inf', now, 'LIMIT', 0, 256)
+  for _, channel in ipairs(due) do
+    local left = redis.call('PTTL', 'wssfleet:history:' .. channel)
+    if left > 0 then
+      redis.call('ZADD', registry, now + left, channel)
+    else
+      redis.call('ZREM', registry, channel)
+    end
+  end
+  return redis.call('ZCARD', registry) < most
+end
+local state = redis.call('HMGET', KEYS[2], 'epoch', 'bytes')
+local epoch, held = state[1], tonumber(state[2]) or 0
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
-  epoch = ARGV[5]
+  if not has_room(KEYS[3], tonumber(ARGV[7])) then
+    return redis.error_reply('LIMIT too many channels have history')
+  end
+  if not has_room(KEYS[4], tonumber(ARGV[8])) then
+    return redis.error_reply('LIMIT this subject started history on too many channels')
+  end
+  epoch, held = ARGV[5], 0
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'trimmed', '0-0')
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[10])
+  redis.call('ZADD', KEYS[4], now + ttl, ARGV[10])
+  redis.call('PEXPIRE', KEYS[4], 2 * ttl)
 end
-local size = tonumber(ARGV[3])
+-- Room for the new entry within both bounds: the oldest entries go first.
+local size, budget = tonumber(ARGV[3]), tonumber(ARGV[6])
+held = held + #ARGV[2]
 local length = redis.call('XLEN', KEYS[1])
-if length >= size then
-  -- Remember the newest entry trimmed: an offset before it cannot be recovered in full.
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', length - size + 1)
-  redis.call('HSET', KEYS[2], 'trimmed', oldest[#oldest][1])
+local minid = '0-0'
+if length >= size or held > budget then
+  local last
+  local cursor = '-'
+  while length >= size or held > budget do
+    local count = math.max(length - size + 1, 16)
+    local batch = redis.call('XRANGE', KEYS[1], cursor, '+', 'COUNT', count)
+    if #batch == 0 then break end
+    for _, entry in ipairs(batch) do
+      if length < size and held <= budget then break end
+      last = entry[1]
+      held = held - #entry[2][2]
+      length = length - 1
+    end
+    cursor = '(' .. last
+  end
+  if last then
+    local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+    minid = ms .. '-' .. (tonumber(seq) + 1)
+    -- Remember the newest entry trimmed: an offset before it cannot be recovered in full.
+    redis.call('HSET', KEYS[2], 'trimmed', last)
+  end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '*', 'f', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+-- Trimmed by XADD itself (MINID: every entry before it goes), as the workers' user may not
+-- XTRIM.
+local id = redis.call('XADD', KEYS[1], 'MINID', minid, '*', 'f', ARGV[2])
+redis.call('HSET', KEYS[2], 'bytes', held)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 local ms, seq = string.match(id, '^(%d+)-(%d+)$')
 local offset = epoch .. ':' .. string.rep('0', 13 - #ms) .. ms .. '-'
   .. string.rep('0', 6 - #seq) .. seq
 redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. '"}')
-if #KEYS == 3 then
-  redis.call('SET', KEYS[3], offset, 'EX', ARGV[4])
+if #KEYS == 6 then
+  redis.call('SET', KEYS[5], offset, 'PX', ttl)
+  redis.call('ZADD', KEYS[6], now + ttl, KEYS[5])
+  redis.call('PEXPIRE', KEYS[6], ttl)
 end
 return offset
 """
@@ -134,6 +195,46 @@ STORE_AND_PUBLISH_SHA = hashlib.sha1(STORE_AND_PUBLISH.encode()).hexdigest()
 
 class BusUnavailable(Exception):
     """The bus could not store or read a message now; the caller says so to its client."""
+
+
+class PublishRefused(Exception):
+    """A publish past one of the deployment's bounds (history channels, pending ids): the
+    message is not stored, and the publisher hears why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds a bus enforces on what publishers store (see ClientPolicy)."""
+
+    history_size: int
+    history_ttl: int
+    history_max_bytes: int = 512 * 2**10
+    history_channels: int = 200
+    history_channels_per_subject: int = 50
+    publish_ids_per_subject: int = 10_000
+
+
+HISTORY_CHANNELS_KEY = "wssfleet:history-channels"
+
+
+def _counted(text: str) -> str:
+    """``text`` with its length before it: parts joined this way cannot be confused with
+    other parts that join to the same characters ('a:b' + 'c' is not 'a' + 'b:c')."""
+    return f"{len(text)}:{text}"
+
+
+def publish_keys(channel: str, subject: str, message_key: str | None) -> list[str]:
+    """The keys a publish reads and writes (STORE_AND_PUBLISH's KEYS), in order."""
+    keys = [
+        f"wssfleet:history:{channel}",
+        f"wssfleet:history-state:{channel}",
+        HISTORY_CHANNELS_KEY,
+        f"wssfleet:subject-channels:{_counted(subject)}",
+    ]
+    if message_key is not None:
+        keys.append(f"wssfleet:published:{_counted(channel)}:{_counted(subject)}:{message_key}")
+        keys.append(f"wssfleet:subject-ids:{_counted(subject)}")
+    return keys
 
 
 @dataclass(frozen=True, order=True)
@@ -215,9 +316,9 @@ class Bus:
         """This process no longer serves ``channel``."""
         raise NotImplementedError
 
-    async def publish(self, channel: str, head: str, key: str | None) -> str:
-        """Store and carry a message; its offset. ``key`` makes a retry return the first
-        attempt's offset instead of storing the message again."""
+    async def publish(self, channel: str, head: str, subject: str, message_key: str | None) -> str:
+        """Store and carry a message of ``subject``; its offset. ``message_key`` (the publish
+        id) makes a retry return the first attempt's offset instead of storing it again."""
         raise NotImplementedError
 
     async def since(self, channel: str, offset: str | None) -> History:
@@ -232,16 +333,23 @@ class Bus:
 class MemoryBus(Bus):
     """The bus of a process that runs alone: history in memory, same offsets and answers."""
 
-    def __init__(self, history_size: int, history_ttl: float) -> None:
-        self.history_size = history_size
-        self.history_ttl = history_ttl
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.history_size = limits.history_size
+        self.history_ttl = limits.history_ttl
         self.connected = True
         self.received = 0
         self.epoch = uuid.uuid4().hex[:8]
         self._histories: dict[str, deque[tuple[str, str]]] = {}
+        self._bytes: dict[str, int] = {}
+        self._started_by: dict[str, str] = {}
         self._trimmed: dict[str, str] = {}
         self._sequence = 0
-        self._keys: dict[str, tuple[str, float]] = {}
+        # (channel, subject, publish id) -> (offset, when)
+        self._keys: dict[tuple[str, str, str], tuple[str, float]] = {}
+        # Per subject: publish ids remembered, channels whose history it started.
+        self._ids_of: Counter[str] = Counter()
+        self._channels_of: Counter[str] = Counter()
         self._touched: dict[str, float] = {}
         self._swept = 0.0
         self._deliver: Deliver = lambda channel, offset, frame: None
@@ -254,9 +362,12 @@ class MemoryBus(Bus):
         for channel in [c for c, at in self._touched.items() if now - at > self.history_ttl]:
             del self._touched[channel]
             self._histories.pop(channel, None)
+            self._bytes.pop(channel, None)
+            self._channels_of[self._started_by.pop(channel)] -= 1
             self._trimmed.pop(channel, None)
         for key in [k for k, (_, at) in self._keys.items() if now - at > self.history_ttl]:
             del self._keys[key]
+            self._ids_of[key[1]] -= 1
 
     def start(self, deliver: Deliver, resync: Resync) -> None:
         self._deliver = deliver
@@ -276,20 +387,37 @@ class MemoryBus(Bus):
     async def wait_connected(self) -> None:
         return None
 
-    async def publish(self, channel: str, head: str, key: str | None) -> str:
+    async def publish(self, channel: str, head: str, subject: str, message_key: str | None) -> str:
         now = asyncio.get_running_loop().time()
         self._expire(now)
-        if key is not None and key in self._keys:
-            return self._keys[key][0]
+        limits = self.limits
+        key = None if message_key is None else (channel, subject, message_key)
+        if key is not None:
+            if key in self._keys:
+                return self._keys[key][0]
+            if self._ids_of[subject] >= limits.publish_ids_per_subject:
+                raise PublishRefused("too many publish ids of this subject await expiry")
+        if channel not in self._histories:
+            if len(self._histories) >= limits.history_channels:
+                raise PublishRefused("too many channels have history")
+            if self._channels_of[subject] >= limits.history_channels_per_subject:
+                raise PublishRefused("this subject started history on too many channels")
+            self._started_by[channel] = subject
+            self._channels_of[subject] += 1
         self._touched[channel] = now
         self._sequence += 1
         offset = f"{self.epoch}:{int(now * 1000):013d}-{self._sequence:06d}"
         history = self._histories.setdefault(channel, deque())
         history.append((offset, head))
-        while len(history) > self.history_size:
-            self._trimmed[channel] = history.popleft()[0]
+        held = self._bytes.get(channel, 0) + len(head.encode())
+        while len(history) > self.history_size or held > limits.history_max_bytes:
+            trimmed, trimmed_head = history.popleft()
+            self._trimmed[channel] = trimmed
+            held -= len(trimmed_head.encode())
+        self._bytes[channel] = held
         if key is not None:
             self._keys[key] = (offset, now)
+            self._ids_of[subject] += 1
         self.received += 1
         self._deliver(channel, offset, head + offset + FRAME_TAIL)
         return offset
@@ -322,17 +450,23 @@ class RedisBus(Bus):
     """One process's link to Redis: a command connection for storing and reading history and
     one pub/sub connection for the channels this process serves."""
 
-    def __init__(self, url: str, history_size: int, history_ttl: int, name: str) -> None:
+    def __init__(self, url: str, limits: Limits, name: str) -> None:
         """
         + url: redis:// URL, password included
-        + history_size: messages kept per channel
-        + history_ttl: seconds a channel's history outlives its last message
+        + limits: what a channel's history keeps, and the bounds on what publishers store
         + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>, its
           publish connection publish:<name>)
         """
         self.name = name
-        self.history_size = history_size
-        self.history_ttl = history_ttl
+        self.history_size = limits.history_size
+        self.history_ttl = limits.history_ttl
+        # STORE_AND_PUBLISH's ARGV after the frame head and the epoch, which vary.
+        self._publish_limits = (
+            limits.history_max_bytes,
+            limits.history_channels,
+            limits.history_channels_per_subject,
+            limits.publish_ids_per_subject,
+        )
         self.connected = False
         self.received = 0
         self._deliver: Deliver = lambda channel, offset, frame: None
@@ -452,10 +586,8 @@ class RedisBus(Bus):
         if self.connected:
             self._send_to_subscriber("UNSUBSCRIBE", self._bus_channel(channel))
 
-    async def publish(self, channel: str, head: str, key: str | None) -> str:
-        keys = self._keys(channel)
-        if key is not None:
-            keys.append(f"wssfleet:published:{channel}:{key}")
+    async def publish(self, channel: str, head: str, subject: str, message_key: str | None) -> str:
+        keys = publish_keys(channel, subject, message_key)
         arguments = [
             self._bus_channel(channel),
             head,
@@ -463,6 +595,8 @@ class RedisBus(Bus):
             self.history_ttl,
             # Names a new history's epoch: unique enough, and no system call per message.
             f"{random.getrandbits(32):08x}",
+            *self._publish_limits,
+            channel,
         ]
         command = ("EVALSHA", STORE_AND_PUBLISH_SHA, len(keys), *keys, *arguments)
         # A second try only where it cannot store the message twice: the script was not
@@ -472,13 +606,15 @@ class RedisBus(Bus):
             try:
                 return (await self._publishing.call(*command)).decode()
             except ReplyError as error:
+                if str(error).startswith("LIMIT "):
+                    raise PublishRefused(str(error).removeprefix("LIMIT ")) from None
                 if last_try or not str(error).startswith("NOSCRIPT"):
                     raise BusUnavailable(_reason(error)) from None
                 # A failure here is met again, and said, by the second try.
                 with contextlib.suppress(ReplyError, LinkLost):
                     await self._publishing.call("SCRIPT", "LOAD", STORE_AND_PUBLISH)
             except LinkLost as error:
-                if last_try or (error.sent and key is None):
+                if last_try or (error.sent and message_key is None):
                     raise BusUnavailable(_reason(error)) from None
         raise AssertionError("unreachable")
 

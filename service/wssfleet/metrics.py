@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 # Label values a counter always shows, at 0 until it happens: a rate() over a series that
 # appears only with its first event misses that event.
-HANDSHAKE_REFUSALS = ("origin", "token", "request")
+HANDSHAKE_REFUSALS = ("origin", "token", "request", "subject_connections")
 RECEIVED_TYPES = ("echo", "subscribe", "unsubscribe", "publish", "invalid")
 DELIVERED_TYPES = (
     "message",
@@ -39,7 +39,7 @@ DELIVERED_TYPES = (
     "error",
 )
 DROP_CAUSES = ("queue_overflow", "rate_limit", "too_big", "unsupported")
-REQUEST_REFUSALS = ("not_allowed", "bus_unavailable", "too_many_channels")
+REQUEST_REFUSALS = ("not_allowed", "bus_unavailable", "too_many_channels", "too_big", "limit")
 RECOVERY_RESULTS = ("recovered", "not_recovered")
 CLOSE_REASONS = ("drain", "rebalance", "overflow")
 

@@ -31,7 +31,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from wssfleet import auth, metrics, protocol
-from wssfleet.broker import Bus, BusUnavailable, History, MemoryBus, RedisBus, is_after
+from wssfleet.broker import (
+    Bus,
+    BusUnavailable,
+    History,
+    Limits,
+    MemoryBus,
+    PublishRefused,
+    RedisBus,
+    is_after,
+)
 from wssfleet.connection import Connection
 from wssfleet.settings import ServiceConfig as Config
 
@@ -48,6 +57,8 @@ DRAIN_TICK = 0.05
 # A client whose answers wait (publishes to a slow Redis) and that keeps sending: past this
 # many queued messages its socket is not read until the queue is back down to the low mark.
 INBOX_HIGH, INBOX_LOW = 16, 4
+# What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
+MESSAGE_TAIL_BYTES = 82
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -257,10 +268,18 @@ class Hub:
         self.stats = metrics.Stats()
         self.clients: set[Client] = set()
         self.feeds: dict[str, Feed] = {}
+        limits = Limits(
+            history_size=config.history_size,
+            history_ttl=config.history_ttl,
+            history_max_bytes=config.history_max_bytes,
+            history_channels=config.history_channels,
+            history_channels_per_subject=config.history_channels_per_subject,
+            publish_ids_per_subject=config.publish_ids_per_subject,
+        )
         self.bus: Bus = (
-            RedisBus(config.redis_url, config.history_size, config.history_ttl, config.worker_label)
+            RedisBus(config.redis_url, limits, config.worker_label)
             if config.redis_url
-            else MemoryBus(config.history_size, config.history_ttl)
+            else MemoryBus(limits)
         )
         self.draining: asyncio.Task[None] | None = None
         self.shedding: asyncio.Task[None] | None = None
@@ -380,18 +399,29 @@ class Hub:
         stored (and a retry with the same id is stored once); a failure is always said."""
         channel = request.channel
         assert channel is not None
-        key = None if request.id is None else f"{client.subject}:{publish_key(request.id)}"
-        head = protocol.message_head(channel, request.data, client.subject)
+        key = None if request.id is None else publish_key(request.id)
         ids = {} if request.id is None else {"id": request.id}
         if not auth.allows(client.may_publish, channel):
             self.stats.requests_refused["not_allowed"] += 1
             client.reply("error", reason="not allowed", channel=channel, **ids)
             return
+        head = protocol.message_head(channel, request.data, client.subject)
+        size = len(head) if head.isascii() else len(head.encode())
+        if size + MESSAGE_TAIL_BYTES > self.config.max_publish_bytes:
+            # Echo may be larger (max_message_bytes): what is stored for everyone is bounded.
+            self.stats.requests_refused["too_big"] += 1
+            reason = f"not published: over max_publish_bytes={self.config.max_publish_bytes}"
+            client.reply("error", reason=reason, channel=channel, **ids)
+            return
         try:
-            offset = await self.bus.publish(channel, head, key)
+            offset = await self.bus.publish(channel, head, client.subject, key)
         except BusUnavailable as error:
             self.stats.requests_refused["bus_unavailable"] += 1
             client.reply("error", reason=f"not published: {error}", **ids)
+            return
+        except PublishRefused as error:
+            self.stats.requests_refused["limit"] += 1
+            client.reply("error", reason=f"not published: {error}", channel=channel, **ids)
             return
         if request.id is not None:
             client.reply("published", id=request.id, offset=offset)

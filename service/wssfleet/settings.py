@@ -89,6 +89,13 @@ class ClientPolicy(BaseModel):
         le=16 * 2**20,
         description="largest message a client may send (close 1009)",
     )
+    max_publish_bytes: int = Field(
+        default=16384,
+        ge=64,
+        le=16 * 2**20,
+        description="largest published message as stored, its envelope included (an error "
+        "answers a larger one); at most history_max_bytes; max_message_bytes bounds it too",
+    )
     messages_per_second: int = Field(
         default=50, ge=1, le=100_000, description="messages a client may send per second"
     )
@@ -110,6 +117,41 @@ class ClientPolicy(BaseModel):
         ge=1,
         le=1_000_000,
         description="messages kept per channel for clients that reconnect with since",
+    )
+    history_max_bytes: int = Field(
+        default=512 * 2**10,
+        ge=1024,
+        le=256 * 2**20,
+        description="bytes of messages kept per channel: the oldest go first past it or "
+        "history_size; at most send_buffer_bytes, so that a recovery fits a client's buffer",
+    )
+    history_channels: int = Field(
+        default=200,
+        ge=1,
+        le=10_000_000,
+        description="most channels with history at once: a publish that would start one more "
+        "is refused (sizes redis_maxmemory)",
+    )
+    history_channels_per_subject: int = Field(
+        default=50,
+        ge=1,
+        le=10_000_000,
+        description="most channels with history one token subject may have started and not "
+        "yet seen expire",
+    )
+    publish_ids_per_subject: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="most publish ids one token subject may have awaiting expiry (each is "
+        "remembered history_ttl); a publish with one more is refused",
+    )
+    connections_per_subject: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="most WebSockets one token subject may hold on one service process "
+        "(refused with close 4029)",
     )
     history_ttl: int = Field(
         default=300,
@@ -135,6 +177,22 @@ class ClientPolicy(BaseModel):
         if isinstance(value, list):
             return tuple(value)
         return value
+
+    @model_validator(mode="after")
+    def _bounds_fit(self) -> ClientPolicy:
+        if self.max_publish_bytes > self.history_max_bytes:
+            raise ValueError(
+                f"setting max_publish_bytes={self.max_publish_bytes} exceeds history_max_bytes="
+                f"{self.history_max_bytes}: one message would not fit a channel's history; "
+                "lower max_publish_bytes or raise history_max_bytes"
+            )
+        if self.history_max_bytes > self.send_buffer_bytes:
+            raise ValueError(
+                f"setting history_max_bytes={self.history_max_bytes} exceeds send_buffer_bytes="
+                f"{self.send_buffer_bytes}: a client recovering a full history would overflow "
+                "its buffer; lower history_max_bytes or raise send_buffer_bytes"
+            )
+        return self
 
 
 def _secret(value: SecretStr) -> SecretStr:
@@ -240,9 +298,8 @@ def load(environ: Mapping[str, str] | None = None) -> ServiceConfig:
         if first["type"] == "missing":
             raise ConfigError(f"{name} is not set: {_doc(field)}") from None
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(
-            f"{name}={environ.get(name)!r} is invalid: {message} ({_doc(field)})"
-        ) from None
+        # The value is never printed: it may be a key or a URL with a password in it.
+        raise ConfigError(f"{name} is invalid: {message} ({_doc(field)})") from None
 
 
 def _doc(field: str) -> str:

@@ -282,13 +282,27 @@ def test_a_bad_memory_size_names_the_setting():
 
 
 def test_a_history_that_cannot_fit_in_redis_is_refused_with_the_fix():
+    # Sized from the bounds the service enforces: channels x each channel's byte budget.
     with pytest.raises(SettingsError) as refused:
-        resolve({**PEBBLE, "history_size": 9000})
+        resolve({**PEBBLE, "history_max_bytes": 1048576})
     message = str(refused.value)
     assert "redis_maxmemory='256mb' cannot hold the history" in message
+    assert "history_channels=200 x history_max_bytes=1048576" in message
     assert "raise redis_maxmemory to at least" in message
-    fitting = {"history_size": 9000, "redis_maxmemory": "2gb"}
-    assert resolve({**PEBBLE, **fitting}).history_size == 9000
+    fitting = {"history_max_bytes": 1048576, "redis_maxmemory": "2gb"}
+    assert resolve({**PEBBLE, **fitting}).history_max_bytes == 1048576
+
+
+def test_a_publish_larger_than_a_history_is_refused_with_the_fix():
+    with pytest.raises(SettingsError) as refused:
+        resolve({**PEBBLE, "history_max_bytes": 4096, "max_publish_bytes": 8192})
+    assert "max_publish_bytes=8192 exceeds history_max_bytes=4096" in str(refused.value)
+
+
+def test_the_old_history_message_bytes_setting_names_its_replacement():
+    with pytest.raises(SettingsError) as refused:
+        resolve({**PEBBLE, "history_message_bytes": 512})
+    assert "set history_max_bytes instead" in str(refused.value)
 
 
 @pytest.mark.parametrize(
