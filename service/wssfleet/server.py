@@ -49,6 +49,9 @@ log = logging.getLogger("wssfleet")
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+# A token subject already holds connections_per_subject connections on this process; like
+# every 4xxx code, the client contract does not retry it.
+CLOSE_TOO_MANY_CONNECTIONS = 4029
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
 # How often a drain closes its next share of clients: fine enough that no second closes
@@ -267,6 +270,8 @@ class Hub:
         self.config = config
         self.stats = metrics.Stats()
         self.clients: set[Client] = set()
+        # Open connections by token subject, bounded by connections_per_subject.
+        self.subjects: collections.Counter[str] = collections.Counter()
         self.feeds: dict[str, Feed] = {}
         limits = Limits(
             history_size=config.history_size,
@@ -686,10 +691,17 @@ class Service:
         grant = ws.grant
         assert grant is not None  # process_request set it, or there was no upgrade
         subject = grant.subject
+        subjects = self.hub.subjects
+        if subjects[subject] >= self.config.connections_per_subject:
+            self.hub.stats.handshakes_refused["subject_connections"] += 1
+            event("reject", reason="too many connections", sub=subject, peer=self._peer(ws))
+            await ws.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this subject")
+            return
         client = Client(ws, grant, self.config, self.hub.stats)
         first_channel = ws.first_channel
         # Counted only inside the block that uncounts it: whatever fails, nothing leaks.
         self.hub.clients.add(client)
+        subjects[subject] += 1
         try:
             self.hub.stats.connections_opened += 1
             event("connect", sub=subject, peer=self._peer(ws), channels=[first_channel])
@@ -705,10 +717,18 @@ class Service:
                 client.answering = asyncio.create_task(self._answer_in_order(client, join))
             ws.attach(lambda message: self._read(client, message))
             await ws.wait_closed()
-            if client.answering is not None:
-                await client.answering
+            answering = client.answering
+            if answering is not None:
+                # Nobody is left to hear the answer: a join still reading history, or a
+                # publish waiting on Redis, stops here instead of holding the handler.
+                answering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await answering
         finally:
             self.hub.remove(client)
+            subjects[subject] -= 1
+            if not subjects[subject]:
+                del subjects[subject]
             code = self._close_code(ws)
             if code == CLOSE_TOO_BIG:
                 self.hub.stats.drops["too_big"] += 1

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from tests.unit.clients import open_client, receive, request, run
 from tests.unit.conftest import ORIGIN, token
 
 HANDSHAKES = 4000
@@ -109,3 +112,28 @@ def test_the_logged_peer_is_the_last_forwarded_address(start_service):
     )
     refusal = next(line for line in service.log.read_text().splitlines() if '"reject"' in line)
     assert '"peer": "198.51.100.1 via 127.0.0.1:' in refusal, refusal
+
+
+def test_one_subject_holds_at_most_connections_per_subject_and_others_are_not_affected(
+    start_service,
+):
+    service = start_service(WSSFLEET_CONNECTIONS_PER_SUBJECT="3")
+
+    async def scenario() -> tuple[int, str, dict]:
+        held = [await open_client(service, subject="mallory") for _ in range(3)]
+        extra = await connect(f"{service.url}/ws?token={token('mallory')}", origin=ORIGIN)
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(extra)
+        bystander = await open_client(service, subject="alice")
+        await request(bystander, type="echo", data=1)
+        answer = await receive(bystander)
+        # One leaves: its place is free again.
+        await held.pop().close()
+        while service.health()["connections"] > 3:
+            await asyncio.sleep(0.05)
+        await open_client(service, subject="mallory")
+        return closed.value.rcvd.code, closed.value.rcvd.reason, answer
+
+    code, reason, answer = run(scenario())
+    assert (code, reason) == (4029, "too many connections for this subject")
+    assert answer == {"type": "echo", "data": 1}
