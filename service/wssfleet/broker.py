@@ -56,6 +56,8 @@ CHANNEL_PREFIX_LENGTH = len(CHANNEL_PREFIX)
 # straight back (a reconnect) finds its feed still warm.
 UNSUBSCRIBE_AFTER = 5.0
 COMMAND_TIMEOUT = 2.0
+# A history read asks for about this many bytes at a time (entries of max_publish_bytes).
+HISTORY_PAGE_BYTES = 256 * 2**10
 # A pub/sub connection that has said nothing this long is asked for a PONG; one that stays
 # silent COMMAND_TIMEOUT longer is dropped and made again.
 HEALTH_CHECK_INTERVAL = 5.0
@@ -209,6 +211,7 @@ class Limits:
     history_size: int
     history_ttl: int
     history_max_bytes: int = 512 * 2**10
+    max_publish_bytes: int = 16384
     history_channels: int = 200
     history_channels_per_subject: int = 50
     publish_ids_per_subject: int = 10_000
@@ -460,6 +463,8 @@ class RedisBus(Bus):
         self.name = name
         self.history_size = limits.history_size
         self.history_ttl = limits.history_ttl
+        self._history_max_bytes = limits.history_max_bytes
+        self._page_entries = max(1, HISTORY_PAGE_BYTES // limits.max_publish_bytes)
         # STORE_AND_PUBLISH's ARGV after the frame head and the epoch, which vary.
         self._publish_limits = (
             limits.history_max_bytes,
@@ -619,15 +624,48 @@ class RedisBus(Bus):
         raise AssertionError("unreachable")
 
     async def since(self, channel: str, offset: str | None) -> History:
+        """Read in pages of about HISTORY_PAGE_BYTES, each a command of its own, so that no
+        reply is larger than that and Redis serves others between pages. A history that holds
+        more than a channel may (history_max_bytes: one kept from before that bound) is not
+        recovered: the client refetches its state instead of overflowing its buffer."""
         position = Position.parse(offset) if offset else None
         arguments: list[str | int]
+        page = self._page_entries
         if offset == "":
-            arguments = ["all", "", "", self.history_size]
+            arguments = ["all", "", "", page]
         elif position is None:
             # No offset, or one this service never gives: the latest only.
             arguments = ["latest", "", "", 0]
         else:
-            arguments = ["since", position.epoch, position.stream_id, self.history_size]
+            arguments = ["since", position.epoch, position.stream_id, page]
+        epoch, latest, recovered, entries = await self._read_page(channel, arguments)
+        if offset is None or not recovered:
+            return History(latest, recovered)
+        missed: list[tuple[str, str]] = []
+        read = 0
+        while True:
+            for stream_id, fields in entries:
+                message_offset = offset_of(epoch, stream_id.decode())
+                head = dict(zip(fields[::2], fields[1::2], strict=True))[b"f"].decode()
+                read += len(head)
+                missed.append((message_offset, head + message_offset + FRAME_TAIL))
+            if len(entries) < page:
+                return History(latest, True, missed)
+            if read > self._history_max_bytes or len(missed) > self.history_size:
+                return History(latest, False)
+            last_id = entries[-1][0].decode()
+            page_epoch, _, recovered, entries = await self._read_page(
+                channel, ["since", epoch, last_id, page]
+            )
+            if not recovered or page_epoch != epoch:
+                # Trimmed past where the last page ended, or a new history began: not whole.
+                return History(latest, False)
+
+    async def _read_page(
+        self, channel: str, arguments: list[str | int]
+    ) -> tuple[str, str, bool, list]:
+        """One READ_SINCE: the history's epoch, its latest offset, whether it reaches back
+        to the offset asked for, and up to a page of entries after it."""
         try:
             epoch, last, recovered, entries = await asyncio.wait_for(
                 self._read(self._keys(channel), arguments), COMMAND_TIMEOUT * 2
@@ -636,14 +674,7 @@ class RedisBus(Bus):
             raise BusUnavailable(_reason(error)) from None
         epoch = epoch.decode()
         latest = offset_of(epoch, last.decode()) if epoch else ""
-        if offset is None or not recovered:
-            return History(latest, bool(recovered))
-        missed = []
-        for stream_id, fields in entries:
-            message_offset = offset_of(epoch, stream_id.decode())
-            head = dict(zip(fields[::2], fields[1::2], strict=True))[b"f"].decode()
-            missed.append((message_offset, head + message_offset + FRAME_TAIL))
-        return History(latest, True, missed)
+        return epoch, latest, bool(recovered), entries
 
     async def _listen_forever(self) -> None:
         delay = 0.1

@@ -60,6 +60,10 @@ DRAIN_TICK = 0.05
 # A client whose answers wait (publishes to a slow Redis) and that keeps sending: past this
 # many queued messages its socket is not read until the queue is back down to the low mark.
 INBOX_HIGH, INBOX_LOW = 16, 4
+# Recoveries (subscribes with since) reading history at once in one process, and how long
+# reads that fail are retried before the client hears that nothing could be recovered.
+HISTORY_READS = 4
+HISTORY_READ_DEADLINE = 5.0
 # What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
 MESSAGE_TAIL_BYTES = 82
 
@@ -277,6 +281,7 @@ class Hub:
             history_size=config.history_size,
             history_ttl=config.history_ttl,
             history_max_bytes=config.history_max_bytes,
+            max_publish_bytes=min(config.max_publish_bytes, config.max_message_bytes),
             history_channels=config.history_channels,
             history_channels_per_subject=config.history_channels_per_subject,
             publish_ids_per_subject=config.publish_ids_per_subject,
@@ -289,6 +294,7 @@ class Hub:
         self.draining: asyncio.Task[None] | None = None
         self.shedding: asyncio.Task[None] | None = None
         self._catching_up: set[asyncio.Task[None]] = set()
+        self._recoveries = asyncio.Semaphore(HISTORY_READS)
         self._keeping_alive: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -375,13 +381,36 @@ class Hub:
 
     async def _history(self, channel: str, since: str | None) -> History:
         """The channel's history after ``since``, once messages of the channel reach this
-        process; waits for the bus when it is away."""
+        process. It waits for a bus that is away (a Redis restart); reads that fail while it
+        is there are retried with backoff for HISTORY_READ_DEADLINE, then the answer is that
+        nothing could be recovered. Recoveries take turns: at most HISTORY_READS at once."""
+        if since is None:
+            return await self._read_history(channel, since)
+        async with self._recoveries:
+            return await self._read_history(channel, since)
+
+    async def _read_history(self, channel: str, since: str | None) -> History:
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        delay = 0.05
         while True:
             try:
                 await self.bus.ready(channel)
                 return await self.bus.since(channel, since)
             except BusUnavailable:
-                await self.bus.wait_connected()
+                if not self.bus.connected:
+                    failing_since = None
+                    await self.bus.wait_connected()
+                    continue
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= HISTORY_READ_DEADLINE:
+                self.stats.requests_refused["bus_unavailable"] += 1
+                feed = self.feeds.get(channel)
+                latest = feed.offset if feed is not None and feed.offset else ""
+                return History(latest=latest, recovered=False)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 1.0)
 
     def leave(self, client: Client, channel: str) -> None:
         client.channels.discard(channel)
