@@ -49,6 +49,7 @@ if "master" in roles:
             haproxy.Backend(haproxy.server_name(name, port), address, port)
             for name, address, port in every_instance()
         ],
+        run.secrets["internal_key"],
     )
     certificates.apply(run)
 if "monitoring" not in roles:
@@ -65,4 +66,5 @@ else:
             )
             for name, address, port in every_instance()
         ],
+        run.secrets["internal_key"],
     )

@@ -11,7 +11,14 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import HELPERS, HOSTSIDE, activate_candidate, open_files_limit, template
+from roles import (
+    HELPERS,
+    HOSTSIDE,
+    activate_candidate,
+    open_files_limit,
+    secret_template,
+    template,
+)
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.run import quote
 from wssfleet_control.settings import HAPROXY_METRICS_PORT, SettingsError
@@ -23,6 +30,8 @@ CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
 RUNTIME = f"{HELPERS}/haproxy_runtime.py"
 REBALANCER = f"{HELPERS}/rebalancer.py"
 REBALANCER_UNIT = "/etc/systemd/system/wssfleet-rebalancer.service"
+# The internal key it presents to the workers' /internal/shed; root-only, systemd reads it.
+REBALANCER_ENV = "/etc/wssfleet-rebalancer.env"
 # Seconds between the rebalancer's rounds, and how far off the mean an instance may be.
 REBALANCE_INTERVAL = 2
 REBALANCE_TOLERANCE = 0.2
@@ -55,11 +64,12 @@ def check_open_files(maxconn: int) -> None:
 
 
 @deploy("HAProxy")
-def apply(fleet: Fleet, backends: list[Backend]) -> None:
+def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
     """Install HAProxy with a config whose backend lists every worker instance.
 
     + fleet: the checked inventory (haproxy_* settings, domain, hsts_max_age)
     + backends: every worker instance, by name, address and port
+    + internal_key: what the rebalancer presents to the workers' /internal/shed
     """
     apt.packages(name="Ensure haproxy is installed", packages=["haproxy"], no_recommends=True)
     files.directory(
@@ -119,10 +129,19 @@ def apply(fleet: Fleet, backends: list[Backend]) -> None:
         running=True,
         enabled=True,
     )
-    _rebalancer(fleet, backends)
+    _rebalancer(fleet, backends, internal_key)
 
 
-def _rebalancer(fleet: Fleet, backends: list[Backend]) -> None:
+def _rebalancer(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
+    environment = secret_template(
+        name="Ensure the rebalancer's key file is current (contents withheld: secrets)",
+        src=template("haproxy", "wssfleet-rebalancer.env.j2"),
+        dest=REBALANCER_ENV,
+        user="root",
+        group="root",
+        mode="600",
+        internal_key=internal_key,
+    )
     program = files.put(
         name="Ensure the rebalancer is installed",
         src=str(HOSTSIDE / "rebalancer.py"),
@@ -139,6 +158,7 @@ def _rebalancer(fleet: Fleet, backends: list[Backend]) -> None:
         interval=REBALANCE_INTERVAL,
         tolerance=REBALANCE_TOLERANCE,
         servers=backends,
+        environment_file=REBALANCER_ENV,
     )
     systemd.service(
         name="Ensure the rebalancer is running and enabled",
@@ -146,5 +166,5 @@ def _rebalancer(fleet: Fleet, backends: list[Backend]) -> None:
         running=True,
         enabled=True,
         daemon_reload=unit.will_change,
-        restarted=program.will_change or unit.will_change,
+        restarted=program.will_change or unit.will_change or environment.will_change,
     )

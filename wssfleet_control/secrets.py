@@ -18,7 +18,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-NAMES = ("jwt_secret", "redis_password", "redis_admin_password", "redis_monitor_password")
+NAMES = (
+    "jwt_secret",
+    "redis_password",
+    "redis_admin_password",
+    "redis_monitor_password",
+    # What the master's rebalancer presents to the workers' /internal/shed.
+    "internal_key",
+)
 PREVIOUS = "jwt_previous_secret"
 PREVIOUS_UNTIL = "jwt_previous_until"
 # What `wssfleet plan` renders where a secret does not exist yet: plan writes nothing.

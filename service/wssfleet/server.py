@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from importlib import resources
 from json.encoder import encode_basestring_ascii
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -646,20 +647,22 @@ class Service:
         }
 
     def process_request(self, connection: Connection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        if url.path == "/healthz":
+        # Routed on the exact path as sent: urlsplit would read '//x/healthz' as a host
+        # and the path '/healthz', a route HAProxy never lets clients reach.
+        path, _, query = request.path.partition("?")
+        if path == "/healthz":
             return self._respond(
                 connection,
                 HTTPStatus.OK,
                 json.dumps(self.hub.health()).encode(),
                 "application/json",
             )
-        if url.path == "/internal/shed":
-            return self._shed(connection, request, url.query)
-        if url.path in self.static:
-            body, kind = self.static[url.path]
+        if path == "/internal/shed":
+            return self._shed(connection, request, query)
+        if path in self.static:
+            body, kind = self.static[path]
             return self._respond(connection, HTTPStatus.OK, body, kind, PAGE_HEADERS)
-        channel = self._endpoint_channel(url.path)
+        channel = self._endpoint_channel(path)
         if channel is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if channel and not protocol.valid_channel(channel):
@@ -667,7 +670,7 @@ class Service:
             return connection.respond(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE + "\n")
         try:
             origin = single_header(request.headers, "Origin")
-            credential = self._token(request, url.query)
+            credential = self._token(request, query)
         except AmbiguousRequest as error:
             self.hub.stats.handshakes_refused["request"] += 1
             return self._refuse(connection, request, HTTPStatus.BAD_REQUEST, str(error))
@@ -686,7 +689,7 @@ class Service:
             response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
             response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
             return response
-        since = parse_qs(url.query, keep_blank_values=True).get("since", [None])[0]
+        since = parse_qs(query, keep_blank_values=True).get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             self.hub.stats.handshakes_refused["request"] += 1
             return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
@@ -696,9 +699,19 @@ class Service:
         return None
 
     def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
-        """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: HAProxy
-        refuses /internal/ to clients, and whatever it forwards carries X-Forwarded-For."""
-        if "X-Forwarded-For" in request.headers:
+        """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: it presents
+        the deployment's internal key. HAProxy refuses /internal/ to clients besides, and
+        whatever it forwards carries X-Forwarded-For; either way the path does not exist."""
+        key = self.config.internal_key.get_secret_value()
+        try:
+            presented = single_header(request.headers, "Authorization") or ""
+        except AmbiguousRequest:
+            presented = ""
+        if (
+            not key
+            or "X-Forwarded-For" in request.headers
+            or not hmac.compare_digest(presented.encode(), f"Bearer {key}".encode())
+        ):
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         arguments = parse_qs(query)
         try:
@@ -889,7 +902,7 @@ class Service:
             "reject",
             status=status.value,
             reason=reason,
-            path=urlsplit(request.path).path,
+            path=request.path.partition("?")[0],
             peer=self._peer(connection, request.headers),
         )
         return connection.respond(status, reason + "\n")

@@ -221,6 +221,10 @@ class ServiceConfig(ClientPolicy):
         default=SecretStr(""),
         description="the signing key before the last rotation, accepted until it is dropped",
     )
+    internal_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="key the master's rebalancer presents to /internal/shed; empty: refused",
+    )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port of this process")
     bind: str = Field(default="127.0.0.1", description="address to listen on")
     worker_name: str = Field(

@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 
-def https_get(lab, path: str) -> http.client.HTTPResponse:
+def https_get(lab, path: str, **headers: str) -> http.client.HTTPResponse:
     connection = http.client.HTTPSConnection(lab.master_address, 443, timeout=10, context=_sni(lab))
-    connection.request("GET", path, headers={"Host": lab.domain})
+    connection.request("GET", path, headers={"Host": lab.domain, **headers})
     return connection.getresponse()
 
 
@@ -84,3 +84,23 @@ def test_internals_are_not_served_through_the_public_front_end(lab, path):
     reply = https_get(lab, path)
     assert reply.status == 404
     assert b"worker" not in reply.read()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//x/healthz", "//internal/shed?count=1", "/ws/../healthz", "/./healthz", "/ws/..%2Fhealthz"],
+)
+def test_paths_that_are_not_normal_are_refused_at_the_edge(lab, path):
+    # A worker's urlsplit once read '//x/healthz' as '/healthz'; HAProxy refuses such paths.
+    reply = https_get(lab, path)
+    assert reply.status == 400, path
+    assert b"worker" not in reply.read()
+
+
+def test_a_client_sent_forwarded_for_is_replaced_not_appended(lab):
+    # Two values (the client's and HAProxy's) once made the worker answer 500 with a
+    # traceback; HAProxy now sets the header, and a bad token is a plain 401.
+    reply = https_get(
+        lab, "/ws?token=bad", **{"X-Forwarded-For": "203.0.113.9", "Upgrade": "websocket"}
+    )
+    assert reply.status == 401

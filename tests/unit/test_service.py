@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,11 +72,13 @@ def test_demo_page_is_served_with_a_content_security_policy(start_service):
         assert "new WebSocket" in reply.read().decode()
 
 
-def test_unknown_path_is_404(start_service):
-    service = start_service()
-    with pytest.raises(urllib.error.HTTPError) as error:
-        urllib.request.urlopen(f"http://127.0.0.1:{service.port}/nope", timeout=5)
-    assert error.value.code == 404
+@pytest.mark.parametrize("path", ["/nope", "//x/healthz", "//internal/shed?count=1", "/ws/../x"])
+def test_unknown_path_is_404(start_service, path):
+    # Routes are exact paths: '//x/healthz' is not '/healthz' (urlsplit would say it is).
+    service = start_service(WSSFLEET_INTERNAL_KEY="k")
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as raw:
+        raw.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n".encode())
+        assert raw.recv(100).startswith(b"HTTP/1.1 404"), path
 
 
 def test_welcome_names_the_worker_and_the_channel_of_the_path(start_service):
@@ -567,8 +570,9 @@ def test_keepalive_pings_every_client_and_keeps_those_that_answer(start_service)
 
 
 def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_service):
-    service = start_service()
+    service = start_service(WSSFLEET_INTERNAL_KEY="the-rebalancer-s-internal-key")
     base = f"http://127.0.0.1:{service.port}/internal/shed"
+    key = {"Authorization": "Bearer the-rebalancer-s-internal-key"}
 
     def get(url: str, **headers: str) -> int:
         request = urllib.request.Request(url, headers=headers)
@@ -580,12 +584,15 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
 
     async def scenario():
         clients = [await open_client(service) for _ in range(10)]
-        # Through HAProxy (X-Forwarded-For) the path does not exist; nonsense is refused.
+        # Without the key, or through HAProxy (X-Forwarded-For), the path does not exist;
+        # nonsense is refused.
+        keyless = await asyncio.to_thread(get, f"{base}?count=3")
+        wrong = await asyncio.to_thread(get, f"{base}?count=3", Authorization="Bearer guess")
         forwarded = await asyncio.to_thread(
-            get, f"{base}?count=3", **{"X-Forwarded-For": "1.2.3.4"}
+            get, f"{base}?count=3", **key, **{"X-Forwarded-For": "1.2.3.4"}
         )
-        nonsense = await asyncio.to_thread(get, f"{base}?count=0")
-        accepted = await asyncio.to_thread(get, f"{base}?count=3&seconds=0.5")
+        nonsense = await asyncio.to_thread(get, f"{base}?count=0", **key)
+        accepted = await asyncio.to_thread(get, f"{base}?count=3&seconds=0.5", **key)
         await asyncio.sleep(1.5)
         codes = []
         for ws in clients:
@@ -595,10 +602,10 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
                 codes.append(None)
             except ConnectionClosed as closed:
                 codes.append(closed.rcvd.code if closed.rcvd else 1006)
-        return forwarded, nonsense, accepted, codes
+        return (keyless, wrong, forwarded, nonsense, accepted), codes
 
-    forwarded, nonsense, accepted, codes = run(scenario())
-    assert (forwarded, nonsense, accepted) == (404, 400, 202)
+    answers, codes = run(scenario())
+    assert answers == (404, 404, 404, 400, 202)
     assert sorted(codes, key=str) == [1012] * 3 + [None] * 7
 
 

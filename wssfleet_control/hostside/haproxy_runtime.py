@@ -35,6 +35,8 @@ import time
 import urllib.request
 
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
+# Read-only (level user): what the rebalancer, which runs unprivileged, may reach.
+STATS_SOCKET = "/run/haproxy/stats.sock"
 # Debian's haproxy.service starts the master with -S /run/haproxy-master.sock.
 MASTER_SOCKET = "/run/haproxy-master.sock"
 CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
@@ -59,9 +61,9 @@ def ask(command: str, path: str = ADMIN_SOCKET, until: bytes | None = None) -> s
     return reply.decode()
 
 
-def servers() -> list[dict[str, str]]:
+def servers(path: str = ADMIN_SOCKET) -> list[dict[str, str]]:
     """Every server of every backend: name, status, open sessions, admin state."""
-    rows = csv.DictReader(io.StringIO(ask("show stat").lstrip("# ")))
+    rows = csv.DictReader(io.StringIO(ask("show stat", path).lstrip("# ")))
     return [
         {
             "backend": row["pxname"],

@@ -49,7 +49,7 @@ def plan(counts: dict[str, int], tolerance: float, budget: int) -> dict[str, int
 def once(instances: dict[str, str], rate: float, interval: float, tolerance: float) -> None:
     rows = [
         row
-        for row in haproxy_runtime.servers()
+        for row in haproxy_runtime.servers(haproxy_runtime.STATS_SOCKET)
         if row["backend"] == BACKEND and row["server"] in instances
     ]
     if not rows or not all(row["status"].startswith("UP") for row in rows):
@@ -57,8 +57,10 @@ def once(instances: dict[str, str], rate: float, interval: float, tolerance: flo
     counts = {row["server"]: int(row["sessions"]) for row in rows}
     for server, count in plan(counts, tolerance, math.floor(rate * interval)).items():
         url = f"http://{instances[server]}/internal/shed?count={count}&seconds={interval}"
+        key = os.environ.get("WSSFLEET_INTERNAL_KEY", "")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
         try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
+            with urllib.request.urlopen(request, timeout=5) as reply:
                 answer = reply.read().decode()
         except OSError as error:
             answer = f"failed: {error}"
