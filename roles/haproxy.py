@@ -19,6 +19,7 @@ from roles import (
     secret_template,
     template,
 )
+from wssfleet_control.hostside import haproxy_runtime
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.run import quote
 from wssfleet_control.settings import HAPROXY_METRICS_PORT, SettingsError
@@ -31,7 +32,7 @@ RUNTIME = f"{HELPERS}/haproxy_runtime.py"
 REBALANCER = f"{HELPERS}/rebalancer.py"
 REBALANCER_UNIT = "/etc/systemd/system/wssfleet-rebalancer.service"
 # The internal key it presents to the workers' /internal/shed; root-only, systemd reads it.
-REBALANCER_ENV = "/etc/wssfleet-rebalancer.env"
+REBALANCER_ENV = haproxy_runtime.INTERNAL_KEY_FILE
 # Seconds between the rebalancer's rounds, and how far off the mean an instance may be.
 REBALANCE_INTERVAL = 2
 REBALANCE_TOLERANCE = 0.2
@@ -72,6 +73,16 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
     + internal_key: what the rebalancer presents to the workers' /internal/shed
     """
     apt.packages(name="Ensure haproxy is installed", packages=["haproxy"], no_recommends=True)
+    # Before the config: removing a worker below asks its instances to shed with this key.
+    key_file = secret_template(
+        name="Ensure the rebalancer's key file is current (contents withheld: secrets)",
+        src=template("haproxy", "wssfleet-rebalancer.env.j2"),
+        dest=REBALANCER_ENV,
+        user="root",
+        group="root",
+        mode="600",
+        internal_key=internal_key,
+    )
     files.directory(
         name="Ensure the certificate directory is private",
         path="/etc/haproxy/certs",
@@ -129,19 +140,10 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
         running=True,
         enabled=True,
     )
-    _rebalancer(fleet, backends, internal_key)
+    _rebalancer(fleet, backends, key_file)
 
 
-def _rebalancer(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
-    environment = secret_template(
-        name="Ensure the rebalancer's key file is current (contents withheld: secrets)",
-        src=template("haproxy", "wssfleet-rebalancer.env.j2"),
-        dest=REBALANCER_ENV,
-        user="root",
-        group="root",
-        mode="600",
-        internal_key=internal_key,
-    )
+def _rebalancer(fleet: Fleet, backends: list[Backend], environment) -> None:
     program = files.put(
         name="Ensure the rebalancer is installed",
         src=str(HOSTSIDE / "rebalancer.py"),

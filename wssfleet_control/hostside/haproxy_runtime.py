@@ -40,6 +40,8 @@ STATS_SOCKET = "/run/haproxy/stats.sock"
 # Debian's haproxy.service starts the master with -S /run/haproxy-master.sock.
 MASTER_SOCKET = "/run/haproxy-master.sock"
 CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
+# Written by roles/haproxy.py, root's only.
+INTERNAL_KEY_FILE = "/etc/wssfleet-rebalancer.env"
 RELOAD_TIMEOUT = 30.0
 MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed: (\d+)\]", re.MULTILINE)
 
@@ -305,15 +307,37 @@ def add_server(name: str, address: str, options: str) -> bool:
     return True
 
 
+def internal_key() -> str:
+    """The key the workers' /internal/shed asks for: the rebalancer has it in its environment,
+    root reads it from the rebalancer's environment file."""
+    key = os.environ.get("WSSFLEET_INTERNAL_KEY")
+    if key is None:
+        with open(INTERNAL_KEY_FILE) as lines:
+            for line in lines:
+                name, _, value = line.strip().partition("=")
+                if name == "WSSFLEET_INTERNAL_KEY":
+                    key = value
+    return key or ""
+
+
+def shed(address: str, count: int, seconds: float) -> str:
+    """Ask the instance at ``address`` (host:port) to close ``count`` clients with 1012 over
+    ``seconds``; its answer. OSError when it cannot be asked."""
+    request = urllib.request.Request(
+        f"http://{address}/internal/shed?count={count}&seconds={seconds}",
+        headers={"Authorization": f"Bearer {internal_key()}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return reply.read().decode()
+
+
 def drain_servers(removed: dict[str, str], drain_seconds: float) -> None:
     """No new client for these servers; their instances close their clients with 1012 over
     the drain window, so they reconnect to the others; wait until they have none."""
     for name, address in removed.items():
         ask(f"set server {WORKERS}/{name} state drain")
-        url = f"http://{address}/internal/shed?count=1000000&seconds={drain_seconds}"
         try:
-            with urllib.request.urlopen(url, timeout=5):
-                pass
+            shed(address, 1_000_000, drain_seconds)
         except OSError as error:
             print(f"{name}: could not ask {address} to shed its clients: {error}", file=sys.stderr)
     deadline = time.monotonic() + drain_seconds + 10

@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,12 +55,8 @@ def once(instances: dict[str, str], rate: float, interval: float, tolerance: flo
         return
     counts = {row["server"]: int(row["sessions"]) for row in rows}
     for server, count in plan(counts, tolerance, math.floor(rate * interval)).items():
-        url = f"http://{instances[server]}/internal/shed?count={count}&seconds={interval}"
-        key = os.environ.get("WSSFLEET_INTERNAL_KEY", "")
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
         try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                answer = reply.read().decode()
+            answer = haproxy_runtime.shed(instances[server], count, interval)
         except OSError as error:
             answer = f"failed: {error}"
         print(json.dumps({"event": "shed", "server": server, "count": count, "answer": answer}))
