@@ -3,7 +3,7 @@
 Each side runs as deployed, scaled down to loopback: two service processes behind one HAProxy
 that terminates TLS, joined by one redis-server keeping history in an append-only file. The
 peer (bench/peer/server.js) speaks the same protocol with the same checks and runs wssfleet's
-own store-and-publish script, so both do the same work per message. One load generator
+own store-and-publish function, so both do the same work per message. One load generator
 (bench/peer/load.js, Node `ws` clients) drives both. Rounds alternate which side goes first;
 the table gives each measure's median and range over the rounds, and the ratio of the medians
 oriented so that 1.0 or more means wssfleet does at least as well.
@@ -44,7 +44,6 @@ from bench.loopback import (
     wait_for_port,
 )
 from wssfleet import auth
-from wssfleet.broker import STORE_AND_PUBLISH
 from wssfleet.settings import ClientPolicy
 
 PEER = Path(__file__).resolve().parent / "peer"
@@ -132,7 +131,6 @@ def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
         "PEER_ALLOWED_ORIGINS": ORIGIN,
         "PEER_MESSAGES_PER_SECOND": "100000",
         "PEER_REDIS_URL": redis_url,
-        "PEER_STORE_AND_PUBLISH": STORE_AND_PUBLISH,
         "PEER_PUBLISH_LIMITS": json.dumps(publish_limits()),
     }
     return ["node", str(PEER / "server.js")], env

@@ -30,9 +30,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
 from websockets.asyncio.client import connect
 
 from wssfleet import auth
+from wssfleet.broker import LIBRARY
 
 SECRET = "benchmark-secret-that-is-long-enough-0123456789"
 ORIGIN = "https://bench.example"
@@ -118,6 +120,9 @@ def redis_server() -> Iterator[str]:
         )
         try:
             wait_for_port(port, "redis-server")
+            # As the deploy does: the message plane's functions, loaded once.
+            with redis.Redis(port=port) as client:
+                client.function_load(LIBRARY, replace=True)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             process.terminate()

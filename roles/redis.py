@@ -2,25 +2,34 @@
 append-only file; private address, password."""
 
 import hashlib
+from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
 
-from roles import template
+from roles import secret_template, template
+from wssfleet.broker import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.inventory import WORKER_REDIS_USER, Fleet
 
 ADMIN_REDIS_USER = "wssfleet-admin"
 MONITOR_REDIS_USER = "wssfleet-monitor"
-# Everything the message plane does (wssfleet/broker.py, its Lua scripts included: Redis
-# checks the commands a script calls against the caller's user), and nothing else: no
-# FLUSHDB, KEYS, DEL, CLIENT KILL or SHUTDOWN, and only wssfleet:* keys and channels.
+# The message plane's functions, and the operator's password that loads them (root's only:
+# redis-cli reads it from REDISCLI_AUTH, so it is never on a command line).
+FUNCTIONS_FILE = "/etc/redis/wssfleet-functions.lua"
+ADMIN_AUTH_FILE = "/etc/redis/wssfleet-admin.auth"
+# Everything the message plane does (wssfleet/broker.py, its functions included: Redis checks
+# the commands a function calls against the caller's user), and nothing else: no FLUSHDB,
+# KEYS, DEL, CLIENT KILL or SHUTDOWN, only wssfleet:* keys and channels, and no code of its
+# own (no EVAL, EVALSHA, SCRIPT or FUNCTION): it calls the functions the deploy loaded.
 WORKER_COMMANDS = (
     "ping",
     "client|setname",
     "subscribe",
     "unsubscribe",
-    "evalsha",
-    "script|load",
+    "fcall",
+    "fcall_ro",
     "get",
     "set",
     "exists",
@@ -113,3 +122,40 @@ def apply(fleet: Fleet, password: str, admin_password: str, monitor_password: st
         enabled=True,
         restarted=config.will_change,
     )
+    _functions(fleet.settings.redis_port, admin_password)
+
+
+def _functions(port: int, admin_password: str) -> None:
+    """The message plane's functions, loaded by the operator's user: the workers may call
+    them and run nothing else. Kept across restarts in the append-only file; loaded again
+    when the version Redis reports is not this release's."""
+    secret_template(
+        name="Ensure the operator's Redis password file is current (contents withheld)",
+        src=template("redis", "admin.auth.j2"),
+        dest=ADMIN_AUTH_FILE,
+        user="root",
+        group="root",
+        mode="600",
+        password=admin_password,
+    )
+    files.put(
+        name="Ensure the message plane's Redis functions are on the host",
+        src=StringIO(LIBRARY),
+        dest=FUNCTIONS_FILE,
+        user="root",
+        group="root",
+        mode="644",
+    )
+    cli = (
+        f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" redis-cli --no-auth-warning '
+        f"--user {ADMIN_REDIS_USER} -h 127.0.0.1 -p {port}"
+    )
+    loaded = host.get_fact(Command, command=f"{cli} FCALL_RO wssfleet_version 0 2>&1 || true")
+    if (loaded or "").strip() != LIBRARY_VERSION:
+        server.shell(
+            name=f"Ensure Redis runs the message plane's functions ({LIBRARY_VERSION})",
+            commands=[
+                f"{cli} -x FUNCTION LOAD REPLACE < {FUNCTIONS_FILE} | grep -qx wssfleet",
+                f'test "$({cli} FCALL_RO wssfleet_version 0)" = {LIBRARY_VERSION}',
+            ],
+        )

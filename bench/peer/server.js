@@ -1,7 +1,7 @@
 // The peer: wssfleet's protocol served the way the seeds build it (Node `ws` 8), written as a
 // careful Node developer would. Same checks before the upgrade (path, origin, JWT HS256 with
 // sub and exp, channel grants), same size limit, same per-client rate limit, same JSON frames,
-// and the same message plane: each publish runs wssfleet's own store-and-publish script on
+// and the same message plane: each publish calls wssfleet's own store-and-publish function on
 // Redis (history stream, offset) and reaches the other processes by Redis pub/sub.
 //
 // It lacks what the bench does not exercise: recovery by `since`, drains, metrics.
@@ -22,8 +22,7 @@ const RATE = Number(env.PEER_MESSAGES_PER_SECOND || 50);
 const BACKLOG_BYTES = Number(env.PEER_BACKLOG_BYTES || 4 * 1024 * 1024);
 const HISTORY_SIZE = String(env.PEER_HISTORY_SIZE || 1000);
 const HISTORY_TTL = String(env.PEER_HISTORY_TTL || 86400);
-const STORE_AND_PUBLISH = env.PEER_STORE_AND_PUBLISH;
-// The script's bounds on what publishers store, as wssfleet passes them (bench/compare.py).
+// The function's bounds on what publishers store, as wssfleet passes them (bench/compare.py).
 const PUBLISH_LIMITS = JSON.parse(env.PEER_PUBLISH_LIMITS);
 const WORKER = `127.0.0.1:${PORT}`;
 
@@ -34,7 +33,6 @@ const MAX_CHANNELS = 100;
 
 const redis = new Redis(env.PEER_REDIS_URL);
 const bus = new Redis(env.PEER_REDIS_URL);
-redis.defineCommand('storeAndPublish', { lua: STORE_AND_PUBLISH });
 
 // channel -> Set of sockets, and the last offset delivered.
 const feeds = new Map();
@@ -118,7 +116,8 @@ async function publish(ws, request) {
       `wssfleet:subject-ids:${subject}`);
   }
   try {
-    const offset = await redis.storeAndPublish(keys.length, ...keys, busChannel(channel), head,
+    const offset = await redis.call('FCALL', 'wssfleet_store_and_publish', keys.length, ...keys,
+      busChannel(channel), head,
       HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'), ...PUBLISH_LIMITS, channel);
     if (id !== undefined) send(ws, { type: 'published', id, offset });
   } catch (error) {

@@ -192,7 +192,26 @@ return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT'
 """
 
 
-STORE_AND_PUBLISH_SHA = hashlib.sha1(STORE_AND_PUBLISH.encode()).hexdigest()
+def _library() -> tuple[str, str]:
+    """The message plane's code as one Redis Functions library, and its version (a digest of
+    its code). The deploy loads it with the operator's user (roles/redis.py); the workers'
+    user may only call it (FCALL), never load or run code of its own."""
+    code = (
+        "#!lua name=wssfleet\n"
+        "redis.register_function('wssfleet_store_and_publish', function(KEYS, ARGV)\n"
+        f"{STORE_AND_PUBLISH}\nend)\n"
+        "redis.register_function{function_name='wssfleet_read_since', flags={'no-writes'},\n"
+        f"  callback=function(KEYS, ARGV)\n{READ_SINCE}\nend}}\n"
+    )
+    version = hashlib.sha256(code.encode()).hexdigest()[:16]
+    code += (
+        "redis.register_function{function_name='wssfleet_version', flags={'no-writes'},\n"
+        f"  callback=function() return '{version}' end}}\n"
+    )
+    return code, version
+
+
+LIBRARY, LIBRARY_VERSION = _library()
 
 
 class BusUnavailable(Exception):
@@ -495,7 +514,6 @@ class RedisBus(Bus):
             retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
             health_check_interval=10,
         )
-        self._read = self._commands.register_script(READ_SINCE)
         # Every publish of this process goes out on one pipelined connection, and messages
         # arrive on another, handled as they are parsed (see pipelined.py).
         self._publishing = Link(url, f"publish:{name}", COMMAND_TIMEOUT)
@@ -603,21 +621,17 @@ class RedisBus(Bus):
             *self._publish_limits,
             channel,
         ]
-        command = ("EVALSHA", STORE_AND_PUBLISH_SHA, len(keys), *keys, *arguments)
-        # A second try only where it cannot store the message twice: the script was not
-        # loaded (a new or flushed Redis), the connection was gone before the command left
-        # (Redis restarted between two publishes), or the publish has an idempotency key.
+        command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
+        # A second try only where it cannot store the message twice: the connection was gone
+        # before the command left (Redis restarted between two publishes), or the publish
+        # has an idempotency key.
         for last_try in (False, True):
             try:
                 return (await self._publishing.call(*command)).decode()
             except ReplyError as error:
                 if str(error).startswith("LIMIT "):
                     raise PublishRefused(str(error).removeprefix("LIMIT ")) from None
-                if last_try or not str(error).startswith("NOSCRIPT"):
-                    raise BusUnavailable(_reason(error)) from None
-                # A failure here is met again, and said, by the second try.
-                with contextlib.suppress(ReplyError, LinkLost):
-                    await self._publishing.call("SCRIPT", "LOAD", STORE_AND_PUBLISH)
+                raise BusUnavailable(_reason(error)) from None
             except LinkLost as error:
                 if last_try or (error.sent and message_key is None):
                     raise BusUnavailable(_reason(error)) from None
@@ -668,7 +682,8 @@ class RedisBus(Bus):
         to the offset asked for, and up to a page of entries after it."""
         try:
             epoch, last, recovered, entries = await asyncio.wait_for(
-                self._read(self._keys(channel), arguments), COMMAND_TIMEOUT * 2
+                self._commands.fcall_ro("wssfleet_read_since", 2, *self._keys(channel), *arguments),
+                COMMAND_TIMEOUT * 2,
             )
         except (RedisError, OSError, TimeoutError) as error:
             raise BusUnavailable(_reason(error)) from None
@@ -769,4 +784,7 @@ class RedisBus(Bus):
 def _reason(error: BaseException) -> str:
     if isinstance(error, TimeoutError | RedisTimeoutError):
         return "the message bus did not answer in time"
+    if "Function not found" in str(error):
+        # Loaded by the deploy: a Redis that lost it (FUNCTION FLUSH) needs a deploy.
+        return "the message bus lacks wssfleet's functions (a deploy loads them)"
     return f"the message bus is unavailable ({type(error).__name__})"

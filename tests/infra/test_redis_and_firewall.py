@@ -7,6 +7,7 @@ import shlex
 
 from roles.redis import ADMIN_REDIS_USER
 from roles.workers import CURRENT, ENV_FILE
+from wssfleet.broker import LIBRARY_VERSION
 
 
 def test_redis_is_active_and_enabled(on, redis_node):
@@ -41,7 +42,10 @@ REDIS_PROBE = """
 import os, redis
 r = redis.Redis.from_url(os.environ["WSSFLEET_REDIS_URL"])
 print(r.ping())
-forbidden = (["FLUSHDB"], ["KEYS", "*"], ["CLIENT", "LIST"], ["SHUTDOWN"], ["DEL", "wssfleet:x"])
+forbidden = (
+    ["FLUSHDB"], ["KEYS", "*"], ["CLIENT", "LIST"], ["SHUTDOWN"], ["DEL", "wssfleet:x"],
+    ["EVAL", "return 1", "0"], ["SCRIPT", "LOAD", "return 1"], ["FUNCTION", "FLUSH"],
+)
 for command in forbidden:
     try:
         r.execute_command(*command)
@@ -58,7 +62,16 @@ def test_the_workers_redis_user_may_not_flush_list_or_kill(on, worker_node):
     )
     assert output.splitlines()[0] == "True", output
     assert "ALLOWED" not in output, output
-    assert output.count("refused") == 5, output
+    assert output.count("refused") == 8, output
+
+
+def test_redis_runs_this_releases_message_plane_functions(on, redis_node, fleet):
+    password = fleet.secrets(create=False)["redis_admin_password"]
+    version = on(redis_node).check_output(
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --user {ADMIN_REDIS_USER} "
+        f"-h {redis_node.address} -p {fleet.settings.redis_port} FCALL_RO wssfleet_version 0"
+    )
+    assert version == LIBRARY_VERSION
 
 
 def test_firewall_rules_are_loaded_with_a_default_drop(on, any_node):

@@ -16,6 +16,7 @@ import pytest
 
 from roles.redis import ADMIN_REDIS_USER, acl_users
 from wssfleet import auth
+from wssfleet.broker import LIBRARY
 from wssfleet_control.inventory import WORKER_REDIS_USER
 
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
@@ -87,6 +88,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
+        # As the deploy does: the operator loads the message plane's functions.
+        self.cli("FUNCTION", "LOAD", "REPLACE", LIBRARY)
 
     def cli(self, *command: str, as_worker: bool = False) -> object:
         """Run one Redis command as the operator (or as a worker would)."""
