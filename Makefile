@@ -106,8 +106,8 @@ status: tools ## hosts, services, certificate expiry, open connections
 renew: tools ## force a certificate renewal through the cron job's own script
 	@$(WSSFLEET) renew -i $(INVENTORY)
 
-rotate-secret: tools ## new token signing key, deployed; old tokens keep working for token_max_ttl
-	$(WSSFLEET) rotate-secret -i $(INVENTORY)
+rotate-secret: tools ## new token signing key, deployed; old tokens work for token_max_ttl (REVOKE=1: not at all)
+	$(WSSFLEET) rotate-secret -i $(INVENTORY) $(if $(REVOKE),--revoke)
 
 token: tools ## print a client token: make token SUB=alice [CHANNELS='lobby user.alice.*'] [TTL=3600]
 	@$(WSSFLEET) token -i $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600) \

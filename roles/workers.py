@@ -62,6 +62,7 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "allowed_origins": settings.origins,
             "jwt_secret": run.secrets["jwt_secret"],
             "jwt_previous_secret": secrets.previous_key(run.secrets),
+            "jwt_previous_until": secrets.previous_until(run.secrets),
             "internal_key": run.secrets["internal_key"],
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
             "bind": node.address,

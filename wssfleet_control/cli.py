@@ -277,19 +277,31 @@ def renew(inventory_path: str) -> None:
     is_flag=True,
     help="rotate even while the previous key is still accepted (the tokens it signed stop)",
 )
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="the key leaked: drop it and any previous key in the same rollout (every token they "
+    "signed stops at once; clients need new tokens)",
+)
 @click.pass_context
-def rotate_secret(ctx: click.Context, inventory_path: str, as_json: bool, force: bool) -> None:
+def rotate_secret(
+    ctx: click.Context, inventory_path: str, as_json: bool, force: bool, revoke: bool
+) -> None:
     """Make a new token signing key and deploy it. Tokens signed with the old key keep working
-    for token_max_ttl (their longest lifetime); the first deploy after that drops the key."""
+    for token_max_ttl (their longest lifetime): the services stop accepting it then by
+    themselves. --revoke drops it at once instead."""
     from wssfleet_control import secrets
 
     with open_session(inventory_path, quiet=True) as session:
         overlap = session.fleet.settings.token_max_ttl
     try:
-        secrets.rotate(inventory_path, overlap, force=force)
+        secrets.rotate(inventory_path, overlap, force=force, revoke=revoke)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    _say(as_json, "--> New signing key; the old one is accepted for", f"{overlap} s more")
+    if revoke:
+        _say(as_json, "--> New signing key; the old one is revoked", "as each instance restarts")
+    else:
+        _say(as_json, "--> New signing key; the old one is accepted for", f"{overlap} s more")
     ctx.invoke(deploy, inventory_path=inventory_path, as_json=as_json, templates=None)
 
 

@@ -74,15 +74,30 @@ def previous_key(stored: dict[str, str], now: float | None = None) -> str:
     return ""
 
 
+def previous_until(stored: dict[str, str], now: float | None = None) -> int:
+    """When the services stop accepting the previous key by themselves (0: there is none)."""
+    return int(float(stored[PREVIOUS_UNTIL])) if previous_key(stored, now) else 0
+
+
 def rotate(
-    inventory: str | os.PathLike[str], overlap_seconds: int, force: bool = False
+    inventory: str | os.PathLike[str],
+    overlap_seconds: int,
+    force: bool = False,
+    revoke: bool = False,
 ) -> dict[str, str]:
     """Make a new signing key; keep the current one as the previous for ``overlap_seconds``
-    (the longest a token may live), so no token in use stops working."""
+    (the longest a token may live), so no token in use stops working. ``revoke``: a leaked
+    key; keep neither it nor any previous one, and every token they signed stops now."""
     stored = load(inventory, create=False)
     if stored["jwt_secret"] == NOT_YET:
         raise ValueError(f"{inventory} has no signing key yet: deploy it first")
     now = time.time()
+    if revoke:
+        stored.pop(PREVIOUS, None)
+        stored.pop(PREVIOUS_UNTIL, None)
+        stored["jwt_secret"] = secrets.token_urlsafe(32)
+        _write(path_for(inventory), stored)
+        return stored
     if previous_key(stored, now) and not force:
         until = datetime.fromtimestamp(float(stored[PREVIOUS_UNTIL]), UTC)
         raise ValueError(

@@ -681,7 +681,7 @@ class Service:
             grant = auth.verify(
                 self.config.jwt_secret.get_secret_value(),
                 credential,
-                previous=self.config.jwt_previous_secret.get_secret_value(),
+                previous=self._previous_key(),
                 max_ttl=self.config.token_max_ttl,
             )
         except auth.TokenError as error:
@@ -697,6 +697,14 @@ class Service:
         connection.first_channel = channel
         connection.since = since
         return None
+
+    def _previous_key(self) -> str:
+        """The signing key before the last rotation, while its overlap lasts: it ends at
+        jwt_previous_until whether or not a deploy comes to drop the key."""
+        until = self.config.jwt_previous_until
+        if until and time.time() >= until:
+            return ""
+        return self.config.jwt_previous_secret.get_secret_value()
 
     def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
         """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: it presents

@@ -221,6 +221,12 @@ class ServiceConfig(ClientPolicy):
         default=SecretStr(""),
         description="the signing key before the last rotation, accepted until it is dropped",
     )
+    jwt_previous_until: int = Field(
+        default=0,
+        ge=0,
+        description="Unix time at which the previous signing key stops being accepted, with "
+        "no deploy needed; 0: while it is set",
+    )
     internal_key: SecretStr = Field(
         default=SecretStr(""),
         description="key the master's rebalancer presents to /internal/shed; empty: refused",

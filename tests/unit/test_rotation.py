@@ -80,3 +80,34 @@ def test_the_service_accepts_the_previous_key_until_it_is_dropped(start_service)
     run(scenario())
     assert refusal(after, f"/ws?token={old_token}") == 401
     assert "unknown signing key" in after.log.read_text()
+
+
+def test_the_service_stops_accepting_the_previous_key_when_its_overlap_ends(start_service):
+    previous = "a-previous-signing-key-that-is-long-enough-01234567"
+    ending = start_service(
+        WSSFLEET_JWT_PREVIOUS_SECRET=previous, WSSFLEET_JWT_PREVIOUS_UNTIL=str(int(time.time()) + 2)
+    )
+    old_token = auth.mint(previous, "alice", 300, subscribe=["*"], publish=["*"])
+
+    async def scenario():
+        await open_client(ending, token_text=old_token)
+
+    run(scenario())
+    # No deploy comes: the process itself stops accepting it when the overlap ends.
+    time.sleep(max(0.0, int(time.time()) + 3 - time.time()))
+    assert refusal(ending, f"/ws?token={old_token}") == 401
+
+
+def test_revoke_drops_the_current_and_the_previous_key_at_once(tmp_path):
+    inventory = tmp_path / "production.py"
+    inventory.write_text("")
+    first = secrets.load(inventory)["jwt_secret"]
+    rotated = secrets.rotate(inventory, 3600)
+    revoked = secrets.rotate(inventory, 3600, revoke=True)
+    assert revoked["jwt_secret"] not in (first, rotated["jwt_secret"])
+    assert secrets.previous_key(revoked) == ""
+    assert secrets.previous_until(revoked) == 0
+    stored = json.loads(secrets.path_for(inventory).read_text())
+    assert "jwt_previous_secret" not in stored
+    assert first not in json.dumps(stored)
+    assert rotated["jwt_secret"] not in json.dumps(stored)
