@@ -160,6 +160,7 @@ def _rebalancer(fleet: Fleet, backends: list[Backend], environment) -> None:
         interval=REBALANCE_INTERVAL,
         tolerance=REBALANCE_TOLERANCE,
         servers=backends,
+        worker_addresses=sorted({backend.address for backend in backends}),
         environment_file=REBALANCER_ENV,
     )
     systemd.service(

@@ -52,6 +52,12 @@ def ports(fleet: Fleet, worker) -> list[int]:
     return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)
 
 
+def memory_max_mib(host_kib: int, instances: int) -> int:
+    """Each instance's MemoryMax: three quarters of the host's memory shared among its
+    instances (the rest for the system, Redis or HAProxy beside them), at least 256 MiB."""
+    return max(256, host_kib * 3 // 4 // max(1, instances) // 1024)
+
+
 def service_config(run: DeployRun, node: Node) -> ServiceConfig:
     """The service's own model, filled from the deployment: what every instance reads."""
     settings = run.fleet.settings
@@ -132,6 +138,10 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
         current=CURRENT,
         environment_file=ENV_FILE,
         limit_nofile=min(LIMIT_NOFILE, open_files_limit()),
+        memory_max_mib=memory_max_mib(
+            int(host.get_fact(Command, command="awk '/^MemTotal:/ {print $2}' /proc/meminfo")),
+            len(service_ports),
+        ),
     )
     for port in service_ports:
         systemd.service(

@@ -89,3 +89,23 @@ def fleet(request) -> fleet_inventory.Fleet:
 def on():
     """on(node) -> the testinfra host for that inventory node."""
     return _host
+
+
+# systemd-analyze security's exposure (0: fully confined, 10: not at all) that no wssfleet
+# unit may pass.
+MOST_EXPOSURE = 2.0
+
+
+@pytest.fixture
+def exposure():
+    """Whether a unit on a host is confined to MOST_EXPOSURE or better (asserts with the
+    figure and what systemd-analyze found exposed, if not)."""
+
+    def confined(host, unit: str) -> bool:
+        report = host.check_output(f"systemd-analyze security --no-pager {unit} 2>&1")
+        level = float(report.splitlines()[-1].split(":")[-1].split()[0])
+        exposed = [line for line in report.splitlines() if line.startswith("✗")]
+        assert level <= MOST_EXPOSURE, f"{unit}: {level}\n" + "\n".join(exposed)
+        return True
+
+    return confined

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import shlex
 import time
 
 from roles.certificates import CERTBOT_VERSION
@@ -28,6 +29,21 @@ def test_rebalancer_is_active_enabled_and_reads_haproxy(on, master):
     log = host.check_output("journalctl -u wssfleet-rebalancer -n 50 --no-pager -o cat")
     assert '"event": "started"' in log
     assert '"event": "error"' not in log.split('"event": "started"')[-1], log
+
+
+ASK_STATS_SOCKET = (
+    "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/stats.sock'); "
+    "s.sendall(b'disable server workers/x\\n'); print(s.recv(4096).decode())"
+)
+
+
+def test_rebalancer_is_confined_and_only_reads_haproxy(on, master, exposure):
+    host = on(master)
+    assert exposure(host, "wssfleet-rebalancer.service")
+    # Its socket reads only; the admin socket is root's alone.
+    assert host.file("/run/haproxy/admin.sock").mode == 0o600
+    answer = host.check_output(f"python3 -c {shlex.quote(ASK_STATS_SOCKET)}")
+    assert "Permission denied" in answer, answer
 
 
 def test_haproxy_config_is_valid(on, master):

@@ -55,3 +55,16 @@ def test_secrets_file_is_readable_by_the_service_only(on, worker_instance):
     environment = on(node).file("/etc/wssfleet/wssfleet.env")
     assert environment.user == "root" and environment.group == "wssfleet"
     assert environment.mode == 0o640
+
+
+def test_instance_is_confined_with_a_memory_bound(on, worker_instance, exposure):
+    node, port = worker_instance
+    host = on(node)
+    assert exposure(host, f"wssfleet@{port}.service")
+    show = host.check_output(f"systemctl show -p MemoryMax,SystemCallFilter wssfleet@{port}")
+    memory_max = int(show.split("MemoryMax=")[1].split()[0])
+    assert 256 * 2**20 <= memory_max < 2**62, show
+
+
+def test_the_firewall_unit_is_confined(on, any_node, exposure):
+    assert exposure(on(any_node), "wssfleet-firewall.service")
