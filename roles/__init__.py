@@ -10,7 +10,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Command
@@ -22,6 +22,8 @@ STATE = "/var/lib/wssfleet"
 HOSTSIDE = Path(__file__).resolve().parent.parent / "wssfleet_control" / "hostside"
 # Where the host-side helpers (wssfleet_control/hostside/) are installed.
 HELPERS = "/usr/local/lib/wssfleet"
+# A sudo user's uploads of secrets wait here (mode 700, that user's) before they are copied.
+UPLOADS = "/var/lib/wssfleet-uploads"
 
 
 def template(role: str, name: str) -> str:
@@ -98,18 +100,28 @@ def secret_template(src: str, dest: str, user: str, group: str, mode: str, **dat
     """
     Render a template that holds secrets onto the host; uploaded when its SHA-256 differs.
     Unlike ``files.template`` it never shows the contents: ``pyinfra --diff`` would print them.
+    No other user can read the contents at any moment: the file gets its owner and mode
+    before a byte is written, and through a sudo user the upload's temporary copy is made in
+    a directory only that user can enter (pyinfra's own lands in /tmp, world-readable).
 
     + src: the template
     + dest: the file on the host
     + user, group, mode: its owner and permissions
     """
     content = get_template(src).render(data).encode()
-    if host.get_fact(Sha256File, path=dest) != hashlib.sha256(content).hexdigest():
-        yield FileUploadCommand(
-            BytesIO(content), dest, remote_temp_filename=host.get_temp_filename(dest)
+    digest = hashlib.sha256(content).hexdigest()
+    if host.get_fact(Sha256File, path=dest) != digest:
+        target = quote(dest)
+        yield (
+            f"( umask 077 && : >> {target} ) && chown {quote(f'{user}:{group}')} {target} "
+            f"&& chmod {quote(mode)} {target}"
         )
-        # The upload comes with the temporary file's permissions: set ours at once.
-        yield StringCommand("chown", f"{user}:{group}", dest)
-        yield StringCommand("chmod", mode, dest)
+        temporary = host.get_temp_filename(dest)
+        if host.data.get("_sudo"):
+            login = host.data.get("ssh_user", "root")
+            yield f"install -d -m 700 -o {quote(login)} {UPLOADS}"
+            temporary = f"{UPLOADS}/{digest[:16]}"
+        # Into the file as it is (cp and SFTP keep an existing file's owner and mode).
+        yield FileUploadCommand(BytesIO(content), dest, remote_temp_filename=temporary)
     else:
         yield from files.file._inner(path=dest, user=user, group=group, mode=mode)

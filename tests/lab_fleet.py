@@ -161,11 +161,12 @@ def derived_inventory(
     workers: int | None = None,
     own_secrets: bool = False,
     monitoring: str | None = None,
+    ssh_user: str | None = None,
     **settings,
 ) -> Path:
     """The lab inventory with some settings changed (same hosts; the lab's secrets unless
-    ``own_secrets``), optionally keeping only the first ``workers`` workers, or with a
-    ``monitoring`` group of that one host."""
+    ``own_secrets``), optionally keeping only the first ``workers`` workers, with a
+    ``monitoring`` group of that one host, or reached as another ``ssh_user`` (with sudo)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lab_changed.py"
     path.write_text(
@@ -173,7 +174,14 @@ def derived_inventory(
         f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
         f"workers = _lab['workers'][:{workers}]\n"
         "master, redis = _lab['master'], _lab['redis']\n"
-        "_names = {name for name, _ in master + workers}\n"
+        + (
+            f"master, workers = ([(n, {{**d, 'ssh_user': {ssh_user!r}, '_sudo': True}})\n"
+            "                    for n, d in hosts]\n"
+            "                   for hosts in (master, workers))\n"
+            if ssh_user
+            else ""
+        )
+        + "_names = {name for name, _ in master + workers}\n"
         "all = ([name for name in _lab['all'][0] if name in _names], _lab['all'][1])\n"
         f"all[1]['wssfleet'].update({settings!r})\n"
         + ("all[1]['wssfleet_inventory'] = __file__\n" if own_secrets else "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -91,12 +92,88 @@ def test_the_firewall_keeps_other_tables_and_the_inventorys_ssh_port(lab, tmp_pa
         assert code == 0, log[-3000:]
 
 
+SUDO_USER = "deploy"
+# Run as nobody on a host while deploys upload secrets: every file it can find where uploads
+# pass or land, read as soon as it appears; it reports each one that held a secret.
+WATCH_SECRETS = """
+import glob, json, os, time
+secrets = [line.encode() for line in open('/tmp/watch/secrets').read().split()]
+places = ['/tmp/**', '/var/tmp/**', '/var/lib/wssfleet-uploads/*', '/etc/wssfleet/*',
+          '/etc/wssfleet-rebalancer.env', '/etc/redis/*', '/home/*/**']
+seen, rounds = set(), 0
+while not os.path.exists('/tmp/watch/stop'):
+    rounds += 1
+    for place in places:
+        for path in glob.glob(place, recursive=True):
+            if path.startswith('/tmp/watch'):
+                continue
+            try:
+                with open(path, 'rb') as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            if any(secret in data for secret in secrets):
+                seen.add(path)
+open('/tmp/watch/report', 'w').write(json.dumps({'seen': sorted(seen), 'rounds': rounds}))
+"""
+
+
+def with_sudo_user(lab, hosts: list[str]) -> None:
+    """A login user with passwordless sudo and the lab's key on each host, as an operator who
+    does not log in as root has."""
+    for host in hosts:
+        made = lab.on(
+            host,
+            f"set -e; command -v sudo >/dev/null || DEBIAN_FRONTEND=noninteractive "
+            f"apt-get install -y -q sudo >/dev/null; id {SUDO_USER} >/dev/null 2>&1 || "
+            f"useradd -m -s /bin/sh {SUDO_USER}; echo '{SUDO_USER} ALL=(ALL) NOPASSWD:ALL' "
+            f"> /etc/sudoers.d/{SUDO_USER}; chmod 440 /etc/sudoers.d/{SUDO_USER}; "
+            f"install -d -m 700 -o {SUDO_USER} -g {SUDO_USER} /home/{SUDO_USER}/.ssh; "
+            f"install -m 600 -o {SUDO_USER} -g {SUDO_USER} /root/.ssh/authorized_keys "
+            f"/home/{SUDO_USER}/.ssh/authorized_keys",
+            timeout=300,
+        )
+        assert made.returncode == 0, made.stderr
+
+
+def watch_secrets(lab, host: str, values: list[str]) -> None:
+    started = lab.on(
+        host,
+        "set -e; rm -rf /tmp/watch; install -d -m 700 -o nobody /tmp/watch; "
+        f"printf '%s\\n' {' '.join(shlex.quote(value) for value in values)} > /tmp/watch/secrets; "
+        "chown nobody /tmp/watch/secrets; chmod 600 /tmp/watch/secrets; "
+        f"setsid -f runuser -u nobody -- python3 -c {shlex.quote(WATCH_SECRETS)} "
+        "</dev/null >/dev/null 2>&1",
+    )
+    assert started.returncode == 0, started.stderr
+
+
+def secrets_seen(lab, host: str) -> dict:
+    lab.on(host, "touch /tmp/watch/stop")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        report = lab.on(host, "cat /tmp/watch/report 2>/dev/null")
+        if report.stdout:
+            return json.loads(report.stdout)
+        time.sleep(0.5)
+    raise AssertionError(f"the watcher on {host} did not report")
+
+
 def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_it(lab, tmp_path):
     overlap = 45
-    own = derived_inventory(tmp_path, own_secrets=True, token_max_ttl=overlap)
+    # Deployed by a sudo user, as a watcher on the hosts tries to read every secret uploaded.
+    own = derived_inventory(tmp_path, own_secrets=True, ssh_user=SUDO_USER, token_max_ttl=overlap)
+    watched = [lab.fleet.master.name, lab.fleet.workers[0].name]
+    with_sudo_user(lab, [lab.fleet.master.name, *(worker.name for worker in lab.fleet.workers)])
+    made = secrets.load(own)
+    for host in watched:
+        watch_secrets(lab, host, [made[name] for name in secrets.NAMES])
     try:
         code, _, log = deploy(own)
         assert code == 0, log[-3000:]
+        for host in watched:
+            report = secrets_seen(lab, host)
+            assert report["seen"] == [] and report["rounds"] > 10, (host, report)
         old_key = secrets.load(own, create=False)["jwt_secret"]
         old_token = auth.mint(old_key, "before", overlap, subscribe=["*"], publish=["*"])
         rotation = wssfleet("rotate-secret", "-i", str(own), "--json")
