@@ -147,7 +147,7 @@ class ClientPolicy(BaseModel):
         "remembered history_ttl); a publish with one more is refused",
     )
     connections_per_subject: int = Field(
-        default=100,
+        default=1000,
         ge=1,
         le=1_000_000,
         description="most WebSockets one token subject may hold on one service process "
