@@ -66,5 +66,4 @@ else:
             )
             for name, address, port in every_instance()
         ],
-        run.secrets["internal_key"],
     )
