@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import (
@@ -33,6 +34,7 @@ REBALANCER = f"{HELPERS}/rebalancer.py"
 REBALANCER_UNIT = "/etc/systemd/system/wssfleet-rebalancer.service"
 # The internal key it presents to the workers' /internal/shed; root-only, systemd reads it.
 REBALANCER_ENV = haproxy_runtime.INTERNAL_KEY_FILE
+ADMIN_SOCKET = haproxy_runtime.ADMIN_SOCKET
 # Seconds between the rebalancer's rounds, and how far off the mean an instance may be.
 REBALANCE_INTERVAL = 2
 REBALANCE_TOLERANCE = 0.2
@@ -140,6 +142,17 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
         running=True,
         enabled=True,
     )
+    # A reload hands the listening sockets to the new process, the admin socket with the mode
+    # of its first bind (Debian's default config has 660, group haproxy): set it root's.
+    mode = host.get_fact(Command, command=f"stat -c %a {ADMIN_SOCKET} 2>/dev/null || true")
+    if mode != "600":
+        server.shell(
+            name="Ensure HAProxy's admin socket is root's alone",
+            commands=[
+                f"for _ in $(seq 50); do [ -S {ADMIN_SOCKET} ] && break; sleep 0.1; done; "
+                f"chmod 600 {ADMIN_SOCKET}"
+            ],
+        )
     _rebalancer(fleet, backends, key_file)
 
 

@@ -6,6 +6,7 @@ Each test is parametrized by host (and instance), so a failure names exactly whe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def exposure():
 
     def confined(host, unit: str) -> bool:
         report = host.check_output(f"systemd-analyze security --no-pager {unit} 2>&1")
-        level = float(report.splitlines()[-1].split(":")[-1].split()[0])
+        level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", report)[1])
         exposed = [line for line in report.splitlines() if line.startswith("✗")]
         assert level <= MOST_EXPOSURE, f"{unit}: {level}\n" + "\n".join(exposed)
         return True
