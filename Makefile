@@ -131,16 +131,18 @@ bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the p
 bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it
 	$(PY) -m bench.loopback $(if $(COMPARE),--compare $(COMPARE))
 
-# One pytest summary per suite; the lab is torn down at the end, whatever happened.
+# One pytest summary per suite; the lab is torn down at the end, whatever happened. Each
+# stage's time is printed at the end: CI's budget is the suite's largest risk.
 test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra
-	@status=0; \
-	$(MAKE) --no-print-directory test-unit || status=1; \
-	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-lab || status=1; fi; \
-	if [ $$status = 0 ]; then $(MAKE) --no-print-directory deploy || status=1; fi; \
-	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-e2e || status=1; fi; \
-	if [ $$status = 0 ]; then $(MAKE) --no-print-directory verify || status=1; fi; \
-	if [ $$status = 0 ]; then $(MAKE) --no-print-directory test-debian12 || status=1; fi; \
-	$(MAKE) --no-print-directory lab-down; \
+	@status=0; times=""; \
+	stage() { started=$$(date +%s); $(MAKE) --no-print-directory $$1 || status=1; \
+		times="$$times$$(printf '  %-14s %5d s' $$1 $$(( $$(date +%s) - started )))\n"; }; \
+	stage test-unit; \
+	for next in test-lab deploy test-e2e verify test-debian12; do \
+		if [ $$status = 0 ]; then stage $$next; fi; \
+	done; \
+	stage lab-down; \
+	printf "==> stage times\n$$times"; \
 	exit $$status
 
 # The lab is rebuilt on Debian 12 (its hosts only; each release's base is cached).
