@@ -56,7 +56,9 @@ CHANNEL_PREFIX_LENGTH = len(CHANNEL_PREFIX)
 # straight back (a reconnect) finds its feed still warm.
 UNSUBSCRIBE_AFTER = 5.0
 COMMAND_TIMEOUT = 2.0
-# A history read asks for about this many bytes at a time (entries of max_publish_bytes).
+# A history read answers about this many bytes at a time: as many entries as fit when each is
+# as large as a publish may be, and no more bytes than this (entries stored before that bound
+# may be larger). Redis reads no more than a page for it, and serves others between pages.
 HISTORY_PAGE_BYTES = 256 * 2**10
 # A pub/sub connection that has said nothing this long is asked for a PONG; one that stays
 # silent COMMAND_TIMEOUT longer is dropped and made again.
@@ -156,13 +158,15 @@ return offset
 """
 
 # KEYS: history stream, its state
-# ARGV: what to read ('latest', 'all', or 'since'), the offset's epoch and stream id, max entries
-# Returns {epoch, last id, recovered (0/1), entries}; epoch '' when there is no history.
+# ARGV: what to read ('latest', 'all', or 'since'), the offset's epoch and stream id, max entries,
+#   about how many bytes of entries
+# Returns {epoch, last id, recovered (0/1), entries, more (0/1)}; epoch '' when there is no
+# history.
 READ_SINCE = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
   -- Nothing stored: whoever saw the channel empty has missed nothing.
-  return {'', '', ARGV[1] == 'all' and 1 or 0, {}}
+  return {'', '', ARGV[1] == 'all' and 1 or 0, {}, 0}
 end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local last, deleted = '0-0', '0-0'
@@ -172,7 +176,7 @@ for i = 1, #info, 2 do
 end
 local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
 if ARGV[1] == 'latest' or (ARGV[1] == 'since' and ARGV[2] ~= epoch) then
-  return {epoch, last, 0, {}}
+  return {epoch, last, 0, {}, 0}
 end
 local since = ARGV[1] == 'all' and '0-0' or ARGV[3]
 local function parse(id)
@@ -186,9 +190,20 @@ local function after(a, b)
 end
 -- Beyond the newest message, or older than what trimming (or an XDEL) removed: not whole.
 if after(since, last) or after(trimmed, since) or after(deleted, since) then
-  return {epoch, last, 0, {}}
+  return {epoch, last, 0, {}, 0}
 end
-return {epoch, last, 1, redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[4])}
+-- At most ARGV[4] entries and about ARGV[5] bytes (at least one entry); the fifth answer
+-- says whether more may follow.
+local entries = redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[4])
+local page, bytes = {}, 0
+for i, entry in ipairs(entries) do
+  bytes = bytes + #entry[2][2]
+  if i > 1 and bytes > tonumber(ARGV[5]) then
+    return {epoch, last, 1, page, 1}
+  end
+  page[i] = entry
+end
+return {epoch, last, 1, page, #entries == tonumber(ARGV[4]) and 1 or 0}
 """
 
 
@@ -644,15 +659,15 @@ class RedisBus(Bus):
         recovered: the client refetches its state instead of overflowing its buffer."""
         position = Position.parse(offset) if offset else None
         arguments: list[str | int]
-        page = self._page_entries
+        page = [self._page_entries, HISTORY_PAGE_BYTES]
         if offset == "":
-            arguments = ["all", "", "", page]
+            arguments = ["all", "", "", *page]
         elif position is None:
             # No offset, or one this service never gives: the latest only.
-            arguments = ["latest", "", "", 0]
+            arguments = ["latest", "", "", 0, 0]
         else:
-            arguments = ["since", position.epoch, position.stream_id, page]
-        epoch, latest, recovered, entries = await self._read_page(channel, arguments)
+            arguments = ["since", position.epoch, position.stream_id, *page]
+        epoch, latest, recovered, entries, more = await self._read_page(channel, arguments)
         if offset is None or not recovered:
             return History(latest, recovered)
         missed: list[tuple[str, str]] = []
@@ -663,13 +678,13 @@ class RedisBus(Bus):
                 head = dict(zip(fields[::2], fields[1::2], strict=True))[b"f"].decode()
                 read += len(head)
                 missed.append((message_offset, head + message_offset + FRAME_TAIL))
-            if len(entries) < page:
+            if not more:
                 return History(latest, True, missed)
             if read > self._history_max_bytes or len(missed) > self.history_size:
                 return History(latest, False)
             last_id = entries[-1][0].decode()
-            page_epoch, _, recovered, entries = await self._read_page(
-                channel, ["since", epoch, last_id, page]
+            page_epoch, _, recovered, entries, more = await self._read_page(
+                channel, ["since", epoch, last_id, *page]
             )
             if not recovered or page_epoch != epoch:
                 # Trimmed past where the last page ended, or a new history began: not whole.
@@ -677,11 +692,11 @@ class RedisBus(Bus):
 
     async def _read_page(
         self, channel: str, arguments: list[str | int]
-    ) -> tuple[str, str, bool, list]:
+    ) -> tuple[str, str, bool, list, bool]:
         """One READ_SINCE: the history's epoch, its latest offset, whether it reaches back
-        to the offset asked for, and up to a page of entries after it."""
+        to the offset asked for, up to a page of entries after it, and whether more follow."""
         try:
-            epoch, last, recovered, entries = await asyncio.wait_for(
+            epoch, last, recovered, entries, more = await asyncio.wait_for(
                 self._commands.fcall_ro("wssfleet_read_since", 2, *self._keys(channel), *arguments),
                 COMMAND_TIMEOUT * 2,
             )
@@ -689,7 +704,7 @@ class RedisBus(Bus):
             raise BusUnavailable(_reason(error)) from None
         epoch = epoch.decode()
         latest = offset_of(epoch, last.decode()) if epoch else ""
-        return epoch, latest, bool(recovered), entries
+        return epoch, latest, bool(recovered), entries, bool(more)
 
     async def _listen_forever(self) -> None:
         delay = 0.1

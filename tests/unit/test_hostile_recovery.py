@@ -48,7 +48,7 @@ def test_recovering_a_huge_history_answers_everyone_and_jams_nothing(start_servi
             asyncio.create_task(open_recovering(service, since, t0)) for _ in range(RECOVERING)
         ]
         subscribe_times = []
-        while not all(task.done() for task in recovering) or len(subscribe_times) < 20:
+        while not all(task.done() for task in recovering) or len(subscribe_times) < 50:
             sent = time.monotonic()
             channel = f"quiet.{len(subscribe_times)}"
             await request(bystander, type="subscribe", channel=channel)
@@ -64,7 +64,8 @@ def test_recovering_a_huge_history_answers_everyone_and_jams_nothing(start_servi
     # Every recovering client heard an answer, within 10 s, and the bystander's subscribes
     # kept their pace throughout.
     assert max(answered) < 10, answered
-    assert statistics.quantiles(subscribe_times, n=100)[98] < 0.1, subscribe_times
+    p99 = statistics.quantiles(subscribe_times, n=100, method="inclusive")[98]
+    assert p99 < 0.1, subscribe_times
     deadline = time.monotonic() + 10
     while service.health()["connections"] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -97,21 +98,21 @@ def test_sigterm_drains_while_clients_still_recover(start_service, redis_server)
 
 
 def test_a_recovery_longer_than_a_page_is_whole_and_in_order(start_service, redis_server):
-    # 16 KiB messages at most: a page is 16 entries, so 50 messages take four pages.
+    # A page is about 256 KiB: 30 messages of 12 KB take two.
     service = start_service(redis_server.url, WSSFLEET_MESSAGES_PER_SECOND="1000")
 
     async def scenario() -> tuple[dict, list[int]]:
         publisher = await open_client(service, "/ws/paged")
         offsets = []
-        for n in range(50):
-            await request(publisher, type="publish", channel="paged", data=n, id=n)
+        for n in range(30):
+            await request(publisher, type="publish", channel="paged", data=[n, "p" * 12000], id=n)
             while (answer := await receive(publisher))["type"] != "published":
                 pass
             offsets.append(answer["offset"])
         reader = await open_client(service, f"/ws/paged?since={offsets[0]}", subscribed=False)
         answer = await receive(reader)
-        return answer, [(await receive(reader))["data"] for _ in range(answer["missed"])]
+        return answer, [(await receive(reader))["data"][0] for _ in range(answer["missed"])]
 
     answer, numbers = run(scenario())
     assert answer["recovered"] is True
-    assert numbers == list(range(1, 50))
+    assert numbers == list(range(1, 30))
