@@ -9,6 +9,7 @@ one instance at a time, each verified before the next.
 from pyinfra import host, inventory
 
 from roles import base, certificates, firewall, haproxy, monitoring, redis, workers
+from wssfleet_control import internal_tls
 from wssfleet_control.run import current_run
 
 run = current_run()
@@ -37,6 +38,7 @@ if "redis" in roles:
         run.secrets["redis_password"],
         run.secrets["redis_admin_password"],
         run.secrets["redis_monitor_password"],
+        run,
     )
     monitoring.redis_exporter(fleet, run.secrets["redis_monitor_password"])
 if "worker" in roles:
@@ -50,6 +52,7 @@ if "master" in roles:
             for name, address, port in every_instance()
         ],
         run.secrets["internal_key"],
+        internal_tls.ca_certificate(run.secrets),
     )
     certificates.apply(run)
 if "monitoring" not in roles:

@@ -5,6 +5,7 @@ replace the live file, and HAProxy reloads (never restarts) so open WebSockets s
 """
 
 from dataclasses import dataclass
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -20,6 +21,7 @@ from roles import (
     secret_template,
     template,
 )
+from wssfleet_control import internal_tls
 from wssfleet_control.hostside import haproxy_runtime
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.run import quote
@@ -67,12 +69,13 @@ def check_open_files(maxconn: int) -> None:
 
 
 @deploy("HAProxy")
-def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
+def apply(fleet: Fleet, backends: list[Backend], internal_key: str, internal_ca: str) -> None:
     """Install HAProxy with a config whose backend lists every worker instance.
 
-    + fleet: the checked inventory (haproxy_* settings, domain, hsts_max_age)
+    + fleet: the checked inventory (haproxy_* settings, domain, hsts_max_age, internal_tls)
     + backends: every worker instance, by name, address and port
     + internal_key: what the rebalancer presents to the workers' /internal/shed
+    + internal_ca: the deployment's CA certificate (PEM), used with internal_tls
     """
     apt.packages(name="Ensure haproxy is installed", packages=["haproxy"], no_recommends=True)
     # Before the config: removing a worker below asks its instances to shed with this key.
@@ -84,7 +87,15 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
         group="root",
         mode="600",
         internal_key=internal_key,
+        internal_ca=internal_tls.HAPROXY_CA if fleet.settings.internal_tls else "",
     )
+    if fleet.settings.internal_tls:
+        files.put(
+            name="Ensure the deployment's internal CA is there to check the workers",
+            src=StringIO(internal_ca),
+            dest=internal_tls.HAPROXY_CA,
+            mode="644",
+        )
     files.directory(
         name="Ensure the certificate directory is private",
         path="/etc/haproxy/certs",
@@ -122,6 +133,7 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str) -> None:
         settings=fleet.settings,
         servers=backends,
         certificate=CERTIFICATE,
+        internal_ca=internal_tls.HAPROXY_CA if fleet.settings.internal_tls else "",
         metrics_address=fleet.master.address,
         metrics_port=HAPROXY_METRICS_PORT,
     )

@@ -18,6 +18,7 @@ from pyinfra.operations import apt, files, systemd
 
 from roles import HELPERS, HOSTSIDE, activate_candidate, secret_template, template
 from roles.redis import MONITOR_REDIS_USER
+from wssfleet_control import internal_tls
 from wssfleet_control.inventory import Fleet, Node
 from wssfleet_control.settings import (
     HAPROXY_METRICS_PORT,
@@ -101,6 +102,8 @@ def redis_exporter(fleet: Fleet, password: str) -> None:
         redis_port=fleet.settings.redis_port,
         redis_user=MONITOR_REDIS_USER,
         password=password,
+        # Beside Redis: its copy of the internal CA.
+        tls_ca=f"{internal_tls.REDIS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
     )
     systemd.service(
         name="Ensure redis_exporter is running and enabled",

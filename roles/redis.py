@@ -9,9 +9,12 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from roles import internal_tls as internal_tls_role
 from roles import secret_template, template
 from wssfleet.broker import LIBRARY, LIBRARY_VERSION
+from wssfleet_control import internal_tls
 from wssfleet_control.inventory import WORKER_REDIS_USER, Fleet
+from wssfleet_control.run import DeployRun
 
 ADMIN_REDIS_USER = "wssfleet-admin"
 MONITOR_REDIS_USER = "wssfleet-monitor"
@@ -92,16 +95,23 @@ def acl_users(worker_password: str, admin_password: str, monitor_password: str) 
 
 
 @deploy("Redis")
-def apply(fleet: Fleet, password: str, admin_password: str, monitor_password: str) -> None:
+def apply(
+    fleet: Fleet, password: str, admin_password: str, monitor_password: str, run: DeployRun
+) -> None:
     """Install and configure Redis on the fleet's redis host.
 
     + fleet: the checked inventory (redis_port, redis_maxmemory, the redis address)
     + password: the workers' Redis password
     + admin_password: the operator's Redis password (user wssfleet-admin)
     + monitor_password: redis_exporter's password (user wssfleet-monitor)
+    + run: the deploy (with internal_tls, its secrets hold Redis's certificate)
     """
     apt.packages(
         name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
+    )
+    tls = fleet.settings.internal_tls
+    tls_changed = tls and internal_tls_role.install(
+        run, fleet.redis.name, internal_tls.REDIS_DIRECTORY, "redis", "redis"
     )
     config = files.template(
         name="Ensure redis.conf binds privately and gives each user only what it needs",
@@ -113,6 +123,7 @@ def apply(fleet: Fleet, password: str, admin_password: str, monitor_password: st
         settings=fleet.settings,
         address=fleet.redis.address,
         users=acl_users(password, admin_password, monitor_password),
+        tls_directory=internal_tls.REDIS_DIRECTORY if tls else "",
     )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(
@@ -120,12 +131,12 @@ def apply(fleet: Fleet, password: str, admin_password: str, monitor_password: st
         service="redis-server.service",
         running=True,
         enabled=True,
-        restarted=config.will_change,
+        restarted=config.will_change or tls_changed,
     )
-    _functions(fleet.settings.redis_port, admin_password)
+    _functions(fleet.settings.redis_port, admin_password, tls)
 
 
-def _functions(port: int, admin_password: str) -> None:
+def _functions(port: int, admin_password: str, tls: bool) -> None:
     """The message plane's functions, loaded by the operator's user: the workers may call
     them and run nothing else. Kept across restarts in the append-only file; loaded again
     when the version Redis reports is not this release's."""
@@ -150,6 +161,8 @@ def _functions(port: int, admin_password: str) -> None:
         f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" redis-cli --no-auth-warning '
         f"--user {ADMIN_REDIS_USER} -h 127.0.0.1 -p {port}"
     )
+    if tls:
+        cli += f" --tls --cacert {internal_tls.REDIS_DIRECTORY}/ca.pem"
     loaded = host.get_fact(Command, command=f"{cli} FCALL_RO wssfleet_version 0 2>&1 || true")
     if (loaded or "").strip() != LIBRARY_VERSION:
         server.shell(

@@ -23,8 +23,9 @@ from roles import (
     template,
     virtualenv_from_wheels,
 )
+from roles import internal_tls as internal_tls_role
 from wssfleet.settings import ClientPolicy, ServiceConfig
-from wssfleet_control import secrets
+from wssfleet_control import internal_tls, secrets
 from wssfleet_control.inventory import Fleet, Node
 from wssfleet_control.run import DeployRun, quote
 
@@ -73,6 +74,14 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
             "bind": node.address,
             "metrics_port_offset": settings.metrics_port_offset,
+            **(
+                {
+                    "tls_certificate_file": f"{internal_tls.WORKER_DIRECTORY}/cert.pem",
+                    "tls_key_file": f"{internal_tls.WORKER_DIRECTORY}/key.pem",
+                }
+                if settings.internal_tls
+                else {}
+            ),
         }
     )
 
@@ -120,6 +129,10 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
         mode="755",
     )
     _install_release(run)
+    if run.fleet.settings.internal_tls:
+        # Read when an instance starts: a rollout restarts the instances whose settings
+        # changed, which internal_tls's paths in the environment file do.
+        internal_tls_role.install(run, node.name, internal_tls.WORKER_DIRECTORY, "root", "wssfleet")
     environment = service_config(run, node).environment(exclude=PER_INSTANCE)
     secret_template(
         name="Ensure the service's environment file is current (contents withheld: secrets)",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote as quote_url
 
-from wssfleet_control import secrets
+from wssfleet_control import internal_tls, secrets
 from wssfleet_control.settings import (
     MAX_WORKER_PROCESSES,
     MONITORING_PORTS,
@@ -95,7 +95,12 @@ class Fleet:
         return roles
 
     def secrets(self, create: bool = True) -> dict[str, str]:
-        return secrets.load(self.inventory_path, create=create)
+        tls_hosts = None
+        if self.settings.internal_tls:
+            tls_hosts = {node.name: node.address for node in (self.master, *self.workers)}
+            tls_hosts[self.redis.name] = self.redis.address
+            tls_hosts[self.monitoring.name] = self.monitoring.address
+        return secrets.load(self.inventory_path, create=create, tls_hosts=tls_hosts)
 
     def worker_ports(self, processes: int) -> list[int]:
         return self.settings.worker_ports(processes)
@@ -118,7 +123,11 @@ class Fleet:
     def redis_url(self, password: str) -> str:
         """How a worker reaches Redis: as the least-privileged worker user."""
         address = f"{self.redis.address}:{self.settings.redis_port}"
-        return f"redis://{WORKER_REDIS_USER}:{quote_url(password, safe='')}@{address}/0"
+        credentials = f"{WORKER_REDIS_USER}:{quote_url(password, safe='')}"
+        if self.settings.internal_tls:
+            ca = f"{internal_tls.WORKER_DIRECTORY}/ca.pem"
+            return f"rediss://{credentials}@{address}/0?ssl_ca_certs={quote_url(ca, safe='')}"
+        return f"redis://{credentials}@{address}/0"
 
 
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*")

@@ -18,6 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wssfleet_control import internal_tls
+
 NAMES = (
     "jwt_secret",
     "redis_password",
@@ -37,8 +39,14 @@ def path_for(inventory: str | os.PathLike[str]) -> Path:
     return inventory.resolve().parent / ".secrets" / f"{inventory.stem}.json"
 
 
-def load(inventory: str | os.PathLike[str], create: bool = True) -> dict[str, str]:
-    """Return the deployment's secrets, generating the missing ones when ``create``."""
+def load(
+    inventory: str | os.PathLike[str],
+    create: bool = True,
+    tls_hosts: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Return the deployment's secrets, generating the missing ones when ``create`` (with
+    ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates:
+    internal_tls.py)."""
     if not Path(inventory).is_file():
         raise ValueError(f"inventory {inventory} does not exist")
     path = path_for(inventory)
@@ -53,6 +61,8 @@ def load(inventory: str | os.PathLike[str], create: bool = True) -> dict[str, st
     if create and stored.get(PREVIOUS) and float(stored.get(PREVIOUS_UNTIL, 0)) <= time.time():
         # The overlap is over: every token the old key signed has expired.
         del stored[PREVIOUS], stored[PREVIOUS_UNTIL]
+        _write(path, stored)
+    if create and tls_hosts and internal_tls.ensure(stored, tls_hosts):
         _write(path, stored)
     return stored
 

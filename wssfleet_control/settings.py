@@ -253,6 +253,11 @@ class Settings(ClientPolicy):
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
     )
+    internal_tls: bool = Field(
+        default=False,
+        description="encrypt and authenticate HAProxy -> workers and workers -> Redis with "
+        "TLS and the deployment's own CA; on when hosts share only a public network",
+    )
     # Redis
     redis_port: int = Field(
         default=6379, ge=1024, le=65535, description="Redis port on the redis host"

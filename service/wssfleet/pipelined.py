@@ -22,7 +22,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -167,7 +167,11 @@ class Address:
         parts = urlsplit(url)
         self.host = parts.hostname or "localhost"
         self.port = parts.port or 6379
-        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        # rediss: TLS, checked against the system's CAs or the one ?ssl_ca_certs names.
+        authority = parse_qs(parts.query).get("ssl_ca_certs", [None])[0]
+        self._ssl = (
+            ssl.create_default_context(cafile=authority) if parts.scheme == "rediss" else None
+        )
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         database = parts.path.strip("/")

@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import signal
+import ssl
 import struct
 import time
 from collections.abc import Callable, Coroutine
@@ -946,6 +947,7 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
             ping_interval=None,  # Hub.keep_alive pings every client
             close_timeout=min(config.shutdown_timeout, 10.0),
             server_header="wssfleet",
+            ssl=_tls_context(config),
         ) as server,
         contextlib.AsyncExitStack() as listeners,
     ):
@@ -975,6 +977,16 @@ async def run(config: Config, ready: asyncio.Event | None = None) -> None:
         await server.wait_closed()
     await service.hub.stop()
     event("stopped", worker=config.worker_label)
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    """TLS for the service port when the deployment encrypts traffic between its hosts."""
+    if not config.tls_certificate_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_certificate_file, config.tls_key_file)
+    return context
 
 
 async def _drop_unresponsive(ws: ServerConnection) -> None:

@@ -231,6 +231,12 @@ class ServiceConfig(ClientPolicy):
         default=SecretStr(""),
         description="key the master's rebalancer presents to /internal/shed; empty: refused",
     )
+    tls_certificate_file: str = Field(
+        default="",
+        description="PEM certificate this process serves TLS with (the deployment's internal "
+        "CA signs it); empty: plain HTTP, for a private network",
+    )
+    tls_key_file: str = Field(default="", description="the key of tls_certificate_file")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port of this process")
     bind: str = Field(default="127.0.0.1", description="address to listen on")
     worker_name: str = Field(

@@ -126,7 +126,8 @@ def render(role: str, name: str, **variables) -> str:
     return environment.get_template(f"{role}/{name}").render(**variables)
 
 
-def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
+@pytest.mark.parametrize("internal_tls", [False, True])
+def test_rendered_haproxy_config_passes_haproxy_check(tmp_path, internal_tls):
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: run 'make tools'")
     certificate = tmp_path / "cert.pem"
@@ -154,6 +155,10 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
     )
     certificate.write_text((tmp_path / "cert").read_text() + (tmp_path / "key").read_text())
     backends = [Backend("w1-8001", "127.0.0.11", 8001), Backend("w1-8002", "127.0.0.11", 8002)]
+    internal_ca = ""
+    if internal_tls:
+        internal_ca = str(tmp_path / "internal-ca.pem")
+        Path(internal_ca).write_text((tmp_path / "cert").read_text())
     config = tmp_path / "haproxy.cfg"
     config.write_text(
         render(
@@ -162,12 +167,15 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path):
             settings=resolve(PEBBLE),
             servers=backends,
             certificate=certificate,
+            internal_ca=internal_ca,
             metrics_address="127.0.0.1",
             metrics_port=8405,
         )
     )
     result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    tls_options = f"ssl verify required ca-file {internal_ca}"
+    assert (tls_options in config.read_text()) is internal_tls
     assert "server w1-8002 127.0.0.11:8002" in config.read_text()
     assert "timeout tunnel 1h" in config.read_text()
     assert "bind 127.0.0.1:8405" in config.read_text()

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import syslog
@@ -307,27 +308,31 @@ def add_server(name: str, address: str, options: str) -> bool:
     return True
 
 
-def internal_key() -> str:
-    """The key the workers' /internal/shed asks for: the rebalancer has it in its environment,
-    root reads it from the rebalancer's environment file."""
-    key = os.environ.get("WSSFLEET_INTERNAL_KEY")
-    if key is None:
+def internal_setting(name: str) -> str:
+    """WSSFLEET_INTERNAL_KEY (what the workers' /internal/shed asks for) or _CA (with
+    internal_tls, the CA their certificates chain to): the rebalancer has them in its
+    environment, root reads them from the rebalancer's environment file."""
+    value = os.environ.get(name)
+    if value is None:
         with open(INTERNAL_KEY_FILE) as lines:
             for line in lines:
-                name, _, value = line.strip().partition("=")
-                if name == "WSSFLEET_INTERNAL_KEY":
-                    key = value
-    return key or ""
+                key, _, found = line.strip().partition("=")
+                if key == name:
+                    value = found
+    return value or ""
 
 
 def shed(address: str, count: int, seconds: float) -> str:
     """Ask the instance at ``address`` (host:port) to close ``count`` clients with 1012 over
     ``seconds``; its answer. OSError when it cannot be asked."""
+    authority = internal_setting("WSSFLEET_INTERNAL_CA")
+    scheme = "https" if authority else "http"
     request = urllib.request.Request(
-        f"http://{address}/internal/shed?count={count}&seconds={seconds}",
-        headers={"Authorization": f"Bearer {internal_key()}"},
+        f"{scheme}://{address}/internal/shed?count={count}&seconds={seconds}",
+        headers={"Authorization": f"Bearer {internal_setting('WSSFLEET_INTERNAL_KEY')}"},
     )
-    with urllib.request.urlopen(request, timeout=5) as reply:
+    context = ssl.create_default_context(cafile=authority) if authority else None
+    with urllib.request.urlopen(request, timeout=5, context=context) as reply:
         return reply.read().decode()
 
 

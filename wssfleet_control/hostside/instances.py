@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ import urllib.error
 import urllib.request
 
 HOME = "/opt/wssfleet"
+# With internal_tls, the CA the instances' certificates chain to (internal_tls.py).
+INTERNAL_CA = "/etc/wssfleet/tls/ca.pem"
 RELEASES = f"{HOME}/releases"
 CURRENT = f"{HOME}/current"
 # Every release `current` was pointed at, oldest first: what `wssfleet rollback` goes back to.
@@ -110,13 +113,30 @@ def previous() -> str:
 
 
 def health(address: str, port: str) -> tuple[int, str]:
+    """An instance's /healthz: over TLS when the deployment's internal CA is on this host
+    (internal_tls), unless that instance still serves plain HTTP (it started before)."""
+    if os.path.exists(INTERNAL_CA):
+        context = ssl.create_default_context(cafile=INTERNAL_CA)
+        try:
+            return _health(f"https://{address}:{port}/healthz", context)
+        except urllib.error.URLError as error:
+            if not isinstance(error.reason, ssl.SSLError):
+                return 0, str(error.reason)
+    return _health(f"http://{address}:{port}/healthz", None)
+
+
+def _health(url: str, context: ssl.SSLContext | None) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as reply:
+        with urllib.request.urlopen(url, timeout=2, context=context) as reply:
             return reply.status, reply.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as error:
-        return 0, str(getattr(error, "reason", error))
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ssl.SSLError):
+            raise
+        return 0, str(error.reason)
+    except OSError as error:
+        return 0, str(error)
 
 
 def wait_healthy(address: str, port: str, release: str, seconds: float) -> int:

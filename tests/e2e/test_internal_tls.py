@@ -1,0 +1,125 @@
+"""internal_tls: what crosses the network between the hosts. Every frame on the lab's bridge is
+captured while a client connects through HAProxy with a token and publishes a message; without
+internal_tls both are there to read, with it neither is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from lab.settings import BRIDGE
+from tests.e2e.conftest import run
+from tests.lab_fleet import deploy, derived_inventory
+
+pytestmark = pytest.mark.timeout(600)
+
+# Every protocol (ETH_P_ALL), as the kernel hands frames to a packet socket.
+ALL_PROTOCOLS = 0x0003
+
+
+class Capture:
+    """Every frame on the lab bridge, kept in memory while it runs (a few MB at most)."""
+
+    def __init__(self) -> None:
+        self.sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ALL_PROTOCOLS))
+        self.sniffer.bind((BRIDGE, 0))
+        self.sniffer.settimeout(0.2)
+        self.frames: list[bytes] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        while self.running:
+            try:
+                self.frames.append(self.sniffer.recv(65536))
+            except TimeoutError:
+                continue
+
+    def __enter__(self) -> Capture:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+        self.sniffer.close()
+
+    def holds(self, text: str) -> bool:
+        needle = text.encode()
+        return any(needle in frame for frame in self.frames)
+
+    def tcp_bytes_to(self, port: int) -> int:
+        """Bytes of IPv4 TCP frames to or from ``port`` (the check that traffic was seen)."""
+        total = 0
+        for frame in self.frames:
+            if frame[12:14] != b"\x08\x00" or frame[23] != 6:
+                continue
+            header = 14 + (frame[14] & 0x0F) * 4
+            ports = (
+                int.from_bytes(frame[header : header + 2]),
+                int.from_bytes(frame[header + 2 : header + 4]),
+            )
+            if port in ports:
+                total += len(frame)
+        return total
+
+
+def exchange(lab, marker: str) -> str:
+    """A subscriber and a publisher through HAProxy; the publisher's token, once the
+    subscriber has the message that carries ``marker``."""
+    subject = f"capture-{uuid.uuid4().hex[:8]}"
+    token = lab.token(subject)
+
+    async def scenario() -> None:
+        listener = await lab.connect("/ws/captured", subject="listener")
+        publisher = await lab.connect_with_token(token)
+        try:
+            for ws in (listener, publisher):
+                await asyncio.wait_for(ws.recv(), 10)
+            await asyncio.wait_for(listener.recv(), 10)  # subscribed
+            frame = {"type": "publish", "channel": "captured", "data": marker, "id": 1}
+            await publisher.send(json.dumps(frame))
+            while True:
+                heard = json.loads(await asyncio.wait_for(listener.recv(), 10))
+                if heard.get("data") == marker:
+                    return
+        finally:
+            await listener.close()
+            await publisher.close()
+
+    run(scenario())
+    return token
+
+
+def captured(lab) -> tuple[bool, bool, int]:
+    """Whether a fresh token and message body crossed the bridge readable, and how many bytes
+    went to Redis meanwhile."""
+    marker = f"body-{uuid.uuid4().hex}"
+    with Capture() as capture:
+        token = exchange(lab, marker)
+        time.sleep(0.5)
+    redis_port = lab.fleet.settings.redis_port
+    return capture.holds(token), capture.holds(marker), capture.tcp_bytes_to(redis_port)
+
+
+def test_with_internal_tls_no_token_or_message_crosses_the_network_readable(lab, tmp_path):
+    # Without it (a private network): the capture reads both, which shows it can.
+    token_seen, body_seen, redis_bytes = captured(lab)
+    assert token_seen and body_seen and redis_bytes > 0
+    encrypted = derived_inventory(tmp_path, internal_tls=True)
+    try:
+        code, _, log = deploy(encrypted)
+        assert code == 0, log[-3000:]
+        token_seen, body_seen, redis_bytes = captured(lab)
+        assert redis_bytes > 0, "no traffic to Redis was captured"
+        assert not token_seen, "a token crossed the bridge in clear"
+        assert not body_seen, "a message body crossed the bridge in clear"
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]

@@ -1,0 +1,147 @@
+"""internal_tls on loopback: a service process serving TLS with a certificate of the deployment's
+own CA, publishing through a redis-server that speaks TLS only, a client checking that CA."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.unit.conftest import ORIGIN, RedisServer, token, wait_for_port
+from wssfleet_control import internal_tls
+
+
+def material(directory: Path) -> Path:
+    """The CA and a certificate for 127.0.0.1, as a deploy makes them, written out."""
+    stored: dict[str, str] = {}
+    assert internal_tls.ensure(stored, {"local": "127.0.0.1"})
+    assert not internal_tls.ensure(stored, {"local": "127.0.0.1"})  # kept, not made again
+    key, certificate = internal_tls.host_material(stored, "local")
+    (directory / "ca.pem").write_text(internal_tls.ca_certificate(stored))
+    (directory / "cert.pem").write_text(certificate)
+    (directory / "key.pem").write_text(key)
+    return directory
+
+
+class TlsRedis(RedisServer):
+    """The unit tests' redis-server, with TLS only, as internal_tls configures it."""
+
+    def __init__(self, directory: Path, tls: Path) -> None:
+        super().__init__(directory)
+        self.tls = tls
+
+    def start(self) -> None:
+        from roles.redis import acl_users
+        from wssfleet.broker import LIBRARY
+
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls / "cert.pem"),
+                "--tls-key-file",
+                str(self.tls / "key.pem"),
+                "--tls-ca-cert-file",
+                str(self.tls / "ca.pem"),
+                "--tls-auth-clients",
+                "no",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *(
+                    argument
+                    for name, rules in acl_users(
+                        self.password, self.admin_password, self.monitor_password
+                    ).items()
+                    for argument in ("--user", name, *rules.split())
+                ),
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        self.cli("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+
+    def cli(self, *command: str, as_worker: bool = False) -> object:
+        import redis
+
+        from roles.redis import ADMIN_REDIS_USER
+
+        with redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            username=ADMIN_REDIS_USER,
+            password=self.admin_password,
+            ssl=True,
+            ssl_ca_certs=str(self.tls / "ca.pem"),
+        ) as client:
+            return client.execute_command(*command)
+
+
+def test_a_service_serves_tls_and_publishes_through_a_tls_only_redis(tmp_path, start_service):
+    tls = material(tmp_path)
+    redis_server = TlsRedis(tmp_path, tls)
+    redis_server.start()
+    try:
+        ca = urllib.parse.quote(str(tls / "ca.pem"), safe="")
+        url = redis_server.url.replace("redis://", "rediss://") + f"?ssl_ca_certs={ca}"
+        service = start_service(
+            url,
+            WSSFLEET_TLS_CERTIFICATE_FILE=str(tls / "cert.pem"),
+            WSSFLEET_TLS_KEY_FILE=str(tls / "key.pem"),
+        )
+        context = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+
+        async def scenario() -> tuple[dict, dict]:
+            address = f"wss://127.0.0.1:{service.port}/ws/room?token={token()}"
+            async with connect(address, origin=ORIGIN, ssl=context) as ws:
+                await ws.recv()
+                assert json.loads(await ws.recv())["type"] == "subscribed"
+                await ws.send(
+                    json.dumps({"type": "publish", "channel": "room", "data": 1, "id": 1})
+                )
+                first, second = json.loads(await ws.recv()), json.loads(await ws.recv())
+                return first, second
+
+        answers = asyncio.run(asyncio.wait_for(scenario(), 20))
+        assert {answer["type"] for answer in answers} == {"published", "message"}
+        assert redis_server.cli("XLEN", "wssfleet:history:room") == 1
+
+        # A client that does not know the CA is refused: the certificate is checked.
+        async def unchecked() -> None:
+            await connect(f"wss://127.0.0.1:{service.port}/ws", origin=ORIGIN)
+
+        with pytest.raises(ssl.SSLCertVerificationError):
+            asyncio.run(unchecked())
+    finally:
+        redis_server.stop()
+
+
+def test_a_hosts_certificate_is_made_again_when_its_address_changes(tmp_path):
+    from cryptography import x509
+
+    stored: dict[str, str] = {}
+    internal_tls.ensure(stored, {"worker1": "10.0.0.5"})
+    first = internal_tls.host_material(stored, "worker1")[1]
+    assert internal_tls.ensure(stored, {"worker1": "10.0.0.6"})
+    second = internal_tls.host_material(stored, "worker1")[1]
+    names = x509.load_pem_x509_certificate(second.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert second != first
+    assert [str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)] == [
+        "10.0.0.6",
+        "127.0.0.1",
+    ]

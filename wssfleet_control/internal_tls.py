@@ -1,0 +1,116 @@
+"""The deployment's own certificate authority, for traffic between its hosts (setting
+``internal_tls``): HAProxy to the workers, the workers to Redis.
+
+The CA and each host's certificate live with the inventory's other secrets (made on the control
+machine by the first deploy that asks for them). A host's certificate names its private
+address and 127.0.0.1, lives a year, and is made again when its address changes or it has less
+than a month left; the CA lives ten years.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+CA_KEY = "internal_ca_key"
+CA_CERTIFICATE = "internal_ca_certificate"
+HOST_PREFIX = "internal_tls:"
+CA_DAYS, HOST_DAYS, RENEW_DAYS = 3650, 365, 30
+# Where each consumer keeps its copy (ca.pem, cert.pem, key.pem), readable by it alone.
+WORKER_DIRECTORY = "/etc/wssfleet/tls"
+REDIS_DIRECTORY = "/etc/redis/tls"
+# HAProxy needs only the CA, to check the workers.
+HAPROXY_CA = "/etc/haproxy/wssfleet-internal-ca.pem"
+NOT_YET = "(not made yet: the first deploy with internal_tls makes it)"
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _certificate(subject: str, key, issuer_name: x509.Name, signer, days: int, **extensions):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension, critical in extensions.values():
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
+    """Make whatever is missing or due in ``stored``: the CA, and a certificate for each host
+    (name: private address). True if anything was made."""
+    made = False
+    if not stored.get(CA_KEY):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wssfleet internal CA")])
+        certificate = _certificate(
+            "wssfleet internal CA",
+            key,
+            name,
+            key,
+            CA_DAYS,
+            constraints=(x509.BasicConstraints(ca=True, path_length=0), True),
+        )
+        stored[CA_KEY] = _key_pem(key)
+        stored[CA_CERTIFICATE] = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        made = True
+    ca_key = serialization.load_pem_private_key(stored[CA_KEY].encode(), None)
+    ca = x509.load_pem_x509_certificate(stored[CA_CERTIFICATE].encode())
+    for name, address in hosts.items():
+        current = json.loads(stored.get(HOST_PREFIX + name, "{}"))
+        if current and current["address"] == address and not _due(current["certificate"]):
+            continue
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")]
+        certificate = _certificate(
+            name,
+            key,
+            ca.subject,
+            ca_key,
+            HOST_DAYS,
+            names=(x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in names]), False),
+            constraints=(x509.BasicConstraints(ca=False, path_length=None), True),
+        )
+        stored[HOST_PREFIX + name] = json.dumps(
+            {
+                "address": address,
+                "key": _key_pem(key),
+                "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            }
+        )
+        made = True
+    return made
+
+
+def _due(certificate_pem: str) -> bool:
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    left = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return left < datetime.timedelta(days=RENEW_DAYS)
+
+
+def ca_certificate(stored: dict[str, str]) -> str:
+    return stored.get(CA_CERTIFICATE, NOT_YET)
+
+
+def host_material(stored: dict[str, str], name: str) -> tuple[str, str]:
+    """A host's key and certificate (placeholders in a plan before the first deploy)."""
+    current = json.loads(stored.get(HOST_PREFIX + name, "{}"))
+    return current.get("key", NOT_YET), current.get("certificate", NOT_YET)
