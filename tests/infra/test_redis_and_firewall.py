@@ -8,6 +8,14 @@ import shlex
 from roles.redis import ADMIN_REDIS_USER
 from roles.workers import CURRENT, ENV_FILE
 from wssfleet.broker import LIBRARY_VERSION
+from wssfleet_control import internal_tls
+
+
+def tls_options(fleet) -> str:
+    """redis-cli's options to reach this fleet's Redis (TLS only with internal_tls)."""
+    if fleet.settings.internal_tls:
+        return f"--tls --cacert {internal_tls.REDIS_DIRECTORY}/ca.pem"
+    return ""
 
 
 def test_redis_is_active_and_enabled(on, redis_node):
@@ -17,7 +25,8 @@ def test_redis_is_active_and_enabled(on, redis_node):
 
 def test_redis_requires_the_password(on, redis_node, fleet):
     reply = on(redis_node).check_output(
-        f"redis-cli -h {redis_node.address} -p {fleet.settings.redis_port} ping 2>&1"
+        f"redis-cli {tls_options(fleet)} -h {redis_node.address} -p {fleet.settings.redis_port} "
+        "ping 2>&1"
     )
     assert "NOAUTH" in reply
 
@@ -31,7 +40,8 @@ def test_redis_is_bound_privately(on, redis_node, fleet):
 def test_redis_keeps_the_history_in_an_append_only_file(on, redis_node, fleet):
     password = fleet.secrets(create=False)["redis_admin_password"]
     info = on(redis_node).check_output(
-        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --user {ADMIN_REDIS_USER} "
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli {tls_options(fleet)} "
+        f"--user {ADMIN_REDIS_USER} "
         f"-h {redis_node.address} -p {fleet.settings.redis_port} info persistence"
     )
     assert "aof_enabled:1" in info, info
@@ -68,7 +78,8 @@ def test_the_workers_redis_user_may_not_flush_list_or_kill(on, worker_node):
 def test_redis_runs_this_releases_message_plane_functions(on, redis_node, fleet):
     password = fleet.secrets(create=False)["redis_admin_password"]
     version = on(redis_node).check_output(
-        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli --user {ADMIN_REDIS_USER} "
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli {tls_options(fleet)} "
+        f"--user {ADMIN_REDIS_USER} "
         f"-h {redis_node.address} -p {fleet.settings.redis_port} FCALL_RO wssfleet_version 0"
     )
     assert version == LIBRARY_VERSION

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from wssfleet_control import internal_tls
+
 
 def main_pid(host, port: int) -> int:
     return int(host.check_output(f"systemctl show -p MainPID --value wssfleet@{port}"))
@@ -16,12 +18,17 @@ def test_instance_is_active_and_enabled(on, worker_instance):
     assert service.is_enabled, f"wssfleet@{port} is not enabled on {node.name}"
 
 
-def test_instance_is_healthy(on, worker_instance):
+def test_instance_is_healthy(on, worker_instance, fleet):
     node, port = worker_instance
+    # With internal_tls, over TLS, checked against the deployment's CA.
+    scheme, context = "http", "None"
+    if fleet.settings.internal_tls:
+        ca = f"{internal_tls.WORKER_DIRECTORY}/ca.pem"
+        scheme, context = "https", f'ssl.create_default_context(cafile="{ca}")'
     probe = (
-        "python3 -c 'import urllib.request; "
-        f'print(urllib.request.urlopen("http://{node.address}:{port}/healthz", timeout=5).read()'
-        ".decode())'"
+        "python3 -c 'import ssl, urllib.request; "
+        f'print(urllib.request.urlopen("{scheme}://{node.address}:{port}/healthz", timeout=5, '
+        f"context={context}).read().decode())'"
     )
     result = on(node).run(probe)
     assert result.rc == 0, f"{node.name}:{port} /healthz: {result.stderr.strip()[-200:]}"
