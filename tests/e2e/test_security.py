@@ -281,3 +281,45 @@ def test_a_deploy_after_a_failed_install_installs_and_rolls_out_the_release(lab)
     finally:
         code, _, log = deploy()
         assert code == 0, log[-3000:]
+
+
+def test_one_address_holds_at_most_haproxy_connections_per_source(lab, tmp_path, source_address):
+    import socket
+    import ssl
+
+    capped = derived_inventory(tmp_path, haproxy_connections_per_source=30)
+    crowded, other = source_address(11), source_address(12)
+    context = lab.tls_context()
+
+    def tls_from(address: str) -> ssl.SSLSocket | None:
+        raw = socket.create_connection(
+            (lab.master_address, 443), timeout=5, source_address=(address, 0)
+        )
+        try:
+            return context.wrap_socket(raw, server_hostname=lab.domain)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return None
+
+    code, _, log = deploy(capped)
+    assert code == 0, log[-3000:]
+    held: list[ssl.SSLSocket] = []
+    try:
+        attempts = [tls_from(crowded) for _ in range(40)]
+        held = [connection for connection in attempts if connection is not None]
+        # 30 held at once; the rest refused before TLS. Another address is not affected.
+        assert len(held) == 30, len(held)
+        elsewhere = tls_from(other)
+        assert elsewhere is not None
+        elsewhere.close()
+        held.pop().close()
+        time.sleep(0.5)
+        # One closes: its place is free again.
+        again = tls_from(crowded)
+        assert again is not None
+        held.append(again)
+    finally:
+        for connection in held:
+            connection.close()
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
