@@ -4,6 +4,7 @@ The rendered config is a candidate until ``haproxy -c`` accepts it; only then do
 replace the live file, and HAProxy reloads (never restarts) so open WebSockets survive.
 """
 
+import hashlib
 from dataclasses import dataclass
 from io import StringIO
 
@@ -134,6 +135,7 @@ def apply(fleet: Fleet, backends: list[Backend], internal_key: str, internal_ca:
         servers=backends,
         certificate=CERTIFICATE,
         internal_ca=internal_tls.HAPROXY_CA if fleet.settings.internal_tls else "",
+        internal_ca_digest=hashlib.sha256(internal_ca.encode()).hexdigest(),
         metrics_address=fleet.master.address,
         metrics_port=HAPROXY_METRICS_PORT,
     )

@@ -157,9 +157,11 @@ def _functions(port: int, admin_password: str, tls: bool) -> None:
         group="root",
         mode="644",
     )
+    # Bounded: while a deploy turns internal_tls on or off, Redis still speaks the other way
+    # when this is first asked, and a TLS client facing a plain server waits for ever.
     cli = (
-        f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" redis-cli --no-auth-warning '
-        f"--user {ADMIN_REDIS_USER} -h 127.0.0.1 -p {port}"
+        f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" timeout 10 redis-cli '
+        f"--no-auth-warning --user {ADMIN_REDIS_USER} -h 127.0.0.1 -p {port}"
     )
     if tls:
         cli += f" --tls --cacert {internal_tls.REDIS_DIRECTORY}/ca.pem"

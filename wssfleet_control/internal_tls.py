@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+# Bumped when what a certificate must carry changes: every one is then made again.
+FORMAT_KEY, FORMAT = "internal_tls_format", "2"
 CA_KEY = "internal_ca_key"
 CA_CERTIFICATE = "internal_ca_certificate"
 HOST_PREFIX = "internal_tls:"
@@ -58,9 +60,12 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
     """Make whatever is missing or due in ``stored``: the CA, and a certificate for each host
     (name: private address). True if anything was made."""
     made = False
-    if not stored.get(CA_KEY):
+    renew_all = stored.get(FORMAT_KEY) != FORMAT
+    if renew_all or not stored.get(CA_KEY):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wssfleet internal CA")])
+        # What strict verifiers (OpenSSL 3 with X509_STRICT, Python 3.13's default) require
+        # of a CA: key identifiers and key usage.
         certificate = _certificate(
             "wssfleet internal CA",
             key,
@@ -68,15 +73,23 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
             key,
             CA_DAYS,
             constraints=(x509.BasicConstraints(ca=True, path_length=0), True),
+            subject_key=(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+            authority_key=(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                False,
+            ),
+            usage=(_usage(certificate_sign=True), True),
         )
         stored[CA_KEY] = _key_pem(key)
         stored[CA_CERTIFICATE] = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        stored[FORMAT_KEY] = FORMAT
         made = True
     ca_key = serialization.load_pem_private_key(stored[CA_KEY].encode(), None)
     ca = x509.load_pem_x509_certificate(stored[CA_CERTIFICATE].encode())
     for name, address in hosts.items():
         current = json.loads(stored.get(HOST_PREFIX + name, "{}"))
-        if current and current["address"] == address and not _due(current["certificate"]):
+        fresh = current and current["address"] == address and not _due(current["certificate"])
+        if fresh and not renew_all:
             continue
         key = ec.generate_private_key(ec.SECP256R1())
         names = [ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")]
@@ -88,6 +101,18 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
             HOST_DAYS,
             names=(x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in names]), False),
             constraints=(x509.BasicConstraints(ca=False, path_length=None), True),
+            subject_key=(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+            authority_key=(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                False,
+            ),
+            usage=(_usage(certificate_sign=False), True),
+            purposes=(
+                x509.ExtendedKeyUsage(
+                    [x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                False,
+            ),
         )
         stored[HOST_PREFIX + name] = json.dumps(
             {
@@ -98,6 +123,20 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
         )
         made = True
     return made
+
+
+def _usage(certificate_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not certificate_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=certificate_sign,
+        crl_sign=certificate_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _due(certificate_pem: str) -> bool:

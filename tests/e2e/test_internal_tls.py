@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -24,12 +25,16 @@ ALL_PROTOCOLS = 0x0003
 
 
 class Capture:
-    """Every frame on the lab bridge, kept in memory while it runs (a few MB at most)."""
+    """Every frame between the lab's hosts, kept in memory while it runs (a few MB at most).
+    Frames one host sends another are forwarded by the bridge from port to port without
+    reaching the bridge's own interface, so they are read on its ports: each host's veth."""
 
     def __init__(self) -> None:
         self.sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ALL_PROTOCOLS))
-        self.sniffer.bind((BRIDGE, 0))
         self.sniffer.settimeout(0.2)
+        ports = Path(f"/sys/class/net/{BRIDGE}/brif")
+        self.ports = {port.name for port in ports.iterdir()}
+        assert self.ports, f"{BRIDGE} has no ports"
         self.frames: list[bytes] = []
         self.running = True
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -37,9 +42,11 @@ class Capture:
     def _read(self) -> None:
         while self.running:
             try:
-                self.frames.append(self.sniffer.recv(65536))
+                frame, (interface, *_) = self.sniffer.recvfrom(65536)
             except TimeoutError:
                 continue
+            if interface in self.ports:
+                self.frames.append(frame)
 
     def __enter__(self) -> Capture:
         self.thread.start()
