@@ -292,10 +292,12 @@ def test_one_address_holds_at_most_haproxy_connections_per_source(lab, tmp_path,
     context = lab.tls_context()
 
     def tls_from(address: str) -> ssl.SSLSocket | None:
-        raw = socket.create_connection(
-            (lab.master_address, 443), timeout=5, source_address=(address, 0)
-        )
+        """A TLS connection from ``address``, or None if HAProxy refused it (a reset)."""
+        raw = socket.socket()
         try:
+            raw.bind((address, 0))
+            raw.settimeout(5)
+            raw.connect((lab.master_address, 443))
             return context.wrap_socket(raw, server_hostname=lab.domain)
         except (OSError, ssl.SSLError):
             raw.close()
