@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loopback import (
+    BENCH_PUBLISH_IDS,
     ORIGIN,
     SECRET,
     free_port,
@@ -119,7 +120,7 @@ def publish_limits() -> list[int]:
         policy.history_max_bytes,
         policy.history_channels,
         policy.history_channels_per_subject,
-        policy.publish_ids_per_subject,
+        BENCH_PUBLISH_IDS,
     ]
 
 

@@ -63,15 +63,21 @@ def wait_for_port(port: int, what: str) -> None:
     raise RuntimeError(f"{what} did not start")
 
 
+# Publish ids a subject may have pending in the bench: its publishers send ids at full speed.
+BENCH_PUBLISH_IDS = 10_000_000
+
+
 def service_env(port: int, redis_url: str) -> dict[str, str]:
     """The environment of a measured service process: this one's, minus any WSSFLEET_
-    setting, plus the bench's (no rate limit in the way of the load)."""
+    setting, plus the bench's (no rate limit in the way of the load, and room for the ids of
+    every message a measure publishes)."""
     return {
         **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
         "WSSFLEET_JWT_SECRET": SECRET,
         "WSSFLEET_PORT": str(port),
         "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
         "WSSFLEET_MESSAGES_PER_SECOND": "100000",
+        "WSSFLEET_PUBLISH_IDS_PER_SUBJECT": str(BENCH_PUBLISH_IDS),
         "WSSFLEET_REDIS_URL": redis_url,
     }
 

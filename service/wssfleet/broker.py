@@ -248,7 +248,7 @@ class Limits:
     max_publish_bytes: int = 16384
     history_channels: int = 200
     history_channels_per_subject: int = 50
-    publish_ids_per_subject: int = 10_000
+    publish_ids_per_subject: int = 50_000
 
 
 HISTORY_CHANNELS_KEY = "wssfleet:history-channels"

@@ -140,7 +140,7 @@ class ClientPolicy(BaseModel):
         "yet seen expire",
     )
     publish_ids_per_subject: int = Field(
-        default=10_000,
+        default=50_000,
         ge=1,
         le=10_000_000,
         description="most publish ids one token subject may have awaiting expiry (each is "
