@@ -313,7 +313,7 @@ def internal_setting(name: str) -> str:
     internal_tls, the CA their certificates chain to): the rebalancer has them in its
     environment, root reads them from the rebalancer's environment file."""
     value = os.environ.get(name)
-    if value is None:
+    if value is None and os.access(INTERNAL_KEY_FILE, os.R_OK):
         with open(INTERNAL_KEY_FILE) as lines:
             for line in lines:
                 key, _, found = line.strip().partition("=")
