@@ -21,3 +21,16 @@ def test_the_fullest_shed_down_to_the_mean_within_the_budget():
 @pytest.mark.parametrize("counts", [{}, {"a": 100}, {"a": 0, "b": 0}])
 def test_nothing_to_even_out(counts):
     assert plan(counts, 0.2, 40) == {}
+
+
+def test_a_setting_missing_from_the_environment_and_an_unreadable_file_is_empty(
+    monkeypatch, tmp_path
+):
+    # The rebalancer runs unprivileged: its environment file is root's, not its own to read.
+    from wssfleet_control.hostside import haproxy_runtime
+
+    monkeypatch.setattr(haproxy_runtime, "INTERNAL_KEY_FILE", str(tmp_path / "unreadable"))
+    monkeypatch.setenv("WSSFLEET_INTERNAL_KEY", "k")
+    monkeypatch.delenv("WSSFLEET_INTERNAL_CA", raising=False)
+    assert haproxy_runtime.internal_setting("WSSFLEET_INTERNAL_KEY") == "k"
+    assert haproxy_runtime.internal_setting("WSSFLEET_INTERNAL_CA") == ""
