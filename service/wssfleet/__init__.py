@@ -1,3 +1,3 @@
 """wssfleet: a secure, horizontally scaled WebSocket service and its one-command deploy."""
 
-__version__ = "0.1.0"  # a release made by test_message_plane
+__version__ = "0.1.0"
