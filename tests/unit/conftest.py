@@ -59,12 +59,15 @@ class RedisServer:
         """As the workers connect: the least-privileged user."""
         return f"redis://{WORKER_REDIS_USER}:{self.password}@127.0.0.1:{self.port}/0"
 
+    def listening(self) -> list[str]:
+        """How redis-server listens: plain TCP on the port (internal_tls's test: TLS only)."""
+        return ["--port", str(self.port)]
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
+                *self.listening(),
                 "--bind",
                 "127.0.0.1",
                 "--save",

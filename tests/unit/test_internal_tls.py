@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.unit.conftest import ORIGIN, RedisServer, token, wait_for_port
+from tests.unit.conftest import ORIGIN, RedisServer, token
 from wssfleet_control import internal_tls
 
 
@@ -36,43 +35,21 @@ class TlsRedis(RedisServer):
         super().__init__(directory)
         self.tls = tls
 
-    def start(self) -> None:
-        from roles.redis import acl_users
-        from wssfleet.broker import LIBRARY
-
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                "0",
-                "--tls-port",
-                str(self.port),
-                "--tls-cert-file",
-                str(self.tls / "cert.pem"),
-                "--tls-key-file",
-                str(self.tls / "key.pem"),
-                "--tls-ca-cert-file",
-                str(self.tls / "ca.pem"),
-                "--tls-auth-clients",
-                "no",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                *(
-                    argument
-                    for name, rules in acl_users(
-                        self.password, self.admin_password, self.monitor_password
-                    ).items()
-                    for argument in ("--user", name, *rules.split())
-                ),
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-        self.cli("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+    def listening(self) -> list[str]:
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls / "cert.pem"),
+            "--tls-key-file",
+            str(self.tls / "key.pem"),
+            "--tls-ca-cert-file",
+            str(self.tls / "ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def cli(self, *command: str, as_worker: bool = False) -> object:
         import redis
