@@ -6,17 +6,18 @@ running instance: the rollout controller (wssfleet_control/rollout.py) does that
 one instance at a time, each verified before the next.
 """
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, state
 
 from roles import base, certificates, firewall, haproxy, monitoring, redis, workers
-from wssfleet_control import internal_tls
-from wssfleet_control.run import current_run
+from wssfleet_control import deployment
+from wssfleet_control.facts import instance_ports
+from wssfleet_control.hostside.layout import server_name
 
-run = current_run()
+run = deployment.of(state)
 fleet = run.fleet
 roles = fleet.roles_of(host.name)
-node = next(node for node in fleet.nodes if node.name == host.name)
-service_ports = workers.ports(fleet, host) if "worker" in roles else []
+node = fleet.node(host.name)
+service_ports = instance_ports(fleet, host) if "workers" in roles else []
 
 
 def every_instance() -> list[tuple[str, str, int]]:
@@ -24,48 +25,39 @@ def every_instance() -> list[tuple[str, str, int]]:
     return [
         (worker.name, worker.address, port)
         for worker in fleet.workers
-        for port in workers.ports(fleet, inventory.get_host(worker.name))
+        for port in instance_ports(fleet, inventory.get_host(worker.name))
     ]
 
 
 base.release()
 base.apply()
-firewall.apply(fleet, service_ports)
-monitoring.node_exporter(node)
+firewall.apply(run, service_ports)
+monitoring.node_exporter(run, node)
 if "redis" in roles:
-    redis.apply(
-        fleet,
-        run.secrets["redis_password"],
-        run.secrets["redis_admin_password"],
-        run.secrets["redis_monitor_password"],
-        run,
-    )
-    monitoring.redis_exporter(fleet, run.secrets["redis_monitor_password"])
-if "worker" in roles:
+    redis.apply(run)
+    monitoring.redis_exporter(run)
+if "workers" in roles:
     workers.apply(run, node, service_ports)
 if "master" in roles:
-    haproxy.check_open_files(fleet.settings.haproxy_maxconn)
     haproxy.apply(
-        fleet,
+        run,
         [
-            haproxy.Backend(haproxy.server_name(name, port), address, port)
+            haproxy.Backend(server_name(name, port), address, port)
             for name, address, port in every_instance()
         ],
-        run.secrets["internal_key"],
-        internal_tls.ca_certificate(run.secrets),
     )
     certificates.apply(run)
 if "monitoring" not in roles:
     monitoring.prometheus_retired()
 else:
     monitoring.prometheus(
-        fleet,
+        run,
         [
             monitoring.ScrapedInstance(
                 host=name,
                 address=address,
                 metrics_port=fleet.settings.metrics_port(port),
-                server=haproxy.server_name(name, port),
+                server=server_name(name, port),
             )
             for name, address, port in every_instance()
         ],

@@ -35,17 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loopback import (
-    BENCH_PUBLISH_IDS,
+    BENCH_BOUNDS,
     ORIGIN,
     SECRET,
-    free_port,
     redis_server,
     rss_kib,
     service_env,
-    wait_for_port,
 )
+from tests.processes import free_port, wait_for_port
 from wssfleet import auth
-from wssfleet.settings import ClientPolicy
+from wssfleet.config import ClientPolicy
 
 PEER = Path(__file__).resolve().parent / "peer"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -115,12 +114,11 @@ def wssfleet_command(port: int, redis_url: str) -> tuple[list[str], dict[str, st
 
 def publish_limits() -> list[int]:
     """STORE_AND_PUBLISH's bounds as a wssfleet process with the bench's settings passes them."""
-    policy = ClientPolicy()
     return [
-        policy.history_max_bytes,
-        policy.history_channels,
-        policy.history_channels_per_subject,
-        BENCH_PUBLISH_IDS,
+        ClientPolicy().history_max_bytes,
+        BENCH_BOUNDS["history_channels"],
+        BENCH_BOUNDS["history_channels_per_subject"],
+        BENCH_BOUNDS["publish_ids_per_subject"],
     ]
 
 
@@ -166,7 +164,7 @@ def processes(side: str, redis_url: str, count: int = 2) -> Iterator[tuple[list[
                 )
             )
         for port in ports:
-            wait_for_port(port, side)
+            wait_for_port(port)
             wait_for_redis(port, side)
         yield [process.pid for process in started], ports
     finally:
@@ -234,7 +232,7 @@ def haproxy(tls: Path, backends: list[int]) -> Iterator[int]:
         [binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        wait_for_port(port, "haproxy")
+        wait_for_port(port)
         yield port
     finally:
         process.terminate()

@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,20 +29,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
 from websockets.asyncio.client import connect
 
+from tests.processes import RedisServer, free_port, wait_for_port
 from wssfleet import auth
-from wssfleet.broker import LIBRARY
+from wssfleet_control.checkout import REPO
 
 SECRET = "benchmark-secret-that-is-long-enough-0123456789"
 ORIGIN = "https://bench.example"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -53,38 +46,44 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def wait_for_port(port: int, what: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start")
+# The bench's one subject publishes at full speed, with ids, to ever-new channels (each
+# measure its own): the per-subject bounds a deployment keeps for hostile token holders would
+# refuse it part way. Both sides get the same room.
+BENCH_BOUNDS = {
+    "publish_ids_per_subject": 10_000_000,
+    "history_channels": 100_000,
+    "history_channels_per_subject": 100_000,
+}
 
 
-# Publish ids a subject may have pending in the bench: its publishers send ids at full speed.
-BENCH_PUBLISH_IDS = 10_000_000
+def bounds_known_to(source: Path | None) -> dict[str, int]:
+    """The bench's bounds that a service revision has: an earlier one (``source``, its
+    service/ directory) stops at a setting it does not know."""
+    if source is None:
+        return BENCH_BOUNDS
+    code = "".join(path.read_text() for path in (source / "wssfleet").glob("*.py"))
+    return {name: value for name, value in BENCH_BOUNDS.items() if name in code}
 
 
-def service_env(port: int, redis_url: str) -> dict[str, str]:
+def service_env(port: int, redis_url: str, source: Path | None = None) -> dict[str, str]:
     """The environment of a measured service process: this one's, minus any WSSFLEET_
     setting, plus the bench's (no rate limit in the way of the load, and room for the ids of
     every message a measure publishes)."""
+    bounds = bounds_known_to(source)
     return {
         **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
         "WSSFLEET_JWT_SECRET": SECRET,
         "WSSFLEET_PORT": str(port),
         "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
         "WSSFLEET_MESSAGES_PER_SECOND": "100000",
-        "WSSFLEET_PUBLISH_IDS_PER_SUBJECT": str(BENCH_PUBLISH_IDS),
+        **{f"WSSFLEET_{name.upper()}": str(value) for name, value in bounds.items()},
         "WSSFLEET_REDIS_URL": redis_url,
     }
 
 
 def start_service(port: int, source: Path | None, redis_url: str = "") -> subprocess.Popen:
     """A service process; ``source`` is another revision's service/ directory to run."""
-    env = service_env(port, redis_url)
+    env = service_env(port, redis_url, source)
     if source is not None:
         env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
@@ -94,45 +93,22 @@ def start_service(port: int, source: Path | None, redis_url: str = "") -> subpro
         stderr=subprocess.DEVNULL,
         cwd=source or None,
     )
-    wait_for_port(port, "the service")
+    wait_for_port(port)
     return process
 
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """A redis-server as deployed (append-only file, everysec); yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed: run 'make tools'")
-    port = free_port()
+    """A redis-server as deployed (append-only file, everysec, the message plane's functions
+    loaded), with one user for everything: an earlier revision (--compare) ran scripts, which
+    the deployed rules refuse. Yields its URL."""
     with tempfile.TemporaryDirectory(prefix="wssfleet-bench-redis-") as directory:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        server = RedisServer(Path(directory), deployed_users=False)
+        server.start()
         try:
-            wait_for_port(port, "redis-server")
-            # As the deploy does: the message plane's functions, loaded once.
-            with redis.Redis(port=port) as client:
-                client.function_load(LIBRARY, replace=True)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield server.url
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            server.stop()
 
 
 @contextlib.contextmanager
@@ -357,7 +333,7 @@ async def measure(source: Path | None, arguments: argparse.Namespace) -> dict[st
 @contextlib.contextmanager
 def worktree(revision: str) -> Iterator[Path]:
     """The service as it was at ``revision``, in a temporary git worktree."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     directory = Path(tempfile.mkdtemp(prefix="wssfleet-bench-"))
     subprocess.run(
         ["git", "-C", str(repo), "worktree", "add", "--detach", str(directory / "tree"), revision],

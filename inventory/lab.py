@@ -4,9 +4,10 @@ The lab's ACME server is Pebble on the lab bridge; its CA bundle tells certbot t
 """
 
 import json
-from pathlib import Path
 
-LAB_JSON = Path(__file__).resolve().parent.parent / ".lab" / "lab.json"
+from wssfleet_control.checkout import LAB_STATE
+
+LAB_JSON = LAB_STATE / "lab.json"
 
 if not LAB_JSON.exists():
     raise SystemExit(f"the lab is not up ({LAB_JSON} is missing): run 'make lab-up'")

@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lab.processes import Tracked, spawn
-from lab.settings import (
+from lab.config import (
     ACME_SERVERS,
     CHALLTESTSRV_MANAGEMENT_PORT,
     DNS_PORT,
@@ -26,6 +25,7 @@ from lab.settings import (
     LabError,
     LabSettings,
 )
+from lab.processes import Tracked, spawn
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:

@@ -11,18 +11,7 @@ import time
 from pathlib import Path
 
 from lab import acme, network, rootfs
-from lab.processes import (
-    Tracked,
-    all_pids,
-    command_line,
-    find,
-    log,
-    parent_of,
-    run,
-    spawn,
-    stop,
-)
-from lab.settings import (
+from lab.config import (
     BRIDGE,
     CHECKOUT_DIR,
     DNS_PORT,
@@ -37,6 +26,17 @@ from lab.settings import (
     Host,
     LabError,
     LabSettings,
+)
+from lab.processes import (
+    Tracked,
+    all_pids,
+    command_line,
+    find,
+    log,
+    on_machine,
+    parent_of,
+    spawn,
+    stop,
 )
 
 STATE_FILE = STATE_DIR / "state.json"
@@ -97,7 +97,9 @@ def tracked(state: dict | None) -> list[Tracked]:
 def ensure_key() -> str:
     CHECKOUT_DIR.mkdir(mode=0o700, exist_ok=True)
     if not KEY.exists():
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wssfleet-lab", "-f", str(KEY))
+        on_machine(
+            "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wssfleet-lab", "-f", str(KEY)
+        )
     return KEY.with_suffix(".pub").read_text()
 
 

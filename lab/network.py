@@ -7,23 +7,26 @@ import json
 import subprocess
 from pathlib import Path
 
-from lab.processes import run
-from lab.settings import BRIDGE, NFT_TABLE, LabError, LabSettings
+from lab.config import BRIDGE, NFT_TABLE, LabError, LabSettings
+from lab.processes import on_machine
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def bridge_exists() -> bool:
-    return run("ip", "link", "show", BRIDGE, check=False, quiet=True).returncode == 0
+    return on_machine("ip", "link", "show", BRIDGE, check=False, quiet=True).returncode == 0
 
 
 def nat_exists() -> bool:
-    return run("nft", "list", "table", "inet", NFT_TABLE, check=False, quiet=True).returncode == 0
+    return (
+        on_machine("nft", "list", "table", "inet", NFT_TABLE, check=False, quiet=True).returncode
+        == 0
+    )
 
 
 def check_subnet_is_free(settings: LabSettings) -> None:
     """Refuse a subnet that overlaps a route of this machine that is not the lab's."""
-    routes = json.loads(run("ip", "-j", "-4", "route", "show").stdout or "[]")
+    routes = json.loads(on_machine("ip", "-j", "-4", "route", "show").stdout or "[]")
     for route in routes:
         destination = route.get("dst", "")
         if destination in ("default", "") or route.get("dev") == BRIDGE:
@@ -41,9 +44,11 @@ def check_subnet_is_free(settings: LabSettings) -> None:
 def create(settings: LabSettings) -> str:
     """Bridge, address, forwarding and masquerade; returns the previous ip_forward value."""
     check_subnet_is_free(settings)
-    run("ip", "link", "add", BRIDGE, "type", "bridge")
-    run("ip", "addr", "add", f"{settings.gateway}/{settings.subnet.prefixlen}", "dev", BRIDGE)
-    run("ip", "link", "set", BRIDGE, "up")
+    on_machine("ip", "link", "add", BRIDGE, "type", "bridge")
+    on_machine(
+        "ip", "addr", "add", f"{settings.gateway}/{settings.subnet.prefixlen}", "dev", BRIDGE
+    )
+    on_machine("ip", "link", "set", BRIDGE, "up")
     previous = IP_FORWARD.read_text().strip()
     IP_FORWARD.write_text("1\n")
     # Only the lab subnet is translated, and only when it leaves by another interface:
@@ -74,8 +79,8 @@ def run_nft(ruleset: str) -> str:
 
 def remove(previous_ip_forward: str | None) -> None:
     if nat_exists():
-        run("nft", "delete", "table", "inet", NFT_TABLE)
+        on_machine("nft", "delete", "table", "inet", NFT_TABLE)
     if bridge_exists():
-        run("ip", "link", "delete", BRIDGE)
+        on_machine("ip", "link", "delete", BRIDGE)
     if previous_ip_forward in ("0", "1"):
         IP_FORWARD.write_text(previous_ip_forward + "\n")

@@ -16,7 +16,9 @@ def log(message: str) -> None:
     print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
-def run(*command: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+def on_machine(
+    *command: str, check: bool = True, quiet: bool = False
+) -> subprocess.CompletedProcess:
     """Run a short command; on failure raise with its output, so errors say what broke."""
     result = subprocess.run(command, capture_output=True, text=True)
     if check and result.returncode != 0:

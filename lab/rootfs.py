@@ -8,8 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab.processes import log, run
-from lab.settings import (
+from lab.config import (
     BASE_PACKAGES,
     BASE_PREFIX,
     BASE_RECIPE,
@@ -18,6 +17,7 @@ from lab.settings import (
     LabError,
     LabSettings,
 )
+from lab.processes import log, on_machine
 
 MARKER = ".wssfleet-base"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -97,11 +97,11 @@ def _prepare_base(root: Path, suite: str) -> None:
             (root / "etc/apt/sources.list.d/debian.sources").write_text(sources)
     # This machine may read a dated snapshot of the mirror; its apt must then not reject
     # old Release files, and neither must the hosts'.
-    options = run("apt-config", "dump", check=False).stdout.splitlines()
+    options = on_machine("apt-config", "dump", check=False).stdout.splitlines()
     keep = [line for line in options if re.match(r"Acquire::Check-(Valid-Until|Date) ", line)]
     if keep:
         (root / "etc/apt/apt.conf.d/99wssfleet-lab").write_text("\n".join(keep) + "\n")
-    run("chroot", str(root), "systemctl", "enable", "systemd-networkd", quiet=True)
+    on_machine("chroot", str(root), "systemctl", "enable", "systemd-networkd", quiet=True)
     # Every host gets its own machine id and SSH host keys.
     (root / "etc/machine-id").write_text("")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -112,7 +112,7 @@ def make_host(host: Host, settings: LabSettings, public_key: str) -> None:
     """A fresh copy of the base with the host's address, name, host keys and our SSH key."""
     gateway, prefix_length = settings.gateway, settings.subnet.prefixlen
     shutil.rmtree(host.root, ignore_errors=True)
-    run("cp", "-a", "--reflink=auto", str(settings.base_dir), str(host.root))
+    on_machine("cp", "-a", "--reflink=auto", str(settings.base_dir), str(host.root))
     (host.root / MARKER).unlink()
     (host.root / "etc/hostname").write_text(host.machine + "\n")
     (host.root / "etc/hosts").write_text(
@@ -128,7 +128,7 @@ def make_host(host: Host, settings: LabSettings, public_key: str) -> None:
     ssh.mkdir(mode=0o700, exist_ok=True)
     (ssh / "authorized_keys").write_text(public_key)
     (ssh / "authorized_keys").chmod(0o600)
-    run("ssh-keygen", "-q", "-A", "-f", str(host.root))
+    on_machine("ssh-keygen", "-q", "-A", "-f", str(host.root))
 
 
 def remove_host(root: Path) -> None:
@@ -148,4 +148,4 @@ def mounts_below(root: Path) -> list[str]:
 
 def unmount_below(root: Path) -> None:
     for target in sorted(mounts_below(root), key=len, reverse=True):
-        run("umount", "-l", target, check=False)
+        on_machine("umount", "-l", target, check=False)

@@ -13,30 +13,22 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import File, Sha256File
-from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from wssfleet_control.run import current_run, quote
-
-STATE = "/var/lib/wssfleet"
-HOSTSIDE = Path(__file__).resolve().parent.parent / "wssfleet_control" / "hostside"
-# Where the host-side helpers (wssfleet_control/hostside/) are installed.
-HELPERS = "/usr/local/lib/wssfleet"
-# A sudo user's uploads of secrets wait here (mode 700, that user's) before they are copied.
-UPLOADS = "/var/lib/wssfleet-uploads"
+from wssfleet_control.checkout import HOSTSIDE
+from wssfleet_control.commands import quote
+from wssfleet_control.hostside.layout import HELPERS, STATE, UPLOADS
 
 
-def template(role: str, name: str) -> str:
-    return str(current_run().templates / role / name)
-
-
-def interpreter() -> tuple[str, str]:
-    """The host's python3 version and machine, which the wheels shipped to it must match."""
-    version, machine = host.get_fact(
-        Command,
-        "python3 -c 'import platform; print(platform.python_version(), platform.machine())'",
-    ).split()
-    return version, machine
+def helper_installed(name: str, mode: str = "755"):
+    """One host-side helper (wssfleet_control/hostside/<name>) in layout.HELPERS, beside the
+    host contract (layout.py) that the base role installs on every host."""
+    return files.put(
+        name=f"Ensure the helper {name} is installed",
+        src=str(HOSTSIDE / name),
+        dest=f"{HELPERS}/{name}",
+        mode=mode,
+    )
 
 
 def virtualenv_from_wheels(
@@ -69,12 +61,6 @@ def virtualenv_from_wheels(
             f"touch {quote(marker)}",
         ],
     )
-
-
-def open_files_limit() -> int:
-    """The most open files any service on this host can get: PID 1's hard limit."""
-    line = host.get_fact(Command, "grep 'Max open files' /proc/1/limits")
-    return int(line.split()[4])
 
 
 def activate_candidate(name: str, candidate, candidate_path: str, commands: list[str]) -> None:

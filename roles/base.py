@@ -4,9 +4,11 @@ common tools."""
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt
+from pyinfra.operations import apt, files
 
-from wssfleet_control.run import DeployError
+from wssfleet_control.checkout import HOSTSIDE
+from wssfleet_control.deployment import DeployError
+from wssfleet_control.hostside.layout import HELPERS
 
 COMMON_PACKAGES = ["ca-certificates", "nftables", "python3"]
 # Debian releases wssfleet is tested on (the lab builds both; `make test` deploys each).
@@ -28,8 +30,16 @@ def release() -> int:
 
 @deploy("Base system")
 def apply() -> None:
-    """Refresh the package index (at most daily) and install the common packages."""
+    """Refresh the package index (at most daily), install the common packages and the host
+    contract (hostside/layout.py) every helper reads."""
     apt.update(name="Ensure the apt package index is fresh", cache_time=24 * 3600)
     apt.packages(
         name="Ensure common packages are installed", packages=COMMON_PACKAGES, no_recommends=True
+    )
+    files.directory(name=f"Ensure {HELPERS} exists", path=HELPERS, mode="755")
+    files.put(
+        name="Ensure the host contract the helpers read (layout.py) is installed",
+        src=str(HOSTSIDE / "layout.py"),
+        dest=f"{HELPERS}/layout.py",
+        mode="644",
     )

@@ -5,9 +5,9 @@ Information (ARI, certbot 4.1+), which Let's Encrypt recommends for deciding whe
 and Debian 12's lacks ACME profiles (4.0+). Its wheels are shipped from the control machine for
 the host's own Python, like the service's, so the master needs no PyPI access.
 
-certbot listens on 127.0.0.1:8888 only while it validates; HAProxy routes the challenge
-path there. Its deploy hook hot-swaps the certificate in HAProxy. Renewal runs from cron, on
-one schedule (`renewal_interval`, spread by `renewal_random_delay`).
+certbot listens on 127.0.0.1 (layout.CERTBOT_PORT) only while it validates; HAProxy routes
+the challenge path there. Its deploy hook hot-swaps the certificate in HAProxy. Renewal runs
+from cron, on one schedule (`renewal_interval`, spread by `renewal_random_delay`).
 """
 
 import zlib
@@ -15,15 +15,30 @@ import zlib
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import HELPERS, HOSTSIDE, interpreter, template, virtualenv_from_wheels
-from roles.haproxy import RUNTIME
-from roles.monitoring import TEXTFILE_DIRECTORY
+from roles import helper_installed, virtualenv_from_wheels
+from wssfleet_control.commands import quote
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import Lines, PythonPlatform
+from wssfleet_control.hostside.layout import (
+    ACME_CA_BUNDLE,
+    ACME_INFO_HELPER,
+    CERT_NAME,
+    CERTBOT,
+    CERTBOT_HOME,
+    CERTBOT_PORT,
+    CERTIFICATE_METRICS_FILE,
+    CERTIFICATE_METRICS_HELPER,
+    DEPLOY_HOOK,
+    LINEAGE,
+    LIVE_CERTIFICATE,
+    RENEW_COMMAND,
+    RENEWAL_CONFIG,
+    RUNTIME_HELPER,
+)
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.release import requirements_id
-from wssfleet_control.run import DeployRun, quote
 from wssfleet_control.settings import Settings, seconds_of
 
 # certbot and everything it imports, pinned: one tested set on every host release.
@@ -48,19 +63,6 @@ CERTBOT_REQUIREMENTS = (
     "typing-extensions==4.16.0",
     "urllib3==2.8.0",
 )
-CERTBOT_HOME = "/opt/wssfleet-certbot"
-# What operators, cron and the deploy run: a link to the pinned virtualenv's certbot.
-CERTBOT = "/usr/local/bin/certbot"
-ACME_INFO = f"{HELPERS}/acme_info.py"
-
-CERT_NAME = "wssfleet"
-LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
-HOOK = "/usr/local/lib/wssfleet/haproxy-deploy-hook"
-RENEW = "/usr/local/sbin/wssfleet-renew"
-CA_BUNDLE = "/etc/wssfleet/acme-ca.pem"
-# Writes the certificate's metrics for node_exporter (wssfleet_control/hostside/).
-METRICS = f"{HELPERS}/certificate_metrics.py"
-METRICS_FILE = f"{TEXTFILE_DIRECTORY}/wssfleet_certificate.prom"
 # Where wssfleet 0.2 recorded its request; certificates are now judged by themselves.
 REQUEST = "/etc/wssfleet/certificate-request"
 
@@ -89,43 +91,40 @@ def apply(run: DeployRun) -> None:
         files.put(
             name="Ensure certbot trusts the ACME server's CA",
             src=settings.acme_ca_bundle,
-            dest=CA_BUNDLE,
+            dest=ACME_CA_BUNDLE,
             mode="644",
         )
-    ca_bundle = CA_BUNDLE if settings.acme_ca_bundle else ""
-    for helper in (METRICS, ACME_INFO):
-        files.put(
-            name=f"Ensure {helper} is installed",
-            src=str(HOSTSIDE / helper.rsplit("/", 1)[1]),
-            dest=helper,
-            mode="755",
-        )
+    ca_bundle = ACME_CA_BUNDLE if settings.acme_ca_bundle else ""
+    # certificate_metrics.py writes the certificate's metrics for node_exporter.
+    helper_installed("certificate_metrics.py")
+    helper_installed("acme_info.py")
     files.template(
         name="Ensure the HAProxy deploy hook is installed",
-        src=template("certificates", "haproxy-deploy-hook.j2"),
-        dest=HOOK,
+        src=run.template("certificates", "haproxy-deploy-hook.j2"),
+        dest=DEPLOY_HOOK,
         mode="755",
-        runtime=RUNTIME,
+        runtime=RUNTIME_HELPER,
         lineage=LINEAGE,
-        metrics=METRICS,
+        metrics=CERTIFICATE_METRICS_HELPER,
     )
     files.template(
         name="Ensure the renewal script is installed",
-        src=template("certificates", "wssfleet-renew.j2"),
-        dest=RENEW,
+        src=run.template("certificates", "wssfleet-renew.j2"),
+        dest=RENEW_COMMAND,
         mode="755",
         ca_bundle=ca_bundle,
         cert_name=CERT_NAME,
         certbot=CERTBOT,
-        metrics=METRICS,
+        metrics=CERTIFICATE_METRICS_HELPER,
         random_delay=int(seconds_of(settings.renewal_random_delay)),
     )
     files.template(
         name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
-        src=template("certificates", "cron.j2"),
+        src=run.template("certificates", "cron.j2"),
         dest="/etc/cron.d/wssfleet-certbot",
         mode="644",
         schedule=cron_schedule(settings),
+        renew=RENEW_COMMAND,
         interval=settings.renewal_interval,
         random_delay=settings.renewal_random_delay,
     )
@@ -140,7 +139,7 @@ def apply(run: DeployRun) -> None:
         # A CA without profiles ignores the one asked for: refuse rather than get another.
         profile_check = (
             [
-                f"{environment}python3 {ACME_INFO} require-profile "
+                f"{environment}python3 {ACME_INFO_HELPER} require-profile "
                 f"{quote(settings.acme_directory)} {quote(settings.acme_profile)}"
             ]
             if settings.acme_profile
@@ -151,11 +150,11 @@ def apply(run: DeployRun) -> None:
             commands=[*profile_check, environment + _certonly(fleet)],
         )
     files.file(name="Ensure the old request record is gone", path=REQUEST, present=False)
-    if not host.get_fact(File, path=METRICS_FILE):
+    if not host.get_fact(File, path=CERTIFICATE_METRICS_FILE):
         # Certificates from before the metrics existed (the hook writes them from now on).
         server.shell(
             name="Ensure the certificate's metrics are written",
-            commands=[f"python3 {METRICS} refresh"],
+            commands=[f"python3 {CERTIFICATE_METRICS_HELPER} refresh"],
         )
 
 
@@ -175,7 +174,7 @@ def _install_certbot(run: DeployRun) -> None:
     virtualenv_from_wheels(
         f"certbot {CERTBOT_VERSION} in its own virtualenv",
         directory,
-        lambda: run.tool_wheelhouse(CERTBOT_REQUIREMENTS, *interpreter()),
+        lambda: run.tool_wheelhouse(CERTBOT_REQUIREMENTS, *host.get_fact(PythonPlatform)),
         f"certbot=={CERTBOT_VERSION}",
         run.dry,
     )
@@ -186,7 +185,7 @@ def _install_certbot(run: DeployRun) -> None:
         # An operator's or an old installer's file in its place is replaced.
         force=True,
     )
-    installed = (host.get_fact(Command, f"ls -1 {CERTBOT_HOME} 2>/dev/null || true") or "").split()
+    installed = host.get_fact(Lines, command=f"ls -1 {CERTBOT_HOME}")
     for name in installed:
         if f"{CERTBOT_HOME}/{name}" != directory:
             files.directory(
@@ -200,16 +199,15 @@ def _issued() -> tuple[list[str], str, str] | None:
     """The names on the live certificate, the ACME server it came from and the profile asked
     for, if there is a certificate."""
     names = host.get_fact(
-        Command,
-        f"openssl x509 -in {LINEAGE}/cert.pem -noout -ext subjectAltName 2>/dev/null "
-        "| tr ',' '\\n' | sed -n 's/.*DNS://p' || true",
+        Lines,
+        command=f"openssl x509 -in {LIVE_CERTIFICATE} -noout -ext subjectAltName 2>/dev/null "
+        "| tr ',' '\\n' | sed -n 's/.*DNS://p'",
     )
     if not names:
         return None
-    renewal = f"/etc/letsencrypt/renewal/{CERT_NAME}.conf"
-    issuer = host.get_fact(Command, f"sed -n 's/^server = //p' {renewal} || true")
-    profile = host.get_fact(Command, f"sed -n 's/^required_profile = //p' {renewal} || true")
-    return sorted(names.split()), (issuer or "").strip(), (profile or "").strip()
+    issuer = host.get_fact(Lines, command=f"sed -n 's/^server = //p' {RENEWAL_CONFIG}")
+    profile = host.get_fact(Lines, command=f"sed -n 's/^required_profile = //p' {RENEWAL_CONFIG}")
+    return sorted(name.strip() for name in names), "".join(issuer).strip(), "".join(profile).strip()
 
 
 def _certonly(fleet: Fleet) -> str:
@@ -225,6 +223,6 @@ def _certonly(fleet: Fleet) -> str:
         f"{CERTBOT} certonly --non-interactive --agree-tos --no-eff-email {account} "
         f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} {profile}"
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
-        "--standalone --http-01-address 127.0.0.1 --http-01-port 8888 "
-        f"--deploy-hook {HOOK}"
+        f"--standalone --http-01-address 127.0.0.1 --http-01-port {CERTBOT_PORT} "
+        f"--deploy-hook {DEPLOY_HOOK}"
     )

@@ -11,12 +11,18 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, systemd
 
-from roles import activate_candidate, template
+from roles import activate_candidate
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.hostside.layout import (
+    CONFIG_DIRECTORY,
+    HAPROXY_METRICS_PORT,
+    NODE_EXPORTER_PORT,
+    REDIS_EXPORTER_PORT,
+)
 from wssfleet_control.inventory import Fleet
-from wssfleet_control.settings import HAPROXY_METRICS_PORT, NODE_EXPORTER_PORT, REDIS_EXPORTER_PORT
 
-LIVE = "/etc/wssfleet/firewall.nft"
-CANDIDATE = "/etc/wssfleet/firewall.nft.candidate"
+LIVE = f"{CONFIG_DIRECTORY}/firewall.nft"
+CANDIDATE = f"{CONFIG_DIRECTORY}/firewall.nft.candidate"
 UNIT = "/etc/systemd/system/wssfleet-firewall.service"
 # Earlier wssfleet versions wrote the host's /etc/nftables.conf (with a flush of every table);
 # such a file goes back to Debian's stock one.
@@ -40,18 +46,19 @@ table inet filter {
 
 
 @deploy("Firewall")
-def apply(fleet: Fleet, service_ports: list[int]) -> None:
+def apply(run: DeployRun, service_ports: list[int]) -> None:
     """Load this host's table, checked by ``nft -c`` first.
 
-    + fleet: the checked inventory
+    + run: the deploy (the checked inventory)
     + service_ports: the service ports this host opens to the master (workers only)
     """
+    fleet = run.fleet
     roles = fleet.roles_of(host.name)
     # Only its existence: the workers role makes it private to the service's group.
-    files.directory(name="Ensure /etc/wssfleet exists", path="/etc/wssfleet")
+    files.directory(name=f"Ensure {CONFIG_DIRECTORY} exists", path=CONFIG_DIRECTORY)
     candidate = files.template(
         name="Ensure the candidate nftables table is rendered",
-        src=template("firewall", "wssfleet.nft.j2"),
+        src=run.template("firewall", "wssfleet.nft.j2"),
         dest=CANDIDATE,
         mode="600",
         settings=fleet.settings,
@@ -76,7 +83,7 @@ def apply(fleet: Fleet, service_ports: list[int]) -> None:
     )
     unit = files.template(
         name="Ensure the wssfleet-firewall unit loads the table at boot",
-        src=template("firewall", "wssfleet-firewall.service.j2"),
+        src=run.template("firewall", "wssfleet-firewall.service.j2"),
         dest=UNIT,
         mode="644",
         ruleset=LIVE,

@@ -7,9 +7,9 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from roles import secret_template, template
+from roles import secret_template
 from wssfleet_control import internal_tls
-from wssfleet_control.run import DeployRun
+from wssfleet_control.deployment import DeployRun
 
 
 @deploy("Internal TLS")
@@ -41,7 +41,7 @@ def install(run: DeployRun, name: str, directory: str, owner: str, group: str) -
         ).will_change
     changed |= secret_template(
         name=f"Ensure {directory}/key.pem is current (contents withheld: a key)",
-        src=template("internal_tls", "key.pem.j2"),
+        src=run.template("internal_tls", "key.pem.j2"),
         dest=f"{directory}/key.pem",
         user=owner,
         group=group,

@@ -16,26 +16,25 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, systemd
 
-from roles import HELPERS, HOSTSIDE, activate_candidate, secret_template, template
+from roles import activate_candidate, helper_installed, secret_template
 from roles.redis import MONITOR_REDIS_USER
-from wssfleet_control import internal_tls
-from wssfleet_control.inventory import Fleet, Node
-from wssfleet_control.settings import (
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.hostside import layout
+from wssfleet_control.hostside.layout import (
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
     REDIS_EXPORTER_PORT,
+    TEXTFILE_DIRECTORY,
 )
+from wssfleet_control.inventory import Node
 
-TEXTFILE_DIRECTORY = "/var/lib/prometheus/node-exporter"
 CONFIG = "/etc/prometheus/prometheus.yml"
 CONFIG_CANDIDATE = "/etc/prometheus/prometheus.yml.wssfleet-candidate"
 RULES = "/etc/prometheus/wssfleet-rules.yml"
 RULES_CANDIDATE = "/etc/prometheus/wssfleet-rules.yml.wssfleet-candidate"
 # A stopped Prometheus is not reloaded: it reads the new files when it starts.
 RELOAD = "! systemctl is-active --quiet prometheus || systemctl reload prometheus"
-# Reads Prometheus's API on the monitoring host (make status, the tests).
-QUERY = f"{HELPERS}/prometheus_query.py"
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,10 @@ class ScrapedInstance:
 
 
 @deploy("Host metrics")
-def node_exporter(node: Node) -> None:
+def node_exporter(run: DeployRun, node: Node) -> None:
     """node_exporter on this host's private address, with the textfile collector.
 
+    + run: the deploy
     + node: this host
     """
     apt.packages(
@@ -61,7 +61,7 @@ def node_exporter(node: Node) -> None:
     )
     arguments = files.template(
         name="Ensure node_exporter listens on the private address only",
-        src=template("monitoring", "prometheus-node-exporter.j2"),
+        src=run.template("monitoring", "prometheus-node-exporter.j2"),
         dest="/etc/default/prometheus-node-exporter",
         mode="644",
         address=node.address,
@@ -78,12 +78,12 @@ def node_exporter(node: Node) -> None:
 
 
 @deploy("Redis metrics")
-def redis_exporter(fleet: Fleet, password: str) -> None:
+def redis_exporter(run: DeployRun) -> None:
     """redis_exporter beside Redis, as the introspection-only Redis user.
 
-    + fleet: the checked inventory (the redis host, redis_port)
-    + password: the password of Redis user wssfleet-monitor
+    + run: the deploy (the redis host, redis_port, the password of wssfleet-monitor)
     """
+    fleet = run.fleet
     apt.packages(
         name="Ensure redis_exporter is installed",
         packages=["prometheus-redis-exporter"],
@@ -91,7 +91,7 @@ def redis_exporter(fleet: Fleet, password: str) -> None:
     )
     settings = secret_template(
         name="Ensure redis_exporter's settings are current (contents withheld: a password)",
-        src=template("monitoring", "prometheus-redis-exporter.j2"),
+        src=run.template("monitoring", "prometheus-redis-exporter.j2"),
         dest="/etc/default/prometheus-redis-exporter",
         user="root",
         group="root",
@@ -101,9 +101,9 @@ def redis_exporter(fleet: Fleet, password: str) -> None:
         redis_address=fleet.redis.address,
         redis_port=fleet.settings.redis_port,
         redis_user=MONITOR_REDIS_USER,
-        password=password,
+        password=run.secrets["redis_monitor_password"],
         # Beside Redis: its copy of the internal CA.
-        tls_ca=f"{internal_tls.REDIS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
+        tls_ca=f"{layout.REDIS_TLS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
     )
     systemd.service(
         name="Ensure redis_exporter is running and enabled",
@@ -128,24 +128,19 @@ def prometheus_retired() -> None:
 
 
 @deploy("Prometheus")
-def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
+def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
     """Prometheus on the monitoring host: every target, wssfleet's alert rules.
 
-    + fleet: the checked inventory (hosts, prometheus_* and alert_* settings)
+    + run: the deploy (hosts, prometheus_* and alert_* settings)
     + instances: every service process to scrape
     """
+    fleet = run.fleet
     monitoring = fleet.monitoring
     apt.packages(name="Ensure Prometheus is installed", packages=["prometheus"], no_recommends=True)
-    files.directory(name=f"Ensure {HELPERS} exists", path=HELPERS, mode="755")
-    files.put(
-        name="Ensure the Prometheus query helper is installed",
-        src=str(HOSTSIDE / "prometheus_query.py"),
-        dest=QUERY,
-        mode="755",
-    )
+    helper_installed("prometheus_query.py")
     rules = files.template(
         name="Ensure the candidate alert rules are rendered",
-        src=template("monitoring", "wssfleet-rules.yml.j2"),
+        src=run.template("monitoring", "wssfleet-rules.yml.j2"),
         dest=RULES_CANDIDATE,
         mode="644",
         settings=fleet.settings,
@@ -162,7 +157,7 @@ def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
     )
     config = files.template(
         name="Ensure the candidate Prometheus config is rendered",
-        src=template("monitoring", "prometheus.yml.j2"),
+        src=run.template("monitoring", "prometheus.yml.j2"),
         dest=CONFIG_CANDIDATE,
         mode="644",
         settings=fleet.settings,
@@ -190,7 +185,7 @@ def prometheus(fleet: Fleet, instances: list[ScrapedInstance]) -> None:
     )
     arguments = files.template(
         name="Ensure Prometheus listens on the private address only",
-        src=template("monitoring", "prometheus.j2"),
+        src=run.template("monitoring", "prometheus.j2"),
         dest="/etc/default/prometheus",
         mode="644",
         config=CONFIG,

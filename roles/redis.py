@@ -6,15 +6,15 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import internal_tls as internal_tls_role
-from roles import secret_template, template
-from wssfleet.broker import LIBRARY, LIBRARY_VERSION
-from wssfleet_control import internal_tls
-from wssfleet_control.inventory import WORKER_REDIS_USER, Fleet
-from wssfleet_control.run import DeployRun
+from roles import secret_template
+from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import Lines
+from wssfleet_control.hostside import layout
+from wssfleet_control.inventory import WORKER_REDIS_USER
 
 ADMIN_REDIS_USER = "wssfleet-admin"
 MONITOR_REDIS_USER = "wssfleet-monitor"
@@ -95,35 +95,35 @@ def acl_users(worker_password: str, admin_password: str, monitor_password: str) 
 
 
 @deploy("Redis")
-def apply(
-    fleet: Fleet, password: str, admin_password: str, monitor_password: str, run: DeployRun
-) -> None:
+def apply(run: DeployRun) -> None:
     """Install and configure Redis on the fleet's redis host.
 
-    + fleet: the checked inventory (redis_port, redis_maxmemory, the redis address)
-    + password: the workers' Redis password
-    + admin_password: the operator's Redis password (user wssfleet-admin)
-    + monitor_password: redis_exporter's password (user wssfleet-monitor)
-    + run: the deploy (with internal_tls, its secrets hold Redis's certificate)
+    + run: the deploy: the checked inventory (redis_port, redis_maxmemory, the redis address)
+      and the secrets (the workers', the operator's and redis_exporter's passwords; with
+      internal_tls, Redis's certificate)
     """
+    fleet = run.fleet
+    admin_password = run.secrets["redis_admin_password"]
     apt.packages(
         name="Ensure redis-server is installed", packages=["redis-server"], no_recommends=True
     )
     tls = fleet.settings.internal_tls
     tls_changed = tls and internal_tls_role.install(
-        run, fleet.redis.name, internal_tls.REDIS_DIRECTORY, "redis", "redis"
+        run, fleet.redis.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
     )
     config = files.template(
         name="Ensure redis.conf binds privately and gives each user only what it needs",
-        src=template("redis", "redis.conf.j2"),
+        src=run.template("redis", "redis.conf.j2"),
         dest="/etc/redis/redis.conf",
         user="redis",
         group="redis",
         mode="640",
         settings=fleet.settings,
         address=fleet.redis.address,
-        users=acl_users(password, admin_password, monitor_password),
-        tls_directory=internal_tls.REDIS_DIRECTORY if tls else "",
+        users=acl_users(
+            run.secrets["redis_password"], admin_password, run.secrets["redis_monitor_password"]
+        ),
+        tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
     )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(
@@ -133,16 +133,16 @@ def apply(
         enabled=True,
         restarted=config.will_change or tls_changed,
     )
-    _functions(fleet.settings.redis_port, admin_password, tls)
+    _functions(run, admin_password)
 
 
-def _functions(port: int, admin_password: str, tls: bool) -> None:
+def _functions(run: DeployRun, admin_password: str) -> None:
     """The message plane's functions, loaded by the operator's user: the workers may call
     them and run nothing else. Kept across restarts in the append-only file; loaded again
     when the version Redis reports is not this release's."""
     secret_template(
         name="Ensure the operator's Redis password file is current (contents withheld)",
-        src=template("redis", "admin.auth.j2"),
+        src=run.template("redis", "admin.auth.j2"),
         dest=ADMIN_AUTH_FILE,
         user="root",
         group="root",
@@ -161,12 +161,13 @@ def _functions(port: int, admin_password: str, tls: bool) -> None:
     # when this is first asked, and a TLS client facing a plain server waits for ever.
     cli = (
         f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" timeout 10 redis-cli '
-        f"--no-auth-warning --user {ADMIN_REDIS_USER} -h 127.0.0.1 -p {port}"
+        f"--no-auth-warning --user {ADMIN_REDIS_USER} -h 127.0.0.1 "
+        f"-p {run.fleet.settings.redis_port}"
     )
-    if tls:
-        cli += f" --tls --cacert {internal_tls.REDIS_DIRECTORY}/ca.pem"
-    loaded = host.get_fact(Command, command=f"{cli} FCALL_RO wssfleet_version 0 2>&1 || true")
-    if (loaded or "").strip() != LIBRARY_VERSION:
+    if run.fleet.settings.internal_tls:
+        cli += f" --tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem"
+    loaded = host.get_fact(Lines, command=f"{cli} FCALL_RO wssfleet_version 0")
+    if loaded != [LIBRARY_VERSION]:
         server.shell(
             name=f"Ensure Redis runs the message plane's functions ({LIBRARY_VERSION})",
             commands=[

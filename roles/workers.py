@@ -9,48 +9,41 @@ instances one at a time. This role never restarts a running instance.
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Link
-from pyinfra.facts.hardware import Cpus
-from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import (
-    HELPERS,
-    HOSTSIDE,
-    interpreter,
-    open_files_limit,
-    secret_template,
-    template,
-    virtualenv_from_wheels,
-)
+from roles import helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
-from wssfleet.settings import ClientPolicy, ServiceConfig
-from wssfleet_control import internal_tls, secrets
-from wssfleet_control.inventory import Fleet, Node
-from wssfleet_control.run import DeployRun, quote
+from wssfleet.config import ClientPolicy, ServiceConfig
+from wssfleet_control import secrets
+from wssfleet_control.commands import point_current
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import (
+    CurrentRelease,
+    MemoryKib,
+    OpenFilesLimit,
+    PythonPlatform,
+    Releases,
+)
+from wssfleet_control.hostside.layout import (
+    CONFIG_DIRECTORY,
+    CURRENT,
+    INSTANCE_PREFIX,
+    INSTANCE_UNIT_FILE,
+    RELEASES,
+    SERVICE_ENVIRONMENT,
+    SERVICE_HOME,
+    SERVICE_USER,
+    WORKER_TLS_DIRECTORY,
+    instance_unit,
+)
+from wssfleet_control.inventory import Node
 
-HOME = "/opt/wssfleet"
-RELEASES = f"{HOME}/releases"
-CURRENT = f"{HOME}/current"
-ENV_FILE = "/etc/wssfleet/wssfleet.env"
-UNIT = "/etc/systemd/system/wssfleet@.service"
-INSTANCES = f"{HELPERS}/instances.py"
 LIMIT_NOFILE = 1048576
-INSTANCE_PREFIX = "wssfleet@"
 # The current release, the one before it (for rollback) and one more.
 RELEASES_KEPT = 3
 # Set per instance by the unit, not by the environment file.
 PER_INSTANCE = frozenset({"port", "worker_name"})
-
-
-def instance(port: int) -> str:
-    return f"{INSTANCE_PREFIX}{port}.service"
-
-
-def ports(fleet: Fleet, worker) -> list[int]:
-    """The service ports of a worker host (a pyinfra Host): one per process."""
-    processes = fleet.settings.worker_processes
-    return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)
 
 
 def memory_max_mib(host_kib: int, instances: int) -> int:
@@ -76,8 +69,8 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "metrics_port_offset": settings.metrics_port_offset,
             **(
                 {
-                    "tls_certificate_file": f"{internal_tls.WORKER_DIRECTORY}/cert.pem",
-                    "tls_key_file": f"{internal_tls.WORKER_DIRECTORY}/key.pem",
+                    "tls_certificate_file": f"{WORKER_TLS_DIRECTORY}/cert.pem",
+                    "tls_key_file": f"{WORKER_TLS_DIRECTORY}/key.pem",
                 }
                 if settings.internal_tls
                 else {}
@@ -104,67 +97,59 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     )
     server.user(
         name="Ensure the unprivileged service user exists",
-        user="wssfleet",
+        user=SERVICE_USER,
         system=True,
-        home=HOME,
+        home=SERVICE_HOME,
         shell="/usr/sbin/nologin",
         create_home=False,
         ensure_home=False,
     )
-    for path in (HOME, RELEASES, HELPERS):
+    for path in (SERVICE_HOME, RELEASES):
         files.directory(
             name=f"Ensure {path} exists", path=path, user="root", group="root", mode="755"
         )
     files.directory(
         name="Ensure the service's config directory is private",
-        path="/etc/wssfleet",
+        path=CONFIG_DIRECTORY,
         user="root",
-        group="wssfleet",
+        group=SERVICE_USER,
         mode="750",
     )
-    files.put(
-        name="Ensure the instance helper is installed",
-        src=str(HOSTSIDE / "instances.py"),
-        dest=INSTANCES,
-        mode="755",
-    )
+    helper_installed("instances.py")
     _install_release(run)
     if run.fleet.settings.internal_tls:
         # Read when an instance starts: a rollout restarts the instances whose settings
         # changed, which internal_tls's paths in the environment file do.
-        internal_tls_role.install(run, node.name, internal_tls.WORKER_DIRECTORY, "root", "wssfleet")
+        internal_tls_role.install(run, node.name, WORKER_TLS_DIRECTORY, "root", SERVICE_USER)
     environment = service_config(run, node).environment(exclude=PER_INSTANCE)
     secret_template(
         name="Ensure the service's environment file is current (contents withheld: secrets)",
-        src=template("workers", "wssfleet.env.j2"),
-        dest=ENV_FILE,
+        src=run.template("workers", "wssfleet.env.j2"),
+        dest=SERVICE_ENVIRONMENT,
         user="root",
-        group="wssfleet",
+        group=SERVICE_USER,
         mode="640",
         environment={name: systemd_quoted(value) for name, value in environment.items()},
     )
     unit = files.template(
         name="Ensure the wssfleet@ systemd unit is current",
-        src=template("workers", "wssfleet@.service.j2"),
-        dest=UNIT,
+        src=run.template("workers", "wssfleet@.service.j2"),
+        dest=INSTANCE_UNIT_FILE,
         mode="644",
         current=CURRENT,
-        environment_file=ENV_FILE,
-        limit_nofile=min(LIMIT_NOFILE, open_files_limit()),
-        memory_max_mib=memory_max_mib(
-            int(host.get_fact(Command, command="awk '/^MemTotal:/ {print $2}' /proc/meminfo")),
-            len(service_ports),
-        ),
+        environment_file=SERVICE_ENVIRONMENT,
+        limit_nofile=min(LIMIT_NOFILE, host.get_fact(OpenFilesLimit)),
+        memory_max_mib=memory_max_mib(host.get_fact(MemoryKib), len(service_ports)),
     )
     for port in service_ports:
         systemd.service(
-            name=f"Ensure instance {instance(port)} is running and enabled",
-            service=instance(port),
+            name=f"Ensure instance {instance_unit(port)} is running and enabled",
+            service=instance_unit(port),
             running=True,
             enabled=True,
             daemon_reload=unit.will_change,
         )
-    wanted = {instance(port) for port in service_ports}
+    wanted = {instance_unit(port) for port in service_ports}
     for name, _ in sorted(host.get_fact(SystemdStatus).items()):
         if name.startswith(INSTANCE_PREFIX) and name not in wanted:
             systemd.service(
@@ -183,7 +168,7 @@ def _install_release(run: DeployRun) -> None:
     virtualenv_from_wheels(
         f"release {run.release}",
         f"{RELEASES}/{run.release}",
-        lambda: run.wheelhouse(*interpreter()),
+        lambda: run.wheelhouse(*host.get_fact(PythonPlatform)),
         "wssfleet",
         run.dry,
     )
@@ -191,15 +176,14 @@ def _install_release(run: DeployRun) -> None:
         # Later releases are pointed at by the rollout, which records them the same way.
         server.shell(
             name=f"Ensure {CURRENT} points at a release (the first one)",
-            commands=[f"python3 {INSTANCES} point {quote(run.release)}"],
+            commands=[point_current(run.release)],
         )
     _prune_releases(run.release)
 
 
 def _prune_releases(new: str) -> None:
-    listing = (host.get_fact(Command, f"ls -1t {RELEASES} 2>/dev/null || true") or "").split()
-    current = host.get_fact(Command, f"readlink {CURRENT} || true") or ""
-    keep = {new, current.rsplit("/", 1)[-1]}
+    listing = host.get_fact(Releases)
+    keep = {new, host.get_fact(CurrentRelease)}
     for name in listing:
         if len(keep) < RELEASES_KEPT:
             keep.add(name)

@@ -19,8 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from wssfleet import auth
 from wssfleet_control import inventory
+from wssfleet_control.checkout import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = REPO / "inventory" / "lab.py"
 LAB_JSON = REPO / ".lab" / "lab.json"
 SSH_CONFIG = REPO / "build" / "ssh_config.lab-tests"

@@ -18,11 +18,9 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
-from wssfleet_control.run import TEMPLATES, DeployError, DeployRun  # noqa: E402
+from wssfleet_control.checkout import BUILD, LAB_INVENTORY, LAB_STATE, REPO, TEMPLATES  # noqa: E402
+from wssfleet_control.deployment import DeployError, DeployRun  # noqa: E402
 from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-LAB_INVENTORY = REPO / "inventory" / "lab.py"
 
 inventory_option = click.option(
     "-i",
@@ -48,7 +46,7 @@ def is_lab(inventory_path: str) -> bool:
 def ensure_lab(inventory_path: str) -> None:
     if is_lab(inventory_path):
         from lab import core
-        from lab.settings import LabError
+        from lab.config import LabError
 
         try:
             core.up()
@@ -202,7 +200,7 @@ def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
     """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
     from wssfleet_control import rollout
 
-    if is_lab(inventory_path) and not (REPO / ".lab" / "lab.json").exists():
+    if is_lab(inventory_path) and not (LAB_STATE / "lab.json").exists():
         raise Failure("the lab is down: `make lab-up` (a plan starts nothing)")
     session = open_session(inventory_path, quiet=as_json, diff=diff)
     run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
@@ -234,7 +232,7 @@ def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
         fleet = inventory.load(inventory_path)
     except SettingsError as error:
         raise click.UsageError(f"{inventory_path}: {error}") from None
-    config = REPO / "build" / f"ssh_config.{Path(inventory_path).stem}"
+    config = BUILD / f"ssh_config.{Path(inventory_path).stem}"
     config.parent.mkdir(exist_ok=True)
     config.write_text(fleet.ssh_config())
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/infra"]
@@ -258,12 +256,12 @@ def status(inventory_path: str) -> None:
 @inventory_option
 def renew(inventory_path: str) -> None:
     """Force a certificate renewal through the cron job's own script."""
-    from roles.certificates import RENEW
+    from wssfleet_control import commands
 
     ensure_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
-        result = session.run(session.fleet.master.name, f"{RENEW} --force-renewal", timeout=300)
+        result = session.on(session.fleet.master.name, commands.forced_renewal(), timeout=300)
     click.echo(result.stdout + result.stderr, nl=False)
     if not result.ok:
         raise Failure("the renewal failed (certbot's words are above)")
@@ -386,7 +384,7 @@ def lab_status() -> None:
 def lab_down(purge: bool) -> None:
     """Stop and remove the lab: nothing is left behind."""
     from lab import core
-    from lab.settings import LabError
+    from lab.config import LabError
 
     try:
         core.down(purge=purge)

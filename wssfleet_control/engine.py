@@ -26,11 +26,11 @@ from pyinfra_cli.inventory import make_inventory
 from pyinfra_cli.log import setup_logging
 from pyinfra_cli.util import load_deploy_file
 
-from wssfleet_control import run as deploy_run
+from wssfleet_control import deployment
+from wssfleet_control.checkout import DEPLOY_FILE, REPO
+from wssfleet_control.deployment import DeployError, DeployRun
 from wssfleet_control.inventory import from_inventory
-from wssfleet_control.run import REPO, DeployError, DeployRun
-
-DEPLOY_FILE = REPO / "deploy.py"
+from wssfleet_control.settings import SettingsError
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Session:
     def host(self, name: str):
         return self.state.inventory.get_host(name)
 
-    def run(self, name: str, command: str, timeout: int = 120) -> Result:
+    def on(self, name: str, command: str, timeout: int = 120) -> Result:
         """A shell command on one host, as the inventory's SSH user (with its sudo)."""
         self.connect()
         host = self.host(name)
@@ -104,16 +104,13 @@ class Session:
         """Load deploy.py for every host and, unless the run is dry, execute it. Returns each
         operation's outcome per host; a failed host is named in ``failed_hosts``."""
         self.connect()
-        deploy_run.begin(run)
+        setattr(self.state, deployment.STATE_ATTRIBUTE, run)
         try:
             self.state.set_stage(StateStage.Prepare)
             try:
                 load_deploy_file(self.state, str(DEPLOY_FILE))
             except UnexpectedExternalError as error:
-                # A role refused a host (an unsupported release): its own words, no traceback.
-                if isinstance(error.exception, DeployError):
-                    raise error.exception from None
-                raise
+                raise refusal(error) from None
             failure = None
             if not run.dry:
                 self.state.set_stage(StateStage.Execute)
@@ -122,7 +119,7 @@ class Session:
                 except PyinfraError as error:
                     failure = str(error)
         finally:
-            deploy_run.end()
+            delattr(self.state, deployment.STATE_ATTRIBUTE)
         report = self.report(run.dry)
         if failure:
             report["error"] = failure
@@ -144,6 +141,16 @@ class Session:
             "operations": operations,
             "failed_hosts": sorted(host.name for host in self.state.failed_hosts),
         }
+
+
+def refusal(error: UnexpectedExternalError) -> Exception:
+    """What the operator reads when deploy.py stopped: a role's refusal (an unsupported
+    release, a setting this host cannot carry) in its own words, as one DeployError; any other
+    exception as pyinfra wrapped it, with its traceback."""
+    cause = error.exception
+    if isinstance(cause, DeployError | SettingsError):
+        return DeployError(str(cause))
+    return error
 
 
 def _outcome(data: Any, dry: bool) -> dict[str, Any]:

@@ -24,11 +24,6 @@ CA_KEY = "internal_ca_key"
 CA_CERTIFICATE = "internal_ca_certificate"
 HOST_PREFIX = "internal_tls:"
 CA_DAYS, HOST_DAYS, RENEW_DAYS = 3650, 365, 30
-# Where each consumer keeps its copy (ca.pem, cert.pem, key.pem), readable by it alone.
-WORKER_DIRECTORY = "/etc/wssfleet/tls"
-REDIS_DIRECTORY = "/etc/redis/tls"
-# HAProxy needs only the CA, to check the workers.
-HAPROXY_CA = "/etc/haproxy/wssfleet-internal-ca.pem"
 NOT_YET = "(not made yet: the first deploy with internal_tls makes it)"
 
 

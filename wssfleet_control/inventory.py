@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote as quote_url
 
-from wssfleet_control import internal_tls, secrets
+from wssfleet_control import secrets
+from wssfleet_control.hostside import layout
 from wssfleet_control.settings import (
     MAX_WORKER_PROCESSES,
     MONITORING_PORTS,
@@ -82,14 +83,18 @@ class Fleet:
             seen.setdefault(node.name, node)
         return list(seen.values())
 
+    def node(self, name: str) -> Node:
+        return next(node for node in self.nodes if node.name == name)
+
     def roles_of(self, name: str) -> list[str]:
+        """The inventory groups (ROLES) a host is in: each is a role of the same name."""
         roles = []
         if name == self.master.name:
             roles.append("master")
         if name == self.redis.name:
             roles.append("redis")
         if any(worker.name == name for worker in self.workers):
-            roles.append("worker")
+            roles.append("workers")
         if name == self.monitoring.name:
             roles.append("monitoring")
         return roles
@@ -125,7 +130,7 @@ class Fleet:
         address = f"{self.redis.address}:{self.settings.redis_port}"
         credentials = f"{WORKER_REDIS_USER}:{quote_url(password, safe='')}"
         if self.settings.internal_tls:
-            ca = f"{internal_tls.WORKER_DIRECTORY}/ca.pem"
+            ca = f"{layout.WORKER_TLS_DIRECTORY}/ca.pem"
             return f"rediss://{credentials}@{address}/0?ssl_ca_certs={quote_url(ca, safe='')}"
         return f"redis://{credentials}@{address}/0"
 

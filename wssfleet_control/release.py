@@ -17,9 +17,9 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SERVICE = REPO / "service"
-BUILD = REPO / "build" / "wheelhouse"
+from wssfleet_control.checkout import BUILD, REPO, SERVICE
+
+WHEELHOUSE = BUILD / "wheelhouse"
 # glibc of Debian 12 is 2.36 and of Debian 13 2.41: every manylinux tag up to it runs there.
 GLIBC_TAGS = ("2_17", "2_24", "2_27", "2_28", "2_31", "2_34", "2_35", "2_36")
 
@@ -81,7 +81,7 @@ def requirements_id(requirements: tuple[str, ...]) -> str:
 
 @cache
 def _service_wheelhouse(python_version: str, machine: str) -> Path:
-    target = _fresh(BUILD / release_id() / f"py{python_version}-{machine}")
+    target = _fresh(WHEELHOUSE / release_id() / f"py{python_version}-{machine}")
     _run(
         [
             sys.executable,
@@ -102,7 +102,7 @@ def _service_wheelhouse(python_version: str, machine: str) -> Path:
 @cache
 def _tool_wheelhouse(requirements: tuple[str, ...], python_version: str, machine: str) -> Path:
     name = f"tools-{requirements_id(requirements)}"
-    target = _fresh(BUILD / name / f"py{python_version}-{machine}")
+    target = _fresh(WHEELHOUSE / name / f"py{python_version}-{machine}")
     _download(target, list(requirements), python_version, machine)
     return target
 

@@ -15,13 +15,12 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from roles import haproxy, workers
+from wssfleet_control import commands
 from wssfleet_control.engine import Session
+from wssfleet_control.facts import instance_ports
+from wssfleet_control.hostside.layout import instance_unit
 from wssfleet_control.inventory import Node
-from wssfleet_control.run import quote
 
-HELPER = f"python3 {workers.INSTANCES}"
-RUNTIME = f"python3 {haproxy.RUNTIME}"
 # Beyond the drain window: time for the last closes to complete.
 DRAIN_GRACE = 10
 
@@ -44,10 +43,8 @@ def pending_steps(session: Session, release: str) -> list[Step]:
     """Every instance that does not run ``release`` with the current settings, in fleet order."""
     steps = []
     for worker in session.fleet.workers:
-        ports = workers.ports(session.fleet, session.host(worker.name))
-        states = json.loads(
-            _checked(session, worker, f"{HELPER} state {' '.join(map(str, ports))}")
-        )
+        ports = instance_ports(session.fleet, session.host(worker.name))
+        states = json.loads(_checked(session, worker, commands.instance_states(ports)))
         for port in ports:
             state = states[str(port)]
             if not state["active"]:
@@ -66,7 +63,7 @@ def previous_release(session: Session) -> str:
     """The release the workers ran before the current one; RolloutError when there is none
     or the workers disagree."""
     found = {
-        worker.name: _checked(session, worker, f"{HELPER} previous").strip()
+        worker.name: _checked(session, worker, commands.previous_release()).strip()
         for worker in session.fleet.workers
     }
     releases = set(found.values())
@@ -86,20 +83,21 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
     for step in steps:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
         started = time.monotonic()
-        previous = _checked(session, worker, f"{HELPER} current").strip()
-        server = quote(f"{haproxy.BACKEND}/{haproxy.server_name(worker.name, step.port)}")
+        previous = _checked(session, worker, commands.current_release()).strip()
         master = session.fleet.master.name
         # A server HAProxy does not know yet (a new worker) has nothing to drain there.
-        in_rotation = session.run(master, f"{RUNTIME} server-state {server} drain").ok
+        in_rotation = session.on(
+            master, commands.set_server_state(worker.name, step.port, "drain")
+        ).ok
         drain = session.fleet.settings.drain_seconds
-        drained = session.run(
+        drained = session.on(
             worker.name,
-            f"{HELPER} drain {quote(worker.address)} {step.port} {drain + DRAIN_GRACE}",
+            commands.drain_instance(worker.address, step.port, drain + DRAIN_GRACE),
             timeout=drain + DRAIN_GRACE + 30,
         )
         step.detail["drain"] = _last_json(drained)
         if previous != release:
-            _checked(session, worker, f"{HELPER} point {quote(release)}")
+            _checked(session, worker, commands.point_current(release))
         healthy, seen = _restart(session, worker, step.port, release, timeout)
         step.detail |= seen
         problem = (
@@ -107,10 +105,14 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
             f"(HTTP {seen.get('status')}: {seen.get('reply') or 'no reply'})"
         )
         if in_rotation:
-            session.run(master, f"{RUNTIME} server-state {server} ready")
+            session.on(master, commands.set_server_state(worker.name, step.port, "ready"))
         if healthy and in_rotation:
             # Capacity is whole again only once HAProxy's own checks send it clients.
-            up = session.run(master, f"{RUNTIME} wait-up {server} {timeout}", timeout=timeout + 30)
+            up = session.on(
+                master,
+                commands.wait_server_up(worker.name, step.port, timeout),
+                timeout=timeout + 30,
+            )
             step.detail["haproxy"] = up.stdout.strip()
             healthy = up.ok
             problem = f"HAProxy's checks did not see it UP within {timeout} s ({up.stdout.strip()})"
@@ -121,9 +123,9 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
                 on_step(step)
             continue
         step.outcome = "failed"
-        message = f"{worker.name} instance {workers.instance(step.port)}: {problem}"
+        message = f"{worker.name} instance {instance_unit(step.port)}: {problem}"
         if previous and previous != release:
-            _checked(session, worker, f"{HELPER} point {quote(previous)}")
+            _checked(session, worker, commands.point_current(previous))
             back, _ = _restart(session, worker, step.port, previous, timeout)
             message += (
                 f"; it is back on release {previous}"
@@ -141,13 +143,10 @@ def drain_worker(session: Session, worker: Node) -> dict:
     """Take a worker out of rotation for maintenance: HAProxy sends it no new client and its
     instances move their clients to the others with 1012, over ``drain_seconds``."""
     seconds = session.fleet.settings.drain_seconds
-    pairs = " ".join(
-        quote(f"{haproxy.server_name(worker.name, port)}={worker.address}:{port}")
-        for port in workers.ports(session.fleet, session.host(worker.name))
-    )
-    result = session.run(
+    ports = instance_ports(session.fleet, session.host(worker.name))
+    result = session.on(
         session.fleet.master.name,
-        f"{RUNTIME} drain-servers {seconds} {pairs}",
+        commands.drain_servers(seconds, worker.name, worker.address, ports),
         timeout=seconds + DRAIN_GRACE + 30,
     )
     if not result.ok:
@@ -158,11 +157,12 @@ def drain_worker(session: Session, worker: Node) -> dict:
 def ready_worker(session: Session, worker: Node) -> None:
     """Put a worker's instances back in rotation and wait until HAProxy's checks see them UP."""
     timeout = session.fleet.settings.rollout_health_timeout
-    for port in workers.ports(session.fleet, session.host(worker.name)):
-        server = quote(f"{haproxy.BACKEND}/{haproxy.server_name(worker.name, port)}")
-        master = session.fleet.master.name
-        session.run(master, f"{RUNTIME} server-state {server} ready")
-        up = session.run(master, f"{RUNTIME} wait-up {server} {timeout}", timeout=timeout + 30)
+    master = session.fleet.master.name
+    for port in instance_ports(session.fleet, session.host(worker.name)):
+        session.on(master, commands.set_server_state(worker.name, port, "ready"))
+        up = session.on(
+            master, commands.wait_server_up(worker.name, port, timeout), timeout=timeout + 30
+        )
         if not up.ok:
             raise RolloutError(f"{worker.name} instance {port} is not UP: {up.stdout.strip()}")
 
@@ -170,10 +170,10 @@ def ready_worker(session: Session, worker: Node) -> None:
 def _restart(
     session: Session, worker: Node, port: int, release: str, timeout: int
 ) -> tuple[bool, dict]:
-    session.run(worker.name, f"systemctl restart {workers.instance(port)}")
-    result = session.run(
+    session.on(worker.name, commands.restart_instance(port))
+    result = session.on(
         worker.name,
-        f"{HELPER} wait-healthy {quote(worker.address)} {port} {quote(release)} {timeout}",
+        commands.wait_healthy(worker.address, port, release, timeout),
         timeout=timeout + 30,
     )
     return result.ok, _last_json(result)
@@ -188,7 +188,7 @@ def _last_json(result) -> dict:
 
 
 def _checked(session: Session, worker: Node, command: str) -> str:
-    result = session.run(worker.name, command)
+    result = session.on(worker.name, command)
     if not result.ok:
         raise RolloutError(f"{worker.name}: `{command}` failed: {result.stderr.strip()}")
     return result.stdout

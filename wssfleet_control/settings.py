@@ -2,7 +2,7 @@
 
 An inventory sets them in the ``wssfleet`` dict of its ``all`` group. They are validated once,
 before any host is touched: a bad value stops the deploy with a message that names the setting
-and the fix. The client settings are the service's own (``wssfleet.settings.ClientPolicy``):
+and the fix. The client settings are the service's own (``wssfleet.config.ClientPolicy``):
 the deploy renders them into the service's environment file with the service's model, which
 reads them back. ``wssfleet settings`` prints the README's table from this module.
 """
@@ -25,18 +25,26 @@ from pydantic import (
     model_validator,
 )
 
-from wssfleet.settings import ClientPolicy
+from wssfleet.config import ClientPolicy
+from wssfleet_control.hostside.layout import (
+    CERTBOT_PORT,
+    HAPROXY_METRICS_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    REDIS_EXPORTER_PORT,
+)
 
 ACME_SERVERS = {
     "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
-PORTS_USED_ON_MASTER = {22: "SSH", 80: "HTTP", 443: "HTTPS", 8888: "certbot's HTTP-01 listener"}
+PORTS_USED_ON_MASTER = {
+    22: "SSH",
+    80: "HTTP",
+    443: "HTTPS",
+    CERTBOT_PORT: "certbot's HTTP-01 listener",
+}
 # The monitoring ports (roles/monitoring.py), each on the private address only.
-NODE_EXPORTER_PORT = 9100
-REDIS_EXPORTER_PORT = 9121
-HAPROXY_METRICS_PORT = 8405
-PROMETHEUS_PORT = 9090
 MONITORING_PORTS = {
     NODE_EXPORTER_PORT: "node_exporter",
     REDIS_EXPORTER_PORT: "redis_exporter",
@@ -142,7 +150,11 @@ def _bundle(value: str) -> str:
 def _processes(value: Any) -> int | str:
     if value == "auto":
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_WORKER_PROCESSES
+    ):
         raise ValueError(f"give 'auto' or a whole number from 1 to {MAX_WORKER_PROCESSES}")
     return value
 

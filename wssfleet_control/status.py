@@ -9,13 +9,15 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from roles.certificates import METRICS as CERTIFICATE_METRICS
-from roles.haproxy import CERTIFICATE, RUNTIME
-from roles.monitoring import QUERY
+from wssfleet_control import commands
 from wssfleet_control.engine import Session
+from wssfleet_control.hostside.layout import (
+    BACKEND,
+    INSTANCE_PREFIX,
+    PROMETHEUS_PORT,
+    REBALANCER_UNIT,
+)
 from wssfleet_control.inventory import Node
-from wssfleet_control.run import quote
-from wssfleet_control.settings import PROMETHEUS_PORT
 
 
 def units_of(session: Session, node: Node) -> list[str]:
@@ -23,21 +25,18 @@ def units_of(session: Session, node: Node) -> list[str]:
     units = ["wssfleet-firewall.service"]
     units.append("prometheus-node-exporter.service")
     if "master" in roles:
-        units += ["haproxy.service", "cron.service"]
+        units += ["haproxy.service", REBALANCER_UNIT, "cron.service"]
     if "redis" in roles:
         units += ["redis-server.service", "prometheus-redis-exporter.service"]
     if "monitoring" in roles:
         units.append("prometheus.service")
-    if "worker" in roles:
-        units.append("wssfleet@*")
+    if "workers" in roles:
+        units.append(f"{INSTANCE_PREFIX}*")
     return units
 
 
 def service_states(session: Session, node: Node) -> str:
-    command = "systemctl list-units --all --no-legend --plain --output=json " + " ".join(
-        quote(unit) for unit in units_of(session, node)
-    )
-    result = session.run(node.name, command)
+    result = session.on(node.name, commands.unit_states(units_of(session, node)))
     if not result.ok:
         return f"unreachable ({result.stderr.strip()[:60]})"
     states = [
@@ -48,9 +47,7 @@ def service_states(session: Session, node: Node) -> str:
 
 
 def certificate_expiry(session: Session) -> str:
-    result = session.run(
-        session.fleet.master.name, f"openssl x509 -noout -enddate -issuer -in {CERTIFICATE}"
-    )
+    result = session.on(session.fleet.master.name, commands.served_certificate())
     if not result.ok:
         return "none"
     fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
@@ -59,19 +56,19 @@ def certificate_expiry(session: Session) -> str:
 
 def connections(session: Session) -> dict[str, str]:
     """Open connections per backend server, from HAProxy's runtime API."""
-    result = session.run(session.fleet.master.name, f"python3 {RUNTIME} servers")
+    result = session.on(session.fleet.master.name, commands.backend_servers())
     if not result.ok:
         return {}
     return {
         server["server"]: f"{server['sessions']} ({server['status']})"
         for server in json.loads(result.stdout)
-        if server["backend"] == "workers"
+        if server["backend"] == BACKEND
     }
 
 
 def renewal(session: Session) -> dict[str, float] | None:
     """The certificate's dates and the renewal job's record, from the master."""
-    result = session.run(session.fleet.master.name, f"python3 {CERTIFICATE_METRICS} show")
+    result = session.on(session.fleet.master.name, commands.certificate_record())
     if not result.ok:
         return None
     return json.loads(result.stdout)
@@ -80,8 +77,9 @@ def renewal(session: Session) -> dict[str, float] | None:
 def live_figures(session: Session) -> dict | None:
     """Prometheus's summary (targets, alerts, per-instance figures), or None."""
     monitoring = session.fleet.monitoring
-    prometheus = quote(f"{monitoring.address}:{PROMETHEUS_PORT}")
-    result = session.run(monitoring.name, f"python3 {QUERY} {prometheus} summary")
+    result = session.on(
+        monitoring.name, commands.prometheus_summary(monitoring.address, PROMETHEUS_PORT)
+    )
     if not result.ok:
         return None
     return json.loads(result.stdout)

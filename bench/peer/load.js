@@ -124,11 +124,14 @@ const jobs = {
         let published = 0;
         const until = performance.now() + job.seconds * 1000;
         const started = performance.now();
-        await Promise.all(publishers.map((ws, i) => new Promise((resolve) => {
+        await Promise.all(publishers.map((ws, i) => new Promise((resolve, reject) => {
           const next = () => ws.send(JSON.stringify(
             { type: 'publish', channel: `${prefix}-${i}`, data: published, id: published }));
           ws.on('message', (data) => {
-            if (!data.toString().startsWith('{"type":"published"')) return;
+            const text = data.toString();
+            // A refusal would leave this publisher waiting for ever: fail the measure aloud.
+            if (text.startsWith('{"type":"error"')) reject(new Error(`publish refused: ${text}`));
+            if (!text.startsWith('{"type":"published"')) return;
             published += 1;
             if (performance.now() < until) next();
             else resolve();

@@ -22,11 +22,12 @@ class JsonLines(logging.Formatter):
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from wssfleet import server, settings
+    from wssfleet import config as service_config
+    from wssfleet import node
 
     try:
-        config = settings.load()
-    except settings.ConfigError as error:
+        config = service_config.load()
+    except service_config.ConfigError as error:
         print(f"wssfleet: configuration error: {error}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler(sys.stdout)
@@ -34,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # The library logs every refused handshake at INFO; ours says it once, with a reason.
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    uvloop.run(server.run(config))
+    uvloop.run(node.serve_until_stopped(config))
     return 0
 
 
@@ -42,10 +43,10 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="wssfleet-service", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run one service process (configured by WSSFLEET_*)")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(handler=_serve)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.run(args)
+    return args.handler(args)

@@ -25,19 +25,13 @@ from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from wssfleet import protocol
+
 # Label values a counter always shows, at 0 until it happens: a rate() over a series that
 # appears only with its first event misses that event.
 HANDSHAKE_REFUSALS = ("origin", "token", "request", "subject_connections")
-RECEIVED_TYPES = ("echo", "subscribe", "unsubscribe", "publish", "invalid")
-DELIVERED_TYPES = (
-    "message",
-    "welcome",
-    "echo",
-    "subscribed",
-    "unsubscribed",
-    "published",
-    "error",
-)
+RECEIVED_TYPES = (*protocol.CLIENT_TYPES, "invalid")
+DELIVERED_TYPES = protocol.SERVER_TYPES
 DROP_CAUSES = ("queue_overflow", "rate_limit", "too_big", "unsupported")
 REQUEST_REFUSALS = ("not_allowed", "bus_unavailable", "too_many_channels", "too_big", "limit")
 RECOVERY_RESULTS = ("recovered", "not_recovered")

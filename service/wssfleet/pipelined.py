@@ -10,7 +10,7 @@ asyncio's protocol callbacks: commands issued in one pass of the event loop leav
 write, and hiredis (redis-py's own C parser) parses what comes back.
 
 Only what those paths need: commands and their replies in order (``Link``, made again when it
-is lost), and a connection whose every reply goes to a callback (``Connection.listen``, for
+is lost), and a connection whose every reply goes to a callback (``RespConnection.listen``, for
 pub/sub). The rarer history reads stay on redis-py.
 """
 
@@ -44,7 +44,7 @@ class LinkLost(ConnectionError):
         self.sent = sent
 
 
-class Connection(asyncio.Protocol):
+class RespConnection(asyncio.Protocol):
     """One connection to Redis: writes commands, hands each reply to the oldest waiter, or
     every reply to a listener once ``listen`` is called (pub/sub)."""
 
@@ -177,15 +177,15 @@ class Address:
         database = parts.path.strip("/")
         self._database = int(database) if database else 0
 
-    async def connect(self, client_name: str, timeout: float) -> Connection:
+    async def connect(self, client_name: str, timeout: float) -> RespConnection:
         """A new connection, authenticated, on its database, named ``client_name`` in
         Redis's CLIENT LIST; LinkLost if Redis cannot be reached, ReplyError if it refuses."""
         loop = asyncio.get_running_loop()
-        connection: Connection | None = None
+        connection: RespConnection | None = None
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: Connection(loop, timeout), self.host, self.port, ssl=self._ssl
+                    lambda: RespConnection(loop, timeout), self.host, self.port, ssl=self._ssl
                 )
                 setup = []
                 if self._password is not None:
@@ -221,8 +221,8 @@ class Link:
         self._address = Address(url)
         self._client_name = client_name
         self._timeout = timeout
-        self._connection: Connection | None = None
-        self._connecting: asyncio.Task[Connection] | None = None
+        self._connection: RespConnection | None = None
+        self._connecting: asyncio.Task[RespConnection] | None = None
 
     async def call(self, *arguments: Argument) -> Any:
         """Send one command and return its reply: ``ReplyError`` for Redis's refusals,
@@ -233,7 +233,7 @@ class Link:
             connection = await self._connected()
         return await connection.command(*arguments)
 
-    async def _connected(self) -> Connection:
+    async def _connected(self) -> RespConnection:
         # One connection attempt at a time, however many commands wait for it.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(

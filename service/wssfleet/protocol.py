@@ -32,6 +32,20 @@ from typing import Any
 # Infinity and lone surrogates are malformed JSON, so they never reach other clients.
 import orjson
 
+# The frames' types, each list the one the parser, the hub and the metrics read.
+CLIENT_TYPES = ("echo", "subscribe", "unsubscribe", "publish")
+SERVER_TYPES = ("message", "welcome", "echo", "subscribed", "unsubscribed", "published", "error")
+
+# Close codes besides the standard ones websockets names (CloseCode).
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+# Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
+CLOSE_SERVICE_RESTART = 1012
+# A token subject already holds connections_per_subject connections on this process; like
+# every 4xxx code, the client contract does not retry it.
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+
 CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHANNEL_RULE = "a channel is 1-64 characters of A-Z a-z 0-9 _ . : -"
 MAX_CHANNELS_PER_CLIENT = 100

@@ -20,10 +20,10 @@ from cryptography import x509
 
 from tests.e2e.conftest import run
 from tests.lab_fleet import changed, deploy, derived_inventory
+from wssfleet_control.hostside.layout import CERTIFICATE_METRICS_HELPER
 
 pytestmark = pytest.mark.timeout(900)
 
-LIVE_CERTIFICATE = "/etc/letsencrypt/live/wssfleet/cert.pem"
 POLL_SECONDS = 5
 RENEWALS_WATCHED = 2
 
@@ -112,9 +112,7 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
         ).stdout
         assert "Congratulations, all renewals succeeded" in journal, journal[-3000:]
         assert "not yet due for renewal" in journal, journal[-3000:]
-        record = json.loads(
-            lab.on("master", "python3 /usr/local/lib/wssfleet/certificate_metrics.py show").stdout
-        )
+        record = json.loads(lab.on("master", f"python3 {CERTIFICATE_METRICS_HELPER} show").stdout)
         assert record["last_success"] == 1, record
         assert record["not_after"] == seen[-1].not_after, record
         assert time.time() - 120 <= record["last_attempt"], record

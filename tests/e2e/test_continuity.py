@@ -22,10 +22,12 @@ import pytest
 from tests.contract_client import Crowd, busiest_second, drain_bound
 from tests.e2e.conftest import run
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
+from wssfleet_control import commands
+from wssfleet_control.hostside.layout import RUNTIME_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(300)
 
-RUNTIME = "python3 /usr/local/lib/wssfleet/haproxy_runtime.py"
+RUNTIME = f"python3 {RUNTIME_HELPER}"
 
 
 def connector(lab, source: str | None = None, browser: bool = False):
@@ -137,7 +139,7 @@ def test_clients_of_a_frozen_instance_are_connected_elsewhere_within_15_s(lab, s
         await crowd.until_connected(200, 60)
         victims = [seen for seen in crowd.seen if seen.connects[-1][1] == frozen]
         assert victims, crowd.where()
-        lab.on(worker.name, f"systemctl kill --kill-whom=main --signal=SIGSTOP wssfleet@{port}")
+        lab.on(worker.name, commands.signal_instance(port, "SIGSTOP"))
         frozen_at = time.monotonic()
         while time.monotonic() - frozen_at < 40:
             moved = [
@@ -155,7 +157,7 @@ def test_clients_of_a_frozen_instance_are_connected_elsewhere_within_15_s(lab, s
     try:
         victims, moved, took = run(scenario(), timeout=120)
     finally:
-        lab.on(worker.name, f"systemctl kill --kill-whom=main --signal=SIGCONT wssfleet@{port}")
+        lab.on(worker.name, commands.signal_instance(port, "SIGCONT"))
     print(f"\nfrozen instance: its {victims} clients connected elsewhere in {took:.1f} s")
     assert moved == victims
     assert took <= 15, f"the frozen instance's clients took {took:.1f} s to move"
@@ -170,7 +172,7 @@ def test_clients_of_a_killed_instance_are_back_within_2_s(lab, source_address):
         crowd = Crowd(connector(lab, source_address(6)), 200)
         crowd.start()
         await crowd.until_connected(200, 60)
-        lab.on(worker.name, f"systemctl kill --kill-whom=main --signal=SIGKILL wssfleet@{port}")
+        lab.on(worker.name, commands.signal_instance(port, "SIGKILL"))
         killed_at = time.monotonic()
         await asyncio.sleep(8)
         return crowd, killed_at, await crowd.finish()
@@ -252,7 +254,7 @@ def test_after_an_instance_restarts_the_fleet_evens_out_within_2_minutes(lab, so
         crowd = Crowd(connector(lab, source_address(8)), 1000)
         crowd.start()
         await crowd.until_connected(1000, 60)
-        await asyncio.to_thread(lab.on, worker.name, f"systemctl restart wssfleet@{port}")
+        await asyncio.to_thread(lab.on, worker.name, f"systemctl restart {instance_unit(port)}")
         restarted_at = time.monotonic()
         uneven = 0.0
         while time.monotonic() - restarted_at < 120:

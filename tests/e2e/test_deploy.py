@@ -26,15 +26,14 @@ from tests.lab_fleet import (
     wssfleet,
 )
 from wssfleet_control import internal_tls
+from wssfleet_control.hostside.layout import HAPROXY_CONFIG, RENEW_COMMAND
 
 pytestmark = pytest.mark.timeout(900)
-
-LIVE_CONFIG = "/etc/haproxy/haproxy.cfg"
 
 
 def haproxy_state(lab) -> tuple[str, str]:
     """The live config's checksum and the HAProxy master's PID (a restart changes it)."""
-    result = lab.on("master", f"sha256sum {LIVE_CONFIG}; systemctl show -p MainPID haproxy")
+    result = lab.on("master", f"sha256sum {HAPROXY_CONFIG}; systemctl show -p MainPID haproxy")
     checksum, pid = result.stdout.split()[0], result.stdout.split("MainPID=")[1].strip()
     return checksum, pid
 
@@ -61,6 +60,16 @@ def test_plan_shows_the_change_without_making_it(lab, tmp_path):
     ]
     assert report["rollout"] == {"status": "planned", "steps": []}
     assert haproxy_state(lab) == before
+
+
+def test_a_setting_a_host_cannot_carry_stops_the_plan_with_one_line_naming_it(lab, tmp_path):
+    # Checked against the master's own open-files limit, inside the HAProxy role.
+    result = wssfleet("plan", "-i", str(derived_inventory(tmp_path, haproxy_maxconn=2_000_000)))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    named = [line for line in output.splitlines() if "haproxy_maxconn=2000000" in line]
+    assert len(named) == 1 and "lower haproxy_maxconn to" in named[0], output[-3000:]
 
 
 def test_plan_diff_shows_how_files_change_but_never_a_secret(lab, tmp_path):
@@ -117,11 +126,11 @@ def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
         ),
     }
     assert alive, "a WebSocket opened before the reload was dropped"
-    assert "timeout tunnel 2h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
+    assert "timeout tunnel 2h" in lab.on("master", f"cat {HAPROXY_CONFIG}").stdout
     assert haproxy_state(lab)[1] == pid_before, "HAProxy was restarted, not reloaded"
     code, _, log = deploy()
     assert code == 0, log[-3000:]
-    assert "timeout tunnel 1h" in lab.on("master", f"cat {LIVE_CONFIG}").stdout
+    assert "timeout tunnel 1h" in lab.on("master", f"cat {HAPROXY_CONFIG}").stdout
 
 
 def test_rejected_haproxy_template_fails_and_leaves_haproxy_untouched(lab, tmp_path):
@@ -179,5 +188,5 @@ def test_cron_runs_the_same_renewal_script_every_six_hours(lab):
     entry = lab.on("master", "cat /etc/cron.d/wssfleet-certbot").stdout
     line = next(line for line in entry.splitlines() if "wssfleet-renew" in line)
     assert line.split()[1] == "*/6"
-    assert "/usr/local/sbin/wssfleet-renew --random-delay" in line
+    assert f"{RENEW_COMMAND} --random-delay" in line
     assert ssl  # the hook itself is exercised by the renewal test above

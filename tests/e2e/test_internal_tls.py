@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.settings import BRIDGE
+from lab.config import BRIDGE
 from tests.e2e.conftest import run
 from tests.lab_fleet import deploy, derived_inventory
 

@@ -14,17 +14,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.contract_client import Publisher, Subscribers
 from tests.e2e.conftest import run
 from tests.lab_fleet import deploy, derived_inventory, edited, restarted, wssfleet
+from wssfleet_control import commands
+from wssfleet_control.checkout import REPO
 
 pytestmark = pytest.mark.timeout(420)
 
-REPO = Path(__file__).resolve().parents[2]
 CHANNELS = 4
 PER_CHANNEL = 100
 # Each channel 5 messages a second: 20 a second in all, 2,000 deliveries a second.
@@ -103,7 +103,7 @@ def test_a_killed_instance_loses_no_message(lab, source_address):
     port = lab.ports(worker.name)[0]
 
     def kill():
-        lab.on(worker.name, f"systemctl kill --kill-whom=main --signal=SIGKILL wssfleet@{port}")
+        lab.on(worker.name, commands.signal_instance(port, "SIGKILL"))
 
     summary = through(lab, source_address(21), kill)
     # The kill reached clients: a quarter of them were on that instance.

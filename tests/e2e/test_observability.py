@@ -13,16 +13,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from roles.monitoring import QUERY
 from tests.e2e.conftest import run
 from tests.lab_fleet import deploy, derived_inventory, make, wssfleet
-from wssfleet_control.settings import (
+from wssfleet_control.hostside.layout import (
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
+    PROMETHEUS_QUERY_HELPER,
     REDIS_EXPORTER_PORT,
-    seconds_of,
+    instance_unit,
 )
+from wssfleet_control.settings import seconds_of
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,7 +47,8 @@ def prometheus(lab, *arguments: str, monitoring=None):
     monitoring = monitoring or lab.fleet.monitoring
     command = " ".join(shlex.quote(part) for part in arguments)
     result = lab.on(
-        monitoring.name, f"python3 {QUERY} {monitoring.address}:{PROMETHEUS_PORT} {command}"
+        monitoring.name,
+        f"python3 {PROMETHEUS_QUERY_HELPER} {monitoring.address}:{PROMETHEUS_PORT} {command}",
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -82,7 +84,7 @@ def test_a_stopped_instance_fires_instance_down_within_the_rules_time(lab):
         return any(sample["value"][1] == "1" for sample in prometheus(lab, "query", up))
 
     wait_for(scraped_up, 4 * interval(lab), f"{server} scraped")
-    stopped = lab.on(worker.name, f"systemctl stop wssfleet@{port}")
+    stopped = lab.on(worker.name, f"systemctl stop {instance_unit(port)}")
     assert stopped.returncode == 0, stopped.stderr
     try:
 
@@ -98,7 +100,7 @@ def test_a_stopped_instance_fires_instance_down_within_the_rules_time(lab):
         assert took >= INSTANCE_DOWN_FOR, took
         print(f"WssfleetInstanceDown fired {took:.0f} s after the stop (bound {bound:.0f} s)")
     finally:
-        lab.on(worker.name, f"systemctl start wssfleet@{port}")
+        lab.on(worker.name, f"systemctl start {instance_unit(port)}")
 
     def resolved():
         return scraped_up() and not any(

@@ -19,6 +19,7 @@ from tests.lab_fleet import (
     restarted,
     wssfleet,
 )
+from wssfleet_control.hostside.layout import CURRENT, RUNTIME_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -49,7 +50,7 @@ def started_at(lab, worker: str, port: int) -> int:
     """Monotonic start time (µs) of an instance; the lab's hosts share one kernel clock, so
     times on different hosts compare."""
     output = lab.on(
-        worker, f"systemctl show -p ActiveEnterTimestampMonotonic --value wssfleet@{port}"
+        worker, f"systemctl show -p ActiveEnterTimestampMonotonic --value {instance_unit(port)}"
     ).stdout
     return int(output)
 
@@ -124,7 +125,7 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
             (f"runs release {old}", "done")
         }
         worker = lab.fleet.workers[0]
-        assert lab.on(worker.name, "readlink /opt/wssfleet/current").stdout.strip().endswith(new)
+        assert lab.on(worker.name, f"readlink {CURRENT}").stdout.strip().endswith(new)
     finally:
         # `make rollback`: every instance back on the release before, drained one at a time.
         rolled = wssfleet("rollback", "--json")
@@ -144,7 +145,7 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
 
 
 def reloads(lab) -> int:
-    runtime = "python3 /usr/local/lib/wssfleet/haproxy_runtime.py reloads"
+    runtime = f"python3 {RUNTIME_HELPER} reloads"
     return int(lab.on(lab.fleet.master.name, runtime).stdout)
 
 
@@ -165,9 +166,7 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
     # HAProxy's health checks bring the new servers UP within a few check intervals.
     deadline = time.monotonic() + 30
     while True:
-        servers = json.loads(
-            lab.on("master", "python3 /usr/local/lib/wssfleet/haproxy_runtime.py servers").stdout
-        )
+        servers = json.loads(lab.on("master", f"python3 {RUNTIME_HELPER} servers").stdout)
         states = [
             server["status"]
             for server in servers

@@ -17,10 +17,11 @@ from tests.lab_fleet import (
     restarted,
     with_status,
 )
+from wssfleet_control.hostside.layout import INSTANCES_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(900)
 
-INSTANCES = "python3 /usr/local/lib/wssfleet/instances.py"
+INSTANCES = f"python3 {INSTANCES_HELPER}"
 # Where a deploy or a plan could leave a trace on a host.
 HOST_PATHS = "/etc /opt /usr/local /var/lib/wssfleet /root"
 UNWATCHED = {".venv", ".git", "__pycache__", "logs", ".pytest_cache", ".ruff_cache", "artifacts"}
@@ -41,7 +42,7 @@ def instance_pids(lab) -> dict[str, str]:
     pids = {}
     for worker in lab.fleet.workers:
         for port in lab.ports(worker.name):
-            shown = lab.on(worker.name, f"systemctl show -P MainPID wssfleet@{port}").stdout
+            shown = lab.on(worker.name, f"systemctl show -P MainPID {instance_unit(port)}").stdout
             pids[f"{worker.name}/{port}"] = shown.strip()
     return pids
 
@@ -118,7 +119,7 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout_at_its_first_in
     ]
     assert {step["outcome"] for step in rollout["steps"][1:]} == {"pending"}
     error = rollout["error"]
-    assert error.startswith(f"{first.name} instance wssfleet@{port}.service: release ")
+    assert error.startswith(f"{first.name} instance {instance_unit(port)}: release ")
     assert "within 8 s (HTTP 503" in error and '"status": "ok"' in error
     assert f"it is back on release {running_before[f'{first.name}/{port}']}" in error
     assert error in report["errors"]

@@ -26,11 +26,11 @@ from tests.lab_fleet import (
 )
 from wssfleet import auth
 from wssfleet_control import inventory, secrets
+from wssfleet_control.hostside.layout import CURRENT, LIVE_CERTIFICATE
 
 pytestmark = pytest.mark.timeout(400)
 
 SSH_PORT = 2222
-LIVE_CERTIFICATE = "/etc/letsencrypt/live/wssfleet/cert.pem"
 
 
 def ssh(config: Path, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -276,7 +276,7 @@ def test_a_deploy_after_a_failed_install_installs_and_rolls_out_the_release(lab)
             release = report["release"]
             installed = [n for n, host in changed(report) if n.endswith(f"{release} is installed")]
             assert installed, "the second deploy did not install the release"
-            running = lab.on(worker, "readlink /opt/wssfleet/current").stdout.strip()
+            running = lab.on(worker, f"readlink {CURRENT}").stdout.strip()
             assert running.endswith(release), running
     finally:
         code, _, log = deploy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lab_fleet import make
+from wssfleet_control.hostside.layout import INSTANCES_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -12,11 +13,11 @@ pytestmark = pytest.mark.timeout(600)
 def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(lab):
     worker = lab.fleet.workers[0]
     port = lab.fleet.settings.worker_base_port
-    assert lab.on(worker.name, f"systemctl stop wssfleet@{port}").returncode == 0
+    assert lab.on(worker.name, f"systemctl stop {instance_unit(port)}").returncode == 0
     try:
         result = make("verify")
     finally:
-        lab.on(worker.name, f"systemctl start wssfleet@{port}")
+        lab.on(worker.name, f"systemctl start {instance_unit(port)}")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     failed = [line for line in output.splitlines() if line.startswith("FAILED")]
@@ -26,10 +27,9 @@ def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(l
     assert all(worker.name in line for line in failed), failed
     instance_checks = [line for line in failed if "test_instance_is_active_and_enabled" in line]
     assert instance_checks and all(f"{worker.name}-{port}" in line for line in instance_checks)
-    release = lab.on(worker.name, "python3 /usr/local/lib/wssfleet/instances.py current").stdout
+    release = lab.on(worker.name, f"python3 {INSTANCES_HELPER} current").stdout
     restarted = lab.on(
         worker.name,
-        "python3 /usr/local/lib/wssfleet/instances.py wait-healthy "
-        f"{worker.address} {port} {release.strip()} 30",
+        f"python3 {INSTANCES_HELPER} wait-healthy {worker.address} {port} {release.strip()} 30",
     )
     assert restarted.returncode == 0, restarted.stdout

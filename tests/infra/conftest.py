@@ -13,8 +13,7 @@ import pytest
 import testinfra
 
 from wssfleet_control import inventory as fleet_inventory
-
-REPO = Path(__file__).resolve().parents[2]
+from wssfleet_control.checkout import REPO
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -7,14 +7,19 @@ import shlex
 import time
 
 from roles.certificates import CERTBOT_VERSION
-from wssfleet_control.settings import (
+from wssfleet_control.hostside.layout import (
+    ADMIN_SOCKET,
+    BACKEND,
+    CERTBOT,
+    HAPROXY_CERTIFICATE,
+    HAPROXY_CONFIG,
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
     REDIS_EXPORTER_PORT,
+    RENEW_COMMAND,
+    STATS_SOCKET,
 )
-
-CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
 
 
 def test_haproxy_is_active_and_enabled(on, master):
@@ -32,8 +37,8 @@ def test_rebalancer_is_active_enabled_and_reads_haproxy(on, master):
 
 
 ASK_STATS_SOCKET = (
-    "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/stats.sock'); "
-    "s.sendall(b'disable server workers/x\\n'); print(s.recv(4096).decode())"
+    f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({STATS_SOCKET!r}); "
+    f"s.sendall(b'disable server {BACKEND}/x\\n'); print(s.recv(4096).decode())"
 )
 
 
@@ -41,13 +46,13 @@ def test_rebalancer_is_confined_and_only_reads_haproxy(on, master, exposure):
     host = on(master)
     assert exposure(host, "wssfleet-rebalancer.service")
     # Its socket reads only; the admin socket is root's alone.
-    assert host.file("/run/haproxy/admin.sock").mode == 0o600
+    assert host.file(ADMIN_SOCKET).mode == 0o600
     answer = host.check_output(f"python3 -c {shlex.quote(ASK_STATS_SOCKET)}")
     assert "Permission denied" in answer, answer
 
 
 def test_haproxy_config_is_valid(on, master):
-    result = on(master).run("haproxy -c -f /etc/haproxy/haproxy.cfg")
+    result = on(master).run(f"haproxy -c -f {HAPROXY_CONFIG}")
     assert result.rc == 0, result.stderr
 
 
@@ -61,14 +66,14 @@ def test_certificate_covers_every_domain_with_a_third_of_its_lifetime_left(on, m
     # A third, not a number of days: 90-day, 64-day and 6-day certificates alike (the
     # WssfleetCertificateExpiringSoon alert uses the same measure).
     host = on(master)
-    dates = host.check_output(f"openssl x509 -noout -startdate -enddate -in {CERTIFICATE}")
+    dates = host.check_output(f"openssl x509 -noout -startdate -enddate -in {HAPROXY_CERTIFICATE}")
     fields = dict(line.split("=", 1) for line in dates.splitlines())
     not_before, not_after = (
         calendar.timegm(time.strptime(fields[key], "%b %d %H:%M:%S %Y %Z"))
         for key in ("notBefore", "notAfter")
     )
     assert not_after - time.time() > (not_after - not_before) / 3, dates
-    names = host.check_output(f"openssl x509 -noout -ext subjectAltName -in {CERTIFICATE}")
+    names = host.check_output(f"openssl x509 -noout -ext subjectAltName -in {HAPROXY_CERTIFICATE}")
     for domain in fleet.settings.domains:
         assert f"DNS:{domain}" in names, domain
 
@@ -76,7 +81,7 @@ def test_certificate_covers_every_domain_with_a_third_of_its_lifetime_left(on, m
 def test_served_certificate_is_the_one_on_disk(on, master, fleet):
     host = on(master)
     fingerprint = "openssl x509 -noout -fingerprint -sha256"
-    on_disk = host.check_output(f"{fingerprint} -in {CERTIFICATE}")
+    on_disk = host.check_output(f"{fingerprint} -in {HAPROXY_CERTIFICATE}")
     served = host.check_output(
         f"openssl s_client -connect 127.0.0.1:443 -servername {fleet.settings.domain} "
         f"</dev/null 2>/dev/null | {fingerprint}"
@@ -87,14 +92,14 @@ def test_served_certificate_is_the_one_on_disk(on, master, fleet):
 def test_cron_renews_through_the_wssfleet_script(on, master):
     entry = on(master).file("/etc/cron.d/wssfleet-certbot")
     assert entry.exists and entry.user == "root"
-    assert "/usr/local/sbin/wssfleet-renew --random-delay" in entry.content_string
+    assert f"{RENEW_COMMAND} --random-delay" in entry.content_string
     assert on(master).service("cron").is_running
 
 
 def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, master):
     host = on(master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"
-    assert host.file("/usr/local/bin/certbot").is_symlink
+    assert host.file(CERTBOT).is_symlink
     # Debian's package would bring a second renewer (certbot.timer) and an older certbot.
     assert not host.package("certbot").is_installed
     assert not host.file("/usr/bin/certbot").exists
@@ -102,7 +107,7 @@ def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, master):
 
 def test_runtime_api_is_a_local_socket_only(on, master, fleet):
     host = on(master)
-    assert host.file("/run/haproxy/admin.sock").is_socket
+    assert host.file(ADMIN_SOCKET).is_socket
     expected = {22, 80, 443}
     if fleet.redis.name == master.name:
         expected.add(fleet.settings.redis_port)

@@ -8,8 +8,11 @@ import json
 import shlex
 import time
 
-from roles.monitoring import QUERY
-from wssfleet_control.settings import NODE_EXPORTER_PORT, PROMETHEUS_PORT
+from wssfleet_control.hostside.layout import (
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    PROMETHEUS_QUERY_HELPER,
+)
 
 SETTLE_SECONDS = 60
 RULES = {
@@ -27,7 +30,9 @@ RULES = {
 
 def prometheus(on, node, *arguments: str):
     command = " ".join(shlex.quote(part) for part in arguments)
-    output = on(node).check_output(f"python3 {QUERY} {node.address}:{PROMETHEUS_PORT} {command}")
+    output = on(node).check_output(
+        f"python3 {PROMETHEUS_QUERY_HELPER} {node.address}:{PROMETHEUS_PORT} {command}"
+    )
     return json.loads(output)
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import shlex
 
 from roles.redis import ADMIN_REDIS_USER
-from roles.workers import CURRENT, ENV_FILE
-from wssfleet.broker import LIBRARY_VERSION
-from wssfleet_control import internal_tls
+from wssfleet.redis_functions import LIBRARY_VERSION
+from wssfleet_control.hostside import layout
+from wssfleet_control.hostside.layout import CURRENT, SERVICE_ENVIRONMENT
 
 
 def tls_options(fleet) -> str:
     """redis-cli's options to reach this fleet's Redis (TLS only with internal_tls)."""
     if fleet.settings.internal_tls:
-        return f"--tls --cacert {internal_tls.REDIS_DIRECTORY}/ca.pem"
+        return f"--tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem"
     return ""
 
 
@@ -50,6 +50,7 @@ def test_redis_keeps_the_history_in_an_append_only_file(on, redis_node, fleet):
 
 REDIS_PROBE = """
 import os, redis
+from wssfleet_control.hostside import layout
 r = redis.Redis.from_url(os.environ["WSSFLEET_REDIS_URL"])
 print(r.ping())
 forbidden = (
@@ -68,7 +69,7 @@ for command in forbidden:
 def test_the_workers_redis_user_may_not_flush_list_or_kill(on, worker_node):
     # From the worker itself, with the credentials its instances use.
     output = on(worker_node).check_output(
-        f"set -a; . {ENV_FILE}; {CURRENT}/venv/bin/python -c {shlex.quote(REDIS_PROBE)}"
+        f"set -a; . {SERVICE_ENVIRONMENT}; {CURRENT}/venv/bin/python -c {shlex.quote(REDIS_PROBE)}"
     )
     assert output.splitlines()[0] == "True", output
     assert "ALLOWED" not in output, output

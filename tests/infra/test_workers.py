@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 
-from wssfleet_control import internal_tls
+from wssfleet_control.hostside import layout
+from wssfleet_control.hostside.layout import instance_unit
 
 
 def main_pid(host, port: int) -> int:
-    return int(host.check_output(f"systemctl show -p MainPID --value wssfleet@{port}"))
+    return int(host.check_output(f"systemctl show -p MainPID --value {instance_unit(port)}"))
 
 
 def test_instance_is_active_and_enabled(on, worker_instance):
     node, port = worker_instance
-    service = on(node).service(f"wssfleet@{port}")
-    assert service.is_running, f"wssfleet@{port} is not running on {node.name}"
-    assert service.is_enabled, f"wssfleet@{port} is not enabled on {node.name}"
+    service = on(node).service(f"{instance_unit(port)}")
+    assert service.is_running, f"{instance_unit(port)} is not running on {node.name}"
+    assert service.is_enabled, f"{instance_unit(port)} is not enabled on {node.name}"
 
 
 def test_instance_is_healthy(on, worker_instance, fleet):
@@ -23,7 +24,7 @@ def test_instance_is_healthy(on, worker_instance, fleet):
     # With internal_tls, over TLS, checked against the deployment's CA.
     scheme, context = "http", "None"
     if fleet.settings.internal_tls:
-        ca = f"{internal_tls.WORKER_DIRECTORY}/ca.pem"
+        ca = f"{layout.WORKER_TLS_DIRECTORY}/ca.pem"
         scheme, context = "https", f'ssl.create_default_context(cafile="{ca}")'
     probe = (
         "python3 -c 'import ssl, urllib.request; "
@@ -51,7 +52,7 @@ def test_instance_has_high_open_file_limit_and_hardening(on, worker_instance):
     assert soft >= 16384, soft
     show = host.check_output(
         f"systemctl show -p NoNewPrivileges,ProtectSystem,PrivateTmp,RestrictAddressFamilies "
-        f"wssfleet@{port}"
+        f"{instance_unit(port)}"
     )
     assert "NoNewPrivileges=yes" in show and "ProtectSystem=strict" in show
     assert "PrivateTmp=yes" in show and "AF_INET" in show
@@ -67,8 +68,8 @@ def test_secrets_file_is_readable_by_the_service_only(on, worker_instance):
 def test_instance_is_confined_with_a_memory_bound(on, worker_instance, exposure):
     node, port = worker_instance
     host = on(node)
-    assert exposure(host, f"wssfleet@{port}.service")
-    show = host.check_output(f"systemctl show -p MemoryMax,SystemCallFilter wssfleet@{port}")
+    assert exposure(host, f"{instance_unit(port)}")
+    show = host.check_output(f"systemctl show -p MemoryMax,SystemCallFilter {instance_unit(port)}")
     memory_max = int(show.split("MemoryMax=")[1].split()[0])
     assert 256 * 2**20 <= memory_max < 2**62, show
 

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab import core, network, rootfs
+from lab.config import BRIDGE, MACHINES_DIR, LabSettings
 from lab.processes import find
-from lab.settings import BRIDGE, MACHINES_DIR, LabSettings
 from tests.lab_fleet import wssfleet
-
-REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(600)
 

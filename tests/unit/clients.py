@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.unit.conftest import ORIGIN, token
+from tests.unit.helpers import ORIGIN, token
 
 OPENED: list[ClientConnection] = []
 

@@ -14,8 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench import compare
-from bench.loopback import redis_server, wait_for_port
-from tests.unit.conftest import ORIGIN, SECRET, free_port, token
+from bench.loopback import redis_server
+from tests.processes import free_port, wait_for_port
+from tests.unit.helpers import ORIGIN, SECRET, token
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def urls(request, redis_url: str) -> Iterator[list[str]]:
         env.update({"WSSFLEET_MAX_MESSAGE_BYTES": "1024", "PEER_MAX_MESSAGE_BYTES": "1024"})
         started.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
     for port in ports:
-        wait_for_port(port, request.param)
+        wait_for_port(port)
         compare.wait_for_redis(port, request.param)
     yield [f"ws://127.0.0.1:{port}" for port in ports]
     for process in started:

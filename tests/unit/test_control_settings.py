@@ -9,16 +9,15 @@ import sys
 import zlib
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from roles.certificates import cron_schedule
 from roles.haproxy import Backend
+from tests.unit.helpers import PEBBLE, render
+from wssfleet_control.checkout import REPO
+from wssfleet_control.deployment import DeployError
 from wssfleet_control.inventory import from_groups
 from wssfleet_control.settings import SettingsError, resolve
-
-REPO = Path(__file__).resolve().parents[2]
-PEBBLE = {"domain": "wss.example.test", "acme_server": "https://127.0.0.1:14000/dir"}
 
 
 def test_defaults_fill_in_everything_but_the_domain():
@@ -117,13 +116,6 @@ def test_make_deploy_stops_on_a_bad_setting_before_connecting(tmp_path):
     assert result.returncode != 0
     assert "setting acme_email is required" in result.stderr
     assert "Connecting to hosts" not in result.stdout + result.stderr
-
-
-def render(role: str, name: str, **variables) -> str:
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPO / "templates"), keep_trailing_newline=True
-    )
-    return environment.get_template(f"{role}/{name}").render(**variables)
 
 
 @pytest.mark.parametrize("internal_tls", [False, True])
@@ -234,7 +226,7 @@ def test_the_production_example_inventory_is_valid():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "lb1 (master+redis+monitoring), ws1 (worker), ws2 (worker)" in result.stdout
+    assert "lb1 (master+redis+monitoring), ws1 (workers), ws2 (workers)" in result.stdout
 
 
 def wssfleet(*arguments: str) -> subprocess.CompletedProcess:
@@ -326,3 +318,30 @@ def test_renewal_interval_becomes_the_cron_schedule(interval, schedule):
     settings = resolve({**PEBBLE, "renewal_interval": interval, "renewal_random_delay": "10s"})
     minute = zlib.crc32(settings.domain.encode()) % 60
     assert cron_schedule(settings) == schedule.format(m=minute)
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        SettingsError("setting haproxy_maxconn=2000000 needs 4000100 open files: lower it"),
+        DeployError("host w1 runs Ubuntu 24: wssfleet supports Debian 13 or Debian 12"),
+    ],
+)
+def test_a_roles_refusal_reaches_the_operator_as_its_own_words(refused):
+    from pyinfra_cli.exceptions import UnexpectedExternalError
+
+    from wssfleet_control.engine import refusal
+
+    # As pyinfra hands it over when deploy.py raised it.
+    wrapped = UnexpectedExternalError(refused, "deploy.py")
+    error = refusal(wrapped)
+    assert isinstance(error, DeployError) and str(error) == str(refused)
+
+
+def test_any_other_exception_in_deploy_py_keeps_pyinfras_report():
+    from pyinfra_cli.exceptions import UnexpectedExternalError
+
+    from wssfleet_control.engine import refusal
+
+    wrapped = UnexpectedExternalError(KeyError("bug"), "deploy.py")
+    assert refusal(wrapped) is wrapped

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from wssfleet.server import busiest_second, most_per_second, paced
+from wssfleet.pacing import busiest_second, most_per_second, paced
 
 
 def drain(count: int, seconds: float, stall_at: int | None = None) -> list[float]:

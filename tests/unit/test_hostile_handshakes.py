@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.unit.clients import open_client, receive, request, run
-from tests.unit.conftest import ORIGIN, token
+from tests.unit.helpers import ORIGIN, resident_kib, token
 
 HANDSHAKES = 4000
 # At once: enough to overlap, few enough for two cores and the default open-file limit.
@@ -40,11 +39,6 @@ async def many(port: int, target: str, headers: str) -> set[bytes]:
         )
         statuses.update(answers)
     return statuses
-
-
-def resident_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0])
 
 
 def wait_until_no_connections(service, seconds: float = 10.0) -> int:

@@ -9,7 +9,7 @@ import statistics
 import time
 
 from tests.unit.clients import open_client, receive, request, run
-from tests.unit.test_hostile_handshakes import resident_kib
+from tests.unit.helpers import resident_kib
 
 RECOVERING = 8
 ENTRIES, ENTRY_BYTES = 1000, 60_000

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.unit.conftest import ORIGIN, RedisServer, token
+from tests.processes import RedisServer
+from tests.unit.helpers import ORIGIN, token
 from wssfleet_control import internal_tls
 
 

@@ -20,8 +20,8 @@ from tests.unit.clients import (
     run,
     subscribed,
 )
-from tests.unit.test_service import two_services_on_redis, wait_until_redis
-from wssfleet.server import publish_key
+from tests.unit.helpers import two_services_on_redis, wait_until_redis
+from wssfleet.hub import publish_key
 
 FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000"}
 

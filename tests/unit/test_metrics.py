@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.unit.clients import message, open_client, receive, request, run, subscribed
-from tests.unit.conftest import token
-from wssfleet import settings
+from tests.unit.helpers import token
+from wssfleet import config
 
 
 def counter(samples, name: str, **labels: str) -> float:
@@ -145,5 +145,5 @@ def test_a_metrics_port_outside_the_range_is_refused_naming_the_variable():
         "WSSFLEET_PORT": "65000",
         "WSSFLEET_METRICS_PORT_OFFSET": "1000",
     }
-    with pytest.raises(settings.ConfigError, match="WSSFLEET_METRICS_PORT_OFFSET=1000"):
-        settings.load(environment)
+    with pytest.raises(config.ConfigError, match="WSSFLEET_METRICS_PORT_OFFSET=1000"):
+        config.load(environment)

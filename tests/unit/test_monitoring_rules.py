@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_control_settings import PEBBLE, render
+from tests.unit.helpers import PEBBLE, render
+from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import Node
 from wssfleet_control.settings import resolve
 
-REPO = Path(__file__).resolve().parents[2]
 PROMTOOL = REPO / "build/prometheus/usr/bin/promtool"
 WORKER = 'job="wssfleet", instance="10.0.0.2:9001", host="w1", server="w1-8001"'
 

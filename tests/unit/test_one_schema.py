@@ -11,13 +11,12 @@ import jinja2
 import pytest
 
 from roles.workers import PER_INSTANCE, service_config, systemd_quoted
-from wssfleet import settings as service_settings
+from wssfleet import config as wssfleet_config
 from wssfleet_control import release
+from wssfleet_control.checkout import REPO
+from wssfleet_control.deployment import DeployRun
 from wssfleet_control.inventory import from_groups
-from wssfleet_control.run import DeployRun
 from wssfleet_control.settings import markdown_table
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def fleet(**settings):
@@ -70,7 +69,7 @@ def test_the_environment_file_reads_back_as_the_config_the_deploy_meant(override
     rendered = template.render(
         environment={name: systemd_quoted(value) for name, value in environment.items()}
     )
-    read = service_settings.load({**read_environment_file(rendered), "WSSFLEET_PORT": "8001"})
+    read = wssfleet_config.load({**read_environment_file(rendered), "WSSFLEET_PORT": "8001"})
     assert read == meant.model_copy(update={"port": 8001})
     assert read.allowed_origins == deployment.settings.origins
     assert read.redis_url == "redis://wssfleet:pw@127.0.0.10:6379/0"
@@ -82,8 +81,8 @@ def test_a_client_setting_is_checked_by_the_one_rule_the_service_also_uses():
 
     with pytest.raises(SettingsError, match="each origin is scheme://host"):
         fleet(allowed_origins=["example.com"])
-    with pytest.raises(service_settings.ConfigError, match="each origin is scheme://host"):
-        service_settings.load(
+    with pytest.raises(wssfleet_config.ConfigError, match="each origin is scheme://host"):
+        wssfleet_config.load(
             {"WSSFLEET_JWT_SECRET": "x" * 32, "WSSFLEET_ALLOWED_ORIGINS": "example.com"}
         )
 

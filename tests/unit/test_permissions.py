@@ -7,8 +7,7 @@ import jwt
 import pytest
 
 from tests.unit.clients import expect_nothing, message, open_client, receive, request, run
-from tests.unit.conftest import ORIGIN, SECRET
-from tests.unit.test_service import refusal
+from tests.unit.helpers import ORIGIN, SECRET, refusal
 from wssfleet import auth
 
 

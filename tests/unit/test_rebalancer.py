@@ -29,7 +29,7 @@ def test_a_setting_missing_from_the_environment_and_an_unreadable_file_is_empty(
     # The rebalancer runs unprivileged: its environment file is root's, not its own to read.
     from wssfleet_control.hostside import haproxy_runtime
 
-    monkeypatch.setattr(haproxy_runtime, "INTERNAL_KEY_FILE", str(tmp_path / "unreadable"))
+    monkeypatch.setattr(haproxy_runtime, "REBALANCER_ENVIRONMENT", str(tmp_path / "unreadable"))
     monkeypatch.setenv("WSSFLEET_INTERNAL_KEY", "k")
     monkeypatch.delenv("WSSFLEET_INTERNAL_CA", raising=False)
     assert haproxy_runtime.internal_setting("WSSFLEET_INTERNAL_KEY") == "k"

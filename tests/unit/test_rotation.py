@@ -10,8 +10,7 @@ import jwt
 import pytest
 
 from tests.unit.clients import open_client, run
-from tests.unit.conftest import SECRET
-from tests.unit.test_service import refusal
+from tests.unit.helpers import SECRET, refusal
 from wssfleet import auth
 from wssfleet_control import secrets
 

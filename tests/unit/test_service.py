@@ -16,7 +16,7 @@ import urllib.request
 import jwt
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from tests.unit.clients import (
     expect_nothing,
@@ -27,17 +27,15 @@ from tests.unit.clients import (
     run,
     subscribed,
 )
-from tests.unit.conftest import ORIGIN, SECRET, token
+from tests.unit.helpers import (
+    ORIGIN,
+    SECRET,
+    refusal,
+    token,
+    two_services_on_redis,
+    wait_until_redis,
+)
 from wssfleet import auth
-
-
-def refusal(service, path: str = "/ws", **options) -> int:
-    async def attempt() -> int:
-        with pytest.raises(InvalidStatus) as refused:
-            await connect(service.url + path, **options)
-        return refused.value.response.status_code
-
-    return run(attempt())
 
 
 def test_healthz_without_redis_says_redis_disabled(start_service):
@@ -151,24 +149,6 @@ def test_publish_crosses_processes_through_redis(start_service, redis_server):
         await expect_nothing(sender)
 
     run(scenario())
-
-
-def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.health()["redis"] == state:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"service on {service.port} never reported redis {state}")
-
-
-def two_services_on_redis(start_service, redis_server, **settings: str):
-    """Two service processes on the same Redis, once both report it connected."""
-    first = start_service(redis_server.url, **settings)
-    second = start_service(redis_server.url, **settings)
-    wait_until_redis(first, "connected")
-    wait_until_redis(second, "connected")
-    return first, second
 
 
 def test_a_redis_outage_refuses_publishes_aloud_and_delivery_resumes(start_service, redis_server):
@@ -329,7 +309,7 @@ def test_frames_are_answered_in_order_while_a_publish_waits_for_redis(start_serv
         ("error", None),
         ("unsubscribed", None),
     ], answers
-    # The publish failed aloud when Redis did not answer (2 s, broker.py); nothing behind
+    # The publish failed aloud when Redis did not answer (2 s, redis_broker.py); nothing behind
     # it was answered first.
     assert waited >= 1.5, waited
 
@@ -613,7 +593,7 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
 def test_a_prebuilt_frame_is_the_frame_websockets_would_send(length):
     from websockets.frames import Frame, Opcode
 
-    from wssfleet.server import text_frame
+    from wssfleet.client import text_frame
 
     payload = ("é" * length).encode()[:length]
     assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
@@ -632,7 +612,7 @@ def test_a_frozen_redis_is_noticed_by_the_health_check_and_delivery_resumes(
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             frozen_at = time.monotonic()
-            # A PING after 5 s of silence, dropped 2 s after that (broker.py).
+            # A PING after 5 s of silence, dropped 2 s after that (redis_broker.py).
             await asyncio.to_thread(wait_until_redis, second, "disconnected", 12.0)
             noticed = time.monotonic() - frozen_at
             await request(publisher, type="publish", channel="room", data="frozen", id="m1")

@@ -26,14 +26,14 @@ import sys
 import time
 import urllib.request
 
+from layout import ACME_CA_BUNDLE  # beside this file on the host
+
 TIMEOUT = 10
-# Where the deploy puts the private ACME server's CA (acme_ca_bundle, roles/certificates.py).
-PRIVATE_CA = "/etc/wssfleet/acme-ca.pem"
 
 
 def fetch_json(url: str) -> dict:
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or (
-        PRIVATE_CA if os.path.exists(PRIVATE_CA) else None
+        ACME_CA_BUNDLE if os.path.exists(ACME_CA_BUNDLE) else None
     )
     context = ssl.create_default_context(cafile=bundle)
     request = urllib.request.Request(url, headers={"User-Agent": "wssfleet"})

@@ -33,12 +33,12 @@ from datetime import datetime
 from pathlib import Path
 
 import acme_info  # beside this file on the host (wssfleet_control/hostside/)
+import layout
 
-CERT_NAME = "wssfleet"
-CERTIFICATE = Path(f"/etc/letsencrypt/live/{CERT_NAME}/cert.pem")
-RENEWAL_CONFIG = Path(f"/etc/letsencrypt/renewal/{CERT_NAME}.conf")
-STATE = Path("/var/lib/wssfleet/renewal.json")
-TEXTFILE = Path("/var/lib/prometheus/node-exporter/wssfleet_certificate.prom")
+CERTIFICATE = Path(layout.LIVE_CERTIFICATE)
+RENEWAL_CONFIG = Path(layout.RENEWAL_CONFIG)
+STATE = Path(layout.RENEWAL_STATE)
+TEXTFILE = Path(layout.CERTIFICATE_METRICS_FILE)
 # certbot's lifetime rule (certbot/_internal/renewal.py, _default_renewal_time).
 SHORT_LIFETIME = 10 * 86400
 UNITS = {
@@ -187,7 +187,7 @@ def write_textfile(found: dict[str, float | str]) -> None:
     lines = []
     for key, name, kind, help_text in METRICS:
         if key in found:
-            labels = f'certificate="{CERT_NAME}"'
+            labels = f'certificate="{layout.CERT_NAME}"'
             if key == "next_renewal":
                 labels += f',rule="{found["renewal_rule"]}"'
             lines += [

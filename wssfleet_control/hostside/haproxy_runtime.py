@@ -35,14 +35,14 @@ import syslog
 import time
 import urllib.request
 
-ADMIN_SOCKET = "/run/haproxy/admin.sock"
-# Read-only (level user): what the rebalancer, which runs unprivileged, may reach.
-STATS_SOCKET = "/run/haproxy/stats.sock"
-# Debian's haproxy.service starts the master with -S /run/haproxy-master.sock.
-MASTER_SOCKET = "/run/haproxy-master.sock"
-CERTIFICATE = "/etc/haproxy/certs/wssfleet.pem"
-# Written by roles/haproxy.py, root's only.
-INTERNAL_KEY_FILE = "/etc/wssfleet-rebalancer.env"
+from layout import (  # beside this file on the host
+    ADMIN_SOCKET,
+    BACKEND,
+    HAPROXY_CERTIFICATE,
+    MASTER_SOCKET,
+    REBALANCER_ENVIRONMENT,
+)
+
 RELOAD_TIMEOUT = 30.0
 MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed: (\d+)\]", re.MULTILINE)
 
@@ -51,11 +51,12 @@ class RuntimeApiError(Exception):
     """HAProxy refused or did not answer; the message says what it answered."""
 
 
-def ask(command: str, path: str = ADMIN_SOCKET, until: bytes | None = None) -> str:
-    """Send one command; return HAProxy's whole answer."""
+def ask(command: str, path: str | None = None, until: bytes | None = None) -> str:
+    """Send one command (to the admin socket unless ``path`` names another); return HAProxy's
+    whole answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(10)
-        connection.connect(path)
+        connection.connect(path or ADMIN_SOCKET)
         connection.sendall(command.encode() + (b"" if command.endswith("\n") else b"\n"))
         reply = b""
         # The master CLI may keep the connection open: stop at the answer's known end.
@@ -64,7 +65,7 @@ def ask(command: str, path: str = ADMIN_SOCKET, until: bytes | None = None) -> s
     return reply.decode()
 
 
-def servers(path: str = ADMIN_SOCKET) -> list[dict[str, str]]:
+def servers(path: str | None = None) -> list[dict[str, str]]:
     """Every server of every backend: name, status, open sessions, admin state."""
     rows = csv.DictReader(io.StringIO(ask("show stat", path).lstrip("# ")))
     return [
@@ -170,7 +171,7 @@ def close_old(pid: int, spread_seconds: float) -> int:
     tunnels = [
         line.split(":", 1)[0]
         for line in ask_process(pid, "show sess").splitlines()
-        if f" be={WORKERS} " in line
+        if f" be={BACKEND} " in line
     ]
     started = time.monotonic()
     print(f"closing {len(tunnels)} WebSockets of old process {pid} over {spread_seconds:.0f} s")
@@ -189,22 +190,22 @@ def install_cert(lineage: str) -> int:
         open(os.path.join(lineage, "privkey.pem")) as key,
     ):
         pem = chain.read().strip() + "\n" + key.read().strip() + "\n"
-    temporary = os.path.join(os.path.dirname(CERTIFICATE), ".wssfleet.pem.tmp")
+    temporary = os.path.join(os.path.dirname(HAPROXY_CERTIFICATE), ".wssfleet.pem.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(pem)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, CERTIFICATE)
+    os.replace(temporary, HAPROXY_CERTIFICATE)
     if not os.path.exists(ADMIN_SOCKET):
         syslog.syslog("wssfleet: HAProxy is not running; it loads the new certificate at start")
         return 0
     # The runtime API's payload syntax ends at the first empty line.
     payload = "\n".join(line for line in pem.splitlines() if line.strip())
-    created = ask(f"set ssl cert {CERTIFICATE} <<\n{payload}\n\n")
-    committed = ask(f"commit ssl cert {CERTIFICATE}")
+    created = ask(f"set ssl cert {HAPROXY_CERTIFICATE} <<\n{payload}\n\n")
+    committed = ask(f"commit ssl cert {HAPROXY_CERTIFICATE}")
     if "Success" not in committed:
-        ask(f"abort ssl cert {CERTIFICATE}")
+        ask(f"abort ssl cert {HAPROXY_CERTIFICATE}")
         message = (
             f"wssfleet: HAProxy refused the certificate: {created.strip()} {committed.strip()}"
         )
@@ -238,7 +239,6 @@ def wait_up(server: str, seconds: float) -> int:
         time.sleep(0.2)
 
 
-WORKERS = "workers"
 SERVER_LINE = re.compile(r"^\s+server\s+(\S+)\s+(\S+)\s*$")
 
 
@@ -253,10 +253,10 @@ def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
         if line and not line[0].isspace():
             section = line.strip()
         match = SERVER_LINE.match(line)
-        if section == f"backend {WORKERS}" and match:
+        if section == f"backend {BACKEND}" and match:
             servers_found[match[1]] = match[2]
             continue
-        if section == f"backend {WORKERS}" and line.strip().startswith("default-server "):
+        if section == f"backend {BACKEND}" and line.strip().startswith("default-server "):
             options = line.strip().removeprefix("default-server ")
         # The template leaves a blank line a server: blank lines say nothing.
         if line.strip():
@@ -282,13 +282,13 @@ def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seco
     removed = sorted(set(running) - set(wanted))
     drain_servers({name: running[name] for name in removed}, drain_seconds)
     for name in removed:
-        ask(f"set server {WORKERS}/{name} state maint")
-        ask(f"shutdown sessions server {WORKERS}/{name}")
-        answer = ask(f"del server {WORKERS}/{name}").strip()
+        ask(f"set server {BACKEND}/{name} state maint")
+        ask(f"shutdown sessions server {BACKEND}/{name}")
+        answer = ask(f"del server {BACKEND}/{name}").strip()
         if "Server deleted" not in answer:
-            print(f"HAProxy: del server {WORKERS}/{name}: {answer}; reloading", file=sys.stderr)
+            print(f"HAProxy: del server {BACKEND}/{name}: {answer}; reloading", file=sys.stderr)
             return install_and_reload(candidate_path, live_path, spread_seconds)
-        print(f"removed server {WORKERS}/{name} without a reload")
+        print(f"removed server {BACKEND}/{name} without a reload")
     install(candidate_path, live_path)
     return 0
 
@@ -296,15 +296,15 @@ def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seco
 def add_server(name: str, address: str, options: str) -> bool:
     # Dynamic servers do not take the backend's default-server line: give its options.
     for command in (
-        f"add server {WORKERS}/{name} {address} {options}",
-        f"enable health {WORKERS}/{name}",
-        f"enable server {WORKERS}/{name}",
+        f"add server {BACKEND}/{name} {address} {options}",
+        f"enable health {BACKEND}/{name}",
+        f"enable server {BACKEND}/{name}",
     ):
         answer = ask(command).strip()
         if answer and "New server registered" not in answer:
             print(f"HAProxy: {command}: {answer}", file=sys.stderr)
             return False
-    print(f"added server {WORKERS}/{name} ({address}) without a reload")
+    print(f"added server {BACKEND}/{name} ({address}) without a reload")
     return True
 
 
@@ -313,8 +313,8 @@ def internal_setting(name: str) -> str:
     internal_tls, the CA their certificates chain to): the rebalancer has them in its
     environment, root reads them from the rebalancer's environment file."""
     value = os.environ.get(name)
-    if value is None and os.access(INTERNAL_KEY_FILE, os.R_OK):
-        with open(INTERNAL_KEY_FILE) as lines:
+    if value is None and os.access(REBALANCER_ENVIRONMENT, os.R_OK):
+        with open(REBALANCER_ENVIRONMENT) as lines:
             for line in lines:
                 key, _, found = line.strip().partition("=")
                 if key == name:
@@ -340,7 +340,7 @@ def drain_servers(removed: dict[str, str], drain_seconds: float) -> None:
     """No new client for these servers; their instances close their clients with 1012 over
     the drain window, so they reconnect to the others; wait until they have none."""
     for name, address in removed.items():
-        ask(f"set server {WORKERS}/{name} state drain")
+        ask(f"set server {BACKEND}/{name} state drain")
         try:
             shed(address, 1_000_000, drain_seconds)
         except OSError as error:

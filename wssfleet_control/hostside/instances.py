@@ -24,25 +24,24 @@ import time
 import urllib.error
 import urllib.request
 
-HOME = "/opt/wssfleet"
-# With internal_tls, the CA the instances' certificates chain to (internal_tls.py).
-INTERNAL_CA = "/etc/wssfleet/tls/ca.pem"
-RELEASES = f"{HOME}/releases"
-CURRENT = f"{HOME}/current"
-# Every release `current` was pointed at, oldest first: what `wssfleet rollback` goes back to.
-HISTORY = f"{HOME}/history"
+from layout import (  # beside this file on the host
+    CURRENT,
+    INSTANCE_UNIT_FILE,
+    RELEASE_HISTORY,
+    RELEASES,
+    SERVICE_ENVIRONMENT,
+    WORKER_INTERNAL_CA,
+    instance_unit,
+)
+
 # What an instance reads when it starts: newer than the process means it runs stale settings.
-STARTUP_FILES = ("/etc/wssfleet/wssfleet.env", "/etc/systemd/system/wssfleet@.service")
+STARTUP_FILES = (SERVICE_ENVIRONMENT, INSTANCE_UNIT_FILE)
 RELEASE_IN_PATH = re.compile(r"/releases/([^/]+)/")
-
-
-def unit(port: str) -> str:
-    return f"wssfleet@{port}.service"
 
 
 def main_pid(port: str) -> int:
     shown = subprocess.run(
-        ["systemctl", "show", "-P", "MainPID", unit(port)], capture_output=True, text=True
+        ["systemctl", "show", "-P", "MainPID", instance_unit(port)], capture_output=True, text=True
     )
     return int(shown.stdout.strip() or 0)
 
@@ -94,7 +93,7 @@ def point(release: str) -> int:
         os.unlink(temporary)
     os.symlink(target, temporary)
     os.replace(temporary, CURRENT)
-    with open(HISTORY, "a") as history:
+    with open(RELEASE_HISTORY, "a") as history:
         history.write(release + "\n")
     return 0
 
@@ -102,7 +101,7 @@ def point(release: str) -> int:
 def previous() -> str:
     now = current()
     try:
-        with open(HISTORY) as history:
+        with open(RELEASE_HISTORY) as history:
             pointed = [line.strip() for line in history if line.strip()]
     except FileNotFoundError:
         pointed = []
@@ -115,8 +114,8 @@ def previous() -> str:
 def health(address: str, port: str) -> tuple[int, str]:
     """An instance's /healthz: over TLS when the deployment's internal CA is on this host
     (internal_tls), unless that instance still serves plain HTTP (it started before)."""
-    if os.path.exists(INTERNAL_CA):
-        context = ssl.create_default_context(cafile=INTERNAL_CA)
+    if os.path.exists(WORKER_INTERNAL_CA):
+        context = ssl.create_default_context(cafile=WORKER_INTERNAL_CA)
         try:
             return _health(f"https://{address}:{port}/healthz", context)
         except urllib.error.URLError as error:
@@ -163,7 +162,8 @@ def drain(address: str, port: str, seconds: float) -> int:
         print(json.dumps({"connections": 0, "reply": "not running"}))
         return 0
     subprocess.run(
-        ["systemctl", "kill", "--kill-whom=main", "--signal=SIGUSR1", unit(port)], check=True
+        ["systemctl", "kill", "--kill-whom=main", "--signal=SIGUSR1", instance_unit(port)],
+        check=True,
     )
     deadline = time.monotonic() + seconds
     while True:

@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import haproxy_runtime
-
-BACKEND = "workers"
+import haproxy_runtime  # beside this file on the host
+from layout import BACKEND, STATS_SOCKET
 
 
 def plan(counts: dict[str, int], tolerance: float, budget: int) -> dict[str, int]:
@@ -48,7 +44,7 @@ def plan(counts: dict[str, int], tolerance: float, budget: int) -> dict[str, int
 def once(instances: dict[str, str], rate: float, interval: float, tolerance: float) -> None:
     rows = [
         row
-        for row in haproxy_runtime.servers(haproxy_runtime.STATS_SOCKET)
+        for row in haproxy_runtime.servers(STATS_SOCKET)
         if row["backend"] == BACKEND and row["server"] in instances
     ]
     if not rows or not all(row["status"].startswith("UP") for row in rows):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from wssfleet_control.checkout import LAB_STATE, REPO
 from wssfleet_control.settings import DnsName
 
-REPO = Path(__file__).resolve().parent.parent
-CHECKOUT_DIR = REPO / ".lab"
+CHECKOUT_DIR = LAB_STATE
 # Machine-wide, because the bridge, the nftables table and the root filesystems are too:
 # a lab started from another checkout, or left by a stopped session, is found here.
 STATE_DIR = Path("/var/lib/wssfleet-lab")

@@ -1,17 +1,18 @@
 """One deploy as deploy.py sees it: the checked fleet, its secrets, the release, and whether
-it is a plan. `wssfleet deploy` and `wssfleet plan` set it before pyinfra loads deploy.py."""
+it is a plan. `wssfleet deploy` and `wssfleet plan` make it and hand it to deploy.py through
+pyinfra's State (``of``): no module global carries a deploy."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wssfleet_control import release
+from wssfleet_control.checkout import TEMPLATES
 from wssfleet_control.inventory import Fleet
 
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "templates"
+# The attribute of pyinfra's State that holds the run while deploy.py is loaded.
+STATE_ATTRIBUTE = "wssfleet_run"
 
 
 class DeployError(RuntimeError):
@@ -28,6 +29,10 @@ class DeployRun:
     templates: Path = TEMPLATES
     release: str = field(default_factory=release.release_id)
 
+    def template(self, role: str, name: str) -> str:
+        """The path of one of a role's templates (templates/<role>/<name>)."""
+        return str(self.templates / role / name)
+
     def wheelhouse(self, python_version: str, machine: str) -> Path:
         if self.dry:
             raise DeployError("a plan builds no wheels")
@@ -39,28 +44,12 @@ class DeployRun:
         return release.tool_wheelhouse(requirements, python_version, machine)
 
 
-_current: DeployRun | None = None
-
-
-def begin(run: DeployRun) -> None:
-    global _current
-    _current = run
-
-
-def end() -> None:
-    global _current
-    _current = None
-
-
-def current_run() -> DeployRun:
-    if _current is None:
+def of(state) -> DeployRun:
+    """The run pyinfra's ``state`` was given by the engine."""
+    run = getattr(state, STATE_ATTRIBUTE, None)
+    if run is None:
         raise DeployError(
             "deploy.py is run by `wssfleet deploy` (make deploy) or `wssfleet plan` (make plan), "
             "which validate the inventory and own the rollout"
         )
-    return _current
-
-
-def quote(value: object) -> str:
-    """A value as one shell word, whatever it holds."""
-    return shlex.quote(str(value))
+    return run

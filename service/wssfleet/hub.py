@@ -1,0 +1,388 @@
+"""Every client of one process by channel, and the bus that stores and carries their
+messages: joins with recovery, publishes, fan-out, keepalive, drain and shed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+from json.encoder import encode_basestring_ascii
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import State
+
+from wssfleet import auth, metrics, protocol
+from wssfleet.broker import Bus, BusUnavailable, History, Limits, PublishRefused, is_after
+from wssfleet.client import Client, text_frame
+from wssfleet.config import ServiceConfig as Config
+from wssfleet.events import event
+from wssfleet.memory_broker import MemoryBus
+from wssfleet.pacing import busiest_second, paced
+from wssfleet.protocol import (
+    CLOSE_SERVICE_RESTART,
+)
+from wssfleet.redis_broker import RedisBus
+
+# Recoveries (subscribes with since) reading history at once in one process, and how long
+# reads that fail are retried before the client hears that nothing could be recovered.
+HISTORY_READS = 4
+HISTORY_READ_DEADLINE = 5.0
+# What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
+MESSAGE_TAIL_BYTES = 82
+
+
+def publish_key(message_id: str | int) -> str:
+    """A publish id as its idempotency key names it: its JSON text, as json.dumps writes it
+    (keys stored by an earlier release must still match), without json.dumps's per-call work."""
+    if isinstance(message_id, str):
+        return encode_basestring_ascii(message_id)
+    return str(message_id)
+
+
+class Feed:
+    """One channel as this process serves it: its clients and the last offset delivered."""
+
+    def __init__(self) -> None:
+        self.members: set[Client] = set()
+        self.offset: str | None = None
+        # Messages that arrive while the feed catches up on what a bus outage skipped.
+        self.buffer: list[tuple[str, str]] | None = None
+
+
+class Hub:
+    """Every client of this process, by channel, and the bus that stores and carries their
+    messages."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = metrics.Stats()
+        self.clients: set[Client] = set()
+        # Open connections by token subject, bounded by connections_per_subject.
+        self.subjects: collections.Counter[str] = collections.Counter()
+        self.feeds: dict[str, Feed] = {}
+        limits = Limits(
+            history_size=config.history_size,
+            history_ttl=config.history_ttl,
+            history_max_bytes=config.history_max_bytes,
+            max_publish_bytes=min(config.max_publish_bytes, config.max_message_bytes),
+            history_channels=config.history_channels,
+            history_channels_per_subject=config.history_channels_per_subject,
+            publish_ids_per_subject=config.publish_ids_per_subject,
+        )
+        self.bus: Bus = (
+            RedisBus(config.redis_url, limits, config.worker_label)
+            if config.redis_url
+            else MemoryBus(limits)
+        )
+        self.draining: asyncio.Task[None] | None = None
+        self.shedding: asyncio.Task[None] | None = None
+        self._catching_up: set[asyncio.Task[None]] = set()
+        self._recoveries = asyncio.Semaphore(HISTORY_READS)
+        self._keeping_alive: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.bus.start(self.deliver, self.resync)
+        self._keeping_alive = asyncio.get_running_loop().create_task(self.keep_alive())
+
+    async def stop(self) -> None:
+        if self._keeping_alive is not None:
+            self._keeping_alive.cancel()
+        await self.bus.stop()
+
+    async def keep_alive(self) -> None:
+        """One keepalive for every client instead of a task per connection (websockets'
+        own): each client is pinged ``ping_interval`` after its last ping, and dropped with
+        1011 when the pong has not come ``ping_timeout`` after the ping."""
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        tick = min(1.0, interval / 2, timeout / 2)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for client in tuple(self.clients):
+                ws = client.ws
+                if client.closing is not None or ws.protocol.state is not State.OPEN:
+                    continue
+                if client.pong is not None and not client.pong.done():
+                    if now - client.pinged > timeout:
+                        client.closing = loop.create_task(drop_unresponsive(ws))
+                    continue
+                if now - client.pinged >= interval:
+                    client.pinged = now
+                    with contextlib.suppress(ConnectionClosed):
+                        client.pong = await ws.ping()
+
+    async def join(self, client: Client, channel: str, since: str | None) -> None:
+        """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
+        with every message after that offset first, then the live ones, none twice."""
+        if not auth.allows(client.may_subscribe, channel):
+            self.stats.requests_refused["not_allowed"] += 1
+            client.reply("error", reason="not allowed", channel=channel)
+            return
+        if channel in client.channels:
+            feed = self.feeds[channel]
+            client.reply("subscribed", channel=channel, offset=feed.offset or "")
+            return
+        if len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT:
+            self.stats.requests_refused["too_many_channels"] += 1
+            client.reply("error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels")
+            return
+        feed = self.feeds.get(channel)
+        if feed is None:
+            feed = self.feeds[channel] = Feed()
+            self.bus.want(channel)
+        pending: list[tuple[str, str]] = []
+        client.channels.add(channel)
+        client.pending[channel] = pending
+        feed.members.add(client)
+        history = await self._history(channel, since)
+        if client.pending.get(channel) is not pending:
+            return  # unsubscribed or gone meanwhile
+        if feed.offset is None:
+            feed.offset = history.latest
+        if since is None:
+            client.reply("subscribed", channel=channel, offset=history.latest)
+            last = history.latest
+        elif history.recovered:
+            self.stats.recoveries["recovered"] += 1
+            self.stats.recovered_messages += len(history.missed)
+            client.reply("subscribed", channel=channel, recovered=True, missed=len(history.missed))
+            for _, frame in history.missed:
+                client.offer(frame)
+            last = history.missed[-1][0] if history.missed else since
+        else:
+            self.stats.recoveries["not_recovered"] += 1
+            client.reply("subscribed", channel=channel, recovered=False, offset=history.latest)
+            last = history.latest
+        del client.pending[channel]
+        for offset, frame in pending:
+            if is_after(offset, last):
+                client.offer(frame)
+                last = offset
+        if is_after(last, feed.offset):
+            client.sent_up_to[channel] = last
+
+    async def _history(self, channel: str, since: str | None) -> History:
+        """The channel's history after ``since``, once messages of the channel reach this
+        process. It waits for a bus that is away (a Redis restart); reads that fail while it
+        is there are retried with backoff for HISTORY_READ_DEADLINE, then the answer is that
+        nothing could be recovered. Recoveries take turns: at most HISTORY_READS at once."""
+        if since is None:
+            return await self._read_history(channel, since)
+        async with self._recoveries:
+            return await self._read_history(channel, since)
+
+    async def _read_history(self, channel: str, since: str | None) -> History:
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                await self.bus.ready(channel)
+                return await self.bus.since(channel, since)
+            except BusUnavailable:
+                if not self.bus.connected:
+                    failing_since = None
+                    await self.bus.wait_connected()
+                    continue
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= HISTORY_READ_DEADLINE:
+                self.stats.requests_refused["bus_unavailable"] += 1
+                feed = self.feeds.get(channel)
+                latest = feed.offset if feed is not None and feed.offset else ""
+                return History(latest=latest, recovered=False)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 1.0)
+
+    def leave(self, client: Client, channel: str) -> None:
+        client.channels.discard(channel)
+        client.pending.pop(channel, None)
+        client.sent_up_to.pop(channel, None)
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            feed.members.discard(client)
+            if not feed.members:
+                del self.feeds[channel]
+                self.bus.release(channel)
+
+    def remove(self, client: Client) -> None:
+        for channel in list(client.channels):
+            self.leave(client, channel)
+        self.clients.discard(client)
+
+    async def publish(self, client: Client, request: protocol.Request) -> None:
+        """Store and carry a client's message. With an ``id`` the client hears when it is
+        stored (and a retry with the same id is stored once); a failure is always said."""
+        channel = request.channel
+        assert channel is not None
+        key = None if request.id is None else publish_key(request.id)
+        ids = {} if request.id is None else {"id": request.id}
+        if not auth.allows(client.may_publish, channel):
+            self.stats.requests_refused["not_allowed"] += 1
+            client.reply("error", reason="not allowed", channel=channel, **ids)
+            return
+        head = protocol.message_head(channel, request.data, client.subject)
+        size = len(head) if head.isascii() else len(head.encode())
+        if size + MESSAGE_TAIL_BYTES > self.config.max_publish_bytes:
+            # Echo may be larger (max_message_bytes): what is stored for everyone is bounded.
+            self.stats.requests_refused["too_big"] += 1
+            reason = f"not published: over max_publish_bytes={self.config.max_publish_bytes}"
+            client.reply("error", reason=reason, channel=channel, **ids)
+            return
+        try:
+            offset = await self.bus.publish(channel, head, client.subject, key)
+        except BusUnavailable as error:
+            self.stats.requests_refused["bus_unavailable"] += 1
+            client.reply("error", reason=f"not published: {error}", **ids)
+            return
+        except PublishRefused as error:
+            self.stats.requests_refused["limit"] += 1
+            client.reply("error", reason=f"not published: {error}", channel=channel, **ids)
+            return
+        if request.id is not None:
+            client.reply("published", id=request.id, offset=offset)
+
+    def deliver(self, channel: str, offset: str, frame: str) -> None:
+        feed = self.feeds.get(channel)
+        if feed is None:
+            return
+        if feed.buffer is not None:
+            feed.buffer.append((offset, frame))
+            return
+        self._fan_out(feed, channel, offset, frame)
+
+    def _fan_out(self, feed: Feed, channel: str, offset: str, frame: str) -> None:
+        if not is_after(offset, feed.offset):
+            return  # delivered already: a catch-up read overlapped the live messages
+        feed.offset = offset
+        serialized = text_frame(frame.encode())
+        written = 0
+        for client in tuple(feed.members):
+            if client.pending:
+                pending = client.pending.get(channel)
+                if pending is not None:
+                    pending.append((offset, frame))
+                    continue
+            if client.sent_up_to:
+                sent = client.sent_up_to.get(channel)
+                if sent is not None:
+                    if not is_after(offset, sent):
+                        continue
+                    del client.sent_up_to[channel]
+            if client.write(serialized):
+                written += 1
+        self.stats.delivered["message"] += written
+
+    def resync(self, channels: list[str]) -> None:
+        """The bus is back after an outage: catch each served channel up from history."""
+        for channel in channels:
+            feed = self.feeds.get(channel)
+            if feed is None or feed.buffer is not None:
+                continue
+            feed.buffer = []
+            task = asyncio.get_running_loop().create_task(self._catch_up(channel, feed))
+            self._catching_up.add(task)
+            task.add_done_callback(self._catching_up.discard)
+
+    async def _catch_up(self, channel: str, feed: Feed) -> None:
+        history = await self._history(channel, feed.offset) if feed.offset else None
+        buffered, feed.buffer = feed.buffer or [], None
+        if self.feeds.get(channel) is not feed:
+            return
+        if history is not None and history.recovered:
+            for offset, frame in history.missed:
+                self._fan_out(feed, channel, offset, frame)
+        elif history is not None:
+            # The history no longer reaches back to what this process last delivered: say so
+            # to every live client, which refetches its state, as after its own subscribe.
+            latest = history.latest
+            notice = text_frame(
+                protocol.encode("subscribed", channel=channel, recovered=False, offset=latest)
+            )
+            for client in feed.members:
+                if channel not in client.pending:
+                    client.send_frame(notice, "subscribed")
+            feed.offset = history.latest
+            self.stats.history_lost += 1
+            event("history lost", channel=channel, worker=self.config.worker_label)
+        for offset, frame in buffered:
+            self._fan_out(feed, channel, offset, frame)
+
+    def gauges(self) -> dict[str, float]:
+        """The live figures the metrics report beside the counters."""
+        return {
+            "connections": len(self.clients),
+            "channels": len(self.feeds),
+            "bus_connected": 1 if not self.config.redis_url or self.bus.connected else 0,
+            "bus_messages": self.bus.received,
+            "draining": 1 if self.draining is not None else 0,
+        }
+
+    def health(self) -> dict[str, object]:
+        if not self.config.redis_url:
+            redis_state = "disabled"
+        else:
+            redis_state = "connected" if self.bus.connected else "disconnected"
+        return {
+            "status": "ok" if redis_state != "disconnected" else "degraded",
+            "redis": redis_state,
+            "worker": self.config.worker_label,
+            "connections": len(self.clients),
+            "channels": len(self.feeds),
+            "bus_messages": self.bus.received,
+            "draining": self.draining is not None,
+        }
+
+    async def drain(self) -> None:
+        """Close every client with 1012 at an even pace over ``drain_seconds``, so that their
+        reconnections reach the other instances as a trickle, not a herd. Clients that
+        arrived meanwhile are closed at the end of the window."""
+        seconds = self.config.drain_seconds
+        clients = list(self.clients)
+        event("drain", clients=len(clients), seconds=seconds, worker=self.config.worker_label)
+        busiest = await self._close_paced(clients, seconds, "drain")
+        latecomers = [client for client in self.clients if client.closing is None]
+        for latecomer in latecomers:
+            self._restart_close(latecomer, "drain")
+        event(
+            "drained",
+            clients=len(clients),
+            latecomers=len(latecomers),
+            busiest_second=busiest,
+            worker=self.config.worker_label,
+        )
+
+    async def shed(self, count: int, seconds: float) -> None:
+        """Close ``count`` clients with 1012 over ``seconds``, so that they reconnect to
+        emptier instances (the master's rebalancer asks)."""
+        clients = [client for client in self.clients if client.closing is None]
+        random.shuffle(clients)
+        busiest = await self._close_paced(clients[:count], seconds, "rebalance")
+        event("shed", clients=min(count, len(clients)), busiest_second=busiest)
+
+    async def _close_paced(self, clients: list[Client], seconds: float, reason: str) -> int:
+        """Close these clients with 1012 evenly over ``seconds`` (``reason``: drain or
+        rebalance); returns the most closed in any one second."""
+        moments = await paced(
+            len(clients), seconds, lambda index: self._restart_close(clients[index], reason)
+        )
+        return busiest_second(moments)
+
+    def _restart_close(self, client: Client, reason: str) -> None:
+        if client.closing is None:
+            self.stats.closes[reason] += 1
+            client.closing = asyncio.create_task(
+                client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
+            )
+
+
+async def drop_unresponsive(ws: ServerConnection) -> None:
+    """Close a client whose pong is late with 1011 and hang up at once, as websockets'
+    keepalive does: a peer that does not answer pings will not answer a close either."""
+    with contextlib.suppress(ConnectionClosed):
+        async with ws.send_context():
+            ws.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")

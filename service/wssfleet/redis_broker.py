@@ -1,0 +1,374 @@
+"""The bus through Redis: history in a stream per channel, delivery over pub/sub to the
+processes that serve the channel, both through the functions of redis_functions.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wssfleet.broker import (
+    FRAME_TAIL,
+    Bus,
+    BusUnavailable,
+    Deliver,
+    History,
+    Limits,
+    Position,
+    PublishRefused,
+    Resync,
+    offset_of,
+)
+from wssfleet.pipelined import Address, Link, LinkLost, ReplyError, RespConnection
+from wssfleet.redis_functions import publish_keys
+
+log = logging.getLogger("wssfleet.broker")
+
+# Subscribed by every process whatever its clients want: the pub/sub connection exists (and is
+# health-checked) before the first channel is asked for.
+CONTROL_CHANNEL = "wssfleet:control"
+# Redis's name for a wssfleet channel's pub/sub channel is this and the channel's name.
+CHANNEL_PREFIX = "wssfleet:channel:"
+CHANNEL_PREFIX_LENGTH = len(CHANNEL_PREFIX)
+# A channel nobody serves any more keeps its subscription this long, so a client that comes
+# straight back (a reconnect) finds its feed still warm.
+UNSUBSCRIBE_AFTER = 5.0
+COMMAND_TIMEOUT = 2.0
+# A history read answers about this many bytes at a time: as many entries as fit when each is
+# as large as a publish may be, and no more bytes than this (entries stored before that bound
+# may be larger). Redis reads no more than a page for it, and serves others between pages.
+HISTORY_PAGE_BYTES = 256 * 2**10
+# A pub/sub connection that has said nothing this long is asked for a PONG; one that stays
+# silent COMMAND_TIMEOUT longer is dropped and made again.
+HEALTH_CHECK_INTERVAL = 5.0
+
+
+class RedisBus(Bus):
+    """One process's link to Redis: a command connection for storing and reading history and
+    one pub/sub connection for the channels this process serves."""
+
+    def __init__(self, url: str, limits: Limits, name: str) -> None:
+        """
+        + url: redis:// URL, password included
+        + limits: what a channel's history keeps, and the bounds on what publishers store
+        + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>, its
+          publish connection publish:<name>)
+        """
+        self.name = name
+        self.history_size = limits.history_size
+        self.history_ttl = limits.history_ttl
+        self._history_max_bytes = limits.history_max_bytes
+        self._page_entries = max(1, HISTORY_PAGE_BYTES // limits.max_publish_bytes)
+        # STORE_AND_PUBLISH's ARGV after the frame head and the epoch, which vary.
+        self._publish_limits = (
+            limits.history_max_bytes,
+            limits.history_channels,
+            limits.history_channels_per_subject,
+            limits.publish_ids_per_subject,
+        )
+        self.connected = False
+        self.received = 0
+        self._deliver: Deliver = lambda channel, offset, frame: None
+        self._resync: Resync = lambda channels: None
+        self._wanted: dict[str, int] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._release_timers: dict[str, asyncio.TimerHandle] = {}
+        self._subscriber: RespConnection | None = None
+        self._connected_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # The loop keeps only weak references to tasks: one nobody holds can be collected
+        # mid-flight, and a subscription it was making would never be confirmed.
+        self._background: set[asyncio.Task[None]] = set()
+        # A command that meets a connection the server closed (a Redis restart) is retried
+        # once on a fresh one: without this the first command after a restart fails.
+        self._commands = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+            health_check_interval=10,
+        )
+        # Every publish of this process goes out on one pipelined connection, and messages
+        # arrive on another, handled as they are parsed (see pipelined.py).
+        self._publishing = Link(url, f"publish:{name}", COMMAND_TIMEOUT)
+        self._address = Address(url)
+
+    def start(self, deliver: Deliver, resync: Resync) -> None:
+        self._deliver = deliver
+        self._resync = resync
+        self._task = asyncio.create_task(self._listen_forever(), name="redis-bus")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._publishing.close()
+        await self._commands.aclose()
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    @staticmethod
+    def _bus_channel(channel: str) -> str:
+        return f"{CHANNEL_PREFIX}{channel}"
+
+    @staticmethod
+    def _keys(channel: str) -> list[str]:
+        return [f"wssfleet:history:{channel}", f"wssfleet:history-state:{channel}"]
+
+    def want(self, channel: str) -> None:
+        timer = self._release_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        self._wanted[channel] = self._wanted.get(channel, 0) + 1
+        if channel in self._confirmed:
+            return
+        self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        # Subscribed now if a connection exists; a connection made later subscribes every
+        # channel in _confirmed itself.
+        self._send_to_subscriber("SUBSCRIBE", self._bus_channel(channel))
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _send_to_subscriber(self, *command: str) -> None:
+        subscriber = self._subscriber
+        if subscriber is not None:
+            # A connection lost meanwhile: the next one subscribes from _confirmed.
+            with contextlib.suppress(LinkLost):
+                subscriber.send(*command)
+
+    async def ready(self, channel: str) -> None:
+        """Wait until Redis has confirmed this process's subscription to ``channel``."""
+        while True:
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                return
+            try:
+                await asyncio.shield(confirmed)
+                return
+            except BusUnavailable:
+                await self.wait_connected()
+
+    def release(self, channel: str) -> None:
+        count = self._wanted.get(channel, 0) - 1
+        if count > 0:
+            self._wanted[channel] = count
+            return
+        self._wanted.pop(channel, None)
+        self._unsubscribe_later(channel)
+
+    def _unsubscribe_later(self, channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._release_timers[channel] = loop.call_later(
+            UNSUBSCRIBE_AFTER, lambda: self._in_background(self._unsubscribe(channel))
+        )
+
+    async def _unsubscribe(self, channel: str) -> None:
+        self._release_timers.pop(channel, None)
+        if channel in self._wanted:
+            return
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            return
+        if not confirmed.done():
+            # Unsubscribing before Redis confirmed could let that late confirmation pass for
+            # a later subscription's: try again once this one is settled.
+            self._unsubscribe_later(channel)
+            return
+        del self._confirmed[channel]
+        if self.connected:
+            self._send_to_subscriber("UNSUBSCRIBE", self._bus_channel(channel))
+
+    async def publish(self, channel: str, head: str, subject: str, message_key: str | None) -> str:
+        keys = publish_keys(channel, subject, message_key)
+        arguments = [
+            self._bus_channel(channel),
+            head,
+            self.history_size,
+            self.history_ttl,
+            # Names a new history's epoch: unique enough, and no system call per message.
+            f"{random.getrandbits(32):08x}",
+            *self._publish_limits,
+            channel,
+        ]
+        command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
+        # A second try only where it cannot store the message twice: the connection was gone
+        # before the command left (Redis restarted between two publishes), or the publish
+        # has an idempotency key.
+        for last_try in (False, True):
+            try:
+                return (await self._publishing.call(*command)).decode()
+            except ReplyError as error:
+                if str(error).startswith("LIMIT "):
+                    raise PublishRefused(str(error).removeprefix("LIMIT ")) from None
+                raise BusUnavailable(_reason(error)) from None
+            except LinkLost as error:
+                if last_try or (error.sent and message_key is None):
+                    raise BusUnavailable(_reason(error)) from None
+        raise AssertionError("unreachable")
+
+    async def since(self, channel: str, offset: str | None) -> History:
+        """Read in pages of about HISTORY_PAGE_BYTES, each a command of its own, so that no
+        reply is larger than that and Redis serves others between pages. A history that holds
+        more than a channel may (history_max_bytes: one kept from before that bound) is not
+        recovered: the client refetches its state instead of overflowing its buffer."""
+        position = Position.parse(offset) if offset else None
+        arguments: list[str | int]
+        page = [self._page_entries, HISTORY_PAGE_BYTES]
+        if offset == "":
+            arguments = ["all", "", "", *page]
+        elif position is None:
+            # No offset, or one this service never gives: the latest only.
+            arguments = ["latest", "", "", 0, 0]
+        else:
+            arguments = ["since", position.epoch, position.stream_id, *page]
+        epoch, latest, recovered, entries, more = await self._read_page(channel, arguments)
+        if offset is None or not recovered:
+            return History(latest, recovered)
+        missed: list[tuple[str, str]] = []
+        read = 0
+        while True:
+            for stream_id, fields in entries:
+                message_offset = offset_of(epoch, stream_id.decode())
+                head = dict(zip(fields[::2], fields[1::2], strict=True))[b"f"].decode()
+                read += len(head)
+                missed.append((message_offset, head + message_offset + FRAME_TAIL))
+            if not more:
+                return History(latest, True, missed)
+            if read > self._history_max_bytes or len(missed) > self.history_size:
+                return History(latest, False)
+            last_id = entries[-1][0].decode()
+            page_epoch, _, recovered, entries, more = await self._read_page(
+                channel, ["since", epoch, last_id, *page]
+            )
+            if not recovered or page_epoch != epoch:
+                # Trimmed past where the last page ended, or a new history began: not whole.
+                return History(latest, False)
+
+    async def _read_page(
+        self, channel: str, arguments: list[str | int]
+    ) -> tuple[str, str, bool, list, bool]:
+        """One READ_SINCE: the history's epoch, its latest offset, whether it reaches back
+        to the offset asked for, up to a page of entries after it, and whether more follow."""
+        try:
+            epoch, last, recovered, entries, more = await asyncio.wait_for(
+                self._commands.fcall_ro("wssfleet_read_since", 2, *self._keys(channel), *arguments),
+                COMMAND_TIMEOUT * 2,
+            )
+        except (RedisError, OSError, TimeoutError) as error:
+            raise BusUnavailable(_reason(error)) from None
+        epoch = epoch.decode()
+        latest = offset_of(epoch, last.decode()) if epoch else ""
+        return epoch, latest, bool(recovered), entries, bool(more)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            # No retries on this connection: a silent reconnect would skip what was published
+            # meanwhile. Instead each new connection asks the hub to catch up from history.
+            subscriber = None
+            try:
+                subscriber = await self._address.connect(f"bus:{self.name}", COMMAND_TIMEOUT)
+                channels = list(self._confirmed)
+                subscriber.listen(functools.partial(self._heard, resubscribed=channels))
+                # One command: when the control channel is confirmed, so is every channel.
+                subscriber.send(
+                    "SUBSCRIBE", CONTROL_CHANNEL, *(self._bus_channel(c) for c in channels)
+                )
+                self._subscriber = subscriber
+                await self._until_lost(subscriber)
+            except (LinkLost, ReplyError) as error:
+                if self.connected:
+                    log.warning("redis lost: %s", error)
+            finally:
+                self._subscriber = None
+                if self.connected:
+                    delay = 0.1
+                self._set_connected(False)
+                if subscriber is not None:
+                    subscriber.close("the bus stopped listening")
+            # Full jitter keeps a fleet of processes from reconnecting in lockstep.
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 2.0)
+
+    async def _until_lost(self, subscriber: RespConnection) -> None:
+        """Return when the connection is lost, or silent COMMAND_TIMEOUT past the PING that a
+        silence of HEALTH_CHECK_INTERVAL brings."""
+        loop = asyncio.get_running_loop()
+        while True:
+            silent = loop.time() - subscriber.heard
+            if silent > HEALTH_CHECK_INTERVAL + COMMAND_TIMEOUT:
+                log.warning("redis lost: silent for %.1f s", silent)
+                return
+            if silent >= HEALTH_CHECK_INTERVAL:
+                with contextlib.suppress(LinkLost):
+                    subscriber.send("PING")
+                wait = HEALTH_CHECK_INTERVAL + COMMAND_TIMEOUT - silent
+            else:
+                wait = HEALTH_CHECK_INTERVAL - silent
+            with contextlib.suppress(TimeoutError):
+                # A little past the moment, so that the next look finds it passed.
+                await asyncio.wait_for(asyncio.shield(subscriber.lost), wait + 0.05)
+                log.warning("redis lost: the bus connection closed")
+                return
+
+    def _heard(self, reply: list | ReplyError, resubscribed: list[str]) -> None:
+        """One push from the pub/sub connection, as it is parsed."""
+        if not isinstance(reply, list):
+            log.warning("redis refused a subscription: %s", reply)
+            return
+        kind = reply[0]
+        if kind == b"message":
+            self.received += 1
+            offset, _, frame = reply[2].decode().partition(" ")
+            self._deliver(reply[1][CHANNEL_PREFIX_LENGTH:].decode(), offset, frame)
+        elif kind == b"subscribe":
+            name = reply[1].decode()
+            if name == CONTROL_CHANNEL:
+                if resubscribed:
+                    # Whatever these channels carried while the bus was away is in history.
+                    self._resync(resubscribed)
+                self._set_connected(True)
+                return
+            confirmed = self._confirmed.get(name[CHANNEL_PREFIX_LENGTH:])
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        log.info("redis %s", "connected" if connected else "disconnected")
+        if connected:
+            self._connected_event.set()
+            return
+        self._connected_event.clear()
+        for channel, confirmed in list(self._confirmed.items()):
+            if not confirmed.done():
+                confirmed.set_exception(BusUnavailable("redis disconnected"))
+                # Retrieved by whoever awaits it; marked so an unawaited one does not warn.
+                confirmed.exception()
+            self._confirmed[channel] = asyncio.get_running_loop().create_future()
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "the message bus did not answer in time"
+    if "Function not found" in str(error):
+        # Loaded by the deploy: a Redis that lost it (FUNCTION FLUSH) needs a deploy.
+        return "the message bus lacks wssfleet's functions (a deploy loads them)"
+    return f"the message bus is unavailable ({type(error).__name__})"

@@ -1,0 +1,115 @@
+"""Local processes for the unit tests and the benchmarks: free loopback ports, and a real
+redis-server configured as a deploy configures it (the users, the rules, the functions)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from roles.redis import ADMIN_REDIS_USER, acl_users
+from wssfleet.redis_functions import LIBRARY
+from wssfleet_control.inventory import WORKER_REDIS_USER
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A throw-away redis-server on loopback that a test may stop and start again. With
+    ``deployed_users`` (the tests), the users and rules a deploy gives Redis; without (the
+    benchmarks, which also run earlier releases that ran scripts), one user for everything."""
+
+    def __init__(self, directory: Path, deployed_users: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run 'make tools' (Debian's redis-server)"
+            )
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.password = "unit-test-redis-password"
+        self.admin_password = "unit-test-redis-admin-password"
+        self.monitor_password = "unit-test-redis-monitor-password"
+        self.deployed_users = deployed_users
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """As the workers connect: the least-privileged user."""
+        if not self.deployed_users:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{WORKER_REDIS_USER}:{self.password}@127.0.0.1:{self.port}/0"
+
+    def users(self) -> list[str]:
+        """The users and rules a deploy gives Redis (roles/redis.py), as arguments."""
+        if not self.deployed_users:
+            return []
+        rules = acl_users(self.password, self.admin_password, self.monitor_password)
+        return [
+            argument for name, rule in rules.items() for argument in ("--user", name, *rule.split())
+        ]
+
+    def listening(self) -> list[str]:
+        """How redis-server listens: plain TCP on the port (internal_tls's test: TLS only)."""
+        return ["--port", str(self.port)]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                *self.listening(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                # As deployed: the history survives a restart.
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                *self.users(),
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        # As the deploy does: the operator loads the message plane's functions.
+        self.cli("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+
+    def cli(self, *command: str, as_worker: bool = False) -> object:
+        """Run one Redis command as the operator (or as a worker would)."""
+        import redis
+
+        user, password = (
+            (WORKER_REDIS_USER, self.password)
+            if as_worker
+            else (ADMIN_REDIS_USER, self.admin_password)
+        )
+        if not self.deployed_users:
+            user, password = None, None
+        with redis.Redis(port=self.port, username=user, password=password) as client:
+            return client.execute_command(*command)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

@@ -1,0 +1,119 @@
+"""What several unit tests share: the test deployment's secret and origin, tokens, and the
+service as a process of its own (started by conftest's ``start_service``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jinja2
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.processes import wait_for_port
+from wssfleet import auth
+from wssfleet_control.checkout import TEMPLATES
+from wssfleet_control.hostside import layout
+
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+ORIGIN = "https://wss.example.test"
+# The smallest valid settings: a domain, and the lab's ACME server.
+PEBBLE = {"domain": "wss.example.test", "acme_server": "https://127.0.0.1:14000/dir"}
+
+
+def token(subject: str = "alice", ttl: int = 300, channels: tuple[str, ...] = ("*",)) -> str:
+    """A token for every channel unless ``channels`` says otherwise."""
+    return auth.mint(SECRET, subject, ttl, subscribe=channels, publish=channels)
+
+
+class ServiceProcess:
+    """``wssfleet serve`` as it runs under systemd: its own process, configured by env."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = int(env["WSSFLEET_PORT"])
+        self.log = log
+        self.metrics_port: int | None = None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wssfleet", "serve"],
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def health(self) -> dict[str, object]:
+        import json
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample on the metrics port, by name and labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.metrics_port is not None, "start the service with metrics=True"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=20)
+
+
+def refusal(service, path: str = "/ws", **options) -> int:
+    """The HTTP status with which the service refuses a handshake."""
+
+    async def attempt() -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(service.url + path, **options)
+        return refused.value.response.status_code
+
+    return asyncio.run(attempt())
+
+
+def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.health()["redis"] == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"service on {service.port} never reported redis {state}")
+
+
+def two_services_on_redis(start_service, redis_server, **settings: str):
+    """Two service processes on the same Redis, once both report it connected."""
+    first = start_service(redis_server.url, **settings)
+    second = start_service(redis_server.url, **settings)
+    wait_until_redis(first, "connected")
+    wait_until_redis(second, "connected")
+    return first, second
+
+
+def resident_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+def render(role: str, name: str, **variables) -> str:
+    """One of a role's templates, rendered as the role renders it (the host contract given)."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True
+    )
+    return environment.get_template(f"{role}/{name}").render(layout=layout, **variables)

@@ -1,0 +1,16 @@
+"""Where things are in this checkout: the one place that knows the repository's root."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY_FILE = REPO / "deploy.py"
+TEMPLATES = REPO / "templates"
+INVENTORIES = REPO / "inventory"
+LAB_INVENTORY = INVENTORIES / "lab.py"
+SERVICE = REPO / "service"
+# The host-side helpers (stdlib-only scripts) the roles install into layout.HELPERS.
+HOSTSIDE = REPO / "wssfleet_control" / "hostside"
+# Everything built or downloaded: wheels, Pebble, SSH configs. Not in git.
+BUILD = REPO / "build"
+# The lab's state: its hosts' keys, addresses and the ACME root. Not in git.
+LAB_STATE = REPO / ".lab"

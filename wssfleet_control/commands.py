@@ -1,0 +1,105 @@
+"""Every command line the control side runs on a host outside pyinfra's operations: the
+rollout's, `status`'s, `renew`'s. Pure functions from values to one shell line, each value
+quoted, so what runs where is read in one place (Kamal's commands/ is the model).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+
+from wssfleet_control.hostside import layout
+
+
+def quote(value: object) -> str:
+    """A value as one shell word, whatever it holds."""
+    return shlex.quote(str(value))
+
+
+def _line(*words: object) -> str:
+    return " ".join(quote(word) for word in words)
+
+
+# The instance helper on a worker (hostside/instances.py).
+def instance_states(ports: Iterable[int]) -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "state", *ports)
+
+
+def current_release() -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "current")
+
+
+def previous_release() -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "previous")
+
+
+def point_current(release: str) -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "point", release)
+
+
+def drain_instance(address: str, port: int, seconds: int) -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "drain", address, port, seconds)
+
+
+def wait_healthy(address: str, port: int, release: str, seconds: int) -> str:
+    return _line(
+        "python3", layout.INSTANCES_HELPER, "wait-healthy", address, port, release, seconds
+    )
+
+
+def restart_instance(port: int) -> str:
+    return _line("systemctl", "restart", layout.instance_unit(port))
+
+
+# The runtime-API client on a master (hostside/haproxy_runtime.py).
+def set_server_state(worker: str, port: int, state: str) -> str:
+    server = layout.backend_server(worker, port)
+    return _line("python3", layout.RUNTIME_HELPER, "server-state", server, state)
+
+
+def wait_server_up(worker: str, port: int, seconds: int) -> str:
+    server = layout.backend_server(worker, port)
+    return _line("python3", layout.RUNTIME_HELPER, "wait-up", server, seconds)
+
+
+def drain_servers(seconds: int, worker: str, address: str, ports: Iterable[int]) -> str:
+    servers = [f"{layout.server_name(worker, port)}={address}:{port}" for port in ports]
+    return _line("python3", layout.RUNTIME_HELPER, "drain-servers", seconds, *servers)
+
+
+def backend_servers() -> str:
+    return _line("python3", layout.RUNTIME_HELPER, "servers")
+
+
+# Status.
+def unit_states(units: Iterable[str]) -> str:
+    return _line(
+        "systemctl", "list-units", "--all", "--no-legend", "--plain", "--output=json", *units
+    )
+
+
+def served_certificate() -> str:
+    return _line(
+        "openssl", "x509", "-noout", "-enddate", "-issuer", "-in", layout.HAPROXY_CERTIFICATE
+    )
+
+
+def certificate_record() -> str:
+    return _line("python3", layout.CERTIFICATE_METRICS_HELPER, "show")
+
+
+def prometheus_summary(address: str, port: int) -> str:
+    return _line("python3", layout.PROMETHEUS_QUERY_HELPER, f"{address}:{port}", "summary")
+
+
+# Certificates.
+def forced_renewal() -> str:
+    """The cron job's own command, made to renew now."""
+    return _line(layout.RENEW_COMMAND, "--force-renewal")
+
+
+def signal_instance(port: int, signal: str) -> str:
+    """``signal`` (SIGSTOP, SIGKILL, ...) to the instance's main process: the fault tests'."""
+    return _line(
+        "systemctl", "kill", "--kill-whom=main", f"--signal={signal}", layout.instance_unit(port)
+    )

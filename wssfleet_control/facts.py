@@ -1,0 +1,91 @@
+"""What the deploy reads from a host, as named pyinfra facts (pyinfra's facts/operations
+split is the model): the roles decide their operations from these, and the rollout finds a
+worker's instances with the same ``instance_ports``. Read-only: a fact never changes a host.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase
+from pyinfra.facts.hardware import Cpus
+
+from wssfleet_control.commands import quote
+from wssfleet_control.hostside import layout
+
+
+class PythonPlatform(FactBase):
+    """The host's python3 version and machine, which the wheels shipped to it must match."""
+
+    def command(self) -> str:
+        return "python3 -c 'import platform; print(platform.python_version(), platform.machine())'"
+
+    def process(self, output) -> tuple[str, str]:
+        version, machine = output[0].split()
+        return version, machine
+
+
+class OpenFilesLimit(FactBase):
+    """The most open files any service on this host can get: PID 1's hard limit."""
+
+    def command(self) -> str:
+        return "grep 'Max open files' /proc/1/limits"
+
+    def process(self, output) -> int:
+        return int(output[0].split()[4])
+
+
+class MemoryKib(FactBase):
+    """The host's memory, in KiB."""
+
+    def command(self) -> str:
+        return "awk '/^MemTotal:/ {print $2}' /proc/meminfo"
+
+    def process(self, output) -> int:
+        return int(output[0])
+
+
+class Lines(FactBase):
+    """A command's output lines; none when it fails or prints nothing."""
+
+    def command(self, command: str) -> str:
+        return f"{command} 2>/dev/null || true"
+
+    def process(self, output) -> list[str]:
+        return [line for line in output if line.strip()]
+
+
+class FileMode(FactBase):
+    """A path's octal mode ('600'), or None when it does not exist."""
+
+    def command(self, path: str) -> str:
+        return f"stat -c %a {quote(path)} 2>/dev/null || true"
+
+    def process(self, output) -> str | None:
+        return output[0].strip() if output else None
+
+
+class Releases(FactBase):
+    """The service releases installed on a worker, newest first."""
+
+    def command(self) -> str:
+        return f"ls -1t {layout.RELEASES} 2>/dev/null || true"
+
+    def process(self, output) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
+class CurrentRelease(FactBase):
+    """The release ``current`` points at on a worker, or None."""
+
+    def command(self) -> str:
+        return f"readlink {layout.CURRENT} || true"
+
+    def process(self, output) -> str | None:
+        target = output[0].strip() if output else ""
+        return target.rsplit("/", 1)[-1] or None
+
+
+def instance_ports(fleet, worker) -> list[int]:
+    """The service ports of a worker host (a pyinfra Host): one instance per process, one
+    process per CPU unless ``worker_processes`` says how many."""
+    processes = fleet.settings.worker_processes
+    return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)

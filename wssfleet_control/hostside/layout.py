@@ -1,0 +1,104 @@
+"""The host contract: every path, unit, port and name that the roles write and that the
+host-side helpers, the rollout, `status` and the tests read. Change one here and every side
+follows. Standard library only: it is installed beside the helpers on each host.
+"""
+
+from __future__ import annotations
+
+# Where the host-side helpers (this directory) are installed, and the deploy's own state.
+HELPERS = "/usr/local/lib/wssfleet"
+STATE = "/var/lib/wssfleet"
+# A sudo user's uploads of secrets wait here (mode 700, that user's) before they are copied.
+UPLOADS = "/var/lib/wssfleet-uploads"
+CONFIG_DIRECTORY = "/etc/wssfleet"
+
+
+def helper(name: str) -> str:
+    """Where a host-side helper (wssfleet_control/hostside/<name>) is installed."""
+    return f"{HELPERS}/{name}"
+
+
+# The service on the workers: releases, the environment, one systemd instance per port.
+SERVICE_USER = "wssfleet"
+SERVICE_HOME = "/opt/wssfleet"
+RELEASES = f"{SERVICE_HOME}/releases"
+CURRENT = f"{SERVICE_HOME}/current"
+# Every release `current` was pointed at, oldest first: what `wssfleet rollback` goes back to.
+RELEASE_HISTORY = f"{SERVICE_HOME}/history"
+SERVICE_ENVIRONMENT = f"{CONFIG_DIRECTORY}/wssfleet.env"
+INSTANCE_UNIT_FILE = "/etc/systemd/system/wssfleet@.service"
+INSTANCE_PREFIX = "wssfleet@"
+INSTANCES_HELPER = helper("instances.py")
+# With internal_tls: each worker's certificate, key and the CA they chain to.
+WORKER_TLS_DIRECTORY = f"{CONFIG_DIRECTORY}/tls"
+WORKER_INTERNAL_CA = f"{WORKER_TLS_DIRECTORY}/ca.pem"
+
+
+def instance_unit(port: int | str) -> str:
+    """The systemd unit of the service instance listening on ``port``."""
+    return f"{INSTANCE_PREFIX}{port}.service"
+
+
+# HAProxy on the master.
+HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_CANDIDATE = "/etc/haproxy/haproxy.cfg.wssfleet-candidate"
+HAPROXY_CERTIFICATE_DIRECTORY = "/etc/haproxy/certs"
+HAPROXY_CERTIFICATE = f"{HAPROXY_CERTIFICATE_DIRECTORY}/wssfleet.pem"
+# With internal_tls: the CA HAProxy checks the workers' certificates against.
+HAPROXY_INTERNAL_CA = "/etc/haproxy/wssfleet-internal-ca.pem"
+ADMIN_SOCKET = "/run/haproxy/admin.sock"
+# Read-only (level user): what the rebalancer, which runs unprivileged, may reach.
+STATS_SOCKET = "/run/haproxy/stats.sock"
+# Debian's haproxy.service starts the master with -S /run/haproxy-master.sock.
+MASTER_SOCKET = "/run/haproxy-master.sock"
+# The backend that holds every worker instance, one server each.
+BACKEND = "workers"
+RUNTIME_HELPER = helper("haproxy_runtime.py")
+REBALANCER_HELPER = helper("rebalancer.py")
+REBALANCER_UNIT = "wssfleet-rebalancer.service"
+# The internal key the rebalancer presents to the workers' /internal/shed: root's only,
+# systemd reads it into the rebalancer's environment.
+REBALANCER_ENVIRONMENT = "/etc/wssfleet-rebalancer.env"
+
+
+def server_name(worker: str, port: int | str) -> str:
+    """The HAProxy server of one worker instance, as the config and the runtime API name it."""
+    return f"{worker}-{port}"
+
+
+def backend_server(worker: str, port: int | str) -> str:
+    """BACKEND/SERVER, as the runtime API's commands take it."""
+    return f"{BACKEND}/{server_name(worker, port)}"
+
+
+# certbot on the master: it listens here only while it validates, HAProxy routes the
+# HTTP-01 challenge to it.
+CERTBOT_PORT = 8888
+CERTBOT_HOME = "/opt/wssfleet-certbot"
+# What operators, cron and the deploy run: a link to the pinned virtualenv's certbot.
+CERTBOT = "/usr/local/bin/certbot"
+CERT_NAME = "wssfleet"
+LINEAGE = f"/etc/letsencrypt/live/{CERT_NAME}"
+LIVE_CERTIFICATE = f"{LINEAGE}/cert.pem"
+RENEWAL_CONFIG = f"/etc/letsencrypt/renewal/{CERT_NAME}.conf"
+DEPLOY_HOOK = helper("haproxy-deploy-hook")
+# What cron and `wssfleet renew` run.
+RENEW_COMMAND = "/usr/local/sbin/wssfleet-renew"
+ACME_CA_BUNDLE = f"{CONFIG_DIRECTORY}/acme-ca.pem"
+RENEWAL_STATE = f"{STATE}/renewal.json"
+ACME_INFO_HELPER = helper("acme_info.py")
+CERTIFICATE_METRICS_HELPER = helper("certificate_metrics.py")
+
+# Redis, with internal_tls: its certificate, key and the CA (read by redis_exporter too).
+REDIS_TLS_DIRECTORY = "/etc/redis/tls"
+
+# Monitoring: node_exporter's textfile collector and the query helper `status` runs.
+TEXTFILE_DIRECTORY = "/var/lib/prometheus/node-exporter"
+CERTIFICATE_METRICS_FILE = f"{TEXTFILE_DIRECTORY}/wssfleet_certificate.prom"
+PROMETHEUS_QUERY_HELPER = helper("prometheus_query.py")
+
+# Ports on the hosts besides the service's own (settings: worker_base_port).
+NODE_EXPORTER_PORT = 9100
+REDIS_EXPORTER_PORT = 9121
+HAPROXY_METRICS_PORT = 8405
+PROMETHEUS_PORT = 9090
