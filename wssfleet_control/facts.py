@@ -52,6 +52,10 @@ class Lines(FactBase):
     def process(self, output) -> list[str]:
         return [line for line in output if line.strip()]
 
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
 
 class FileMode(FactBase):
     """A path's octal mode ('600'), or None when it does not exist."""
@@ -71,6 +75,10 @@ class Releases(FactBase):
 
     def process(self, output) -> list[str]:
         return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
 
 
 class CurrentRelease(FactBase):
