@@ -23,7 +23,7 @@ from tests.contract_client import Crowd, busiest_second, drain_bound
 from tests.e2e.conftest import run
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 from wssfleet_control import commands
-from wssfleet_control.hostside.layout import RUNTIME_HELPER, instance_unit
+from wssfleet_control.hostside.layout import INSTANCE_PREFIX, RUNTIME_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,7 +65,7 @@ def drained_events(lab, since: str) -> dict[str, dict]:
     found = {}
     for worker in lab.fleet.workers:
         output = lab.on(
-            worker.name, f"journalctl -u 'wssfleet@*' --since '{since}' -o cat --no-pager"
+            worker.name, f"journalctl -u '{INSTANCE_PREFIX}*' --since '{since}' -o cat --no-pager"
         ).stdout
         for line in output.splitlines():
             if '"drained"' in line:

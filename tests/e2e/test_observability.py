@@ -22,6 +22,7 @@ from wssfleet_control.hostside.layout import (
     PROMETHEUS_QUERY_HELPER,
     REDIS_EXPORTER_PORT,
     instance_unit,
+    server_name,
 )
 from wssfleet_control.settings import seconds_of
 
@@ -77,7 +78,7 @@ def interval(lab) -> float:
 def test_a_stopped_instance_fires_instance_down_within_the_rules_time(lab):
     worker = lab.fleet.workers[0]
     port = lab.ports(worker.name)[-1]
-    server = f"{worker.name}-{port}"
+    server = server_name(worker.name, port)
     up = f'up{{job="wssfleet", server="{server}"}}'
 
     def scraped_up():

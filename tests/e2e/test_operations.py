@@ -19,7 +19,13 @@ from tests.lab_fleet import (
     restarted,
     wssfleet,
 )
-from wssfleet_control.hostside.layout import CURRENT, RUNTIME_HELPER, instance_unit
+from wssfleet_control.hostside.layout import (
+    CURRENT,
+    INSTANCE_PREFIX,
+    RUNTIME_HELPER,
+    instance_unit,
+    server_name,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,14 +37,16 @@ def test_status_shows_hosts_services_certificate_and_connections(lab):
     for node in lab.fleet.nodes:
         assert node.name in output
     assert "haproxy=running" in output and "redis-server=running" in output
-    assert f"wssfleet@{lab.fleet.settings.worker_base_port}=running" in output
+    assert f"{INSTANCE_PREFIX}{lab.fleet.settings.worker_base_port}=running" in output
     assert "expires" in output and "Pebble" in output
     assert "prometheus=running" in output and "prometheus-node-exporter=running" in output
     assert "next planned renewal:" in output and "last renewal run:" in output
     # Live figures from Prometheus: a line per instance, every target up.
     assert "live, from Prometheus on" in output, output
     instances = [
-        f"{worker.name}-{port}" for worker in lab.fleet.workers for port in lab.ports(worker.name)
+        server_name(worker.name, port)
+        for worker in lab.fleet.workers
+        for port in lab.ports(worker.name)
     ]
     for instance in instances:
         assert f"\n  {instance} " in output, output

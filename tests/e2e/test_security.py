@@ -26,7 +26,7 @@ from tests.lab_fleet import (
 )
 from wssfleet import auth
 from wssfleet_control import inventory, secrets
-from wssfleet_control.hostside.layout import CURRENT, LIVE_CERTIFICATE
+from wssfleet_control.hostside.layout import CURRENT, LIVE_CERTIFICATE, SERVICE_ENVIRONMENT
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -197,7 +197,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
         assert "jwt_previous_secret" not in newest
         assert refused_status(lab, new_token) == 401
         assert connects(lab, auth.mint(newest["jwt_secret"], "newest", overlap, subscribe=["*"]))
-        environment = lab.on(lab.fleet.workers[0].name, "cat /etc/wssfleet/wssfleet.env").stdout
+        environment = lab.on(lab.fleet.workers[0].name, f"cat {SERVICE_ENVIRONMENT}").stdout
         assert 'WSSFLEET_JWT_PREVIOUS_SECRET=""' in environment.splitlines()
         assert stored["jwt_secret"] not in environment
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lab_fleet import make
-from wssfleet_control.hostside.layout import INSTANCES_HELPER, instance_unit
+from wssfleet_control.hostside.layout import INSTANCES_HELPER, instance_unit, server_name
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -26,7 +26,9 @@ def test_verify_fails_naming_the_host_and_instance_when_an_instance_is_stopped(l
     # that see it down), and the instance checks name the instance.
     assert all(worker.name in line for line in failed), failed
     instance_checks = [line for line in failed if "test_instance_is_active_and_enabled" in line]
-    assert instance_checks and all(f"{worker.name}-{port}" in line for line in instance_checks)
+    assert instance_checks and all(
+        server_name(worker.name, port) in line for line in instance_checks
+    )
     release = lab.on(worker.name, f"python3 {INSTANCES_HELPER} current").stdout
     restarted = lab.on(
         worker.name,

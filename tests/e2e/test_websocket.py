@@ -11,6 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import run
+from wssfleet_control.hostside.layout import INSTANCE_PREFIX
 
 
 async def receive(ws, timeout: float = 10) -> dict:
@@ -129,7 +130,7 @@ def test_logs_record_connections_but_never_a_token(lab):
         assert "token=" not in journal.stdout, f"a token query reached {node.name}'s journal"
     events = []
     for worker in lab.fleet.workers:
-        lines = lab.on(worker.name, "journalctl -u 'wssfleet@*' -o cat --no-pager").stdout
+        lines = lab.on(worker.name, f"journalctl -u '{INSTANCE_PREFIX}*' -o cat --no-pager").stdout
         events += [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
     kinds = {event["event"] for event in events}
     assert {"listening", "connect", "disconnect", "reject"} <= kinds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from wssfleet_control.hostside import layout
-from wssfleet_control.hostside.layout import instance_unit
+from wssfleet_control.hostside.layout import SERVICE_ENVIRONMENT, instance_unit
 
 
 def main_pid(host, port: int) -> int:
@@ -60,7 +60,7 @@ def test_instance_has_high_open_file_limit_and_hardening(on, worker_instance):
 
 def test_secrets_file_is_readable_by_the_service_only(on, worker_instance):
     node, _ = worker_instance
-    environment = on(node).file("/etc/wssfleet/wssfleet.env")
+    environment = on(node).file(SERVICE_ENVIRONMENT)
     assert environment.user == "root" and environment.group == "wssfleet"
     assert environment.mode == 0o640
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """HAProxy's runtime API, for the master: the one client the certificate hook, the reload
 check, `wssfleet status` and the rollout use. Installed by roles/haproxy.py as
-/usr/local/lib/wssfleet/haproxy_runtime.py; standard library only (it runs on Debian's python3).
+layout.RUNTIME_HELPER; standard library only (it runs on Debian's python3).
 
     haproxy_runtime.py servers              every backend server and its state, as JSON
     haproxy_runtime.py reload               reload, and wait for HAProxy to say it loaded

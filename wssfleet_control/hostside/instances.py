@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The service instances of a worker, as the rollout controller sees them. Installed by
-roles/workers.py as /usr/local/lib/wssfleet/instances.py; standard library only.
+roles/workers.py as layout.INSTANCES_HELPER; standard library only.
 
     instances.py state PORT...         per instance: active, release it runs, stale config
     instances.py current               the release `current` points at
