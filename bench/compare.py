@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loopback import (
-    BENCH_BOUNDS,
+    BENCH_SETTINGS,
     ORIGIN,
     SECRET,
     redis_server,
@@ -52,6 +52,8 @@ SUBSCRIBERS = 1000
 IDLE_CONNECTIONS = 1000
 CONNECTIONS_OPENED = 500
 ECHO_SECONDS = 5
+# How long the idle clients hear heartbeats while the service's CPU is counted.
+HEARTBEAT_SECONDS = 10
 # Publishers in the throughput measure, each with its own channel and one subscriber on it.
 PAIRS = 40
 PUBLISH_SECONDS = 5
@@ -77,6 +79,9 @@ MEASURES = [
     Measure("saturated_p99", f"{FANOUT}, 100 msg/s (machine saturated): p99", "ms", False, 1),
     Measure("delivery_cpu", "service CPU per fan-out delivery (at 100 msg/s)", "µs", False, 1),
     Measure("idle_memory", "memory per idle connection (1,000 open)", "KiB", False, 1),
+    Measure(
+        "heartbeat_cpu", "service CPU per heartbeat (1,000 idle, one a second each)", "µs", False, 1
+    ),
     Measure("connect_cpu", "service CPU per connection opened (upgrade, JWT)", "µs", False),
     *(
         Measure(
@@ -116,9 +121,9 @@ def publish_limits() -> list[int]:
     """STORE_AND_PUBLISH's bounds as a wssfleet process with the bench's settings passes them."""
     return [
         ClientPolicy().history_max_bytes,
-        BENCH_BOUNDS["history_channels"],
-        BENCH_BOUNDS["history_channels_per_subject"],
-        BENCH_BOUNDS["publish_ids_per_subject"],
+        BENCH_SETTINGS["history_channels"],
+        BENCH_SETTINGS["history_channels_per_subject"],
+        BENCH_SETTINGS["publish_ids_per_subject"],
     ]
 
 
@@ -131,6 +136,7 @@ def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
         "PEER_MESSAGES_PER_SECOND": "100000",
         "PEER_REDIS_URL": redis_url,
         "PEER_PUBLISH_LIMITS": json.dumps(publish_limits()),
+        "PEER_HEARTBEAT_INTERVAL": str(BENCH_SETTINGS["heartbeat_interval"]),
     }
     return ["node", str(PEER / "server.js")], env
 
@@ -297,6 +303,10 @@ def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
         idle = Load({**base, "mode": "idle", "clients": IDLE_CONNECTIONS})
         time.sleep(1)
         memory = (sum(rss_kib(pid) for pid in pids) - memory_before) / IDLE_CONNECTIONS
+        before = cpu_seconds(pids)
+        time.sleep(HEARTBEAT_SECONDS)
+        heartbeats = IDLE_CONNECTIONS * HEARTBEAT_SECONDS / BENCH_SETTINGS["heartbeat_interval"]
+        results["heartbeat_cpu"] = (cpu_seconds(pids) - before) / heartbeats * 1e6
         idle.close()
 
         echo = {**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS}

@@ -48,35 +48,37 @@ def rss_kib(pid: int) -> int:
 
 # The bench's one subject publishes at full speed, with ids, to ever-new channels (each
 # measure its own): the per-subject bounds a deployment keeps for hostile token holders would
-# refuse it part way. Both sides get the same room.
-BENCH_BOUNDS = {
+# refuse it part way. Both sides get the same room. Idle clients hear a heartbeat every
+# second, so that its cost shows in a short measure.
+BENCH_SETTINGS = {
     "publish_ids_per_subject": 10_000_000,
     "history_channels": 100_000,
     "history_channels_per_subject": 100_000,
+    "heartbeat_interval": 1,
 }
 
 
-def bounds_known_to(source: Path | None) -> dict[str, int]:
-    """The bench's bounds that a service revision has: an earlier one (``source``, its
+def settings_known_to(source: Path | None) -> dict[str, int]:
+    """The bench's settings that a service revision has: an earlier one (``source``, its
     service/ directory) stops at a setting it does not know."""
     if source is None:
-        return BENCH_BOUNDS
+        return BENCH_SETTINGS
     code = "".join(path.read_text() for path in (source / "wssfleet").glob("*.py"))
-    return {name: value for name, value in BENCH_BOUNDS.items() if name in code}
+    return {name: value for name, value in BENCH_SETTINGS.items() if name in code}
 
 
 def service_env(port: int, redis_url: str, source: Path | None = None) -> dict[str, str]:
     """The environment of a measured service process: this one's, minus any WSSFLEET_
     setting, plus the bench's (no rate limit in the way of the load, and room for the ids of
     every message a measure publishes)."""
-    bounds = bounds_known_to(source)
+    settings = settings_known_to(source)
     return {
         **{key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")},
         "WSSFLEET_JWT_SECRET": SECRET,
         "WSSFLEET_PORT": str(port),
         "WSSFLEET_ALLOWED_ORIGINS": ORIGIN,
         "WSSFLEET_MESSAGES_PER_SECOND": "100000",
-        **{f"WSSFLEET_{name.upper()}": str(value) for name, value in bounds.items()},
+        **{f"WSSFLEET_{name.upper()}": str(value) for name, value in settings.items()},
         "WSSFLEET_REDIS_URL": redis_url,
     }
 

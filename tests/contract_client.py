@@ -5,6 +5,8 @@ page's app.js does the same), and record what they saw, for the continuity tests
 - a failed attempt: wait a random delay in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n)] s;
 - closed with 1008 or a 4xxx code: do not retry;
 - a subscriber comes back with ``since`` = the last offset it received;
+- nothing received for the welcome's ``heartbeat`` + HEARTBEAT_GRACE seconds: the path is dead
+  (a master gone, a NAT that forgot it): drop the connection and reconnect as after 1006;
 - a publisher publishes with an ``id`` and sends the same message again, same id, until it is
   acknowledged (after an error reply, a timeout or a reconnection).
 """
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from wssfleet.protocol import HEARTBEAT_GRACE
 
 FIRST_DELAY = 1.0
 BACKOFF_BASE = 0.5
@@ -53,7 +57,27 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-Session = Callable[[ClientConnection], Awaitable[None]]
+# Uses a connection until it closes; given how long a silence means a dead path.
+Session = Callable[[ClientConnection, float], Awaitable[None]]
+
+
+async def frames(ws: ClientConnection, silence: float):
+    """Each frame until the connection closes. One silent for ``silence`` seconds is dropped
+    without a close handshake (a dead path would not answer it): the contract reconnects."""
+    while True:
+        try:
+            yield await asyncio.wait_for(ws.recv(), silence)
+        except TimeoutError:
+            ws.transport.abort()
+            return
+        except ConnectionClosed:
+            return
+
+
+async def listen(ws: ClientConnection, silence: float) -> None:
+    """A client that only stays connected still reads what it is sent (heartbeats)."""
+    async for _ in frames(ws, silence):
+        pass
 
 
 async def follow_contract(
@@ -75,8 +99,9 @@ async def follow_contract(
             continue
         failures = 0
         seen.connects.append((time.monotonic(), welcome["worker"]))
+        silence = welcome["heartbeat"] + HEARTBEAT_GRACE
         stopping = asyncio.ensure_future(stop.wait())
-        closed = asyncio.ensure_future(session(ws) if session else ws.wait_closed())
+        closed = asyncio.ensure_future((session or listen)(ws, silence))
         await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             closed.cancel()
@@ -172,18 +197,17 @@ class Inbox:
         (empty if the channel was empty then: all of the history)."""
         return f"/ws/{self.channel}" + (f"?since={self.offset}" if self.answers else "")
 
-    async def read(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for text in ws:
-                frame = json.loads(text)
-                if frame["type"] == "message":
-                    self.received.append((frame["data"], frame["offset"]))
+    async def read(self, ws: ClientConnection, silence: float) -> None:
+        async for text in frames(ws, silence):
+            frame = json.loads(text)
+            if frame["type"] == "message":
+                self.received.append((frame["data"], frame["offset"]))
+                self.offset = frame["offset"]
+            elif frame["type"] == "subscribed":
+                self.answers.append(frame)
+                if "offset" in frame:
+                    # A first subscribe, or a history that no longer reaches back.
                     self.offset = frame["offset"]
-                elif frame["type"] == "subscribed":
-                    self.answers.append(frame)
-                    if "offset" in frame:
-                        # A first subscribe, or a history that no longer reaches back.
-                        self.offset = frame["offset"]
 
 
 class Subscribers:
@@ -273,7 +297,8 @@ class Publisher:
             follow_contract(self.connect, self.seen, self.done, self._publish)
         )
 
-    async def _publish(self, ws: ClientConnection) -> None:
+    async def _publish(self, ws: ClientConnection, _silence: float) -> None:
+        # A reply that does not come within 10 s is asked again: that bounds a dead path.
         with contextlib.suppress(ConnectionClosed):
             while True:
                 # Only between acknowledged messages: one in flight may be stored already.

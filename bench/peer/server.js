@@ -25,6 +25,8 @@ const HISTORY_TTL = String(env.PEER_HISTORY_TTL || 86400);
 // The function's bounds on what publishers store, as wssfleet passes them (bench/compare.py).
 const PUBLISH_LIMITS = JSON.parse(env.PEER_PUBLISH_LIMITS);
 const WORKER = `127.0.0.1:${PORT}`;
+// As wssfleet: a frame to every client sent nothing for this long (heartbeat_interval).
+const HEARTBEAT_SECONDS = Number(env.PEER_HEARTBEAT_INTERVAL || 5);
 
 const CHANNEL = /^[A-Za-z0-9_.:-]{1,64}$/;
 const SUBJECT = /^[A-Za-z0-9_.@:+-]{1,64}$/;
@@ -52,6 +54,7 @@ function matcher(patterns) {
 
 function send(ws, object) {
   ws.send(JSON.stringify(object));
+  ws.spoke = true;
 }
 
 function refuse(socket, status, reason) {
@@ -191,6 +194,7 @@ bus.on('messageBuffer', (channelBuffer, payload) => {
       ws.close(1008, 'send queue overflow');
     } else {
       ws.send(frame, { binary: false });
+      ws.spoke = true;
     }
   }
 });
@@ -244,7 +248,10 @@ wss.on('connection', (ws, channel) => {
     for (const joined of [...ws.channels]) leave(ws, joined);
   });
   ws.on('error', () => {});
-  send(ws, { type: 'welcome', worker: WORKER, channels: channel ? [channel] : [], sub: ws.grant.subject });
+  send(ws, {
+    type: 'welcome', worker: WORKER, channels: channel ? [channel] : [], sub: ws.grant.subject,
+    heartbeat: HEARTBEAT_SECONDS,
+  });
   if (channel) join(ws, channel);
 });
 
@@ -260,8 +267,21 @@ const keepalive = setInterval(() => {
   }
 }, 20000);
 
+// Two looks per interval, as wssfleet: a client written to since the last look is skipped.
+const HEARTBEAT = JSON.stringify({ type: 'heartbeat' });
+const heartbeat = setInterval(() => {
+  for (const ws of wss.clients) {
+    if (ws.spoke) ws.spoke = false;
+    else if (ws.readyState === ws.OPEN) {
+      ws.send(HEARTBEAT);
+      ws.spoke = true;
+    }
+  }
+}, (HEARTBEAT_SECONDS * 1000) / 2);
+
 function stop() {
   clearInterval(keepalive);
+  clearInterval(heartbeat);
   for (const ws of wss.clients) ws.close(1001, 'going away');
   server.close();
   redis.quit();

@@ -57,6 +57,7 @@ class Client:
         "pong",
         "rate",
         "sent_up_to",
+        "spoke",
         "stats",
         "subject",
         "transport",
@@ -98,6 +99,8 @@ class Client:
         self.checked = time.monotonic()
         # Keepalive (Hub.keep_alive): when the last ping went out, and its pong if awaited.
         self.pinged = asyncio.get_running_loop().time()
+        # Whether anything was written since the heartbeat's last look (Hub.heartbeat).
+        self.spoke = True
         self.pong: asyncio.Future[float] | None = None
 
     def offer(self, text: str, kind: str = "message") -> None:
@@ -128,6 +131,7 @@ class Client:
             self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
             return False
         transport.write(frame)
+        self.spoke = True
         return True
 
     def refuse(self, code: int, reason: str) -> None:

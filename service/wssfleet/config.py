@@ -112,6 +112,13 @@ class ClientPolicy(BaseModel):
     ping_timeout: int = Field(
         default=20, ge=1, le=3600, description="seconds without a pong before a peer is dropped"
     )
+    heartbeat_interval: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="seconds after which a client that was sent nothing gets a heartbeat "
+        "frame; clients reconnect after this plus 5 s of silence (a dead path, a master gone)",
+    )
     history_size: int = Field(
         default=1000,
         ge=1,

@@ -82,15 +82,37 @@ class Hub:
         self._catching_up: set[asyncio.Task[None]] = set()
         self._recoveries = asyncio.Semaphore(HISTORY_READS)
         self._keeping_alive: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.bus.start(self.deliver, self.resync)
-        self._keeping_alive = asyncio.get_running_loop().create_task(self.keep_alive())
+        loop = asyncio.get_running_loop()
+        self._keeping_alive = loop.create_task(self.keep_alive())
+        self._beating = loop.create_task(self.heartbeat())
 
     async def stop(self) -> None:
-        if self._keeping_alive is not None:
-            self._keeping_alive.cancel()
+        for task in (self._keeping_alive, self._beating):
+            if task is not None:
+                task.cancel()
         await self.bus.stop()
+
+    async def heartbeat(self) -> None:
+        """A frame browsers can see, to every client that was sent nothing for
+        ``heartbeat_interval``: a client whose path died (its master vanished, a NAT forgot
+        it) hears nothing, and the contract reconnects it. WebSocket pings do not reach a
+        browser's code. Two looks per interval: a client written to since the last look is
+        skipped, so busy clients cost nothing and none waits longer than the interval."""
+        frame = text_frame(protocol.encode("heartbeat"))
+        half = self.config.heartbeat_interval / 2
+        while True:
+            await asyncio.sleep(half)
+            beats = 0
+            for client in tuple(self.clients):
+                if client.spoke:
+                    client.spoke = False
+                elif client.write(frame):
+                    beats += 1
+            self.stats.delivered["heartbeat"] += beats
 
     async def keep_alive(self) -> None:
         """One keepalive for every client instead of a task per connection (websockets'

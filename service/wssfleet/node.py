@@ -67,6 +67,7 @@ class Service:
                 worker=self.config.worker_label,
                 channels=[first_channel] if first_channel else [],
                 sub=subject,
+                heartbeat=self.config.heartbeat_interval,
             )
             if first_channel:
                 # Frames that come meanwhile are answered after this join, in order.

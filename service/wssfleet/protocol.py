@@ -11,7 +11,8 @@ Client to server::
 
 Server to client::
 
-    {"type": "welcome", "worker": "host:port", "channels": [...], "sub": "name"}
+    {"type": "welcome", "worker": "host:port", "channels": [...], "sub": "name", "heartbeat": S}
+    {"type": "heartbeat"}   (when nothing else was sent for S seconds)
     {"type": "subscribed", "channel": "c", "offset": "<latest offset or empty>"}
     {"type": "subscribed", "channel": "c", "recovered": true, "missed": N}  (then N messages)
     {"type": "subscribed", "channel": "c", "recovered": false, "offset": "<latest>"}
@@ -34,7 +35,19 @@ import orjson
 
 # The frames' types, each list the one the parser, the hub and the metrics read.
 CLIENT_TYPES = ("echo", "subscribe", "unsubscribe", "publish")
-SERVER_TYPES = ("message", "welcome", "echo", "subscribed", "unsubscribed", "published", "error")
+SERVER_TYPES = (
+    "message",
+    "welcome",
+    "echo",
+    "subscribed",
+    "unsubscribed",
+    "published",
+    "error",
+    "heartbeat",
+)
+# How much longer than the welcome's "heartbeat" a client waits in silence before it takes the
+# connection for dead and reconnects (the client contract): room for a busy event loop.
+HEARTBEAT_GRACE = 5
 
 # Close codes besides the standard ones websockets names (CloseCode).
 CLOSE_UNSUPPORTED = 1003

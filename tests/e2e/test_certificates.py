@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from tests.lab_fleet import changed, deploy, derived_inventory
 from wssfleet_control.hostside.layout import CERTIFICATE_METRICS_HELPER
 
@@ -50,7 +51,7 @@ def served_certificate(lab) -> x509.Certificate:
 
 async def echoes(ws, text: str) -> bool:
     await ws.send(json.dumps({"type": "echo", "data": text}))
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))["data"] == text
+    return (await next_frame(ws, 10))["data"] == text
 
 
 def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_websocket(lab, tmp_path):
@@ -70,7 +71,7 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
 
         async def scenario() -> tuple[list[Served], int]:
             ws = await lab.connect()
-            await asyncio.wait_for(ws.recv(), 10)
+            await next_frame(ws, 10)
             seen: list[Served] = []
             echoed = 0
             deadline = time.time() + lifetime * (RENEWALS_WATCHED + 1)

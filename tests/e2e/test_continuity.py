@@ -21,6 +21,7 @@ import pytest
 
 from tests.contract_client import Crowd, busiest_second, drain_bound
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 from wssfleet_control import commands
 from wssfleet_control.hostside.layout import INSTANCE_PREFIX, RUNTIME_HELPER, instance_unit
@@ -212,7 +213,7 @@ def test_a_vanished_worker_host_costs_new_connections_no_error(lab, source_addre
             await asyncio.sleep(0.1)
             try:
                 ws = await lab.connect(open_timeout=15)
-                welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                welcome = await next_frame(ws, 10)
                 await ws.close()
                 served += 1
                 assert not welcome["worker"].startswith(f"wssfleet-{gone.name}:")
@@ -401,7 +402,7 @@ def test_a_flooding_source_gets_its_limit_and_nobody_else_notices(lab, tmp_path,
             started = time.monotonic()
             try:
                 ws = await lab.connect(local_addr=(bystander_address, 0), open_timeout=10)
-                await asyncio.wait_for(ws.recv(), 10)
+                await next_frame(ws, 10)
                 await ws.close()
                 served += 1
             except Exception as error:

@@ -15,6 +15,7 @@ import ssl
 import pytest
 
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from tests.lab_fleet import (
     REPO,
     changed,
@@ -93,13 +94,13 @@ def test_plan_diff_shows_how_files_change_but_never_a_secret(lab, tmp_path):
 
 async def open_echoing_socket(lab):
     ws = await lab.connect()
-    await asyncio.wait_for(ws.recv(), 10)
+    await next_frame(ws, 10)
     return ws
 
 
 async def still_echoes(ws) -> bool:
     await ws.send(json.dumps({"type": "echo", "data": "still here"}))
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))["data"] == "still here"
+    return (await next_frame(ws, 10))["data"] == "still here"
 
 
 def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):

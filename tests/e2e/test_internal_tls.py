@@ -4,7 +4,6 @@ internal_tls both are there to read, with it neither is."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -16,6 +15,7 @@ import pytest
 
 from lab.config import BRIDGE
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory
 
 pytestmark = pytest.mark.timeout(600)
@@ -88,12 +88,12 @@ def exchange(lab, marker: str) -> str:
         publisher = await lab.connect_with_token(token)
         try:
             for ws in (listener, publisher):
-                await asyncio.wait_for(ws.recv(), 10)
-            await asyncio.wait_for(listener.recv(), 10)  # subscribed
+                await next_frame(ws, 10)
+            await next_frame(listener, 10)  # subscribed
             frame = {"type": "publish", "channel": "captured", "data": marker, "id": 1}
             await publisher.send(json.dumps(frame))
             while True:
-                heard = json.loads(await asyncio.wait_for(listener.recv(), 10))
+                heard = await next_frame(listener, 10)
                 if heard.get("data") == marker:
                     return
         finally:

@@ -4,7 +4,6 @@ after it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from tests.lab_fleet import (
     LAB_INVENTORY,
     REPO,
@@ -208,7 +208,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
 def connects(lab, token: str) -> bool:
     async def attempt():
         ws = await lab.connect_with_token(token)
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        welcome = await next_frame(ws, 10)
         await ws.close()
         return welcome["type"] == "welcome"
 

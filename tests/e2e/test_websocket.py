@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
@@ -11,11 +10,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import run
+from tests.frames import next_frame
 from wssfleet_control.hostside.layout import INSTANCE_PREFIX
 
 
 async def receive(ws, timeout: float = 10) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return await next_frame(ws, timeout)
 
 
 def test_echo_through_the_master(lab):

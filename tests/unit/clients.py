@@ -8,6 +8,7 @@ import json
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.frames import next_frame
 from tests.unit.helpers import ORIGIN, token
 
 OPENED: list[ClientConnection] = []
@@ -50,7 +51,7 @@ async def open_client(
 
 
 async def receive(ws: ClientConnection, timeout: float = 5.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return await next_frame(ws, timeout)
 
 
 async def request(ws: ClientConnection, **frame) -> None:

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench import compare
 from bench.loopback import redis_server
+from tests.frames import next_frame
 from tests.processes import free_port, wait_for_port
 from tests.unit.helpers import ORIGIN, SECRET, token
 
@@ -52,7 +53,7 @@ def run(coroutine):
 
 async def opened(url: str, path: str = "/ws", answers: int = 1, **options):
     ws = await connect(f"{url}{path}?token={token()}", origin=ORIGIN, **options)
-    frames = [json.loads(await ws.recv()) for _ in range(answers)]
+    frames = [await next_frame(ws) for _ in range(answers)]
     return ws, frames
 
 
@@ -79,22 +80,37 @@ def test_frames_and_limits_are_the_same(urls):
         subscriber, answers = await opened(urls[1], "/ws/room", answers=2)
         publisher, (welcome,) = await opened(urls[0])
         await publisher.send(json.dumps({"type": "echo", "data": [1, "two"]}))
-        echo = json.loads(await publisher.recv())
+        echo = await next_frame(publisher)
         await publisher.send("{not json")
-        malformed = json.loads(await publisher.recv())
+        malformed = await next_frame(publisher)
         await publisher.send(json.dumps({"type": "publish", "channel": "room", "data": 7}))
-        message = json.loads(await subscriber.recv())
+        message = await next_frame(subscriber)
         await publisher.send(json.dumps({"type": "echo", "data": "x" * 2000}))
         with pytest.raises(ConnectionClosed) as too_big:
-            await publisher.recv()
+            await next_frame(publisher)
         await subscriber.close()
         return answers, welcome, echo, malformed, message, too_big.value.rcvd.code
 
     answers, welcome, echo, malformed, message, code = run(scenario())
     assert [answer["type"] for answer in answers] == ["welcome", "subscribed"]
-    assert sorted(welcome) == ["channels", "sub", "type", "worker"]
+    assert sorted(welcome) == ["channels", "heartbeat", "sub", "type", "worker"]
     assert echo == {"type": "echo", "data": [1, "two"]}
     assert malformed == {"type": "error", "reason": "malformed JSON"}
     assert sorted(message) == ["channel", "data", "from", "offset", "type"]
     assert (message["channel"], message["data"], message["from"]) == ("room", 7, "alice")
     assert code == 1009
+
+
+def test_both_sides_send_an_idle_client_heartbeats_as_the_bench_configures_them(urls):
+    async def scenario():
+        ws, (welcome,) = await opened(urls[0])
+        loop = asyncio.get_running_loop()
+        started, heard = loop.time(), []
+        while loop.time() - started < 2.6:
+            heard.append(json.loads(await asyncio.wait_for(ws.recv(), 2))["type"])
+        await ws.close()
+        return welcome, heard
+
+    welcome, heard = run(scenario())
+    assert welcome["heartbeat"] == compare.BENCH_SETTINGS["heartbeat_interval"] == 1
+    assert heard.count("heartbeat") >= 2 and set(heard) == {"heartbeat"}, heard

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.frames import next_frame
 from tests.processes import RedisServer
 from tests.unit.helpers import ORIGIN, token
 from wssfleet_control import internal_tls
@@ -87,12 +88,12 @@ def test_a_service_serves_tls_and_publishes_through_a_tls_only_redis(tmp_path, s
         async def scenario() -> tuple[dict, dict]:
             address = f"wss://127.0.0.1:{service.port}/ws/room?token={token()}"
             async with connect(address, origin=ORIGIN, ssl=context) as ws:
-                await ws.recv()
-                assert json.loads(await ws.recv())["type"] == "subscribed"
+                await next_frame(ws)
+                assert (await next_frame(ws))["type"] == "subscribed"
                 await ws.send(
                     json.dumps({"type": "publish", "channel": "room", "data": 1, "id": 1})
                 )
-                first, second = json.loads(await ws.recv()), json.loads(await ws.recv())
+                first, second = await next_frame(ws), await next_frame(ws)
                 return first, second
 
         answers = asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -91,6 +91,7 @@ def test_welcome_names_the_worker_and_the_channel_of_the_path(start_service):
         "worker": f"test:{service.port}",
         "channels": ["news"],
         "sub": "bob",
+        "heartbeat": 5,
     }
 
 

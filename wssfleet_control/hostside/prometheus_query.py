@@ -19,7 +19,9 @@ import urllib.request
 PER_INSTANCE = {
     "connections": "wssfleet_connections",
     "received_per_second": "sum by (server) (rate(wssfleet_messages_received_total[1m]))",
-    "delivered_per_second": "sum by (server) (rate(wssfleet_messages_delivered_total[1m]))",
+    # Heartbeats are signs of life, not traffic.
+    "delivered_per_second": "sum by (server) "
+    '(rate(wssfleet_messages_delivered_total{type!="heartbeat"}[1m]))',
     "drops_per_second": "sum by (server) (rate(wssfleet_drops_total[5m]))",
 }
 

@@ -3,6 +3,8 @@
 // failed attempt back off exponentially with full jitter, up to 10 s; after 1008 or a 4xxx
 // code do not retry. It comes back with ?since=<last offset> so nothing published meanwhile
 // is missed, and publishes with an id, sending again (same id) until the message is stored.
+// The server sends something at least every `heartbeat` seconds (the welcome says how many):
+// silent for that plus 5 s, the path is dead (a master gone) and it reconnects as after 1006.
 "use strict";
 
 const params = new URLSearchParams(location.hash.slice(1));
@@ -17,6 +19,9 @@ const FIRST_DELAY_MS = 1000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const RETRY_AFTER = new Set([1001, 1006, 1012]);
+const HEARTBEAT_GRACE_MS = 5000;
+let heartbeatMs = null;
+let lastFrameAt = 0;
 let failures = 0;
 let opened = false;
 let socket = null;
@@ -51,8 +56,10 @@ function connect() {
     for (const [id, data] of unacknowledged) send(id, data);
   };
   socket.onmessage = (event) => {
+    lastFrameAt = Date.now();
     const frame = JSON.parse(event.data);
     if (frame.type === "welcome") {
+      heartbeatMs = frame.heartbeat * 1000;
       document.getElementById("worker").textContent = frame.worker;
       show(`joined ${channel} on ${frame.worker} as ${frame.sub}`, "system");
     } else if (frame.type === "subscribed") {
@@ -74,6 +81,7 @@ function connect() {
     }
   };
   socket.onclose = (event) => {
+    heartbeatMs = null;
     if (opened && !RETRY_AFTER.has(event.code)) {
       setStatus("closed", `closed (${event.code} ${event.reason}): not retrying`);
       return;
@@ -89,6 +97,18 @@ function connect() {
     setTimeout(connect, delay);
   };
 }
+
+// A dead path delivers no close event for minutes: give up on a silent socket ourselves.
+setInterval(() => {
+  if (heartbeatMs !== null && Date.now() - lastFrameAt > heartbeatMs + HEARTBEAT_GRACE_MS) {
+    const dead = socket;
+    const onclose = dead.onclose;
+    dead.onclose = null;
+    dead.onmessage = null;
+    dead.close();
+    onclose({ code: 1006, reason: "nothing heard: the connection is dead" });
+  }
+}, 1000);
 
 function send(id, data) {
   if (socket && socket.readyState === WebSocket.OPEN && unacknowledged.has(id)) {
