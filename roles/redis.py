@@ -22,7 +22,7 @@ MONITOR_REDIS_USER = "wssfleet-monitor"
 # redis-cli reads it from REDISCLI_AUTH, so it is never on a command line).
 FUNCTIONS_FILE = "/etc/redis/wssfleet-functions.lua"
 ADMIN_AUTH_FILE = "/etc/redis/wssfleet-admin.auth"
-# Everything the message plane does (wssfleet/broker.py, its functions included: Redis checks
+# Everything the message plane does (wssfleet/redis_broker.py and redis_functions.py: Redis checks
 # the commands a function calls against the caller's user), and nothing else: no FLUSHDB,
 # KEYS, DEL, CLIENT KILL or SHUTDOWN, only wssfleet:* keys and channels, and no code of its
 # own (no EVAL, EVALSHA, SCRIPT or FUNCTION): it calls the functions the deploy loaded.
@@ -53,6 +53,9 @@ WORKER_COMMANDS = (
     "zrem",
     "zremrangebyscore",
     "publish",
+    # Which replicas the primary has (a publish with an id waits for one), and its role.
+    "role",
+    "wait",
 )
 
 

@@ -91,7 +91,10 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
-        # As the deploy does: the operator loads the message plane's functions.
+        self.ready()
+
+    def ready(self) -> None:
+        """As the deploy does: the operator loads the message plane's functions."""
         self.cli("FUNCTION", "LOAD", "REPLACE", LIBRARY)
 
     def cli(self, *command: str, as_worker: bool = False) -> object:

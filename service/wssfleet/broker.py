@@ -40,6 +40,12 @@ class PublishRefused(Exception):
     message is not stored, and the publisher hears why."""
 
 
+class NotConfirmed(Exception):
+    """A publish with an id that the primary stored but no replica confirmed in time: it might
+    not survive the primary, so it is not acknowledged; sent again with the same id, it is
+    stored once and confirmed then."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """The bounds a bus enforces on what publishers store (see ClientPolicy)."""

@@ -218,6 +218,16 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _sentinel(value: str) -> str:
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("each Sentinel is host:port")
+    return value.strip()
+
+
+Sentinel = Annotated[str, AfterValidator(_sentinel)]
+
+
 class ServiceConfig(ClientPolicy):
     """Everything one service process needs."""
 
@@ -252,6 +262,25 @@ class ServiceConfig(ClientPolicy):
     redis_url: Annotated[str, AfterValidator(_redis_url)] = Field(
         default="", description="redis:// URL of the pub/sub bus; empty: this process only"
     )
+    redis_sentinels: tuple[Sentinel, ...] = Field(
+        default=(),
+        description="host:port of each Redis Sentinel, comma-separated: the primary is found "
+        "through them and followed through a failover (redis_url gives the user, password, "
+        "database and TLS); empty: redis_url's host is the one Redis",
+    )
+    redis_primary_name: str = Field(
+        default="wssfleet",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="the name the Sentinels monitor the primary by",
+    )
+    redis_replica_wait_ms: int = Field(
+        default=1000,
+        ge=10,
+        le=1500,
+        description="while a replica is connected, how long a publish with an id waits for it "
+        "to confirm the message before the publisher hears 'not confirmed' (and sends it "
+        "again, same id)",
+    )
     metrics_port_offset: int = Field(
         default=0,
         ge=-65535,
@@ -261,6 +290,13 @@ class ServiceConfig(ClientPolicy):
     shutdown_timeout: float = Field(
         default=10.0, ge=0.1, le=300, description="seconds to close every client on SIGTERM"
     )
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinels_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item for item in value.split(",") if item.strip())
+        return value
 
     @property
     def metrics_port(self) -> int | None:

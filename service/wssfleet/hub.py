@@ -15,7 +15,15 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from wssfleet import auth, metrics, protocol
-from wssfleet.broker import Bus, BusUnavailable, History, Limits, PublishRefused, is_after
+from wssfleet.broker import (
+    Bus,
+    BusUnavailable,
+    History,
+    Limits,
+    NotConfirmed,
+    PublishRefused,
+    is_after,
+)
 from wssfleet.client import Client, text_frame
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.events import event
@@ -73,7 +81,14 @@ class Hub:
             publish_ids_per_subject=config.publish_ids_per_subject,
         )
         self.bus: Bus = (
-            RedisBus(config.redis_url, limits, config.worker_label)
+            RedisBus(
+                config.redis_url,
+                limits,
+                config.worker_label,
+                sentinels=config.redis_sentinels,
+                primary_name=config.redis_primary_name,
+                replica_wait_ms=config.redis_replica_wait_ms,
+            )
             if config.redis_url
             else MemoryBus(limits)
         )
@@ -264,6 +279,10 @@ class Hub:
         except PublishRefused as error:
             self.stats.requests_refused["limit"] += 1
             client.reply("error", reason=f"not published: {error}", channel=channel, **ids)
+            return
+        except NotConfirmed as error:
+            self.stats.requests_refused["not_confirmed"] += 1
+            client.reply("error", reason=f"not confirmed: {error}", channel=channel, **ids)
             return
         if request.id is not None:
             client.reply("published", id=request.id, offset=offset)

@@ -33,7 +33,14 @@ HANDSHAKE_REFUSALS = ("origin", "token", "request", "subject_connections")
 RECEIVED_TYPES = (*protocol.CLIENT_TYPES, "invalid")
 DELIVERED_TYPES = protocol.SERVER_TYPES
 DROP_CAUSES = ("queue_overflow", "rate_limit", "too_big", "unsupported")
-REQUEST_REFUSALS = ("not_allowed", "bus_unavailable", "too_many_channels", "too_big", "limit")
+REQUEST_REFUSALS = (
+    "not_allowed",
+    "bus_unavailable",
+    "too_many_channels",
+    "too_big",
+    "limit",
+    "not_confirmed",
+)
 RECOVERY_RESULTS = ("recovered", "not_recovered")
 CLOSE_REASONS = ("drain", "rebalance", "overflow")
 

@@ -161,12 +161,21 @@ class RespConnection(asyncio.Protocol):
 
 
 class Address:
-    """Where a ``redis://`` or ``rediss://`` URL points, and as whom."""
+    """Where a ``redis://`` or ``rediss://`` URL points, and as whom; with ``sentinels``,
+    whichever server they name the primary at the moment of each connection."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, sentinels: tuple[str, ...] = (), primary_name: str = "wssfleet"
+    ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "localhost"
         self.port = parts.port or 6379
+        self.sentinels = [
+            (host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)
+        ]
+        self.primary_name = primary_name
+        # The server the last connection reached.
+        self.current: tuple[str, int] | None = None
         # rediss: TLS, checked against the system's CAs or the one ?ssl_ca_certs names.
         authority = parse_qs(parts.query).get("ssl_ca_certs", [None])[0]
         self._ssl = (
@@ -177,15 +186,42 @@ class Address:
         database = parts.path.strip("/")
         self._database = int(database) if database else 0
 
+    async def primary(self, timeout: float) -> tuple[str, int]:
+        """Where the primary is: the URL's server, or the first Sentinel's answer; LinkLost
+        when no Sentinel answers or none knows one."""
+        if not self.sentinels:
+            return self.host, self.port
+        loop = asyncio.get_running_loop()
+        for host, port in self.sentinels:
+            sentinel: RespConnection | None = None
+            try:
+                async with asyncio.timeout(timeout):
+                    _, sentinel = await loop.create_connection(
+                        lambda: RespConnection(loop, timeout), host, port
+                    )
+                    found = await sentinel.command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.primary_name
+                    )
+            except (OSError, TimeoutError, LinkLost, ReplyError):
+                continue
+            finally:
+                if sentinel is not None:
+                    sentinel.close("asked")
+            if found:
+                return found[0].decode(), int(found[1])
+        raise LinkLost("no Sentinel names a primary")
+
     async def connect(self, client_name: str, timeout: float) -> RespConnection:
         """A new connection, authenticated, on its database, named ``client_name`` in
-        Redis's CLIENT LIST; LinkLost if Redis cannot be reached, ReplyError if it refuses."""
+        Redis's CLIENT LIST; LinkLost if Redis cannot be reached (or, through Sentinels, the
+        server they name is not a primary yet), ReplyError if it refuses."""
         loop = asyncio.get_running_loop()
         connection: RespConnection | None = None
+        host, port = await self.primary(timeout)
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: RespConnection(loop, timeout), self.host, self.port, ssl=self._ssl
+                    lambda: RespConnection(loop, timeout), host, port, ssl=self._ssl
                 )
                 setup = []
                 if self._password is not None:
@@ -196,7 +232,14 @@ class Address:
                 if self._database:
                     setup.append(connection.command("SELECT", self._database))
                 setup.append(connection.command("CLIENT", "SETNAME", client_name))
-                await asyncio.gather(*setup)
+                if self.sentinels:
+                    # Mid-failover the Sentinels may still name the old primary, now a replica.
+                    setup.append(connection.command("ROLE"))
+                replies = await asyncio.gather(*setup)
+                if self.sentinels and replies[-1][0] != b"master":
+                    connection.close("not the primary")
+                    raise LinkLost(f"{host}:{port} is not the primary (yet)")
+                self.current = (host, port)
         except (OSError, TimeoutError) as error:
             if connection is not None:
                 connection.close("could not be set up")
@@ -212,13 +255,14 @@ class Link:
     """Commands and their replies, pipelined on one connection that is made on first use and
     again after it is lost."""
 
-    def __init__(self, url: str, client_name: str, timeout: float) -> None:
+    def __init__(self, address: Address | str, client_name: str, timeout: float) -> None:
         """
-        + url: redis:// or rediss:// URL; its user, password and database are used
+        + address: the server (or the Sentinels that name it), user, password and database,
+          or a redis:// or rediss:// URL that says them
         + client_name: this connection in Redis's CLIENT LIST
         + timeout: seconds to connect, and for a reply before the connection is dropped
         """
-        self._address = Address(url)
+        self._address = address if isinstance(address, Address) else Address(address)
         self._client_name = client_name
         self._timeout = timeout
         self._connection: RespConnection | None = None
@@ -232,6 +276,20 @@ class Link:
         if connection is None or not connection.open:
             connection = await self._connected()
         return await connection.command(*arguments)
+
+    async def calls(self, *commands: tuple[Argument, ...]) -> list[Any]:
+        """Several commands, one after the other on the same connection (a WAIT after the
+        write it waits for); their replies, or the first one's error."""
+        connection = self._connection
+        if connection is None or not connection.open:
+            connection = await self._connected()
+        replies = await asyncio.gather(
+            *(connection.command(*command) for command in commands), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def _connected(self) -> RespConnection:
         # One connection attempt at a time, however many commands wait for it.

@@ -10,7 +10,9 @@ import logging
 import random
 
 import redis.asyncio as redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -23,6 +25,7 @@ from wssfleet.broker import (
     Deliver,
     History,
     Limits,
+    NotConfirmed,
     Position,
     PublishRefused,
     Resync,
@@ -50,18 +53,32 @@ HISTORY_PAGE_BYTES = 256 * 2**10
 # A pub/sub connection that has said nothing this long is asked for a PONG; one that stays
 # silent COMMAND_TIMEOUT longer is dropped and made again.
 HEALTH_CHECK_INTERVAL = 5.0
+# How often a process asks the primary which replicas it has (a publish with an id waits for
+# one of them while there are any) and, through Sentinels, whether it is still the primary.
+PRIMARY_CHECK_INTERVAL = 1.0
 
 
 class RedisBus(Bus):
     """One process's link to Redis: a command connection for storing and reading history and
     one pub/sub connection for the channels this process serves."""
 
-    def __init__(self, url: str, limits: Limits, name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        limits: Limits,
+        name: str,
+        sentinels: tuple[str, ...] = (),
+        primary_name: str = "wssfleet",
+        replica_wait_ms: int = 1000,
+    ) -> None:
         """
         + url: redis:// URL, password included
         + limits: what a channel's history keeps, and the bounds on what publishers store
         + name: this process in Redis's CLIENT LIST (its pub/sub connection is bus:<name>, its
           publish connection publish:<name>)
+        + sentinels: host:port of the Sentinels that name the primary (none: the URL's host)
+        + primary_name: the name they monitor it by
+        + replica_wait_ms: how long a publish with an id waits for a replica's confirmation
         """
         self.name = name
         self.history_size = limits.history_size
@@ -90,8 +107,10 @@ class RedisBus(Bus):
         self._background: set[asyncio.Task[None]] = set()
         # A command that meets a connection the server closed (a Redis restart) is retried
         # once on a fresh one: without this the first command after a restart fails.
-        self._commands = redis.Redis.from_url(
+        self._commands = _command_client(
             url,
+            sentinels,
+            primary_name,
             socket_connect_timeout=COMMAND_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
@@ -100,19 +119,26 @@ class RedisBus(Bus):
         )
         # Every publish of this process goes out on one pipelined connection, and messages
         # arrive on another, handled as they are parsed (see pipelined.py).
-        self._publishing = Link(url, f"publish:{name}", COMMAND_TIMEOUT)
-        self._address = Address(url)
+        self._address = Address(url, sentinels, primary_name)
+        self._publishing = Link(self._address, f"publish:{name}", COMMAND_TIMEOUT)
+        # Replicas the primary had at the last look: while there is one, a publish with an id
+        # is acknowledged only once one of them has it too.
+        self.replicas = 0
+        self._replica_wait_ms = replica_wait_ms
+        self._watching: asyncio.Task[None] | None = None
 
     def start(self, deliver: Deliver, resync: Resync) -> None:
         self._deliver = deliver
         self._resync = resync
         self._task = asyncio.create_task(self._listen_forever(), name="redis-bus")
+        self._watching = asyncio.create_task(self._watch_primary(), name="redis-primary")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._watching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._publishing.close()
         await self._commands.aclose()
 
@@ -211,10 +237,23 @@ class RedisBus(Bus):
         # has an idempotency key.
         for last_try in (False, True):
             try:
-                return (await self._publishing.call(*command)).decode()
+                if message_key is None or not self.replicas:
+                    return (await self._publishing.call(*command)).decode()
+                stored, confirmed = await self._publishing.calls(
+                    command, ("WAIT", 1, self._replica_wait_ms)
+                )
+                if confirmed < 1:
+                    raise NotConfirmed(
+                        "no replica has it yet (it may not survive the primary): send it "
+                        "again, same id"
+                    )
+                return stored.decode()
             except ReplyError as error:
                 if str(error).startswith("LIMIT "):
                     raise PublishRefused(str(error).removeprefix("LIMIT ")) from None
+                if str(error).startswith("READONLY"):
+                    # A failover made this server a replica: the next try finds the primary.
+                    self._publishing.close()
                 raise BusUnavailable(_reason(error)) from None
             except LinkLost as error:
                 if last_try or (error.sent and message_key is None):
@@ -274,6 +313,33 @@ class RedisBus(Bus):
         epoch = epoch.decode()
         latest = offset_of(epoch, last.decode()) if epoch else ""
         return epoch, latest, bool(recovered), entries, bool(more)
+
+    async def _watch_primary(self) -> None:
+        """Every PRIMARY_CHECK_INTERVAL: how many replicas the primary has, and whether the
+        connections still reach the primary. A server a failover demoted, or one the
+        Sentinels no longer name, is left: both connections are made again to the primary
+        (the pub/sub one catches up from history, as after any reconnection)."""
+        unanswered = False
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
+            try:
+                role = await self._publishing.call("ROLE")
+                primary = await self._address.primary(COMMAND_TIMEOUT)
+            except (LinkLost, ReplyError) as error:
+                self.replicas = 0
+                if not unanswered:
+                    log.info("redis: replicas unknown (%s)", error)
+                unanswered = True
+                continue
+            unanswered = False
+            if role[0] == b"master" and primary == self._address.current:
+                self.replicas = len(role[2])
+                continue
+            self.replicas = 0
+            log.warning("redis: the primary is now %s:%s; reconnecting", *primary)
+            self._publishing.close()
+            if self._subscriber is not None:
+                self._subscriber.close("the primary moved")
 
     async def _listen_forever(self) -> None:
         delay = 0.1
@@ -363,6 +429,22 @@ class RedisBus(Bus):
                 # Retrieved by whoever awaits it; marked so an unawaited one does not warn.
                 confirmed.exception()
             self._confirmed[channel] = asyncio.get_running_loop().create_future()
+
+
+def _command_client(url: str, sentinels: tuple[str, ...], primary_name: str, **options):
+    """redis-py's client for the rarer commands (history reads): on the URL's server, or on
+    whichever one the Sentinels name the primary, followed through a failover."""
+    if not sentinels:
+        return redis.Redis.from_url(url, **options)
+    settings = parse_url(url)
+    for name in ("host", "port", "connection_class"):
+        settings.pop(name, None)
+    if url.startswith("rediss:"):
+        settings["ssl"] = True
+    addresses = [(host, int(port)) for host, _, port in (s.rpartition(":") for s in sentinels)]
+    return Sentinel(addresses, socket_timeout=COMMAND_TIMEOUT).master_for(
+        primary_name, **settings, **options
+    )
 
 
 def _reason(error: BaseException) -> str:

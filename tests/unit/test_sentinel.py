@@ -1,0 +1,204 @@
+"""Redis that fails over: a primary, a replica and three Sentinels on loopback (real
+redis-server processes, the deploy's users), and service processes that find the primary
+through the Sentinels. An acknowledged message is on two nodes, so it survives the primary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.processes import RedisServer, free_port, wait_for_port
+from tests.unit.clients import open_client, receive, request, run
+from tests.unit.helpers import wait_until_redis
+
+PRIMARY_NAME = "wssfleet"
+
+
+class Replica(RedisServer):
+    """A redis-server that replicates ``primary`` as the deploy's operator user."""
+
+    def __init__(self, directory: Path, primary: RedisServer) -> None:
+        super().__init__(directory)
+        self.primary = primary
+
+    def listening(self) -> list[str]:
+        return [
+            *super().listening(),
+            "--replicaof",
+            "127.0.0.1",
+            str(self.primary.port),
+            "--masteruser",
+            "wssfleet-admin",
+            "--masterauth",
+            self.admin_password,
+        ]
+
+    def ready(self) -> None:
+        """The functions come from the primary."""
+
+
+class Sentinels:
+    """Three Sentinels watching the primary, quick to decide as the lab's are."""
+
+    def __init__(self, directory: Path, primary: RedisServer) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        self.processes = []
+        for port in self.ports:
+            config = directory / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor {PRIMARY_NAME} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {PRIMARY_NAME} 1000\n"
+                f"sentinel failover-timeout {PRIMARY_NAME} 4000\n"
+                f"sentinel auth-user {PRIMARY_NAME} wssfleet-admin\n"
+                f"sentinel auth-pass {PRIMARY_NAME} {primary.admin_password}\n"
+            )
+            self.processes.append(
+                subprocess.Popen(
+                    [primary.binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL
+                )
+            )
+        for port in self.ports:
+            wait_for_port(port)
+
+    @property
+    def setting(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def replicated(tmp_path):
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    replica = Replica(tmp_path / "replica", primary)
+    replica.start()
+    sentinels = Sentinels(tmp_path, primary)
+    deadline = time.monotonic() + 10
+    while primary.cli("ROLE")[2] == [] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield primary, replica, sentinels
+    sentinels.stop()
+    replica.stop()
+    primary.stop()
+
+
+def on_sentinels(start_service, primary, sentinels, **settings):
+    service = start_service(primary.url, WSSFLEET_REDIS_SENTINELS=sentinels.setting, **settings)
+    wait_until_redis(service, "connected")
+    return service
+
+
+def test_an_acknowledged_publish_is_on_the_replica_too(replicated, start_service):
+    primary, replica, sentinels = replicated
+    service = on_sentinels(start_service, primary, sentinels)
+
+    async def scenario():
+        ws = await open_client(service, subject="p")
+        # The process learns within a second that the primary has a replica.
+        await asyncio.sleep(1.5)
+        await request(ws, type="publish", channel="room", data="kept", id="m1")
+        return await receive(ws)
+
+    answer = run(scenario())
+    assert answer["type"] == "published", answer
+    # Acknowledged after WAIT: the replica holds it already, no waiting here.
+    assert replica.cli("XLEN", "wssfleet:history:room") == 1
+
+
+def test_a_replica_that_does_not_confirm_in_time_gets_no_acknowledgement(replicated, start_service):
+    primary, replica, sentinels = replicated
+    service = on_sentinels(start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200")
+
+    async def scenario():
+        ws = await open_client(service, subject="p")
+        await asyncio.sleep(1.5)
+        # Frozen, the replica stays connected but confirms nothing.
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            await request(ws, type="publish", channel="room", data="unsure", id="m1")
+            refused = await receive(ws)
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        await asyncio.sleep(0.5)
+        # The same message again, same id: stored once, confirmed now.
+        await request(ws, type="publish", channel="room", data="unsure", id="m1")
+        return refused, await receive(ws)
+
+    refused, acknowledged = run(scenario())
+    assert refused["type"] == "error" and refused["id"] == "m1", refused
+    assert refused["reason"].startswith("not confirmed: no replica has it yet"), refused
+    assert acknowledged["type"] == "published", acknowledged
+    assert primary.cli("XLEN", "wssfleet:history:room") == 1
+
+
+def test_the_primary_lost_for_good_costs_no_acknowledged_message(replicated, start_service):
+    primary, replica, sentinels = replicated
+    publishing = on_sentinels(start_service, primary, sentinels)
+    listening = on_sentinels(start_service, primary, sentinels)
+
+    async def scenario():
+        publisher = await open_client(publishing, subject="p")
+        subscriber = await open_client(listening, "/ws/room", subject="s")
+        await asyncio.sleep(1.5)
+        acknowledged: list[int] = []
+        refused: list[tuple[float, str]] = []
+        killed_at = None
+        loop = asyncio.get_running_loop()
+        number = 0
+        while loop.time() < (killed_at or loop.time()) + 15 and len(acknowledged) < 400:
+            if number == 40 and killed_at is None:
+                os.kill(primary.process.pid, signal.SIGKILL)
+                killed_at = loop.time()
+            # The contract: the same message, same id, until it is acknowledged.
+            await request(publisher, type="publish", channel="room", data=number, id=number)
+            answer = await receive(publisher, timeout=10)
+            if answer["type"] == "published":
+                acknowledged.append(number)
+                if killed_at is not None and len(acknowledged) > 45:
+                    break
+                number += 1
+            else:
+                refused.append((loop.time(), answer["reason"]))
+                await asyncio.sleep(0.2)
+        resumed = loop.time() - killed_at
+        received = []
+        while len(received) < len(acknowledged):
+            frame = await receive(subscriber, timeout=15)
+            if frame["type"] == "message":
+                received.append(frame["data"])
+        return acknowledged, refused, resumed, received
+
+    acknowledged, refused, resumed, received = run(scenario())
+    assert acknowledged == list(range(len(acknowledged))) and len(acknowledged) > 45
+    # Refused aloud while there was no primary, acknowledged again well within 15 s.
+    assert refused and all(
+        reason.startswith(("not published", "not confirmed")) for _, reason in refused
+    )
+    assert resumed < 15, resumed
+    # Every acknowledged message reached the subscriber, once and in order, through the new
+    # primary (its process caught up from history after it followed the failover).
+    assert received == acknowledged
+    new_primary = replica.cli("ROLE")
+    assert new_primary[0] == b"master", new_primary
+    assert replica.cli("XLEN", "wssfleet:history:room") >= len(acknowledged)
+
+    # The old primary comes back as a replica of the new one.
+    primary.start()
+    deadline = time.monotonic() + 20
+    while primary.cli("ROLE")[0] != b"slave" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert primary.cli("ROLE")[0] == b"slave"
