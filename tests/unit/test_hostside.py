@@ -6,6 +6,7 @@ instance's unit, `systemctl reload haproxy`) is left to the lab's tests."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import shutil
 import subprocess
@@ -21,9 +22,9 @@ from tests.processes import free_port, wait_for_port
 from tests.unit.clients import open_client, run
 from wssfleet_control.hostside import layout
 
-haproxy_runtime = pytest.importorskip("haproxy_runtime")
-instances = pytest.importorskip("instances")
-rebalancer = pytest.importorskip("rebalancer")
+haproxy_runtime = importlib.import_module("haproxy_runtime")
+instances = importlib.import_module("instances")
+rebalancer = importlib.import_module("rebalancer")
 
 INTERNAL_KEY = "the-rebalancer-s-internal-key"
 # The deployed backend's health checks, quickened for a test.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from pathlib import Path
 
 import jinja2
 import pytest
@@ -105,5 +104,5 @@ def test_only_the_service_source_names_a_release(tmp_path, monkeypatch):
 
 
 def test_the_readme_settings_table_is_the_schema():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert markdown_table().strip() in readme, "regenerate it: wssfleet settings"

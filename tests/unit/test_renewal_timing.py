@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-HOSTSIDE = Path(__file__).resolve().parents[2] / "wssfleet_control" / "hostside"
-# On the master the helpers sit side by side, and certificate_metrics imports acme_info so.
-sys.path.insert(0, str(HOSTSIDE))
-import acme_info  # noqa: E402
-import certificate_metrics  # noqa: E402
+# On the master the helpers sit side by side, and certificate_metrics imports acme_info so;
+# importing the package puts their directory on the path the same way.
+import wssfleet_control.hostside  # noqa: F401
+
+# isort: split
+import acme_info
+import certificate_metrics
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 DAY = 86400
