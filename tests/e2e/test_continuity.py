@@ -24,7 +24,7 @@ from tests.e2e.conftest import run
 from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 from wssfleet_control import commands
-from wssfleet_control.hostside.layout import INSTANCE_PREFIX, RUNTIME_HELPER, instance_unit
+from wssfleet_control.hostside.layout import BACKEND, INSTANCE_PREFIX, RUNTIME_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,7 +43,7 @@ def connector(lab, source: str | None = None, browser: bool = False):
 
 def servers(lab) -> dict[str, str]:
     rows = json.loads(lab.on(lab.fleet.master.name, f"{RUNTIME} servers").stdout)
-    return {row["server"]: row["status"] for row in rows if row["backend"] == "workers"}
+    return {row["server"]: row["status"] for row in rows if row["backend"] == BACKEND}
 
 
 def wait_all_up(lab, seconds: float = 60) -> None:

@@ -20,6 +20,7 @@ from tests.lab_fleet import (
     wssfleet,
 )
 from wssfleet_control.hostside.layout import (
+    BACKEND,
     CURRENT,
     INSTANCE_PREFIX,
     RUNTIME_HELPER,
@@ -178,7 +179,7 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
         states = [
             server["status"]
             for server in servers
-            if server["backend"] == "workers" and server["server"].startswith(f"{added.name}-")
+            if server["backend"] == BACKEND and server["server"].startswith(f"{added.name}-")
         ]
         if (states and set(states) == {"UP"}) or time.monotonic() > deadline:
             break
