@@ -22,6 +22,7 @@ from tests.lab_fleet import (
 from wssfleet_control.hostside.layout import (
     BACKEND,
     CURRENT,
+    HAPROXY_CONFIG,
     INSTANCE_PREFIX,
     RUNTIME_HELPER,
     instance_unit,
@@ -164,13 +165,13 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
     code, _, log = deploy(derived_inventory(tmp_path, workers=len(lab.fleet.workers) - 1))
     assert code == 0, log[-3000:]
     assert reloads(lab) == reloads_before, "removing a worker reloaded HAProxy"
-    assert f"server {added.name}-" not in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
+    assert f"server {added.name}-" not in lab.on("master", f"cat {HAPROXY_CONFIG}").stdout
     assert added.address not in lab.on("master", "nft list table inet wssfleet").stdout
 
     code, _, log = deploy()
     assert code == 0, log[-3000:]
     assert reloads(lab) == reloads_before, "adding a worker reloaded HAProxy"
-    assert f"server {added.name}-" in lab.on("master", "cat /etc/haproxy/haproxy.cfg").stdout
+    assert f"server {added.name}-" in lab.on("master", f"cat {HAPROXY_CONFIG}").stdout
     assert added.address in lab.on("master", "nft list table inet wssfleet").stdout
     # HAProxy's health checks bring the new servers UP within a few check intervals.
     deadline = time.monotonic() + 30
