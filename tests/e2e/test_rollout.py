@@ -105,7 +105,7 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout_at_its_first_in
     port = lab.fleet.settings.worker_base_port
     inventory = derived_inventory(tmp_path, rollout_health_timeout=8)
     with edited(
-        REPO / "service" / "wssfleet" / "server.py",
+        REPO / "service" / "wssfleet" / "routes.py",
         "HTTPStatus.OK,\n                json.dumps(self.hub.health())",
         "HTTPStatus.SERVICE_UNAVAILABLE,\n                json.dumps(self.hub.health())",
     ):
