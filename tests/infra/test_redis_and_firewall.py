@@ -50,7 +50,6 @@ def test_redis_keeps_the_history_in_an_append_only_file(on, redis_node, fleet):
 
 REDIS_PROBE = """
 import os, redis
-from wssfleet_control.hostside import layout
 r = redis.Redis.from_url(os.environ["WSSFLEET_REDIS_URL"])
 print(r.ping())
 forbidden = (
