@@ -57,11 +57,12 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-# Uses a connection until it closes; given how long a silence means a dead path.
-Session = Callable[[ClientConnection, float], Awaitable[None]]
+# Uses a connection until it closes; given how long a silence means a dead path (None: no
+# silence does).
+Session = Callable[[ClientConnection, float | None], Awaitable[None]]
 
 
-async def frames(ws: ClientConnection, silence: float):
+async def frames(ws: ClientConnection, silence: float | None):
     """Each frame until the connection closes. One silent for ``silence`` seconds is dropped
     without a close handshake (a dead path would not answer it): the contract reconnects."""
     while True:
@@ -74,7 +75,7 @@ async def frames(ws: ClientConnection, silence: float):
             return
 
 
-async def listen(ws: ClientConnection, silence: float) -> None:
+async def listen(ws: ClientConnection, silence: float | None) -> None:
     """A client that only stays connected still reads what it is sent (heartbeats)."""
     async for _ in frames(ws, silence):
         pass
@@ -99,7 +100,9 @@ async def follow_contract(
             continue
         failures = 0
         seen.connects.append((time.monotonic(), welcome["worker"]))
-        silence = welcome["heartbeat"] + HEARTBEAT_GRACE
+        # A server from before heartbeats says nothing of them: no silence means a dead path.
+        heartbeat = welcome.get("heartbeat")
+        silence = heartbeat + HEARTBEAT_GRACE if heartbeat else None
         stopping = asyncio.ensure_future(stop.wait())
         closed = asyncio.ensure_future((session or listen)(ws, silence))
         await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,7 +200,7 @@ class Inbox:
         (empty if the channel was empty then: all of the history)."""
         return f"/ws/{self.channel}" + (f"?since={self.offset}" if self.answers else "")
 
-    async def read(self, ws: ClientConnection, silence: float) -> None:
+    async def read(self, ws: ClientConnection, silence: float | None) -> None:
         async for text in frames(ws, silence):
             frame = json.loads(text)
             if frame["type"] == "message":
@@ -297,7 +300,7 @@ class Publisher:
             follow_contract(self.connect, self.seen, self.done, self._publish)
         )
 
-    async def _publish(self, ws: ClientConnection, _silence: float) -> None:
+    async def _publish(self, ws: ClientConnection, _silence: float | None) -> None:
         # A reply that does not come within 10 s is asked again: that bounds a dead path.
         with contextlib.suppress(ConnectionClosed):
             while True:

@@ -59,7 +59,8 @@ function connect() {
     lastFrameAt = Date.now();
     const frame = JSON.parse(event.data);
     if (frame.type === "welcome") {
-      heartbeatMs = frame.heartbeat * 1000;
+      // A server from before heartbeats says nothing of them: then silence proves nothing.
+      heartbeatMs = frame.heartbeat ? frame.heartbeat * 1000 : null;
       document.getElementById("worker").textContent = frame.worker;
       show(`joined ${channel} on ${frame.worker} as ${frame.sub}`, "system");
     } else if (frame.type === "subscribed") {
