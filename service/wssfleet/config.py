@@ -57,6 +57,16 @@ def _channel_pattern(value: str) -> str:
 ChannelPattern = Annotated[str, AfterValidator(_channel_pattern)]
 
 
+def _comma_list(value: Any) -> Any:
+    """A list setting: the environment file carries it comma-separated, an inventory as a
+    list."""
+    if isinstance(value, str):
+        return tuple(item for item in value.split(",") if item.strip())
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 class ClientPolicy(BaseModel):
     """What every client of a deployment may do, how it is kept alive, and how much of each
     channel's past it can recover."""
@@ -178,12 +188,7 @@ class ClientPolicy(BaseModel):
     )
     @classmethod
     def _list_from_text(cls, value: Any) -> Any:
-        # The environment file carries a comma-separated list; an inventory gives a list.
-        if isinstance(value, str):
-            return tuple(item for item in value.split(",") if item.strip())
-        if isinstance(value, list):
-            return tuple(value)
-        return value
+        return _comma_list(value)
 
     @model_validator(mode="after")
     def _bounds_fit(self) -> ClientPolicy:
@@ -294,9 +299,7 @@ class ServiceConfig(ClientPolicy):
     @field_validator("redis_sentinels", mode="before")
     @classmethod
     def _sentinels_from_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(item for item in value.split(",") if item.strip())
-        return value
+        return _comma_list(value)
 
     @property
     def metrics_port(self) -> int | None:

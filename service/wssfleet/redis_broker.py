@@ -105,12 +105,12 @@ class RedisBus(Bus):
         # The loop keeps only weak references to tasks: one nobody holds can be collected
         # mid-flight, and a subscription it was making would never be confirmed.
         self._background: set[asyncio.Task[None]] = set()
+        self._address = Address(url, sentinels, primary_name)
         # A command that meets a connection the server closed (a Redis restart) is retried
         # once on a fresh one: without this the first command after a restart fails.
         self._commands = _command_client(
             url,
-            sentinels,
-            primary_name,
+            self._address,
             socket_connect_timeout=COMMAND_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
@@ -119,7 +119,6 @@ class RedisBus(Bus):
         )
         # Every publish of this process goes out on one pipelined connection, and messages
         # arrive on another, handled as they are parsed (see pipelined.py).
-        self._address = Address(url, sentinels, primary_name)
         self._publishing = Link(self._address, f"publish:{name}", COMMAND_TIMEOUT)
         # Replicas the primary had at the last look: while there is one, a publish with an id
         # is acknowledged only once one of them has it too.
@@ -431,19 +430,18 @@ class RedisBus(Bus):
             self._confirmed[channel] = asyncio.get_running_loop().create_future()
 
 
-def _command_client(url: str, sentinels: tuple[str, ...], primary_name: str, **options):
+def _command_client(url: str, address: Address, **options):
     """redis-py's client for the rarer commands (history reads): on the URL's server, or on
-    whichever one the Sentinels name the primary, followed through a failover."""
-    if not sentinels:
+    whichever one the address's Sentinels name the primary, followed through a failover."""
+    if not address.sentinels:
         return redis.Redis.from_url(url, **options)
     settings = parse_url(url)
     for name in ("host", "port", "connection_class"):
         settings.pop(name, None)
     if url.startswith("rediss:"):
         settings["ssl"] = True
-    addresses = [(host, int(port)) for host, _, port in (s.rpartition(":") for s in sentinels)]
-    return Sentinel(addresses, socket_timeout=COMMAND_TIMEOUT).master_for(
-        primary_name, **settings, **options
+    return Sentinel(address.sentinels, socket_timeout=COMMAND_TIMEOUT).master_for(
+        address.primary_name, **settings, **options
     )
 
 
