@@ -81,9 +81,19 @@ def servers(path: str | None = None) -> list[dict[str, str]]:
     ]
 
 
-def master_counters() -> tuple[int, int, int]:
-    """The master's PID, its reload count and its failed-reload count."""
-    reply = ask("show proc", MASTER_SOCKET, until=b"# programs")
+def master_counters(patience: float = 5.0) -> tuple[int, int, int]:
+    """The master's PID, its reload count and its failed-reload count. Just after it starts or
+    reloads, the master re-executes itself and refuses connections for a moment: it is asked
+    again for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            reply = ask("show proc", MASTER_SOCKET, until=b"# programs")
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
     match = MASTER_LINE.search(reply)
     if not match:
         raise RuntimeApiError(f"unexpected 'show proc' answer: {reply!r}")
@@ -101,7 +111,7 @@ def reload(spread_seconds: float = 0) -> int:
     deadline = time.monotonic() + RELOAD_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            _, reloads_now, failed_now = master_counters()
+            _, reloads_now, failed_now = master_counters(patience=0)
         except (OSError, RuntimeApiError):
             # The master re-executes itself while it reloads: its socket comes back.
             time.sleep(0.05)
