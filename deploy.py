@@ -8,7 +8,7 @@ one instance at a time, each verified before the next.
 
 from pyinfra import host, inventory, state
 
-from roles import base, certificates, firewall, haproxy, monitoring, redis, workers
+from roles import base, certificates, firewall, front_door, haproxy, monitoring, redis, workers
 from wssfleet_control import deployment
 from wssfleet_control.facts import instance_ports
 from wssfleet_control.hostside.layout import server_name
@@ -36,6 +36,8 @@ monitoring.node_exporter(run, node)
 if "redis" in roles:
     redis.apply(run)
     monitoring.redis_exporter(run)
+if "sentinel" in roles:
+    redis.sentinel(run)
 if "workers" in roles:
     workers.apply(run, node, service_ports)
 if "master" in roles:
@@ -46,7 +48,10 @@ if "master" in roles:
             for name, address, port in every_instance()
         ],
     )
-    certificates.apply(run)
+    if fleet.front_door:
+        front_door.apply(run)
+    if host.name == fleet.master.name:
+        certificates.apply(run)
 if "monitoring" not in roles:
     monitoring.prometheus_retired()
 else:

@@ -21,9 +21,11 @@ _ssh = {
     "ssh_strict_host_key_checking": "no",
 }
 
-master = [(_lab["master"]["name"], {"ssh_hostname": _lab["master"]["address"], **_ssh})]
+master = [(node["name"], {"ssh_hostname": node["address"], **_ssh}) for node in _lab["masters"]]
 workers = [(node["name"], {"ssh_hostname": node["address"], **_ssh}) for node in _lab["workers"]]
-redis = [_lab["master"]["name"]]
+# With two masters, Redis is on both (a primary and a replica): the Sentinels run on them and
+# on the first worker.
+redis = [name for name, _ in master]
 
 all = (
     [name for name, _ in master + workers],
@@ -36,6 +38,8 @@ all = (
             # Lab hosts inherit this machine's open-file limit (20000 where it cannot be
             # raised); HAProxy needs two descriptors a connection.
             "haproxy_maxconn": 9000,
+            # The masters' floating address on the lab bridge (none with one master).
+            "front_door_address": _lab["front_door"],
         },
     },
 )

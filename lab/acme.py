@@ -106,7 +106,7 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> list[Tracked]:
         [
             str(PEBBLE_BIN / "pebble-challtestsrv"),
             "-defaultIPv4",
-            settings.master.address,
+            settings.front_door_address,
             "-defaultIPv6",
             "",
             "-dnsserver",

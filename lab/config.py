@@ -87,6 +87,7 @@ class LabSettings:
     subnet: ipaddress.IPv4Network
     domain: str
     suite: str = next(iter(SUITES))
+    masters: int = 2
 
     @classmethod
     def from_environment(cls) -> LabSettings:
@@ -110,11 +111,14 @@ class LabSettings:
             raise LabError(
                 f"LAB_DOMAIN={domain!r}: give a lower-case DNS name like wss.lab.test"
             ) from None
+        raw_masters = os.environ.get("LAB_MASTERS", "2")
+        if raw_masters not in ("1", "2", "3"):
+            raise LabError(f"LAB_MASTERS={raw_masters!r}: give 1, 2 or 3 masters")
         suite = os.environ.get("LAB_SUITE", next(iter(SUITES)))
         if suite not in SUITES:
             choices = ", ".join(f"{name} ({release})" for name, release in SUITES.items())
             raise LabError(f"LAB_SUITE={suite!r}: give one of {choices}")
-        return cls(int(raw_workers), subnet, domain, suite)
+        return cls(int(raw_workers), subnet, domain, suite, int(raw_masters))
 
     @property
     def release(self) -> str:
@@ -130,7 +134,30 @@ class LabSettings:
 
     @property
     def master(self) -> Host:
-        return Host("master", str(self.subnet.network_address + 10))
+        return self.master_hosts[0]
+
+    @property
+    def master_hosts(self) -> list[Host]:
+        """The first is "master" at .10 (a one-master lab's name and address), then master2
+        and master3 at .32 and .33, clear of the workers' .11 to .18."""
+        first = Host("master", str(self.subnet.network_address + 10))
+        return [first] + [
+            Host(f"master{n}", str(self.subnet.network_address + 30 + n))
+            for n in range(2, self.masters + 1)
+        ]
+
+    @property
+    def front_door(self) -> str:
+        """The floating address/prefix the masters' keepalived moves (several masters), on
+        the bridge's network; the lab's DNS resolves the domain to it."""
+        if self.masters < 2:
+            return ""
+        return f"{self.subnet.network_address + 100}/{self.subnet.prefixlen}"
+
+    @property
+    def front_door_address(self) -> str:
+        """What clients reach: the front door, or the one master."""
+        return self.front_door.partition("/")[0] or self.master.address
 
     @property
     def worker_hosts(self) -> list[Host]:
@@ -141,7 +168,7 @@ class LabSettings:
 
     @property
     def hosts(self) -> list[Host]:
-        return [self.master, *self.worker_hosts]
+        return [*self.master_hosts, *self.worker_hosts]
 
     def acme_directory(self, server: AcmeServer = STANDARD_CA) -> str:
         return f"https://{self.gateway}:{server.port}/dir"

@@ -107,6 +107,7 @@ def describe(settings: LabSettings) -> dict:
     return {
         "checkout": str(CHECKOUT_DIR.parent),
         "workers": settings.workers,
+        "masters": settings.masters,
         "subnet": str(settings.subnet),
         "domain": settings.domain,
         "suite": settings.suite,
@@ -281,6 +282,10 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
         "bridge": BRIDGE,
         "gateway": settings.gateway,
         "master": {"name": settings.master.name, "address": settings.master.address},
+        "masters": [{"name": host.name, "address": host.address} for host in settings.master_hosts],
+        # Several masters: the floating address/prefix; clients reach front_door_address.
+        "front_door": settings.front_door,
+        "front_door_address": settings.front_door_address,
         "workers": [{"name": host.name, "address": host.address} for host in settings.worker_hosts],
         "ssh_user": "root",
         "ssh_key": str(KEY),

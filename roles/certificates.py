@@ -117,6 +117,8 @@ def apply(run: DeployRun) -> None:
         certbot=CERTBOT,
         metrics=CERTIFICATE_METRICS_HELPER,
         random_delay=int(seconds_of(settings.renewal_random_delay)),
+        challenge_address=challenge_address(fleet),
+        challenge_port=CERTBOT_PORT,
     )
     files.template(
         name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
@@ -210,6 +212,12 @@ def _issued() -> tuple[list[str], str, str] | None:
     return sorted(name.strip() for name in names), "".join(issuer).strip(), "".join(profile).strip()
 
 
+def challenge_address(fleet: Fleet) -> str:
+    """Where certbot listens while it validates: loopback with one master; with several, the
+    first master's private address, which every master's HAProxy passes challenges to."""
+    return fleet.master.address if len(fleet.masters) > 1 else "127.0.0.1"
+
+
 def _certonly(fleet: Fleet) -> str:
     settings = fleet.settings
     account = (
@@ -223,6 +231,6 @@ def _certonly(fleet: Fleet) -> str:
         f"{CERTBOT} certonly --non-interactive --agree-tos --no-eff-email {account} "
         f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} {profile}"
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
-        f"--standalone --http-01-address 127.0.0.1 --http-01-port {CERTBOT_PORT} "
+        f"--standalone --http-01-address {challenge_address(fleet)} --http-01-port {CERTBOT_PORT} "
         f"--deploy-hook {DEPLOY_HOOK}"
     )

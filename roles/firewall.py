@@ -13,13 +13,14 @@ from pyinfra.operations import files, systemd
 
 from roles import activate_candidate
 from wssfleet_control.deployment import DeployRun
+from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import (
     CONFIG_DIRECTORY,
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
     REDIS_EXPORTER_PORT,
 )
-from wssfleet_control.inventory import Fleet
+from wssfleet_control.inventory import Fleet, Node
 
 LIVE = f"{CONFIG_DIRECTORY}/firewall.nft"
 CANDIDATE = f"{CONFIG_DIRECTORY}/firewall.nft.candidate"
@@ -63,12 +64,19 @@ def apply(run: DeployRun, service_ports: list[int]) -> None:
         mode="600",
         settings=fleet.settings,
         ssh_port=int(host.data.get("ssh_port") or 22),
+        layout=layout,
         is_master="master" in roles,
         is_redis="redis" in roles,
-        worker_addresses=[worker.address for worker in fleet.workers],
-        master_address=fleet.master.address,
+        is_sentinel="sentinel" in roles,
+        front_door=fleet.front_door,
+        other_masters=[node.address for node in fleet.masters if node.name != host.name],
+        redis_clients=addresses(
+            [*fleet.workers, *fleet.redis_nodes, *fleet.sentinels], but=host.name
+        ),
+        sentinel_clients=addresses([*fleet.workers, *fleet.sentinels], but=host.name),
+        master_addresses=[node.address for node in fleet.masters],
         service_ports=service_ports,
-        monitoring_address=fleet.monitoring.address,
+        monitoring_addresses=sorted({node.address for node in fleet.monitors}),
         metrics_ports=metrics_ports(fleet, roles, service_ports),
     )
     activate_candidate(
@@ -113,3 +121,8 @@ def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> l
     if "redis" in roles:
         ports.append(REDIS_EXPORTER_PORT)
     return ports + [fleet.settings.metrics_port(port) for port in service_ports]
+
+
+def addresses(nodes: list[Node], but: str) -> list[str]:
+    """The distinct addresses of ``nodes``, except the host named ``but`` (it uses loopback)."""
+    return sorted({node.address for node in nodes if node.name != but}) or ["127.0.0.1"]

@@ -34,6 +34,8 @@ from wssfleet_control.hostside.layout import (
 )
 from wssfleet_control.settings import SettingsError
 
+# The masters' shared admission counters (HAProxy `peers`).
+PEERS_SECTION = "wssfleet_masters"
 # Seconds between the rebalancer's rounds, and how far off the mean an instance may be.
 REBALANCE_INTERVAL = 2
 REBALANCE_TOLERANCE = 0.2
@@ -122,8 +124,11 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
         certificate=HAPROXY_CERTIFICATE,
         internal_ca=HAPROXY_INTERNAL_CA if fleet.settings.internal_tls else "",
         internal_ca_digest=hashlib.sha256(internal_ca.encode()).hexdigest(),
-        metrics_address=fleet.master.address,
+        metrics_address=fleet.node(host.name).address,
         metrics_port=HAPROXY_METRICS_PORT,
+        peers=fleet.masters,
+        peers_section=PEERS_SECTION,
+        local_peer=host.name,
     )
     activate_candidate(
         "Ensure the validated HAProxy config is live (servers changed at runtime, else reloaded)",

@@ -96,9 +96,9 @@ def redis_exporter(run: DeployRun) -> None:
         user="root",
         group="root",
         mode="600",
-        address=fleet.redis.address,
+        address=fleet.node(host.name).address,
         port=REDIS_EXPORTER_PORT,
-        redis_address=fleet.redis.address,
+        redis_address=fleet.node(host.name).address,
         redis_port=fleet.settings.redis_port,
         redis_user=MONITOR_REDIS_USER,
         password=run.secrets["redis_monitor_password"],
@@ -135,7 +135,7 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
     + instances: every service process to scrape
     """
     fleet = run.fleet
-    monitoring = fleet.monitoring
+    monitoring = fleet.node(host.name)
     apt.packages(name="Ensure Prometheus is installed", packages=["prometheus"], no_recommends=True)
     helper_installed("prometheus_query.py")
     rules = files.template(
@@ -164,8 +164,8 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
         rules=RULES,
         instances=instances,
         nodes=fleet.nodes,
-        master=fleet.master,
-        redis=fleet.redis,
+        masters=fleet.masters,
+        redis_nodes=fleet.redis_nodes,
         monitoring=monitoring,
         address=monitoring.address,
         port=PROMETHEUS_PORT,

@@ -12,11 +12,19 @@ from roles import internal_tls as internal_tls_role
 from roles import secret_template
 from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
-from wssfleet_control.facts import Lines
+from wssfleet_control.facts import Lines, SentinelPrimary
 from wssfleet_control.hostside import layout
 from wssfleet_control.inventory import WORKER_REDIS_USER
+from wssfleet_control.settings import seconds_of
 
 ADMIN_REDIS_USER = "wssfleet-admin"
+# With several redis hosts (their passwords are in the secrets).
+REPLICATION_REDIS_USER = "wssfleet-replica"
+SENTINEL_REDIS_USER = "wssfleet-sentinel"
+PRIMARY_NAME = "wssfleet"
+REPLICATION_FILE = "/etc/redis/wssfleet-replication.conf"
+SENTINEL_CONFIG = "/etc/redis/sentinel.conf"
+SENTINEL_AUTH_FILE = "/etc/redis/wssfleet-sentinel.auth"
 MONITOR_REDIS_USER = "wssfleet-monitor"
 # The message plane's functions, and the operator's password that loads them (root's only:
 # redis-cli reads it from REDISCLI_AUTH, so it is never on a command line).
@@ -112,22 +120,45 @@ def apply(run: DeployRun) -> None:
     )
     tls = fleet.settings.internal_tls
     tls_changed = tls and internal_tls_role.install(
-        run, fleet.redis.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
+        run, host.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
     )
-    config = files.template(
+    replicated = len(fleet.redis_nodes) > 1
+    users = acl_users(
+        run.secrets["redis_password"], admin_password, run.secrets["redis_monitor_password"]
+    )
+    if replicated:
+        users |= replication_users(
+            run.secrets["redis_replication_password"], run.secrets["redis_sentinel_password"]
+        )
+    primary = _primary(run) if replicated else ""
+    # Root's and secret (the replication password is in it): Redis reads it and cannot
+    # rewrite it (the Sentinels' CONFIG REWRITE fails harmlessly), so it stays as deployed.
+    config = secret_template(
         name="Ensure redis.conf binds privately and gives each user only what it needs",
         src=run.template("redis", "redis.conf.j2"),
         dest="/etc/redis/redis.conf",
-        user="redis",
+        user="root",
         group="redis",
         mode="640",
         settings=fleet.settings,
-        address=fleet.redis.address,
-        users=acl_users(
-            run.secrets["redis_password"], admin_password, run.secrets["redis_monitor_password"]
-        ),
+        address=fleet.node(host.name).address,
+        users=users,
         tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
+        replication_file=REPLICATION_FILE if replicated else "",
+        replication_user=REPLICATION_REDIS_USER,
+        replication_password=run.secrets["redis_replication_password"],
     )
+    if replicated:
+        own = f"{fleet.node(host.name).address} {fleet.settings.redis_port}"
+        # Read at the next start only: the running server already follows the Sentinels.
+        files.put(
+            name="Ensure Redis starts as the Sentinels' primary or its replica",
+            src=StringIO("" if primary == own else f"replicaof {primary}\n"),
+            dest=REPLICATION_FILE,
+            user="root",
+            group="redis",
+            mode="640",
+        )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(
         name="Ensure redis-server is running and enabled",
@@ -136,7 +167,109 @@ def apply(run: DeployRun) -> None:
         enabled=True,
         restarted=config.will_change or tls_changed,
     )
-    _functions(run, admin_password)
+    if not replicated or primary == f"{fleet.node(host.name).address} {fleet.settings.redis_port}":
+        _functions(run, admin_password)
+
+
+def replication_users(replication_password: str, sentinel_password: str) -> dict[str, str]:
+    """With several redis hosts: the user replicas copy the primary as, and the one the
+    Sentinels watch and reconfigure Redis as (what Redis's documentation gives each)."""
+
+    def hashed(password: str) -> str:
+        return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+    return {
+        REPLICATION_REDIS_USER: f"on {hashed(replication_password)} +psync +replconf +ping",
+        SENTINEL_REDIS_USER: f"on {hashed(sentinel_password)} allchannels +multi +slaveof "
+        "+replicaof +ping +exec +subscribe +config|rewrite +role +publish +info "
+        "+client|setname +client|kill +script|kill",
+    }
+
+
+def _primary(run: DeployRun) -> str:
+    """Where the primary is ("address port"): the Sentinel here says so once the Sentinels
+    run (a failover may have moved it); before that, the first redis host."""
+    fleet = run.fleet
+    answer = ""
+    if "sentinel" in fleet.roles_of(host.name):
+        answer = host.get_fact(
+            SentinelPrimary,
+            port=fleet.settings.redis_sentinel_port,
+            primary_name=PRIMARY_NAME,
+            password_file=SENTINEL_AUTH_FILE,
+        )
+    return answer or f"{fleet.redis.address} {fleet.settings.redis_port}"
+
+
+@deploy("Redis Sentinel")
+def sentinel(run: DeployRun) -> None:
+    """A Sentinel on this host: with the two others, it watches the primary and promotes a
+    replica when a majority see the primary gone.
+
+    + run: the deploy: the redis hosts, redis_sentinel_port, redis_failover_after and the
+      Sentinels' passwords (secrets)
+    """
+    fleet = run.fleet
+    settings = fleet.settings
+    apt.packages(
+        name="Ensure redis-sentinel is installed", packages=["redis-sentinel"], no_recommends=True
+    )
+    password = run.secrets["redis_sentinel_password"]
+    secret_template(
+        name="Ensure the Sentinel's password file is current (contents withheld)",
+        src=run.template("redis", "admin.auth.j2"),
+        dest=SENTINEL_AUTH_FILE,
+        user="root",
+        group="root",
+        mode="600",
+        password=password,
+    )
+    # The Sentinels rewrite their config as they learn (replicas, each other, a new primary):
+    # it is written once, and again only when its recipe changes.
+    recipe = _sentinel_recipe(run)
+    if host.get_fact(Lines, command=f"sed -n 's/^# wssfleet recipe //p' {SENTINEL_CONFIG}") != [
+        recipe
+    ]:
+        written = secret_template(
+            name="Ensure the Sentinel watches the wssfleet primary (contents withheld)",
+            src=run.template("redis", "sentinel.conf.j2"),
+            dest=SENTINEL_CONFIG,
+            user="redis",
+            group="redis",
+            mode="640",
+            recipe=recipe,
+            settings=settings,
+            address=fleet.node(host.name).address,
+            primary=_primary(run),
+            primary_name=PRIMARY_NAME,
+            quorum=len(fleet.sentinels) // 2 + 1,
+            down_after_ms=int(seconds_of(settings.redis_failover_after) * 1000),
+            sentinel_user=SENTINEL_REDIS_USER,
+            password=password,
+        )
+        restarted = written.will_change
+    else:
+        restarted = False
+    systemd.service(
+        name="Ensure redis-sentinel is running and enabled",
+        service="redis-sentinel.service",
+        running=True,
+        enabled=True,
+        restarted=restarted,
+    )
+
+
+def _sentinel_recipe(run: DeployRun) -> str:
+    """What the written Sentinel config depends on, as a short digest: hosts, ports, timing."""
+    fleet = run.fleet
+    parts = [
+        *(node.address for node in fleet.redis_nodes),
+        str(fleet.settings.redis_port),
+        str(fleet.settings.redis_sentinel_port),
+        fleet.settings.redis_failover_after,
+        hashlib.sha256(run.secrets["redis_sentinel_password"].encode()).hexdigest(),
+    ]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
 
 
 def _functions(run: DeployRun, admin_password: str) -> None:

@@ -14,6 +14,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from roles import helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
+from roles.redis import PRIMARY_NAME
 from wssfleet.config import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
 from wssfleet_control.commands import point_current
@@ -65,6 +66,18 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "jwt_previous_until": secrets.previous_until(run.secrets),
             "internal_key": run.secrets["internal_key"],
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
+            **(
+                {
+                    "redis_sentinels": [
+                        f"{sentinel.address}:{settings.redis_sentinel_port}"
+                        for sentinel in run.fleet.sentinels
+                    ],
+                    "redis_sentinel_password": run.secrets["redis_sentinel_password"],
+                    "redis_primary_name": PRIMARY_NAME,
+                }
+                if run.fleet.sentinels
+                else {}
+            ),
             "bind": node.address,
             "metrics_port_offset": settings.metrics_port_offset,
             **(

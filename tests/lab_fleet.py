@@ -45,7 +45,9 @@ class Lab:
 
     @property
     def master_address(self) -> str:
-        return self.described["master"]["address"]
+        """Where clients reach the fleet: the masters' front door (the one master's address
+        in a one-master lab)."""
+        return self.described.get("front_door_address") or self.described["master"]["address"]
 
     @property
     def root_bundle(self) -> str:

@@ -80,7 +80,7 @@ def main() -> None:
 )
 def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
     """Converge every host, then roll instances onto the release one at a time."""
-    from wssfleet_control import rollout
+    from wssfleet_control import certificate_sharing, rollout
 
     ensure_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json)
@@ -95,6 +95,11 @@ def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
     try:
         report |= session.converge(run)
         errors = _failures(report)
+        if not errors and len(session.fleet.masters) > 1:
+            shared = certificate_sharing.share(session)
+            report["certificates"] = shared
+            for master, outcome in shared.items():
+                _say(as_json, f"--> Certificate on {master}:", outcome)
         if not errors:
             _say(as_json, "--> Rolling instances onto release", run.release)
             try:

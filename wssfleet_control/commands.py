@@ -103,3 +103,27 @@ def signal_instance(port: int, signal: str) -> str:
     return _line(
         "systemctl", "kill", "--kill-whom=main", f"--signal={signal}", layout.instance_unit(port)
     )
+
+
+def certificate_identity() -> str:
+    """The served certificate's SHA-256 fingerprint, end date, subject and issuer."""
+    return _line(
+        "openssl",
+        "x509",
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+        "-enddate",
+        "-subject",
+        "-issuer",
+        "-in",
+        layout.HAPROXY_CERTIFICATE,
+    )
+
+
+def served_pem() -> str:
+    return _line("cat", layout.HAPROXY_CERTIFICATE)
+
+
+def install_pem(staged: str, source: str) -> str:
+    return _line("python3", layout.RUNTIME_HELPER, "install-pem", staged, source)

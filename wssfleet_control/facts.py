@@ -97,3 +97,37 @@ def instance_ports(fleet, worker) -> list[int]:
     process per CPU unless ``worker_processes`` says how many."""
     processes = fleet.settings.worker_processes
     return fleet.worker_ports(worker.get_fact(Cpus) if processes == "auto" else processes)
+
+
+class InterfaceOf(FactBase):
+    """The network interface that holds an address on this host ('' when none does)."""
+
+    def command(self, address: str) -> str:
+        return f"ip -o -4 addr show to {quote(address)} | awk '{{print $2; exit}}'"
+
+    def process(self, output) -> str:
+        return output[0].strip() if output else ""
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+
+class SentinelPrimary(FactBase):
+    """Where the Sentinel on this host says the primary is ("address port"), or '' when none
+    runs here or it does not answer (a first deploy)."""
+
+    def command(self, port: int, primary_name: str, password_file: str) -> str:
+        return (
+            f'REDISCLI_AUTH="$(cat {quote(password_file)} 2>/dev/null)" timeout 5 redis-cli '
+            f"--no-auth-warning -h 127.0.0.1 -p {int(port)} SENTINEL GET-MASTER-ADDR-BY-NAME "
+            f"{quote(primary_name)} 2>/dev/null | paste -sd ' ' || true"
+        )
+
+    def process(self, output) -> str:
+        answer = " ".join(output).split()
+        return " ".join(answer) if len(answer) == 2 else ""
+
+    @staticmethod
+    def default() -> str:
+        return ""

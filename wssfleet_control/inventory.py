@@ -33,6 +33,8 @@ from wssfleet_control.settings import (
 # The Redis user the workers connect as (roles/redis.py gives it only what it needs).
 WORKER_REDIS_USER = "wssfleet"
 
+# With several redis hosts, this many Sentinels watch the primary (a majority: two).
+SENTINELS = 3
 # "monitoring" is optional: without it, the master runs Prometheus.
 ROLES = ("master", "workers", "redis", "monitoring")
 # pyinfra's SSH host data and the OpenSSH option each one means.
@@ -71,15 +73,49 @@ class Node:
 class Fleet:
     inventory_path: str
     settings: Settings
-    master: Node
+    masters: list[Node]
     workers: list[Node]
-    redis: Node
-    monitoring: Node
+    redis_nodes: list[Node]
+    monitors: list[Node]
+
+    @property
+    def monitoring(self) -> Node:
+        """The first host that runs Prometheus (each one scrapes the whole fleet)."""
+        return self.monitors[0]
+
+    @property
+    def master(self) -> Node:
+        """The first master: it obtains the certificate the others serve."""
+        return self.masters[0]
+
+    @property
+    def redis(self) -> Node:
+        """The first redis host: the primary until the Sentinels promote another."""
+        return self.redis_nodes[0]
+
+    @property
+    def sentinels(self) -> list[Node]:
+        """With several redis hosts, the three hosts that run a Sentinel: the redis hosts
+        first, then masters, then workers (a majority of them must see a primary gone)."""
+        if len(self.redis_nodes) < 2:
+            return []
+        distinct: dict[str, Node] = {}
+        for node in (*self.redis_nodes, *self.masters, *self.workers):
+            distinct.setdefault(node.name, node)
+        return list(distinct.values())[:SENTINELS]
+
+    @property
+    def front_door(self) -> str:
+        """The floating address clients reach (no prefix); empty in DNS mode or with one
+        master."""
+        if len(self.masters) < 2 or not self.settings.front_door_address:
+            return ""
+        return self.settings.front_door_address.partition("/")[0]
 
     @property
     def nodes(self) -> list[Node]:
         seen: dict[str, Node] = {}
-        for node in (self.master, self.redis, *self.workers, self.monitoring):
+        for node in (*self.masters, *self.redis_nodes, *self.workers, *self.monitors):
             seen.setdefault(node.name, node)
         return list(seen.values())
 
@@ -87,24 +123,25 @@ class Fleet:
         return next(node for node in self.nodes if node.name == name)
 
     def roles_of(self, name: str) -> list[str]:
-        """The inventory groups (ROLES) a host is in: each is a role of the same name."""
+        """The inventory groups (ROLES) a host is in: each is a role of the same name; and
+        "sentinel" on the hosts that run one."""
         roles = []
-        if name == self.master.name:
+        if any(master.name == name for master in self.masters):
             roles.append("master")
-        if name == self.redis.name:
+        if any(node.name == name for node in self.redis_nodes):
             roles.append("redis")
         if any(worker.name == name for worker in self.workers):
             roles.append("workers")
-        if name == self.monitoring.name:
+        if any(node.name == name for node in self.monitors):
             roles.append("monitoring")
+        if any(node.name == name for node in self.sentinels):
+            roles.append("sentinel")
         return roles
 
     def secrets(self, create: bool = True) -> dict[str, str]:
         tls_hosts = None
         if self.settings.internal_tls:
-            tls_hosts = {node.name: node.address for node in (self.master, *self.workers)}
-            tls_hosts[self.redis.name] = self.redis.address
-            tls_hosts[self.monitoring.name] = self.monitoring.address
+            tls_hosts = {node.name: node.address for node in self.nodes}
         return secrets.load(self.inventory_path, create=create, tls_hosts=tls_hosts)
 
     def worker_ports(self, processes: int) -> list[int]:
@@ -212,23 +249,15 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
         role: [_node(entry["name"], entry["data"]) for entry in described.get(role, [])]
         for role in ROLES
     }
-    if len(groups["master"]) != 1:
-        raise SettingsError(
-            "the inventory needs exactly one host in group 'master', "
-            f"it has {len(groups['master'])}"
-        )
+    if not groups["master"]:
+        raise SettingsError("the inventory has no master: add a host to group 'master'")
     if not groups["workers"]:
         raise SettingsError(
             "the inventory has no workers: add at least one host to group 'workers'"
         )
-    redis_nodes = groups["redis"] or groups["master"]
-    if len(redis_nodes) != 1:
-        raise SettingsError("group 'redis' must hold one host (or be left out: the master)")
+    redis_nodes = groups["redis"] or groups["master"][:1]
+    # Without a monitoring group, every master runs Prometheus.
     monitoring_nodes = groups["monitoring"] or groups["master"]
-    if len(monitoring_nodes) != 1:
-        raise SettingsError(
-            "group 'monitoring' must hold one host (or be left out: the master runs Prometheus)"
-        )
     everyone = {node.name: node for role in ROLES for node in groups[role]}
     addresses: dict[str, str] = {}
     for node in everyone.values():
@@ -246,13 +275,40 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
     fleet = Fleet(
         inventory_path,
         settings,
-        groups["master"][0],
+        groups["master"],
         groups["workers"],
-        redis_nodes[0],
-        monitoring_nodes[0],
+        redis_nodes,
+        monitoring_nodes,
     )
     _check_ports(fleet)
+    _check_high_availability(fleet)
     return fleet
+
+
+def _check_high_availability(fleet: Fleet) -> None:
+    if fleet.settings.front_door_address and len(fleet.masters) < 2:
+        raise SettingsError(
+            f"setting front_door_address={fleet.settings.front_door_address!r} needs two or "
+            "more hosts in group 'master': add one, or remove the setting"
+        )
+    if len(fleet.redis_nodes) > 1:
+        if len(fleet.sentinels) < SENTINELS:
+            raise SettingsError(
+                f"{len(fleet.redis_nodes)} redis hosts need {SENTINELS} distinct hosts for "
+                f"the Sentinels (redis, master and worker hosts), the inventory has "
+                f"{len(fleet.sentinels)}: add a host, or keep one redis host"
+            )
+        if fleet.settings.internal_tls:
+            raise SettingsError(
+                "setting internal_tls=true does not work with several redis hosts yet "
+                "(the Sentinels speak plain TCP): keep one redis host, or turn it off"
+            )
+    front_door = fleet.front_door
+    if front_door and any(node.address == front_door for node in fleet.nodes):
+        raise SettingsError(
+            f"setting front_door_address={fleet.settings.front_door_address!r} is a host's "
+            "own address: give an unused address of the masters' network"
+        )
 
 
 def _check_ports(fleet: Fleet) -> None:
@@ -262,10 +318,13 @@ def _check_ports(fleet: Fleet) -> None:
     span = fleet.worker_ports(count) + settings.metrics_ports(count)
     for worker in fleet.workers:
         taken = {int(worker.data.get("ssh_port") or 22): "SSH", **MONITORING_PORTS}
-        if worker.name == fleet.master.name:
+        roles = fleet.roles_of(worker.name)
+        if "master" in roles:
             taken.update(PORTS_USED_ON_MASTER)
-        if worker.name == fleet.redis.name:
+        if "redis" in roles:
             taken[settings.redis_port] = "Redis"
+        if "sentinel" in roles:
+            taken[settings.redis_sentinel_port] = "Redis Sentinel"
         for port, user in taken.items():
             if port in span:
                 raise SettingsError(

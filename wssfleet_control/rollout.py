@@ -84,11 +84,15 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
         started = time.monotonic()
         previous = _checked(session, worker, commands.current_release()).strip()
-        master = session.fleet.master.name
-        # A server HAProxy does not know yet (a new worker) has nothing to drain there.
-        in_rotation = session.on(
-            master, commands.set_server_state(worker.name, step.port, "drain")
-        ).ok
+        # On every master's HAProxy. A server one does not know yet (a new worker) has
+        # nothing to drain there, nor has a master that is down.
+        in_rotation = [
+            master.name
+            for master in session.fleet.masters
+            if session.on(
+                master.name, commands.set_server_state(worker.name, step.port, "drain")
+            ).ok
+        ]
         drain = session.fleet.settings.drain_seconds
         drained = session.on(
             worker.name,
@@ -104,9 +108,9 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
             f"release {release} did not pass /healthz within {timeout} s "
             f"(HTTP {seen.get('status')}: {seen.get('reply') or 'no reply'})"
         )
-        if in_rotation:
+        for master in in_rotation:
             session.on(master, commands.set_server_state(worker.name, step.port, "ready"))
-        if healthy and in_rotation:
+        for master in in_rotation if healthy else []:
             # Capacity is whole again only once HAProxy's own checks send it clients.
             up = session.on(
                 master,
@@ -115,7 +119,12 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
             )
             step.detail["haproxy"] = up.stdout.strip()
             healthy = up.ok
-            problem = f"HAProxy's checks did not see it UP within {timeout} s ({up.stdout.strip()})"
+            problem = (
+                f"HAProxy's checks on {master} did not see it UP within {timeout} s "
+                f"({up.stdout.strip()})"
+            )
+            if not healthy:
+                break
         step.seconds = round(time.monotonic() - started, 1)
         if healthy:
             step.outcome = "done"
@@ -144,6 +153,10 @@ def drain_worker(session: Session, worker: Node) -> dict:
     instances move their clients to the others with 1012, over ``drain_seconds``."""
     seconds = session.fleet.settings.drain_seconds
     ports = instance_ports(session.fleet, session.host(worker.name))
+    # The other masters send it no new client either; the first one moves its clients.
+    for master in session.fleet.masters[1:]:
+        for port in ports:
+            session.on(master.name, commands.set_server_state(worker.name, port, "drain"))
     result = session.on(
         session.fleet.master.name,
         commands.drain_servers(seconds, worker.name, worker.address, ports),
@@ -157,14 +170,18 @@ def drain_worker(session: Session, worker: Node) -> dict:
 def ready_worker(session: Session, worker: Node) -> None:
     """Put a worker's instances back in rotation and wait until HAProxy's checks see them UP."""
     timeout = session.fleet.settings.rollout_health_timeout
-    master = session.fleet.master.name
-    for port in instance_ports(session.fleet, session.host(worker.name)):
-        session.on(master, commands.set_server_state(worker.name, port, "ready"))
-        up = session.on(
-            master, commands.wait_server_up(worker.name, port, timeout), timeout=timeout + 30
-        )
-        if not up.ok:
-            raise RolloutError(f"{worker.name} instance {port} is not UP: {up.stdout.strip()}")
+    for master in session.fleet.masters:
+        for port in instance_ports(session.fleet, session.host(worker.name)):
+            session.on(master.name, commands.set_server_state(worker.name, port, "ready"))
+            up = session.on(
+                master.name,
+                commands.wait_server_up(worker.name, port, timeout),
+                timeout=timeout + 30,
+            )
+            if not up.ok:
+                raise RolloutError(
+                    f"{worker.name} instance {port} is not UP on {master.name}: {up.stdout.strip()}"
+                )
 
 
 def _restart(

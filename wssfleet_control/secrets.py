@@ -25,6 +25,12 @@ NAMES = (
     "redis_password",
     "redis_admin_password",
     "redis_monitor_password",
+    # With several redis hosts: what replicas and the Sentinels log in to Redis with, and
+    # what the Sentinels ask every client (the workers, each other) for.
+    "redis_replication_password",
+    "redis_sentinel_password",
+    # With a floating front door: the masters' VRRP authentication (keepalived).
+    "front_door_password",
     # What the master's rebalancer presents to the workers' /internal/shed.
     "internal_key",
 )

@@ -9,6 +9,7 @@ reads them back. ``wssfleet settings`` prints the README's table from this modul
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from difflib import get_close_matches
@@ -29,6 +30,7 @@ from wssfleet.config import ClientPolicy
 from wssfleet_control.hostside.layout import (
     CERTBOT_PORT,
     HAPROXY_METRICS_PORT,
+    HAPROXY_PEERS_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
     REDIS_EXPORTER_PORT,
@@ -43,6 +45,7 @@ PORTS_USED_ON_MASTER = {
     80: "HTTP",
     443: "HTTPS",
     CERTBOT_PORT: "certbot's HTTP-01 listener",
+    HAPROXY_PEERS_PORT: "HAProxy's peers (several masters)",
 }
 # The monitoring ports (roles/monitoring.py), each on the private address only.
 MONITORING_PORTS = {
@@ -147,6 +150,18 @@ def _bundle(value: str) -> str:
     return value
 
 
+def _front_door(value: str) -> str:
+    if not value:
+        return value
+    try:
+        address = ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise ValueError("give an IPv4 address with its prefix, like 10.0.0.100/24") from None
+    if address.network.prefixlen == 32 or not address.is_private:
+        raise ValueError("give a private IPv4 address with its network's prefix, like /24")
+    return value
+
+
 def _processes(value: Any) -> int | str:
     if value == "auto":
         return value
@@ -192,6 +207,19 @@ class Settings(ClientPolicy):
         default="1h",
         description="each renewal run first waits a random time up to this, shorter than "
         "renewal_interval, so fleets do not all ask the CA at once",
+    )
+    # Front door (several masters)
+    front_door_address: Annotated[str, AfterValidator(_front_door)] = Field(
+        default="",
+        description="with several masters: the floating address/prefix (e.g. 10.0.0.100/24) "
+        "that keepalived moves to a healthy master and the domain resolves to; empty: every "
+        "master's address is in DNS and clients fail over between them",
+    )
+    front_door_router_id: int = Field(
+        default=51,
+        ge=1,
+        le=255,
+        description="the VRRP router id of the front door, unique on its network segment",
     )
     # Workers
     worker_processes: Annotated[Literal["auto"] | int, PlainValidator(_processes)] = Field(
@@ -273,6 +301,18 @@ class Settings(ClientPolicy):
     # Redis
     redis_port: int = Field(
         default=6379, ge=1024, le=65535, description="Redis port on the redis host"
+    )
+    redis_sentinel_port: int = Field(
+        default=26379,
+        ge=1024,
+        le=65535,
+        description="Redis Sentinel's port, with several redis hosts (three Sentinels watch "
+        "the primary and promote a replica when it is lost)",
+    )
+    redis_failover_after: Duration = Field(
+        default="3s",
+        description="how long the Sentinels wait for a primary that does not answer before "
+        "they promote a replica (sooner: faster failover, more false alarms)",
     )
     redis_maxmemory: Memory = Field(
         default="256mb",

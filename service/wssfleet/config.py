@@ -273,6 +273,10 @@ class ServiceConfig(ClientPolicy):
         "through them and followed through a failover (redis_url gives the user, password, "
         "database and TLS); empty: redis_url's host is the one Redis",
     )
+    redis_sentinel_password: str = Field(
+        default="",
+        description="the password the Sentinels ask for (their requirepass); empty: none",
+    )
     redis_primary_name: str = Field(
         default="wssfleet",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",

@@ -165,7 +165,11 @@ class Address:
     whichever server they name the primary at the moment of each connection."""
 
     def __init__(
-        self, url: str, sentinels: tuple[str, ...] = (), primary_name: str = "wssfleet"
+        self,
+        url: str,
+        sentinels: tuple[str, ...] = (),
+        primary_name: str = "wssfleet",
+        sentinel_password: str = "",
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "localhost"
@@ -174,6 +178,7 @@ class Address:
             (host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)
         ]
         self.primary_name = primary_name
+        self.sentinel_password = sentinel_password
         # The server the last connection reached.
         self.current: tuple[str, int] | None = None
         # rediss: TLS, checked against the system's CAs or the one ?ssl_ca_certs names.
@@ -199,6 +204,8 @@ class Address:
                     _, sentinel = await loop.create_connection(
                         lambda: RespConnection(loop, timeout), host, port
                     )
+                    if self.sentinel_password:
+                        await sentinel.command("AUTH", self.sentinel_password)
                     found = await sentinel.command(
                         "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.primary_name
                     )

@@ -70,6 +70,7 @@ class RedisBus(Bus):
         sentinels: tuple[str, ...] = (),
         primary_name: str = "wssfleet",
         replica_wait_ms: int = 1000,
+        sentinel_password: str = "",
     ) -> None:
         """
         + url: redis:// URL, password included
@@ -78,6 +79,7 @@ class RedisBus(Bus):
           publish connection publish:<name>)
         + sentinels: host:port of the Sentinels that name the primary (none: the URL's host)
         + primary_name: the name they monitor it by
+        + sentinel_password: what the Sentinels ask for (none: they ask for nothing)
         + replica_wait_ms: how long a publish with an id waits for a replica's confirmation
         """
         self.name = name
@@ -105,7 +107,7 @@ class RedisBus(Bus):
         # The loop keeps only weak references to tasks: one nobody holds can be collected
         # mid-flight, and a subscription it was making would never be confirmed.
         self._background: set[asyncio.Task[None]] = set()
-        self._address = Address(url, sentinels, primary_name)
+        self._address = Address(url, sentinels, primary_name, sentinel_password)
         # A command that meets a connection the server closed (a Redis restart) is retried
         # once on a fresh one: without this the first command after a restart fails.
         self._commands = _command_client(
@@ -440,9 +442,11 @@ def _command_client(url: str, address: Address, **options):
         settings.pop(name, None)
     if url.startswith("rediss:"):
         settings["ssl"] = True
-    return Sentinel(address.sentinels, socket_timeout=COMMAND_TIMEOUT).master_for(
-        address.primary_name, **settings, **options
-    )
+    return Sentinel(
+        address.sentinels,
+        socket_timeout=COMMAND_TIMEOUT,
+        sentinel_kwargs={"password": address.sentinel_password or None},
+    ).master_for(address.primary_name, **settings, **options)
 
 
 def _reason(error: BaseException) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,11 +78,43 @@ def test_a_valid_inventory_puts_redis_on_the_master():
     assert fleet.redis_url("p/w") == "redis://wssfleet:p%2Fw@127.0.0.10:6379/0"
 
 
+def highly_available(**settings):
+    """Two masters that also hold Redis (a primary and a replica), two workers."""
+    described = groups(workers=(("w1", "127.0.0.11"), ("w2", "127.0.0.12")), **settings)
+    second = {**described["master"][0], "name": "m2"}
+    second["data"] = {**second["data"], "ssh_hostname": "127.0.0.20"}
+    described["master"].append(second)
+    described["redis"] = list(described["master"])
+    return described
+
+
+def test_two_masters_share_a_front_door_and_three_hosts_run_sentinels():
+    fleet = from_groups(highly_available(front_door_address="10.0.0.100/24"))
+    assert [node.name for node in fleet.masters] == ["m", "m2"]
+    assert fleet.master.name == "m"
+    assert fleet.front_door == "10.0.0.100"
+    assert [node.name for node in fleet.sentinels] == ["m", "m2", "w1"]
+    assert fleet.roles_of("m2") == ["master", "redis", "monitoring", "sentinel"]
+    assert fleet.roles_of("w1") == ["workers", "sentinel"]
+    assert fleet.roles_of("w2") == ["workers"]
+
+
+def test_two_masters_without_a_front_door_are_the_dns_mode():
+    fleet = from_groups(highly_available())
+    assert fleet.front_door == ""
+    assert len(fleet.masters) == 2
+
+
 @pytest.mark.parametrize(
     ("described", "message"),
     [
+        (groups(front_door_address="10.0.0.100/24"), "needs two or more hosts in group 'master'"),
+        (highly_available(front_door_address="8.8.8.8/24"), "give a private IPv4 address"),
+        (highly_available(front_door_address="10.0.0.100"), "give a private IPv4 address"),
+        (highly_available(front_door_address="127.0.0.20/8"), "is a host's own address"),
+        (highly_available(internal_tls=True), "internal_tls=true does not work with several"),
         (groups(workers=()), "the inventory has no workers"),
-        (groups(master=None), "exactly one host in group 'master'"),
+        (groups(master=None), "the inventory has no master"),
         (groups(workers=(("w1", "127.0.0.10"),)), "share the address 127.0.0.10"),
         (
             groups(workers=(("m", "127.0.0.10"),), worker_base_port=8870, worker_processes=20),
@@ -117,8 +150,18 @@ def test_make_deploy_stops_on_a_bad_setting_before_connecting(tmp_path):
     assert "Connecting to hosts" not in result.stdout + result.stderr
 
 
+MASTERS = {
+    "one master": [SimpleNamespace(name="m", address="127.0.0.10")],
+    "two masters": [
+        SimpleNamespace(name="m", address="127.0.0.10"),
+        SimpleNamespace(name="m2", address="127.0.0.20"),
+    ],
+}
+
+
+@pytest.mark.parametrize("masters", MASTERS.values(), ids=MASTERS.keys())
 @pytest.mark.parametrize("internal_tls", [False, True])
-def test_rendered_haproxy_config_passes_haproxy_check(tmp_path, internal_tls):
+def test_rendered_haproxy_config_passes_haproxy_check(tmp_path, internal_tls, masters):
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: run 'make tools'")
     certificate = tmp_path / "cert.pem"
@@ -161,10 +204,17 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path, internal_tls):
             internal_ca=internal_ca,
             metrics_address="127.0.0.1",
             metrics_port=8405,
+            peers=masters,
+            peers_section="wssfleet_masters",
+            local_peer="m",
         )
     )
     result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    # Several masters share the admission counters, and any one passes ACME challenges on.
+    shared = "peer m2 127.0.0.20:10000" in config.read_text()
+    assert shared is (len(masters) > 1)
+    assert ("server m2 127.0.0.20:8888" in config.read_text()) is shared
     tls_options = f"ssl verify required ca-file {internal_ca}"
     assert (tls_options in config.read_text()) is internal_tls
     assert "server w1-8002 127.0.0.11:8002" in config.read_text()
@@ -172,7 +222,9 @@ def test_rendered_haproxy_config_passes_haproxy_check(tmp_path, internal_tls):
     assert "bind 127.0.0.1:8405" in config.read_text()
 
 
-def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path):
+@pytest.mark.parametrize("masters", MASTERS.values(), ids=MASTERS.keys())
+def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path, masters):
+    several = len(masters) > 1
     ruleset = tmp_path / "wssfleet.nft"
     ruleset.write_text(
         render(
@@ -182,10 +234,14 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path)
             ssh_port=2222,
             is_master=True,
             is_redis=True,
-            worker_addresses=["127.0.0.11", "127.0.0.12"],
-            master_address="127.0.0.10",
+            is_sentinel=several,
+            front_door="127.0.0.100" if several else "",
+            other_masters=[master.address for master in masters[1:]],
+            redis_clients=["127.0.0.11", "127.0.0.12"],
+            sentinel_clients=["127.0.0.11", "127.0.0.20"],
+            master_addresses=[master.address for master in masters],
             service_ports=[8001, 8002],
-            monitoring_address="127.0.0.13",
+            monitoring_addresses=["127.0.0.13"],
             metrics_ports=[9100, 8405, 9121, 9001, 9002],
         )
     )
@@ -193,7 +249,10 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path)
     assert result.returncode == 0, result.stderr
     text = ruleset.read_text()
     assert "tcp dport 2222 accept" in text and "dport 22 " not in text
-    assert "ip saddr 127.0.0.13 tcp dport { 9100, 8405, 9121, 9001, 9002 } accept" in text
+    assert "ip saddr { 127.0.0.13 } tcp dport { 9100, 8405, 9121, 9001, 9002 } accept" in text
+    # The other master's VRRP and peers only, and the Sentinel's port to its clients only.
+    assert ("ip saddr { 127.0.0.20 } ip protocol vrrp accept" in text) is several
+    assert ("ip saddr { 127.0.0.11, 127.0.0.20 } tcp dport 26379 accept" in text) is several
     statements = [line.split()[0] for line in text.splitlines() if line and line[0].isalpha()]
     # Only wssfleet's own table is declared, deleted and defined: no flush of the ruleset.
     assert "flush" not in statements

@@ -43,6 +43,9 @@ class Replica(RedisServer):
         """The functions come from the primary."""
 
 
+SENTINEL_PASSWORD = "the-sentinels-password"
+
+
 class Sentinels:
     """Three Sentinels watching the primary, quick to decide as the lab's are."""
 
@@ -58,6 +61,8 @@ class Sentinels:
                 f"sentinel failover-timeout {PRIMARY_NAME} 4000\n"
                 f"sentinel auth-user {PRIMARY_NAME} wssfleet-admin\n"
                 f"sentinel auth-pass {PRIMARY_NAME} {primary.admin_password}\n"
+                # As deployed: the Sentinels ask every client, each other included, for this.
+                f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
             )
             self.processes.append(
                 subprocess.Popen(
@@ -97,7 +102,12 @@ def replicated(tmp_path):
 
 
 def on_sentinels(start_service, primary, sentinels, **settings):
-    service = start_service(primary.url, WSSFLEET_REDIS_SENTINELS=sentinels.setting, **settings)
+    service = start_service(
+        primary.url,
+        WSSFLEET_REDIS_SENTINELS=sentinels.setting,
+        WSSFLEET_REDIS_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
+        **settings,
+    )
     wait_until_redis(service, "connected")
     return service
 

@@ -7,6 +7,10 @@ layout.RUNTIME_HELPER; standard library only (it runs on Debian's python3).
     haproxy_runtime.py reload               reload, and wait for HAProxy to say it loaded
     haproxy_runtime.py reloads              how many times the master has reloaded
     haproxy_runtime.py install-cert LINEAGE swap in certbot's certificate without a reload
+    haproxy_runtime.py install-pem FILE SOURCE   the same with another master's PEM (FILE is
+        removed once read)
+    haproxy_runtime.py answers              exit 0 when HAProxy answers HTTP on loopback
+        (keepalived's check of the front door's holder)
     haproxy_runtime.py server-state BACKEND/SERVER ready|drain|maint
     haproxy_runtime.py wait-up BACKEND/SERVER SECONDS   until its health checks say UP
     haproxy_runtime.py apply CANDIDATE LIVE DRAIN_SECONDS SPREAD_SECONDS
@@ -193,6 +197,18 @@ def close_old(pid: int, spread_seconds: float) -> int:
     return 0
 
 
+def answers(timeout: float = 1.0) -> bool:
+    """Whether HAProxy answers an HTTP request on :80 (a redirect is an answer): a process
+    that is gone or frozen does not, though the kernel may still accept the connection."""
+    try:
+        with socket.create_connection(("127.0.0.1", 80), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            connection.sendall(b"GET / HTTP/1.0\r\nHost: front-door-check\r\n\r\n")
+            return connection.recv(12).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
 def install_cert(lineage: str) -> int:
     """Write HAProxy's PEM (chain + key) atomically, then swap it in the running HAProxy."""
     with (
@@ -200,6 +216,12 @@ def install_cert(lineage: str) -> int:
         open(os.path.join(lineage, "privkey.pem")) as key,
     ):
         pem = chain.read().strip() + "\n" + key.read().strip() + "\n"
+    return install_pem(pem, lineage)
+
+
+def install_pem(pem: str, source: str) -> int:
+    """HAProxy's PEM (chain + key, as another master serves it) written atomically and
+    swapped in the running HAProxy; ``source`` names where it came from, for the journal."""
     temporary = os.path.join(os.path.dirname(HAPROXY_CERTIFICATE), ".wssfleet.pem.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -222,7 +244,7 @@ def install_cert(lineage: str) -> int:
         syslog.syslog(syslog.LOG_ERR, message)
         print(message, file=sys.stderr)
         return 1
-    syslog.syslog(f"wssfleet: HAProxy now serves the certificate from {lineage}")
+    syslog.syslog(f"wssfleet: HAProxy now serves the certificate from {source}")
     return 0
 
 
@@ -389,6 +411,13 @@ def main(argv: list[str]) -> int:
             return install_cert(lineage)
         case ["install-cert"]:
             return install_cert(os.environ["RENEWED_LINEAGE"])
+        case ["answers"]:
+            return 0 if answers() else 1
+        case ["install-pem", path, source]:
+            with open(path) as handle:
+                pem = handle.read()
+            os.unlink(path)
+            return install_pem(pem, source)
         case ["server-state", server, state]:
             return server_state(server, state)
         case ["wait-up", server, seconds]:

@@ -74,6 +74,8 @@ def backend_server(worker: str, port: int | str) -> str:
 # certbot on the master: it listens here only while it validates, HAProxy routes the
 # HTTP-01 challenge to it.
 CERTBOT_PORT = 8888
+# HAProxy's peers protocol between masters: the admission counters they share.
+HAPROXY_PEERS_PORT = 10000
 CERTBOT_HOME = "/opt/wssfleet-certbot"
 # What operators, cron and the deploy run: a link to the pinned virtualenv's certbot.
 CERTBOT = "/usr/local/bin/certbot"

@@ -1,0 +1,64 @@
+"""The front door with several masters: keepalived moves one floating address (the
+`front_door_address` the domain resolves to) to a healthy master, over unicast VRRP between
+the masters. Without that setting (DNS mode) every master's own address is in DNS and
+clients fail over between them: nothing runs here then."""
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, systemd
+
+from roles import secret_template
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import InterfaceOf
+from wssfleet_control.hostside.layout import RUNTIME_HELPER
+from wssfleet_control.settings import SettingsError
+
+CONFIG = "/etc/keepalived/keepalived.conf"
+# VRRP's simple authentication carries at most eight characters.
+VRRP_PASSWORD_LENGTH = 8
+
+
+@deploy("Front door")
+def apply(run: DeployRun) -> None:
+    """keepalived on this master, holding the front door when it is the healthy choice.
+
+    + run: the deploy: the masters, front_door_address and front_door_router_id, and the
+      masters' VRRP password (secrets)
+    """
+    fleet = run.fleet
+    node = fleet.node(host.name)
+    interface = host.get_fact(InterfaceOf, address=node.address)
+    if not interface and not run.dry:
+        raise SettingsError(
+            f"{host.name}: no interface holds its address {node.address}, so keepalived cannot "
+            "announce the front door there: give the host's private_address"
+        )
+    apt.packages(name="Ensure keepalived is installed", packages=["keepalived"], no_recommends=True)
+    index = [master.name for master in fleet.masters].index(host.name)
+    config = secret_template(
+        name="Ensure keepalived's front door config is current (contents withheld: secrets)",
+        src=run.template("front_door", "keepalived.conf.j2"),
+        dest=CONFIG,
+        user="root",
+        group="root",
+        mode="600",
+        host_name=host.name,
+        address=fleet.front_door,
+        address_with_prefix=fleet.settings.front_door_address,
+        interface=interface or "(found at deploy)",
+        router_id=fleet.settings.front_door_router_id,
+        # A first deploy gives the address to the first master; later, nopreempt keeps it
+        # where it is.
+        priority=150 - index,
+        own_address=node.address,
+        peers=[master.address for master in fleet.masters if master.name != host.name],
+        password=run.secrets["front_door_password"][:VRRP_PASSWORD_LENGTH],
+        runtime=RUNTIME_HELPER,
+    )
+    systemd.service(
+        name="Ensure keepalived is running and enabled",
+        service="keepalived.service",
+        running=True,
+        enabled=True,
+        reloaded=config.will_change,
+    )
