@@ -21,15 +21,16 @@ ADMIN_REDIS_USER = "wssfleet-admin"
 # With several redis hosts (their passwords are in the secrets).
 REPLICATION_REDIS_USER = "wssfleet-replica"
 SENTINEL_REDIS_USER = "wssfleet-sentinel"
-PRIMARY_NAME = "wssfleet"
-REPLICATION_FILE = "/etc/redis/wssfleet-replication.conf"
+PRIMARY_NAME = layout.REDIS_PRIMARY_NAME
+REPLICATION_FILE = layout.REDIS_REPLICATION_FILE
 SENTINEL_CONFIG = "/etc/redis/sentinel.conf"
-SENTINEL_AUTH_FILE = "/etc/redis/wssfleet-sentinel.auth"
+UNIT_OVERRIDE = "/etc/systemd/system/redis-server.service.d/wssfleet.conf"
+SENTINEL_AUTH_FILE = layout.SENTINEL_AUTH_FILE
 MONITOR_REDIS_USER = "wssfleet-monitor"
 # The message plane's functions, and the operator's password that loads them (root's only:
 # redis-cli reads it from REDISCLI_AUTH, so it is never on a command line).
 FUNCTIONS_FILE = "/etc/redis/wssfleet-functions.lua"
-ADMIN_AUTH_FILE = "/etc/redis/wssfleet-admin.auth"
+ADMIN_AUTH_FILE = layout.REDIS_ADMIN_AUTH_FILE
 # Everything the message plane does (wssfleet/redis_broker.py and redis_functions.py: Redis checks
 # the commands a function calls against the caller's user), and nothing else: no FLUSHDB,
 # KEYS, DEL, CLIENT KILL or SHUTDOWN, only wssfleet:* keys and channels, and no code of its
@@ -131,12 +132,30 @@ def apply(run: DeployRun) -> None:
             run.secrets["redis_replication_password"], run.secrets["redis_sentinel_password"]
         )
     primary = _primary(run) if replicated else ""
+    files.directory(
+        name="Ensure Redis's config directory is root's",
+        path=layout.REDIS_CONFIG_DIRECTORY,
+        user="root",
+        group="redis",
+        mode="750",
+    )
+    # Debian's unit reads /etc/redis/redis.conf, in a directory Redis may write.
+    unit = files.put(
+        name="Ensure redis-server reads the config wssfleet manages",
+        src=StringIO(
+            "# Managed by wssfleet (roles/redis.py)\n[Service]\nExecStart=\n"
+            f"ExecStart=/usr/bin/redis-server {layout.REDIS_CONFIG} --supervised systemd "
+            "--daemonize no\n"
+        ),
+        dest=UNIT_OVERRIDE,
+        mode="644",
+    )
     # Root's and secret (the replication password is in it): Redis reads it and cannot
-    # rewrite it (the Sentinels' CONFIG REWRITE fails harmlessly), so it stays as deployed.
+    # rewrite it, so it stays as deployed.
     config = secret_template(
         name="Ensure redis.conf binds privately and gives each user only what it needs",
         src=run.template("redis", "redis.conf.j2"),
-        dest="/etc/redis/redis.conf",
+        dest=layout.REDIS_CONFIG,
         user="root",
         group="redis",
         mode="640",
@@ -149,11 +168,10 @@ def apply(run: DeployRun) -> None:
         replication_password=run.secrets["redis_replication_password"],
     )
     if replicated:
-        own = f"{fleet.node(host.name).address} {fleet.settings.redis_port}"
         # Read at the next start only: the running server already follows the Sentinels.
         files.put(
             name="Ensure Redis starts as the Sentinels' primary or its replica",
-            src=StringIO("" if primary == own else f"replicaof {primary}\n"),
+            src=StringIO("" if primary == own_address(run) else f"replicaof {primary}\n"),
             dest=REPLICATION_FILE,
             user="root",
             group="redis",
@@ -165,10 +183,21 @@ def apply(run: DeployRun) -> None:
         service="redis-server.service",
         running=True,
         enabled=True,
-        restarted=config.will_change or tls_changed,
+        daemon_reload=unit.will_change,
+        restarted=config.will_change or tls_changed or unit.will_change,
     )
-    if not replicated or primary == f"{fleet.node(host.name).address} {fleet.settings.redis_port}":
-        _functions(run, admin_password)
+    secret_template(
+        name="Ensure the operator's Redis password file is current (contents withheld)",
+        src=run.template("redis", "admin.auth.j2"),
+        dest=ADMIN_AUTH_FILE,
+        user="root",
+        group="root",
+        mode="600",
+        password=admin_password,
+    )
+    # Functions are loaded on the primary; replicas copy them.
+    if not replicated or primary == own_address(run):
+        _functions(run)
 
 
 def replication_users(replication_password: str, sentinel_password: str) -> dict[str, str]:
@@ -272,19 +301,15 @@ def _sentinel_recipe(run: DeployRun) -> str:
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
 
 
-def _functions(run: DeployRun, admin_password: str) -> None:
+def own_address(run: DeployRun) -> str:
+    """This redis host as the Sentinels name it: "address port"."""
+    return f"{run.fleet.node(host.name).address} {run.fleet.settings.redis_port}"
+
+
+def _functions(run: DeployRun) -> None:
     """The message plane's functions, loaded by the operator's user: the workers may call
     them and run nothing else. Kept across restarts in the append-only file; loaded again
     when the version Redis reports is not this release's."""
-    secret_template(
-        name="Ensure the operator's Redis password file is current (contents withheld)",
-        src=run.template("redis", "admin.auth.j2"),
-        dest=ADMIN_AUTH_FILE,
-        user="root",
-        group="root",
-        mode="600",
-        password=admin_password,
-    )
     files.put(
         name="Ensure the message plane's Redis functions are on the host",
         src=StringIO(LIBRARY),

@@ -8,7 +8,8 @@ page's app.js does the same), and record what they saw, for the continuity tests
 - nothing received for the welcome's ``heartbeat`` + HEARTBEAT_GRACE seconds: the path is dead
   (a master gone, a NAT that forgot it): drop the connection and reconnect as after 1006;
 - a publisher publishes with an ``id`` and sends the same message again, same id, until it is
-  acknowledged (after an error reply, a timeout or a reconnection).
+  acknowledged (after an error reply, or on a new connection after a reconnection or after
+  REPLY_TIMEOUT s without an answer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ FIRST_DELAY = 1.0
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 10.0
 RETRY_AFTER = {1001, 1006, 1012}
+# A publisher that hears nothing back for this long takes the path for dead.
+REPLY_TIMEOUT = 10.0
 
 
 @dataclass
@@ -193,11 +196,14 @@ class Inbox:
     offset: str = ""
     received: list[tuple[int, str]] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)
+    # The offset the last connection asked to resume after, and when it connected.
+    asked: tuple[str, float] = ("", 0.0)
 
     @property
     def path(self) -> str:
         """Where to connect: the channel, and after the first time, since the last offset
         (empty if the channel was empty then: all of the history)."""
+        self.asked = (self.offset, time.monotonic())
         return f"/ws/{self.channel}" + (f"?since={self.offset}" if self.answers else "")
 
     async def read(self, ws: ClientConnection, silence: float | None) -> None:
@@ -207,7 +213,7 @@ class Inbox:
                 self.received.append((frame["data"], frame["offset"]))
                 self.offset = frame["offset"]
             elif frame["type"] == "subscribed":
-                self.answers.append(frame)
+                self.answers.append({**frame, "asked": self.asked[0], "at": self.asked[1]})
                 if "offset" in frame:
                     # A first subscribe, or a history that no longer reaches back.
                     self.offset = frame["offset"]
@@ -286,6 +292,8 @@ class Publisher:
         self.channel = channel
         self.interval = interval
         self.acked: list[tuple[int, str]] = []
+        # When each was acknowledged (monotonic seconds).
+        self.acked_at: list[float] = []
         self.refused: list[str] = []
         self.retries = 0
         self.seen = Seen()
@@ -319,12 +327,16 @@ class Publisher:
                 self.in_flight = True
                 await ws.send(json.dumps(frame))
                 try:
-                    reply = await asyncio.wait_for(self._reply(ws, frame["id"]), 10)
+                    reply = await asyncio.wait_for(self._reply(ws, frame["id"]), REPLY_TIMEOUT)
                 except TimeoutError:
+                    # No answer: the path may be dead (a master gone). Drop it and send the
+                    # message again, same id, on a new connection.
                     self.retries += 1
-                    continue
+                    ws.transport.abort()
+                    return
                 if reply["type"] == "published":
                     self.acked.append((number, reply["offset"]))
+                    self.acked_at.append(time.monotonic())
                     self.in_flight = False
                     await _pause(self.done, self.interval)
                 else:

@@ -18,7 +18,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 
 from wssfleet import auth
-from wssfleet_control import inventory
+from wssfleet_control import commands, inventory
 from wssfleet_control.checkout import REPO
 
 LAB_INVENTORY = REPO / "inventory" / "lab.py"
@@ -100,6 +100,26 @@ class Lab:
             text=True,
             timeout=timeout,
         )
+
+    def redis_primary(self) -> str:
+        """The host the Sentinels name the Redis primary (the one redis host without them)."""
+        fleet = self.fleet
+        if not fleet.sentinels:
+            return fleet.redis.name
+        for sentinel in fleet.sentinels:
+            answer = self.on(sentinel.name, commands.sentinel_primary(), timeout=15).stdout.split()
+            if answer:
+                return next(node.name for node in fleet.nodes if node.address == answer[0])
+        raise AssertionError("no Sentinel names a Redis primary")
+
+    def front_door_holder(self) -> list[str]:
+        """The masters that hold the front door address now (one, when all is well)."""
+        front_door = self.described.get("front_door_address")
+        return [
+            master.name
+            for master in self.fleet.masters
+            if self.on(master.name, f"ip -4 -o addr show to {front_door}", timeout=15).stdout
+        ]
 
 
 def wssfleet(*arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -127,3 +127,34 @@ def served_pem() -> str:
 
 def install_pem(staged: str, source: str) -> str:
     return _line("python3", layout.RUNTIME_HELPER, "install-pem", staged, source)
+
+
+# Redis with Sentinels (several redis hosts).
+def _sentinel(port: int, *words: str) -> str:
+    return (
+        f'REDISCLI_AUTH="$(cat {layout.SENTINEL_AUTH_FILE})" timeout 5 redis-cli '
+        f"--no-auth-warning -p {int(port)} " + _line("SENTINEL", *words, layout.REDIS_PRIMARY_NAME)
+    )
+
+
+def sentinel_primary(port: int = 26379) -> str:
+    """Where this host's Sentinel says the primary is: "address\nport" (nothing if none)."""
+    return _sentinel(port, "GET-MASTER-ADDR-BY-NAME")
+
+
+def sentinel_quorum(port: int = 26379) -> str:
+    """This host's Sentinel's CKQUORUM answer: whether a majority can authorise a failover."""
+    return _sentinel(port, "CKQUORUM")
+
+
+def sentinel_failover(port: int = 26379) -> str:
+    """Have the Sentinels promote a replica now (an operator's planned switch)."""
+    return _sentinel(port, "FAILOVER")
+
+
+def redis_replication(port: int = 6379) -> str:
+    """This host's Redis's INFO replication (its role, replicas and their lag)."""
+    return (
+        f'REDISCLI_AUTH="$(cat {layout.REDIS_ADMIN_AUTH_FILE})" timeout 5 redis-cli '
+        f"--no-auth-warning --user wssfleet-admin -p {int(port)} INFO replication"
+    )

@@ -122,6 +122,10 @@ class Fleet:
     def node(self, name: str) -> Node:
         return next(node for node in self.nodes if node.name == name)
 
+    def node_at(self, address: str) -> Node:
+        """The host with this private address (as Redis and the Sentinels name hosts)."""
+        return next(node for node in self.nodes if node.address == address)
+
     def roles_of(self, name: str) -> list[str]:
         """The inventory groups (ROLES) a host is in: each is a role of the same name; and
         "sentinel" on the hosts that run one."""

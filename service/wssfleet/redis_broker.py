@@ -100,6 +100,8 @@ class RedisBus(Bus):
         self._resync: Resync = lambda channels: None
         self._wanted: dict[str, int] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
+        # Per channel, messages heard but not yet confirmed on two nodes, in the primary's order.
+        self._held: dict[str, list[tuple[str, str]]] = {}
         self._release_timers: dict[str, asyncio.TimerHandle] = {}
         self._subscriber: RespConnection | None = None
         self._connected_event = asyncio.Event()
@@ -217,6 +219,7 @@ class RedisBus(Bus):
             self._unsubscribe_later(channel)
             return
         del self._confirmed[channel]
+        self._held.pop(channel, None)
         if self.connected:
             self._send_to_subscriber("UNSUBSCRIBE", self._bus_channel(channel))
 
@@ -231,6 +234,9 @@ class RedisBus(Bus):
             f"{random.getrandbits(32):08x}",
             *self._publish_limits,
             channel,
+            # With a replica, subscribers hold the message until it is on two nodes: one
+            # delivered and then lost with the primary would leave them ahead of the history.
+            "1" if self.replicas else "0",
         ]
         command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
         # A second try only where it cannot store the message twice: the connection was gone
@@ -238,17 +244,22 @@ class RedisBus(Bus):
         # has an idempotency key.
         for last_try in (False, True):
             try:
-                if message_key is None or not self.replicas:
+                if arguments[-1] == "0":
                     return (await self._publishing.call(*command)).decode()
                 stored, confirmed = await self._publishing.calls(
                     command, ("WAIT", 1, self._replica_wait_ms)
                 )
-                if confirmed < 1:
+                offset = stored.decode()
+                if confirmed < 1 and message_key is not None:
+                    # Still held: sent again with its id, it is confirmed then.
                     raise NotConfirmed(
                         "no replica has it yet (it may not survive the primary): send it "
                         "again, same id"
                     )
-                return stored.decode()
+                # On two nodes (or, with no id to send it again by, as safe as it gets):
+                # the subscribers' processes deliver it, and what was held before it.
+                await self._publishing.call("PUBLISH", self._bus_channel(channel), "!" + offset)
+                return offset
             except ReplyError as error:
                 if str(error).startswith("LIMIT "):
                     raise PublishRefused(str(error).removeprefix("LIMIT ")) from None
@@ -363,6 +374,8 @@ class RedisBus(Bus):
                     log.warning("redis lost: %s", error)
             finally:
                 self._subscriber = None
+                # Never confirmed on that server: what survived is read back from history.
+                self._held.clear()
                 if self.connected:
                     delay = 0.1
                 self._set_connected(False)
@@ -401,8 +414,20 @@ class RedisBus(Bus):
         kind = reply[0]
         if kind == b"message":
             self.received += 1
-            offset, _, frame = reply[2].decode().partition(" ")
-            self._deliver(reply[1][CHANNEL_PREFIX_LENGTH:].decode(), offset, frame)
+            channel, payload = reply[1][CHANNEL_PREFIX_LENGTH:].decode(), reply[2].decode()
+            if payload.startswith("!"):
+                self._release(channel, payload[1:])
+                return
+            offset, _, frame = payload.partition(" ")
+            if offset.startswith("~"):
+                held = self._held.setdefault(channel, [])
+                held.append((offset[1:], frame))
+                if len(held) > self.history_size:
+                    # Never confirmed for this long (a replica that lags): delivered as it
+                    # is rather than kept without bound.
+                    self._deliver(channel, *held.pop(0))
+                return
+            self._deliver(channel, offset, frame)
         elif kind == b"subscribe":
             name = reply[1].decode()
             if name == CONTROL_CHANNEL:
@@ -414,6 +439,25 @@ class RedisBus(Bus):
             confirmed = self._confirmed.get(name[CHANNEL_PREFIX_LENGTH:])
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
+
+    def _release(self, channel: str, confirmed: str) -> None:
+        """Deliver the held messages of ``channel`` up to the confirmed offset: a replica has
+        them all (replication keeps the primary's order). Held ones of an older history
+        (another epoch) go too."""
+        held = self._held.get(channel)
+        if not held:
+            return
+        epoch = confirmed.partition(":")[0] + ":"
+        count = 0
+        while count < len(held) and (
+            held[count][0] <= confirmed or not held[count][0].startswith(epoch)
+        ):
+            count += 1
+        released, held[:count] = held[:count], []
+        if not held:
+            del self._held[channel]
+        for offset, frame in released:
+            self._deliver(channel, offset, frame)
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self.connected:

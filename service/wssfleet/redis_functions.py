@@ -11,7 +11,7 @@ import hashlib
 #   the channels it started, [idempotency key, the subject's pending ids (zset: key by expiry)]
 # ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history,
 #   history byte budget, most channels with history, most per subject, most pending ids per
-#   subject, the channel's name
+#   subject, the channel's name, [whether subscribers hold it until it is confirmed: '1']
 # Answers the offset, or an error 'LIMIT <reason>' that the publisher hears as it is.
 STORE_AND_PUBLISH = """
 local ttl = tonumber(ARGV[4]) * 1000
@@ -90,7 +90,10 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 local ms, seq = string.match(id, '^(%d+)-(%d+)$')
 local offset = epoch .. ':' .. string.rep('0', 13 - #ms) .. ms .. '-'
   .. string.rep('0', 6 - #seq) .. seq
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. '"}')
+-- Held (marked '~') while a replica may not have it yet: the subscribers' processes deliver
+-- it once the publisher's process announces it is on two nodes ('!' and its offset).
+local hold = ARGV[11] == '1' and '~' or ''
+redis.call('PUBLISH', ARGV[1], hold .. offset .. ' ' .. ARGV[2] .. offset .. '"}')
 if #KEYS == 6 then
   redis.call('SET', KEYS[5], offset, 'PX', ttl)
   redis.call('ZADD', KEYS[6], now + ttl, KEYS[5])

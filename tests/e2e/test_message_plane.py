@@ -10,92 +10,16 @@ the lab bridge; each load is bounded in clients and seconds.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from collections.abc import Callable
 
 import pytest
 
-from tests.contract_client import Publisher, Subscribers
-from tests.e2e.conftest import run
+from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
 from tests.lab_fleet import deploy, derived_inventory, edited, restarted, wssfleet
 from wssfleet_control import commands
 from wssfleet_control.checkout import REPO
 
 pytestmark = pytest.mark.timeout(420)
-
-CHANNELS = 4
-PER_CHANNEL = 100
-# Each channel 5 messages a second: 20 a second in all, 2,000 deliveries a second.
-INTERVAL = 0.2
-
-
-def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> dict:
-    """Run the crowd through ``fault`` (called in a thread while messages flow), keep
-    publishing ``after`` more seconds, then check every subscriber's messages."""
-
-    # Fresh channels each run: an earlier run's history and publish ids would answer for them.
-    run_id = uuid.uuid4().hex[:8]
-    channels = [f"plane-{run_id}-{n}" for n in range(CHANNELS)]
-
-    def connect(path: str, subject: str):
-        return lab.connect(path, subject=subject, local_addr=(source, 0), open_timeout=15)
-
-    async def scenario():
-        subscribers = Subscribers(lambda path: connect(path, "subscriber"), channels, PER_CHANNEL)
-        subscribers.start()
-        await subscribers.until_subscribed(90)
-        assert await subscribers.until_even(60), "the crowd never spread evenly"
-        await asyncio.sleep(3)
-        settled = subscribers.reconnections()
-        publishers = [
-            Publisher(lambda: connect("/ws", "publisher"), channel, INTERVAL)
-            for channel in channels
-        ]
-        for publisher in publishers:
-            publisher.start()
-        await asyncio.sleep(3)
-        started = time.monotonic()
-        outcome = await asyncio.to_thread(fault)
-        fault_seconds = time.monotonic() - started
-        await asyncio.sleep(after)
-        for publisher in publishers:
-            await publisher.finish()
-        last = {publisher.channel: publisher.last for publisher in publishers}
-        await subscribers.until_caught_up(last, 60)
-        await subscribers.finish()
-        return subscribers, publishers, outcome, fault_seconds, settled
-
-    subscribers, publishers, outcome, fault_seconds, settled = run(scenario(), timeout=400)
-    assert all(inbox.answers for inbox in subscribers.inboxes), "a subscriber never subscribed"
-    acked = {publisher.channel: publisher.acked for publisher in publishers}
-    problems = []
-    for number, inbox in enumerate(subscribers.inboxes):
-        expected, received = acked[inbox.channel], inbox.received
-        if received != expected:
-            missing = sorted(set(expected) - set(received))
-            extra = len(received) - len(set(received))
-            problems.append(
-                f"subscriber {number} on {inbox.channel}: {len(received)} received of "
-                f"{len(expected)}, missing {[n for n, _ in missing[:5]]}, repeated {extra}"
-            )
-        lost = [answer for answer in inbox.answers if answer.get("recovered") is False]
-        if lost:
-            problems.append(f"subscriber {number}: history reported lost: {lost[0]}")
-    assert problems == [], "\n".join(problems[:10])
-    summary = {
-        "acknowledged": sum(len(messages) for messages in acked.values()),
-        "deliveries": sum(len(inbox.received) for inbox in subscribers.inboxes),
-        "reconnections": subscribers.reconnections() - settled,
-        "publish retries": sum(publisher.retries for publisher in publishers),
-        "refused publishes": sum(len(publisher.refused) for publisher in publishers),
-        "fault seconds": round(fault_seconds, 1),
-        "outcome": outcome,
-    }
-    print(f"\n{summary}")
-    assert summary["acknowledged"] >= CHANNELS * 10, "too few messages to prove anything"
-    return summary
 
 
 def test_a_killed_instance_loses_no_message(lab, source_address):
@@ -159,7 +83,7 @@ def test_a_certificate_renewal_loses_no_message(lab, source_address):
 
 
 def test_a_redis_restart_loses_no_message(lab, source_address):
-    redis_host = lab.fleet.redis.name
+    redis_host = lab.redis_primary()
 
     def restart():
         result = lab.on(redis_host, "systemctl restart redis-server")
@@ -170,7 +94,7 @@ def test_a_redis_restart_loses_no_message(lab, source_address):
 
 
 def test_redis_down_for_15_s_refuses_publishes_aloud_and_loses_no_message(lab, source_address):
-    redis_host = lab.fleet.redis.name
+    redis_host = lab.redis_primary()
 
     def outage():
         assert lab.on(redis_host, "systemctl stop redis-server").returncode == 0

@@ -99,7 +99,8 @@ WATCH_SECRETS = """
 import glob, json, os, time
 secrets = [line.encode() for line in open('/tmp/watch/secrets').read().split()]
 places = ['/tmp/**', '/var/tmp/**', '/var/lib/wssfleet-uploads/*', '/etc/wssfleet/*',
-          '/etc/wssfleet-rebalancer.env', '/etc/redis/*', '/home/*/**']
+          '/etc/wssfleet-rebalancer.env', '/etc/redis/*', '/etc/wssfleet-redis/*',
+          '/home/*/**']
 seen, rounds = set(), 0
 while not os.path.exists('/tmp/watch/stop'):
     rounds += 1

@@ -66,13 +66,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not _ssh_config:
         _ssh_config.append(metafunc.config._wssfleet_ssh_config)
     if "master" in metafunc.fixturenames:
-        metafunc.parametrize("master", [fleet.master], ids=lambda n: n.name)
+        metafunc.parametrize("master", fleet.masters, ids=lambda n: n.name)
+    if "certificate_master" in metafunc.fixturenames:
+        # The master that obtains and renews the certificate the others serve.
+        metafunc.parametrize("certificate_master", [fleet.master], ids=lambda n: n.name)
     if "redis_node" in metafunc.fixturenames:
-        metafunc.parametrize("redis_node", [fleet.redis], ids=lambda n: n.name)
+        metafunc.parametrize("redis_node", fleet.redis_nodes, ids=lambda n: n.name)
+    if "sentinel_node" in metafunc.fixturenames:
+        metafunc.parametrize("sentinel_node", fleet.sentinels, ids=lambda n: n.name)
+    if "monitoring_node" in metafunc.fixturenames:
+        metafunc.parametrize("monitoring_node", fleet.monitors, ids=lambda n: n.name)
     if "worker_node" in metafunc.fixturenames:
         metafunc.parametrize("worker_node", fleet.workers, ids=lambda n: n.name)
-    if "monitoring_node" in metafunc.fixturenames:
-        metafunc.parametrize("monitoring_node", [fleet.monitoring], ids=lambda n: n.name)
     if "any_node" in metafunc.fixturenames:
         metafunc.parametrize("any_node", fleet.nodes, ids=lambda n: n.name)
     if "worker_instance" in metafunc.fixturenames:

@@ -14,6 +14,8 @@ from wssfleet_control.hostside.layout import (
     HAPROXY_CERTIFICATE,
     HAPROXY_CONFIG,
     HAPROXY_METRICS_PORT,
+    HAPROXY_PEERS_PORT,
+    HELPERS,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
     REDIS_EXPORTER_PORT,
@@ -39,6 +41,12 @@ def test_rebalancer_is_active_enabled_and_reads_haproxy(on, master):
 ASK_STATS_SOCKET = (
     f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({STATS_SOCKET!r}); "
     f"s.sendall(b'disable server {BACKEND}/x\\n'); print(s.recv(4096).decode())"
+)
+
+
+SHOW_PEERS = (
+    f"import sys; sys.path.insert(0, {HELPERS!r}); import haproxy_runtime; "
+    "print(haproxy_runtime.ask('show peers'))"
 )
 
 
@@ -89,15 +97,15 @@ def test_served_certificate_is_the_one_on_disk(on, master, fleet):
     assert served == on_disk
 
 
-def test_cron_renews_through_the_wssfleet_script(on, master):
-    entry = on(master).file("/etc/cron.d/wssfleet-certbot")
+def test_cron_renews_through_the_wssfleet_script(on, certificate_master):
+    entry = on(certificate_master).file("/etc/cron.d/wssfleet-certbot")
     assert entry.exists and entry.user == "root"
     assert f"{RENEW_COMMAND} --random-delay" in entry.content_string
-    assert on(master).service("cron").is_running
+    assert on(certificate_master).service("cron").is_running
 
 
-def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, master):
-    host = on(master)
+def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master):
+    host = on(certificate_master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"
     assert host.file(CERTBOT).is_symlink
     # Debian's package would bring a second renewer (certbot.timer) and an older certbot.
@@ -108,15 +116,21 @@ def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, master):
 def test_runtime_api_is_a_local_socket_only(on, master, fleet):
     host = on(master)
     assert host.file(ADMIN_SOCKET).is_socket
+    roles = fleet.roles_of(master.name)
     expected = {22, 80, 443}
-    if fleet.redis.name == master.name:
+    # On the private address (and loopback): Redis, its Sentinel, HAProxy's peers.
+    if "redis" in roles:
         expected.add(fleet.settings.redis_port)
+    if "sentinel" in roles:
+        expected.add(fleet.settings.redis_sentinel_port)
     # The monitoring ports, on the private address only (the firewall admits the monitoring
-    # host alone; tests/infra/test_monitoring.py checks where they listen).
+    # hosts alone; tests/infra/test_monitoring.py checks where they listen).
     private = {NODE_EXPORTER_PORT, HAPROXY_METRICS_PORT}
-    if fleet.redis.name == master.name:
+    if len(fleet.masters) > 1:
+        private.add(HAPROXY_PEERS_PORT)
+    if "redis" in roles:
         private.add(REDIS_EXPORTER_PORT)
-    if fleet.monitoring.name == master.name:
+    if "monitoring" in roles:
         private.add(PROMETHEUS_PORT)
     listeners = [line.split()[3] for line in host.check_output("ss -Hltn").splitlines()]
     public = {
@@ -131,3 +145,33 @@ def test_runtime_api_is_a_local_socket_only(on, master, fleet):
     }
     assert public <= expected, f"unexpected listeners: {sorted(public - expected)}"
     assert on_private <= expected | private, sorted(on_private - expected - private)
+
+
+def test_every_master_serves_the_same_certificate(on, master, fleet):
+    fingerprint = f"openssl x509 -noout -fingerprint -sha256 -in {HAPROXY_CERTIFICATE}"
+    assert on(master).check_output(fingerprint) == on(fleet.master).check_output(fingerprint)
+
+
+def test_the_masters_share_their_admission_counters(on, master, fleet):
+    if len(fleet.masters) < 2:
+        return
+    peers = on(master).check_output(f"python3 -c {shlex.quote(SHOW_PEERS)}")
+    for other in fleet.masters:
+        if other.name != master.name:
+            assert f"id={other.name}(remote,active)" in peers, peers[:2000]
+            line = next(line for line in peers.splitlines() if f"id={other.name}(" in line)
+            assert "last_status=ESTA" in line, line
+
+
+def test_one_master_holds_the_front_door(on, fleet):
+    if not fleet.front_door:
+        return
+    holders = [
+        master.name
+        for master in fleet.masters
+        if on(master).check_output(f"ip -4 -o addr show to {fleet.front_door}")
+    ]
+    assert len(holders) == 1, f"the front door {fleet.front_door} is on {holders or 'no master'}"
+    for master in fleet.masters:
+        keepalived = on(master).service("keepalived")
+        assert keepalived.is_running and keepalived.is_enabled, master.name

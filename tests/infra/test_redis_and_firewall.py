@@ -7,6 +7,7 @@ import shlex
 
 from roles.redis import ADMIN_REDIS_USER
 from wssfleet.redis_functions import LIBRARY_VERSION
+from wssfleet_control import commands
 from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import CURRENT, SERVICE_ENVIRONMENT
 
@@ -90,3 +91,39 @@ def test_firewall_rules_are_loaded_with_a_default_drop(on, any_node):
     ruleset = host.check_output("nft list table inet wssfleet")
     assert "hook input priority filter; policy drop;" in ruleset
     assert host.service("wssfleet-firewall").is_enabled
+
+
+def test_one_redis_is_the_primary_and_every_other_one_follows_it(on, fleet):
+    if len(fleet.redis_nodes) < 2:
+        return
+    roles = {}
+    for node in fleet.redis_nodes:
+        info = on(node).check_output(commands.redis_replication(fleet.settings.redis_port))
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        roles[node.name] = fields
+    primaries = [name for name, fields in roles.items() if fields["role"] == "master"]
+    assert len(primaries) == 1, f"Redis primaries: {primaries}"
+    [primary] = primaries
+    for name, fields in roles.items():
+        if name != primary:
+            assert fields["role"] == "slave", (name, fields)
+            assert fields["master_host"] == fleet.node(primary).address, (name, fields)
+            assert fields["master_link_status"] == "up", (name, fields)
+    assert int(roles[primary]["connected_slaves"]) == len(fleet.redis_nodes) - 1
+
+
+def test_the_sentinels_agree_on_the_primary_and_have_a_quorum(on, fleet, sentinel_node):
+    port = fleet.settings.redis_sentinel_port
+    quorum = on(sentinel_node).check_output(commands.sentinel_quorum(port))
+    assert quorum.startswith(f"OK {len(fleet.sentinels)} usable Sentinels"), quorum
+    primary = on(sentinel_node).check_output(commands.sentinel_primary(port)).split()
+    info = on(fleet.node_at(primary[0])).check_output(commands.redis_replication())
+    assert "role:master" in info, (sentinel_node.name, primary)
+
+
+def test_the_sentinels_ask_for_a_password(on, fleet, sentinel_node):
+    reply = on(sentinel_node).check_output(
+        f"redis-cli --no-auth-warning -h {sentinel_node.address} "
+        f"-p {fleet.settings.redis_sentinel_port} SENTINEL masters 2>&1 || true"
+    )
+    assert "NOAUTH" in reply, reply

@@ -129,30 +129,44 @@ def test_an_acknowledged_publish_is_on_the_replica_too(replicated, start_service
     assert replica.cli("XLEN", "wssfleet:history:room") == 1
 
 
-def test_a_replica_that_does_not_confirm_in_time_gets_no_acknowledgement(replicated, start_service):
+def test_a_message_no_replica_confirmed_is_neither_acknowledged_nor_delivered(
+    replicated, start_service
+):
     primary, replica, sentinels = replicated
     service = on_sentinels(start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200")
+    listening = on_sentinels(start_service, primary, sentinels)
 
     async def scenario():
         ws = await open_client(service, subject="p")
+        subscriber = await open_client(listening, "/ws/room", subject="s")
         await asyncio.sleep(1.5)
         # Frozen, the replica stays connected but confirms nothing.
         os.kill(replica.process.pid, signal.SIGSTOP)
         try:
             await request(ws, type="publish", channel="room", data="unsure", id="m1")
             refused = await receive(ws)
+            # Held by the subscriber's process: delivered now, it could be lost with the
+            # primary and leave the subscriber ahead of the history.
+            with pytest.raises(TimeoutError):
+                await receive(subscriber, timeout=1)
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
         await asyncio.sleep(0.5)
-        # The same message again, same id: stored once, confirmed now.
+        # The same message again, same id: stored once, confirmed now, delivered once.
         await request(ws, type="publish", channel="room", data="unsure", id="m1")
-        return refused, await receive(ws)
+        acknowledged = await receive(ws)
+        delivered = await receive(subscriber)
+        with pytest.raises(TimeoutError):
+            await receive(subscriber, timeout=1)
+        return refused, acknowledged, delivered
 
-    refused, acknowledged = run(scenario())
+    refused, acknowledged, delivered = run(scenario())
     assert refused["type"] == "error" and refused["id"] == "m1", refused
     assert refused["reason"].startswith("not confirmed: no replica has it yet"), refused
     assert acknowledged["type"] == "published", acknowledged
     assert primary.cli("XLEN", "wssfleet:history:room") == 1
+    assert delivered["type"] == "message" and delivered["data"] == "unsure", delivered
+    assert delivered["offset"] == acknowledged["offset"]
 
 
 def test_the_primary_lost_for_good_costs_no_acknowledged_message(replicated, start_service):

@@ -93,6 +93,17 @@ CERTIFICATE_METRICS_HELPER = helper("certificate_metrics.py")
 
 # Redis, with internal_tls: its certificate, key and the CA (read by redis_exporter too).
 REDIS_TLS_DIRECTORY = "/etc/redis/tls"
+# The operator's Redis password (root's), and with several redis hosts the Sentinels'
+# password (root's), the name they watch the primary by, and where a replica's primary is
+# written for its next start.
+REDIS_ADMIN_AUTH_FILE = "/etc/redis/wssfleet-admin.auth"
+SENTINEL_AUTH_FILE = "/etc/redis/wssfleet-sentinel.auth"
+REDIS_PRIMARY_NAME = "wssfleet"
+# Redis's config lives where only root writes: the Sentinels' CONFIG REWRITE (after a
+# failover) fails there harmlessly instead of rewriting what the deploy manages.
+REDIS_CONFIG_DIRECTORY = "/etc/wssfleet-redis"
+REDIS_CONFIG = f"{REDIS_CONFIG_DIRECTORY}/redis.conf"
+REDIS_REPLICATION_FILE = f"{REDIS_CONFIG_DIRECTORY}/replication.conf"
 
 # Monitoring: node_exporter's textfile collector and the query helper `status` runs.
 TEXTFILE_DIRECTORY = "/var/lib/prometheus/node-exporter"

@@ -1,0 +1,120 @@
+"""The message plane's guarantee under a fault, as the end-to-end tests check it: 400
+subscribers on 4 channels come back with ``since`` after every reconnection, 4 publishers
+publish with ids and retry until acknowledged, and every acknowledged message must reach every
+subscriber exactly once and in order, with no history ever reported lost."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+
+from tests.contract_client import Publisher, Subscribers
+from tests.e2e.conftest import run
+
+CHANNELS = 4
+PER_CHANNEL = 100
+# Each channel 5 messages a second: 20 a second in all, 2,000 deliveries a second.
+INTERVAL = 0.2
+
+
+def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> dict:
+    """Run the crowd through ``fault`` (called in a thread while messages flow), keep
+    publishing ``after`` more seconds, then check every subscriber's messages."""
+
+    # Fresh channels each run: an earlier run's history and publish ids would answer for them.
+    run_id = uuid.uuid4().hex[:8]
+    channels = [f"plane-{run_id}-{n}" for n in range(CHANNELS)]
+
+    def connect(path: str, subject: str):
+        return lab.connect(path, subject=subject, local_addr=(source, 0), open_timeout=15)
+
+    async def scenario():
+        subscribers = Subscribers(lambda path: connect(path, "subscriber"), channels, PER_CHANNEL)
+        subscribers.start()
+        await subscribers.until_subscribed(90)
+        assert await subscribers.until_even(60), "the crowd never spread evenly"
+        await asyncio.sleep(3)
+        settled = subscribers.reconnections()
+        publishers = [
+            Publisher(lambda: connect("/ws", "publisher"), channel, INTERVAL)
+            for channel in channels
+        ]
+        for publisher in publishers:
+            publisher.start()
+        await asyncio.sleep(3)
+        started = time.monotonic()
+        outcome = await asyncio.to_thread(fault)
+        fault_seconds = time.monotonic() - started
+        await asyncio.sleep(after)
+        for publisher in publishers:
+            await publisher.finish()
+        last = {publisher.channel: publisher.last for publisher in publishers}
+        await subscribers.until_caught_up(last, 60)
+        await subscribers.finish()
+        return subscribers, publishers, outcome, fault_seconds, settled
+
+    subscribers, publishers, outcome, fault_seconds, settled = run(scenario(), timeout=400)
+    assert all(inbox.answers for inbox in subscribers.inboxes), "a subscriber never subscribed"
+    acked = {publisher.channel: publisher.acked for publisher in publishers}
+    problems = []
+    for number, inbox in enumerate(subscribers.inboxes):
+        expected, received = acked[inbox.channel], inbox.received
+        if received != expected:
+            missing = sorted(set(expected) - set(received))
+            extra = len(received) - len(set(received))
+            problems.append(
+                f"subscriber {number} on {inbox.channel}: {len(received)} received of "
+                f"{len(expected)}, missing {[n for n, _ in missing[:5]]}, repeated {extra}"
+            )
+        lost = [answer for answer in inbox.answers if answer.get("recovered") is False]
+        if lost:
+            problems.append(f"subscriber {number}: history reported lost: {lost[0]}")
+    assert problems == [], "\n".join(problems[:10])
+    summary = {
+        "acknowledged": sum(len(messages) for messages in acked.values()),
+        "deliveries": sum(len(inbox.received) for inbox in subscribers.inboxes),
+        "reconnections": subscribers.reconnections() - settled,
+        "publish retries": sum(publisher.retries for publisher in publishers),
+        "refused publishes": sum(len(publisher.refused) for publisher in publishers),
+        "fault seconds": round(fault_seconds, 1),
+        "outcome": outcome,
+    }
+    if isinstance(outcome, dict) and "cut_at" in outcome:
+        summary |= _since_the_cut(outcome["cut_at"], subscribers, publishers)
+    print(f"\n{summary}")
+    assert summary["acknowledged"] >= CHANNELS * 10, "too few messages to prove anything"
+    return summary
+
+
+def _since_the_cut(cut_at: float, subscribers: Subscribers, publishers: list[Publisher]) -> dict:
+    """Seconds from a cut until the last subscriber that lost its connection had a new one,
+    and until every publisher had an acknowledgement again."""
+
+    def back(seen) -> float:
+        if not any(closed_at >= cut_at for closed_at, _, _ in seen.closes):
+            return 0.0
+        return min((at for at, _ in seen.connects if at >= cut_at), default=float("inf")) - cut_at
+
+    return {
+        "subscribers cut off": sum(
+            any(closed_at >= cut_at for closed_at, _, _ in seen.closes) for seen in subscribers.seen
+        ),
+        "every subscriber back after": round(max(back(seen) for seen in subscribers.seen), 1),
+        "publishes acknowledged again after": round(
+            max(_longest_silence(publisher.acked_at, cut_at) for publisher in publishers), 1
+        ),
+    }
+
+
+def _longest_silence(moments: list[float], cut_at: float) -> float:
+    """The longest time without an acknowledgement, counted from ``cut_at`` on: how long
+    publishing was unavailable."""
+    later = [at for at in moments if at >= cut_at]
+    if not later:
+        return float("inf")
+    before = max((at for at in moments if at < cut_at), default=cut_at)
+    edges = [max(before, cut_at), *later]
+    return max(b - a for a, b in itertools.pairwise(edges))

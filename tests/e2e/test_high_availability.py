@@ -1,0 +1,132 @@
+"""No single point of failure: the lab's two masters share a floating front door (keepalived)
+and hold Redis as a primary and a replica watched by three Sentinels. A master cut off from
+the network for good, and the Redis primary's host cut off for good, each while 400 contract
+clients subscribe and 4 publishers publish with acknowledgements (tests/e2e/crowd.py).
+
+"For good" is for the whole measurement: the host's own timer brings its network back
+afterwards (SSH to it is cut too), which is the "host returns" row of the HA table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
+from wssfleet_control import commands
+
+pytestmark = pytest.mark.timeout(420)
+
+# How long a cut host stays cut: longer than the measurement below, then its timer restores it.
+CUT_SECONDS = 40
+# The issue's bound for clients and publishers after a master or the Redis primary is lost.
+BOUND_SECONDS = 15
+
+
+def cut_for(lab, host: str, seconds: int) -> float:
+    """Take ``host`` off the network (its interface down, as if unplugged) until its own timer
+    brings it back after ``seconds``; returns the moment of the cut."""
+    command = (
+        f"systemd-run --quiet --on-active={seconds} ip link set host0 up && ip link set host0 down"
+    )
+    cut_at = time.monotonic()
+    # Its own SSH session is cut mid-answer: do not wait for it.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        lab.on(host, command, timeout=5)
+    return cut_at
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            value = condition()
+            if value:
+                return value
+        time.sleep(1)
+    raise AssertionError(f"{what} within {seconds} s")
+
+
+def replication_role(lab, host: str) -> str:
+    info = lab.on(host, commands.redis_replication(), timeout=15).stdout
+    return next((line.split(":")[1].strip() for line in info.splitlines() if "role:" in line), "")
+
+
+@pytest.fixture
+def highly_available(lab):
+    if len(lab.fleet.masters) < 2 or not lab.fleet.sentinels:
+        pytest.fail("the lab has one master: run 'make lab-down' and 'make deploy' (LAB_MASTERS=2)")
+    # An earlier test may have left a cut host on its way back.
+    wait_for(lambda: len(lab.front_door_holder()) == 1, 60, "one master holds the front door")
+    wait_for(
+        lambda: (
+            sum(replication_role(lab, node.name) == "master" for node in lab.fleet.redis_nodes) == 1
+        ),
+        60,
+        "one Redis primary",
+    )
+    return lab
+
+
+def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(
+    highly_available, source_address
+):
+    lab = highly_available
+    [holder] = lab.front_door_holder()
+    other = next(master.name for master in lab.fleet.masters if master.name != holder)
+    primary = lab.redis_primary()
+
+    def lose_the_holder() -> dict:
+        cut_at = cut_for(lab, holder, CUT_SECONDS)
+        # The clients' measurement runs on; the crowd helper keeps publishing afterwards.
+        time.sleep(BOUND_SECONDS + 5)
+        return {"cut_at": cut_at, "holder": holder, "redis primary": primary}
+
+    summary = through(lab, source_address(40), lose_the_holder)
+    # Every subscriber was on a connection through the lost master: each noticed (the
+    # heartbeat's silence), and each came back through the other one within the bound.
+    assert summary["subscribers cut off"] == CHANNELS * PER_CHANNEL
+    assert summary["every subscriber back after"] <= BOUND_SECONDS, summary
+    assert summary["publishes acknowledged again after"] <= BOUND_SECONDS, summary
+    assert lab.front_door_holder() == [other]
+    if primary == holder:
+        assert lab.redis_primary() == other
+    # The host returns: the front door stays where it is (no second move for the clients),
+    # and its Redis, if it was the primary, is a replica of the new one.
+    wait_for(lambda: lab.on(holder, "true", timeout=5).returncode == 0, 60, f"{holder} is back")
+    time.sleep(5)
+    assert lab.front_door_holder() == [other], "the front door moved back to the returning master"
+    wait_for(lambda: replication_role(lab, holder) == "slave", 60, f"{holder}'s Redis is a replica")
+
+
+def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_s(
+    highly_available, source_address
+):
+    lab = highly_available
+    [holder] = lab.front_door_holder()
+    primary = lab.redis_primary()
+    if primary == holder:
+        # The primary's loss alone: the Sentinels move it to the other master first.
+        sentinel = lab.fleet.sentinels[-1].name
+        assert lab.on(sentinel, commands.sentinel_failover()).returncode == 0
+        wait_for(lambda: lab.redis_primary() != holder, 30, "the Sentinels moved the primary")
+        wait_for(lambda: replication_role(lab, holder) == "slave", 30, "the old one follows")
+        primary = lab.redis_primary()
+
+    def lose_the_primary() -> dict:
+        cut_at = cut_for(lab, primary, CUT_SECONDS)
+        time.sleep(BOUND_SECONDS + 5)
+        return {"cut_at": cut_at, "redis primary": primary}
+
+    summary = through(lab, source_address(41), lose_the_primary)
+    # The front door did not move: no client lost its connection, and publishing was refused
+    # aloud (never dropped) until the Sentinels promoted the replica.
+    assert summary["subscribers cut off"] == 0, summary
+    assert summary["refused publishes"] > 0, summary
+    assert summary["publishes acknowledged again after"] <= BOUND_SECONDS, summary
+    assert lab.redis_primary() != primary
+    wait_for(lambda: lab.on(primary, "true", timeout=5).returncode == 0, 60, f"{primary} is back")
+    wait_for(lambda: replication_role(lab, primary) == "slave", 60, f"{primary} rejoins as replica")
