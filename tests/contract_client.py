@@ -213,7 +213,14 @@ class Inbox:
                 self.received.append((frame["data"], frame["offset"]))
                 self.offset = frame["offset"]
             elif frame["type"] == "subscribed":
-                self.answers.append({**frame, "asked": self.asked[0], "at": self.asked[1]})
+                self.answers.append(
+                    {
+                        **frame,
+                        "asked": self.asked[0],
+                        "connected": self.asked[1],
+                        "at": time.monotonic(),
+                    }
+                )
                 if "offset" in frame:
                     # A first subscribe, or a history that no longer reaches back.
                     self.offset = frame["offset"]

@@ -101,7 +101,7 @@ class Client:
         self.pinged = asyncio.get_running_loop().time()
         # Whether anything was written since the heartbeat's last look (Hub.heartbeat).
         self.spoke = True
-        self.pong: asyncio.Future[float] | None = None
+        self.pong: asyncio.Future[None] | None = None
 
     def offer(self, text: str, kind: str = "message") -> None:
         """Send a frame (``kind``: its type, for the metrics)."""

@@ -37,7 +37,8 @@ from wssfleet.redis_broker import RedisBus
 # Recoveries (subscribes with since) reading history at once in one process, and how long
 # reads that fail are retried before the client hears that nothing could be recovered.
 HISTORY_READS = 4
-HISTORY_READ_DEADLINE = 5.0
+# Long enough for a Redis failover (the Sentinels' verdict, a promotion, reconnecting).
+HISTORY_READ_DEADLINE = 15.0
 # What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
 MESSAGE_TAIL_BYTES = 82
 
@@ -150,8 +151,10 @@ class Hub:
                     continue
                 if now - client.pinged >= interval:
                     client.pinged = now
-                    with contextlib.suppress(ConnectionClosed):
-                        client.pong = await ws.ping()
+                    # Its own task: a peer whose path is dead (a master gone) stops reading,
+                    # and waiting for its socket to drain would stall every other client's
+                    # keepalive. A ping that cannot even be sent times out like a lost pong.
+                    client.pong = loop.create_task(answered(ws))
 
     async def join(self, client: Client, channel: str, since: str | None) -> None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
@@ -420,6 +423,12 @@ class Hub:
             client.closing = asyncio.create_task(
                 client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
             )
+
+
+async def answered(ws: ServerConnection) -> None:
+    """Ping the peer and return once its pong has come (or the connection has closed)."""
+    with contextlib.suppress(ConnectionClosed):
+        await (await ws.ping())
 
 
 async def drop_unresponsive(ws: ServerConnection) -> None:

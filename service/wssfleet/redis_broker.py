@@ -341,6 +341,11 @@ class RedisBus(Bus):
                 self.replicas = 0
                 if not unanswered:
                     log.info("redis: replicas unknown (%s)", error)
+                    if self._subscriber is not None:
+                        # The primary does not answer (gone, or cut off): the bus is taken
+                        # for lost now rather than after its own silence, so that history
+                        # reads wait for the next primary instead of failing against this one.
+                        self._subscriber.close("the primary does not answer")
                 unanswered = True
                 continue
             unanswered = False
@@ -427,6 +432,10 @@ class RedisBus(Bus):
                     # is rather than kept without bound.
                     self._deliver(channel, *held.pop(0))
                 return
+            if channel in self._held:
+                # Published without waiting (no replica left): what was held before it is
+                # as safe as it will get, and goes first.
+                self._release(channel, offset)
             self._deliver(channel, offset, frame)
         elif kind == b"subscribe":
             name = reply[1].decode()

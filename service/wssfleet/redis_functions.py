@@ -19,7 +19,12 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if #KEYS == 6 then
   local done = redis.call('GET', KEYS[5])
-  if done then return done end
+  if done then
+    -- Sent again: subscribers may hold it still. Held or not, it is as safe as it will get
+    -- when its publisher no longer waits for a replica: release it.
+    if ARGV[11] ~= '1' then redis.call('PUBLISH', ARGV[1], '!' .. done) end
+    return done
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then
     return redis.error_reply('LIMIT too many publish ids of this subject await expiry')

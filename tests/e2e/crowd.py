@@ -57,7 +57,16 @@ def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> 
         return subscribers, publishers, outcome, fault_seconds, settled
 
     subscribers, publishers, outcome, fault_seconds, settled = run(scenario(), timeout=400)
-    assert all(inbox.answers for inbox in subscribers.inboxes), "a subscriber never subscribed"
+    unanswered = [
+        seen
+        for inbox, seen in zip(subscribers.inboxes, subscribers.seen, strict=True)
+        if not inbox.answers
+    ]
+    assert not unanswered, (
+        f"{len(unanswered)} subscribers never subscribed; one saw connects "
+        f"{unanswered[0].connects[:3]}, refusals {unanswered[0].refusals[:5]}, "
+        f"closes {unanswered[0].closes[:3]}"
+    )
     acked = {publisher.channel: publisher.acked for publisher in publishers}
     problems = []
     for number, inbox in enumerate(subscribers.inboxes):
@@ -72,7 +81,7 @@ def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> 
         lost = [answer for answer in inbox.answers if answer.get("recovered") is False]
         if lost:
             problems.append(f"subscriber {number}: history reported lost: {lost[0]}")
-    assert problems == [], "\n".join(problems[:10])
+    assert problems == [], f"{outcome}\n" + "\n".join(problems[:10])
     summary = {
         "acknowledged": sum(len(messages) for messages in acked.values()),
         "deliveries": sum(len(inbox.received) for inbox in subscribers.inboxes),
