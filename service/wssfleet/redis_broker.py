@@ -9,15 +9,6 @@ import functools
 import logging
 import random
 
-import redis.asyncio as redis
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from wssfleet.broker import (
     FRAME_TAIL,
     Bus,
@@ -110,20 +101,11 @@ class RedisBus(Bus):
         # mid-flight, and a subscription it was making would never be confirmed.
         self._background: set[asyncio.Task[None]] = set()
         self._address = Address(url, sentinels, primary_name, sentinel_password)
-        # A command that meets a connection the server closed (a Redis restart) is retried
-        # once on a fresh one: without this the first command after a restart fails.
-        self._commands = _command_client(
-            url,
-            self._address,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            socket_timeout=COMMAND_TIMEOUT,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
-            health_check_interval=10,
-        )
         # Every publish of this process goes out on one pipelined connection, and messages
         # arrive on another, handled as they are parsed (see pipelined.py).
         self._publishing = Link(self._address, f"publish:{name}", COMMAND_TIMEOUT)
+        # History reads on a connection of their own: a page is larger than a publish.
+        self._reading = Link(self._address, f"read:{name}", COMMAND_TIMEOUT)
         # Replicas the primary had at the last look: while there is one, a publish with an id
         # is acknowledged only once one of them has it too.
         self.replicas = 0
@@ -143,7 +125,7 @@ class RedisBus(Bus):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._publishing.close()
-        await self._commands.aclose()
+        self._reading.close()
 
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
@@ -315,13 +297,18 @@ class RedisBus(Bus):
     ) -> tuple[str, str, bool, list, bool]:
         """One READ_SINCE: the history's epoch, its latest offset, whether it reaches back
         to the offset asked for, up to a page of entries after it, and whether more follow."""
-        try:
-            epoch, last, recovered, entries, more = await asyncio.wait_for(
-                self._commands.fcall_ro("wssfleet_read_since", 2, *self._keys(channel), *arguments),
-                COMMAND_TIMEOUT * 2,
-            )
-        except (RedisError, OSError, TimeoutError) as error:
-            raise BusUnavailable(_reason(error)) from None
+        command = ("FCALL_RO", "wssfleet_read_since", 2, *self._keys(channel), *arguments)
+        # A read is safe to repeat: once more on a new connection when the first one was lost
+        # (a Redis restart, a failover).
+        for last_try in (False, True):
+            try:
+                epoch, last, recovered, entries, more = await self._reading.call(*command)
+                break
+            except ReplyError as error:
+                raise BusUnavailable(_reason(error)) from None
+            except LinkLost as error:
+                if last_try:
+                    raise BusUnavailable(_reason(error)) from None
         epoch = epoch.decode()
         latest = offset_of(epoch, last.decode()) if epoch else ""
         return epoch, latest, bool(recovered), entries, bool(more)
@@ -355,6 +342,7 @@ class RedisBus(Bus):
             self.replicas = 0
             log.warning("redis: the primary is now %s:%s; reconnecting", *primary)
             self._publishing.close()
+            self._reading.close()
             if self._subscriber is not None:
                 self._subscriber.close("the primary moved")
 
@@ -485,25 +473,8 @@ class RedisBus(Bus):
             self._confirmed[channel] = asyncio.get_running_loop().create_future()
 
 
-def _command_client(url: str, address: Address, **options):
-    """redis-py's client for the rarer commands (history reads): on the URL's server, or on
-    whichever one the address's Sentinels name the primary, followed through a failover."""
-    if not address.sentinels:
-        return redis.Redis.from_url(url, **options)
-    settings = parse_url(url)
-    for name in ("host", "port", "connection_class"):
-        settings.pop(name, None)
-    if url.startswith("rediss:"):
-        settings["ssl"] = True
-    return Sentinel(
-        address.sentinels,
-        socket_timeout=COMMAND_TIMEOUT,
-        sentinel_kwargs={"password": address.sentinel_password or None},
-    ).master_for(address.primary_name, **settings, **options)
-
-
 def _reason(error: BaseException) -> str:
-    if isinstance(error, TimeoutError | RedisTimeoutError):
+    if isinstance(error, TimeoutError):
         return "the message bus did not answer in time"
     if "Function not found" in str(error):
         # Loaded by the deploy: a Redis that lost it (FUNCTION FLUSH) needs a deploy.
