@@ -102,24 +102,35 @@ class Lab:
         )
 
     def redis_primary(self) -> str:
-        """The host the Sentinels name the Redis primary (the one redis host without them)."""
+        """The host most Sentinels name the Redis primary (the one redis host without them);
+        a Sentinel just back from a cut may still name the old one."""
         fleet = self.fleet
         if not fleet.sentinels:
             return fleet.redis.name
+        answers = []
         for sentinel in fleet.sentinels:
-            answer = self.on(sentinel.name, commands.sentinel_primary(), timeout=15).stdout.split()
-            if answer:
-                return next(node.name for node in fleet.nodes if node.address == answer[0])
-        raise AssertionError("no Sentinel names a Redis primary")
+            try:
+                answer = self.on(sentinel.name, commands.sentinel_primary(), timeout=5).stdout
+            except subprocess.TimeoutExpired:
+                continue  # that host is cut off
+            if answer.split():
+                answers.append(answer.split()[0])
+        if not answers:
+            raise AssertionError("no Sentinel names a Redis primary")
+        return fleet.node_at(max(set(answers), key=answers.count)).name
 
     def front_door_holder(self) -> list[str]:
         """The masters that hold the front door address now (one, when all is well)."""
         front_door = self.described.get("front_door_address")
-        return [
-            master.name
-            for master in self.fleet.masters
-            if self.on(master.name, f"ip -4 -o addr show to {front_door}", timeout=15).stdout
-        ]
+        holders = []
+        for master in self.fleet.masters:
+            try:
+                shown = self.on(master.name, f"ip -4 -o addr show to {front_door}", timeout=5)
+            except subprocess.TimeoutExpired:
+                continue  # cut off: it holds nothing anyone can reach
+            if shown.stdout:
+                holders.append(master.name)
+        return holders
 
 
 def wssfleet(*arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:

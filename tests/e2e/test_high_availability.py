@@ -50,9 +50,26 @@ def wait_for(condition, seconds: float, what: str):
     raise AssertionError(f"{what} within {seconds} s")
 
 
+def replication(lab, host: str) -> dict[str, str]:
+    """A Redis host's INFO replication fields."""
+    info = lab.on(host, commands.redis_replication(), timeout=5).stdout
+    return dict(line.strip().split(":", 1) for line in info.splitlines() if ":" in line)
+
+
 def replication_role(lab, host: str) -> str:
-    info = lab.on(host, commands.redis_replication(), timeout=15).stdout
-    return next((line.split(":")[1].strip() for line in info.splitlines() if "role:" in line), "")
+    return replication(lab, host).get("role", "")
+
+
+def settled(lab) -> bool:
+    """One primary, and every other Redis its replica with the link up: a host back from a
+    cut may be promoted only once it has caught up, so a fault is staged only then."""
+    fields = {node.name: replication(lab, node.name) for node in lab.fleet.redis_nodes}
+    primaries = [name for name, info in fields.items() if info.get("role") == "master"]
+    return len(primaries) == 1 and all(
+        info.get("master_link_status") == "up"
+        for name, info in fields.items()
+        if name != primaries[0]
+    )
 
 
 @pytest.fixture
@@ -61,13 +78,7 @@ def highly_available(lab):
         pytest.fail("the lab has one master: run 'make lab-down' and 'make deploy' (LAB_MASTERS=2)")
     # An earlier test may have left a cut host on its way back.
     wait_for(lambda: len(lab.front_door_holder()) == 1, 60, "one master holds the front door")
-    wait_for(
-        lambda: (
-            sum(replication_role(lab, node.name) == "master" for node in lab.fleet.redis_nodes) == 1
-        ),
-        60,
-        "one Redis primary",
-    )
+    wait_for(lambda: settled(lab), 90, "one Redis primary, its replicas in sync")
     return lab
 
 
@@ -100,6 +111,7 @@ def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(
     time.sleep(5)
     assert lab.front_door_holder() == [other], "the front door moved back to the returning master"
     wait_for(lambda: replication_role(lab, holder) == "slave", 60, f"{holder}'s Redis is a replica")
+    wait_for(lambda: settled(lab), 90, f"{holder}'s Redis in sync")
 
 
 def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_s(
@@ -113,7 +125,7 @@ def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_
         sentinel = lab.fleet.sentinels[-1].name
         assert lab.on(sentinel, commands.sentinel_failover()).returncode == 0
         wait_for(lambda: lab.redis_primary() != holder, 30, "the Sentinels moved the primary")
-        wait_for(lambda: replication_role(lab, holder) == "slave", 30, "the old one follows")
+        wait_for(lambda: settled(lab), 60, "the old one follows, in sync")
         primary = lab.redis_primary()
 
     def lose_the_primary() -> dict:

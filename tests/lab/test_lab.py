@@ -38,8 +38,11 @@ def test_up_boots_every_host_with_systemd_and_ssh():
     result = lab("up")
     assert result.returncode == 0, result.stderr
     described = lab_json()
-    addresses = [described["master"]["address"]] + [w["address"] for w in described["workers"]]
-    assert len(addresses) == 1 + LabSettings.from_environment().workers
+    settings = LabSettings.from_environment()
+    addresses = [m["address"] for m in described["masters"]]
+    addresses += [w["address"] for w in described["workers"]]
+    assert len(addresses) == settings.masters + settings.workers
+    assert described["master"] == described["masters"][0]
     for address in addresses:
         answer = ssh(address, "systemctl is-system-running")
         assert answer.stdout.strip() == "running", (address, answer.stderr)
