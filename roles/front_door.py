@@ -5,15 +5,16 @@ clients fail over between them: nothing runs here then."""
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import apt, files, systemd
 
 from roles import secret_template
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
-from wssfleet_control.hostside.layout import RUNTIME_HELPER
+from wssfleet_control.hostside.layout import HELPERS, RUNTIME_HELPER, TEXTFILE_DIRECTORY
 from wssfleet_control.settings import SettingsError
 
 CONFIG = "/etc/keepalived/keepalived.conf"
+NOTIFY_SCRIPT = f"{HELPERS}/front-door-state"
 # VRRP's simple authentication carries at most eight characters.
 VRRP_PASSWORD_LENGTH = 8
 
@@ -34,6 +35,13 @@ def apply(run: DeployRun) -> None:
             "announce the front door there: give the host's private_address"
         )
     apt.packages(name="Ensure keepalived is installed", packages=["keepalived"], no_recommends=True)
+    notify = files.template(
+        name="Ensure keepalived records who holds the front door (for Prometheus)",
+        src=run.template("front_door", "front-door-state.j2"),
+        dest=NOTIFY_SCRIPT,
+        mode="755",
+        textfile_directory=TEXTFILE_DIRECTORY,
+    )
     index = [master.name for master in fleet.masters].index(host.name)
     config = secret_template(
         name="Ensure keepalived's front door config is current (contents withheld: secrets)",
@@ -54,11 +62,12 @@ def apply(run: DeployRun) -> None:
         peers=[master.address for master in fleet.masters if master.name != host.name],
         password=run.secrets["front_door_password"][:VRRP_PASSWORD_LENGTH],
         runtime=RUNTIME_HELPER,
+        notify=NOTIFY_SCRIPT,
     )
     systemd.service(
         name="Ensure keepalived is running and enabled",
         service="keepalived.service",
         running=True,
         enabled=True,
-        reloaded=config.will_change,
+        reloaded=config.will_change or notify.will_change,
     )

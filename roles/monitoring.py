@@ -144,6 +144,9 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
         dest=RULES_CANDIDATE,
         mode="644",
         settings=fleet.settings,
+        masters=len(fleet.masters),
+        redis_nodes=len(fleet.redis_nodes),
+        front_door=fleet.front_door,
     )
     activate_candidate(
         "Ensure the checked alert rules are live",

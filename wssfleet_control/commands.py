@@ -158,3 +158,8 @@ def redis_replication(port: int = 6379) -> str:
         f'REDISCLI_AUTH="$(cat {layout.REDIS_ADMIN_AUTH_FILE})" timeout 5 redis-cli '
         f"--no-auth-warning --user wssfleet-admin -p {int(port)} INFO replication"
     )
+
+
+def holds_address(address: str) -> str:
+    """Prints a line when this host holds ``address`` (the front door), nothing otherwise."""
+    return _line("ip", "-4", "-o", "addr", "show", "to", address)

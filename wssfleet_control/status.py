@@ -1,6 +1,8 @@
 """`wssfleet status`: the fleet at a glance. Live figures (connections, message rates, targets,
 firing alerts) come from the fleet's Prometheus; when it does not answer, from a snapshot of
-HAProxy's runtime API. The certificate's dates and renewal record come from the master."""
+HAProxy's runtime API. The certificate's dates come from every master, its renewal record from
+the first; with several masters, which one holds the front door and which Redis the Sentinels
+name the primary, with each replica's lag."""
 
 from __future__ import annotations
 
@@ -26,8 +28,12 @@ def units_of(session: Session, node: Node) -> list[str]:
     units.append("prometheus-node-exporter.service")
     if "master" in roles:
         units += ["haproxy.service", REBALANCER_UNIT, "cron.service"]
+        if session.fleet.front_door:
+            units.append("keepalived.service")
     if "redis" in roles:
         units += ["redis-server.service", "prometheus-redis-exporter.service"]
+    if "sentinel" in roles:
+        units.append("redis-sentinel.service")
     if "monitoring" in roles:
         units.append("prometheus.service")
     if "workers" in roles:
@@ -46,12 +52,76 @@ def service_states(session: Session, node: Node) -> str:
     return " ".join(states) or "no units"
 
 
-def certificate_expiry(session: Session) -> str:
-    result = session.on(session.fleet.master.name, commands.served_certificate())
+def certificate_expiry(session: Session, master: Node) -> str:
+    result = session.on(master.name, commands.certificate_identity())
     if not result.ok:
-        return "none"
+        return "none (unreachable or no certificate)"
     fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return f"{fields.get('notAfter', '?')} ({fields.get('issuer', '?').strip()})"
+    fingerprint = fields.get("sha256 Fingerprint", "?").replace(":", "")[:16].lower()
+    return (
+        f"{fields.get('notAfter', '?')} ({fields.get('issuer', '?').strip()}, "
+        f"sha256 {fingerprint}…)"
+    )
+
+
+def front_door(session: Session) -> str:
+    """Which master holds the floating address now, or how clients find the masters."""
+    fleet = session.fleet
+    if len(fleet.masters) < 2:
+        return ""
+    if not fleet.front_door:
+        addresses = ", ".join(master.address for master in fleet.masters)
+        return f"DNS mode: the domain resolves to every master ({addresses})"
+    holders = [
+        master.name
+        for master in fleet.masters
+        if session.on(master.name, commands.holds_address(fleet.front_door), timeout=10).stdout
+    ]
+    held = " and ".join(holders) if holders else "NO master"
+    warning = "" if len(holders) == 1 else "  <-- check keepalived"
+    return f"{fleet.front_door} held by {held}{warning}"
+
+
+def redis_replication(session: Session) -> list[str]:
+    """The primary the Sentinels name, their quorum, and each replica's link and lag."""
+    fleet = session.fleet
+    if not fleet.sentinels:
+        return []
+    port = fleet.settings.redis_sentinel_port
+    named, quorum = [], ""
+    for sentinel in fleet.sentinels:
+        answer = session.on(sentinel.name, commands.sentinel_primary(port), timeout=10)
+        if answer.ok and answer.stdout.split():
+            named.append(answer.stdout.split()[0])
+        if not quorum:
+            checked = session.on(sentinel.name, commands.sentinel_quorum(port), timeout=10)
+            quorum = checked.stdout.strip() if checked.ok else ""
+    if not named:
+        return ["Redis: no Sentinel answers"]
+    address = max(set(named), key=named.count)
+    primary = fleet.node_at(address)
+    lines = [
+        f"Redis: primary {primary.name} ({len(named)} of {len(fleet.sentinels)} Sentinels "
+        f"answer; {quorum or 'quorum unknown'})"
+    ]
+    info = session.on(primary.name, commands.redis_replication(fleet.settings.redis_port))
+    fields = dict(line.strip().split(":", 1) for line in info.stdout.splitlines() if ":" in line)
+    own = int(fields.get("master_repl_offset", 0) or 0)
+    for key, value in sorted(fields.items()):
+        if key.startswith("slave") and key[5:].isdigit():
+            replica = dict(part.split("=", 1) for part in value.split(","))
+            behind = own - int(replica.get("offset", 0))
+            name = next(
+                (node.name for node in fleet.nodes if node.address == replica.get("ip")),
+                replica.get("ip", "?"),
+            )
+            lines.append(
+                f"  replica {name}: {replica.get('state', '?')}, {behind} bytes behind, "
+                f"last ack {replica.get('lag', '?')} s ago"
+            )
+    if len(lines) == 1:
+        lines.append("  NO replica: an acknowledged message is on one node only")
+    return lines
 
 
 def connections(session: Session) -> dict[str, str]:
@@ -74,15 +144,16 @@ def renewal(session: Session) -> dict[str, float] | None:
     return json.loads(result.stdout)
 
 
-def live_figures(session: Session) -> dict | None:
-    """Prometheus's summary (targets, alerts, per-instance figures), or None."""
-    monitoring = session.fleet.monitoring
-    result = session.on(
-        monitoring.name, commands.prometheus_summary(monitoring.address, PROMETHEUS_PORT)
-    )
-    if not result.ok:
-        return None
-    return json.loads(result.stdout)
+def live_figures(session: Session) -> tuple[str, dict] | None:
+    """The first monitoring host that answers, and its Prometheus's summary (targets,
+    alerts, per-instance figures); None when none answers."""
+    for monitoring in session.fleet.monitors:
+        result = session.on(
+            monitoring.name, commands.prometheus_summary(monitoring.address, PROMETHEUS_PORT)
+        )
+        if result.ok:
+            return monitoring.name, json.loads(result.stdout)
+    return None
 
 
 RENEWAL_RULES = {
@@ -125,20 +196,27 @@ def show(session: Session) -> int:
             + "  "
             + row[3]
         )
+    door = front_door(session)
+    if door:
+        print(f"\nfront door: {door}")
+    for line in redis_replication(session):
+        print(line)
     names = ", ".join(fleet.settings.domains)
-    print(f"\ncertificate ({names}): expires {certificate_expiry(session)}")
+    print(f"\ncertificate ({names}):")
+    for master in fleet.masters:
+        print(f"  on {master.name}: expires {certificate_expiry(session, master)}")
     record = renewal(session)
     if record is not None:
         result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")
         rule = RENEWAL_RULES.get(str(record.get("renewal_rule")), "no certificate")
         print(f"  next planned renewal: {when(record.get('next_renewal'))}, from {rule}")
         print(f"  last renewal run:     {when(record.get('last_attempt'))}, {result}")
-    figures = live_figures(session)
-    if figures is None:
+    live = live_figures(session)
+    if live is None:
         print("\nPrometheus did not answer: open connections from HAProxy's runtime API instead")
         _show_snapshot(session)
         return 0
-    _show_live(fleet.monitoring.name, figures)
+    _show_live(*live)
     return 0
 
 

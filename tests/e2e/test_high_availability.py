@@ -10,12 +10,14 @@ afterwards (SSH to it is cut too), which is the "host returns" row of the HA tab
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 
 import pytest
 
 from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
+from tests.lab_fleet import wssfleet
 from wssfleet_control import commands
 
 pytestmark = pytest.mark.timeout(420)
@@ -80,6 +82,24 @@ def highly_available(lab):
     wait_for(lambda: len(lab.front_door_holder()) == 1, 60, "one master holds the front door")
     wait_for(lambda: settled(lab), 90, "one Redis primary, its replicas in sync")
     return lab
+
+
+def test_status_shows_the_front_door_holder_the_redis_primary_and_each_certificate(
+    highly_available,
+):
+    lab = highly_available
+    result = wssfleet("status")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout
+    [holder] = lab.front_door_holder()
+    assert f"front door: {lab.fleet.front_door} held by {holder}\n" in output, output
+    primary = lab.redis_primary()
+    assert f"Redis: primary {primary} (3 of 3 Sentinels answer; OK 3 usable" in output, output
+    [replica] = [node.name for node in lab.fleet.redis_nodes if node.name != primary]
+    assert re.search(rf"replica {replica}: online, \d+ bytes behind", output), output
+    for master in lab.fleet.masters:
+        assert f"  on {master.name}: expires " in output, output
+    assert "keepalived=running" in output and "redis-sentinel=running" in output
 
 
 def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(

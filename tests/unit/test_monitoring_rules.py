@@ -28,7 +28,16 @@ def promtool(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def rules(tmp_path: Path) -> Path:
     settings = resolve({**PEBBLE, "alert_drop_percent": 2})
     path = tmp_path / "wssfleet-rules.yml"
-    path.write_text(render("monitoring", "wssfleet-rules.yml.j2", settings=settings))
+    path.write_text(
+        render(
+            "monitoring",
+            "wssfleet-rules.yml.j2",
+            settings=settings,
+            masters=1,
+            redis_nodes=1,
+            front_door="",
+        )
+    )
     return path
 
 
@@ -47,8 +56,8 @@ def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
                 {"host": "w1", "address": "10.0.0.2", "metrics_port": 9001, "server": "w1-8001"}
             ],
             nodes=[master, worker],
-            master=master,
-            redis=master,
+            masters=[master],
+            redis_nodes=[master],
             monitoring=master,
             address="10.0.0.1",
             port=9090,
@@ -65,6 +74,7 @@ def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
     assert jobs == ["wssfleet", "haproxy", "redis", "node", "prometheus"]
     assert '- targets: ["10.0.0.2:9001"]\n        labels:\n          host: "w1"\n' in text
     assert '            - "10.0.0.9:9093"' in text
+    assert '- targets: ["10.0.0.1:8405"]' in text and '- targets: ["10.0.0.1:9121"]' in text
 
 
 def alert(labels: dict[str, str], annotations: dict[str, str]) -> dict:
@@ -224,6 +234,145 @@ def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
     }
     test_file = tmp_path / "tests.yml"
     # YAML is a superset of JSON: promtool reads this as its test file.
+    test_file.write_text(json.dumps(tests, indent=1))
+    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_replica(tmp_path):
+    rules = tmp_path / "wssfleet-rules.yml"
+    rules.write_text(
+        render(
+            "monitoring",
+            "wssfleet-rules.yml.j2",
+            settings=resolve(PEBBLE),
+            masters=2,
+            redis_nodes=2,
+            front_door="10.0.0.100",
+        )
+    )
+    checked = promtool("check", "rules", rules.name, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 15 rules found" in checked.stdout, checked.stdout
+
+    def node(host: str) -> str:
+        return f'job="node", instance="{host}:9100", host="{host}"'
+
+    def redis(host: str, role: str) -> str:
+        labels = f'job="redis", instance="{host}:9121", host="{host}", role="{role}"'
+        return f"redis_instance_info{{{labels}}}"
+
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                # The front door moves from m1 to m2 at 30 s; nobody holds it from 2 min on.
+                "interval": "10s",
+                "input_series": [
+                    {
+                        "series": f"wssfleet_front_door_held{{{node('m1')}}}",
+                        "values": "1 1 1 0x9 0x20",
+                    },
+                    {
+                        "series": f"wssfleet_front_door_held{{{node('m2')}}}",
+                        "values": "0 0 0 1x9 0x20",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "20s", "alertname": "WssfleetFrontDoorMoved", "exp_alerts": []},
+                    {
+                        "eval_time": "60s",
+                        "alertname": "WssfleetFrontDoorMoved",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "node",
+                                    "instance": "m2:9100",
+                                    "host": "m2",
+                                    "severity": "warning",
+                                },
+                                {
+                                    "summary": "the front door moved to m2",
+                                    "description": "10.0.0.100 changed masters in the last 10 "
+                                    "minutes; see make status.",
+                                },
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "60s",
+                        "alertname": "WssfleetFrontDoorNotHeldOnce",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "3m",
+                        "alertname": "WssfleetFrontDoorNotHeldOnce",
+                        "exp_alerts": [
+                            alert(
+                                {"severity": "critical"},
+                                {
+                                    "summary": "0 masters hold the front door",
+                                    "description": "Exactly one master must hold 10.0.0.100; "
+                                    "check keepalived on the masters.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                # r2, a replica, is promoted at 30 s; r1 is gone, so no replica is left.
+                "interval": "10s",
+                "input_series": [
+                    {"series": redis("r2", "slave"), "values": "1 1 1 _x20"},
+                    {"series": redis("r2", "master"), "values": "_ _ _ 1x20"},
+                    {
+                        "series": 'redis_connected_slaves{job="redis", instance="r2:9121", '
+                        'host="r2"}',
+                        "values": "0x23",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "40s",
+                        "alertname": "WssfleetRedisFailover",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "redis",
+                                    "instance": "r2:9121",
+                                    "host": "r2",
+                                    "role": "master",
+                                    "severity": "warning",
+                                },
+                                {
+                                    "summary": "Redis on r2 became the primary",
+                                    "description": "The Sentinels failed over to it; see make "
+                                    "status and the redis-sentinel journal.",
+                                },
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "3m",
+                        "alertname": "WssfleetRedisReplicaMissing",
+                        "exp_alerts": [
+                            alert(
+                                {"severity": "critical"},
+                                {
+                                    "summary": "the Redis primary has 0 replicas connected",
+                                    "description": "1 expected; a replica is down, cut off or "
+                                    "resyncing.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    test_file = tmp_path / "tests.yml"
     test_file.write_text(json.dumps(tests, indent=1))
     result = promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -25,6 +25,7 @@ layout.RUNTIME_HELPER; standard library only (it runs on Debian's python3).
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import json
@@ -45,6 +46,7 @@ from layout import (  # beside this file on the host
     HAPROXY_CERTIFICATE,
     MASTER_SOCKET,
     REBALANCER_ENVIRONMENT,
+    TEXTFILE_DIRECTORY,
 )
 
 RELOAD_TIMEOUT = 30.0
@@ -245,7 +247,31 @@ def install_pem(pem: str, source: str) -> int:
         print(message, file=sys.stderr)
         return 1
     syslog.syslog(f"wssfleet: HAProxy now serves the certificate from {source}")
+    _record_served(pem)
     return 0
+
+
+def _record_served(pem: str) -> None:
+    """When the certificate HAProxy serves ends, for node_exporter: Prometheus compares the
+    masters' (the WssfleetCertificateDiffers alert)."""
+    if not os.path.isdir(TEXTFILE_DIRECTORY):
+        return
+    dates = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True, text=True
+    )
+    if dates.returncode != 0:
+        return
+    ends = calendar.timegm(
+        time.strptime(dates.stdout.strip().partition("=")[2], "%b %d %H:%M:%S %Y %Z")
+    )
+    temporary = os.path.join(TEXTFILE_DIRECTORY, ".wssfleet_served_certificate.prom.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(
+            "# HELP wssfleet_served_certificate_not_after_seconds When the certificate HAProxy "
+            "serves expires.\n# TYPE wssfleet_served_certificate_not_after_seconds gauge\n"
+            f"wssfleet_served_certificate_not_after_seconds {ends}\n"
+        )
+    os.replace(temporary, os.path.join(TEXTFILE_DIRECTORY, "wssfleet_served_certificate.prom"))
 
 
 def server_state(server: str, state: str) -> int:
