@@ -63,12 +63,15 @@ def virtualenv_from_wheels(
     )
 
 
-def activate_candidate(name: str, candidate, candidate_path: str, commands: list[str]) -> None:
+def activate_candidate(
+    name: str, candidate, candidate_path: str, commands: list[str], one_host_at_a_time=False
+) -> None:
     """Run ``commands`` (check, install, load) when a rendered candidate is new, or when an
     earlier deploy rendered it but never got it loaded (a failed check, install or reload).
 
     After the commands succeed, a copy of the candidate marks it as loaded, so a second
     deploy changes nothing; a rejected candidate is removed so the next deploy retries.
+    ``one_host_at_a_time``: hosts that need it run the commands in turn, never together.
     """
     loaded = f"{STATE}/{Path(candidate_path).name}.loaded"
     pending = host.get_fact(Sha256File, path=candidate_path) != host.get_fact(
@@ -78,6 +81,7 @@ def activate_candidate(name: str, candidate, candidate_path: str, commands: list
         name=name,
         commands=[*commands, f"install -D -m 600 {quote(candidate_path)} {quote(loaded)}"],
         _if=None if pending else candidate.did_change,
+        _serial=one_host_at_a_time,
     )
 
 

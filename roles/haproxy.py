@@ -141,6 +141,9 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
             f"{fleet.settings.drain_seconds} "
             f"{fleet.settings.close_spread_seconds}",
         ],
+        # Masters take a new config one at a time: a config that fails on one stops the
+        # deploy there, while the others still serve the old one.
+        one_host_at_a_time=True,
     )
     systemd.service(
         name="Ensure haproxy is running and enabled",

@@ -226,6 +226,7 @@ def _primary(run: DeployRun) -> str:
             port=fleet.settings.redis_sentinel_port,
             primary_name=PRIMARY_NAME,
             password_file=SENTINEL_AUTH_FILE,
+            tls=fleet.settings.internal_tls,
         )
     return answer or f"{fleet.redis.address} {fleet.settings.redis_port}"
 
@@ -244,6 +245,10 @@ def sentinel(run: DeployRun) -> None:
         name="Ensure redis-sentinel is installed", packages=["redis-sentinel"], no_recommends=True
     )
     password = run.secrets["redis_sentinel_password"]
+    tls = settings.internal_tls
+    tls_changed = tls and internal_tls_role.install(
+        run, host.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
+    )
     secret_template(
         name="Ensure the Sentinel's password file is current (contents withheld)",
         src=run.template("redis", "admin.auth.j2"),
@@ -275,10 +280,12 @@ def sentinel(run: DeployRun) -> None:
             down_after_ms=int(seconds_of(settings.redis_failover_after) * 1000),
             sentinel_user=SENTINEL_REDIS_USER,
             password=password,
+            tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
         )
         restarted = written.will_change
     else:
         restarted = False
+    restarted = restarted or tls_changed
     systemd.service(
         name="Ensure redis-sentinel is running and enabled",
         service="redis-sentinel.service",
@@ -297,6 +304,7 @@ def _sentinel_recipe(run: DeployRun) -> str:
         str(fleet.settings.redis_sentinel_port),
         fleet.settings.redis_failover_after,
         hashlib.sha256(run.secrets["redis_sentinel_password"].encode()).hexdigest(),
+        "tls" if fleet.settings.internal_tls else "plain",
     ]
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
 

@@ -468,8 +468,8 @@ Open the demo: https://{domain}/#token=<token>&channel=lobby
 Fleet status:  make status INVENTORY={inventory_path}""")
     if is_lab(inventory_path):
         click.echo(
-            f"The lab's {domain} is not in public DNS: point it at the master, e.g.\n"
-            f"  echo '{fleet.master.address} {domain}' >> /etc/hosts\n"
+            f"The lab's {domain} is not in public DNS: point it at the front door, e.g.\n"
+            f"  echo '{fleet.front_door or fleet.master.address} {domain}' >> /etc/hosts\n"
             f"and trust the lab's ACME root: .lab/acme/root.pem"
         )
 

@@ -130,33 +130,40 @@ def install_pem(staged: str, source: str) -> str:
 
 
 # Redis with Sentinels (several redis hosts).
-def _sentinel(port: int, *words: str) -> str:
+def _tls(tls: bool) -> str:
+    """redis-cli's options for internal_tls: TLS, checked against the deployment's CA."""
+    return f"--tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem " if tls else ""
+
+
+def _sentinel(port: int, tls: bool, *words: str) -> str:
     return (
         f'REDISCLI_AUTH="$(cat {layout.SENTINEL_AUTH_FILE})" timeout 5 redis-cli '
-        f"--no-auth-warning -p {int(port)} " + _line("SENTINEL", *words, layout.REDIS_PRIMARY_NAME)
+        f"--no-auth-warning {_tls(tls)}-h 127.0.0.1 -p {int(port)} "
+        + _line("SENTINEL", *words, layout.REDIS_PRIMARY_NAME)
     )
 
 
-def sentinel_primary(port: int = 26379) -> str:
+def sentinel_primary(port: int = 26379, tls: bool = False) -> str:
     """Where this host's Sentinel says the primary is: "address\nport" (nothing if none)."""
-    return _sentinel(port, "GET-MASTER-ADDR-BY-NAME")
+    return _sentinel(port, tls, "GET-MASTER-ADDR-BY-NAME")
 
 
-def sentinel_quorum(port: int = 26379) -> str:
+def sentinel_quorum(port: int = 26379, tls: bool = False) -> str:
     """This host's Sentinel's CKQUORUM answer: whether a majority can authorise a failover."""
-    return _sentinel(port, "CKQUORUM")
+    return _sentinel(port, tls, "CKQUORUM")
 
 
-def sentinel_failover(port: int = 26379) -> str:
+def sentinel_failover(port: int = 26379, tls: bool = False) -> str:
     """Have the Sentinels promote a replica now (an operator's planned switch)."""
-    return _sentinel(port, "FAILOVER")
+    return _sentinel(port, tls, "FAILOVER")
 
 
-def redis_replication(port: int = 6379) -> str:
+def redis_replication(port: int = 6379, tls: bool = False) -> str:
     """This host's Redis's INFO replication (its role, replicas and their lag)."""
     return (
         f'REDISCLI_AUTH="$(cat {layout.REDIS_ADMIN_AUTH_FILE})" timeout 5 redis-cli '
-        f"--no-auth-warning --user wssfleet-admin -p {int(port)} INFO replication"
+        f"--no-auth-warning {_tls(tls)}--user wssfleet-admin -h 127.0.0.1 -p {int(port)} "
+        "INFO replication"
     )
 
 

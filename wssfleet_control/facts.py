@@ -117,10 +117,12 @@ class SentinelPrimary(FactBase):
     """Where the Sentinel on this host says the primary is ("address port"), or '' when none
     runs here or it does not answer (a first deploy)."""
 
-    def command(self, port: int, primary_name: str, password_file: str) -> str:
+    def command(self, port: int, primary_name: str, password_file: str, tls: bool) -> str:
+        tls_options = f"--tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem " if tls else ""
         return (
             f'REDISCLI_AUTH="$(cat {quote(password_file)} 2>/dev/null)" timeout 5 redis-cli '
-            f"--no-auth-warning -h 127.0.0.1 -p {int(port)} SENTINEL GET-MASTER-ADDR-BY-NAME "
+            f"--no-auth-warning {tls_options}-h 127.0.0.1 -p {int(port)} "
+            "SENTINEL GET-MASTER-ADDR-BY-NAME "
             f"{quote(primary_name)} 2>/dev/null | paste -sd ' ' || true"
         )
 

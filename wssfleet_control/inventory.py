@@ -295,18 +295,12 @@ def _check_high_availability(fleet: Fleet) -> None:
             f"setting front_door_address={fleet.settings.front_door_address!r} needs two or "
             "more hosts in group 'master': add one, or remove the setting"
         )
-    if len(fleet.redis_nodes) > 1:
-        if len(fleet.sentinels) < SENTINELS:
-            raise SettingsError(
-                f"{len(fleet.redis_nodes)} redis hosts need {SENTINELS} distinct hosts for "
-                f"the Sentinels (redis, master and worker hosts), the inventory has "
-                f"{len(fleet.sentinels)}: add a host, or keep one redis host"
-            )
-        if fleet.settings.internal_tls:
-            raise SettingsError(
-                "setting internal_tls=true does not work with several redis hosts yet "
-                "(the Sentinels speak plain TCP): keep one redis host, or turn it off"
-            )
+    if len(fleet.redis_nodes) > 1 and len(fleet.sentinels) < SENTINELS:
+        raise SettingsError(
+            f"{len(fleet.redis_nodes)} redis hosts need {SENTINELS} distinct hosts for "
+            f"the Sentinels (redis, master and worker hosts), the inventory has "
+            f"{len(fleet.sentinels)}: add a host, or keep one redis host"
+        )
     front_door = fleet.front_door
     if front_door and any(node.address == front_door for node in fleet.nodes):
         raise SettingsError(

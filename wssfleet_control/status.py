@@ -87,14 +87,14 @@ def redis_replication(session: Session) -> list[str]:
     fleet = session.fleet
     if not fleet.sentinels:
         return []
-    port = fleet.settings.redis_sentinel_port
+    port, tls = fleet.settings.redis_sentinel_port, fleet.settings.internal_tls
     named, quorum = [], ""
     for sentinel in fleet.sentinels:
-        answer = session.on(sentinel.name, commands.sentinel_primary(port), timeout=10)
+        answer = session.on(sentinel.name, commands.sentinel_primary(port, tls), timeout=10)
         if answer.ok and answer.stdout.split():
             named.append(answer.stdout.split()[0])
         if not quorum:
-            checked = session.on(sentinel.name, commands.sentinel_quorum(port), timeout=10)
+            checked = session.on(sentinel.name, commands.sentinel_quorum(port, tls), timeout=10)
             quorum = checked.stdout.strip() if checked.ok else ""
     if not named:
         return ["Redis: no Sentinel answers"]
@@ -104,7 +104,7 @@ def redis_replication(session: Session) -> list[str]:
         f"Redis: primary {primary.name} ({len(named)} of {len(fleet.sentinels)} Sentinels "
         f"answer; {quorum or 'quorum unknown'})"
     ]
-    info = session.on(primary.name, commands.redis_replication(fleet.settings.redis_port))
+    info = session.on(primary.name, commands.redis_replication(fleet.settings.redis_port, tls))
     fields = dict(line.strip().split(":", 1) for line in info.stdout.splitlines() if ":" in line)
     own = int(fields.get("master_repl_offset", 0) or 0)
     for key, value in sorted(fields.items()):

@@ -201,8 +201,9 @@ class Address:
             sentinel: RespConnection | None = None
             try:
                 async with asyncio.timeout(timeout):
+                    # With TLS to Redis, TLS to the Sentinels too (the same CA).
                     _, sentinel = await loop.create_connection(
-                        lambda: RespConnection(loop, timeout), host, port
+                        lambda: RespConnection(loop, timeout), host, port, ssl=self._ssl
                     )
                     if self.sentinel_password:
                         await sentinel.command("AUTH", self.sentinel_password)

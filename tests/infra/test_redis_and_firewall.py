@@ -98,7 +98,9 @@ def test_one_redis_is_the_primary_and_every_other_one_follows_it(on, fleet):
         return
     roles = {}
     for node in fleet.redis_nodes:
-        info = on(node).check_output(commands.redis_replication(fleet.settings.redis_port))
+        info = on(node).check_output(
+            commands.redis_replication(fleet.settings.redis_port, fleet.settings.internal_tls)
+        )
         fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
         roles[node.name] = fields
     primaries = [name for name, fields in roles.items() if fields["role"] == "master"]
@@ -113,17 +115,19 @@ def test_one_redis_is_the_primary_and_every_other_one_follows_it(on, fleet):
 
 
 def test_the_sentinels_agree_on_the_primary_and_have_a_quorum(on, fleet, sentinel_node):
-    port = fleet.settings.redis_sentinel_port
-    quorum = on(sentinel_node).check_output(commands.sentinel_quorum(port))
+    port, tls = fleet.settings.redis_sentinel_port, fleet.settings.internal_tls
+    quorum = on(sentinel_node).check_output(commands.sentinel_quorum(port, tls))
     assert quorum.startswith(f"OK {len(fleet.sentinels)} usable Sentinels"), quorum
-    primary = on(sentinel_node).check_output(commands.sentinel_primary(port)).split()
-    info = on(fleet.node_at(primary[0])).check_output(commands.redis_replication())
+    primary = on(sentinel_node).check_output(commands.sentinel_primary(port, tls)).split()
+    info = on(fleet.node_at(primary[0])).check_output(
+        commands.redis_replication(fleet.settings.redis_port, tls)
+    )
     assert "role:master" in info, (sentinel_node.name, primary)
 
 
 def test_the_sentinels_ask_for_a_password(on, fleet, sentinel_node):
     reply = on(sentinel_node).check_output(
-        f"redis-cli --no-auth-warning -h {sentinel_node.address} "
+        f"redis-cli --no-auth-warning {tls_options(fleet)} -h {sentinel_node.address} "
         f"-p {fleet.settings.redis_sentinel_port} SENTINEL masters 2>&1 || true"
     )
     assert "NOAUTH" in reply, reply

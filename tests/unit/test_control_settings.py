@@ -112,7 +112,6 @@ def test_two_masters_without_a_front_door_are_the_dns_mode():
         (highly_available(front_door_address="8.8.8.8/24"), "give a private IPv4 address"),
         (highly_available(front_door_address="10.0.0.100"), "give a private IPv4 address"),
         (highly_available(front_door_address="127.0.0.20/8"), "is a host's own address"),
-        (highly_available(internal_tls=True), "internal_tls=true does not work with several"),
         (groups(workers=()), "the inventory has no workers"),
         (groups(master=None), "the inventory has no master"),
         (groups(workers=(("w1", "127.0.0.10"),)), "share the address 127.0.0.10"),
