@@ -261,13 +261,17 @@ def status(inventory_path: str) -> None:
 @inventory_option
 def renew(inventory_path: str) -> None:
     """Force a certificate renewal through the cron job's own script."""
-    from wssfleet_control import commands
+    from wssfleet_control import certificate_sharing, commands
 
     ensure_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
         result = session.on(session.fleet.master.name, commands.forced_renewal(), timeout=300)
+        # Every other master serves it at once (one that is down gets it at the next deploy).
+        shared = certificate_sharing.share(session) if result.ok else {}
     click.echo(result.stdout + result.stderr, nl=False)
+    for master, outcome in shared.items():
+        click.echo(f"certificate on {master}: {outcome}")
     if not result.ok:
         raise Failure("the renewal failed (certbot's words are above)")
 

@@ -17,8 +17,9 @@ import time
 import pytest
 
 from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
-from tests.lab_fleet import wssfleet
+from tests.lab_fleet import deploy, wssfleet
 from wssfleet_control import commands
+from wssfleet_control.hostside.layout import HAPROXY_CERTIFICATE
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -162,3 +163,27 @@ def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_
     assert lab.redis_primary() != primary
     wait_for(lambda: lab.on(primary, "true", timeout=5).returncode == 0, 60, f"{primary} is back")
     wait_for(lambda: replication_role(lab, primary) == "slave", 60, f"{primary} rejoins as replica")
+
+
+def serving(lab, master: str) -> str:
+    """The serial of the certificate a master's HAProxy serves."""
+    return lab.on(master, f"openssl x509 -noout -serial -in {HAPROXY_CERTIFICATE}").stdout
+
+
+def test_a_renewal_with_a_master_down_succeeds_and_reaches_it_when_it_returns(highly_available):
+    lab = highly_available
+    first, other = (master.name for master in lab.fleet.masters[:2])
+    before = serving(lab, first)
+    assert serving(lab, other) == before, "the masters serve different certificates"
+    cut_for(lab, other, 45)
+    renewed = wssfleet("renew")
+    assert renewed.returncode == 0, renewed.stdout[-2000:] + renewed.stderr[-2000:]
+    assert f"certificate on {other}: unreachable" in renewed.stdout, renewed.stdout[-2000:]
+    assert serving(lab, first) != before
+    wait_for(lambda: lab.on(other, "true", timeout=5).returncode == 0, 90, f"{other} is back")
+    assert serving(lab, other) == before
+    code, report, log = deploy()
+    assert code == 0, log[-3000:]
+    assert report["certificates"][other] == f"copied from {first}"
+    assert serving(lab, other) == serving(lab, first)
+    wait_for(lambda: settled(lab), 90, "Redis in sync again")

@@ -208,12 +208,15 @@ def test_prometheus_counts_the_connections_clients_hold(lab):
 
 
 def test_status_falls_back_to_haproxy_when_prometheus_does_not_answer(lab):
-    monitoring = lab.fleet.monitoring
-    assert lab.on(monitoring.name, "systemctl stop prometheus").returncode == 0
+    # Every monitoring host's: status asks the next one when one does not answer.
+    monitors = lab.fleet.monitors
+    for monitoring in monitors:
+        assert lab.on(monitoring.name, "systemctl stop prometheus").returncode == 0
     try:
         status = make("status")
     finally:
-        lab.on(monitoring.name, "systemctl start prometheus")
+        for monitoring in monitors:
+            lab.on(monitoring.name, "systemctl start prometheus")
     assert status.returncode == 0, status.stderr
     assert "Prometheus did not answer" in status.stdout, status.stdout
     assert "open connections per worker instance (HAProxy runtime API)" in status.stdout
@@ -232,8 +235,15 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
         master_prometheus = lab.on(fleet.master.name, "systemctl is-active prometheus")
         assert master_prometheus.stdout.strip() == "inactive", master_prometheus.stdout
 
-        # Every instance, every host's node_exporter, HAProxy, Redis and Prometheus itself.
-        expected = sum(len(lab.ports(w.name)) for w in fleet.workers) + len(fleet.nodes) + 3
+        # Every instance, every host's node_exporter, each master's HAProxy, each Redis and
+        # Prometheus itself.
+        expected = (
+            sum(len(lab.ports(w.name)) for w in fleet.workers)
+            + len(fleet.nodes)
+            + len(fleet.masters)
+            + len(fleet.redis_nodes)
+            + 1
+        )
 
         def all_up():
             targets = prometheus(lab, "summary", monitoring=elsewhere)["targets"]

@@ -165,7 +165,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
     # Deployed by a sudo user, as a watcher on the hosts tries to read every secret uploaded.
     own = derived_inventory(tmp_path, own_secrets=True, ssh_user=SUDO_USER, token_max_ttl=overlap)
     watched = [lab.fleet.master.name, lab.fleet.workers[0].name]
-    with_sudo_user(lab, [lab.fleet.master.name, *(worker.name for worker in lab.fleet.workers)])
+    with_sudo_user(lab, [node.name for node in (*lab.fleet.masters, *lab.fleet.workers)])
     made = secrets.load(own)
     for host in watched:
         watch_secrets(lab, host, [made[name] for name in secrets.NAMES])
