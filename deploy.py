@@ -52,6 +52,8 @@ if "master" in roles:
         front_door.apply(run)
     if host.name == fleet.master.name:
         certificates.apply(run)
+    if len(fleet.masters) > 1:
+        certificates.sync(run)
 if "monitoring" not in roles:
     monitoring.prometheus_retired()
 else:

@@ -176,10 +176,18 @@ def wait_ready(settings: LabSettings, listener_ca: Path, timeout: float = 30.0) 
             time.sleep(0.3)
 
 
+ALL_ROOTS = "roots.pem"
+
+
 def fetch_roots(settings: LabSettings, listener_ca: Path, directory: Path) -> None:
     """Pebble makes a new root at each start; save each to verify what it issues."""
     context = ssl.create_default_context(cafile=str(listener_ca))
+    roots = b""
     for server in ACME_SERVERS:
         url = f"https://{settings.gateway}:{server.management_port}/roots/0"
         with urllib.request.urlopen(url, context=context, timeout=10) as reply:
-            (directory / server.root_file).write_bytes(reply.read())
+            root = reply.read()
+        (directory / server.root_file).write_bytes(root)
+        roots += root
+    # Both CAs' roots: what the lab's masters check each other's certificates against.
+    (directory / ALL_ROOTS).write_bytes(roots)

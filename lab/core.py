@@ -291,6 +291,7 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
         "ssh_key": str(KEY),
         "acme_directory": settings.acme_directory(),
         "acme_root_bundle": str(ACME_DIR / STANDARD_CA.root_file),
+        "acme_roots": str(ACME_DIR / acme.ALL_ROOTS),
         "acme_ca_bundle": str(listener_ca),
         "acme_short_lived": {
             "directory": settings.acme_directory(SHORT_LIVED_CA),

@@ -24,12 +24,15 @@ from wssfleet_control.facts import Lines, PythonPlatform
 from wssfleet_control.hostside.layout import (
     ACME_CA_BUNDLE,
     ACME_INFO_HELPER,
+    ACME_ROOTS,
     CERT_NAME,
     CERTBOT,
     CERTBOT_HOME,
     CERTBOT_PORT,
     CERTIFICATE_METRICS_FILE,
     CERTIFICATE_METRICS_HELPER,
+    CERTIFICATE_SYNC_HELPER,
+    CERTIFICATE_SYNC_UNIT,
     DEPLOY_HOOK,
     LINEAGE,
     LIVE_CERTIFICATE,
@@ -119,6 +122,8 @@ def apply(run: DeployRun) -> None:
         random_delay=int(seconds_of(settings.renewal_random_delay)),
         challenge_address=challenge_address(fleet),
         challenge_port=CERTBOT_PORT,
+        # Several masters share the key: a renewal keeps it (certificate_sync.py checks it).
+        reuse_key=len(fleet.masters) > 1,
     )
     files.template(
         name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
@@ -158,6 +163,51 @@ def apply(run: DeployRun) -> None:
             name="Ensure the certificate's metrics are written",
             commands=[f"python3 {CERTIFICATE_METRICS_HELPER} refresh"],
         )
+
+
+@deploy("Certificate sync")
+def sync(run: DeployRun) -> None:
+    """With several masters, on each: a timer that serves a certificate another master
+    renewed, once it checks (hostside/certificate_sync.py). The first master renews with
+    --reuse-key, so the key every master got at the first deploy stays theirs.
+
+    + run: the deploy: the masters, domain and acme_root_bundle
+    """
+    fleet = run.fleet
+    settings = fleet.settings
+    helper_installed("certificate_sync.py")
+    if settings.acme_root_bundle:
+        files.put(
+            name="Ensure the ACME server's roots are here to check other masters' certificates",
+            src=settings.acme_root_bundle,
+            dest=ACME_ROOTS,
+            mode="644",
+        )
+    else:
+        files.file(name="Ensure no private ACME roots are trusted", path=ACME_ROOTS, present=False)
+    peers = [master.address for master in fleet.masters if master.name != host.name]
+    service = files.template(
+        name="Ensure the certificate sync's unit is current",
+        src=run.template("certificates", "certificate-sync.service.j2"),
+        dest=f"/etc/systemd/system/{CERTIFICATE_SYNC_UNIT}.service",
+        mode="644",
+        helper=CERTIFICATE_SYNC_HELPER,
+        domain=quote(settings.domain),
+        peers=peers,
+    )
+    timer = files.template(
+        name="Ensure the certificate sync's timer is current",
+        src=run.template("certificates", "certificate-sync.timer.j2"),
+        dest=f"/etc/systemd/system/{CERTIFICATE_SYNC_UNIT}.timer",
+        mode="644",
+    )
+    systemd.service(
+        name="Ensure the certificate sync runs every minute",
+        service=f"{CERTIFICATE_SYNC_UNIT}.timer",
+        running=True,
+        enabled=True,
+        daemon_reload=service.will_change or timer.will_change,
+    )
 
 
 def cron_schedule(settings: Settings) -> str:
@@ -231,6 +281,8 @@ def _certonly(fleet: Fleet) -> str:
         f"{CERTBOT} certonly --non-interactive --agree-tos --no-eff-email {account} "
         f"--cert-name {CERT_NAME} {domains} --server {quote(settings.acme_directory)} {profile}"
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
-        f"--standalone --http-01-address {challenge_address(fleet)} --http-01-port {CERTBOT_PORT} "
-        f"--deploy-hook {DEPLOY_HOOK}"
+        # Several masters share the key (the deploy copies it): renewals keep it.
+        + ("--reuse-key " if len(fleet.masters) > 1 else "")
+        + f"--standalone --http-01-address {challenge_address(fleet)} "
+        f"--http-01-port {CERTBOT_PORT} --deploy-hook {DEPLOY_HOOK}"
     )

@@ -193,6 +193,12 @@ class Settings(ClientPolicy):
         default="",
         description="PEM bundle (control machine) that certbot trusts for a private ACME server",
     )
+    acme_root_bundle: Annotated[str, AfterValidator(_bundle)] = Field(
+        default="",
+        description="PEM bundle (control machine) of the roots the ACME server's certificates "
+        "chain to, when not a public CA's: with several masters, each checks a certificate "
+        "another master serves against it before serving it too",
+    )
     acme_profile: Literal["", "classic", "tlsserver", "shortlived"] = Field(
         default="",
         description="ACME profile to ask for (Let's Encrypt: classic, tlsserver, shortlived = "

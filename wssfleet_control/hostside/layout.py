@@ -87,6 +87,11 @@ DEPLOY_HOOK = helper("haproxy-deploy-hook")
 # What cron and `wssfleet renew` run.
 RENEW_COMMAND = "/usr/local/sbin/wssfleet-renew"
 ACME_CA_BUNDLE = f"{CONFIG_DIRECTORY}/acme-ca.pem"
+# With several masters: the roots a certificate another master serves must chain to (the
+# acme_root_bundle setting; without it, the system's), and the timer that fetches one.
+ACME_ROOTS = f"{CONFIG_DIRECTORY}/acme-roots.pem"
+CERTIFICATE_SYNC_HELPER = f"{HELPERS}/certificate_sync.py"
+CERTIFICATE_SYNC_UNIT = "wssfleet-certificate-sync"
 RENEWAL_STATE = f"{STATE}/renewal.json"
 ACME_INFO_HELPER = helper("acme_info.py")
 CERTIFICATE_METRICS_HELPER = helper("certificate_metrics.py")

@@ -1,0 +1,144 @@
+"""Several masters, one certificate: the helper a timer runs on each master takes a newer
+certificate another master serves only when it is for the same key and chains to the
+trusted roots for the domain. Real TLS handshakes on loopback (Python's ssl serving what a
+master's HAProxy would), real openssl; HAProxy itself is left out (no admin socket: the file
+is written as for an HAProxy that is not running)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import wssfleet_control.hostside  # noqa: F401  (the helpers import each other as on a host)
+from tests.processes import free_port
+
+certificate_sync = importlib.import_module("certificate_sync")
+haproxy_runtime = importlib.import_module("haproxy_runtime")
+
+DOMAIN = "wss.example.test"
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def key_pem(key) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def issue(subject_key, issuer_key, issuer_name, days: int, ca: bool = False, name=DOMAIN):
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(subject_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(hours=1))
+        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture
+def pki(tmp_path, monkeypatch):
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue(ca_key, ca_key, None, 3650, ca=True, name="Test Root")
+    roots = tmp_path / "roots.pem"
+    roots.write_text(pem(ca))
+    key = ec.generate_private_key(ec.SECP256R1())
+    served = tmp_path / "served.pem"
+    older = issue(key, ca_key, ca.subject, 30)
+    served.write_text(pem(older) + key_pem(key))
+    monkeypatch.setattr(certificate_sync, "ACME_ROOTS", str(roots))
+    monkeypatch.setattr(certificate_sync, "HAPROXY_CERTIFICATE", str(served))
+    monkeypatch.setattr(haproxy_runtime, "HAPROXY_CERTIFICATE", str(served))
+    monkeypatch.setattr(haproxy_runtime, "ADMIN_SOCKET", str(tmp_path / "no-haproxy.sock"))
+    monkeypatch.setattr(haproxy_runtime, "TEXTFILE_DIRECTORY", str(tmp_path / "textfiles"))
+    return {"ca": ca, "ca_key": ca_key, "key": key, "served": served, "older": older}
+
+
+def serving(tmp_path: Path, certificate: x509.Certificate, key) -> str:
+    """A TLS server on loopback serving ``certificate``, as a peer master's HAProxy would;
+    returns its address:port."""
+    chain = tmp_path / f"peer-{certificate.serial_number}.pem"
+    chain.write_text(pem(certificate) + key_pem(key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain)
+    port = free_port()
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def answer() -> None:
+        for _ in range(4):
+            connection, _ = listener.accept()
+            try:
+                with context.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"127.0.0.1:{port}"
+
+
+def serves(pki) -> str:
+    return pki["served"].read_text()
+
+
+def test_a_newer_certificate_for_the_same_key_is_taken(pki, tmp_path):
+    newer = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 90)
+    (tmp_path / "textfiles").mkdir()
+    peer = serving(tmp_path, newer, pki["key"])
+    assert certificate_sync.sync(DOMAIN, [peer]) == 0
+    assert pem(newer) in serves(pki) and key_pem(pki["key"]) in serves(pki)
+    # Its end date is recorded for the alert that compares the masters.
+    recorded = (tmp_path / "textfiles" / "wssfleet_served_certificate.prom").read_text()
+    ends = int(newer.not_valid_after_utc.timestamp())
+    assert f"wssfleet_served_certificate_not_after_seconds {ends}" in recorded
+
+
+@pytest.mark.parametrize("case", ["another key", "not from the roots", "older", "other name"])
+def test_anything_else_a_peer_serves_is_left_alone(pki, tmp_path, case):
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    if case == "another key":
+        offered, key = issue(other_key, pki["ca_key"], pki["ca"].subject, 90), other_key
+    elif case == "not from the roots":
+        # Anyone can sign a certificate for a public key: it must chain to the roots.
+        offered, key = issue(pki["key"], other_key, None, 90), pki["key"]
+    elif case == "older":
+        offered, key = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 10), pki["key"]
+    else:
+        offered = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 90, name="evil.test")
+        key = pki["key"]
+    (tmp_path / "textfiles").mkdir()
+    before = serves(pki)
+    peer = serving(tmp_path, offered, key)
+    assert certificate_sync.sync(DOMAIN, [peer]) == 0
+    assert serves(pki) == before
+
+
+def test_a_peer_that_does_not_answer_changes_nothing(pki):
+    before = serves(pki)
+    assert certificate_sync.sync(DOMAIN, [f"127.0.0.1:{free_port()}"]) == 0
+    assert serves(pki) == before

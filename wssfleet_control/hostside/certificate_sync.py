@@ -1,0 +1,111 @@
+#!/usr/bin/python3
+"""A renewed certificate reaches every master: run by a timer on each master of several,
+it asks the other masters which certificate they serve (a TLS handshake on their private
+address), and installs one that is newer than its own when it is the same key's (certbot
+keeps the key across renewals: --reuse-key) and chains to a trusted root for the domain.
+The certificate is public; only the key, which every master already holds, is secret, so
+nothing secret crosses the network here.
+
+    certificate_sync.py DOMAIN PEER_ADDRESS...
+
+Installed by roles/certificates.py beside the host contract; standard library and the
+openssl command only (it runs on Debian's python3).
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import subprocess
+import sys
+import syslog
+import tempfile
+import time
+
+import haproxy_runtime  # beside this file on the host
+from layout import ACME_ROOTS, HAPROXY_CERTIFICATE
+
+PEM_BLOCK = re.compile(
+    r"-----BEGIN (CERTIFICATE|[A-Z ]*PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL
+)
+SYSTEM_ROOTS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def openssl(*arguments: str, text: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", *arguments], input=text, capture_output=True, text=True, timeout=20
+    )
+
+
+def blocks(pem: str) -> list[str]:
+    return [match.group(0) for match in PEM_BLOCK.finditer(pem)]
+
+
+def served_by(peer: str, domain: str) -> list[str]:
+    """The chain a peer's HAProxy (address, or address:port) serves for ``domain``, leaf
+    first (empty if none)."""
+    target = peer if ":" in peer else f"{peer}:443"
+    result = openssl("s_client", "-connect", target, "-servername", domain, "-showcerts")
+    return [block for block in blocks(result.stdout) if "CERTIFICATE" in block]
+
+
+def not_after(certificate: str) -> float:
+    dates = openssl("x509", "-noout", "-enddate", text=certificate).stdout.strip()
+    return calendar.timegm(time.strptime(dates.partition("=")[2], "%b %d %H:%M:%S %Y %Z"))
+
+
+def public_key(pem: str, private: bool = False) -> str:
+    if private:
+        return openssl("pkey", "-pubout", text=pem).stdout
+    return openssl("x509", "-noout", "-pubkey", text=pem).stdout
+
+
+def trusted(chain: list[str], domain: str) -> bool:
+    """The leaf chains, through the intermediates served with it, to a root this host
+    trusts (ACME_ROOTS when the deployment names its CA's roots, else the system's), and
+    is for ``domain``."""
+    roots = ACME_ROOTS if os.path.exists(ACME_ROOTS) else SYSTEM_ROOTS
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as intermediates:
+        intermediates.write("".join(block + "\n" for block in chain[1:]))
+        intermediates.flush()
+        # openssl refuses an -untrusted file without a certificate in it.
+        untrusted = ["-untrusted", intermediates.name] if chain[1:] else []
+        result = openssl(
+            "verify", "-CAfile", roots, *untrusted, "-verify_hostname", domain, text=chain[0]
+        )
+    return result.returncode == 0
+
+
+def sync(domain: str, peers: list[str]) -> int:
+    """Install the newest trusted certificate a peer serves for this master's key; 0 when
+    this master serves the newest one now."""
+    with open(HAPROXY_CERTIFICATE) as handle:
+        own = handle.read()
+    own_blocks = blocks(own)
+    key = next((block for block in own_blocks if "PRIVATE KEY" in block), None)
+    own_chain = [block for block in own_blocks if "CERTIFICATE" in block]
+    if key is None or not own_chain:
+        print(f"{HAPROXY_CERTIFICATE} holds no certificate and key", file=sys.stderr)
+        return 1
+    ours = public_key(key, private=True)
+    newest, newest_end, source = own_chain, not_after(own_chain[0]), ""
+    for peer in peers:
+        chain = served_by(peer, domain)
+        if not chain or public_key(chain[0]) != ours:
+            continue  # down, or another key (it gets this one at the next deploy)
+        ends = not_after(chain[0])
+        if ends > newest_end and trusted(chain, domain):
+            newest, newest_end, source = chain, ends, peer
+    if not source:
+        return 0
+    pem = "".join(block + "\n" for block in newest) + key + "\n"
+    syslog.syslog(f"wssfleet: a newer certificate from master {source}, until {newest_end:.0f}")
+    return haproxy_runtime.install_pem(pem, f"master {source}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(sync(sys.argv[1], sys.argv[2:]))
