@@ -231,6 +231,7 @@ def install_pem(pem: str, source: str) -> int:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, HAPROXY_CERTIFICATE)
+    _record_served(pem)
     if not os.path.exists(ADMIN_SOCKET):
         syslog.syslog("wssfleet: HAProxy is not running; it loads the new certificate at start")
         return 0
@@ -247,7 +248,6 @@ def install_pem(pem: str, source: str) -> int:
         print(message, file=sys.stderr)
         return 1
     syslog.syslog(f"wssfleet: HAProxy now serves the certificate from {source}")
-    _record_served(pem)
     return 0
 
 
