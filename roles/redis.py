@@ -62,8 +62,10 @@ WORKER_COMMANDS = (
     "zrem",
     "zremrangebyscore",
     "publish",
-    # Which replicas the primary has (a publish with an id waits for one), and its role.
+    # Whether a server is the primary, and which replicas it has in step (a publish with an
+    # id waits for one): that section only, not the server's other facts.
     "role",
+    "info|replication",
     "wait",
 )
 

@@ -25,7 +25,7 @@ class Served:
 
     master: str
     fingerprint: str
-    not_after: datetime
+    not_before: datetime
     self_signed: bool
 
 
@@ -38,7 +38,7 @@ def served(session: Session, master: str) -> Served | None:
     return Served(
         master=master,
         fingerprint=fields.get("sha256 Fingerprint", fields.get("SHA256 Fingerprint", "")),
-        not_after=datetime.strptime(fields["notAfter"], "%b %d %H:%M:%S %Y %Z"),
+        not_before=datetime.strptime(fields["notBefore"], "%b %d %H:%M:%S %Y %Z"),
         self_signed=fields.get("subject", "").strip() == fields.get("issuer", "").strip(),
     )
 
@@ -53,7 +53,8 @@ def share(session: Session) -> dict[str, str]:
     issued = [entry for entry in seen.values() if entry and not entry.self_signed]
     if not issued:
         return dict.fromkeys(masters, "no master serves a CA-issued certificate yet")
-    newest = max(issued, key=lambda entry: (entry.not_after, entry.master == masters[0]))
+    # The one issued last, even when it ends sooner (a move to a shorter-lived profile).
+    newest = max(issued, key=lambda entry: (entry.not_before, entry.master == masters[0]))
     pem = session.on(newest.master, commands.served_pem(), timeout=30)
     outcome: dict[str, str] = {}
     for name, entry in seen.items():

@@ -178,7 +178,8 @@ def drain(inventory_path: str, worker_name: str) -> None:
             left = rollout.drain_worker(session, _worker(session, worker_name))
         except rollout.RolloutError as error:
             raise Failure(str(error)) from None
-    click.echo(f"{worker_name} is drained; sessions left per instance: {left}")
+    per_master = "; ".join(f"on {master}: {sessions}" for master, sessions in left.items())
+    click.echo(f"{worker_name} is drained; sessions left per instance {per_master}")
 
 
 @main.command()

@@ -62,9 +62,14 @@ def wait_server_up(worker: str, port: int, seconds: int) -> str:
     return _line("python3", layout.RUNTIME_HELPER, "wait-up", server, seconds)
 
 
-def drain_servers(seconds: int, worker: str, address: str, ports: Iterable[int]) -> str:
+def drain_servers(
+    seconds: int, worker: str, address: str, ports: Iterable[int], shedding: bool = True
+) -> str:
+    """Drain a worker's servers on one master and wait until it has no session with them;
+    without ``shedding`` only wait (another master asked the instances to move clients)."""
     servers = [f"{layout.server_name(worker, port)}={address}:{port}" for port in ports]
-    return _line("python3", layout.RUNTIME_HELPER, "drain-servers", seconds, *servers)
+    verb = "drain-servers" if shedding else "wait-drained"
+    return _line("python3", layout.RUNTIME_HELPER, verb, seconds, *servers)
 
 
 def backend_servers() -> str:
@@ -106,14 +111,14 @@ def signal_instance(port: int, signal: str) -> str:
 
 
 def certificate_identity() -> str:
-    """The served certificate's SHA-256 fingerprint, end date, subject and issuer."""
+    """The served certificate's SHA-256 fingerprint, dates, subject and issuer."""
     return _line(
         "openssl",
         "x509",
         "-noout",
         "-fingerprint",
         "-sha256",
-        "-enddate",
+        "-dates",
         "-subject",
         "-issuer",
         "-in",

@@ -148,23 +148,30 @@ def roll(session: Session, release: str, on_step=None) -> list[Step]:
     return steps
 
 
-def drain_worker(session: Session, worker: Node) -> dict:
+def drain_worker(session: Session, worker: Node) -> dict[str, dict]:
     """Take a worker out of rotation for maintenance: HAProxy sends it no new client and its
     instances move their clients to the others with 1012, over ``drain_seconds``."""
     seconds = session.fleet.settings.drain_seconds
     ports = instance_ports(session.fleet, session.host(worker.name))
-    # The other masters send it no new client either; the first one moves its clients.
+    # The other masters send it no new client either; the first one asks its instances to
+    # move their clients; then each master waits until none of its sessions is left there
+    # (the clients may all have come through the one holding the front door).
     for master in session.fleet.masters[1:]:
         for port in ports:
             session.on(master.name, commands.set_server_state(worker.name, port, "drain"))
-    result = session.on(
-        session.fleet.master.name,
-        commands.drain_servers(seconds, worker.name, worker.address, ports),
-        timeout=seconds + DRAIN_GRACE + 30,
-    )
-    if not result.ok:
-        raise RolloutError(f"draining {worker.name} failed: {result.stderr.strip()}")
-    return _last_json(result)
+    left = {}
+    for index, master in enumerate(session.fleet.masters):
+        result = session.on(
+            master.name,
+            commands.drain_servers(seconds, worker.name, worker.address, ports, index == 0),
+            timeout=seconds + DRAIN_GRACE + 30,
+        )
+        if not result.ok:
+            raise RolloutError(
+                f"draining {worker.name} on {master.name} failed: {result.stderr.strip()}"
+            )
+        left[master.name] = _last_json(result)
+    return left
 
 
 def ready_worker(session: Session, worker: Node) -> None:

@@ -47,6 +47,26 @@ HEALTH_CHECK_INTERVAL = 5.0
 # How often a process asks the primary which replicas it has (a publish with an id waits for
 # one of them while there are any) and, through Sentinels, whether it is still the primary.
 PRIMARY_CHECK_INTERVAL = 1.0
+# A replica counts while it acknowledged the stream this recently (replicas do every second).
+# The primary itself drops a silent replica only after repl-timeout (60 s): until then every
+# publish would wait for one that is gone (cut off), and be refused.
+REPLICA_MAX_LAG = 2
+
+
+def replicas_in_step(info: bytes) -> tuple[bool, int]:
+    """From INFO replication: whether the server is a primary, and how many replicas are
+    online and acknowledged within REPLICA_MAX_LAG seconds."""
+    fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+    in_step = 0
+    for name, value in fields.items():
+        if name.startswith("slave") and name[5:].isdigit():
+            replica = dict(pair.split("=", 1) for pair in value.split(",") if "=" in pair)
+            if (
+                replica.get("state") == "online"
+                and int(replica.get("lag", "99")) <= REPLICA_MAX_LAG
+            ):
+                in_step += 1
+    return fields.get("role") == "master", in_step
 
 
 class RedisBus(Bus):
@@ -322,7 +342,7 @@ class RedisBus(Bus):
         while True:
             await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
             try:
-                role = await self._publishing.call("ROLE")
+                info = await self._publishing.call("INFO", "replication")
                 primary = await self._address.primary(COMMAND_TIMEOUT)
             except (LinkLost, ReplyError) as error:
                 self.replicas = 0
@@ -336,8 +356,9 @@ class RedisBus(Bus):
                 unanswered = True
                 continue
             unanswered = False
-            if role[0] == b"master" and primary == self._address.current:
-                self.replicas = len(role[2])
+            is_primary, replicas = replicas_in_step(info)
+            if is_primary and primary == self._address.current:
+                self.replicas = replicas
                 continue
             self.replicas = 0
             log.warning("redis: the primary is now %s:%s; reconnecting", *primary)

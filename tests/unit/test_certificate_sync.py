@@ -40,7 +40,9 @@ def key_pem(key) -> str:
     ).decode()
 
 
-def issue(subject_key, issuer_key, issuer_name, days: int, ca: bool = False, name=DOMAIN):
+def issue(
+    subject_key, issuer_key, issuer_name, days: int, ca: bool = False, name=DOMAIN, hours_ago=1
+):
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     builder = (
         x509.CertificateBuilder()
@@ -48,7 +50,7 @@ def issue(subject_key, issuer_key, issuer_name, days: int, ca: bool = False, nam
         .issuer_name(issuer_name or subject)
         .public_key(subject_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(hours=1))
+        .not_valid_before(NOW - datetime.timedelta(hours=hours_ago))
         .not_valid_after(NOW + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
@@ -107,7 +109,8 @@ def serves(pki) -> str:
 
 
 def test_a_newer_certificate_for_the_same_key_is_taken(pki, tmp_path):
-    newer = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 90)
+    # Issued later though it ends sooner than the one served (a shorter-lived profile).
+    newer = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 6, hours_ago=0.5)
     (tmp_path / "textfiles").mkdir()
     peer = serving(tmp_path, newer, pki["key"])
     assert certificate_sync.sync(DOMAIN, [peer]) == 0
@@ -127,7 +130,9 @@ def test_anything_else_a_peer_serves_is_left_alone(pki, tmp_path, case):
         # Anyone can sign a certificate for a public key: it must chain to the roots.
         offered, key = issue(pki["key"], other_key, None, 90), pki["key"]
     elif case == "older":
-        offered, key = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 10), pki["key"]
+        # Issued before the one served, though it ends later.
+        offered = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 90, hours_ago=2)
+        key = pki["key"]
     else:
         offered = issue(pki["key"], pki["ca_key"], pki["ca"].subject, 90, name="evil.test")
         key = pki["key"]

@@ -169,6 +169,44 @@ def test_a_message_no_replica_confirmed_is_neither_acknowledged_nor_delivered(
     assert delivered["offset"] == acknowledged["offset"]
 
 
+def test_a_replica_lost_for_good_stops_holding_publishes_within_seconds(replicated, start_service):
+    # The primary keeps a silent replica on its list for repl-timeout (60 s): a publish
+    # waiting for it all that time would be a publisher locked out for a minute.
+    primary, replica, sentinels = replicated
+    service = on_sentinels(start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200")
+    listening = on_sentinels(start_service, primary, sentinels)
+
+    async def scenario():
+        ws = await open_client(service, subject="p")
+        subscriber = await open_client(listening, "/ws/room", subject="s")
+        await asyncio.sleep(1.5)
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            answers = []
+            while time.monotonic() - frozen_at < 15:
+                await request(ws, type="publish", channel="room", data="alone", id="m1")
+                answers.append(await receive(ws))
+                if answers[-1]["type"] == "published":
+                    break
+                await asyncio.sleep(0.3)
+            took = time.monotonic() - frozen_at
+            delivered = await receive(subscriber)
+            with pytest.raises(TimeoutError):
+                await receive(subscriber, timeout=1)
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        return answers, took, delivered
+
+    answers, took, delivered = run(scenario())
+    assert answers[-1]["type"] == "published", answers[-3:]
+    # Refused aloud while it still counted the replica, then acknowledged (not held).
+    assert all(answer["reason"].startswith("not confirmed") for answer in answers[:-1]), answers
+    print(f"\nreplica frozen: acknowledged again after {took:.1f} s, {len(answers) - 1} refusals")
+    assert took < 15, f"a publish waited {took:.1f} s for a replica that is gone"
+    assert delivered["data"] == "alone" and delivered["offset"] == answers[-1]["offset"]
+
+
 def test_the_primary_lost_for_good_costs_no_acknowledged_message(replicated, start_service):
     primary, replica, sentinels = replicated
     publishing = on_sentinels(start_service, primary, sentinels)

@@ -50,8 +50,10 @@ def served_by(peer: str, domain: str) -> list[str]:
     return [block for block in blocks(result.stdout) if "CERTIFICATE" in block]
 
 
-def not_after(certificate: str) -> float:
-    dates = openssl("x509", "-noout", "-enddate", text=certificate).stdout.strip()
+def issued_at(certificate: str) -> float:
+    """When the certificate was issued (notBefore): the newer certificate is the one issued
+    later, even when it ends sooner (a move to a shorter-lived profile)."""
+    dates = openssl("x509", "-noout", "-startdate", text=certificate).stdout.strip()
     return calendar.timegm(time.strptime(dates.partition("=")[2], "%b %d %H:%M:%S %Y %Z"))
 
 
@@ -89,18 +91,18 @@ def sync(domain: str, peers: list[str]) -> int:
         print(f"{HAPROXY_CERTIFICATE} holds no certificate and key", file=sys.stderr)
         return 1
     ours = public_key(key, private=True)
-    newest, newest_end, source = own_chain, not_after(own_chain[0]), ""
+    newest, newest_start, source = own_chain, issued_at(own_chain[0]), ""
     for peer in peers:
         chain = served_by(peer, domain)
         if not chain or public_key(chain[0]) != ours:
             continue  # down, or another key (it gets this one at the next deploy)
-        ends = not_after(chain[0])
-        if ends > newest_end and trusted(chain, domain):
-            newest, newest_end, source = chain, ends, peer
+        starts = issued_at(chain[0])
+        if starts > newest_start and trusted(chain, domain):
+            newest, newest_start, source = chain, starts, peer
     if not source:
         return 0
     pem = "".join(block + "\n" for block in newest) + key + "\n"
-    syslog.syslog(f"wssfleet: a newer certificate from master {source}, until {newest_end:.0f}")
+    syslog.syslog(f"wssfleet: a newer certificate from master {source}, from {newest_start:.0f}")
     return haproxy_runtime.install_pem(pem, f"master {source}")
 
 

@@ -394,11 +394,14 @@ def shed(address: str, count: int, seconds: float) -> str:
         return reply.read().decode()
 
 
-def drain_servers(removed: dict[str, str], drain_seconds: float) -> None:
+def drain_servers(removed: dict[str, str], drain_seconds: float, shedding: bool = True) -> None:
     """No new client for these servers; their instances close their clients with 1012 over
-    the drain window, so they reconnect to the others; wait until they have none."""
+    the drain window, so they reconnect to the others; wait until they have none here.
+    Without ``shedding`` another master has asked the instances already: only wait."""
     for name, address in removed.items():
         ask(f"set server {BACKEND}/{name} state drain")
+        if not shedding:
+            continue
         try:
             shed(address, 1_000_000, drain_seconds)
         except OSError as error:
@@ -450,8 +453,9 @@ def main(argv: list[str]) -> int:
             return wait_up(server, float(seconds))
         case ["apply", candidate, live, drain_seconds, spread_seconds]:
             return apply(candidate, live, float(drain_seconds), float(spread_seconds))
-        case ["drain-servers", seconds, *pairs]:
-            drain_servers(dict(pair.split("=", 1) for pair in pairs), float(seconds))
+        case ["drain-servers" | "wait-drained" as verb, seconds, *pairs]:
+            shedding = verb == "drain-servers"
+            drain_servers(dict(pair.split("=", 1) for pair in pairs), float(seconds), shedding)
             left = {row["server"]: row["sessions"] for row in servers()}
             print(json.dumps({pair.split("=")[0]: left.get(pair.split("=")[0]) for pair in pairs}))
             return 0
