@@ -38,6 +38,8 @@ if "redis" in roles:
     monitoring.redis_exporter(run)
 if "sentinel" in roles:
     redis.sentinel(run)
+else:
+    redis.sentinel_retired()
 if "workers" in roles:
     workers.apply(run, node, service_ports)
 if "master" in roles:

@@ -6,6 +6,7 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import internal_tls as internal_tls_role
@@ -295,6 +296,18 @@ def sentinel(run: DeployRun) -> None:
         enabled=True,
         restarted=restarted,
     )
+
+
+def sentinel_retired() -> None:
+    """On a host that no longer runs a Sentinel (the fleet is back to one redis host, or
+    others took its place): stopped, so that it cannot promote a server nobody follows."""
+    if "redis-sentinel.service" in host.get_fact(SystemdStatus):
+        systemd.service(
+            name="Ensure no Sentinel runs here (the fleet's Sentinels are elsewhere, or none)",
+            service="redis-sentinel.service",
+            running=False,
+            enabled=False,
+        )
 
 
 def _sentinel_recipe(run: DeployRun) -> str:

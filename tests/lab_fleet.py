@@ -77,10 +77,11 @@ class Lab:
         self, token: str, path: str = "/ws", **options
     ) -> ClientConnection:
         options.setdefault("origin", f"https://{self.domain}")
+        # The front door, unless the test names one master's own address.
+        options.setdefault("host", self.master_address)
         return await connect(
             f"wss://{self.domain}{path}{'&' if '?' in path else '?'}token={token}",
             ssl=self._client_tls,
-            host=self.master_address,
             port=443,
             server_hostname=self.domain,
             proxy=None,
@@ -192,13 +193,15 @@ def restarted(report: dict) -> list[tuple[str, int]]:
 def derived_inventory(
     directory: Path,
     workers: int | None = None,
+    masters: int | None = None,
     own_secrets: bool = False,
     monitoring: str | None = None,
     ssh_user: str | None = None,
     **settings,
 ) -> Path:
     """The lab inventory with some settings changed (same hosts; the lab's secrets unless
-    ``own_secrets``), optionally keeping only the first ``workers`` workers, with a
+    ``own_secrets``), optionally keeping only the first ``workers`` workers (the first
+    ``masters`` masters, and the redis hosts among them), with a
     ``monitoring`` group of that one host, or reached as another ``ssh_user`` (with sudo)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lab_changed.py"
@@ -206,7 +209,8 @@ def derived_inventory(
         "import runpy\n"
         f"_lab = runpy.run_path({str(LAB_INVENTORY)!r})\n"
         f"workers = _lab['workers'][:{workers}]\n"
-        "master, redis = _lab['master'], _lab['redis']\n"
+        f"master = _lab['master'][:{masters}]\n"
+        "redis = [name for name in _lab['redis'] if name in dict(master)]\n"
         + (
             f"master, workers = ([(n, {{**d, 'ssh_user': {ssh_user!r}, '_sudo': True}})\n"
             "                    for n, d in hosts]\n"

@@ -20,16 +20,20 @@ PER_CHANNEL = 100
 INTERVAL = 0.2
 
 
-def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> dict:
+def through(
+    lab, source: str, fault: Callable[[], object], after: float = 5, host: str | None = None
+) -> dict:
     """Run the crowd through ``fault`` (called in a thread while messages flow), keep
-    publishing ``after`` more seconds, then check every subscriber's messages."""
+    publishing ``after`` more seconds, then check every subscriber's messages. The clients
+    reach the front door, or ``host`` (one master's own address) when given."""
 
     # Fresh channels each run: an earlier run's history and publish ids would answer for them.
     run_id = uuid.uuid4().hex[:8]
     channels = [f"plane-{run_id}-{n}" for n in range(CHANNELS)]
 
     def connect(path: str, subject: str):
-        return lab.connect(path, subject=subject, local_addr=(source, 0), open_timeout=15)
+        reach = {"host": host} if host else {}
+        return lab.connect(path, subject=subject, local_addr=(source, 0), open_timeout=15, **reach)
 
     async def scenario():
         subscribers = Subscribers(lambda path: connect(path, "subscriber"), channels, PER_CHANNEL)
@@ -37,7 +41,7 @@ def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> 
         await subscribers.until_subscribed(90)
         assert await subscribers.until_even(60), "the crowd never spread evenly"
         await asyncio.sleep(3)
-        settled = subscribers.reconnections()
+        settled, settled_at = subscribers.reconnections(), time.monotonic()
         publishers = [
             Publisher(lambda: connect("/ws", "publisher"), channel, INTERVAL)
             for channel in channels
@@ -54,9 +58,11 @@ def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> 
         last = {publisher.channel: publisher.last for publisher in publishers}
         await subscribers.until_caught_up(last, 60)
         await subscribers.finish()
-        return subscribers, publishers, outcome, fault_seconds, settled
+        return subscribers, publishers, outcome, fault_seconds, settled, settled_at
 
-    subscribers, publishers, outcome, fault_seconds, settled = run(scenario(), timeout=400)
+    subscribers, publishers, outcome, fault_seconds, settled, settled_at = run(
+        scenario(), timeout=400
+    )
     unanswered = [
         seen
         for inbox, seen in zip(subscribers.inboxes, subscribers.seen, strict=True)
@@ -88,6 +94,11 @@ def through(lab, source: str, fault: Callable[[], object], after: float = 5) -> 
         "reconnections": subscribers.reconnections() - settled,
         "publish retries": sum(publisher.retries for publisher in publishers),
         "refused publishes": sum(len(publisher.refused) for publisher in publishers),
+        # Connection attempts that did not end in a welcome, once the crowd was settled.
+        "failed handshakes": sum(
+            len([refusal for refusal in seen.refusals if refusal[0] >= settled_at])
+            for seen in [*subscribers.seen, *(publisher.seen for publisher in publishers)]
+        ),
         "fault seconds": round(fault_seconds, 1),
         "outcome": outcome,
     }

@@ -7,12 +7,15 @@ the lab inventory describes it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import socket
 import ssl
+import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.e2e.conftest import run
 from tests.frames import next_frame
@@ -104,20 +107,70 @@ async def still_echoes(ws) -> bool:
     return (await next_frame(ws, 10))["data"] == "still here"
 
 
+async def handshakes(lab, address: str, stop: asyncio.Event) -> tuple[int, list[str]]:
+    """New WebSockets through one master's own address, one after another, until ``stop``:
+    how many got their welcome, and how each failed one failed."""
+    welcomed, failures = 0, []
+    while not stop.is_set():
+        try:
+            ws = await lab.connect(host=address, open_timeout=10)
+            await next_frame(ws, 10)
+            await ws.close()
+            welcomed += 1
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as error:
+            failures.append(f"{type(error).__name__}: {error}")
+        await asyncio.sleep(0.05)
+    return welcomed, failures
+
+
+def reload_spans(lab, master: str, since: float) -> list[tuple[float, float]]:
+    """When HAProxy on ``master`` began and finished each reload since ``since`` (epoch
+    seconds), from its journal."""
+    journal = lab.on(
+        master, f"journalctl -u haproxy --no-pager -o short-unix --since @{since:.0f}"
+    ).stdout
+    spans, began = [], None
+    for line in journal.splitlines():
+        if ": Reloading HAProxy" in line:
+            began = float(line.split()[0])
+        elif "Loading success." in line and began is not None:
+            spans.append((began, float(line.split()[0])))
+            began = None
+    return spans
+
+
 def test_one_setting_changes_and_reloads_only_haproxy(lab, tmp_path):
     _, pid_before = haproxy_state(lab)
+    started = time.time()
 
     async def scenario():
         ws = await open_echoing_socket(lab)
+        stop = asyncio.Event()
+        knocking = [
+            asyncio.create_task(handshakes(lab, master.address, stop))
+            for master in lab.fleet.masters
+        ]
         result = await asyncio.to_thread(
             deploy, derived_inventory(tmp_path, haproxy_timeout_tunnel="2h")
         )
+        stop.set()
+        tried = await asyncio.gather(*knocking)
         alive = await still_echoes(ws)
         await ws.close()
-        return result, alive
+        return result, alive, tried
 
-    (code, report, log), alive = run(scenario(), timeout=600)
+    (code, report, log), alive, tried = run(scenario(), timeout=600)
     assert code == 0, log[-3000:]
+    # A client arriving at any master while the masters take the new config gets in.
+    for master, (welcomed, failures) in zip(lab.fleet.masters, tried, strict=True):
+        print(f"\n{master.name}: {welcomed} handshakes during the deploy, {len(failures)} failed")
+        assert welcomed > 0 and failures == [], (master.name, failures[:5])
+    # One master at a time: each reload began after the one before it had finished.
+    spans = sorted(
+        span for master in lab.fleet.masters for span in reload_spans(lab, master.name, started)
+    )
+    assert len(spans) == len(lab.fleet.masters), spans
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans)), spans
     assert restarted(report) == []
     assert set(changed(report)) == {
         (operation, master.name)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
-from tests.lab_fleet import deploy, wssfleet
+from tests.lab_fleet import deploy, derived_inventory, wssfleet
 from wssfleet_control import commands
 from wssfleet_control.hostside.layout import HAPROXY_CERTIFICATE
 
@@ -199,3 +199,40 @@ def test_a_renewal_with_a_master_down_succeeds_and_reaches_it_when_it_returns(hi
     assert report["certificates"][other] == f"copied from {first}"
     assert serving(lab, other) == serving(lab, first)
     wait_for(lambda: settled(lab), 90, "Redis in sync again")
+
+
+# What a master runs that clients or Redis depend on: stopped on a host not in the fleet yet.
+MASTER_UNITS = "keepalived haproxy wssfleet-rebalancer redis-sentinel redis-server"
+
+
+def test_a_second_master_joins_a_live_fleet_with_no_failed_handshake_or_lost_message(
+    highly_available, tmp_path, source_address
+):
+    lab = highly_available
+    first, second = (master.name for master in lab.fleet.masters[:2])
+    # The fleet before: one master with the only Redis, in DNS mode (clients reach the first
+    # master's own address, which keeps answering after the second one joins).
+    move_primary_away_from(lab, second)
+    assert lab.on(second, f"systemctl stop {MASTER_UNITS}").returncode == 0
+    one_master = derived_inventory(tmp_path, masters=1, front_door_address="")
+    code, _, log = deploy(one_master)
+    assert code == 0, log[-3000:]
+    sentinels_left = [
+        node.name
+        for node in lab.fleet.sentinels
+        if node.name != second
+        and lab.on(node.name, "systemctl is-active redis-sentinel").stdout.strip() == "active"
+    ]
+    assert sentinels_left == [], "a Sentinel outlived the deploy that left one redis host"
+
+    def add_the_second_master() -> dict:
+        code, _, log = deploy()
+        return {"deploy": code, "log": "" if code == 0 else log[-3000:]}
+
+    address = lab.fleet.node(first).address
+    summary = through(lab, source_address(42), add_the_second_master, host=address)
+    assert summary["outcome"]["deploy"] == 0, summary["outcome"]["log"]
+    assert summary["failed handshakes"] == 0, summary
+    wait_for(lambda: len(lab.front_door_holder()) == 1, 30, "one master holds the front door")
+    wait_for(lambda: settled(lab), 90, f"{second}'s Redis a replica in sync")
+    assert replication_role(lab, second) == "slave"
