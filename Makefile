@@ -3,16 +3,19 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-INVENTORY ?= inventory/lab.py
+# Empty: the CLI's default ($WSSFLEET_INVENTORY, else wssfleet.toml's inventory, else the lab).
+INVENTORY ?=
+INVENTORY_OPTION = $(if $(INVENTORY),-i $(INVENTORY))
 VENV := .venv
 PY := $(VENV)/bin/python
 WSSFLEET := $(VENV)/bin/wssfleet
 PYTEST := $(VENV)/bin/pytest -p no:cacheprovider
 ARTIFACTS := artifacts
 
-# Debian packages the control machine needs: the lab (nspawn, debootstrap, nftables),
-# the unit tests (a real redis-server, haproxy to validate rendered configs)
-# and the browser test (Chromium, its driver, NSS tools to trust the lab's ACME root).
+# Debian packages the lab and the tests need (deploying to your own servers needs none of
+# them: `make control`): the lab (nspawn, debootstrap, nftables), the unit tests (a real
+# redis-server, haproxy to validate rendered configs) and the browser test (Chromium, its
+# driver, NSS tools to trust the lab's ACME root).
 HOST_PACKAGES := systemd-container debootstrap nftables iproute2 redis-server haproxy \
 	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv
 HOST_STAMP := build/.host-packages
@@ -30,13 +33,15 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 	-o Dir::Cache=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/cache -o Dir::State::Status=/dev/null
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help tools deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
+.PHONY: help tools control deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-loopback token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) ## install Debian packages and the virtualenv
+tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) ## what the lab and the tests need (Debian packages: root)
+
+control: $(VENV_STAMP) ## only what deploying to your own servers needs: the virtualenv, no root
 
 $(PEBBLE): | $(HOST_STAMP)
 	@echo "==> unpacking Pebble from Debian $(PEBBLE_SUITE)'s package"
@@ -75,42 +80,48 @@ $(HOST_STAMP): Makefile
 	@mkdir -p build && touch $@
 
 $(VENV_STAMP): pyproject.toml service/pyproject.toml
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "python3 needs venv: sudo apt-get install python3-venv" >&2; exit 1; }; \
+		echo "==> installing python3-venv"; apt-get update -q >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }
 	@echo "==> preparing the virtualenv $(VENV)"
 	@python3 -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e ./service -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium, wssfleet, wssfleet_control' && touch $@
 
-# Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py); with the lab's
-# inventory (the default) deploy, verify, status and renew bring the lab up first.
-deploy: tools ## deploy the fleet (the lab first when INVENTORY is the lab, the default)
-	@$(WSSFLEET) deploy -i $(INVENTORY)
+# Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py). Only deploy builds
+# the lab (and installs the lab's tools), and only when the inventory is the lab's.
+deploy: control ## deploy the fleet (tools and the lab first when the inventory is the lab's, the default)
+	@if $(WSSFLEET) inventory --is-lab $(INVENTORY_OPTION); then \
+		$(MAKE) --no-print-directory tools; fi
+	@$(WSSFLEET) deploy $(INVENTORY_OPTION)
 
-plan: tools ## dry run: what a deploy would change, on which host; changes nothing (DIFF=1: how)
-	@$(WSSFLEET) plan -i $(INVENTORY) $(if $(DIFF),--diff)
+plan: control ## dry run: what a deploy would change, on which host; changes nothing (DIFF=1: how)
+	@$(WSSFLEET) plan $(INVENTORY_OPTION) $(if $(DIFF),--diff)
 
-rollback: tools ## every instance back onto the release it ran before, drained one at a time
-	@$(WSSFLEET) rollback -i $(INVENTORY)
+rollback: control ## every instance back onto the release it ran before, drained one at a time
+	@$(WSSFLEET) rollback $(INVENTORY_OPTION)
 
-drain: tools ## take WORKER=name out of rotation, its clients moved gently to the others
-	@$(WSSFLEET) drain -i $(INVENTORY) $(WORKER)
+drain: control ## take WORKER=name out of rotation, its clients moved gently to the others
+	@$(WSSFLEET) drain $(INVENTORY_OPTION) $(WORKER)
 
-ready: tools ## put WORKER=name back in rotation after a drain
-	@$(WSSFLEET) ready -i $(INVENTORY) $(WORKER)
+ready: control ## put WORKER=name back in rotation after a drain
+	@$(WSSFLEET) ready $(INVENTORY_OPTION) $(WORKER)
 
-verify: tools ## the testinfra suite against INVENTORY's hosts
-	@$(WSSFLEET) verify -i $(INVENTORY)
+verify: control ## the testinfra suite against the inventory's hosts
+	@$(WSSFLEET) verify $(INVENTORY_OPTION)
 
-status: tools ## hosts, services, certificate expiry, open connections
-	@$(WSSFLEET) status -i $(INVENTORY)
+status: control ## hosts, services, certificates, connections; exit 1 when something needs attention
+	@$(WSSFLEET) status $(INVENTORY_OPTION) $(if $(JSON),--json)
 
-renew: tools ## force a certificate renewal through the cron job's own script
-	@$(WSSFLEET) renew -i $(INVENTORY)
+renew: control ## force a certificate renewal through the cron job's own script
+	@$(WSSFLEET) renew $(INVENTORY_OPTION)
 
-rotate-secret: tools ## new token signing key, deployed; old tokens work for token_max_ttl (REVOKE=1: not at all)
-	$(WSSFLEET) rotate-secret -i $(INVENTORY) $(if $(REVOKE),--revoke)
+rotate-secret: control ## new token signing key, deployed; old tokens work for token_max_ttl (REVOKE=1: not at all)
+	$(WSSFLEET) rotate-secret $(INVENTORY_OPTION) $(if $(REVOKE),--revoke)
 
-token: tools ## print a client token: make token SUB=alice [CHANNELS='lobby user.alice.*'] [TTL=3600]
-	@$(WSSFLEET) token -i $(INVENTORY) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600) \
+token: control ## print a client token: make token SUB=alice [CHANNELS='lobby user.alice.*'] [TTL=3600]
+	@$(WSSFLEET) token $(INVENTORY_OPTION) --sub $(or $(SUB),operator) --ttl $(or $(TTL),3600) \
 		$(foreach pattern,$(or $(CHANNELS),lobby),--subscribe '$(pattern)' --publish '$(pattern)')
 
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
@@ -133,8 +144,9 @@ bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> a
 
 # One pytest summary per suite; the lab is torn down at the end, whatever happened. Each
 # stage's time is printed at the end: CI's budget is the suite's largest risk.
+# The suite is about the lab, whatever deployment this checkout names (wssfleet.toml).
 test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra
-	@status=0; times=""; \
+	@export WSSFLEET_INVENTORY=inventory/lab.py; status=0; times=""; \
 	stage() { started=$$(date +%s); $(MAKE) --no-print-directory $$1 || status=1; \
 		times="$$times$$(printf '  %-14s %5d s' $$1 $$(( $$(date +%s) - started )))\n"; }; \
 	stage test-unit; \

@@ -7,6 +7,9 @@ DEPLOY_FILE = REPO / "deploy.py"
 TEMPLATES = REPO / "templates"
 INVENTORIES = REPO / "inventory"
 LAB_INVENTORY = INVENTORIES / "lab.py"
+# Names the operator's deployment once for this checkout (`inventory = "inventory/prod.py"`),
+# as Kamal's config/deploy.yml does.
+PROJECT_FILE = REPO / "wssfleet.toml"
 SERVICE = REPO / "service"
 # The host-side helpers (stdlib-only scripts) the roles install into layout.HELPERS.
 HOSTSIDE = REPO / "wssfleet_control" / "hostside"

@@ -1,7 +1,14 @@
 """wssfleet: deploy, plan, verify and operate a WebSocket fleet. Every Make target calls this.
 
-Each command takes the inventory with -i (the lab's by default). `deploy` and `plan` print
-what changed (or would), on which host; with --json they print it as one JSON document.
+Each command takes the inventory with -i; without it, $WSSFLEET_INVENTORY, else the
+`inventory` named in wssfleet.toml at the checkout's root, else the lab's. Only `deploy`
+builds the lab; any other command on the lab's inventory says so when the lab is not up.
+`deploy` and `plan` print what changed (or would), on which host; with --json they print it
+as one JSON document.
+
+Exit codes: 0 done (status: nothing needs attention); 1 a command failed, or status found a
+problem; 2 the command line is wrong; 3 the inventory or its settings are invalid (no host
+was touched).
 """
 
 # pyinfra's API needs the standard library patched for gevent before anything else loads it.
@@ -18,17 +25,47 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
-from wssfleet_control.checkout import BUILD, LAB_INVENTORY, LAB_STATE, REPO, TEMPLATES  # noqa: E402
+from wssfleet_control.checkout import (  # noqa: E402
+    BUILD,
+    LAB_INVENTORY,
+    PROJECT_FILE,
+    REPO,
+    TEMPLATES,
+)
 from wssfleet_control.deployment import DeployError, DeployRun  # noqa: E402
 from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
+
+
+def default_inventory() -> str:
+    """The deployment named once for the checkout (wssfleet.toml), else the lab's."""
+    if PROJECT_FILE.is_file():
+        import tomllib
+
+        try:
+            named = tomllib.loads(PROJECT_FILE.read_text()).get("inventory")
+        except tomllib.TOMLDecodeError as error:
+            raise InvalidSettings(f"{PROJECT_FILE.name}: {error}") from None
+        if not isinstance(named, str) or not named:
+            raise InvalidSettings(
+                f"{PROJECT_FILE.name}: give the deployment's inventory as "
+                'inventory = "inventory/production.py"'
+            )
+        return named
+    return str(LAB_INVENTORY.relative_to(REPO))
+
+
+def _resolve_inventory(_context, _parameter, value: str | None) -> str:
+    return value or default_inventory()
+
 
 inventory_option = click.option(
     "-i",
     "--inventory",
     "inventory_path",
-    default=str(LAB_INVENTORY.relative_to(REPO)),
-    show_default=True,
-    help="the pyinfra inventory of the deployment",
+    envvar="WSSFLEET_INVENTORY",
+    callback=_resolve_inventory,
+    help="the pyinfra inventory of the deployment [default: $WSSFLEET_INVENTORY, else "
+    "wssfleet.toml's inventory, else inventory/lab.py]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 
@@ -39,11 +76,18 @@ class Failure(click.ClickException):
     exit_code = 1
 
 
+class InvalidSettings(click.ClickException):
+    """The inventory or its settings are invalid: nothing was touched. Exit code 3."""
+
+    exit_code = 3
+
+
 def is_lab(inventory_path: str) -> bool:
     return Path(inventory_path).resolve() == LAB_INVENTORY
 
 
 def ensure_lab(inventory_path: str) -> None:
+    """Build the lab when the inventory is the lab's (only `deploy` and `lab up` do)."""
     if is_lab(inventory_path):
         from lab import core
         from lab.config import LabError
@@ -54,18 +98,52 @@ def ensure_lab(inventory_path: str) -> None:
             raise Failure(f"lab: {error}") from None
 
 
+def require_lab(inventory_path: str) -> None:
+    """A command about a deployment never builds the lab: when the inventory is the lab's
+    and the lab is not up, say so (a forgotten -i must not start hosts on this machine)."""
+    if is_lab(inventory_path):
+        from lab import core
+        from lab.config import LabSettings
+
+        if not core.is_up(core.load_state(), LabSettings.from_environment()):
+            raise Failure(
+                f"the inventory is the lab's ({inventory_path}) and the lab is not up: "
+                "'make deploy' builds and deploys it; for your own deployment give -i, "
+                "WSSFLEET_INVENTORY or wssfleet.toml"
+            )
+
+
+def load_fleet(inventory_path: str):
+    """The checked inventory; an invalid one stops the command with exit code 3."""
+    from wssfleet_control import inventory
+
+    if not Path(inventory_path).is_file():
+        raise InvalidSettings(f"inventory {inventory_path} does not exist")
+    try:
+        return inventory.load(inventory_path)
+    except SettingsError as error:
+        raise InvalidSettings(f"{inventory_path}: {error}") from None
+
+
 def open_session(inventory_path: str, quiet: bool = False, diff: bool = False):
     from wssfleet_control.engine import Session
 
     if not Path(inventory_path).is_file():
-        raise click.UsageError(f"inventory {inventory_path} does not exist")
+        raise InvalidSettings(f"inventory {inventory_path} does not exist")
     try:
         return Session(inventory_path, quiet=quiet, diff=diff)
     except SettingsError as error:
-        raise click.UsageError(f"{inventory_path}: {error}") from None
+        raise InvalidSettings(f"{inventory_path}: {error}") from None
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("wssfleet-control")
 
 
 @click.group(help=__doc__)
+@click.version_option(_version(), prog_name="wssfleet")
 def main() -> None:
     pass
 
@@ -132,7 +210,7 @@ def rollback(inventory_path: str, as_json: bool) -> None:
     """Roll every instance back onto the release it ran before, with the same drain."""
     from wssfleet_control import rollout
 
-    ensure_lab(inventory_path)
+    require_lab(inventory_path)
     started = time.monotonic()
     report: dict[str, Any] = {"inventory": inventory_path}
     with open_session(inventory_path, quiet=as_json) as session:
@@ -172,7 +250,7 @@ def drain(inventory_path: str, worker_name: str) -> None:
     (1012, over drain_seconds). `wssfleet ready WORKER` puts it back."""
     from wssfleet_control import rollout
 
-    ensure_lab(inventory_path)
+    require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         try:
             left = rollout.drain_worker(session, _worker(session, worker_name))
@@ -189,7 +267,7 @@ def ready(inventory_path: str, worker_name: str) -> None:
     """Put a drained WORKER back in rotation (the rebalancer then evens out the clients)."""
     from wssfleet_control import rollout
 
-    ensure_lab(inventory_path)
+    require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         try:
             rollout.ready_worker(session, _worker(session, worker_name))
@@ -206,8 +284,7 @@ def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
     """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
     from wssfleet_control import rollout
 
-    if is_lab(inventory_path) and not (LAB_STATE / "lab.json").exists():
-        raise Failure("the lab is down: `make lab-up` (a plan starts nothing)")
+    require_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json, diff=diff)
     run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
@@ -231,13 +308,8 @@ def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
 @click.argument("pytest_args", nargs=-1)
 def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
     """The testinfra suite (tests/infra) against the inventory's hosts."""
-    from wssfleet_control import inventory
-
-    ensure_lab(inventory_path)
-    try:
-        fleet = inventory.load(inventory_path)
-    except SettingsError as error:
-        raise click.UsageError(f"{inventory_path}: {error}") from None
+    require_lab(inventory_path)
+    fleet = load_fleet(inventory_path)
     config = BUILD / f"ssh_config.{Path(inventory_path).stem}"
     config.parent.mkdir(exist_ok=True)
     config.write_text(fleet.ssh_config())
@@ -248,13 +320,16 @@ def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
 
 @main.command()
 @inventory_option
-def status(inventory_path: str) -> None:
-    """Hosts, services, certificate expiry and open connections, read live."""
+@json_option
+def status(inventory_path: str, as_json: bool) -> None:
+    """Hosts, services, certificates, the front door, Redis and open connections, read live.
+    Exit 1 when something needs attention (listed under "problems": a host that does not
+    answer, a unit not running, a failed renewal, a firing alert that is not a warning)."""
     from wssfleet_control import status as fleet_status
 
-    ensure_lab(inventory_path)
+    require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
-        code = fleet_status.show(session)
+        code = fleet_status.show(session, as_json)
     sys.exit(code)
 
 
@@ -264,7 +339,7 @@ def renew(inventory_path: str) -> None:
     """Force a certificate renewal through the cron job's own script."""
     from wssfleet_control import certificate_sharing, commands
 
-    ensure_lab(inventory_path)
+    require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
         result = session.on(session.fleet.master.name, commands.forced_renewal(), timeout=300)
@@ -300,6 +375,7 @@ def rotate_secret(
     themselves. --revoke drops it at once instead."""
     from wssfleet_control import secrets
 
+    require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         overlap = session.fleet.settings.token_max_ttl
     try:
@@ -349,19 +425,30 @@ def token(
 
 
 @main.command()
-@click.argument("inventory_path", metavar="INVENTORY")
-def check(inventory_path: str) -> None:
-    """Validate an inventory and its settings, touching no host."""
-    from wssfleet_control import inventory
-
-    try:
-        fleet = inventory.load(inventory_path)
-    except SettingsError as error:
-        raise click.UsageError(f"{inventory_path}: {error}") from None
+@inventory_option
+@click.argument("positional", metavar="[INVENTORY]", required=False)
+def check(inventory_path: str, positional: str | None) -> None:
+    """Validate an inventory and its settings, touching no host (exit 3 when invalid)."""
+    if positional:
+        inventory_path = positional
+    fleet = load_fleet(inventory_path)
     names = ", ".join(
         f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes
     )
     click.echo(f"wssfleet: {inventory_path} is valid: {names}; domains {fleet.settings.domains}")
+
+
+@main.command("inventory")
+@inventory_option
+@click.option(
+    "--is-lab", "is_lab_check", is_flag=True, help="exit 0 when it is the lab's, 1 otherwise"
+)
+def which_inventory(inventory_path: str, is_lab_check: bool) -> None:
+    """Print the inventory commands act on (from -i, $WSSFLEET_INVENTORY, wssfleet.toml,
+    else the lab's)."""
+    if is_lab_check:
+        sys.exit(0 if is_lab(inventory_path) else 1)
+    click.echo(inventory_path)
 
 
 @main.command()

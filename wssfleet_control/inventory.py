@@ -229,6 +229,14 @@ def _is_ip(value: Any) -> bool:
 def _node(name: str, data: dict[str, Any]) -> Node:
     _check_host(name, data)
     address = data.get("private_address") or data.get("ssh_hostname") or name
+    if not _is_ip(address):
+        # It goes into Redis's bind, the firewall's rules and HAProxy's servers: a name there
+        # fails late (or means something else on the host).
+        source = "ssh_hostname" if data.get("ssh_hostname") else "its name"
+        raise SettingsError(
+            f"host {name}: its address comes from {source} ({address!r}), which is not an IP "
+            "address: give private_address, the IP address the other hosts reach it at"
+        )
     return Node(name, address, data)
 
 

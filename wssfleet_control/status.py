@@ -41,52 +41,57 @@ def units_of(session: Session, node: Node) -> list[str]:
     return units
 
 
-def service_states(session: Session, node: Node) -> str:
+# A unit in one of these states is fine (the firewall loader is a oneshot that stays exited).
+HEALTHY_UNIT_STATES = {"running", "exited"}
+
+
+def unit_states(session: Session, node: Node) -> dict[str, str] | None:
+    """Each of the host's units and its state (systemd's sub-state); None when the host
+    does not answer."""
     result = session.on(node.name, commands.unit_states(units_of(session, node)))
     if not result.ok:
-        return f"unreachable ({result.stderr.strip()[:60]})"
-    states = [
-        f"{unit['unit'].removesuffix('.service')}={unit['sub']}"
+        return None
+    return {
+        unit["unit"].removesuffix(".service"): unit["sub"]
         for unit in json.loads(result.stdout or "[]")
-    ]
-    return " ".join(states) or "no units"
+    }
 
 
-def certificate_expiry(session: Session, master: Node) -> str:
+def certificate(session: Session, master: Node) -> dict[str, str] | None:
+    """The certificate a master's HAProxy serves; None when it cannot be read."""
     result = session.on(master.name, commands.certificate_identity())
     if not result.ok:
-        return "none (unreachable or no certificate)"
+        return None
     fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    fingerprint = fields.get("sha256 Fingerprint", "?").replace(":", "")[:16].lower()
-    return (
-        f"{fields.get('notAfter', '?')} ({fields.get('issuer', '?').strip()}, "
-        f"sha256 {fingerprint}…)"
-    )
+    return {
+        "not_after": fields.get("notAfter", "?"),
+        "issuer": fields.get("issuer", "?").strip(),
+        "sha256": fields.get("sha256 Fingerprint", "?").replace(":", "").lower(),
+    }
 
 
-def front_door(session: Session) -> str:
-    """Which master holds the floating address now, or how clients find the masters."""
+def front_door(session: Session) -> dict | None:
+    """Which masters hold the floating address now, or how clients find the masters; None
+    with one master."""
     fleet = session.fleet
     if len(fleet.masters) < 2:
-        return ""
+        return None
     if not fleet.front_door:
-        addresses = ", ".join(master.address for master in fleet.masters)
-        return f"DNS mode: the domain resolves to every master ({addresses})"
+        return {"mode": "dns", "addresses": [master.address for master in fleet.masters]}
     holders = [
         master.name
         for master in fleet.masters
         if session.on(master.name, commands.holds_address(fleet.front_door), timeout=10).stdout
     ]
-    held = " and ".join(holders) if holders else "NO master"
-    warning = "" if len(holders) == 1 else "  <-- check keepalived"
-    return f"{fleet.front_door} held by {held}{warning}"
+    return {"mode": "floating", "address": fleet.front_door, "holders": holders}
 
 
-def redis_replication(session: Session) -> list[str]:
-    """The primary the Sentinels name, their quorum, and each replica's link and lag."""
+def redis_replication(session: Session) -> dict | None:
+    """The primary the Sentinels name, their quorum, and each replica's link and lag; None
+    with one redis host."""
     fleet = session.fleet
     if not fleet.sentinels:
-        return []
+        return None
     port, tls = fleet.settings.redis_sentinel_port, fleet.settings.internal_tls
     named, quorum = [], ""
     for sentinel in fleet.sentinels:
@@ -96,32 +101,35 @@ def redis_replication(session: Session) -> list[str]:
         if not quorum:
             checked = session.on(sentinel.name, commands.sentinel_quorum(port, tls), timeout=10)
             quorum = checked.stdout.strip() if checked.ok else ""
+    report = {
+        "primary": None,
+        "sentinels": len(fleet.sentinels),
+        "sentinels_answering": len(named),
+        "quorum": quorum,
+        "replicas": [],
+    }
     if not named:
-        return ["Redis: no Sentinel answers"]
-    address = max(set(named), key=named.count)
-    primary = fleet.node_at(address)
-    lines = [
-        f"Redis: primary {primary.name} ({len(named)} of {len(fleet.sentinels)} Sentinels "
-        f"answer; {quorum or 'quorum unknown'})"
-    ]
+        return report
+    primary = fleet.node_at(max(set(named), key=named.count))
+    report["primary"] = primary.name
     info = session.on(primary.name, commands.redis_replication(fleet.settings.redis_port, tls))
     fields = dict(line.strip().split(":", 1) for line in info.stdout.splitlines() if ":" in line)
     own = int(fields.get("master_repl_offset", 0) or 0)
     for key, value in sorted(fields.items()):
         if key.startswith("slave") and key[5:].isdigit():
             replica = dict(part.split("=", 1) for part in value.split(","))
-            behind = own - int(replica.get("offset", 0))
-            name = next(
-                (node.name for node in fleet.nodes if node.address == replica.get("ip")),
-                replica.get("ip", "?"),
+            report["replicas"].append(
+                {
+                    "name": next(
+                        (node.name for node in fleet.nodes if node.address == replica.get("ip")),
+                        replica.get("ip", "?"),
+                    ),
+                    "state": replica.get("state", "?"),
+                    "bytes_behind": own - int(replica.get("offset", 0)),
+                    "last_ack_seconds": int(replica.get("lag", -1)),
+                }
             )
-            lines.append(
-                f"  replica {name}: {replica.get('state', '?')}, {behind} bytes behind, "
-                f"last ack {replica.get('lag', '?')} s ago"
-            )
-    if len(lines) == 1:
-        lines.append("  NO replica: an acknowledged message is on one node only")
-    return lines
+    return report
 
 
 def connections(session: Session) -> dict[str, str]:
@@ -183,73 +191,199 @@ def relative(seconds: float) -> str:
     return f"in {amount}" if seconds >= 0 else f"{amount} ago"
 
 
-def show(session: Session) -> int:
+def gather(session: Session) -> dict:
+    """Everything `status` shows, as one JSON-ready document (`wssfleet status --json`),
+    with the problems found in it."""
     fleet = session.fleet
-    table = [("host", "address", "roles", "services")]
+    hosts = []
     for node in fleet.nodes:
-        roles = "+".join(fleet.roles_of(node.name))
-        table.append((node.name, node.address, roles, service_states(session, node)))
+        units = unit_states(session, node)
+        hosts.append(
+            {
+                "name": node.name,
+                "address": node.address,
+                "roles": fleet.roles_of(node.name),
+                "reachable": units is not None,
+                "units": units or {},
+            }
+        )
+    live = live_figures(session)
+    report = {
+        "hosts": hosts,
+        "front_door": front_door(session),
+        "redis": redis_replication(session),
+        "domains": fleet.settings.domains,
+        "certificates": {master.name: certificate(session, master) for master in fleet.masters},
+        "renewal": renewal(session),
+        "live": None if live is None else {"source": live[0], **live[1]},
+        # From HAProxy's runtime API when Prometheus does not answer.
+        "connections": connections(session) if live is None else None,
+    }
+    report["problems"] = problems(report)
+    return report
+
+
+def problems(report: dict) -> list[str]:
+    """What needs someone's attention now: `status` exits 1 when there is any. A firing
+    alert of severity warning is shown but is not one."""
+    found = []
+    for host in report["hosts"]:
+        if not host["reachable"]:
+            found.append(f"{host['name']}: does not answer over SSH")
+        for unit, state in host["units"].items():
+            if state not in HEALTHY_UNIT_STATES:
+                found.append(f"{host['name']}: {unit} is {state}")
+    door = report["front_door"]
+    if door and door["mode"] == "floating" and len(door["holders"]) != 1:
+        holders = " and ".join(door["holders"]) or "no master"
+        found.append(f"front door {door['address']}: held by {holders} (check keepalived)")
+    redis = report["redis"]
+    if redis is not None:
+        if redis["primary"] is None:
+            found.append("Redis: no Sentinel answers")
+        elif not [replica for replica in redis["replicas"] if replica["state"] == "online"]:
+            found.append("Redis: no replica online (an acknowledged message is on one node)")
+    certificates = report["certificates"]
+    for master, served in certificates.items():
+        if served is None:
+            found.append(f"{master}: its certificate cannot be read")
+    if len({served["sha256"] for served in certificates.values() if served}) > 1:
+        found.append("the masters serve different certificates")
+    renewal_record = report["renewal"] or {}
+    if int(renewal_record.get("last_success", -1)) == 0:
+        found.append("the last certificate renewal failed")
+    live = report["live"]
+    if live is None:
+        found.append("Prometheus answers on no monitoring host")
+    else:
+        for target in live["targets"]:
+            if target["health"] != "up":
+                found.append(f"target down: {target['job']} {target['instance']}")
+        for alert in live["alerts"]:
+            if alert["state"] == "firing" and alert["labels"].get("severity") != "warning":
+                found.append(f"alert firing: {alert['name']}")
+    return found
+
+
+def show(session: Session, as_json: bool = False) -> int:
+    """Print the fleet's status (text, or one JSON document); 1 when there is a problem."""
+    report = gather(session)
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return 1 if report["problems"] else 0
+
+
+def render(report: dict) -> str:
+    lines = []
+    table = [("host", "address", "roles", "services")]
+    for host in report["hosts"]:
+        services = (
+            " ".join(f"{unit}={state}" for unit, state in host["units"].items()) or "no units"
+        )
+        table.append(
+            (
+                host["name"],
+                host["address"],
+                "+".join(host["roles"]),
+                services if host["reachable"] else "unreachable",
+            )
+        )
     widths = [max(len(row[column]) for row in table) for column in range(3)]
     for row in table:
-        print(
+        lines.append(
             "  ".join(value.ljust(width) for value, width in zip(row[:3], widths, strict=True))
             + "  "
             + row[3]
         )
-    door = front_door(session)
-    if door:
-        print(f"\nfront door: {door}")
-    for line in redis_replication(session):
-        print(line)
-    names = ", ".join(fleet.settings.domains)
-    print(f"\ncertificate ({names}):")
-    for master in fleet.masters:
-        print(f"  on {master.name}: expires {certificate_expiry(session, master)}")
-    record = renewal(session)
+    door = report["front_door"]
+    if door and door["mode"] == "dns":
+        addresses = ", ".join(door["addresses"])
+        lines.append(f"\nfront door: DNS mode: the domain resolves to every master ({addresses})")
+    elif door:
+        held = " and ".join(door["holders"]) or "NO master"
+        warning = "" if len(door["holders"]) == 1 else "  <-- check keepalived"
+        lines.append(f"\nfront door: {door['address']} held by {held}{warning}")
+    lines += _render_redis(report["redis"])
+    lines.append(f"\ncertificate ({', '.join(report['domains'])}):")
+    for master, served in report["certificates"].items():
+        expiry = (
+            f"{served['not_after']} ({served['issuer']}, sha256 {served['sha256'][:16]}…)"
+            if served
+            else "none (unreachable or no certificate)"
+        )
+        lines.append(f"  on {master}: expires {expiry}")
+    record = report["renewal"]
     if record is not None:
         result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")
         rule = RENEWAL_RULES.get(str(record.get("renewal_rule")), "no certificate")
-        print(f"  next planned renewal: {when(record.get('next_renewal'))}, from {rule}")
-        print(f"  last renewal run:     {when(record.get('last_attempt'))}, {result}")
-    live = live_figures(session)
+        lines.append(f"  next planned renewal: {when(record.get('next_renewal'))}, from {rule}")
+        lines.append(f"  last renewal run:     {when(record.get('last_attempt'))}, {result}")
+    live = report["live"]
     if live is None:
-        print("\nPrometheus did not answer: open connections from HAProxy's runtime API instead")
-        _show_snapshot(session)
-        return 0
-    _show_live(*live)
-    return 0
+        lines.append(
+            "\nPrometheus did not answer: open connections from HAProxy's runtime API instead"
+        )
+        lines += _render_snapshot(report["connections"] or {})
+    else:
+        lines += _render_live(live)
+    if report["problems"]:
+        lines.append(f"\nproblems ({len(report['problems'])}):")
+        lines += [f"  {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
 
 
-def _show_live(monitoring: str, figures: dict) -> None:
-    print(f"\nlive, from Prometheus on {monitoring} (last scrape):")
-    print(f"  {'instance':<16} {'connections':>11} {'in/s':>9} {'out/s':>9} {'drops/s':>8}")
-    for server, values in sorted(figures["instances"].items()):
-        print(
+def _render_redis(redis: dict | None) -> list[str]:
+    if redis is None:
+        return []
+    if redis["primary"] is None:
+        return ["Redis: no Sentinel answers"]
+    lines = [
+        f"Redis: primary {redis['primary']} ({redis['sentinels_answering']} of "
+        f"{redis['sentinels']} Sentinels answer; {redis['quorum'] or 'quorum unknown'})"
+    ]
+    for replica in redis["replicas"]:
+        lines.append(
+            f"  replica {replica['name']}: {replica['state']}, {replica['bytes_behind']} bytes "
+            f"behind, last ack {replica['last_ack_seconds']} s ago"
+        )
+    if not redis["replicas"]:
+        lines.append("  NO replica: an acknowledged message is on one node only")
+    return lines
+
+
+def _render_live(live: dict) -> list[str]:
+    lines = [
+        f"\nlive, from Prometheus on {live['source']} (last scrape):",
+        f"  {'instance':<16} {'connections':>11} {'in/s':>9} {'out/s':>9} {'drops/s':>8}",
+    ]
+    for server, values in sorted(live["instances"].items()):
+        lines.append(
             f"  {server:<16} {values.get('connections', 0):>11.0f} "
             f"{values.get('received_per_second', 0):>9.1f} "
             f"{values.get('delivered_per_second', 0):>9.1f} "
             f"{values.get('drops_per_second', 0):>8.2f}"
         )
-    targets = figures["targets"]
+    targets = live["targets"]
     down = [target for target in targets if target["health"] != "up"]
-    print(f"  targets: {len(targets) - len(down)} of {len(targets)} up")
+    lines.append(f"  targets: {len(targets) - len(down)} of {len(targets)} up")
     for target in down:
         where = f"{target['job']} {target['instance']} ({target['host']})"
-        print(f"    DOWN {where}: {target['error']}")
-    firing = [alert for alert in figures["alerts"] if alert["state"] == "firing"]
-    pending = [alert for alert in figures["alerts"] if alert["state"] == "pending"]
-    print(f"  alerts: {len(firing)} firing, {len(pending)} pending")
+        lines.append(f"    DOWN {where}: {target['error']}")
+    firing = [alert for alert in live["alerts"] if alert["state"] == "firing"]
+    pending = [alert for alert in live["alerts"] if alert["state"] == "pending"]
+    lines.append(f"  alerts: {len(firing)} firing, {len(pending)} pending")
     for alert in firing + pending:
-        print(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}")
+        lines.append(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}")
+    return lines
 
 
-def _show_snapshot(session: Session) -> None:
+def _render_snapshot(connections_per_server: dict[str, str]) -> list[str]:
     per_host: dict[str, list[str]] = defaultdict(list)
-    for server, state in sorted(connections(session).items()):
+    for server, state in sorted(connections_per_server.items()):
         host, _, port = server.rpartition("-")
         per_host[host].append(f"{port}: {state}")
-    print("\nopen connections per worker instance (HAProxy runtime API):")
+    lines = ["\nopen connections per worker instance (HAProxy runtime API):"]
     for host, states in per_host.items():
-        print(f"  {host:<12} " + ", ".join(states))
+        lines.append(f"  {host:<12} " + ", ".join(states))
     if not per_host:
-        print("  (HAProxy's runtime API did not answer)")
+        lines.append("  (HAProxy's runtime API did not answer)")
+    return lines

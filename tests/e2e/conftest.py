@@ -3,11 +3,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import subprocess
 
 import pytest
 
-from tests.lab_fleet import LAB_JSON, Lab
+from tests.lab_fleet import LAB_INVENTORY, LAB_JSON, Lab
+
+# Every command these tests run without -i acts on the lab, whatever deployment the checkout
+# names (WSSFLEET_INVENTORY, wssfleet.toml).
+os.environ["WSSFLEET_INVENTORY"] = str(LAB_INVENTORY)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ afterwards (SSH to it is cut too), which is the "host returns" row of the HA tab
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import time
@@ -112,6 +113,12 @@ def test_status_shows_the_front_door_holder_the_redis_primary_and_each_certifica
     for master in lab.fleet.masters:
         assert f"  on {master.name}: expires " in output, output
     assert "keepalived=running" in output and "redis-sentinel=running" in output
+    # The same for scripts: one JSON document.
+    report = json.loads(wssfleet("status", "--json").stdout)
+    assert report["front_door"]["holders"] == [holder], report["front_door"]
+    assert report["redis"]["primary"] == primary, report["redis"]
+    assert [replica["name"] for replica in report["redis"]["replicas"]] == [replica]
+    assert report["problems"] == [], report["problems"]
 
 
 @pytest.mark.parametrize("redis_primary", ["on the holder", "on the other master"])

@@ -141,6 +141,8 @@ def test_a_failed_renewal_fires_its_alert_and_shows_in_status_until_one_succeeds
         status = make("status")
         assert "last renewal run:" in status.stdout and "FAILED" in status.stdout, status.stdout
         assert "FIRING WssfleetCertificateRenewalFailed" in status.stdout, status.stdout
+        assert status.returncode == 1, status.stderr
+        assert "  the last certificate renewal failed" in status.stdout, status.stdout
     finally:
         lab.on(master.name, f"nft delete table inet {BLOCK_TABLE}")
     renewed = wssfleet("renew", "-i", "inventory/lab.py", timeout=300)
@@ -217,7 +219,9 @@ def test_status_falls_back_to_haproxy_when_prometheus_does_not_answer(lab):
     finally:
         for monitoring in monitors:
             lab.on(monitoring.name, "systemctl start prometheus")
-    assert status.returncode == 0, status.stderr
+    # No Prometheus to read alerts from is a problem in itself: status says so, and exits 1.
+    assert status.returncode == 1, status.stderr
+    assert "  Prometheus answers on no monitoring host" in status.stdout, status.stdout
     assert "Prometheus did not answer" in status.stdout, status.stdout
     assert "open connections per worker instance (HAProxy runtime API)" in status.stdout
     assert status.stdout.count("(UP)") == sum(len(lab.ports(w.name)) for w in lab.fleet.workers)

@@ -1,0 +1,135 @@
+"""The CLI as scripts use it: exit codes, --version, -i everywhere, one place to name the
+deployment, and no lab built behind an operator's back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lab import core
+from lab.config import LabSettings
+from wssfleet_control.checkout import PROJECT_FILE, REPO
+
+VALID = (
+    "master = [('m', {'ssh_hostname': '127.0.0.10'})]\n"
+    "workers = [('w', {'ssh_hostname': '127.0.0.11'})]\n"
+    "all = (['m', 'w'], {'wssfleet_inventory': __file__, "
+    "'wssfleet': {'domain': 'ws.example.com', 'acme_server': 'letsencrypt', "
+    "'acme_email': 'ops@example.com'}})\n"
+)
+
+
+def wssfleet(*arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
+    return subprocess.run(
+        [sys.executable, "-m", "wssfleet_control", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **environment},
+    )
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    path = tmp_path / "staging.py"
+    path.write_text(VALID)
+    return path
+
+
+def test_version():
+    result = wssfleet("--version")
+    assert result.returncode == 0 and result.stdout.startswith("wssfleet, version "), result
+
+
+def test_check_takes_i_like_every_command_and_the_argument_still_works(inventory):
+    for arguments in (["check", "-i", str(inventory)], ["check", str(inventory)]):
+        result = wssfleet(*arguments)
+        assert result.returncode == 0, result.stderr
+        assert "m (master+redis+monitoring), w (workers)" in result.stdout
+
+
+def test_invalid_settings_exit_3_with_the_reason_and_no_usage_banner(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(VALID.replace("'acme_email': 'ops@example.com'", "'acme_email': ''"))
+    result = wssfleet("check", "-i", str(path))
+    assert result.returncode == 3, result
+    assert f"Error: {path}: setting acme_email is required" in result.stderr, result.stderr
+    assert "Usage:" not in result.stderr
+    missing = wssfleet("check", "-i", str(tmp_path / "nowhere.py"))
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    # A wrong command line stays a usage error (2).
+    assert wssfleet("check", "--no-such-option").returncode == 2
+
+
+def test_a_dns_name_as_the_only_address_is_refused_before_it_reaches_a_host(tmp_path):
+    path = tmp_path / "named.py"
+    path.write_text(VALID.replace("'127.0.0.11'", "'ws1.example.com'"))
+    result = wssfleet("check", "-i", str(path))
+    assert result.returncode == 3, result
+    assert "host w: its address comes from ssh_hostname ('ws1.example.com')" in result.stderr
+    assert "give private_address" in result.stderr
+    path.write_text(
+        VALID.replace("'127.0.0.11'}", "'ws1.example.com', 'private_address': '10.0.0.11'}")
+    )
+    assert wssfleet("check", "-i", str(path)).returncode == 0
+
+
+def test_the_deployment_is_named_once_by_environment_or_project_file(inventory):
+    by_environment = wssfleet("check", WSSFLEET_INVENTORY=str(inventory))
+    assert by_environment.returncode == 0, by_environment.stderr
+    assert f"{inventory} is valid" in by_environment.stdout
+    if PROJECT_FILE.exists():
+        pytest.skip(f"{PROJECT_FILE} is the operator's: not overwritten by a test")
+    PROJECT_FILE.write_text(f'inventory = "{inventory}"\n')
+    try:
+        by_file = wssfleet("check")
+        broken_file_text = 'inventory = ["not", "a", "path"]\n'
+        PROJECT_FILE.write_text(broken_file_text)
+        broken = wssfleet("check")
+    finally:
+        PROJECT_FILE.unlink()
+    assert by_file.returncode == 0 and f"{inventory} is valid" in by_file.stdout, by_file
+    assert broken.returncode == 3 and "wssfleet.toml: give the deployment's inventory" in (
+        broken.stderr
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "verify", "renew", "plan", "rollback"])
+def test_no_command_but_deploy_builds_the_lab(command):
+    if core.is_up(core.load_state(), LabSettings.from_environment()):
+        pytest.skip("the lab is up here: the refusal shows only when it is not")
+    result = wssfleet(command, "-i", "inventory/lab.py")
+    assert result.returncode == 1, result
+    assert "the lab is not up: 'make deploy' builds and deploys it" in result.stderr
+    assert not core.is_up(core.load_state(), LabSettings.from_environment())
+    assert "copying the base" not in result.stdout + result.stderr
+
+
+def planned_recipes(*arguments: str) -> str:
+    """What `make` would run for these arguments (every recipe, as if nothing were built)."""
+    env = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_deploying_your_own_servers_installs_none_of_the_labs_tools():
+    own = planned_recipes("deploy", "INVENTORY=inventory/production.example.py")
+    assert "wssfleet deploy -i inventory/production.example.py" in own, own
+    for lab_tool in ("debootstrap", "systemd-container", "chromium", "pebble", "promtool"):
+        assert lab_tool not in own, f"{lab_tool} in the plan of a production deploy:\n{own}"
+    # The lab's deploy does install them: the check above can fail.
+    lab = planned_recipes("deploy", "INVENTORY=inventory/lab.py")
+    assert "debootstrap" in lab and "pebble" in lab, lab
