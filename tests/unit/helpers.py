@@ -117,3 +117,19 @@ def render(role: str, name: str, **variables) -> str:
         loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True
     )
     return environment.get_template(f"{role}/{name}").render(layout=layout, **variables)
+
+
+def control_cli(*arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    """The control CLI from the checkout, as an operator runs it; the deployment only from
+    the arguments (and ``environment``), never from the caller's WSSFLEET_INVENTORY."""
+    from wssfleet_control.checkout import REPO
+
+    inherited = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
+    return subprocess.run(
+        [sys.executable, "-m", "wssfleet_control", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**inherited, **environment},
+    )

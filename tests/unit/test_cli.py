@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from lab import core
 from lab.config import LabSettings
+from tests.unit.helpers import control_cli
 from wssfleet_control.checkout import PROJECT_FILE, REPO
 
 VALID = (
@@ -22,16 +22,7 @@ VALID = (
 )
 
 
-def wssfleet(*arguments: str, **environment: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
-    return subprocess.run(
-        [sys.executable, "-m", "wssfleet_control", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env, **environment},
-    )
+wssfleet = control_cli
 
 
 @pytest.fixture

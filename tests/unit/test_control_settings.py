@@ -14,7 +14,7 @@ import pytest
 
 from roles.certificates import cron_schedule
 from roles.haproxy import Backend
-from tests.unit.helpers import PEBBLE, render
+from tests.unit.helpers import PEBBLE, control_cli, render
 from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import from_groups
 from wssfleet_control.settings import SettingsError, resolve
@@ -286,14 +286,7 @@ def test_the_production_example_inventory_is_valid():
     assert "lb1 (master+redis+monitoring), ws1 (workers), ws2 (workers)" in result.stdout
 
 
-def wssfleet(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wssfleet_control", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+wssfleet = control_cli
 
 
 def test_token_command_signs_with_the_deployments_secret(tmp_path):
