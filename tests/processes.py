@@ -84,6 +84,10 @@ class RedisServer:
                 "yes",
                 "--appendfsync",
                 "everysec",
+                # A replica is served at once, not after Redis's default 5 s wait for others
+                # to share the transfer with (the Sentinel tests start one per test).
+                "--repl-diskless-sync-delay",
+                "0",
                 *self.users(),
                 "--dir",
                 str(self.directory),

@@ -211,6 +211,9 @@ async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None
                         metrics.registry(service.hub.stats, service.hub.gauges)
                     ),
                     server_header="wssfleet",
+                    # A scraper's kept-alive connection must not hold a stopping process for
+                    # the library's default 10 s (each instance of a rollout would wait).
+                    close_timeout=1.0,
                 )
             )
         _stop_on_signals(server, service.hub)

@@ -4,7 +4,10 @@ metrics port, which serves nothing else."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import signal
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -147,3 +150,23 @@ def test_a_metrics_port_outside_the_range_is_refused_naming_the_variable():
     }
     with pytest.raises(config.ConfigError, match="WSSFLEET_METRICS_PORT_OFFSET=1000"):
         config.load(environment)
+
+
+def test_a_client_that_keeps_its_connection_open_does_not_hold_a_stopping_process(
+    start_service,
+):
+    # A rollout restarts every instance: none may wait the library's default 10 s on a
+    # metrics client that leaves its connection open (here one that asked for an upgrade,
+    # got the metrics and went quiet).
+    service = start_service(metrics=True)
+    quiet = socket.create_connection(("127.0.0.1", service.metrics_port), timeout=5)
+    quiet.sendall(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert quiet.recv(12) == b"HTTP/1.1 200"
+    started = time.monotonic()
+    service.stop()
+    took = time.monotonic() - started
+    quiet.close()
+    assert took < 5, f"the process took {took:.1f} s to stop with a quiet client connected"
