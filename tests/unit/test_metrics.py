@@ -4,7 +4,6 @@ metrics port, which serves nothing else."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import signal
 import socket
 import time
