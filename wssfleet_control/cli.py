@@ -177,11 +177,16 @@ def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
             shared = certificate_sharing.share(session)
             report["certificates"] = shared
             for master, outcome in shared.items():
-                _say(as_json, f"--> Certificate on {master}:", outcome)
+                _say(f"--> Certificate on {master}:", outcome)
         if not errors:
-            _say(as_json, "--> Rolling instances onto release", run.release)
+            _say("--> Rolling instances onto release", run.release)
             try:
-                steps = rollout.roll(session, run.release, on_step=_print_step(as_json))
+                steps = rollout.roll(
+                    session,
+                    run.release,
+                    on_step=_print_step(),
+                    on_start=_print_start(session),
+                )
                 report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
             except rollout.RolloutError as error:
                 steps = getattr(error, "steps", [])
@@ -217,8 +222,13 @@ def rollback(inventory_path: str, as_json: bool) -> None:
         try:
             target = rollout.previous_release(session)
             report["release"] = target
-            _say(as_json, "--> Rolling instances back onto release", target)
-            steps = rollout.roll(session, target, on_step=_print_step(as_json))
+            _say("--> Rolling instances back onto release", target)
+            steps = rollout.roll(
+                session,
+                target,
+                on_step=_print_step(),
+                on_start=_print_start(session),
+            )
             report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
             report["errors"] = []
         except rollout.RolloutError as error:
@@ -252,6 +262,8 @@ def drain(inventory_path: str, worker_name: str) -> None:
 
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
+        seconds = session.fleet.settings.drain_seconds
+        click.echo(f"--> Draining {worker_name}: its clients move over {seconds} s…", err=True)
         try:
             left = rollout.drain_worker(session, _worker(session, worker_name))
         except rollout.RolloutError as error:
@@ -341,6 +353,8 @@ def renew(inventory_path: str) -> None:
 
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
+        master = session.fleet.master.name
+        click.echo(f"--> Renewing on {master} with the cron job's own script…", err=True)
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
         result = session.on(session.fleet.master.name, commands.forced_renewal(), timeout=300)
         # Every other master serves it at once (one that is down gets it at the next deploy).
@@ -383,9 +397,9 @@ def rotate_secret(
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     if revoke:
-        _say(as_json, "--> New signing key; the old one is revoked", "as each instance restarts")
+        _say("--> New signing key; the old one is revoked", "as each instance restarts")
     else:
-        _say(as_json, "--> New signing key; the old one is accepted for", f"{overlap} s more")
+        _say("--> New signing key; the old one is accepted for", f"{overlap} s more")
     ctx.invoke(deploy, inventory_path=inventory_path, as_json=as_json, templates=None)
 
 
@@ -500,15 +514,26 @@ def _failures(report: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _say(as_json: bool, *words: object) -> None:
-    if not as_json:
-        click.echo(" ".join(str(word) for word in words), err=True)
+def _say(*words: object) -> None:
+    """Progress, on stderr: also with --json, whose report is stdout."""
+    click.echo(" ".join(str(word) for word in words), err=True)
 
 
-def _print_step(as_json: bool):
+def _print_start(session):
+    drain = session.fleet.settings.drain_seconds
+
     def show(step) -> None:
         _say(
-            as_json,
+            f"    [{step.host}] instance {step.port}: {step.reason}: moving its clients "
+            f"(up to {drain} s), restarting…",
+        )
+
+    return show
+
+
+def _print_step():
+    def show(step) -> None:
+        _say(
             f"    [{step.host}] instance {step.port}: {step.reason} -> restarted, "
             f"healthy in {step.seconds} s",
         )

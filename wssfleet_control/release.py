@@ -82,6 +82,7 @@ def requirements_id(requirements: tuple[str, ...]) -> str:
 @cache
 def _service_wheelhouse(python_version: str, machine: str) -> Path:
     target = _fresh(WHEELHOUSE / release_id() / f"py{python_version}-{machine}")
+    _progress(f"--> Building the service's wheels for Python {python_version} on {machine}")
     _run(
         [
             sys.executable,
@@ -103,8 +104,15 @@ def _service_wheelhouse(python_version: str, machine: str) -> Path:
 def _tool_wheelhouse(requirements: tuple[str, ...], python_version: str, machine: str) -> Path:
     name = f"tools-{requirements_id(requirements)}"
     target = _fresh(WHEELHOUSE / name / f"py{python_version}-{machine}")
+    names = ", ".join(requirement.split("=")[0] for requirement in requirements)
+    _progress(f"--> Fetching the wheels of {names} for Python {python_version} on {machine}")
     _download(target, list(requirements), python_version, machine)
     return target
+
+
+def _progress(line: str) -> None:
+    """A long step says it started (on stderr: with --json, stdout is the report)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _fresh(target: Path) -> Path:

@@ -75,13 +75,16 @@ def previous_release(session: Session) -> str:
     return releases.pop()
 
 
-def roll(session: Session, release: str, on_step=None) -> list[Step]:
+def roll(session: Session, release: str, on_step=None, on_start=None) -> list[Step]:
     """Restart what needs it, one instance at a time; RolloutError at the first failure (the
-    steps done so far are in its ``steps``)."""
+    steps done so far are in its ``steps``). ``on_start`` and ``on_step`` hear of each step
+    as it begins and once it is done."""
     timeout = session.fleet.settings.rollout_health_timeout
     steps = pending_steps(session, release)
     for step in steps:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
+        if on_start:
+            on_start(step)
         started = time.monotonic()
         previous = _checked(session, worker, commands.current_release()).strip()
         # On every master's HAProxy. A server one does not know yet (a new worker) has

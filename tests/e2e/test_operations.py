@@ -147,6 +147,11 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
     assert {(step["reason"], step["outcome"]) for step in steps} == {
         (f"runs release {new}", "done")
     }
+    # Each instance says when it begins, before the drain's wait, and when it is done.
+    for step in steps:
+        begun = f"[{step['host']}] instance {step['port']}: runs release {new}: moving its clients"
+        done = f"[{step['host']}] instance {step['port']}: runs release {new} -> restarted"
+        assert rolled.stderr.index(begun) < rolled.stderr.index(done), rolled.stderr[-3000:]
     # The checkout is the old release again: a deploy has nothing to restart.
     code, report, log = deploy()
     assert code == 0, log[-3000:]
