@@ -87,11 +87,24 @@ def mint(
     return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": key_id(secret)})
 
 
+def _decoded(token: str, keys: list[str]) -> dict:
+    """The token's claims under the first of ``keys`` that signed it (at most two HMACs)."""
+    for key in keys[:-1]:
+        try:
+            return jwt.decode(
+                token, key, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+            )
+        except jwt.InvalidSignatureError:
+            continue
+    return jwt.decode(token, keys[-1], algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+
+
 def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | None = None) -> Grant:
     """Return what the token grants, or raise TokenError. The token's ``kid`` picks the key:
-    the current one, or the ``previous`` one while a rotation's overlap lasts (a token without
-    a ``kid`` is checked against the current key). A token meant to live longer than
-    ``max_ttl`` seconds is refused."""
+    the current one, or the ``previous`` one while a rotation's overlap lasts. A token without
+    a ``kid`` (an application that mints its own) is checked against the current key, then
+    the previous one: it keeps working through the overlap like any other. A token meant to
+    live longer than ``max_ttl`` seconds is refused."""
     if not token:
         raise TokenError("missing token")
     try:
@@ -101,13 +114,9 @@ def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | No
     keys = {key_id(secret): secret, **({key_id(previous): previous} if previous else {})}
     if kid is not None and kid not in keys:
         raise TokenError("unknown signing key (another deployment's, or rotated out)")
+    candidates = [keys[kid]] if kid is not None else [secret, *([previous] if previous else [])]
     try:
-        claims = jwt.decode(
-            token,
-            keys[kid] if kid is not None else secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"]},
-        )
+        claims = _decoded(token, candidates)
     except jwt.ExpiredSignatureError:
         raise TokenError("expired token") from None
     except jwt.InvalidSignatureError:

@@ -24,12 +24,18 @@ def test_a_token_names_its_key_and_each_key_checks_only_its_own_tokens():
     assert auth.verify(NEW, old_token, previous=OLD).subject == "alice"
     with pytest.raises(auth.TokenError, match="unknown signing key"):
         auth.verify(NEW, old_token)
-    # A token without a key id (minted elsewhere) is checked against the current key only.
-    bare = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60}, NEW, algorithm="HS256")
+    # A token without a key id (an application's backend minted it) is checked against the
+    # current key, then the previous one: a rotation's overlap covers it too, then it ends.
+    claims = {"sub": "bob", "exp": int(time.time()) + 60}
+    bare = jwt.encode(claims, NEW, algorithm="HS256")
     assert auth.verify(NEW, bare, previous=OLD).subject == "bob"
-    bare_old = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60}, OLD, algorithm="HS256")
+    bare_old = jwt.encode(claims, OLD, algorithm="HS256")
+    assert auth.verify(NEW, bare_old, previous=OLD).subject == "bob"
     with pytest.raises(auth.TokenError, match="forged token"):
-        auth.verify(NEW, bare_old, previous=OLD)
+        auth.verify(NEW, bare_old)
+    bare_other = jwt.encode(claims, "another-key-" * 4, algorithm="HS256")
+    with pytest.raises(auth.TokenError, match="forged token"):
+        auth.verify(NEW, bare_other, previous=OLD)
 
 
 def test_a_token_meant_to_outlive_the_longest_lifetime_is_refused():
