@@ -257,7 +257,8 @@ def problems(report: dict) -> list[str]:
         found.append("Prometheus answers on no monitoring host")
     else:
         for target in live["targets"]:
-            if target["health"] != "up":
+            # "unknown": not scraped yet (Prometheus just started), not a failure.
+            if target["health"] == "down":
                 found.append(f"target down: {target['job']} {target['instance']}")
         for alert in live["alerts"]:
             if alert["state"] == "firing" and alert["labels"].get("severity") != "warning":
