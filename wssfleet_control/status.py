@@ -10,16 +10,19 @@ import json
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from wssfleet_control import commands
-from wssfleet_control.engine import Session
 from wssfleet_control.hostside.layout import (
     BACKEND,
     INSTANCE_PREFIX,
     PROMETHEUS_PORT,
     REBALANCER_UNIT,
 )
-from wssfleet_control.inventory import Node
+
+if TYPE_CHECKING:
+    from wssfleet_control.engine import Session
+    from wssfleet_control.inventory import Node
 
 
 def units_of(session: Session, node: Node) -> list[str]:
@@ -373,7 +376,8 @@ def _render_live(live: dict) -> list[str]:
     pending = [alert for alert in live["alerts"] if alert["state"] == "pending"]
     lines.append(f"  alerts: {len(firing)} firing, {len(pending)} pending")
     for alert in firing + pending:
-        lines.append(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}")
+        runbook = f" (what to do: {alert['runbook']})" if alert.get("runbook") else ""
+        lines.append(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}{runbook}")
     return lines
 
 

@@ -81,6 +81,16 @@ def alert(labels: dict[str, str], annotations: dict[str, str]) -> dict:
     return {"exp_labels": labels, "exp_annotations": annotations}
 
 
+def with_runbooks(tests: dict) -> dict:
+    """Every alert carries the link to its runbook: expected in each alert the tests expect."""
+    for test in tests["tests"]:
+        for expected in test["alert_rule_test"]:
+            runbook = f"docs/runbooks.md#{expected['alertname'].lower()}"
+            for fired in expected["exp_alerts"]:
+                fired["exp_annotations"]["runbook"] = runbook
+    return tests
+
+
 def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
     worker_labels = {
         "job": "wssfleet",
@@ -234,7 +244,7 @@ def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
     }
     test_file = tmp_path / "tests.yml"
     # YAML is a superset of JSON: promtool reads this as its test file.
-    test_file.write_text(json.dumps(tests, indent=1))
+    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
     result = promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -373,6 +383,6 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
         ],
     }
     test_file = tmp_path / "tests.yml"
-    test_file.write_text(json.dumps(tests, indent=1))
+    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
     result = promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

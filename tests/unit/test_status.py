@@ -61,6 +61,7 @@ HEALTHY = {
                 "state": "firing",
                 "labels": {"severity": "warning"},
                 "summary": "moved",
+                "runbook": "docs/runbooks.md#wssfleetfrontdoormoved",
             }
         ],
     },
@@ -79,7 +80,10 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
     text = render({**HEALTHY, "problems": []})
     assert "front door: 10.0.0.100 held by master\n" in text
     assert "Redis: primary master (3 of 3 Sentinels answer; OK 3 usable Sentinels)" in text
-    assert "FIRING WssfleetFrontDoorMoved: moved" in text
+    assert (
+        "FIRING WssfleetFrontDoorMoved: moved "
+        "(what to do: docs/runbooks.md#wssfleetfrontdoormoved)" in text
+    )
     assert "problems" not in text
 
 

@@ -67,6 +67,7 @@ def alerts(base: str) -> list[dict]:
             "labels": alert["labels"],
             "active_at": alert.get("activeAt"),
             "summary": alert.get("annotations", {}).get("summary", ""),
+            "runbook": alert.get("annotations", {}).get("runbook", ""),
         }
         for alert in api(base, "alerts")["alerts"]  # type: ignore[index]
     ]

@@ -1,0 +1,72 @@
+"""The docs name only what exists: every `make` target and `wssfleet` command they mention,
+every setting they give a value to, and a runbook entry for every alert (each alert links to
+its own)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.unit.helpers import control_cli
+from wssfleet_control.checkout import REPO
+from wssfleet_control.settings import Settings
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+RULES = REPO / "templates" / "monitoring" / "wssfleet-rules.yml.j2"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+
+
+def text() -> str:
+    return "\n".join(doc.read_text() for doc in DOCS)
+
+
+def make_targets() -> set[str]:
+    makefile = (REPO / "Makefile").read_text()
+    return set(re.findall(r"^([a-z0-9-]+):", makefile, re.MULTILINE))
+
+
+def test_every_make_target_the_docs_mention_exists():
+    mentioned = set(re.findall(r"`make ([a-z0-9-]+)", text()))
+    assert mentioned, "the docs mention no make target: the pattern is wrong"
+    assert mentioned - make_targets() == set()
+
+
+def test_every_wssfleet_command_the_docs_mention_exists():
+    mentioned = set(re.findall(r"wssfleet ([a-z][a-z-]+)\b", text()))
+    listed = control_cli("--help").stdout.split("Commands:", 1)[1]
+    commands = set(re.findall(r"^  ([a-z][a-z-]+)", listed, re.MULTILINE))
+    assert {"deploy", "status", "check"} <= commands, listed
+    # Words after "wssfleet" that are not commands: the product's name in prose.
+    prose = {word for word in mentioned if word not in commands}
+    commands_in_code = set(re.findall(r"`(?:\.venv/bin/)?wssfleet ([a-z][a-z-]+)", text()))
+    assert commands_in_code, "the docs mention no wssfleet command: the pattern is wrong"
+    assert commands_in_code - commands == set(), prose
+
+
+def test_every_setting_given_a_value_in_the_docs_exists():
+    given = set(re.findall(r"`([a-z][a-z0-9_]+)(?::|=)\s*[^`]*`", text()))
+    settings = set(Settings.model_fields)
+    # Only the names that look like settings: lower_snake_case with one underscore or more.
+    candidates = {name for name in given if "_" in name}
+    unknown = sorted(candidates - settings - {"ssh_user", "ssh_hostname", "private_address"})
+    assert unknown == []
+
+
+def alerts() -> list[str]:
+    return re.findall(r"- alert: (\w+)", RULES.read_text())
+
+
+def test_every_alert_has_a_runbook_entry_and_links_to_it():
+    headings = re.findall(r"^## (\w+)$", RUNBOOKS.read_text(), re.MULTILINE)
+    assert sorted(headings) == sorted(alerts())
+    rules = RULES.read_text()
+    for name in alerts():
+        block = rules.split(f"- alert: {name}\n", 1)[1].split("- alert:", 1)[0]
+        assert f'runbook: "docs/runbooks.md#{name.lower()}"' in block, name
+
+
+@pytest.mark.parametrize("anchor", re.findall(r"\]\(#([a-z0-9-]+)\)", RUNBOOKS.read_text()))
+def test_runbook_links_within_the_page_resolve(anchor):
+    headings = re.findall(r"^## (\w+)$", RUNBOOKS.read_text(), re.MULTILINE)
+    assert anchor in {heading.lower() for heading in headings}
