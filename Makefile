@@ -79,15 +79,15 @@ $(HOST_STAMP): Makefile
 	fi
 	@mkdir -p build && touch $@
 
-$(VENV_STAMP): pyproject.toml service/pyproject.toml
+$(VENV_STAMP): pyproject.toml service/pyproject.toml clients/python/pyproject.toml
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || { \
 		[ "$$(id -u)" = 0 ] || { echo "python3 needs venv: sudo apt-get install python3-venv" >&2; exit 1; }; \
 		echo "==> installing python3-venv"; apt-get update -q >/dev/null; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }
 	@echo "==> preparing the virtualenv $(VENV)"
 	@python3 -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e ./service -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium, wssfleet, wssfleet_control' && touch $@
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e ./service -e ./clients/python -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium, wssfleet, wssfleet_control, wssfleet_client' && touch $@
 
 # Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py). Only deploy builds
 # the lab (and installs the lab's tools), and only when the inventory is the lab's.

@@ -1,0 +1,374 @@
+"""wssfleet's client contract for asyncio applications.
+
+A ``Client`` keeps one WebSocket to the fleet open for as long as it is used, and does what
+the contract asks so that deploys, renewals and lost hosts go unnoticed:
+
+- closed with 1001, 1006 or 1012 (a restart, a lost path, a drain): reconnect after a random
+  delay in [0, first_delay] s; a failed attempt: wait a random delay in
+  [0, min(backoff_max, backoff_base * 2**n)] s; with several URLs (DNS mode: every master's
+  address), each attempt tries the next;
+- closed with 1008 or a 4xxx code, or a handshake answered 401 or 403: stop, and say why
+  (``ClientClosed``);
+- nothing heard for the welcome's ``heartbeat`` + ``heartbeat_grace`` s: the path is dead
+  (a master gone); drop it and reconnect as after 1006;
+- subscriptions come back with ``since`` = the last offset received: nothing published
+  meanwhile is missed, nothing is delivered twice;
+- a publish carries an id and is sent again, same id, until the fleet acknowledges it
+  (after an error reply, on each new connection, and after ``reply_timeout`` s without an
+  answer); the fleet stores it once.
+
+    async with Client("wss://ws.example.com/ws", token=fetch_token) as client:
+        async with client.subscribe("lobby") as lobby:
+            offset = await client.publish("lobby", {"text": "hello"})
+            async for message in lobby:
+                print(message.sender, message.data)
+
+``token`` is a string or a function (plain or async) asked again for each connection, so an
+application's backend can hand out short-lived tokens (docs/tokens.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+RETRY_AFTER = frozenset({1001, 1006, 1012})
+# Handshakes refused for who the client is, not for a passing trouble: not retried.
+REFUSED_STATUSES = frozenset({401, 403})
+
+Token = str | Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+class ClientClosed(Exception):
+    """The fleet closed the connection for good (1008, a 4xxx code, a refused token), or the
+    client was closed: what waits on it gets this."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a subscription, in the order the channel carried them. ``gap`` is True
+    for a marker instead: the history no longer held what was missed while disconnected
+    (reload the application's state)."""
+
+    channel: str
+    data: Any = None
+    sender: str = ""
+    offset: str = ""
+    gap: bool = False
+
+
+class Subscription:
+    """The messages of one channel: ``async for message in subscription``."""
+
+    def __init__(self, client: Client, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        # The last offset received: a new connection asks for what came after it.
+        self.offset: str | None = None
+        self._queue: asyncio.Queue[Message | ClientClosed] = asyncio.Queue()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        item = await self._queue.get()
+        if isinstance(item, ClientClosed):
+            raise StopAsyncIteration
+        return item
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message (TimeoutError after ``timeout`` s; ClientClosed when the client
+        closed)."""
+        item = await asyncio.wait_for(self._queue.get(), timeout)
+        if isinstance(item, ClientClosed):
+            raise item
+        return item
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.client.unsubscribe(self.channel)
+
+    def _deliver(self, frame: dict) -> None:
+        offset = frame.get("offset", "")
+        if offset and offset == self.offset:
+            return  # already delivered (a resubscription's overlap)
+        self.offset = offset or self.offset
+        self._queue.put_nowait(
+            Message(self.channel, frame.get("data"), frame.get("from", ""), offset)
+        )
+
+
+@dataclass
+class _Publish:
+    channel: str
+    data: Any
+    acknowledged: asyncio.Future[str]
+    sent_at: float | None = None
+
+
+class Client:
+    """One contract-following connection to the fleet; see the module's documentation."""
+
+    def __init__(
+        self,
+        url: str | list[str],
+        token: Token,
+        *,
+        ssl: Any = None,
+        first_delay: float = 1.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 10.0,
+        heartbeat_grace: float = 5.0,
+        reply_timeout: float = 10.0,
+        open_timeout: float = 15.0,
+        on_event: Callable[[str, dict], None] | None = None,
+        **connect_options: Any,
+    ) -> None:
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.token = token
+        self.first_delay = first_delay
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.heartbeat_grace = heartbeat_grace
+        self.reply_timeout = reply_timeout
+        self.open_timeout = open_timeout
+        # ("connected", welcome), ("closed", {"code", "reason"}), ("refused", {"error"}).
+        self.on_event = on_event or (lambda _kind, _detail: None)
+        self._connect_options = {"ssl": ssl, **connect_options} if ssl else connect_options
+        self._subscriptions: dict[str, Subscription] = {}
+        self._publishes: dict[str, _Publish] = {}
+        self._ws: ClientConnection | None = None
+        self._next_url = 0
+        self._closed: ClientClosed | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Future[None]] = set()
+
+    async def __aenter__(self) -> Client:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Subscribe now and on every later connection, from where it left off."""
+        subscription = self._subscriptions.get(channel)
+        if subscription is None:
+            subscription = self._subscriptions[channel] = Subscription(self, channel)
+            self._send({"type": "subscribe", "channel": channel})
+        return subscription
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._subscriptions.pop(channel, None) is not None:
+            self._send({"type": "unsubscribe", "channel": channel})
+
+    async def publish(self, channel: str, data: Any, id: str | None = None) -> str:
+        """Publish and wait until the fleet has stored it; its offset. Sent again, same id,
+        until then (stored once)."""
+        if self._closed is not None:
+            raise self._closed
+        message_id = id or uuid.uuid4().hex
+        entry = self._publishes.get(message_id)
+        if entry is None:
+            future = asyncio.get_running_loop().create_future()
+            entry = self._publishes[message_id] = _Publish(channel, data, future)
+            self._send_publish(message_id, entry)
+        return await asyncio.shield(entry.acknowledged)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._finish(ClientClosed(1000, "closed by the application"))
+
+    # The connection loop.
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                ws, welcome = await self._open()
+            except InvalidStatus as error:
+                status = error.response.status_code
+                self.on_event("refused", {"error": f"HTTP {status}"})
+                if status in REFUSED_STATUSES:
+                    self._finish(ClientClosed(4000 + status, f"handshake refused: HTTP {status}"))
+                    return
+                failures += 1
+                await self._pause(self._backoff(failures))
+                continue
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as error:
+                self.on_event("refused", {"error": f"{type(error).__name__}: {error}"})
+                failures += 1
+                await self._pause(self._backoff(failures))
+                continue
+            failures = 0
+            code, reason = await self._use(ws, welcome)
+            self.on_event("closed", {"code": code, "reason": reason})
+            if self._stop.is_set():
+                return
+            if code not in RETRY_AFTER:
+                self._finish(ClientClosed(code, reason))
+                return
+            await self._pause(random.uniform(0, self.first_delay))
+
+    async def _open(self) -> tuple[ClientConnection, dict]:
+        url = self.urls[self._next_url % len(self.urls)]
+        self._next_url += 1
+        token = self.token() if callable(self.token) else self.token
+        if inspect.isawaitable(token):
+            token = await token
+        joiner = "&" if "?" in url else "?"
+        ws = await connect(
+            f"{url}{joiner}token={quote(str(token), safe='')}",
+            open_timeout=self.open_timeout,
+            ping_interval=None,  # the server's heartbeat says whether the path is alive
+            **self._connect_options,
+        )
+        try:
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+        except BaseException:
+            ws.transport.abort()
+            raise
+        return ws, welcome
+
+    async def _use(self, ws: ClientConnection, welcome: dict) -> tuple[int, str]:
+        """Use one connection until it closes (or is dropped as dead); its close code."""
+        loop = asyncio.get_running_loop()
+        self._ws = ws
+        self.on_event("connected", welcome)
+        heartbeat = welcome.get("heartbeat")
+        silence = heartbeat + self.heartbeat_grace if heartbeat else None
+        for subscription in self._subscriptions.values():
+            frame = {"type": "subscribe", "channel": subscription.channel}
+            if subscription.offset is not None:
+                frame["since"] = subscription.offset
+            self._send(frame)
+        for message_id, entry in self._publishes.items():
+            self._send_publish(message_id, entry)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                waits = [silence] if silence else []
+                sent = [e.sent_at for e in self._publishes.values() if e.sent_at is not None]
+                if sent:
+                    waits.append(min(sent) + self.reply_timeout - loop.time())
+                receiving = asyncio.ensure_future(ws.recv())
+                done, _ = await asyncio.wait(
+                    {receiving, stopping},
+                    timeout=max(0.0, min(waits)) if waits else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if stopping in done:
+                    receiving.cancel()
+                    await ws.close()
+                    return 1000, "closed by the application"
+                if receiving not in done:
+                    receiving.cancel()
+                    # Nothing heard, or a publish unanswered: a dead path answers nothing.
+                    overdue = sent and min(sent) + self.reply_timeout <= loop.time()
+                    if overdue or silence:
+                        ws.transport.abort()
+                        return 1006, "nothing heard: the connection is dead"
+                    continue
+                try:
+                    self._heard(json.loads(receiving.result()))
+                except ConnectionClosed:
+                    received = ws.protocol.close_rcvd
+                    return (received.code, received.reason) if received else (1006, "")
+        finally:
+            stopping.cancel()
+            self._ws = None
+            for entry in self._publishes.values():
+                entry.sent_at = None
+
+    def _heard(self, frame: dict) -> None:
+        kind = frame.get("type")
+        if kind == "message":
+            subscription = self._subscriptions.get(frame.get("channel", ""))
+            if subscription is not None:
+                subscription._deliver(frame)
+        elif kind == "subscribed":
+            subscription = self._subscriptions.get(frame.get("channel", ""))
+            if subscription is None:
+                return
+            if frame.get("recovered") is False:
+                subscription._queue.put_nowait(Message(subscription.channel, gap=True))
+            if "offset" in frame and not frame.get("missed"):
+                subscription.offset = frame["offset"]
+        elif kind == "published":
+            entry = self._publishes.pop(str(frame.get("id")), None)
+            if entry is not None and not entry.acknowledged.done():
+                entry.acknowledged.set_result(frame.get("offset", ""))
+        elif kind == "error" and "id" in frame:
+            message_id = str(frame["id"])
+            entry = self._publishes.get(message_id)
+            if entry is not None:
+                # Refused aloud (no primary for a moment, not confirmed): again, same id.
+                entry.sent_at = None
+                asyncio.get_running_loop().call_later(1.0, self._send_publish, message_id, entry)
+
+    # Sending.
+
+    def _send(self, frame: dict) -> None:
+        if self._ws is not None:
+            writing = asyncio.ensure_future(self._write(self._ws, json.dumps(frame)))
+            self._writes.add(writing)
+            writing.add_done_callback(self._writes.discard)
+
+    def _send_publish(self, message_id: str, entry: _Publish) -> None:
+        if self._ws is None or self._publishes.get(message_id) is not entry:
+            return
+        entry.sent_at = asyncio.get_running_loop().time()
+        frame = {"type": "publish", "channel": entry.channel, "data": entry.data}
+        self._send({**frame, "id": message_id})
+
+    @staticmethod
+    async def _write(ws: ClientConnection, text: str) -> None:
+        # A connection that closes meanwhile: the next one sends it again.
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(text)
+
+    def _backoff(self, failures: int) -> float:
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**failures))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _finish(self, reason: ClientClosed) -> None:
+        if self._closed is not None:
+            return
+        self._closed = reason
+        for entry in self._publishes.values():
+            if not entry.acknowledged.done():
+                entry.acknowledged.set_exception(reason)
+        for subscription in self._subscriptions.values():
+            subscription._queue.put_nowait(reason)

@@ -1,0 +1,116 @@
+"""The shipped Python client (clients/python/wssfleet_client.py) under faults, on loopback:
+two service processes on one real redis-server, as two masters' paths in DNS mode would
+lead to two instances. A process killed, one frozen (a dead path), a publisher's process
+killed mid-stream, a token refused: each message acknowledged is received once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+from wssfleet_client import Client, ClientClosed
+
+from tests.unit.clients import run
+from tests.unit.helpers import ORIGIN, token, two_services_on_redis
+
+FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000", "WSSFLEET_HEARTBEAT_INTERVAL": "1"}
+
+
+def client(*services, **options) -> Client:
+    urls = [f"{service.url}/ws" for service in services]
+    return Client(urls, lambda: token("app"), origin=ORIGIN, first_delay=0.2, **options)
+
+
+async def publish_numbers(publisher: Client, count: int, interval: float) -> list[str]:
+    offsets = []
+    for number in range(count):
+        offsets.append(await publisher.publish("room", number, id=f"n-{number}"))
+        await asyncio.sleep(interval)
+    return offsets
+
+
+async def receive_numbers(subscription, count: int) -> list[int]:
+    received = []
+    while len(received) < count:
+        message = await subscription.get(timeout=20)
+        assert not message.gap, "history reported lost"
+        received.append(message.data)
+    return received
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_a_subscriber_whose_process_is_lost_gets_every_message_once_in_order(
+    start_service, redis_server, fault
+):
+    lost, kept = two_services_on_redis(start_service, redis_server, **FAST)
+
+    async def scenario():
+        events = []
+        async with (
+            client(lost, kept, on_event=lambda kind, _: events.append(kind)) as subscriber,
+            client(kept) as publisher,
+        ):
+            subscription = subscriber.subscribe("room")
+            while not subscriber.connected:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            publishing = asyncio.create_task(publish_numbers(publisher, 60, 0.1))
+            await asyncio.sleep(1.5)
+            if fault == "killed":
+                lost.process.kill()
+            else:
+                # No FIN, no close frame: only the heartbeat's silence tells.
+                os.kill(lost.process.pid, signal.SIGSTOP)
+            try:
+                received = await receive_numbers(subscription, 60)
+            finally:
+                if fault == "frozen":
+                    os.kill(lost.process.pid, signal.SIGCONT)
+            offsets = await publishing
+            return received, offsets, events
+
+    received, offsets, events = run(scenario())
+    assert received == list(range(60))
+    assert len(set(offsets)) == 60
+    assert events.count("connected") == 2 and "closed" in events, events
+
+
+def test_a_publisher_whose_process_is_killed_resends_and_each_message_is_stored_once(
+    start_service, redis_server
+):
+    lost, kept = two_services_on_redis(start_service, redis_server, **FAST)
+
+    async def scenario():
+        async with client(kept) as subscriber, client(lost, kept) as publisher:
+            subscription = subscriber.subscribe("room")
+            while not (subscriber.connected and publisher.connected):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            publishing = asyncio.create_task(publish_numbers(publisher, 60, 0.05))
+            await asyncio.sleep(1)
+            lost.process.kill()
+            offsets = await asyncio.wait_for(publishing, 30)
+            received = await receive_numbers(subscription, 60)
+            with pytest.raises(TimeoutError):
+                await subscription.get(timeout=1)
+            return received, offsets
+
+    received, offsets = run(scenario())
+    assert received == list(range(60)), received
+    assert len(set(offsets)) == 60
+
+
+def test_a_refused_token_stops_the_client_and_says_why(start_service):
+    service = start_service()
+
+    async def scenario():
+        refused = Client(f"{service.url}/ws", "not-a-token", origin=ORIGIN)
+        async with refused:
+            with pytest.raises(ClientClosed) as closed:
+                await asyncio.wait_for(refused.publish("room", "x"), 10)
+        return closed.value
+
+    closed = run(scenario())
+    assert "handshake refused: HTTP 401" in str(closed), closed
