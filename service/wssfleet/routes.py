@@ -25,6 +25,8 @@ from wssfleet.hub import Hub
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    # The client contract as an ES module, for applications' pages (docs: README).
+    "/wssfleet-client.js": ("wssfleet-client.js", "text/javascript; charset=utf-8"),
 }
 PAGE_HEADERS = {
     "Content-Security-Policy": (

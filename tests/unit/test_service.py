@@ -68,6 +68,11 @@ def test_demo_page_is_served_with_a_content_security_policy(start_service):
     assert '<script src="/app.js">' in page
     with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/app.js", timeout=5) as reply:
         assert "new WebSocket" in reply.read().decode()
+    # The contract as an ES module for applications' pages: a module needs a JavaScript type.
+    module = f"http://127.0.0.1:{service.port}/wssfleet-client.js"
+    with urllib.request.urlopen(module, timeout=5) as reply:
+        assert reply.headers["Content-Type"].startswith("text/javascript")
+        assert "export class Client" in reply.read().decode()
 
 
 @pytest.mark.parametrize("path", ["/nope", "//x/healthz", "//internal/shed?count=1", "/ws/../x"])

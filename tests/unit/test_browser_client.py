@@ -1,0 +1,93 @@
+"""The browser module of the client contract (service/wssfleet/static/wssfleet-client.js,
+which the demo page uses) under the Python client's faults, run by Node's WebSocket on
+loopback: a subscriber's process killed or frozen (a dead path), a publisher's process
+killed mid-stream. Every acknowledged message is received once, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.unit.helpers import token, two_services_on_redis
+from wssfleet_control.checkout import REPO
+
+MODULE = REPO / "service" / "wssfleet" / "static" / "wssfleet-client.js"
+RUNNER = Path(__file__).parent / "js" / "contract_run.mjs"
+FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000", "WSSFLEET_HEARTBEAT_INTERVAL": "1"}
+COUNT = 40
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
+
+
+def urls(*services) -> str:
+    return ",".join(f"{service.url}/ws" for service in services)
+
+
+def run_module(subscribing: str, publishing: str, fault) -> dict:
+    """Run the Node scenario; ``fault`` is applied once 10 messages are published."""
+    node = subprocess.Popen(
+        [
+            "node",
+            "--experimental-websocket",
+            "--no-warnings",
+            str(RUNNER),
+            MODULE.as_uri(),
+            subscribing,
+            publishing,
+            token("app"),
+            str(COUNT),
+            "100",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None
+        for line in node.stdout:
+            event = json.loads(line)
+            if event["event"] == "published 10":
+                fault()
+            elif event["event"] == "done":
+                return event
+        raise AssertionError(f"the scenario ended early: {node.stderr.read()[-2000:]}")
+    finally:
+        node.kill()
+        node.wait(timeout=10)
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_a_subscriber_whose_process_is_lost_gets_every_message_once_in_order(
+    start_service, redis_server, fault
+):
+    lost, kept = two_services_on_redis(start_service, redis_server, **FAST)
+
+    def lose() -> None:
+        if fault == "killed":
+            lost.process.kill()
+        else:
+            os.kill(lost.process.pid, signal.SIGSTOP)
+
+    try:
+        outcome = run_module(urls(lost, kept), urls(kept), lose)
+    finally:
+        if fault == "frozen":
+            os.kill(lost.process.pid, signal.SIGCONT)
+    assert outcome["received"] == list(range(COUNT)), outcome
+    assert outcome["gaps"] == 0 and len(set(outcome["offsets"])) == COUNT
+    assert outcome["events"].count("connected") == 2, outcome["events"]
+
+
+def test_a_publisher_whose_process_is_killed_resends_and_each_is_stored_once(
+    start_service, redis_server
+):
+    lost, kept = two_services_on_redis(start_service, redis_server, **FAST)
+    outcome = run_module(urls(kept), urls(lost, kept), lost.process.kill)
+    assert outcome["received"] == list(range(COUNT)), outcome
+    assert len(set(outcome["offsets"])) == COUNT
