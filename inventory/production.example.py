@@ -32,7 +32,7 @@ all = (
     ["lb1", "ws1", "ws2"],
     {
         "wssfleet_inventory": __file__,
-        # Every setting and its default: README, 'Settings'.
+        # Every setting and its default: docs/settings.md.
         "wssfleet": {
             "domain": "ws.example.com",
             "extra_domains": [],

@@ -1,7 +1,7 @@
 """pyinfra roles: one module per concern, each rendering its own templates/<role>/ files.
 
 deploy.py calls them by the host's inventory groups. Every setting a role reads, with its
-default, is documented in wssfleet_control/settings.py (README, 'Settings').
+default, is documented in wssfleet_control/settings.py (docs/settings.md).
 """
 
 import hashlib

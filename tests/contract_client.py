@@ -1,5 +1,6 @@
-"""Clients that follow wssfleet's client contract (README, 'The client contract'; the demo
-page's app.js does the same), and record what they saw, for the continuity tests.
+"""Clients that follow wssfleet's client contract (docs/continuity.md, 'The client
+contract'; the demo page's app.js does the same), and record what they saw, for the
+continuity tests.
 
 - closed with 1001, 1006 or 1012: reconnect after a random delay in [0, FIRST_DELAY] s;
 - a failed attempt: wait a random delay in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n)] s;

@@ -467,7 +467,7 @@ def which_inventory(inventory_path: str, is_lab_check: bool) -> None:
 
 @main.command()
 def settings() -> None:
-    """Every setting with its default and meaning (the README's table)."""
+    """Every setting with its default and meaning (docs/settings.md)."""
     click.echo(markdown_table())
 
 

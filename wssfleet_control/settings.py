@@ -4,7 +4,7 @@ An inventory sets them in the ``wssfleet`` dict of its ``all`` group. They are v
 before any host is touched: a bad value stops the deploy with a message that names the setting
 and the fix. The client settings are the service's own (``wssfleet.config.ClientPolicy``):
 the deploy renders them into the service's environment file with the service's model, which
-reads them back. ``wssfleet settings`` prints the README's table from this module.
+reads them back. ``wssfleet settings`` prints docs/settings.md's table from this module.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def resolve(raw: dict[str, Any] | None) -> Settings:
             hint = get_close_matches(name, Settings.model_fields, n=1)
             raise SettingsError(
                 f"unknown setting {name!r}"
-                + (f": did you mean {hint[0]!r}?" if hint else ": see README, 'Settings'")
+                + (f": did you mean {hint[0]!r}?" if hint else ": see docs/settings.md")
             )
     try:
         return Settings.model_validate(raw)

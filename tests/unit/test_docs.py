@@ -70,3 +70,24 @@ def test_every_alert_has_a_runbook_entry_and_links_to_it():
 def test_runbook_links_within_the_page_resolve(anchor):
     headings = re.findall(r"^## (\w+)$", RUNBOOKS.read_text(), re.MULTILINE)
     assert anchor in {heading.lower() for heading in headings}
+
+
+def anchors(path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_link_between_the_docs_resolves():
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert broken == []

@@ -103,6 +103,6 @@ def test_only_the_service_source_names_a_release(tmp_path, monkeypatch):
         release.release_id.cache_clear()
 
 
-def test_the_readme_settings_table_is_the_schema():
-    readme = (REPO / "README.md").read_text()
+def test_the_documented_settings_table_is_the_schema():
+    readme = (REPO / "docs" / "settings.md").read_text()
     assert markdown_table().strip() in readme, "regenerate it: wssfleet settings"

@@ -1,4 +1,4 @@
-// Demo client: one channel, following wssfleet's client contract (README, "The client
+// Demo client: one channel, following wssfleet's client contract (docs/continuity.md, "The client
 // contract"): after 1001, 1006 or 1012 reconnect after a random delay in [0, 1] s; after a
 // failed attempt back off exponentially with full jitter, up to 10 s; after 1008 or a 4xxx
 // code do not retry. It comes back with ?since=<last offset> so nothing published meanwhile
