@@ -220,6 +220,11 @@ def rollback(inventory_path: str, as_json: bool) -> None:
     report: dict[str, Any] = {"inventory": inventory_path}
     with open_session(inventory_path, quiet=as_json) as session:
         try:
+            # Every host, as for a deploy: a rollback decided without one would be half done.
+            session.connect()
+        except DeployError as error:
+            raise Failure(str(error)) from None
+        try:
             target = rollout.previous_release(session)
             report["release"] = target
             _say("--> Rolling instances back onto release", target)

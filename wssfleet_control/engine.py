@@ -63,15 +63,19 @@ class Session:
         self.fleet = from_inventory(inventory)
         self.state.init(inventory, config)
         self.connected = False
+        # Hosts SSH did not reach when the session connected.
+        self.unreachable: list[str] = []
 
-    def connect(self) -> None:
+    def connect(self, every_host: bool = True) -> None:
+        """Connect to every host once. A deploy needs them all (DeployError naming those it
+        cannot reach); a command about the fleet (status, renew) goes on without them."""
         if not self.connected:
             self.state.set_stage(StateStage.Connect)
             connect_all(self.state)
             self.connected = True
-            unreachable = sorted(host.name for host in self.state.failed_hosts)
-            if unreachable:
-                raise DeployError(f"cannot reach {', '.join(unreachable)} over SSH")
+            self.unreachable = sorted(host.name for host in self.state.failed_hosts)
+        if every_host and self.unreachable:
+            raise DeployError(f"cannot reach {', '.join(self.unreachable)} over SSH")
 
     def close(self) -> None:
         if self.connected:
@@ -88,8 +92,11 @@ class Session:
         return self.state.inventory.get_host(name)
 
     def on(self, name: str, command: str, timeout: int = 120) -> Result:
-        """A shell command on one host, as the inventory's SSH user (with its sudo)."""
-        self.connect()
+        """A shell command on one host, as the inventory's SSH user (with its sudo); not ok,
+        without trying, on a host SSH did not reach."""
+        self.connect(every_host=False)
+        if name in self.unreachable:
+            return Result(False, "", f"{name} did not answer over SSH")
         host = self.host(name)
         ok, output = host.run_shell_command(
             StringCommand(command),
