@@ -371,7 +371,10 @@ def _render_live(live: dict) -> list[str]:
     lines.append(f"  targets: {len(targets) - len(down)} of {len(targets)} up")
     for target in down:
         where = f"{target['job']} {target['instance']} ({target['host']})"
-        lines.append(f"    DOWN {where}: {target['error']}")
+        if target["health"] == "unknown":
+            lines.append(f"    not scraped yet: {where}")
+        else:
+            lines.append(f"    DOWN {where}: {target['error']}")
     firing = [alert for alert in live["alerts"] if alert["state"] == "firing"]
     pending = [alert for alert in live["alerts"] if alert["state"] == "pending"]
     lines.append(f"  alerts: {len(firing)} firing, {len(pending)} pending")

@@ -225,7 +225,12 @@ def test_status_falls_back_to_haproxy_when_prometheus_does_not_answer(lab):
     assert "Prometheus did not answer" in status.stdout, status.stdout
     assert "open connections per worker instance (HAProxy runtime API)" in status.stdout
     assert status.stdout.count("(UP)") == sum(len(lab.ports(w.name)) for w in lab.fleet.workers)
-    wait_for(lambda: "live, from Prometheus" in make("status").stdout, 60, "Prometheus back")
+    wait_for(prometheus_sees_every_target_up, 90, "Prometheus back, every target scraped")
+
+
+def prometheus_sees_every_target_up() -> bool:
+    live = json.loads(wssfleet("status", "--json").stdout)["live"]
+    return live is not None and all(target["health"] == "up" for target in live["targets"])
 
 
 def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_path):
