@@ -63,6 +63,12 @@ def virtualenv_from_wheels(
     )
 
 
+# A (re)start that systemd refuses at once ("Failed to spawn executor", result 'resources':
+# seen on hosts with cgroup v1 when a start follows a stop closely) is tried once more; systemd
+# itself would start the unit again after RestartSec, but the deploy would have failed.
+SERVICE_RETRY = {"_retries": 1, "_retry_delay": 2}
+
+
 def activate_candidate(
     name: str, candidate, candidate_path: str, commands: list[str], one_host_at_a_time=False
 ) -> None:

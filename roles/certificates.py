@@ -17,7 +17,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import helper_installed, virtualenv_from_wheels
+from roles import SERVICE_RETRY, helper_installed, virtualenv_from_wheels
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import Lines, PythonPlatform
@@ -136,7 +136,11 @@ def apply(run: DeployRun) -> None:
         random_delay=settings.renewal_random_delay,
     )
     systemd.service(
-        name="Ensure cron is running", service="cron.service", running=True, enabled=True
+        **SERVICE_RETRY,
+        name="Ensure cron is running",
+        service="cron.service",
+        running=True,
+        enabled=True,
     )
     # Decided from the certificate on the host, not from what an earlier deploy wrote: a
     # certbot run that failed leaves the old certificate, and the next deploy asks again.
@@ -202,6 +206,7 @@ def sync(run: DeployRun) -> None:
         mode="644",
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure the certificate sync runs every minute",
         service=f"{CERTIFICATE_SYNC_UNIT}.timer",
         running=True,

@@ -11,7 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, systemd
 
-from roles import activate_candidate
+from roles import SERVICE_RETRY, activate_candidate
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import (
@@ -97,6 +97,7 @@ def apply(run: DeployRun, service_ports: list[int]) -> None:
         ruleset=LIVE,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure wssfleet-firewall is enabled",
         service="wssfleet-firewall.service",
         running=True,

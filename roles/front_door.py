@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
-from roles import secret_template
+from roles import SERVICE_RETRY, secret_template
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside.layout import HELPERS, RUNTIME_HELPER, TEXTFILE_DIRECTORY
@@ -65,6 +65,7 @@ def apply(run: DeployRun) -> None:
         notify=NOTIFY_SCRIPT,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure keepalived is running and enabled",
         service="keepalived.service",
         running=True,

@@ -13,7 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import activate_candidate, helper_installed, secret_template
+from roles import SERVICE_RETRY, activate_candidate, helper_installed, secret_template
 from wssfleet_control import internal_tls
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
@@ -146,6 +146,7 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
         one_host_at_a_time=True,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure haproxy is running and enabled",
         service="haproxy.service",
         running=True,
@@ -181,6 +182,7 @@ def _rebalancer(run: DeployRun, backends: list[Backend], environment) -> None:
         environment_file=REBALANCER_ENVIRONMENT,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure the rebalancer is running and enabled",
         service=REBALANCER_UNIT,
         running=True,

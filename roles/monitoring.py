@@ -16,7 +16,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, systemd
 
-from roles import activate_candidate, helper_installed, secret_template
+from roles import SERVICE_RETRY, activate_candidate, helper_installed, secret_template
 from roles.redis import MONITOR_REDIS_USER
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.hostside import layout
@@ -69,6 +69,7 @@ def node_exporter(run: DeployRun, node: Node) -> None:
         textfile_directory=TEXTFILE_DIRECTORY,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure node_exporter is running and enabled",
         service="prometheus-node-exporter.service",
         running=True,
@@ -106,6 +107,7 @@ def redis_exporter(run: DeployRun) -> None:
         tls_ca=f"{layout.REDIS_TLS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure redis_exporter is running and enabled",
         service="prometheus-redis-exporter.service",
         running=True,
@@ -120,6 +122,7 @@ def prometheus_retired() -> None:
     and data stay, for whoever wants its history)."""
     if "prometheus.service" in host.get_fact(SystemdStatus):
         systemd.service(
+            **SERVICE_RETRY,
             name="Ensure Prometheus is stopped here (another host monitors the fleet)",
             service="prometheus.service",
             running=False,
@@ -197,6 +200,7 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
         retention=fleet.settings.prometheus_retention,
     )
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure Prometheus is running and enabled",
         service="prometheus.service",
         running=True,

@@ -9,8 +9,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
+from roles import SERVICE_RETRY, secret_template
 from roles import internal_tls as internal_tls_role
-from roles import secret_template
 from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import Lines, SentinelPrimary
@@ -182,6 +182,7 @@ def apply(run: DeployRun) -> None:
         )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure redis-server is running and enabled",
         service="redis-server.service",
         running=True,
@@ -290,6 +291,7 @@ def sentinel(run: DeployRun) -> None:
         restarted = False
     restarted = restarted or tls_changed
     systemd.service(
+        **SERVICE_RETRY,
         name="Ensure redis-sentinel is running and enabled",
         service="redis-sentinel.service",
         running=True,
@@ -303,6 +305,7 @@ def sentinel_retired() -> None:
     others took its place): stopped, so that it cannot promote a server nobody follows."""
     if "redis-sentinel.service" in host.get_fact(SystemdStatus):
         systemd.service(
+            **SERVICE_RETRY,
             name="Ensure no Sentinel runs here (the fleet's Sentinels are elsewhere, or none)",
             service="redis-sentinel.service",
             running=False,

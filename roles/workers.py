@@ -12,7 +12,7 @@ from pyinfra.facts.files import Link
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import helper_installed, secret_template, virtualenv_from_wheels
+from roles import SERVICE_RETRY, helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
 from roles.redis import PRIMARY_NAME
 from wssfleet.config import ClientPolicy, ServiceConfig
@@ -156,6 +156,7 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     )
     for port in service_ports:
         systemd.service(
+            **SERVICE_RETRY,
             name=f"Ensure instance {instance_unit(port)} is running and enabled",
             service=instance_unit(port),
             running=True,
@@ -166,6 +167,7 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     for name, _ in sorted(host.get_fact(SystemdStatus).items()):
         if name.startswith(INSTANCE_PREFIX) and name not in wanted:
             systemd.service(
+                **SERVICE_RETRY,
                 name=f"Ensure surplus {name} is stopped and disabled",
                 service=name,
                 running=False,
