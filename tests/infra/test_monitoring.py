@@ -5,9 +5,11 @@ failed renewal included: Let's Encrypt no longer e-mails about expiry)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 
+from wssfleet_control.checkout import TEMPLATES
 from wssfleet_control.hostside.layout import (
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
@@ -15,17 +17,13 @@ from wssfleet_control.hostside.layout import (
 )
 
 SETTLE_SECONDS = 60
-RULES = {
-    "WssfleetInstanceDown",
-    "WssfleetTargetDown",
-    "WssfleetRedisDown",
-    "WssfleetBusDisconnected",
-    "WssfleetDropRateHigh",
-    "WssfleetHTTP5xxRateHigh",
-    "WssfleetCertificateExpiringSoon",
-    "WssfleetCertificateRenewalFailed",
-    "WssfleetCertificateMetricsMissing",
-}
+# Alerts that report an event of the last 10 minutes (the front door moved, the Sentinels
+# failed over), not a broken state: a fleet that lived through one is healthy again.
+EVENT_ALERTS = {"WssfleetFrontDoorMoved", "WssfleetRedisFailover"}
+# Every alert wssfleet ships, as the template the deploy renders lists them.
+RULES = set(
+    re.findall(r"- alert: (\w+)", (TEMPLATES / "monitoring" / "wssfleet-rules.yml.j2").read_text())
+)
 
 
 def prometheus(on, node, *arguments: str):
@@ -76,7 +74,9 @@ def firing_alerts(on, monitoring_node, about) -> list[str]:
         firing = [
             f"{alert['name']}: {alert['summary']}"
             for alert in prometheus(on, monitoring_node, "alerts")
-            if alert["state"] == "firing" and about(alert["labels"])
+            if alert["state"] == "firing"
+            and alert["name"] not in EVENT_ALERTS
+            and about(alert["labels"])
         ]
         if not firing or time.monotonic() > deadline:
             return firing
