@@ -146,8 +146,9 @@ bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> a
 # stage's time is printed at the end: CI's budget is the suite's largest risk.
 # The suite is about the lab, whatever deployment this checkout names (wssfleet.toml).
 test: tools ## everything: unit, lab, deploy, end to end (browser included), testinfra
-	@export WSSFLEET_INVENTORY=inventory/lab.py; status=0; times=""; \
-	stage() { started=$$(date +%s); $(MAKE) --no-print-directory $$1 || status=1; \
+	@status=0; times=""; \
+	stage() { started=$$(date +%s); \
+		$(MAKE) --no-print-directory $$1 INVENTORY=inventory/lab.py || status=1; \
 		times="$$times$$(printf '  %-14s %5d s' $$1 $$(( $$(date +%s) - started )))\n"; }; \
 	stage test-unit; \
 	for next in test-lab deploy test-e2e verify test-debian12; do \

@@ -41,7 +41,9 @@ class ServiceProcess:
         self.metrics_port: int | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wssfleet", "serve"],
-            env={**os.environ, **env},
+            # Only the test's own WSSFLEET_* settings: the service refuses any it does not
+            # know, and the caller's shell may hold the control side's (WSSFLEET_INVENTORY).
+            env={**inherited_environment(), **env},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -119,12 +121,17 @@ def render(role: str, name: str, **variables) -> str:
     return environment.get_template(f"{role}/{name}").render(layout=layout, **variables)
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment without wssfleet's variables."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("WSSFLEET_")}
+
+
 def control_cli(*arguments: str, **environment: str) -> subprocess.CompletedProcess:
     """The control CLI from the checkout, as an operator runs it; the deployment only from
     the arguments (and ``environment``), never from the caller's WSSFLEET_INVENTORY."""
     from wssfleet_control.checkout import REPO
 
-    inherited = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
+    inherited = inherited_environment()
     return subprocess.run(
         [sys.executable, "-m", "wssfleet_control", *arguments],
         cwd=REPO,

@@ -3,14 +3,13 @@ deployment, and no lab built behind an operator's back."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
 from lab import core
 from lab.config import LabSettings
-from tests.unit.helpers import control_cli
+from tests.unit.helpers import control_cli, inherited_environment
 from wssfleet_control.checkout import PROJECT_FILE, REPO
 
 VALID = (
@@ -103,7 +102,7 @@ def test_no_command_but_deploy_builds_the_lab(command):
 
 def planned_recipes(*arguments: str) -> str:
     """What `make` would run for these arguments (every recipe, as if nothing were built)."""
-    env = {key: value for key, value in os.environ.items() if key != "WSSFLEET_INVENTORY"}
+    env = inherited_environment()
     result = subprocess.run(
         ["make", "--no-print-directory", "-n", "-B", *arguments],
         cwd=REPO,
