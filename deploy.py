@@ -54,6 +54,8 @@ if "master" in roles:
         front_door.apply(run)
     if host.name == fleet.master.name:
         certificates.apply(run)
+    else:
+        certificates.standby(run)
     if len(fleet.masters) > 1:
         certificates.sync(run)
 if "monitoring" not in roles:

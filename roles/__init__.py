@@ -63,10 +63,11 @@ def virtualenv_from_wheels(
     )
 
 
-# A (re)start that systemd refuses at once ("Failed to spawn executor", result 'resources':
-# seen on hosts with cgroup v1 when a start follows a stop closely) is tried once more; systemd
-# itself would start the unit again after RestartSec, but the deploy would have failed.
-SERVICE_RETRY = {"_retries": 1, "_retry_delay": 2}
+# A (re)start that systemd refuses at once ("Failed to spawn executor", result 'resources',
+# then 'exit-code' while the old cgroup is still being removed: seen on hosts with cgroup v1
+# when a start follows a stop closely) is tried again; systemd itself would start the unit
+# again after RestartSec, but the deploy would have failed.
+SERVICE_RETRY = {"_retries": 3, "_retry_delay": 3}
 
 
 def activate_candidate(

@@ -31,9 +31,11 @@ from wssfleet_control.hostside.layout import (
     CERTBOT_PORT,
     CERTIFICATE_METRICS_FILE,
     CERTIFICATE_METRICS_HELPER,
+    CERTIFICATE_STANDBY_HELPER,
     CERTIFICATE_SYNC_HELPER,
     CERTIFICATE_SYNC_UNIT,
     DEPLOY_HOOK,
+    HAPROXY_CERTIFICATE,
     LINEAGE,
     LIVE_CERTIFICATE,
     RENEW_COMMAND,
@@ -72,76 +74,14 @@ REQUEST = "/etc/wssfleet/certificate-request"
 
 @deploy("Certificates")
 def apply(run: DeployRun) -> None:
-    """Obtain the certificate once, then leave renewals to cron and the deploy hook.
+    """On the first master: obtain the certificate once, then leave renewals to cron and the
+    deploy hook.
 
     + run: the deploy (the checked inventory: domain, extra_domains, acme_* and renewal_*)
     """
     fleet = run.fleet
     settings = fleet.settings
-    apt.packages(
-        name="Ensure python3-venv and cron are installed",
-        packages=["python3-venv", "cron"],
-        no_recommends=True,
-    )
-    # Its timer and /usr/bin/certbot would be a second, older renewer beside ours.
-    apt.packages(
-        name="Ensure Debian's certbot package is absent (wssfleet runs its own certbot)",
-        packages=["certbot"],
-        present=False,
-    )
-    _install_certbot(run)
-    if settings.acme_ca_bundle:
-        files.put(
-            name="Ensure certbot trusts the ACME server's CA",
-            src=settings.acme_ca_bundle,
-            dest=ACME_CA_BUNDLE,
-            mode="644",
-        )
-    ca_bundle = ACME_CA_BUNDLE if settings.acme_ca_bundle else ""
-    # certificate_metrics.py writes the certificate's metrics for node_exporter.
-    helper_installed("certificate_metrics.py")
-    helper_installed("acme_info.py")
-    files.template(
-        name="Ensure the HAProxy deploy hook is installed",
-        src=run.template("certificates", "haproxy-deploy-hook.j2"),
-        dest=DEPLOY_HOOK,
-        mode="755",
-        runtime=RUNTIME_HELPER,
-        lineage=LINEAGE,
-        metrics=CERTIFICATE_METRICS_HELPER,
-    )
-    files.template(
-        name="Ensure the renewal script is installed",
-        src=run.template("certificates", "wssfleet-renew.j2"),
-        dest=RENEW_COMMAND,
-        mode="755",
-        ca_bundle=ca_bundle,
-        cert_name=CERT_NAME,
-        certbot=CERTBOT,
-        metrics=CERTIFICATE_METRICS_HELPER,
-        random_delay=int(seconds_of(settings.renewal_random_delay)),
-        challenge_address=challenge_address(fleet),
-        challenge_port=CERTBOT_PORT,
-        # Several masters share the key: a renewal keeps it (certificate_sync.py checks it).
-        reuse_key=len(fleet.masters) > 1,
-    )
-    files.template(
-        name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
-        src=run.template("certificates", "cron.j2"),
-        dest="/etc/cron.d/wssfleet-certbot",
-        mode="644",
-        schedule=cron_schedule(settings),
-        renew=RENEW_COMMAND,
-        interval=settings.renewal_interval,
-        random_delay=settings.renewal_random_delay,
-    )
-    systemd.service(
-        **SERVICE_RETRY,
-        name="Ensure cron is running",
-        service="cron.service",
-        running=True,
-        enabled=True,
-    )
+    ca_bundle = _renewal_installed(run, earlier_masters=[])
     # Decided from the certificate on the host, not from what an earlier deploy wrote: a
     # certbot run that failed leaves the old certificate, and the next deploy asks again.
     wanted = (sorted(settings.domains), settings.acme_directory, settings.acme_profile)
@@ -167,6 +107,105 @@ def apply(run: DeployRun) -> None:
             name="Ensure the certificate's metrics are written",
             commands=[f"python3 {CERTIFICATE_METRICS_HELPER} refresh"],
         )
+
+
+@deploy("Standby renewal")
+def standby(run: DeployRun) -> None:
+    """On every other master: certbot and the renewal script, which renews here only while
+    every master before this one is unreachable (hostside/certificate_standby.py), so a
+    renewal needs any one master up, not the first.
+
+    + run: the deploy (the masters, domain, extra_domains, acme_* and renewal_*)
+    """
+    masters = [master.name for master in run.fleet.masters]
+    earlier = run.fleet.masters[: masters.index(host.name)]
+    _renewal_installed(run, earlier_masters=[master.address for master in earlier])
+
+
+def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
+    """certbot, the helpers, the renewal script and its cron job; returns the CA bundle
+    certbot trusts for the ACME server ("" for the system's). ``earlier_masters``: the
+    addresses of the masters before this one (none on the first, which always renews)."""
+    fleet = run.fleet
+    settings = fleet.settings
+    apt.packages(
+        name="Ensure python3-venv and cron are installed",
+        packages=["python3-venv", "cron"],
+        no_recommends=True,
+    )
+    # Its timer and /usr/bin/certbot would be a second, older renewer beside ours.
+    apt.packages(
+        name="Ensure Debian's certbot package is absent (wssfleet runs its own certbot)",
+        packages=["certbot"],
+        present=False,
+    )
+    _install_certbot(run)
+    if settings.acme_ca_bundle:
+        files.put(
+            name="Ensure certbot trusts the ACME server's CA",
+            src=settings.acme_ca_bundle,
+            dest=ACME_CA_BUNDLE,
+            mode="644",
+        )
+    ca_bundle = ACME_CA_BUNDLE if settings.acme_ca_bundle else ""
+    # certificate_metrics.py writes the certificate's metrics for node_exporter.
+    helper_installed("certificate_metrics.py")
+    helper_installed("acme_info.py")
+    if earlier_masters:
+        # Beside certificate_sync.py, which it uses (the sync role installs it on every master).
+        helper_installed("certificate_standby.py")
+    files.template(
+        name="Ensure the HAProxy deploy hook is installed",
+        src=run.template("certificates", "haproxy-deploy-hook.j2"),
+        dest=DEPLOY_HOOK,
+        mode="755",
+        runtime=RUNTIME_HELPER,
+        lineage=LINEAGE,
+        metrics=CERTIFICATE_METRICS_HELPER,
+    )
+    files.template(
+        name="Ensure the renewal script is installed",
+        src=run.template("certificates", "wssfleet-renew.j2"),
+        dest=RENEW_COMMAND,
+        mode="755",
+        ca_bundle=ca_bundle,
+        cert_name=CERT_NAME,
+        certbot=CERTBOT,
+        metrics=CERTIFICATE_METRICS_HELPER,
+        random_delay=int(seconds_of(settings.renewal_random_delay)),
+        challenge_address=challenge_address(fleet),
+        challenge_port=CERTBOT_PORT,
+        # Several masters share the key: a renewal keeps it (certificate_sync.py checks it).
+        reuse_key=len(fleet.masters) > 1,
+        standby=CERTIFICATE_STANDBY_HELPER if earlier_masters else "",
+        earlier_masters=earlier_masters,
+        domain=settings.domain,
+        names=",".join(f"DNS:{name}" for name in settings.domains),
+        account=_account(settings),
+        acme_directory=settings.acme_directory,
+        profile=settings.acme_profile,
+        haproxy_certificate=HAPROXY_CERTIFICATE,
+        runtime=RUNTIME_HELPER,
+        quote=quote,
+    )
+    files.template(
+        name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
+        src=run.template("certificates", "cron.j2"),
+        dest="/etc/cron.d/wssfleet-certbot",
+        mode="644",
+        schedule=cron_schedule(settings),
+        renew=RENEW_COMMAND,
+        interval=settings.renewal_interval,
+        random_delay=settings.renewal_random_delay,
+    )
+    systemd.service(
+        **SERVICE_RETRY,
+        name="Ensure cron is running",
+        service="cron.service",
+        running=True,
+        enabled=True,
+    )
+    return ca_bundle
 
 
 @deploy("Certificate sync")
@@ -207,7 +246,7 @@ def sync(run: DeployRun) -> None:
     )
     systemd.service(
         **SERVICE_RETRY,
-        name="Ensure the certificate sync runs every minute",
+        name="Ensure the certificate sync runs every 30 s",
         service=f"{CERTIFICATE_SYNC_UNIT}.timer",
         running=True,
         enabled=True,
@@ -268,18 +307,22 @@ def _issued() -> tuple[list[str], str, str] | None:
 
 
 def challenge_address(fleet: Fleet) -> str:
-    """Where certbot listens while it validates: loopback with one master; with several, the
-    first master's private address, which every master's HAProxy passes challenges to."""
-    return fleet.master.address if len(fleet.masters) > 1 else "127.0.0.1"
+    """Where certbot listens while it validates: loopback with one master; with several, this
+    master's private address: every master's HAProxy passes challenges to the masters' in
+    turn, and only the one renewing listens."""
+    return fleet.node(host.name).address if len(fleet.masters) > 1 else "127.0.0.1"
+
+
+def _account(settings: Settings) -> str:
+    """certbot's options for the ACME account it registers."""
+    if settings.acme_email:
+        return f"-m {quote(settings.acme_email)}"
+    return "--register-unsafely-without-email"
 
 
 def _certonly(fleet: Fleet) -> str:
     settings = fleet.settings
-    account = (
-        f"-m {quote(settings.acme_email)}"
-        if settings.acme_email
-        else "--register-unsafely-without-email"
-    )
+    account = _account(settings)
     domains = " ".join(f"-d {quote(name)}" for name in settings.domains)
     profile = f"--required-profile {quote(settings.acme_profile)} " if settings.acme_profile else ""
     return (

@@ -3,6 +3,7 @@ redis-server configured as a deploy configures it (the users, the rules, the fun
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,9 +16,18 @@ from wssfleet_control.inventory import WORKER_REDIS_USER
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free on loopback now. Under pytest-xdist each worker takes only ports its
+    number divides into (port % workers == worker), so two workers never pick the same one
+    between picking it and binding it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    for _ in range(1000):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port % workers == worker:
+            return port
+    raise RuntimeError("no free loopback port of this test worker's share")
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

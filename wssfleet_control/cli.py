@@ -358,10 +358,16 @@ def renew(inventory_path: str) -> None:
 
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
-        master = session.fleet.master.name
+        # The first master renews; while it is down, the next one that answers (its script
+        # renews only while every master before it is unreachable).
+        session.connect(every_host=False)
+        reachable = [m.name for m in session.fleet.masters if m.name not in session.unreachable]
+        if not reachable:
+            raise Failure("no master answers over SSH: nothing can renew")
+        master = reachable[0]
         click.echo(f"--> Renewing on {master} with the cron job's own script…", err=True)
         # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
-        result = session.on(session.fleet.master.name, commands.forced_renewal(), timeout=300)
+        result = session.on(master, commands.forced_renewal(), timeout=300)
         # Every other master serves it at once (one that is down gets it at the next deploy).
         shared = certificate_sharing.share(session) if result.ok else {}
     click.echo(result.stdout + result.stderr, nl=False)

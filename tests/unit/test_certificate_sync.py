@@ -147,3 +147,51 @@ def test_a_peer_that_does_not_answer_changes_nothing(pki):
     before = serves(pki)
     assert certificate_sync.sync(DOMAIN, [f"127.0.0.1:{free_port()}"]) == 0
     assert serves(pki) == before
+
+
+# The standby renewer (certificate_standby.py): on every master but the first, it renews only
+# while every earlier master is unreachable, and only a CA-issued certificate.
+
+
+@pytest.fixture
+def standby(pki, monkeypatch):
+    module = importlib.import_module("certificate_standby")
+    monkeypatch.setattr(module, "HAPROXY_CERTIFICATE", str(pki["served"]))
+    return module
+
+
+def test_a_standby_leaves_the_renewal_to_an_earlier_master_that_answers(pki, standby, tmp_path):
+    earlier = serving(tmp_path, pki["older"], pki["key"])
+    renew, why = standby.decide(True, [f"127.0.0.1:{free_port()}", earlier], DOMAIN, 0)
+    assert not renew and earlier in why
+    # Forced (make renew) on the wrong master is a failure, said aloud; from cron it is not.
+    arguments = ["due", DOMAIN, earlier]
+    assert standby.main(arguments) == standby.NOT_HERE
+    assert standby.main([*arguments, "--force"]) == standby.DECLINED
+
+
+def test_a_standby_renews_when_every_earlier_master_is_down_and_the_certificate_is_due(
+    pki, standby
+):
+    down = [f"127.0.0.1:{free_port()}"]
+    older = pki["older"]  # issued an hour ago, for 30 days
+    starts = older.not_valid_before_utc.timestamp()
+    ends = older.not_valid_after_utc.timestamp()
+    # certbot's lifetime rule: renew at 2/3 of the lifetime.
+    assert standby.decide(False, down, DOMAIN, starts + (ends - starts) * 0.6) == (
+        False,
+        "every earlier master is unreachable; the certificate is not due yet",
+    )
+    renew, _ = standby.decide(False, down, DOMAIN, starts + (ends - starts) * 0.7)
+    assert renew
+    renew, why = standby.decide(True, down, DOMAIN, starts)
+    assert renew and "forced" in why
+
+
+def test_a_standby_never_renews_a_self_signed_certificate(pki, standby):
+    # Before the first master's deploy obtained one, every master serves its own throw-away
+    # certificate: a request for that key would split the masters' keys.
+    own = issue(pki["key"], pki["key"], None, 7)
+    pki["served"].write_text(pem(own) + key_pem(pki["key"]))
+    renew, why = standby.decide(True, [f"127.0.0.1:{free_port()}"], DOMAIN, 0)
+    assert not renew and "first master" in why

@@ -46,7 +46,10 @@ def served_by(peer: str, domain: str) -> list[str]:
     """The chain a peer's HAProxy (address, or address:port) serves for ``domain``, leaf
     first (empty if none)."""
     target = peer if ":" in peer else f"{peer}:443"
-    result = openssl("s_client", "-connect", target, "-servername", domain, "-showcerts")
+    try:
+        result = openssl("s_client", "-connect", target, "-servername", domain, "-showcerts")
+    except subprocess.TimeoutExpired:
+        return []  # a host that drops packets: as down as one that refuses
     return [block for block in blocks(result.stdout) if "CERTIFICATE" in block]
 
 

@@ -91,6 +91,7 @@ ACME_CA_BUNDLE = f"{CONFIG_DIRECTORY}/acme-ca.pem"
 # acme_root_bundle setting; without it, the system's), and the timer that fetches one.
 ACME_ROOTS = f"{CONFIG_DIRECTORY}/acme-roots.pem"
 CERTIFICATE_SYNC_HELPER = f"{HELPERS}/certificate_sync.py"
+CERTIFICATE_STANDBY_HELPER = f"{HELPERS}/certificate_standby.py"
 CERTIFICATE_SYNC_UNIT = "wssfleet-certificate-sync"
 RENEWAL_STATE = f"{STATE}/renewal.json"
 ACME_INFO_HELPER = helper("acme_info.py")
