@@ -125,13 +125,13 @@ token: control ## print a client token: make token SUB=alice [CHANNELS='lobby us
 		$(foreach pattern,$(or $(CHANNELS),lobby),--subscribe '$(pattern)' --publish '$(pattern)')
 
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
-	$(PYTEST) tests/unit -q
+	$(PYTEST) tests/unit -q -n 4 --dist loadfile
 
 test-lab: tools ## the lab itself: up, idempotent, reachable, and down leaves nothing
 	$(PYTEST) tests/lab -q
 
 test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy behaviour, renewals
-	$(PYTEST) tests/e2e -q
+	$(PYTEST) tests/e2e -q --durations=20
 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

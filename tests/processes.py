@@ -4,6 +4,7 @@ redis-server configured as a deploy configures it (the users, the rules, the fun
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -14,20 +15,26 @@ from roles.redis import ADMIN_REDIS_USER, acl_users
 from wssfleet.redis_functions import LIBRARY
 from wssfleet_control.inventory import WORKER_REDIS_USER
 
+# Below the kernel's ephemeral range (32768-60999 by default): no outgoing connection takes
+# one of these between a test picking it and binding it.
+TEST_PORTS = range(20000, 32000)
+
 
 def free_port() -> int:
-    """A port free on loopback now. Under pytest-xdist each worker takes only ports its
-    number divides into (port % workers == worker), so two workers never pick the same one
-    between picking it and binding it."""
+    """A port free on loopback now, from this test worker's own share of TEST_PORTS (under
+    pytest-xdist each worker has its slice, so two workers never pick the same one)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    for _ in range(1000):
+    share = len(TEST_PORTS) // workers
+    first = TEST_PORTS.start + worker * share
+    for port in random.sample(range(first, first + share), share):
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port % workers == worker:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return port
-    raise RuntimeError("no free loopback port of this test worker's share")
+    raise RuntimeError(f"no free loopback port in {first}-{first + share - 1}")
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
