@@ -90,13 +90,26 @@ def refusal(service, path: str = "/ws", **options) -> int:
     return asyncio.run(attempt())
 
 
-def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """What ``condition`` returns once it is true: the test waits on the condition itself,
+    not a guess at how long it takes. AssertionError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.health()["redis"] == state:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"service on {service.port} never reported redis {state}")
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_until_redis(service, state: str, timeout: float = 15.0) -> None:
+    wait_until(
+        lambda: service.health()["redis"] == state,
+        timeout,
+        f"service on {service.port} reports redis {state}",
+        interval=0.1,
+    )
 
 
 def two_services_on_redis(start_service, redis_server, **settings: str):

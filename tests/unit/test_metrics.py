@@ -3,7 +3,6 @@ metrics port, which serves nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import time
@@ -15,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.unit.clients import message, open_client, receive, request, run, subscribed
-from tests.unit.helpers import token
+from tests.unit.helpers import token, wait_until
 from wssfleet import config
 
 
@@ -91,13 +90,16 @@ def test_live_gauges_and_a_too_big_message(start_service):
         with pytest.raises(ConnectionClosed) as closed:
             await receive(big)
         assert closed.value.rcvd.code == 1009
-        await asyncio.sleep(0.2)
         return live, len(holders)
 
     live, holders = run(scenario())
     assert counter(live, "wssfleet_connections") == holders
     assert counter(live, "wssfleet_channels") == holders
-    assert counter(service.metrics(), "wssfleet_drops_total", cause="too_big") == 1
+    wait_until(
+        lambda: counter(service.metrics(), "wssfleet_drops_total", cause="too_big") == 1,
+        5,
+        "the oversized frame's drop is counted once",
+    )
 
 
 def test_drain_closes_and_recoveries_are_counted(start_service, redis_server):
@@ -115,10 +117,15 @@ def test_drain_closes_and_recoveries_are_counted(start_service, redis_server):
         stranger = await open_client(service, f"/ws/room?since={elsewhere}", subscribed=False)
         assert (await receive(stranger))["recovered"] is False
         service.process.send_signal(signal.SIGUSR1)
-        await asyncio.sleep(1.5)
 
     run(scenario())
-    samples = service.metrics()
+
+    def once_drained():
+        samples = service.metrics()
+        return samples if counter(samples, "wssfleet_closes_total", reason="drain") == 3 else None
+
+    # The drain (1 s) closes the three clients.
+    samples = wait_until(once_drained, 10, "the drain's three closes are counted")
     assert counter(samples, "wssfleet_recoveries_total", result="recovered") == 1
     assert counter(samples, "wssfleet_recovered_messages_total") == 2
     assert counter(samples, "wssfleet_recoveries_total", result="not_recovered") == 1

@@ -72,7 +72,7 @@ def test_a_restarted_redis_is_reached_on_a_new_connection(redis_server):
         redis_server.stop()
         # The loop sees the connection close (a service's loop always runs), then the next
         # command finds no server to connect to.
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(link._connection.lost, 5)
         with pytest.raises(LinkLost) as lost:
             await link.call("PING")
         assert not lost.value.sent, "nothing can have left for a server that is gone"

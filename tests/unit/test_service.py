@@ -33,6 +33,7 @@ from tests.unit.helpers import (
     refusal,
     token,
     two_services_on_redis,
+    wait_until,
     wait_until_redis,
 )
 from wssfleet import auth
@@ -65,9 +66,10 @@ def test_demo_page_is_served_with_a_content_security_policy(start_service):
     with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/", timeout=5) as reply:
         page = reply.read().decode()
         assert "default-src 'none'" in reply.headers["Content-Security-Policy"]
-    assert '<script src="/app.js">' in page
+    assert '<script type="module" src="/app.js">' in page
+    # The demo follows the contract through the very module applications import.
     with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/app.js", timeout=5) as reply:
-        assert "new WebSocket" in reply.read().decode()
+        assert 'import { Client } from "/wssfleet-client.js"' in reply.read().decode()
     # The contract as an ES module for applications' pages: a module needs a JavaScript type.
     module = f"http://127.0.0.1:{service.port}/wssfleet-client.js"
     with urllib.request.urlopen(module, timeout=5) as reply:
@@ -453,8 +455,9 @@ def test_a_drain_closes_every_client_with_1012_evenly_over_drain_seconds(start_s
         started = time.monotonic()
         watchers = [asyncio.create_task(closed_at(ws, started)) for ws in clients]
         service.process.send_signal(signal.SIGUSR1)
-        await asyncio.sleep(0.5)
-        health = await asyncio.to_thread(service.health)
+        health = await asyncio.to_thread(
+            wait_until, lambda: service.health()["draining"] and service.health(), 5, "draining"
+        )
         return health, await asyncio.gather(*watchers)
 
     health, closes = run(scenario())
