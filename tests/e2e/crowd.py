@@ -1,15 +1,19 @@
 """The message plane's guarantee under a fault, as the end-to-end tests check it: 400
 subscribers on 4 channels come back with ``since`` after every reconnection, 4 publishers
 publish with ids and retry until acknowledged, and every acknowledged message must reach every
-subscriber exactly once and in order, with no history ever reported lost."""
+subscriber exactly once and in order, with no history ever reported lost. Beside them, one
+application per channel on the shipped Python client (clients/python) must receive the same."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
 from collections.abc import Callable
+
+from wssfleet_client import Client  # the shipped Python client (clients/python)
 
 from tests.contract_client import Publisher, Subscribers
 from tests.e2e.conftest import run
@@ -18,6 +22,52 @@ CHANNELS = 4
 PER_CHANNEL = 100
 # Each channel 5 messages a second: 20 a second in all, 2,000 deliveries a second.
 INTERVAL = 0.2
+
+
+class ShippedSubscriber:
+    """An application on the shipped Python client, subscribed to one channel beside the
+    crowd: it must receive what the crowd receives, through the same fault."""
+
+    def __init__(self, lab, channel: str, source: str, host: str | None) -> None:
+        self.channel = channel
+        self.received: list[tuple[int, str]] = []
+        self.gaps = 0
+        self.connections = 0
+        self.client = Client(
+            f"wss://{lab.domain}/ws",
+            token=lambda: lab.token("shipped-client"),
+            ssl=lab._client_tls,
+            host=host or lab.master_address,
+            port=443,
+            server_hostname=lab.domain,
+            origin=f"https://{lab.domain}",
+            proxy=None,
+            local_addr=(source, 0),
+            on_event=self._event,
+        )
+        self.task: asyncio.Task | None = None
+
+    def _event(self, kind: str, _detail: dict) -> None:
+        self.connections += kind == "connected"
+
+    def start(self) -> None:
+        self.client.start()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async with self.client.subscribe(self.channel) as subscription:
+            async for message in subscription:
+                if message.gap:
+                    self.gaps += 1
+                else:
+                    self.received.append((message.data, message.offset))
+
+    async def finish(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.client.close()
 
 
 def through(
@@ -38,6 +88,9 @@ def through(
     async def scenario():
         subscribers = Subscribers(lambda path: connect(path, "subscriber"), channels, PER_CHANNEL)
         subscribers.start()
+        shipped = [ShippedSubscriber(lab, channel, source, host) for channel in channels]
+        for application in shipped:
+            application.start()
         await subscribers.until_subscribed(90)
         assert await subscribers.until_even(60), "the crowd never spread evenly"
         await asyncio.sleep(3)
@@ -58,9 +111,18 @@ def through(
         last = {publisher.channel: publisher.last for publisher in publishers}
         await subscribers.until_caught_up(last, 60)
         await subscribers.finish()
-        return subscribers, publishers, outcome, fault_seconds, settled, settled_at
+        # The shipped clients catch up too (their own reconnections, their own backoff).
+        acked = {publisher.channel: publisher.acked for publisher in publishers}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            len(application.received) < len(acked[application.channel]) for application in shipped
+        ):
+            await asyncio.sleep(0.2)
+        for application in shipped:
+            await application.finish()
+        return subscribers, publishers, outcome, fault_seconds, settled, settled_at, shipped
 
-    subscribers, publishers, outcome, fault_seconds, settled, settled_at = run(
+    subscribers, publishers, outcome, fault_seconds, settled, settled_at, shipped = run(
         scenario(), timeout=400
     )
     unanswered = [
@@ -87,6 +149,14 @@ def through(
         lost = [answer for answer in inbox.answers if answer.get("recovered") is False]
         if lost:
             problems.append(f"subscriber {number}: history reported lost: {lost[0]}")
+    for application in shipped:
+        expected, received = acked[application.channel], application.received
+        if received != expected or application.gaps:
+            problems.append(
+                f"the shipped Python client on {application.channel}: {len(received)} received "
+                f"of {len(expected)}, {len(received) - len(set(received))} repeated, "
+                f"{application.gaps} history gaps"
+            )
     assert problems == [], f"{outcome}\n" + "\n".join(problems[:10])
     summary = {
         "acknowledged": sum(len(messages) for messages in acked.values()),
@@ -100,6 +170,7 @@ def through(
             for seen in [*subscribers.seen, *(publisher.seen for publisher in publishers)]
         ),
         "fault seconds": round(fault_seconds, 1),
+        "shipped client connections": sum(application.connections for application in shipped),
         "outcome": outcome,
     }
     if isinstance(outcome, dict) and "cut_at" in outcome:
