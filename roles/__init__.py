@@ -13,7 +13,8 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import File, Sha256File
-from pyinfra.operations import files, server
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import files, server, systemd
 
 from wssfleet_control.checkout import HOSTSIDE
 from wssfleet_control.commands import quote
@@ -68,6 +69,19 @@ def virtualenv_from_wheels(
 # when a start follows a stop closely) is tried again; systemd itself would start the unit
 # again after RestartSec, but the deploy would have failed.
 SERVICE_RETRY = {"_retries": 3, "_retry_delay": 3}
+
+
+def unit_retired(unit: str, why: str) -> None:
+    """A unit this host ran for a role it no longer has: stopped and disabled, if it is
+    there (its package and data stay). ``why`` ends the operation's name."""
+    if unit in host.get_fact(SystemdStatus):
+        systemd.service(
+            **SERVICE_RETRY,
+            name=f"Ensure {unit} is stopped here ({why})",
+            service=unit,
+            running=False,
+            enabled=False,
+        )
 
 
 def activate_candidate(

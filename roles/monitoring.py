@@ -13,10 +13,15 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, systemd
 
-from roles import SERVICE_RETRY, activate_candidate, helper_installed, secret_template
+from roles import (
+    SERVICE_RETRY,
+    activate_candidate,
+    helper_installed,
+    secret_template,
+    unit_retired,
+)
 from roles.redis import MONITOR_REDIS_USER
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.hostside import layout
@@ -120,14 +125,7 @@ def redis_exporter(run: DeployRun) -> None:
 def prometheus_retired() -> None:
     """On a host that is no longer the monitoring host: its Prometheus stopped (its package
     and data stay, for whoever wants its history)."""
-    if "prometheus.service" in host.get_fact(SystemdStatus):
-        systemd.service(
-            **SERVICE_RETRY,
-            name="Ensure Prometheus is stopped here (another host monitors the fleet)",
-            service="prometheus.service",
-            running=False,
-            enabled=False,
-        )
+    unit_retired("prometheus.service", "another host monitors the fleet")
 
 
 @deploy("Prometheus")

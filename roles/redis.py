@@ -6,10 +6,9 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import SERVICE_RETRY, secret_template
+from roles import SERVICE_RETRY, secret_template, unit_retired
 from roles import internal_tls as internal_tls_role
 from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
@@ -303,14 +302,7 @@ def sentinel(run: DeployRun) -> None:
 def sentinel_retired() -> None:
     """On a host that no longer runs a Sentinel (the fleet is back to one redis host, or
     others took its place): stopped, so that it cannot promote a server nobody follows."""
-    if "redis-sentinel.service" in host.get_fact(SystemdStatus):
-        systemd.service(
-            **SERVICE_RETRY,
-            name="Ensure no Sentinel runs here (the fleet's Sentinels are elsewhere, or none)",
-            service="redis-sentinel.service",
-            running=False,
-            enabled=False,
-        )
+    unit_retired("redis-sentinel.service", "the fleet's Sentinels are elsewhere, or none")
 
 
 def _sentinel_recipe(run: DeployRun) -> str:

@@ -5,6 +5,7 @@ through the Sentinels. An acknowledged message is on two nodes, so it survives t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -112,6 +113,26 @@ def on_sentinels(start_service, primary, sentinels, **settings):
     return service
 
 
+def waiting_for_the_replica(start_service, primary, sentinels):
+    """A publishing process that waits 200 ms for a replica's confirmation, and a listening
+    one: the pair the frozen-replica tests run."""
+    publishing = on_sentinels(
+        start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200"
+    )
+    return publishing, on_sentinels(start_service, primary, sentinels)
+
+
+@contextlib.contextmanager
+def frozen(server):
+    """A Redis process stopped (SIGSTOP) for the block: still connected, confirming nothing.
+    Yields the moment it froze."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
 def test_an_acknowledged_publish_is_on_the_replica_too(replicated, start_service):
     primary, replica, sentinels = replicated
     service = on_sentinels(start_service, primary, sentinels)
@@ -133,24 +154,19 @@ def test_a_message_no_replica_confirmed_is_neither_acknowledged_nor_delivered(
     replicated, start_service
 ):
     primary, replica, sentinels = replicated
-    service = on_sentinels(start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200")
-    listening = on_sentinels(start_service, primary, sentinels)
+    service, listening = waiting_for_the_replica(start_service, primary, sentinels)
 
     async def scenario():
         ws = await open_client(service, subject="p")
         subscriber = await open_client(listening, "/ws/room", subject="s")
         await asyncio.sleep(1.5)
-        # Frozen, the replica stays connected but confirms nothing.
-        os.kill(replica.process.pid, signal.SIGSTOP)
-        try:
+        with frozen(replica):
             await request(ws, type="publish", channel="room", data="unsure", id="m1")
             refused = await receive(ws)
             # Held by the subscriber's process: delivered now, it could be lost with the
             # primary and leave the subscriber ahead of the history.
             with pytest.raises(TimeoutError):
                 await receive(subscriber, timeout=1)
-        finally:
-            os.kill(replica.process.pid, signal.SIGCONT)
         await asyncio.sleep(0.5)
         # The same message again, same id: stored once, confirmed now, delivered once.
         await request(ws, type="publish", channel="room", data="unsure", id="m1")
@@ -173,16 +189,13 @@ def test_a_replica_lost_for_good_stops_holding_publishes_within_seconds(replicat
     # The primary keeps a silent replica on its list for repl-timeout (60 s): a publish
     # waiting for it all that time would be a publisher locked out for a minute.
     primary, replica, sentinels = replicated
-    service = on_sentinels(start_service, primary, sentinels, WSSFLEET_REDIS_REPLICA_WAIT_MS="200")
-    listening = on_sentinels(start_service, primary, sentinels)
+    service, listening = waiting_for_the_replica(start_service, primary, sentinels)
 
     async def scenario():
         ws = await open_client(service, subject="p")
         subscriber = await open_client(listening, "/ws/room", subject="s")
         await asyncio.sleep(1.5)
-        os.kill(replica.process.pid, signal.SIGSTOP)
-        try:
-            frozen_at = time.monotonic()
+        with frozen(replica) as frozen_at:
             answers = []
             while time.monotonic() - frozen_at < 15:
                 await request(ws, type="publish", channel="room", data="alone", id="m1")
@@ -194,8 +207,6 @@ def test_a_replica_lost_for_good_stops_holding_publishes_within_seconds(replicat
             delivered = await receive(subscriber)
             with pytest.raises(TimeoutError):
                 await receive(subscriber, timeout=1)
-        finally:
-            os.kill(replica.process.pid, signal.SIGCONT)
         return answers, took, delivered
 
     answers, took, delivered = run(scenario())
