@@ -18,26 +18,21 @@ Standard library and the openssl command only (it runs on Debian's python3).
 
 from __future__ import annotations
 
-import calendar
 import sys
 import time
 
 from certificate_metrics import lifetime_renewal  # beside this file on the host
-from certificate_sync import blocks, issued_at, openssl, served_by
+from certificate_sync import blocks, certificate_date, issued_at, openssl, served_by
 from layout import HAPROXY_CERTIFICATE
 
 NOT_HERE = 3
 DECLINED = 4
 
 
-def ends_at(certificate: str) -> float:
-    dates = openssl("x509", "-noout", "-enddate", text=certificate).stdout.strip()
-    return calendar.timegm(time.strptime(dates.partition("=")[2], "%b %d %H:%M:%S %Y %Z"))
-
-
 def due(certificate: str, now: float) -> bool:
     """Due as certbot judges a certificate whose CA gives no renewal window."""
-    return now >= lifetime_renewal(issued_at(certificate), ends_at(certificate))
+    ends = certificate_date(certificate, "-enddate")
+    return now >= lifetime_renewal(issued_at(certificate), ends)
 
 
 def self_signed(certificate: str) -> bool:

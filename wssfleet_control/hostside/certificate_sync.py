@@ -53,11 +53,16 @@ def served_by(peer: str, domain: str) -> list[str]:
     return [block for block in blocks(result.stdout) if "CERTIFICATE" in block]
 
 
+def certificate_date(certificate: str, which: str) -> float:
+    """The certificate's ``-startdate`` or ``-enddate``, in seconds since the epoch."""
+    dates = openssl("x509", "-noout", which, text=certificate).stdout.strip()
+    return calendar.timegm(time.strptime(dates.partition("=")[2], "%b %d %H:%M:%S %Y %Z"))
+
+
 def issued_at(certificate: str) -> float:
     """When the certificate was issued (notBefore): the newer certificate is the one issued
     later, even when it ends sooner (a move to a shorter-lived profile)."""
-    dates = openssl("x509", "-noout", "-startdate", text=certificate).stdout.strip()
-    return calendar.timegm(time.strptime(dates.partition("=")[2], "%b %d %H:%M:%S %Y %Z"))
+    return certificate_date(certificate, "-startdate")
 
 
 def public_key(pem: str, private: bool = False) -> str:
