@@ -344,10 +344,22 @@ def load(path: str | os.PathLike[str]) -> Fleet:
     """Read an inventory file the way pyinfra does, without connecting to any host.
 
     pyinfra's CLI package monkey-patches the standard library with gevent when imported,
-    so the file is read in a child process (``python -m wssfleet_control describe``).
+    so a process not patched yet reads the file in a child process (``python -m
+    wssfleet_control describe``); the CLI, patched from its start, reads it itself.
     """
     if not Path(path).is_file():
         raise SettingsError(f"inventory {path} does not exist")
+    if _gevent_patched():
+        try:
+            return from_groups(describe(path))
+        except SettingsError:
+            raise
+        # The inventory is the operator's Python: what it raised, as the child would print it.
+        except SystemExit as stop:
+            raise SettingsError(f"inventory {path}: {stop.code}") from None
+        except Exception as error:
+            cause = getattr(error, "exception", error)  # pyinfra's UnexpectedExternalError
+            raise SettingsError(f"inventory {path}: {type(cause).__name__}: {cause}") from None
     result = subprocess.run(
         [sys.executable, "-m", "wssfleet_control", "describe", str(path)],
         capture_output=True,
@@ -357,6 +369,11 @@ def load(path: str | os.PathLike[str]) -> Fleet:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise SettingsError(f"inventory {path}: {lines[-1] if lines else 'unreadable'}")
     return from_groups(json.loads(result.stdout))
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
