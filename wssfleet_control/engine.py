@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,9 @@ class Session:
         if not self.connected:
             self.state.set_stage(StateStage.Connect)
             connect_all(self.state)
+            for host in self.state.inventory:
+                if host.connected:
+                    _without_nagle(host)
             self.connected = True
             self.unreachable = sorted(host.name for host in self.state.failed_hosts)
         if every_host and self.unreachable:
@@ -148,6 +152,16 @@ class Session:
             "operations": operations,
             "failed_hosts": sorted(host.name for host in self.state.failed_hosts),
         }
+
+
+def _without_nagle(host) -> None:
+    """Send each SSH packet at once. paramiko leaves Nagle's algorithm on, so every command's
+    small requests wait for the server's delayed ACK: about 45 ms a command on the lab's bridge
+    against 5 ms without, hundreds of times a deploy (OpenSSH sets TCP_NODELAY too)."""
+    client = getattr(host.connector, "client", None)
+    transport = client.get_transport() if client is not None else None
+    if transport is not None and isinstance(transport.sock, socket.socket):
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def refusal(error: UnexpectedExternalError) -> Exception:
