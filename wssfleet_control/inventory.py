@@ -351,15 +351,14 @@ def load(path: str | os.PathLike[str]) -> Fleet:
         raise SettingsError(f"inventory {path} does not exist")
     if _gevent_patched():
         try:
-            return from_groups(describe(path))
-        except SettingsError:
-            raise
+            described = describe(path)
         # The inventory is the operator's Python: what it raised, as the child would print it.
         except SystemExit as stop:
             raise SettingsError(f"inventory {path}: {stop.code}") from None
         except Exception as error:
             cause = getattr(error, "exception", error)  # pyinfra's UnexpectedExternalError
             raise SettingsError(f"inventory {path}: {type(cause).__name__}: {cause}") from None
+        return from_groups(described)
     result = subprocess.run(
         [sys.executable, "-m", "wssfleet_control", "describe", str(path)],
         capture_output=True,
