@@ -27,6 +27,8 @@ pytestmark = pytest.mark.timeout(900)
 
 POLL_SECONDS = 5
 RENEWALS_WATCHED = 1
+NOT_DUE = "Certificate not yet due for renewal"
+PROCESSING = "Processing /etc/letsencrypt/renewal/"
 
 
 @dataclass
@@ -65,8 +67,16 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
         renewal_interval="1m",
         renewal_random_delay="5s",
     )
+    deployed_at = int(time.time())
     code, _, log = deploy(inventory)
     assert code == 0, log[-3000:]
+
+    def renewal_journal() -> str:
+        return lab.on(
+            "master",
+            f"journalctl -t wssfleet-renew --no-pager -o cat --since @{deployed_at}",
+        ).stdout
+
     try:
 
         async def scenario() -> tuple[list[Served], int]:
@@ -74,8 +84,9 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
             await next_frame(ws, 10)
             seen: list[Served] = []
             echoed = 0
+            declined = False
             deadline = time.time() + lifetime * (RENEWALS_WATCHED + 1)
-            while len(seen) <= RENEWALS_WATCHED and time.time() < deadline:
+            while (len(seen) <= RENEWALS_WATCHED or not declined) and time.time() < deadline:
                 certificate = await asyncio.to_thread(served_certificate, lab)
                 now = time.time()
                 if not seen or seen[-1].serial != certificate.serial_number:
@@ -89,6 +100,8 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
                         )
                     )
                 seen[-1].last_seen = now
+                if len(seen) > RENEWALS_WATCHED and not declined:
+                    declined = NOT_DUE in await asyncio.to_thread(renewal_journal)
                 # The WebSocket opened before the first swap answers after every poll.
                 assert await echoes(ws, f"poll {echoed}"), f"no echo after {len(seen)} certificates"
                 echoed += 1
@@ -104,15 +117,25 @@ def test_short_lived_certificates_renew_on_schedule_through_cron_keeping_a_webso
             # Replaced while still valid: no client ever met an expired certificate.
             assert new.first_seen <= old.not_after, (old, new)
             assert old.last_seen <= old.not_after, old
-        # Renewed on schedule, not at every run: the deploy's certificate was served for at
-        # least a third of its lifetime while cron ran every minute, then cron renewed it.
-        assert seen[1].not_before - seen[0].not_before >= lifetime / 3, seen
-        journal = lab.on(
-            "master", "journalctl -t wssfleet-renew --no-pager -o cat --since '-15 min'"
-        ).stdout
+        journal = renewal_journal()
         assert "Congratulations, all renewals succeeded" in journal, journal[-3000:]
-        assert "not yet due for renewal" in journal, journal[-3000:]
+        # Not at every run: some cron run declined.
+        assert NOT_DUE in journal, journal[-3000:]
+        # On schedule. certbot asks the CA's renewal information (ARI) at its first run and
+        # renews at a random moment of the suggested window; Pebble's spans a day either side
+        # of 2/3 of the lifetime, so for a 4-minute certificate that first run renews or not
+        # with even odds. certbot then defers ARI for the CA's Retry-After (Pebble: 6 hours)
+        # and renews by the lifetime rule: half of it, below 10 days.
+        runs_before_renewal = journal.partition("Renewing an existing certificate")[0]
+        if runs_before_renewal.count(PROCESSING) > 1:
+            assert seen[1].not_before - seen[0].not_before >= lifetime / 2 - 2, seen
         record = json.loads(lab.on("master", f"python3 {CERTIFICATE_METRICS_HELPER} show").stdout)
+        # What status and the metrics say comes next is that rule, for the certificate served.
+        assert record["renewal_rule"] == "lifetime", record
+        assert (
+            record["next_renewal"]
+            == seen[-1].not_before + (seen[-1].not_after - seen[-1].not_before) / 2
+        ), record
         assert record["last_success"] == 1, record
         assert record["not_after"] == seen[-1].not_after, record
         assert time.time() - 120 <= record["last_attempt"], record
