@@ -122,7 +122,7 @@ def test_worker_ports_and_redis_are_unreachable_from_outside(lab):
 
 def test_logs_record_connections_but_never_a_token(lab):
     run(_echo_once(lab))
-    # Every JWT PyJWT makes starts with the base64 of '{"alg"'.
+    # Every token auth.mint makes starts with the base64 of '{"alg"'.
     for node in lab.fleet.nodes:
         journal = lab.on(node.name, "journalctl -o cat --no-pager")
         assert journal.returncode == 0
