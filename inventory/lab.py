@@ -40,6 +40,9 @@ all = (
             # Lab hosts inherit this machine's open-file limit (20000 where it cannot be
             # raised); HAProxy needs two descriptors a connection.
             "haproxy_maxconn": 9000,
+            # A lab instance holds a few hundred clients at most: 5 s moves them at well under
+            # the per-source connection rate, and halves every rollout's wait (default 10).
+            "drain_seconds": 5,
             # The masters' floating address on the lab bridge (none with one master).
             "front_door_address": _lab["front_door"],
         },

@@ -13,11 +13,11 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import File, Sha256File
-from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 
 from wssfleet_control.checkout import HOSTSIDE
 from wssfleet_control.commands import quote
+from wssfleet_control.facts import LoadedUnits
 from wssfleet_control.hostside.layout import HELPERS, STATE, UPLOADS
 
 
@@ -74,7 +74,7 @@ SERVICE_RETRY = {"_retries": 3, "_retry_delay": 3}
 def unit_retired(unit: str, why: str) -> None:
     """A unit this host ran for a role it no longer has: stopped and disabled, if it is
     there (its package and data stay). ``why`` ends the operation's name."""
-    if unit in host.get_fact(SystemdStatus):
+    if unit in host.get_fact(LoadedUnits, pattern=unit):
         systemd.service(
             **SERVICE_RETRY,
             name=f"Ensure {unit} is stopped here ({why})",

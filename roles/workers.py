@@ -9,7 +9,6 @@ instances one at a time. This role never restarts a running instance.
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Link
-from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import SERVICE_RETRY, helper_installed, secret_template, virtualenv_from_wheels
@@ -21,6 +20,7 @@ from wssfleet_control.commands import point_current
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import (
     CurrentRelease,
+    LoadedUnits,
     MemoryKib,
     OpenFilesLimit,
     PythonPlatform,
@@ -164,8 +164,8 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
             daemon_reload=unit.will_change,
         )
     wanted = {instance_unit(port) for port in service_ports}
-    for name, _ in sorted(host.get_fact(SystemdStatus).items()):
-        if name.startswith(INSTANCE_PREFIX) and name not in wanted:
+    for name in sorted(host.get_fact(LoadedUnits, pattern=f"{INSTANCE_PREFIX}*")):
+        if name not in wanted:
             systemd.service(
                 **SERVICE_RETRY,
                 name=f"Ensure surplus {name} is stopped and disabled",

@@ -23,6 +23,23 @@ class PythonPlatform(FactBase):
         return version, machine
 
 
+class LoadedUnits(FactBase):
+    """The systemd units loaded on the host whose names match ``pattern``, whatever their
+    state. ``systemctl list-units`` with a pattern answers in milliseconds, where pyinfra's
+    SystemdStatus of every unit takes half a second on a small host."""
+
+    def command(self, pattern: str) -> str:
+        return f"systemctl list-units --all --plain --no-legend --full {quote(pattern)}"
+
+    def process(self, output) -> set[str]:
+        # A failed unit's line may start with a marker column.
+        return {line.lstrip("●* ").split()[0] for line in output if line.lstrip("●* ")}
+
+    @staticmethod
+    def default() -> set[str]:
+        return set()
+
+
 class OpenFilesLimit(FactBase):
     """The most open files any service on this host can get: PID 1's hard limit."""
 
