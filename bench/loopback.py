@@ -55,6 +55,8 @@ BENCH_SETTINGS = {
     "history_channels": 100_000,
     "history_channels_per_subject": 100_000,
     "heartbeat_interval": 1,
+    # The reconnect storm holds 2,500 clients of one subject on each process.
+    "connections_per_subject": 100_000,
 }
 
 

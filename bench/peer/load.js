@@ -7,6 +7,7 @@
 'use strict';
 
 const fs = require('node:fs');
+const http = require('node:http');
 const readline = require('node:readline');
 const WebSocket = require('ws');
 
@@ -150,6 +151,69 @@ const jobs = {
   async idle() {
     const clients = await openMany(job.clients, 50, () => open('/ws', 1));
     return { clients, async run() { return { connections: clients.length }; } };
+  },
+
+  // The reconnect storm: `clients` subscribers on `channels` channels, opened from the
+  // `sources` addresses in turn. On "go" every service process is asked to close all of its
+  // clients with 1012 at once (`shed`: their /internal/shed URLs, with `key`); each client
+  // comes back as the client contract says (docs/continuity.md): after a random delay in
+  // [0, 1] s, and after a failed attempt with full-jitter backoff. Done when every one is
+  // subscribed again.
+  async storm() {
+    const prefix = `storm-${process.pid}-${Date.now()}`;
+    const clients = new Array(job.clients);
+    const closes = {};
+    let storming = false;
+    let back = 0;
+    let failed = 0;
+    const subscribe = (index) => new Promise((resolve, reject) => {
+      const options = { ...tls, localAddress: job.sources[index % job.sources.length] };
+      const ws = new WebSocket(
+        `${job.url}/ws/${prefix}-${index % job.channels}?token=${job.token}`, options);
+      let seen = 0;
+      ws.on('message', () => {
+        seen += 1;
+        if (seen === 2) resolve(ws); // welcome, subscribed
+      });
+      ws.once('error', reject);
+      ws.once('close', (code) => {
+        if (seen < 2) reject(new Error(`closed with ${code} before subscribed`));
+        else if (storming && clients[index] === ws) comeBack(index, code);
+      });
+    });
+    const attempt = (index, failures) => subscribe(index).then((ws) => {
+      clients[index] = ws;
+      back += 1;
+    }, () => {
+      failed += 1;
+      setTimeout(() => attempt(index, failures + 1),
+        Math.random() * Math.min(10000, 500 * 2 ** (failures + 1)));
+    });
+    function comeBack(index, code) {
+      closes[code] = (closes[code] || 0) + 1;
+      setTimeout(() => attempt(index, 0), Math.random() * 1000);
+    }
+    const opened = await openMany(job.clients, 50, (index) => subscribe(index));
+    opened.forEach((ws, index) => { clients[index] = ws; });
+    return {
+      clients,
+      async run() {
+        storming = true;
+        const started = performance.now();
+        await Promise.all(job.shed.map((url) => new Promise((resolve, reject) => {
+          http.get(url, { headers: { Authorization: `Bearer ${job.key}` } }, (reply) => {
+            reply.resume();
+            if (reply.statusCode === 202) resolve();
+            else reject(new Error(`${url}: HTTP ${reply.statusCode}`));
+          }).on('error', reject);
+        })));
+        const deadline = started + 120000;
+        while (back < job.clients && performance.now() < deadline) await sleep(10);
+        const seconds = (performance.now() - started) / 1000;
+        storming = false;
+        return { clients: job.clients, back, seconds, closes, failed };
+      },
+    };
   },
 
   // `count` connections opened (TLS, upgrade, token check, welcome) and closed, 10 at a time.

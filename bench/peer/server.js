@@ -4,7 +4,9 @@
 // and the same message plane: each publish calls wssfleet's own store-and-publish function on
 // Redis (history stream, offset) and reaches the other processes by Redis pub/sub.
 //
-// It lacks what the bench does not exercise: recovery by `since`, drains, metrics.
+// It lacks what the bench does not exercise: recovery by `since`, drains, metrics. It has
+// wssfleet's /internal/shed (clients closed with 1012 over a window), which the bench's
+// reconnect storm asks both sides for.
 //
 // Lean, as a Node engineer writes it for production: the token is checked with one
 // HMAC-SHA256 from Node's crypto (no JWT library), ws keeps no client set of its own
@@ -31,6 +33,8 @@ const PUBLISH_LIMITS = JSON.parse(env.PEER_PUBLISH_LIMITS);
 const WORKER = `127.0.0.1:${PORT}`;
 // As wssfleet: a frame to every client sent nothing for this long (heartbeat_interval).
 const HEARTBEAT_SECONDS = Number(env.PEER_HEARTBEAT_INTERVAL || 5);
+// The key /internal/shed asks for, as wssfleet's internal_key; empty: the path does not exist.
+const INTERNAL_KEY = Buffer.from(`Bearer ${env.PEER_INTERNAL_KEY || ''}`);
 
 const CHANNEL = /^[A-Za-z0-9_.:-]{1,64}$/;
 const SUBJECT = /^[A-Za-z0-9_.@:+-]{1,64}$/;
@@ -223,8 +227,30 @@ const server = http.createServer((request, response) => {
     response.writeHead(200, { 'Content-Type': 'application/json' });
     return response.end(JSON.stringify({ status: 'ok', redis: redis.status === 'ready' ? 'connected' : 'disconnected', worker: WORKER, connections: clients.size }));
   }
+  if (request.url.startsWith('/internal/shed?')) return shed(request, response);
   response.writeHead(404).end('not found\n');
 });
+
+// GET /internal/shed?count=N&seconds=S with the internal key, as wssfleet answers it: N
+// clients closed with 1012 evenly over S seconds, so that they reconnect elsewhere.
+function shed(request, response) {
+  const presented = Buffer.from(request.headers.authorization || '');
+  if (!env.PEER_INTERNAL_KEY || request.headers['x-forwarded-for'] !== undefined
+      || presented.length !== INTERNAL_KEY.length || !crypto.timingSafeEqual(presented, INTERNAL_KEY)) {
+    return response.writeHead(404).end('not found\n');
+  }
+  const query = new URL(request.url, 'http://peer').searchParams;
+  const count = Number(query.get('count'));
+  const seconds = Number(query.get('seconds') || 1);
+  if (!(Number.isInteger(count) && count >= 1 && count <= 1000000 && seconds >= 0.1 && seconds <= 600)) {
+    return response.writeHead(400).end('give count=1..1000000 and seconds=0.1..600\n');
+  }
+  const chosen = [...clients].slice(0, count);
+  chosen.forEach((ws, index) => setTimeout(
+    () => ws.close(1012, 'service restart: reconnect'), (index * seconds * 1000) / chosen.length));
+  response.writeHead(202, { 'Content-Type': 'application/json' });
+  return response.end(JSON.stringify({ shedding: chosen.length }));
+}
 
 const wss = new WebSocketServer({
   noServer: true, maxPayload: MAX_BYTES, perMessageDeflate: false, clientTracking: false,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +116,27 @@ def test_both_sides_send_an_idle_client_heartbeats_as_the_bench_configures_them(
     welcome, heard = run(scenario())
     assert welcome["heartbeat"] == compare.BENCH_SETTINGS["heartbeat_interval"] == 1
     assert heard.count("heartbeat") >= 2 and set(heard) == {"heartbeat"}, heard
+
+
+def test_both_sides_shed_clients_with_1012_for_the_internal_key_only(urls):
+    """The reconnect storm asks each process's /internal/shed: both close with 1012, and
+    neither answers without the key."""
+    shed = f"{urls[0].replace('ws://', 'http://')}/internal/shed?count=10&seconds=0.1"
+
+    def asked(key: str) -> int:
+        request = urllib.request.Request(shed, headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    async def scenario():
+        ws, _ = await opened(urls[0])
+        refused = await asyncio.to_thread(asked, "not-the-key")
+        accepted = await asyncio.to_thread(asked, compare.INTERNAL_KEY)
+        with pytest.raises(ConnectionClosed) as closed:
+            await next_frame(ws, 10)
+        return refused, accepted, closed.value.rcvd.code
+
+    assert run(scenario()) == (404, 202, 1012)
