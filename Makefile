@@ -34,7 +34,7 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools control deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-loopback token rotate-secret
+	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-loopback token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -138,6 +138,9 @@ lint: tools ## ruff at line length 100
 
 bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the performance table
 	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS))
+
+bench-storm: tools ## only make bench's reconnect storm, against the same peer
+	$(PY) -m bench --storm-only $(if $(ROUNDS),--rounds $(ROUNDS))
 
 bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it
 	$(PY) -m bench.loopback $(if $(COMPARE),--compare $(COMPARE))

@@ -7,4 +7,7 @@ from bench.compare import main
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=description)
 parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+parser.add_argument(
+    "--storm-only", action="store_true", help="only the reconnect storm (make bench-storm)"
+)
 main(parser.parse_args())

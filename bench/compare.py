@@ -310,9 +310,11 @@ def run_measured(job: dict, pids: list[int]) -> tuple[dict, float]:
     return done, spent
 
 
-def measure_side(side: str, redis_url: str, tls: Path) -> dict[str, float]:
-    """One round of every measure on ``side``, on fresh processes."""
+def measure_side(side: str, redis_url: str, tls: Path, storm_only: bool) -> dict[str, float]:
+    """One round of every measure on ``side`` (or the reconnect storm's), on fresh processes."""
     token = auth.mint(SECRET, "bench", 3600, subscribe=["*"], publish=["*"])
+    if storm_only:
+        return reconnect_storm(side, redis_url, tls, token)
     results: dict[str, float] = {}
     with processes(side, redis_url) as (pids, ports), haproxy(tls, ports) as port:
         base = {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
@@ -428,7 +430,7 @@ def main(arguments: argparse.Namespace) -> None:
             order = sides if number % 2 == 0 else sides[::-1]
             for side in order:
                 print(f"round {number + 1}/{arguments.rounds}: {side}", file=sys.stderr)
-                runs[side].append(measure_side(side, redis_url, tls))
+                runs[side].append(measure_side(side, redis_url, tls, arguments.storm_only))
     ours, theirs = sides
     print(
         f"\n{arguments.rounds} alternating rounds on 127.0.0.1, {os.cpu_count()} cores shared by "
@@ -438,6 +440,8 @@ def main(arguments: argparse.Namespace) -> None:
     print(f"| measure | {ours} | {theirs} | ratio |")
     print("| --- | --- | --- | --- |")
     for measure in MEASURES:
+        if measure.key not in runs[ours][0]:
+            continue
         mine = [run[measure.key] for run in runs[ours]]
         peer = [run[measure.key] for run in runs[theirs]]
         print(
