@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from roles.redis import ADMIN_REDIS_USER, acl_users
@@ -35,6 +37,16 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free loopback port in {first}-{first + share - 1}")
+
+
+def http_status(url: str, **headers: str) -> int:
+    """The HTTP status a GET of ``url`` gets, error statuses included."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

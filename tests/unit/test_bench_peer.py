@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bench import compare
 from bench.loopback import redis_server
 from tests.frames import next_frame
-from tests.processes import free_port, wait_for_port
+from tests.processes import free_port, http_status, wait_for_port
 from tests.unit.helpers import ORIGIN, SECRET, token
 
 
@@ -124,12 +122,7 @@ def test_both_sides_shed_clients_with_1012_for_the_internal_key_only(urls):
     shed = f"{urls[0].replace('ws://', 'http://')}/internal/shed?count=10&seconds=0.1"
 
     def asked(key: str) -> int:
-        request = urllib.request.Request(shed, headers={"Authorization": f"Bearer {key}"})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                return reply.status
-        except urllib.error.HTTPError as error:
-            return error.code
+        return http_status(shed, Authorization=f"Bearer {key}")
 
     async def scenario():
         ws, _ = await opened(urls[0])

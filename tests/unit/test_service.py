@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.processes import http_status
 from tests.unit.clients import (
     expect_nothing,
     message,
@@ -563,25 +564,19 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
     base = f"http://127.0.0.1:{service.port}/internal/shed"
     key = {"Authorization": "Bearer the-rebalancer-s-internal-key"}
 
-    def get(url: str, **headers: str) -> int:
-        request = urllib.request.Request(url, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                return reply.status
-        except urllib.error.HTTPError as error:
-            return error.code
-
     async def scenario():
         clients = [await open_client(service) for _ in range(10)]
         # Without the key, or through HAProxy (X-Forwarded-For), the path does not exist;
         # nonsense is refused.
-        keyless = await asyncio.to_thread(get, f"{base}?count=3")
-        wrong = await asyncio.to_thread(get, f"{base}?count=3", Authorization="Bearer guess")
-        forwarded = await asyncio.to_thread(
-            get, f"{base}?count=3", **key, **{"X-Forwarded-For": "1.2.3.4"}
+        keyless = await asyncio.to_thread(http_status, f"{base}?count=3")
+        wrong = await asyncio.to_thread(
+            http_status, f"{base}?count=3", Authorization="Bearer guess"
         )
-        nonsense = await asyncio.to_thread(get, f"{base}?count=0", **key)
-        accepted = await asyncio.to_thread(get, f"{base}?count=3&seconds=0.5", **key)
+        forwarded = await asyncio.to_thread(
+            http_status, f"{base}?count=3", **key, **{"X-Forwarded-For": "1.2.3.4"}
+        )
+        nonsense = await asyncio.to_thread(http_status, f"{base}?count=0", **key)
+        accepted = await asyncio.to_thread(http_status, f"{base}?count=3&seconds=0.5", **key)
         await asyncio.sleep(1.5)
         codes = []
         for ws in clients:
