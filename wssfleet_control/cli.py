@@ -58,15 +58,19 @@ def _resolve_inventory(_context, _parameter, value: str | None) -> str:
     return value or default_inventory()
 
 
-inventory_option = click.option(
-    "-i",
-    "--inventory",
-    "inventory_path",
-    envvar="WSSFLEET_INVENTORY",
-    callback=_resolve_inventory,
-    help="the pyinfra inventory of the deployment [default: $WSSFLEET_INVENTORY, else "
-    "wssfleet.toml's inventory, else inventory/lab.py]",
-)
+def inventory_option_resolved(callback):
+    return click.option(
+        "-i",
+        "--inventory",
+        "inventory_path",
+        envvar="WSSFLEET_INVENTORY",
+        callback=callback,
+        help="the pyinfra inventory of the deployment [default: $WSSFLEET_INVENTORY, else "
+        "wssfleet.toml's inventory, else inventory/lab.py]",
+    )
+
+
+inventory_option = inventory_option_resolved(_resolve_inventory)
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 
 
@@ -450,12 +454,13 @@ def token(
 
 
 @main.command()
-@inventory_option
+# Not resolved by the callback: an inventory given as the argument must not read (and so
+# depend on) wssfleet.toml.
+@inventory_option_resolved(None)
 @click.argument("positional", metavar="[INVENTORY]", required=False)
-def check(inventory_path: str, positional: str | None) -> None:
+def check(inventory_path: str | None, positional: str | None) -> None:
     """Validate an inventory and its settings, touching no host (exit 3 when invalid)."""
-    if positional:
-        inventory_path = positional
+    inventory_path = positional or inventory_path or default_inventory()
     fleet = load_fleet(inventory_path)
     names = ", ".join(
         f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes

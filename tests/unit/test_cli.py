@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from click.testing import CliRunner
 
 from lab import core
 from lab.config import LabSettings
 from tests.unit.helpers import control_cli, inherited_environment
-from wssfleet_control.checkout import PROJECT_FILE, REPO
+from wssfleet_control import cli
+from wssfleet_control.checkout import REPO
 
 VALID = (
     "master = [('m', {'ssh_hostname': '127.0.0.10'})]\n"
@@ -69,24 +71,27 @@ def test_a_dns_name_as_the_only_address_is_refused_before_it_reaches_a_host(tmp_
     assert wssfleet("check", "-i", str(path)).returncode == 0
 
 
-def test_the_deployment_is_named_once_by_environment_or_project_file(inventory):
+def test_the_deployment_is_named_once_by_environment_or_project_file(
+    inventory, tmp_path, monkeypatch
+):
     by_environment = wssfleet("check", WSSFLEET_INVENTORY=str(inventory))
     assert by_environment.returncode == 0, by_environment.stderr
     assert f"{inventory} is valid" in by_environment.stdout
-    if PROJECT_FILE.exists():
-        pytest.skip(f"{PROJECT_FILE} is the operator's: not overwritten by a test")
-    PROJECT_FILE.write_text(f'inventory = "{inventory}"\n')
-    try:
-        by_file = wssfleet("check")
-        broken_file_text = 'inventory = ["not", "a", "path"]\n'
-        PROJECT_FILE.write_text(broken_file_text)
-        broken = wssfleet("check")
-    finally:
-        PROJECT_FILE.unlink()
-    assert by_file.returncode == 0 and f"{inventory} is valid" in by_file.stdout, by_file
-    assert broken.returncode == 3 and "wssfleet.toml: give the deployment's inventory" in (
-        broken.stderr
-    )
+    # The checkout's own wssfleet.toml is never written: tests run in parallel against it.
+    project_file = tmp_path / "wssfleet.toml"
+    monkeypatch.setattr(cli, "PROJECT_FILE", project_file)
+    monkeypatch.delenv("WSSFLEET_INVENTORY", raising=False)
+    runner = CliRunner()
+    project_file.write_text(f'inventory = "{inventory}"\n')
+    by_file = runner.invoke(cli.main, ["check"])
+    assert by_file.exit_code == 0 and f"{inventory} is valid" in by_file.output, by_file.output
+    project_file.write_text('inventory = ["not", "a", "path"]\n')
+    broken = runner.invoke(cli.main, ["check"])
+    assert broken.exit_code == 3, broken.output
+    assert "wssfleet.toml: give the deployment's inventory" in broken.output
+    # An inventory given on the command line does not depend on the project file.
+    explicit = runner.invoke(cli.main, ["check", str(inventory)])
+    assert explicit.exit_code == 0, explicit.output
 
 
 @pytest.mark.parametrize("command", ["status", "verify", "renew", "plan", "rollback"])
