@@ -4,14 +4,13 @@ deployment, and no lab built behind an operator's back."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
-from click.testing import CliRunner
 
 from lab import core
 from lab.config import LabSettings
 from tests.unit.helpers import control_cli, inherited_environment
-from wssfleet_control import cli
 from wssfleet_control.checkout import REPO
 
 VALID = (
@@ -71,27 +70,40 @@ def test_a_dns_name_as_the_only_address_is_refused_before_it_reaches_a_host(tmp_
     assert wssfleet("check", "-i", str(path)).returncode == 0
 
 
-def test_the_deployment_is_named_once_by_environment_or_project_file(
-    inventory, tmp_path, monkeypatch
-):
+# The CLI with its project file moved to argv[1]: the checkout's own wssfleet.toml is never
+# written, since tests run in parallel against it.
+WITH_PROJECT_FILE = (
+    "import sys; from pathlib import Path; from wssfleet_control import cli; "
+    "cli.PROJECT_FILE = Path(sys.argv[1]); cli.main(sys.argv[2:], prog_name='wssfleet')"
+)
+
+
+def test_the_deployment_is_named_once_by_environment_or_project_file(inventory, tmp_path):
     by_environment = wssfleet("check", WSSFLEET_INVENTORY=str(inventory))
     assert by_environment.returncode == 0, by_environment.stderr
     assert f"{inventory} is valid" in by_environment.stdout
-    # The checkout's own wssfleet.toml is never written: tests run in parallel against it.
     project_file = tmp_path / "wssfleet.toml"
-    monkeypatch.setattr(cli, "PROJECT_FILE", project_file)
-    monkeypatch.delenv("WSSFLEET_INVENTORY", raising=False)
-    runner = CliRunner()
+
+    def check(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", WITH_PROJECT_FILE, str(project_file), "check", *arguments],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=inherited_environment(),
+        )
+
     project_file.write_text(f'inventory = "{inventory}"\n')
-    by_file = runner.invoke(cli.main, ["check"])
-    assert by_file.exit_code == 0 and f"{inventory} is valid" in by_file.output, by_file.output
+    by_file = check()
+    assert by_file.returncode == 0 and f"{inventory} is valid" in by_file.stdout, by_file
     project_file.write_text('inventory = ["not", "a", "path"]\n')
-    broken = runner.invoke(cli.main, ["check"])
-    assert broken.exit_code == 3, broken.output
-    assert "wssfleet.toml: give the deployment's inventory" in broken.output
-    # An inventory given on the command line does not depend on the project file.
-    explicit = runner.invoke(cli.main, ["check", str(inventory)])
-    assert explicit.exit_code == 0, explicit.output
+    broken = check()
+    assert broken.returncode == 3, broken
+    assert "wssfleet.toml: give the deployment's inventory" in broken.stderr
+    # An inventory given as the argument does not depend on the project file.
+    explicit = check(str(inventory))
+    assert explicit.returncode == 0, explicit
 
 
 @pytest.mark.parametrize("command", ["status", "verify", "renew", "plan", "rollback"])
