@@ -125,7 +125,7 @@ token: control ## print a client token: make token SUB=alice [CHANNELS='lobby us
 		$(foreach pattern,$(or $(CHANNELS),lobby),--subscribe '$(pattern)' --publish '$(pattern)')
 
 test-unit: tools ## fast tests: the service on loopback with a real redis-server, settings, templates
-	$(PYTEST) tests/unit -q -n 4 --dist worksteal
+	$(PYTEST) tests/unit -q -n 6 --dist worksteal
 
 test-lab: tools ## the lab itself: up, idempotent, reachable, and down leaves nothing
 	$(PYTEST) tests/lab -q
