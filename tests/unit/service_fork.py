@@ -8,6 +8,7 @@ import os
 import sys
 
 import uvloop  # noqa: F401  (preloaded for the children)
+
 from wssfleet import cli, config, node  # noqa: F401  (preloaded for the children)
 
 
