@@ -7,6 +7,9 @@ Each test is parametrized by host (and instance), so a failure names exactly whe
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,9 +59,45 @@ def _host(node):
     """The testinfra host of an inventory node, through the inventory's own SSH config."""
     if node.name not in _hosts:
         _hosts[node.name] = testinfra.get_host(
-            f"ssh://{node.name}", ssh_config=_ssh_config[0], sudo=node.sudo
+            f"ssh://{node.name}",
+            ssh_config=_ssh_config[0],
+            sudo=node.sudo,
+            # One SSH connection a host for all its checks, not one a command (testinfra
+            # asks for ControlMaster but multiplexes only with a path for the socket).
+            # testinfra %-formats the command line: "%%C" reaches ssh as its %C (a hash).
+            controlpath=str(_control_directory() / "%%C"),
         )
     return _hosts[node.name]
+
+
+_control: list[Path] = []
+
+
+def _control_directory() -> Path:
+    if not _control:
+        _control.append(Path(tempfile.mkdtemp(prefix="wssfleet-ssh-")))
+    return _control[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close the shared connections: nothing outlives the run."""
+    for name, host in _hosts.items():
+        subprocess.run(
+            [
+                "ssh",
+                "-F",
+                _ssh_config[0],
+                "-o",
+                f"ControlPath={_control[0]}/%C",
+                "-O",
+                "exit",
+                name,
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+    if _control:
+        shutil.rmtree(_control[0], ignore_errors=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
