@@ -25,7 +25,7 @@ from wssfleet_control.hostside.layout import CERTIFICATE_SYNC_UNIT, HAPROXY_CERT
 pytestmark = pytest.mark.timeout(420)
 
 # How long a cut host stays cut: longer than the measurement below, then its timer restores it.
-CUT_SECONDS = 40
+CUT_SECONDS = 30
 # The bound for clients and publishers after a master or the Redis primary is lost.
 BOUND_SECONDS = 15
 

@@ -5,6 +5,7 @@ after it."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -95,6 +96,9 @@ def test_the_firewall_keeps_other_tables_and_the_inventorys_ssh_port(lab, tmp_pa
 SUDO_USER = "deploy"
 # Run as nobody on a host while deploys upload secrets: every file it can find where uploads
 # pass or land, read as soon as it appears; it reports each one that held a secret.
+# A round every 2 ms (about 0.5 ms of reading), not a busy loop: the lab's hosts share this
+# machine's two cores, and two spinning watchers doubled every deploy they watched, whatever
+# their priority. A file an upload leaves readable lives for at least an SSH round trip.
 WATCH_SECRETS = """
 import glob, json, os, time
 secrets = [line.encode() for line in open('/tmp/watch/secrets').read().split()]
@@ -115,6 +119,7 @@ while not os.path.exists('/tmp/watch/stop'):
                 continue
             if any(secret in data for secret in secrets):
                 seen.add(path)
+    time.sleep(0.002)
 open('/tmp/watch/report', 'w').write(json.dumps({'seen': sorted(seen), 'rounds': rounds}))
 """
 
@@ -137,14 +142,20 @@ def with_sudo_user(lab, hosts: list[str]) -> None:
         assert made.returncode == 0, made.stderr
 
 
+# Left readable for 20 ms while the watcher runs: it must be seen, or the watcher proves nothing.
+CANARY_FILE = "/tmp/wssfleet-canary"
+
+
 def watch_secrets(lab, host: str, values: list[str]) -> None:
+    canary = "canary-" + os.urandom(8).hex()
     started = lab.on(
         host,
         "set -e; rm -rf /tmp/watch; install -d -m 700 -o nobody /tmp/watch; "
-        f"printf '%s\\n' {' '.join(shlex.quote(value) for value in values)} > /tmp/watch/secrets; "
-        "chown nobody /tmp/watch/secrets; chmod 600 /tmp/watch/secrets; "
+        f"printf '%s\\n' {' '.join(shlex.quote(value) for value in [*values, canary])} "
+        "> /tmp/watch/secrets; chown nobody /tmp/watch/secrets; chmod 600 /tmp/watch/secrets; "
         f"setsid -f runuser -u nobody -- python3 -c {shlex.quote(WATCH_SECRETS)} "
-        "</dev/null >/dev/null 2>&1",
+        "</dev/null >/dev/null 2>&1; sleep 1; "
+        f"(umask 022; echo {canary} > {CANARY_FILE}); sleep 0.02; rm {CANARY_FILE}",
     )
     assert started.returncode == 0, started.stderr
 
@@ -174,7 +185,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
         assert code == 0, log[-3000:]
         for host in watched:
             report = secrets_seen(lab, host)
-            assert report["seen"] == [] and report["rounds"] > 10, (host, report)
+            assert report["seen"] == [CANARY_FILE] and report["rounds"] > 10, (host, report)
         old_key = secrets.load(own, create=False)["jwt_secret"]
         old_token = auth.mint(old_key, "before", overlap, subscribe=["*"], publish=["*"])
         rotation = wssfleet("rotate-secret", "-i", str(own), "--json")
