@@ -81,7 +81,7 @@ def _control_directory() -> Path:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Close the shared connections: nothing outlives the run."""
-    for name, host in _hosts.items():
+    for name in _hosts:
         subprocess.run(
             [
                 "ssh",
