@@ -131,7 +131,7 @@ test-lab: tools ## the lab itself: up, idempotent, reachable, and down leaves no
 	$(PYTEST) tests/lab -q
 
 test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy behaviour, renewals
-	$(PYTEST) tests/e2e -q --durations=20
+	$(PYTEST) tests/e2e -q --durations=40
 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
