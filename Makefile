@@ -34,7 +34,7 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools control deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-loopback token rotate-secret
+	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -141,6 +141,9 @@ bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the p
 
 bench-storm: tools ## only make bench's reconnect storm, against the same peer
 	$(PY) -m bench --storm-only $(if $(ROUNDS),--rounds $(ROUNDS))
+
+bench-capacity: tools ## only make bench's capacity rows: one process of each side at the open-file limit
+	$(PY) -m bench --capacity-only $(if $(ROUNDS),--rounds $(ROUNDS))
 
 bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it
 	$(PY) -m bench.loopback $(if $(COMPARE),--compare $(COMPARE))

@@ -8,6 +8,17 @@ from bench.compare import main
 parser = argparse.ArgumentParser(prog="python -m bench", description=description)
 parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
 parser.add_argument(
-    "--storm-only", action="store_true", help="only the reconnect storm (make bench-storm)"
+    "--storm-only",
+    dest="only",
+    action="store_const",
+    const="storm",
+    help="only the reconnect storm (make bench-storm)",
+)
+parser.add_argument(
+    "--capacity-only",
+    dest="only",
+    action="store_const",
+    const="capacity",
+    help="only the capacity rows (make bench-capacity)",
 )
 main(parser.parse_args())

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.capacity import capacity_connections, measure_capacity
 from bench.loopback import (
     BENCH_SETTINGS,
     ORIGIN,
@@ -77,6 +78,7 @@ class Measure:
 
 
 FANOUT = "fan-out, 1,000 subscribers"
+CAPACITY = capacity_connections()
 MEASURES = [
     Measure("echo_rate", "echo through HAProxy TLS, 50 clients, 256 B", "msg/s", True),
     Measure("echo_cpu", "service CPU per echo message", "µs", False, 1),
@@ -99,6 +101,22 @@ MEASURES = [
         2,
     ),
     Measure("storm_cpu", "reconnect storm: service CPU per client back", "µs", False),
+    Measure(
+        "capacity_open",
+        f"capacity: idle connections one process holds (of {CAPACITY:,}, direct on loopback)",
+        "",
+        True,
+    ),
+    Measure(
+        "capacity_memory", f"capacity: memory per connection ({CAPACITY:,} open)", "KiB", False, 1
+    ),
+    Measure(
+        "capacity_round_cpu",
+        f"capacity: CPU per heartbeat round ({CAPACITY:,} connections, one heartbeat each)",
+        "ms",
+        False,
+        1,
+    ),
     *(
         Measure(
             f"publish_{count}",
@@ -310,11 +328,14 @@ def run_measured(job: dict, pids: list[int]) -> tuple[dict, float]:
     return done, spent
 
 
-def measure_side(side: str, redis_url: str, tls: Path, storm_only: bool) -> dict[str, float]:
-    """One round of every measure on ``side`` (or the reconnect storm's), on fresh processes."""
+def measure_side(side: str, redis_url: str, tls: Path, only: str | None) -> dict[str, float]:
+    """One round of every measure on ``side`` (or ``only`` the storm's or the capacity's), on
+    fresh processes."""
     token = auth.mint(SECRET, "bench", 3600, subscribe=["*"], publish=["*"])
-    if storm_only:
+    if only == "storm":
         return reconnect_storm(side, redis_url, tls, token)
+    if only == "capacity":
+        return measure_capacity(side, redis_url, tls, token)
     results: dict[str, float] = {}
     with processes(side, redis_url) as (pids, ports), haproxy(tls, ports) as port:
         base = {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
@@ -353,6 +374,7 @@ def measure_side(side: str, redis_url: str, tls: Path, storm_only: bool) -> dict
     for count in (1, 2, 4):
         results[f"publish_{count}"] = publish_throughput(side, redis_url, tls, token, count)
     results.update(reconnect_storm(side, redis_url, tls, token))
+    results.update(measure_capacity(side, redis_url, tls, token))
     return results
 
 
@@ -409,7 +431,8 @@ def cell(values: list[float], measure: Measure) -> str:
         return f"{value:,.{measure.digits}f}"
 
     middle = statistics.median(values)
-    return f"{number(middle)} {measure.unit} ({number(min(values))}{EN_DASH}{number(max(values))})"
+    unit = f" {measure.unit}" if measure.unit else ""
+    return f"{number(middle)}{unit} ({number(min(values))}{EN_DASH}{number(max(values))})"
 
 
 def ratio(ours: list[float], theirs: list[float], measure: Measure) -> str:
@@ -430,7 +453,7 @@ def main(arguments: argparse.Namespace) -> None:
             order = sides if number % 2 == 0 else sides[::-1]
             for side in order:
                 print(f"round {number + 1}/{arguments.rounds}: {side}", file=sys.stderr)
-                runs[side].append(measure_side(side, redis_url, tls, arguments.storm_only))
+                runs[side].append(measure_side(side, redis_url, tls, arguments.only))
     ours, theirs = sides
     print(
         f"\n{arguments.rounds} alternating rounds on 127.0.0.1, {os.cpu_count()} cores shared by "

@@ -147,10 +147,18 @@ const jobs = {
     };
   },
 
-  // `clients` connections held open and idle.
+  // `clients` connections held open and idle; on "go", how many are still open after
+  // `seconds` (0 by default) of the service's heartbeats.
   async idle() {
     const clients = await openMany(job.clients, 50, () => open('/ws', 1));
-    return { clients, async run() { return { connections: clients.length }; } };
+    return {
+      clients,
+      async run() {
+        await sleep((job.seconds || 0) * 1000);
+        const open = clients.filter((ws) => ws.readyState === WebSocket.OPEN).length;
+        return { connections: clients.length, open };
+      },
+    };
   },
 
   // The reconnect storm: `clients` subscribers on `channels` channels, opened from the
