@@ -142,7 +142,7 @@ bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the p
 bench-storm: tools ## only make bench's reconnect storm, against the same peer
 	$(PY) -m bench --storm-only $(if $(ROUNDS),--rounds $(ROUNDS))
 
-bench-capacity: tools ## only make bench's capacity rows: one process of each side at the open-file limit
+bench-capacity: tools ## only make bench's capacity rows: a process of each side at the open-file limit; the lab's master at haproxy_maxconn when the lab is up
 	$(PY) -m bench --capacity-only $(if $(ROUNDS),--rounds $(ROUNDS))
 
 bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it

@@ -7,8 +7,13 @@ sent one heartbeat), counted over the window."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
 import resource
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.loopback import BENCH_SETTINGS, ORIGIN, rss_kib
@@ -46,4 +51,88 @@ def measure_capacity(side: str, redis_url: str, tls: Path, token: str) -> dict[s
         "capacity_open": done["open"],
         "capacity_memory": (rss - before_rss) / clients,
         "capacity_round_cpu": cpu / rounds * 1000,
+    }
+
+
+# The lab's master row: clients from this many extra addresses on the lab bridge (each source
+# stays well under haproxy_connection_rate_limit), spread over this many token subjects (each
+# under connections_per_subject on every instance).
+MASTER_SOURCES = 20
+MASTER_SUBJECTS = 20
+# Bridge addresses counted down from the broadcast address: clear of the e2e tests' (11-42).
+FIRST_SOURCE = 60
+
+
+@contextlib.contextmanager
+def bridge_sources(bridge: str, count: int) -> Iterator[list[str]]:
+    """``count`` extra addresses of this machine on the lab bridge, removed afterwards."""
+    shown = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "addr", "show", "dev", bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )[0]["addr_info"][0]
+    network = ipaddress.ip_network(f"{shown['local']}/{shown['prefixlen']}", strict=False)
+    addresses = [str(network.broadcast_address - 1 - FIRST_SOURCE - n) for n in range(count)]
+    added: list[str] = []
+    try:
+        for address in addresses:
+            subprocess.run(
+                ["ip", "addr", "add", f"{address}/{network.prefixlen}", "dev", bridge],
+                check=True,
+                capture_output=True,
+            )
+            added.append(address)
+        yield addresses
+    finally:
+        for address in added:
+            subprocess.run(
+                ["ip", "addr", "del", f"{address}/{network.prefixlen}", "dev", bridge],
+                capture_output=True,
+            )
+
+
+def haproxy_rss_kib(lab, master: str) -> int:
+    shown = lab.on(master, "ps -C haproxy -o rss=", timeout=10).stdout
+    return sum(int(value) for value in shown.split())
+
+
+def measure_master() -> dict[str, float] | None:
+    """The lab's master holding haproxy_maxconn WebSockets through TLS to the workers: how
+    many it held, and its HAProxy's memory per connection. None when the lab is not up."""
+    from bench.compare import Load
+    from lab import core
+    from lab.config import BRIDGE, LabSettings
+    from tests.lab_fleet import Lab
+    from wssfleet import auth
+
+    if not core.is_up(core.load_state(), LabSettings.from_environment()):
+        return None
+    lab = Lab()
+    maxconn = lab.fleet.settings.haproxy_maxconn
+    [holder] = lab.front_door_holder() or [lab.fleet.master.name]
+    secret = lab.fleet.secrets()["jwt_secret"]
+    tokens = [
+        auth.mint(secret, f"capacity-{number}", 3600, subscribe=["*"])
+        for number in range(MASTER_SUBJECTS)
+    ]
+    with bridge_sources(BRIDGE, MASTER_SOURCES) as sources:
+        before = haproxy_rss_kib(lab, holder)
+        load = Load(
+            {"url": f"wss://{lab.domain}", "address": lab.master_address, "tokens": tokens,
+             "sources": sources, "origin": f"https://{lab.domain}", "ca": lab.root_bundle,
+             "mode": "idle", "clients": maxconn, "tolerate": True, "handshakeSeconds": 20,
+             "seconds": WINDOW_SECONDS}
+        )  # fmt: skip
+        time.sleep(1)
+        during = haproxy_rss_kib(lab, holder)
+        done = load.run()
+        load.close()
+    return {
+        "maxconn": maxconn,
+        "held": done["open"],
+        "failed": done["failed"],
+        "memory": (during - before) / max(1, done["connections"]),
     }

@@ -34,7 +34,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.capacity import capacity_connections, measure_capacity
+from bench.capacity import (
+    MASTER_SOURCES,
+    WINDOW_SECONDS,
+    capacity_connections,
+    measure_capacity,
+    measure_master,
+)
 from bench.loopback import (
     BENCH_SETTINGS,
     ORIGIN,
@@ -471,3 +477,24 @@ def main(arguments: argparse.Namespace) -> None:
             f"| {measure.name} | {cell(mine, measure)} | {cell(peer, measure)} | "
             f"{ratio(mine, peer, measure)} |"
         )
+    if arguments.only in (None, "capacity"):
+        print_master_capacity()
+
+
+def print_master_capacity() -> None:
+    """The lab master's row, when the lab is up (it needs the lab's hosts, not loopback)."""
+    print(
+        "\nthe lab's master: haproxy_maxconn WebSockets through its TLS to the workers",
+        file=sys.stderr,
+    )
+    master = measure_master()
+    if master is None:
+        print("\nthe lab's master: not measured (the lab is not up: make deploy first)")
+        return
+    print(
+        f"\n| the lab's master, {master['maxconn']:,} clients (haproxy_maxconn) from "
+        f"{MASTER_SOURCES} sources | |\n| --- | --- |\n"
+        f"| WebSockets held open after {WINDOW_SECONDS} s | {master['held']:,} "
+        f"({master['failed']:,} failed to open) |\n"
+        f"| HAProxy memory per WebSocket | {master['memory']:.1f} KiB |"
+    )

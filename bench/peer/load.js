@@ -15,10 +15,26 @@ const job = JSON.parse(process.argv[2]);
 const tls = { ca: fs.readFileSync(job.ca), origin: job.origin, perMessageDeflate: false };
 const say = (object) => process.stdout.write(`${JSON.stringify(object)}\n`);
 
-// Opens a client to `path`, resolved once it has read `answers` frames (welcome, subscribed).
-function open(path, answers, onFrame) {
+// The options of client `index`: from one of `job.sources` in turn, and to `job.address`
+// whatever the URL's name resolves to (the lab's front door, with the domain's SNI and Host).
+function clientOptions(index) {
+  const options = { ...tls };
+  if (job.sources) options.localAddress = job.sources[index % job.sources.length];
+  if (job.address) {
+    options.lookup = (host, lookupOptions, callback) => (lookupOptions && lookupOptions.all
+      ? callback(null, [{ address: job.address, family: 4 }])
+      : callback(null, job.address, 4));
+  }
+  if (job.handshakeSeconds) options.handshakeTimeout = job.handshakeSeconds * 1000;
+  return options;
+}
+
+// Opens client `index` to `path`, resolved once it has read `answers` frames (welcome,
+// subscribed); its token is one of `job.tokens` in turn, else `job.token`.
+function open(path, answers, onFrame, index = 0) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${job.url}${path}?token=${job.token}`, tls);
+    const token = job.tokens ? job.tokens[index % job.tokens.length] : job.token;
+    const ws = new WebSocket(`${job.url}${path}?token=${token}`, clientOptions(index));
     let seen = 0;
     ws.on('message', (data) => {
       if (seen < answers) {
@@ -149,14 +165,19 @@ const jobs = {
 
   // `clients` connections held open and idle; on "go", how many are still open after
   // `seconds` (0 by default) of the service's heartbeats.
+  // With `tolerate`, clients that fail to open are counted, not fatal.
   async idle() {
-    const clients = await openMany(job.clients, 50, () => open('/ws', 1));
+    let failed = 0;
+    const make = job.tolerate
+      ? (index) => open('/ws', 1, null, index).catch(() => { failed += 1; return null; })
+      : (index) => open('/ws', 1, null, index);
+    const clients = (await openMany(job.clients, 50, make)).filter((ws) => ws !== null);
     return {
       clients,
       async run() {
         await sleep((job.seconds || 0) * 1000);
         const open = clients.filter((ws) => ws.readyState === WebSocket.OPEN).length;
-        return { connections: clients.length, open };
+        return { connections: clients.length, open, failed };
       },
     };
   },
