@@ -65,8 +65,19 @@ def test_prometheus_listens_on_the_private_address_only(on, monitoring_node):
     assert not host.socket(f"tcp://0.0.0.0:{PROMETHEUS_PORT}").is_listening
 
 
+def scraped_targets(on, monitoring_node) -> list[dict]:
+    """Prometheus's targets once each has been scraped at least once: right after a deploy
+    (`make deploy && make verify`), new ones are "unknown" until their first scrape."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        targets = prometheus(on, monitoring_node, "summary")["targets"]
+        if all(t["health"] != "unknown" for t in targets) or time.monotonic() > deadline:
+            return targets
+        time.sleep(2)
+
+
 def test_prometheus_scrapes_every_exporter(on, monitoring_node, fleet):
-    targets = prometheus(on, monitoring_node, "summary")["targets"]
+    targets = scraped_targets(on, monitoring_node)
     exporters = [target for target in targets if target["job"] != "wssfleet"]
     down = [f"{t['job']} on {t['host']}: {t['error']}" for t in exporters if t["health"] != "up"]
     assert not down, down
@@ -77,7 +88,7 @@ def test_prometheus_scrapes_every_exporter(on, monitoring_node, fleet):
 def test_prometheus_scrapes_the_instance(on, fleet, worker_instance):
     node, port = worker_instance
     server = f"{node.name}-{port}"
-    targets = prometheus(on, fleet.monitoring, "summary")["targets"]
+    targets = scraped_targets(on, fleet.monitoring)
     mine = [target for target in targets if target["server"] == server]
     assert [target["health"] for target in mine] == ["up"], mine
 
@@ -114,6 +125,8 @@ def test_no_fleet_wide_alert_fires_and_the_rules_are_loaded(on, fleet, monitorin
 
 
 def test_the_certificates_last_renewal_succeeded(on, monitoring_node):
+    # The figures come with the node exporters' first scrape after a deploy.
+    scraped_targets(on, monitoring_node)
     samples = prometheus(on, monitoring_node, "query", '{__name__=~"wssfleet_certificate_.*"}')
     values = {sample["metric"]["__name__"]: float(sample["value"][1]) for sample in samples}
     assert values.get("wssfleet_certificate_not_after_seconds", 0) > 0, values
