@@ -461,10 +461,15 @@ def main(arguments: argparse.Namespace) -> None:
                 print(f"round {number + 1}/{arguments.rounds}: {side}", file=sys.stderr)
                 runs[side].append(measure_side(side, redis_url, tls, arguments.only))
     ours, theirs = sides
+    shared_by = (
+        "Redis, the load generator and one service process a side"
+        if arguments.only == "capacity"
+        else "HAProxy, Redis, the load generator and two service processes a side"
+    )
     print(
         f"\n{arguments.rounds} alternating rounds on 127.0.0.1, {os.cpu_count()} cores shared by "
-        "HAProxy, Redis, the load generator and two service processes a side; "
-        f"median (min{EN_DASH}max); ratio ≥ 1.00{TIMES} means wssfleet does at least as well\n"
+        f"{shared_by}; median (min{EN_DASH}max); ratio ≥ 1.00{TIMES} means wssfleet does at "
+        "least as well\n"
     )
     print(f"| measure | {ours} | {theirs} | ratio |")
     print("| --- | --- | --- | --- |")
