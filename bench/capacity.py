@@ -8,8 +8,6 @@ sent one heartbeat), counted over the window."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import resource
 import subprocess
 import time
@@ -66,32 +64,16 @@ FIRST_SOURCE = 60
 @contextlib.contextmanager
 def bridge_sources(bridge: str, count: int) -> Iterator[list[str]]:
     """``count`` extra addresses of this machine on the lab bridge, removed afterwards."""
-    shown = json.loads(
-        subprocess.run(
-            ["ip", "-j", "-4", "addr", "show", "dev", bridge],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )[0]["addr_info"][0]
-    network = ipaddress.ip_network(f"{shown['local']}/{shown['prefixlen']}", strict=False)
-    addresses = [str(network.broadcast_address - 1 - FIRST_SOURCE - n) for n in range(count)]
+    from tests.lab_fleet import add_bridge_address
+
     added: list[str] = []
     try:
-        for address in addresses:
-            subprocess.run(
-                ["ip", "addr", "add", f"{address}/{network.prefixlen}", "dev", bridge],
-                check=True,
-                capture_output=True,
-            )
-            added.append(address)
-        yield addresses
+        for n in range(count):
+            added.append(add_bridge_address(bridge, FIRST_SOURCE + n))
+        yield [interface.partition("/")[0] for interface in added]
     finally:
-        for address in added:
-            subprocess.run(
-                ["ip", "addr", "del", f"{address}/{network.prefixlen}", "dev", bridge],
-                capture_output=True,
-            )
+        for interface in added:
+            subprocess.run(["ip", "addr", "del", interface, "dev", bridge], capture_output=True)
 
 
 def haproxy_rss_kib(lab, master: str) -> int:

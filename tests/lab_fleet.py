@@ -6,6 +6,7 @@ reached with the OpenSSH config that the inventory itself generates (as `wssflee
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 import subprocess
@@ -268,3 +269,22 @@ def make(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def add_bridge_address(bridge: str, n: int) -> str:
+    """Give this machine its ``n``-th extra address on the lab bridge (counted down from the
+    broadcast address); returns it as ADDRESS/PREFIX, what `ip addr del` takes back."""
+    shown = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "addr", "show", "dev", bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )[0]["addr_info"][0]
+    network = ipaddress.ip_network(f"{shown['local']}/{shown['prefixlen']}", strict=False)
+    interface = f"{network.broadcast_address - 1 - n}/{network.prefixlen}"
+    subprocess.run(
+        ["ip", "addr", "add", interface, "dev", bridge], capture_output=True, text=True, check=True
+    )
+    return interface

@@ -58,7 +58,7 @@ def _resolve_inventory(_context, _parameter, value: str | None) -> str:
     return value or default_inventory()
 
 
-def inventory_option_resolved(callback):
+def make_inventory_option(callback):
     return click.option(
         "-i",
         "--inventory",
@@ -70,7 +70,7 @@ def inventory_option_resolved(callback):
     )
 
 
-inventory_option = inventory_option_resolved(_resolve_inventory)
+inventory_option = make_inventory_option(_resolve_inventory)
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 
 
@@ -456,7 +456,7 @@ def token(
 @main.command()
 # Not resolved by the callback: an inventory given as the argument must not read (and so
 # depend on) wssfleet.toml.
-@inventory_option_resolved(None)
+@make_inventory_option(None)
 @click.argument("positional", metavar="[INVENTORY]", required=False)
 def check(inventory_path: str | None, positional: str | None) -> None:
     """Validate an inventory and its settings, touching no host (exit 3 when invalid)."""

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import os
 import subprocess
 
 import pytest
 
-from tests.lab_fleet import LAB_INVENTORY, LAB_JSON, Lab
+from tests.lab_fleet import LAB_INVENTORY, LAB_JSON, Lab, add_bridge_address
 
 # Every command these tests run without -i acts on the lab, whatever deployment the checkout
 # names (WSSFLEET_INVENTORY, wssfleet.toml).
@@ -33,14 +31,9 @@ def source_address(lab):
     added: list[str] = []
 
     def add(n: int) -> str:
-        shown = json.loads(_local(["ip", "-j", "-4", "addr", "show", "dev", bridge]).stdout)[0][
-            "addr_info"
-        ][0]
-        network = ipaddress.ip_network(f"{shown['local']}/{shown['prefixlen']}", strict=False)
-        address = str(network.broadcast_address - 1 - n)
-        _local(["ip", "addr", "add", f"{address}/{network.prefixlen}", "dev", bridge])
-        added.append(f"{address}/{network.prefixlen}")
-        return address
+        interface = add_bridge_address(bridge, n)
+        added.append(interface)
+        return interface.partition("/")[0]
 
     yield add
     for address in added:
