@@ -7,11 +7,9 @@ import collections
 import struct
 import time
 
-from websockets.protocol import State
-
-from wssfleet import auth, metrics, protocol
+from wssfleet import metrics, protocol
 from wssfleet.config import ServiceConfig as Config
-from wssfleet.connection import Connection
+from wssfleet.connection import Connection, Handler, Upgrade
 from wssfleet.events import event
 from wssfleet.protocol import (
     CLOSE_POLICY,
@@ -30,13 +28,13 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
-class Client:
+class Client(Connection):
     """One WebSocket client: its subscriptions, its send backlog bound and rate budget.
 
-    Frames go straight to the connection's transport, as websockets' own ``broadcast`` does,
-    instead of through a queue and a writer task per client: no task switch per frame, and one
-    serialized frame serves every subscriber. The transport's buffer is the backlog, bounded
-    in bytes (``send_buffer_bytes``); a client that lets it grow past that is closed.
+    Frames go straight to the connection's transport, instead of through a queue and a writer
+    task per client: no task switch per frame, and one serialized frame serves every
+    subscriber. The transport's buffer is the backlog, bounded in bytes
+    (``send_buffer_bytes``); a client that lets it grow past that is closed.
     """
 
     # Memory per connection is the figure that limits a worker: no per-instance __dict__.
@@ -46,7 +44,7 @@ class Client:
         "backlog_limit",
         "channels",
         "checked",
-        "closing",
+        "counted",
         "inbox",
         "may_publish",
         "may_subscribe",
@@ -54,24 +52,29 @@ class Client:
         "paused",
         "pending",
         "pinged",
-        "pong",
+        "pong_due",
         "rate",
+        "refused",
         "sent_up_to",
         "spoke",
         "stats",
         "subject",
-        "transport",
-        "ws",
-        "ws_protocol",
     )
 
     def __init__(
-        self, ws: Connection, grant: auth.Grant, config: Config, stats: metrics.Stats
+        self,
+        handler: Handler,
+        upgrade: Upgrade,
+        config: Config,
+        stats: metrics.Stats,
     ) -> None:
-        self.ws = ws
-        # Read for every frame sent: kept here rather than looked up through ws each time.
-        self.ws_protocol = ws.protocol
-        self.transport = ws.transport
+        super().__init__(
+            handler,
+            upgrade,
+            max_size=config.max_message_bytes,
+            close_timeout=min(config.shutdown_timeout, 10.0),
+        )
+        grant = upgrade.grant
         self.stats = stats
         self.subject = grant.subject
         # What the token allows, or the deployment's defaults where it says nothing.
@@ -93,15 +96,21 @@ class Client:
         self.inbox: collections.deque[str | bytes] | None = None
         self.paused = False
         self.overflowed = False
-        self.closing: asyncio.Task[None] | None = None
+        # Closed for what it sent: nothing it sends after is answered.
+        self.refused = False
+        # Whether the process counts it among its clients (Service.opened decides).
+        self.counted = False
         self.rate = config.messages_per_second
         self.allowance = float(config.messages_per_second)
         self.checked = time.monotonic()
-        # Keepalive (Hub.keep_alive): when the last ping went out, and its pong if awaited.
-        self.pinged = asyncio.get_running_loop().time()
+        # Keepalive (Hub.keep_alive): when the last ping went out, and whether its pong is due.
+        self.pinged = 0.0
+        self.pong_due = False
         # Whether anything was written since the heartbeat's last look (Hub.heartbeat).
         self.spoke = True
-        self.pong: asyncio.Future[None] | None = None
+
+    def on_pong(self) -> None:
+        self.pong_due = False
 
     def offer(self, text: str, kind: str = "message") -> None:
         """Send a frame (``kind``: its type, for the metrics)."""
@@ -117,8 +126,8 @@ class Client:
     def write(self, frame: bytes) -> bool:
         """Write a serialized frame, uncounted (a fan-out counts its frames once); a client
         that cannot keep up is closed instead of buffered. True if it was written."""
-        if self.ws_protocol.state is not State.OPEN:
-            return False  # closing: the close frame is the last thing it gets
+        if self.closing:
+            return False  # the close frame is the last thing it gets
         if self.overflowed:
             self.stats.drops["queue_overflow"] += 1
             return False
@@ -128,7 +137,7 @@ class Client:
             self.stats.drops["queue_overflow"] += 1
             self.stats.closes["overflow"] += 1
             event("overflow", sub=self.subject, buffered=transport.get_write_buffer_size())
-            self.closing = asyncio.create_task(self.ws.close(CLOSE_POLICY, "send queue overflow"))
+            self.close(CLOSE_POLICY, "send queue overflow")
             return False
         transport.write(frame)
         self.spoke = True
@@ -142,8 +151,8 @@ class Client:
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
-        self.ws.attach(ignore)
-        self.closing = asyncio.create_task(self.ws.close(code, reason))
+        self.refused = True
+        self.close(code, reason)
 
     def reply(self, kind: str, **fields: object) -> None:
         """Send an answer of type ``kind``."""
@@ -158,7 +167,3 @@ class Client:
             return False
         self.allowance -= 1
         return True
-
-
-def ignore(message: str | bytes) -> None:
-    """The reader of a client being closed for what it sent: what follows is not answered."""

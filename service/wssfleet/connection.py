@@ -1,121 +1,235 @@
-"""A WebSocket connection that hands each complete message to its reader as it is parsed.
+"""A WebSocket connection on picows: the protocol's rules above its frame parser.
 
-websockets queues every data frame for the handler task, which ``recv`` wakes: a future, a
-task switch and a queue per message. The hub answers most frames without waiting for
-anything (an echo, an unsubscribe, an error), so here they are answered inside
-``data_received`` instead. websockets' protocol layer still does the framing, unmasking,
-the size limit (1009), control frames and the close handshake; this class does what its
-message assembler did: reassembly of fragmented messages, the bound on fragments, and
-UTF-8 (1007).
+picows parses frames, unmasks them and answers pings in compiled code, and it keeps no task
+per connection: each frame comes to ``on_ws_frame`` as it is parsed. It leaves the rules of a
+message to its listener, so this class applies them as websockets did: reassembly of
+fragmented messages within ``max_message_bytes`` (1009) and ``MAX_FRAGMENTS``, UTF-8 (1007),
+no reserved bits without an extension (1002), and the close handshake, with the peer given
+``close_timeout`` to answer a close before the socket is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Protocol
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 
-from wssfleet.auth import Grant
+if TYPE_CHECKING:
+    from wssfleet.auth import Grant
 
 Message = str | bytes
 
-# websockets' own bound on the frames of one message (its WEBSOCKETS_MAX_FRAGMENTS default):
+# websockets' bound on the frames of one message (its WEBSOCKETS_MAX_FRAGMENTS default):
 # without one, a client could send a message as a million one-byte frames.
 MAX_FRAGMENTS = 4096
+# The close code when the connection ended without a close frame either way (RFC 6455, 7.1.5).
+CLOSED_ABNORMALLY = 1006
+SERVER = "wssfleet"
 
 
-class Connection(ServerConnection):
-    """``reader`` gets every complete message, a ``str`` for text and ``bytes`` for binary,
-    in order; messages that come before it is set wait in ``early``. ``grant``,
-    ``first_channel`` and ``since`` are what the checks before the upgrade found."""
+def http_response(
+    status: HTTPStatus,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: dict[str, str] | None = None,
+) -> WSUpgradeResponseWithListener:
+    """A plain HTTP answer instead of an upgrade; picows sends it with Connection: close."""
+    response = WSUpgradeResponse.create_ok_response(
+        body, {"Server": SERVER, "Content-Type": content_type, **(headers or {})}
+    )
+    response.status = status
+    return WSUpgradeResponseWithListener(response, None)
 
-    # Slots, not the instance dict: past websockets' own 27 attributes, more keys there end
-    # its key sharing with every other connection, and each connection pays 1.3 KiB for it.
+
+class Upgrade:
+    """What the checks before an upgrade found: the token's grant, the channel of the path
+    (or ''), the offset to recover from, and the peer as logs name it."""
+
+    __slots__ = ("first_channel", "grant", "peer", "since")
+
+    def __init__(self, grant: Grant, first_channel: str, since: str | None, peer: str) -> None:
+        self.grant = grant
+        self.first_channel = first_channel
+        self.since = since
+        self.peer = peer
+
+
+class Handler(Protocol):
+    """What a process does with its connections (node.Service)."""
+
+    def opened(self, connection: Connection) -> None: ...
+    def received(self, connection: Connection, message: Message) -> None: ...
+    def closed(self, connection: Connection) -> None: ...
+
+
+class Connection(WSListener):
+    """One upgraded connection, with what the checks before it found (``upgrade``).
+    ``handler`` hears of its opening, each complete message (a ``str`` for text, ``bytes``
+    for binary, in order) and its end."""
+
+    # Slots: memory per connection is what limits a worker.
     __slots__ = (
-        "early",
-        "failed",
-        "first_channel",
+        "close_timeout",
+        "closer",
         "fragmented",
         "fragments",
-        "grant",
-        "reader",
-        "since",
+        "fragments_size",
+        "handler",
+        "max_size",
+        "transport",
+        "upgrade",
+        "ws",
     )
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.reader: Callable[[Message], None] | None = None
-        self.early: list[Message] | None = []
-        # A fragmented message so far, and whether it is text or binary.
+    def __init__(
+        self, handler: Handler, upgrade: Upgrade, max_size: int, close_timeout: float
+    ) -> None:
+        self.handler = handler
+        self.upgrade = upgrade
+        self.max_size = max_size
+        self.close_timeout = close_timeout
+        # A fragmented message so far, its kind and size.
         self.fragments: list[bytes] | None = None
-        self.fragmented: Opcode | None = None
-        self.failed = False
-        self.grant: Grant | None = None
-        self.first_channel = ""
-        self.since: str | None = None
+        self.fragmented = WSMsgType.TEXT
+        self.fragments_size = 0
+        # The timer that hangs up on a peer that does not answer our close frame.
+        self.closer: asyncio.TimerHandle | None = None
 
-    def process_event(self, event: Request | Frame) -> None:  # type: ignore[override]
-        if self.request is None or event.opcode not in DATA_OPCODES:  # type: ignore[union-attr]
-            super().process_event(event)
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.ws = transport
+        self.transport = transport.underlying_transport
+        self.handler.opened(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.CLOSE:
+            self._answer_close(frame)
             return
-        assert isinstance(event, Frame)
-        if self.failed:
-            return  # the parser is discarded, but this batch's frames were parsed already
-        if event.opcode is Opcode.CONT or not event.fin:
-            message = self._assembled(event)
-            if message is None:
-                return
-        elif event.opcode is Opcode.TEXT:
-            message = self._decoded(event.data)
-            if message is None:
-                return
-        else:
-            message = bytes(event.data)
-        if self.reader is not None:
-            self.reader(message)
-        elif self.early is not None:
-            self.early.append(message)
+        if transport.is_close_frame_sent:
+            return  # closing: nothing the peer sends after our close is answered
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self.fail(WSCloseCode.PROTOCOL_ERROR, "reserved bits must be 0")
+            return
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if self.fragments is not None:
+                self.fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            elif not frame.fin:
+                self.fragmented, self.fragments = kind, [frame.get_payload_as_bytes()]
+                self.fragments_size = frame.payload_size
+            elif kind is WSMsgType.TEXT:
+                try:
+                    text = frame.get_payload_as_utf8_text()
+                except UnicodeDecodeError as error:
+                    self._invalid_text(error)
+                    return
+                self.handler.received(self, text)
+            else:
+                self.handler.received(self, frame.get_payload_as_bytes())
+        elif kind is WSMsgType.CONTINUATION:
+            self._continue(frame)
+        elif kind is WSMsgType.PONG:
+            self.on_pong()
 
-    def attach(self, reader: Callable[[Message], None]) -> None:
-        """From now on, give each message to ``reader``, first those that came before."""
-        self.reader = reader
-        early, self.early = self.early, None
-        for message in early or ():
-            self.reader(message)  # not ``reader``: answering one may replace it
+    def on_pong(self) -> None:
+        """A pong came (Client keeps the keepalive's state)."""
 
-    def _assembled(self, frame: Frame) -> Message | None:
-        """The whole message once its last fragment is here; None until then."""
-        if frame.opcode is not Opcode.CONT:
-            self.fragmented, self.fragments = frame.opcode, []
+    def _continue(self, frame: WSFrame) -> None:
         fragments = self.fragments
-        assert fragments is not None  # the protocol layer refuses a CONT that starts nothing
-        fragments.append(frame.data)
+        if fragments is None:
+            self.fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+            return
+        self.fragments_size += frame.payload_size
+        if self.fragments_size > self.max_size:
+            self.fail(WSCloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
+            return
+        fragments.append(frame.get_payload_as_bytes())
         if len(fragments) > MAX_FRAGMENTS:
-            self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-            return None
+            self.fail(WSCloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            return
         if not frame.fin:
-            return None
+            return
         data, self.fragments = b"".join(fragments), None
-        return self._decoded(data) if self.fragmented is Opcode.TEXT else data
-
-    def _decoded(self, data: bytes) -> str | None:
+        if self.fragmented is WSMsgType.BINARY:
+            self.handler.received(self, data)
+            return
         try:
-            return str(data, "utf-8")
+            text = str(data, "utf-8")
         except UnicodeDecodeError as error:
-            self._fail(CloseCode.INVALID_DATA, f"{error.reason} at position {error.start}")
-            return None
+            self._invalid_text(error)
+            return
+        self.handler.received(self, text)
 
-    def _fail(self, code: CloseCode, reason: str) -> None:
-        """Close as websockets does for a bad message: the close frame, then hang up."""
-        self.failed = True
-        self.loop.create_task(self._failing(code, reason))
+    def _invalid_text(self, error: UnicodeDecodeError) -> None:
+        self.fail(WSCloseCode.INVALID_TEXT, f"{error.reason} at position {error.start}")
 
-    async def _failing(self, code: CloseCode, reason: str) -> None:
-        try:
-            async with self.send_context():
-                self.protocol.fail(code, reason)
-        except ConnectionClosed:
-            pass
+    def _answer_close(self, frame: WSFrame) -> None:
+        """The peer closes: echo its code if ours is not sent yet, then hang up (the server
+        closes the TCP connection first, RFC 6455 7.1.1)."""
+        ws = self.ws
+        if not ws.is_close_frame_sent:
+            code = frame.get_close_code()
+            if code == WSCloseCode.NO_INFO:
+                ws.send_close()
+            else:
+                ws.send_close(code, frame.get_close_message())
+        ws.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.closer is not None:
+            self.closer.cancel()
+            self.closer = None
+        self.handler.closed(self)
+
+    @property
+    def closing(self) -> bool:
+        """Our close frame is sent (or the connection is gone)."""
+        return self.ws.is_close_frame_sent or self.ws.is_disconnected
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake: the peer has ``close_timeout`` to answer before the
+        socket is dropped. Nothing is sent after the close frame."""
+        if self.closing:
+            return
+        self.ws.send_close(WSCloseCode(code), reason.encode())
+        self.closer = asyncio.get_running_loop().call_later(self.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        """The close handshake's deadline: drop the connection, unsent data and all (a peer
+        that does not read would hold a graceful close open)."""
+        self.closer = None
+        self.ws.disconnect(graceful=False)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close for a broken rule, as websockets does: the close frame and the end of our
+        side of the stream at once; what the peer still sends is read and dropped until it
+        closes (hanging up on a peer that is sending would reset the connection, and the
+        peer would lose the close frame)."""
+        self.fragments = None
+        self.close(code, reason)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def hang_up(self, code: int, reason: str) -> None:
+        """Close a peer that no longer answers: the close frame, then drop the connection
+        without waiting for its send buffer to drain."""
+        self.close(code, reason)
+        self.ws.disconnect(graceful=False)
+
+    @property
+    def close_code(self) -> int:
+        """The code of the close frame sent, else of the one received, else 1006."""
+        handshake = self.ws.close_handshake
+        if handshake is None:
+            return CLOSED_ABNORMALLY
+        frame = handshake.sent or handshake.recv
+        return CLOSED_ABNORMALLY if frame is None else int(frame.code)

@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import random
 from json.encoder import encode_basestring_ascii
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
-from websockets.protocol import State
 
 from wssfleet import auth, metrics, protocol
 from wssfleet.broker import (
@@ -29,9 +23,7 @@ from wssfleet.config import ServiceConfig as Config
 from wssfleet.events import event
 from wssfleet.memory_broker import MemoryBus
 from wssfleet.pacing import busiest_second, paced
-from wssfleet.protocol import (
-    CLOSE_SERVICE_RESTART,
-)
+from wssfleet.protocol import CLOSE_INTERNAL_ERROR, CLOSE_SERVICE_RESTART
 from wssfleet.redis_broker import RedisBus
 
 # Recoveries (subscribes with since) reading history at once in one process, and how long
@@ -132,9 +124,9 @@ class Hub:
             self.stats.delivered["heartbeat"] += beats
 
     async def keep_alive(self) -> None:
-        """One keepalive for every client instead of a task per connection (websockets'
-        own): each client is pinged ``ping_interval`` after its last ping, and dropped with
-        1011 when the pong has not come ``ping_timeout`` after the ping."""
+        """One keepalive for every client instead of a timer per connection: each client is
+        pinged ``ping_interval`` after its last ping, and dropped with 1011 when the pong has
+        not come ``ping_timeout`` after the ping."""
         interval, timeout = self.config.ping_interval, self.config.ping_timeout
         tick = min(1.0, interval / 2, timeout / 2)
         loop = asyncio.get_running_loop()
@@ -142,19 +134,19 @@ class Hub:
             await asyncio.sleep(tick)
             now = loop.time()
             for client in tuple(self.clients):
-                ws = client.ws
-                if client.closing is not None or ws.protocol.state is not State.OPEN:
+                if client.closing:
                     continue
-                if client.pong is not None and not client.pong.done():
+                if client.pong_due:
                     if now - client.pinged > timeout:
-                        client.closing = loop.create_task(drop_unresponsive(ws))
+                        # A peer that does not answer pings will not answer a close either.
+                        client.hang_up(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
                     continue
                 if now - client.pinged >= interval:
                     client.pinged = now
-                    # Its own task: a peer whose path is dead (a master gone) stops reading,
-                    # and waiting for its socket to drain would stall every other client's
-                    # keepalive. A ping that cannot even be sent times out like a lost pong.
-                    client.pong = loop.create_task(answered(ws))
+                    client.pong_due = True
+                    # Written without waiting: a peer whose path is dead stops reading, and
+                    # its ping then times out like a lost pong.
+                    client.ws.send_ping()
 
     async def join(self, client: Client, channel: str, since: str | None) -> None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
@@ -390,7 +382,7 @@ class Hub:
         clients = list(self.clients)
         event("drain", clients=len(clients), seconds=seconds, worker=self.config.worker_label)
         busiest = await self._close_paced(clients, seconds, "drain")
-        latecomers = [client for client in self.clients if client.closing is None]
+        latecomers = [client for client in self.clients if not client.closing]
         for latecomer in latecomers:
             self._restart_close(latecomer, "drain")
         event(
@@ -404,7 +396,7 @@ class Hub:
     async def shed(self, count: int, seconds: float) -> None:
         """Close ``count`` clients with 1012 over ``seconds``, so that they reconnect to
         emptier instances (the master's rebalancer asks)."""
-        clients = [client for client in self.clients if client.closing is None]
+        clients = [client for client in self.clients if not client.closing]
         random.shuffle(clients)
         busiest = await self._close_paced(clients[:count], seconds, "rebalance")
         event("shed", clients=min(count, len(clients)), busiest_second=busiest)
@@ -418,22 +410,6 @@ class Hub:
         return busiest_second(moments)
 
     def _restart_close(self, client: Client, reason: str) -> None:
-        if client.closing is None:
+        if not client.closing:
             self.stats.closes[reason] += 1
-            client.closing = asyncio.create_task(
-                client.ws.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
-            )
-
-
-async def answered(ws: ServerConnection) -> None:
-    """Ping the peer and return once its pong has come (or the connection has closed)."""
-    with contextlib.suppress(ConnectionClosed):
-        await (await ws.ping())
-
-
-async def drop_unresponsive(ws: ServerConnection) -> None:
-    """Close a client whose pong is late with 1011 and hang up at once, as websockets'
-    keepalive does: a peer that does not answer pings will not answer a close either."""
-    with contextlib.suppress(ConnectionClosed):
-        async with ws.send_context():
-            ws.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            client.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")

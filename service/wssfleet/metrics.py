@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
+from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,10 +23,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
 
 from wssfleet import protocol
+from wssfleet.connection import http_response
 
 # Label values a counter always shows, at 0 until it happens: a rate() over a series that
 # appears only with its first event misses that event.
@@ -173,22 +173,12 @@ def registry(stats: Stats, gauges: Callable[[], dict[str, float]]) -> CollectorR
 
 def responder(
     metrics: CollectorRegistry,
-) -> Callable[[ServerConnection, Request], Response]:
-    """A process_request for the metrics listener: /metrics or 404, never an upgrade."""
+) -> Callable[[WSUpgradeRequest], WSUpgradeResponseWithListener]:
+    """The metrics listener's router: /metrics or 404, never an upgrade."""
 
-    def respond(connection: ServerConnection, request: Request) -> Response:
-        if request.path.split("?", 1)[0] != "/metrics":
-            return connection.respond(HTTPStatus.NOT_FOUND, "only /metrics here\n")
-        body = generate_latest(metrics)
-        response = connection.respond(HTTPStatus.OK, "")
-        response.body = body
-        for name, value in (
-            ("Content-Type", CONTENT_TYPE_LATEST),
-            ("Content-Length", str(len(body))),
-        ):
-            if name in response.headers:
-                del response.headers[name]
-            response.headers[name] = value
-        return response
+    def respond(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+        if request.path.split(b"?", 1)[0] != b"/metrics":
+            return http_response(HTTPStatus.NOT_FOUND, b"only /metrics here\n")
+        return http_response(HTTPStatus.OK, generate_latest(metrics), CONTENT_TYPE_LATEST)
 
     return respond

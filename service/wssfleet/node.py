@@ -9,31 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import logging
 import signal
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.frames import CloseCode
+from picows import WSAutoPingStrategy, WSUpgradeRequest
+from picows.picows import WSProtocol
 
 from wssfleet import metrics, protocol
 from wssfleet.client import Client
 from wssfleet.config import ServiceConfig as Config
-from wssfleet.connection import Connection
 from wssfleet.events import event, log
 from wssfleet.hub import Hub
 from wssfleet.protocol import (
-    CLOSE_POLICY,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNSUPPORTED,
 )
-from wssfleet.routes import Routes, peer
+from wssfleet.routes import Address, Answer, Routes
 
 # A client whose answers wait (publishes to a slow Redis) and that keeps sending: past this
 # many queued messages its socket is not read until the queue is back down to the low mark.
 INBOX_HIGH, INBOX_LOW = 16, 4
+# A client has this long to send its upgrade request after connecting (websockets' default).
+HANDSHAKE_SECONDS = 10.0
+# Each connection's read buffer starts this small and doubles as frames need: memory per
+# idle connection is what limits a worker (picows starts at 16 KiB).
+READ_BUFFER_BYTES = 1024
+# picows logs each client's protocol error: a hostile client must not fill the journal.
+PICOWS_LOG = logging.getLogger("picows.server")
 
 
 class Service:
@@ -44,58 +51,63 @@ class Service:
         self.hub = Hub(config)
         self.routes = Routes(config, self.hub)
 
-    async def handle(self, ws: Connection) -> None:
-        grant = ws.grant
-        assert grant is not None  # process_request set it, or there was no upgrade
-        subject = grant.subject
+    def route(self, request: WSUpgradeRequest, address: Address) -> Answer:
+        return self.routes.route(self, request, address)
+
+    def opened(self, client: Client) -> None:  # type: ignore[override]
+        upgrade = client.upgrade
+        subject = client.subject
         subjects = self.hub.subjects
         if subjects[subject] >= self.config.connections_per_subject:
             self.hub.stats.handshakes_refused["subject_connections"] += 1
-            event("reject", reason="too many connections", sub=subject, peer=peer(ws))
-            await ws.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this subject")
+            event("reject", reason="too many connections", sub=subject, peer=upgrade.peer)
+            client.refused = True
+            client.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this subject")
             return
-        client = Client(ws, grant, self.config, self.hub.stats)
-        first_channel = ws.first_channel
-        # Counted only inside the block that uncounts it: whatever fails, nothing leaks.
+        client.pinged = asyncio.get_running_loop().time()
+        client.counted = True
         self.hub.clients.add(client)
         subjects[subject] += 1
-        try:
-            self.hub.stats.connections_opened += 1
-            event("connect", sub=subject, peer=peer(ws), channels=[first_channel])
-            client.reply(
-                "welcome",
-                worker=self.config.worker_label,
-                channels=[first_channel] if first_channel else [],
-                sub=subject,
-                heartbeat=self.config.heartbeat_interval,
-            )
-            if first_channel:
-                # Frames that come meanwhile are answered after this join, in order.
-                join = self.hub.join(client, first_channel, ws.since)
-                client.answering = asyncio.create_task(self._answer_in_order(client, join))
-            ws.attach(lambda message: self._read(client, message))
-            await ws.wait_closed()
-            answering = client.answering
-            if answering is not None:
-                # Nobody is left to hear the answer: a join still reading history, or a
-                # publish waiting on Redis, stops here instead of holding the handler.
-                answering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await answering
-        finally:
-            self.hub.remove(client)
-            subjects[subject] -= 1
-            if not subjects[subject]:
-                del subjects[subject]
-            code = self._close_code(ws)
-            if code == CLOSE_TOO_BIG:
-                self.hub.stats.drops["too_big"] += 1
-            event("disconnect", sub=subject, peer=peer(ws), code=code)
+        self.hub.stats.connections_opened += 1
+        first_channel = upgrade.first_channel
+        event("connect", sub=subject, peer=upgrade.peer, channels=[first_channel])
+        client.reply(
+            "welcome",
+            worker=self.config.worker_label,
+            channels=[first_channel] if first_channel else [],
+            sub=subject,
+            heartbeat=self.config.heartbeat_interval,
+        )
+        if first_channel:
+            # Frames that come meanwhile are answered after this join, in order.
+            join = self.hub.join(client, first_channel, upgrade.since)
+            client.answering = asyncio.create_task(self._answer_in_order(client, join))
 
-    def _read(self, client: Client, message: str | bytes) -> None:
+    def closed(self, client: Client) -> None:  # type: ignore[override]
+        if not client.counted:
+            return
+        client.counted = False
+        answering = client.answering
+        if answering is not None:
+            # Nobody is left to hear the answer: a join still reading history, or a publish
+            # waiting on Redis, stops here.
+            answering.cancel()
+        self.hub.remove(client)
+        subject = client.subject
+        subjects = self.hub.subjects
+        subjects[subject] -= 1
+        if not subjects[subject]:
+            del subjects[subject]
+        code = client.close_code
+        if code == CLOSE_TOO_BIG:
+            self.hub.stats.drops["too_big"] += 1
+        event("disconnect", sub=subject, peer=client.upgrade.peer, code=code)
+
+    def received(self, client: Client, message: str | bytes) -> None:  # type: ignore[override]
         """Answer one message of a client as it is parsed, unless an earlier one still waits
-        for its answer: then it queues behind it, and a long queue stops reading the socket
-        (as websockets' own receive queue would)."""
+        for its answer: then it queues behind it, and a long queue stops reading the socket."""
+        if client.refused:
+            return
         if client.answering is not None:
             if client.inbox is None:
                 client.inbox = collections.deque()
@@ -137,7 +149,7 @@ class Service:
     def _fail_internal(self, client: Client) -> None:
         """A bug in answering one client closes that client with 1011 and nobody else."""
         log.exception("answering %s failed", client.subject)
-        client.refuse(CloseCode.INTERNAL_ERROR, "")
+        client.refuse(CLOSE_INTERNAL_ERROR, "")
 
     def _answer(self, client: Client, message: str | bytes) -> Coroutine[None, None, None] | None:
         """Answer one message, or return what has to be awaited to answer it (a publish is
@@ -174,62 +186,101 @@ class Service:
             return self.hub.publish(client, request)
         return None
 
-    @staticmethod
-    def _close_code(ws: ServerConnection) -> int | None:
-        sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
-        frame = sent or received
-        return frame.code if frame is not None else 1006
-
 
 async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then close every client with 1001 and return."""
     service = Service(config)
     service.hub.start()
-    async with (
-        serve(
-            service.handle,
+    loop = asyncio.get_running_loop()
+    options = ProtocolOptions(max_frame_size=config.max_message_bytes)
+    server = await loop.create_server(
+        lambda: RoutedProtocol(service.route, options),
+        config.bind,
+        config.port,
+        ssl=_tls_context(config),
+    )
+    metrics_server = None
+    if config.metrics_port is not None:
+        respond = metrics.responder(metrics.registry(service.hub.stats, service.hub.gauges))
+        metrics_server = await loop.create_server(
+            lambda: RoutedProtocol(lambda request, address: respond(request), options),
             config.bind,
-            config.port,
-            process_request=service.routes.process_request,
-            compression=None,
-            max_size=config.max_message_bytes,
-            create_connection=Connection,
-            ping_interval=None,  # Hub.keep_alive pings every client
-            close_timeout=min(config.shutdown_timeout, 10.0),
-            server_header="wssfleet",
-            ssl=_tls_context(config),
-        ) as server,
-        contextlib.AsyncExitStack() as listeners,
-    ):
-        if config.metrics_port is not None:
-            await listeners.enter_async_context(
-                serve(
-                    _never_upgraded,
-                    config.bind,
-                    config.metrics_port,
-                    process_request=metrics.responder(
-                        metrics.registry(service.hub.stats, service.hub.gauges)
-                    ),
-                    server_header="wssfleet",
-                    # A scraper's kept-alive connection must not hold a stopping process for
-                    # the library's default 10 s (each instance of a rollout would wait).
-                    close_timeout=1.0,
-                )
-            )
-        _stop_on_signals(server, service.hub)
-        event(
-            "listening",
-            bind=config.bind,
-            port=config.port,
-            metrics_port=config.metrics_port,
-            worker=config.worker_label,
-            redis="configured" if config.redis_url else "disabled",
+            config.metrics_port,
         )
-        if ready is not None:
-            ready.set()
-        await server.wait_closed()
+    stopping = asyncio.Event()
+    _stop_on_signals(stopping, service.hub)
+    event(
+        "listening",
+        bind=config.bind,
+        port=config.port,
+        metrics_port=config.metrics_port,
+        worker=config.worker_label,
+        redis="configured" if config.redis_url else "disabled",
+    )
+    if ready is not None:
+        ready.set()
+    await stopping.wait()
+    server.close()
+    if metrics_server is not None:
+        metrics_server.close()
+    await _close_every_client(service.hub)
     await service.hub.stop()
     event("stopped", worker=config.worker_label)
+
+
+async def _close_every_client(hub: Hub) -> None:
+    """Close every client with 1001 and wait until each has answered or been dropped (each
+    connection drops its peer ``close_timeout`` after its close frame)."""
+    clients = list(hub.clients)
+    for client in clients:
+        client.close(CLOSE_GOING_AWAY, "")
+    await asyncio.gather(
+        *(client.ws.wait_disconnected() for client in clients), return_exceptions=True
+    )
+
+
+class ProtocolOptions:
+    """picows' per-connection settings, the same for every connection of a listener."""
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+
+
+class RoutedProtocol(WSProtocol):
+    """picows' server protocol, with the peer's address known to the router: picows gives
+    its listener factory only the request."""
+
+    def __init__(
+        self,
+        router: Callable[[WSUpgradeRequest, Address], Answer],
+        options: ProtocolOptions,
+    ) -> None:
+        self.router = router
+        self.address: Address = None
+        super().__init__(
+            None,  # host and port: a client's
+            None,  # path: a client's
+            False,  # the server side
+            self._route,
+            PICOWS_LOG,
+            True,  # a failure in our listener closes that connection with 1011
+            HANDSHAKE_SECONDS,
+            False,  # no auto ping: Hub.keep_alive pings every client
+            20.0,
+            20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # pings are answered in picows
+            options.max_frame_size,
+            None,  # extra headers: a client's
+            READ_BUFFER_BYTES,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.address = transport.get_extra_info("peername")
+        super().connection_made(transport)
+
+    def _route(self, request: WSUpgradeRequest) -> Answer:
+        return self.router(request, self.address)
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -242,17 +293,12 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _never_upgraded(ws: ServerConnection) -> None:
-    """The metrics listener answers every request before an upgrade could happen."""
-    await ws.close(CLOSE_POLICY, "metrics only")
-
-
-def _stop_on_signals(server: Server, hub: Hub) -> None:
+def _stop_on_signals(stopping: asyncio.Event, hub: Hub) -> None:
     """SIGTERM and SIGINT: close every client with 1001 at once and stop. SIGUSR1: drain
     (the rollout asks for it before a planned restart)."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.close)
+        loop.add_signal_handler(signum, stopping.set)
 
     def drain() -> None:
         if hub.draining is None:

@@ -251,12 +251,22 @@ class Address:
         except (OSError, TimeoutError) as error:
             if connection is not None:
                 connection.close("could not be set up")
+            raise_if_cancelled()
             raise LinkLost(f"cannot connect to Redis ({type(error).__name__})") from error
         except ReplyError:
             assert connection is not None
             connection.close("refused")
             raise
         return connection
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop. A connect that fails as the
+    task is cancelled can surface as its failure instead (Python 3.11's create_connection
+    and asyncio.timeout); a retry loop that took it for a lost link would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Link:

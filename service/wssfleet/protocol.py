@@ -49,10 +49,12 @@ SERVER_TYPES = (
 # connection for dead and reconnects (the client contract): room for a busy event loop.
 HEARTBEAT_GRACE = 5
 
-# Close codes besides the standard ones websockets names (CloseCode).
+# The close codes the service sends (RFC 6455, 7.4.1, and its own 4xxx).
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
 # A token subject already holds connections_per_subject connections on this process; like

@@ -22,7 +22,14 @@ from wssfleet.broker import (
     Resync,
     offset_of,
 )
-from wssfleet.pipelined import Address, Link, LinkLost, ReplyError, RespConnection
+from wssfleet.pipelined import (
+    Address,
+    Link,
+    LinkLost,
+    ReplyError,
+    RespConnection,
+    raise_if_cancelled,
+)
 from wssfleet.redis_functions import publish_keys
 
 log = logging.getLogger("wssfleet.broker")
@@ -395,6 +402,7 @@ class RedisBus(Bus):
                 self._set_connected(False)
                 if subscriber is not None:
                     subscriber.close("the bus stopped listening")
+            raise_if_cancelled()
             # Full jitter keeps a fleet of processes from reconnecting in lockstep.
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 2.0)

@@ -12,15 +12,20 @@ from http import HTTPStatus
 from importlib import resources
 from urllib.parse import parse_qs
 
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from multidict import CIMultiDict
+from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from wssfleet import auth, protocol
+from wssfleet.client import Client
 from wssfleet.config import ServiceConfig as Config
-from wssfleet.connection import Connection
+from wssfleet.connection import Handler, Upgrade, http_response
 from wssfleet.events import event
 from wssfleet.hub import Hub
+
+Headers = CIMultiDict[str]
+Answer = Client | WSUpgradeResponseWithListener
+# A peer as the loop names it: (host, port) for TCP.
+Address = tuple[str, int] | None
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -46,7 +51,7 @@ class AmbiguousRequest(Exception):
 def single_header(headers: Headers, name: str) -> str | None:
     """A header the service decides on (Origin, Authorization): one value or none. Two are
     ambiguous, since a proxy and the service could each read another one, and are refused."""
-    values = headers.get_all(name)
+    values = headers.getall(name, [])
     if len(values) > 1:
         raise AmbiguousRequest(f"repeated {name} header")
     return values[0] if values else None
@@ -56,7 +61,7 @@ def forwarded_for(headers: Headers) -> str | None:
     """The client's address as the nearest proxy (HAProxy) saw it: the last value of the
     last X-Forwarded-For. HAProxy replaces whatever a client sent with one value of its own;
     a chain of proxies appends, and only the last one's word is not the client's."""
-    values = headers.get_all("X-Forwarded-For")
+    values = headers.getall("X-Forwarded-For", [])
     if not values:
         return None
     return values[-1].rpartition(",")[2].strip() or None
@@ -73,37 +78,35 @@ class Routes:
             for path, (name, kind) in STATIC.items()
         }
 
-    def process_request(self, connection: Connection, request: Request) -> Response | None:
+    def route(self, handler: Handler, request: WSUpgradeRequest, address: Address) -> Answer:
+        """The answer to one request: an HTTP response, or the client an upgrade makes."""
         # Routed on the exact path as sent: urlsplit would read '//x/healthz' as a host
         # and the path '/healthz', a route HAProxy never lets clients reach.
-        path, _, query = request.path.partition("?")
+        path, _, query = request.path.decode("latin-1").partition("?")
         if path == "/healthz":
-            return self._respond(
-                connection,
-                HTTPStatus.OK,
-                json.dumps(self.hub.health()).encode(),
-                "application/json",
-            )
+            body = json.dumps(self.hub.health()).encode()
+            return http_response(HTTPStatus.OK, body, "application/json")
         if path == "/internal/shed":
-            return self._shed(connection, request, query)
+            return self._shed(request, query)
         if path in self.static:
             body, kind = self.static[path]
-            return self._respond(connection, HTTPStatus.OK, body, kind, PAGE_HEADERS)
+            return http_response(HTTPStatus.OK, body, kind, PAGE_HEADERS)
         channel = self._endpoint_channel(path)
         if channel is None:
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            return http_response(HTTPStatus.NOT_FOUND, b"not found\n")
         if channel and not protocol.valid_channel(channel):
             self.hub.stats.handshakes_refused["request"] += 1
-            return connection.respond(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE + "\n")
+            return http_response(HTTPStatus.NOT_FOUND, protocol.CHANNEL_RULE.encode() + b"\n")
+        headers = request.headers
         try:
-            origin = single_header(request.headers, "Origin")
-            credential = self._token(request, query)
+            origin = single_header(headers, "Origin")
+            credential = self._token(headers, query)
         except AmbiguousRequest as error:
             self.hub.stats.handshakes_refused["request"] += 1
-            return self._refuse(connection, request, HTTPStatus.BAD_REQUEST, str(error))
+            return self._refuse(path, headers, address, HTTPStatus.BAD_REQUEST, str(error))
         if origin is not None and origin.rstrip("/") not in self.config.allowed_origins:
             self.hub.stats.handshakes_refused["origin"] += 1
-            return self._refuse(connection, request, HTTPStatus.FORBIDDEN, "origin not allowed")
+            return self._refuse(path, headers, address, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
             grant = auth.verify(
                 self.config.jwt_secret.get_secret_value(),
@@ -113,17 +116,20 @@ class Routes:
             )
         except auth.TokenError as error:
             self.hub.stats.handshakes_refused["token"] += 1
-            response = self._refuse(connection, request, HTTPStatus.UNAUTHORIZED, str(error))
-            response.headers["WWW-Authenticate"] = 'Bearer realm="wssfleet"'
-            return response
+            return self._refuse(
+                path,
+                headers,
+                address,
+                HTTPStatus.UNAUTHORIZED,
+                str(error),
+                {"WWW-Authenticate": 'Bearer realm="wssfleet"'},
+            )
         since = parse_qs(query, keep_blank_values=True).get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             self.hub.stats.handshakes_refused["request"] += 1
-            return connection.respond(HTTPStatus.BAD_REQUEST, "since is too long\n")
-        connection.grant = grant
-        connection.first_channel = channel
-        connection.since = since
-        return None
+            return http_response(HTTPStatus.BAD_REQUEST, b"since is too long\n")
+        upgrade = Upgrade(grant, channel, since, peer(address, headers))
+        return Client(handler, upgrade, self.config, self.hub.stats)
 
     def _previous_key(self) -> str:
         """The signing key before the last rotation, while its overlap lasts: it ends at
@@ -133,7 +139,7 @@ class Routes:
             return ""
         return self.config.jwt_previous_secret.get_secret_value()
 
-    def _shed(self, connection: ServerConnection, request: Request, query: str) -> Response:
+    def _shed(self, request: WSUpgradeRequest, query: str) -> WSUpgradeResponseWithListener:
         """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: it presents
         the deployment's internal key. HAProxy refuses /internal/ to clients besides, and
         whatever it forwards carries X-Forwarded-For; either way the path does not exist."""
@@ -147,7 +153,7 @@ class Routes:
             or "X-Forwarded-For" in request.headers
             or not hmac.compare_digest(presented.encode(), f"Bearer {key}".encode())
         ):
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            return http_response(HTTPStatus.NOT_FOUND, b"not found\n")
         arguments = parse_qs(query)
         try:
             count = int(arguments["count"][0])
@@ -155,14 +161,14 @@ class Routes:
             if not (1 <= count <= 1_000_000 and 0.1 <= seconds <= 600):
                 raise ValueError
         except (KeyError, ValueError):
-            return connection.respond(
-                HTTPStatus.BAD_REQUEST, "give count=1..1000000 and seconds=0.1..600\n"
+            return http_response(
+                HTTPStatus.BAD_REQUEST, b"give count=1..1000000 and seconds=0.1..600\n"
             )
         if self.hub.shedding is not None and not self.hub.shedding.done():
-            return connection.respond(HTTPStatus.CONFLICT, "already shedding\n")
+            return http_response(HTTPStatus.CONFLICT, b"already shedding\n")
         self.hub.shedding = asyncio.get_running_loop().create_task(self.hub.shed(count, seconds))
         body = json.dumps({"shedding": min(count, len(self.hub.clients))}).encode()
-        return self._respond(connection, HTTPStatus.ACCEPTED, body, "application/json")
+        return http_response(HTTPStatus.ACCEPTED, body, "application/json")
 
     @staticmethod
     def _endpoint_channel(path: str) -> str | None:
@@ -174,49 +180,34 @@ class Routes:
         return None
 
     @staticmethod
-    def _token(request: Request, query: str) -> str | None:
-        header = single_header(request.headers, "Authorization") or ""
+    def _token(headers: Headers, query: str) -> str | None:
+        header = single_header(headers, "Authorization") or ""
         if header.lower().startswith("bearer "):
             return header[len("bearer ") :].strip()
         values = parse_qs(query).get("token")
         return values[0] if values else None
 
     @staticmethod
-    def _respond(
-        connection: ServerConnection,
-        status: HTTPStatus,
-        body: bytes,
-        kind: str,
-        extra: dict[str, str] | None = None,
-    ) -> Response:
-        response = connection.respond(status, "")
-        response.body = body
-        for name, value in {
-            "Content-Type": kind,
-            "Content-Length": str(len(body)),
-            **(extra or {}),
-        }.items():
-            if name in response.headers:
-                del response.headers[name]
-            response.headers[name] = value
-        return response
-
     def _refuse(
-        self, connection: ServerConnection, request: Request, status: HTTPStatus, reason: str
-    ) -> Response:
+        path: str,
+        headers: Headers,
+        address: Address,
+        status: HTTPStatus,
+        reason: str,
+        extra: dict[str, str] | None = None,
+    ) -> WSUpgradeResponseWithListener:
         event(
             "reject",
             status=status.value,
             reason=reason,
-            path=request.path.partition("?")[0],
-            peer=peer(connection, request.headers),
+            path=path,
+            peer=peer(address, headers),
         )
-        return connection.respond(status, reason + "\n")
+        return http_response(status, reason.encode() + b"\n", headers=extra)
 
 
-def peer(connection: ServerConnection, headers: Headers | None = None) -> str:
-    headers = headers if headers is not None else getattr(connection.request, "headers", None)
-    forwarded = forwarded_for(headers) if headers is not None else None
-    address = connection.remote_address
+def peer(address: Address, headers: Headers) -> str:
+    """The client as logs name it: its forwarded address, and the address it came from."""
+    forwarded = forwarded_for(headers)
     direct = f"{address[0]}:{address[1]}" if address else "?"
     return f"{forwarded} via {direct}" if forwarded else direct

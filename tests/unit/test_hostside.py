@@ -54,7 +54,7 @@ frontend clients
 backend {layout.BACKEND}
     balance leastconn
     option httpchk
-    http-check send meth GET uri /healthz
+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host wssfleet
     default-server {DEFAULT_SERVER}
 {lines}"""
 

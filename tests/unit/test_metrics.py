@@ -3,6 +3,7 @@ metrics port, which serves nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
@@ -117,8 +118,12 @@ def test_drain_closes_and_recoveries_are_counted(start_service, redis_server):
         stranger = await open_client(service, f"/ws/room?since={elsewhere}", subscribed=False)
         assert (await receive(stranger))["recovered"] is False
         service.process.send_signal(signal.SIGUSR1)
+        # The drain closes each client while it is still there to be closed.
+        for ws in (publisher, everything, stranger):
+            await asyncio.wait_for(ws.wait_closed(), 10)
+        return [ws.close_code for ws in (publisher, everything, stranger)]
 
-    run(scenario())
+    assert run(scenario()) == [1012, 1012, 1012]
 
     def once_drained():
         samples = service.metrics()
