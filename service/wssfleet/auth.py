@@ -70,6 +70,7 @@ class Grant:
     publish: tuple[str, ...] | None = None
 
 
+@functools.lru_cache(maxsize=8)
 def key_id(secret: str) -> str:
     """Names a signing key in a token's header without revealing anything about it."""
     return hashlib.sha256(b"wssfleet key id:" + secret.encode()).hexdigest()[:16]

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object a line, for journald and log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname.lower(), "event": record.getMessage()}
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from wssfleet import config as service_config
-    from wssfleet import node
+    from wssfleet import events, node
 
     try:
         config = service_config.load()
@@ -31,12 +19,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"wssfleet: configuration error: {error}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonLines())
+    handler.setFormatter(events.JsonLines())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    events.to_output(sys.stdout.fileno())
     # picows logs each connection and each client's protocol error at INFO or ERROR, which
     # our events and the client's close code already say: a hostile client must not fill the
     # journal. An exception (a bug of ours) still shows.
-    node.PICOWS_LOG.addFilter(lambda record: record.exc_info is not None)
+    picows_log = node.PICOWS_LOG.logger
+    picows_log.setLevel(logging.WARNING)
+    picows_log.addFilter(lambda record: record.exc_info is not None)
     uvloop.run(node.serve_until_stopped(config))
     return 0
 

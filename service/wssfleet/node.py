@@ -36,11 +36,12 @@ from wssfleet.routes import Address, Answer, Routes
 INBOX_HIGH, INBOX_LOW = 16, 4
 # A client has this long to send its upgrade request after connecting (websockets' default).
 HANDSHAKE_SECONDS = 10.0
-# Each connection's read buffer starts this small and doubles as frames need: memory per
-# idle connection is what limits a worker (picows starts at 16 KiB).
-READ_BUFFER_BYTES = 1024
-# picows logs each client's protocol error: a hostile client must not fill the journal.
-PICOWS_LOG = logging.getLogger("picows.server")
+# Each connection's read buffer starts this small (picows' least) and doubles as frames
+# need: memory per idle connection is what limits a worker (picows' default is 16 KiB).
+READ_BUFFER_BYTES = 2048
+# What picows logs goes through an adapter, not a Logger: given a Logger, picows makes a
+# child Logger for every connection (memory per connection, and work per handshake).
+PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
 
 
 class Service:
@@ -249,6 +250,8 @@ class ProtocolOptions:
 class RoutedProtocol(WSProtocol):
     """picows' server protocol, with the peer's address known to the router: picows gives
     its listener factory only the request."""
+
+    __slots__ = ("address", "router")
 
     def __init__(
         self,

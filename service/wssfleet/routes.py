@@ -100,7 +100,8 @@ class Routes:
         headers = request.headers
         try:
             origin = single_header(headers, "Origin")
-            credential = self._token(headers, query)
+            arguments = parse_qs(query, keep_blank_values=True)
+            credential = self._token(headers, arguments)
         except AmbiguousRequest as error:
             self.hub.stats.handshakes_refused["request"] += 1
             return self._refuse(path, headers, address, HTTPStatus.BAD_REQUEST, str(error))
@@ -124,7 +125,7 @@ class Routes:
                 str(error),
                 {"WWW-Authenticate": 'Bearer realm="wssfleet"'},
             )
-        since = parse_qs(query, keep_blank_values=True).get("since", [None])[0]
+        since = arguments.get("since", [None])[0]
         if since is not None and len(since) > protocol.MAX_OFFSET_CHARACTERS:
             self.hub.stats.handshakes_refused["request"] += 1
             return http_response(HTTPStatus.BAD_REQUEST, b"since is too long\n")
@@ -180,11 +181,11 @@ class Routes:
         return None
 
     @staticmethod
-    def _token(headers: Headers, query: str) -> str | None:
+    def _token(headers: Headers, arguments: dict[str, list[str]]) -> str | None:
         header = single_header(headers, "Authorization") or ""
         if header.lower().startswith("bearer "):
             return header[len("bearer ") :].strip()
-        values = parse_qs(query).get("token")
+        values = arguments.get("token")
         return values[0] if values else None
 
     @staticmethod

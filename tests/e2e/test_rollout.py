@@ -106,8 +106,8 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout_at_its_first_in
     inventory = derived_inventory(tmp_path, rollout_health_timeout=8)
     with edited(
         REPO / "service" / "wssfleet" / "routes.py",
-        "HTTPStatus.OK,\n                json.dumps(self.hub.health())",
-        "HTTPStatus.SERVICE_UNAVAILABLE,\n                json.dumps(self.hub.health())",
+        'return http_response(HTTPStatus.OK, body, "application/json")',
+        'return http_response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")',
     ):
         code, report, log = deploy(inventory)
     assert code != 0

@@ -4,6 +4,7 @@ X-Forwarded-For. Each is answered as a request, never as a crash, and leaves not
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -107,8 +108,9 @@ def test_the_logged_peer_is_the_last_forwarded_address(start_service):
     assert asyncio.run(handshake(service.port, "/ws?token=bad", headers)).startswith(
         b"HTTP/1.1 401"
     )
-    refusal = next(line for line in service.log.read_text().splitlines() if '"reject"' in line)
-    assert '"peer": "198.51.100.1 via 127.0.0.1:' in refusal, refusal
+    events = [json.loads(line) for line in service.log.read_text().splitlines()]
+    refusal = next(event for event in events if event["event"] == "reject")
+    assert refusal["peer"].startswith("198.51.100.1 via 127.0.0.1:"), refusal
 
 
 def test_one_subject_holds_at_most_connections_per_subject_and_others_are_not_affected(
