@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 import wssfleet_control.hostside  # noqa: F401  (the helpers import each other as on a host)
 from tests.processes import free_port, wait_for_port
 from tests.unit.clients import open_client, run
+from tests.unit.helpers import wait_until
 from wssfleet_control.hostside import layout
 
 haproxy_runtime = importlib.import_module("haproxy_runtime")
@@ -79,14 +80,18 @@ def master(tmp_path, start_service, monkeypatch):
     monkeypatch.setattr(haproxy_runtime, "MASTER_SOCKET", str(tmp_path / "master.sock"))
     monkeypatch.setenv("WSSFLEET_INTERNAL_KEY", INTERNAL_KEY)
     monkeypatch.delenv("WSSFLEET_INTERNAL_CA", raising=False)
-    wait_for_port(port)
-    for name in names:
-        assert haproxy_runtime.wait_up(f"{layout.BACKEND}/{name}", 10) == 0
-    yield SimpleNamespace(
-        url=f"ws://127.0.0.1:{port}", live=live, services=services, names=list(names)
-    )
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        wait_for_port(port)
+        # The port can listen a moment before the worker has made its admin socket.
+        wait_until(lambda: (tmp_path / "admin.sock").exists(), 10, "HAProxy's admin socket")
+        for name in names:
+            assert haproxy_runtime.wait_up(f"{layout.BACKEND}/{name}", 10) == 0
+        yield SimpleNamespace(
+            url=f"ws://127.0.0.1:{port}", live=live, services=services, names=list(names)
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 async def close_code(ws) -> int | None:

@@ -3,13 +3,14 @@ ACLs: one connection carries every command, replies reach their own callers, and
 silent connection fails what it carried and is made again."""
 
 import asyncio
+import contextlib
 import os
 import signal
 
 import pytest
 
 from roles.redis import ADMIN_REDIS_USER
-from wssfleet.pipelined import Link, LinkLost, ReplyError
+from wssfleet.pipelined import Link, LinkLost, ReplyError, raise_if_cancelled
 
 
 def run(coroutine):
@@ -129,3 +130,28 @@ def test_commands_in_flight_when_the_connection_dies_are_failed_as_sent(redis_se
     assert all(isinstance(error, LinkLost) for error in lost), lost
     # Both had left: Redis may have run them, and the caller must not take them as unsent.
     assert [error.sent for error in lost] == [True, True]
+
+
+def test_a_retry_loop_stops_when_cancelled_even_if_the_failure_hid_the_cancel():
+    """A connect that fails just as its task is cancelled can surface as the failure (Python
+    3.11's create_connection and asyncio.timeout): a retry loop must still stop."""
+    stopping = asyncio.Event()
+
+    async def retrying() -> None:
+        while not stopping.is_set():
+            # The cancel is lost here, as when a failure raced past it.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.01)
+            raise_if_cancelled()
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(retrying())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        stopped = task.cancelled()
+        stopping.set()
+        await asyncio.gather(task, return_exceptions=True)
+        return stopped
+
+    assert run(scenario())

@@ -291,6 +291,34 @@ def test_invalid_utf8_across_fragments_closes_1007(start_service):
     assert closed_with(start_service(), send) == 1007
 
 
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    """One masked client frame as RFC 6455 5.2 lays it out, reserved bits as given: what a
+    broken or hostile client library could send."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+    assert len(masked) < 126
+    return bytes(((0x80 if fin else 0) | rsv | opcode, 0x80 | len(masked))) + mask + masked
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        # RSV1 set: no extension was agreed that would give it a meaning.
+        [client_frame(0x1, b'{"type": "echo", "data": 1}', rsv=0x40)],
+        # A continuation that continues nothing.
+        [client_frame(0x0, b'"}')],
+        # A new text message before the fragmented one ends.
+        [client_frame(0x1, b'{"type": ', fin=False), client_frame(0x1, b'"echo"}')],
+    ],
+    ids=["reserved bit", "lone continuation", "interleaved message"],
+)
+def test_a_frame_that_breaks_the_protocol_closes_1002(start_service, frames):
+    async def send(ws):
+        ws.transport.write(b"".join(frames))
+
+    assert closed_with(start_service(), send) == 1002
+
+
 def test_frames_are_answered_in_order_while_a_publish_waits_for_redis(start_service, redis_server):
     service = start_service(redis_server.url)
     wait_until_redis(service, "connected")
