@@ -21,6 +21,7 @@ import wssfleet_control.hostside  # noqa: F401  (the helpers import each other a
 from tests.processes import free_port, wait_for_port
 from tests.unit.clients import open_client, run
 from tests.unit.helpers import wait_until
+from tests.unit.test_internal_tls import material
 from wssfleet_control.hostside import layout
 
 haproxy_runtime = importlib.import_module("haproxy_runtime")
@@ -266,3 +267,16 @@ def test_health_reads_an_instance_and_says_when_nothing_answers(start_service, m
     status, body = instances.health("127.0.0.1", str(service.port))
     assert status == 200 and json.loads(body)["connections"] == 0
     assert instances.health("127.0.0.1", str(free_port()))[0] == 0
+
+
+def test_health_reads_a_plain_instance_while_the_internal_ca_is_on_the_host(
+    start_service, monkeypatch, tmp_path
+):
+    """internal_tls turned off: the CA is still there while the rollout restarts each
+    instance onto plain HTTP, and a plain instance does not answer a TLS hello."""
+    monkeypatch.setattr(instances, "WORKER_INTERNAL_CA", str(material(tmp_path) / "ca.pem"))
+    service = start_service()
+    status, body = instances.health("127.0.0.1", str(service.port))
+    assert status == 200 and json.loads(body)["connections"] == 0
+    status, reason = instances.health("127.0.0.1", str(free_port()))
+    assert status == 0 and "over TLS" in reason and "over HTTP" in reason

@@ -113,26 +113,29 @@ def previous() -> str:
 
 def health(address: str, port: str) -> tuple[int, str]:
     """An instance's /healthz: over TLS when the deployment's internal CA is on this host
-    (internal_tls), unless that instance still serves plain HTTP (it started before)."""
+    (internal_tls), unless that instance still serves plain HTTP (it started before, or
+    internal_tls was just turned off): a plain instance does not answer a TLS hello (it
+    waits for an HTTP request until its handshake timeout), so plain HTTP is tried next."""
     if os.path.exists(WORKER_INTERNAL_CA):
         context = ssl.create_default_context(cafile=WORKER_INTERNAL_CA)
-        try:
-            return _health(f"https://{address}:{port}/healthz", context)
-        except urllib.error.URLError as error:
-            if not isinstance(error.reason, ssl.SSLError):
-                return 0, str(error.reason)
+        status, body = _health(f"https://{address}:{port}/healthz", context)
+        if status:
+            return status, body
+        plain_status, plain_body = _health(f"http://{address}:{port}/healthz", None)
+        if plain_status:
+            return plain_status, plain_body
+        return 0, f"over TLS: {body}; over HTTP: {plain_body}"
     return _health(f"http://{address}:{port}/healthz", None)
 
 
 def _health(url: str, context: ssl.SSLContext | None) -> tuple[int, str]:
+    """The status and body of ``url``, or 0 and why there is none."""
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as reply:
             return reply.status, reply.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
     except urllib.error.URLError as error:
-        if isinstance(error.reason, ssl.SSLError):
-            raise
         return 0, str(error.reason)
     except OSError as error:
         return 0, str(error)
