@@ -55,7 +55,7 @@ class Service:
     def route(self, request: WSUpgradeRequest, address: Address) -> Answer:
         return self.routes.route(self, request, address)
 
-    def opened(self, client: Client) -> None:  # type: ignore[override]
+    def opened(self, client: Client) -> None:
         upgrade = client.upgrade
         subject = client.subject
         subjects = self.hub.subjects
@@ -84,7 +84,7 @@ class Service:
             join = self.hub.join(client, first_channel, upgrade.since)
             client.answering = asyncio.create_task(self._answer_in_order(client, join))
 
-    def closed(self, client: Client) -> None:  # type: ignore[override]
+    def closed(self, client: Client) -> None:
         if not client.counted:
             return
         client.counted = False
@@ -104,7 +104,7 @@ class Service:
             self.hub.stats.drops["too_big"] += 1
         event("disconnect", sub=subject, peer=client.upgrade.peer, code=code)
 
-    def received(self, client: Client, message: str | bytes) -> None:  # type: ignore[override]
+    def received(self, client: Client, message: str | bytes) -> None:
         """Answer one message of a client as it is parsed, unless an earlier one still waits
         for its answer: then it queues behind it, and a long queue stops reading the socket."""
         if client.refused:
@@ -193,9 +193,8 @@ async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None
     service = Service(config)
     service.hub.start()
     loop = asyncio.get_running_loop()
-    options = ProtocolOptions(max_frame_size=config.max_message_bytes)
     server = await loop.create_server(
-        lambda: RoutedProtocol(service.route, options),
+        lambda: RoutedProtocol(service.route, config.max_message_bytes),
         config.bind,
         config.port,
         ssl=_tls_context(config),
@@ -204,7 +203,9 @@ async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None
     if config.metrics_port is not None:
         respond = metrics.responder(metrics.registry(service.hub.stats, service.hub.gauges))
         metrics_server = await loop.create_server(
-            lambda: RoutedProtocol(lambda request, address: respond(request), options),
+            lambda: RoutedProtocol(
+                lambda request, address: respond(request), config.max_message_bytes
+            ),
             config.bind,
             config.metrics_port,
         )
@@ -240,13 +241,6 @@ async def _close_every_client(hub: Hub) -> None:
     )
 
 
-class ProtocolOptions:
-    """picows' per-connection settings, the same for every connection of a listener."""
-
-    def __init__(self, max_frame_size: int) -> None:
-        self.max_frame_size = max_frame_size
-
-
 class RoutedProtocol(WSProtocol):
     """picows' server protocol, with the peer's address known to the router: picows gives
     its listener factory only the request."""
@@ -256,7 +250,7 @@ class RoutedProtocol(WSProtocol):
     def __init__(
         self,
         router: Callable[[WSUpgradeRequest, Address], Answer],
-        options: ProtocolOptions,
+        max_frame_size: int,
     ) -> None:
         self.router = router
         self.address: Address = None
@@ -273,7 +267,7 @@ class RoutedProtocol(WSProtocol):
             20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # pings are answered in picows
-            options.max_frame_size,
+            max_frame_size,
             None,  # extra headers: a client's
             READ_BUFFER_BYTES,
         )
