@@ -55,12 +55,19 @@ def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(f"(?:{alternatives})")
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple for equal pattern lists: an application's tokens mostly grant the same few,
+    and every connection keeps its token's (memory per connection)."""
+    return patterns
+
+
 def allows(patterns: tuple[str, ...], channel: str) -> bool:
     matcher = _matcher(patterns)
     return matcher is not None and matcher.fullmatch(channel) is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
     """Who a token is for and which channels it may use; None: the token names none, so the
     deployment's defaults apply."""
@@ -208,7 +215,7 @@ def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | No
             if not isinstance(claims[name], list):
                 raise TokenError(f"invalid token ({name} is not a list)")
             try:
-                granted[name] = check_patterns(claims[name])
+                granted[name] = _shared(check_patterns(claims[name]))
             except ValueError:
                 raise TokenError(f"invalid token (bad {name} pattern)") from None
     return Grant(subject, **granted)

@@ -6,10 +6,11 @@ import asyncio
 import collections
 import struct
 import time
+from dataclasses import dataclass
 
 from wssfleet import metrics, protocol
 from wssfleet.config import ServiceConfig as Config
-from wssfleet.connection import Connection, Handler, Upgrade
+from wssfleet.connection import Connection, ConnectionLimits, Handler, Upgrade
 from wssfleet.events import event
 from wssfleet.protocol import (
     CLOSE_POLICY,
@@ -28,6 +29,28 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
+@dataclass(frozen=True, slots=True)
+class ClientLimits(ConnectionLimits):
+    """A process's bounds on each client, shared by all of them: besides a connection's, the
+    bytes its send buffer may hold and the messages a second it may send."""
+
+    backlog: int
+    rate: int
+
+    @classmethod
+    def of(cls, config: Config) -> ClientLimits:
+        return cls(
+            max_size=config.max_message_bytes,
+            close_timeout=min(config.shutdown_timeout, 10.0),
+            backlog=config.send_buffer_bytes,
+            rate=config.messages_per_second,
+        )
+
+
+# What a client in no channel holds: one shared empty set instead of 216 bytes of its own.
+NO_CHANNELS: frozenset[str] = frozenset()
+
+
 class Client(Connection):
     """One WebSocket client: its subscriptions, its send backlog bound and rate budget.
 
@@ -41,7 +64,6 @@ class Client(Connection):
     __slots__ = (
         "allowance",
         "answering",
-        "backlog_limit",
         "channels",
         "checked",
         "counted",
@@ -53,7 +75,6 @@ class Client(Connection):
         "pending",
         "pinged",
         "pong_due",
-        "rate",
         "refused",
         "sent_up_to",
         "spoke",
@@ -66,14 +87,11 @@ class Client(Connection):
         handler: Handler,
         upgrade: Upgrade,
         config: Config,
+        limits: ClientLimits,
         stats: metrics.Stats,
     ) -> None:
-        super().__init__(
-            handler,
-            upgrade,
-            max_size=config.max_message_bytes,
-            close_timeout=min(config.shutdown_timeout, 10.0),
-        )
+        super().__init__(handler, upgrade, limits)
+        self.limits: ClientLimits = limits
         grant = upgrade.grant
         self.stats = stats
         self.subject = grant.subject
@@ -84,13 +102,14 @@ class Client(Connection):
         self.may_publish = (
             grant.publish if grant.publish is not None else config.token_default_publish
         )
-        self.channels: set[str] = set()
+        self.channels: set[str] | frozenset[str] = NO_CHANNELS
         # Channels being recovered: their live messages wait here until history is sent.
-        self.pending: dict[str, list[tuple[str, str]]] = {}
+        # Both maps are None while empty, as they mostly are: an empty dict is 64 bytes, and an
+        # emptied one keeps its table.
+        self.pending: dict[str, list[tuple[str, str]]] | None = None
         # After a recovery, the last offset sent per channel: the same message may still come
         # live (pub/sub can lag the history read), and is not sent twice.
-        self.sent_up_to: dict[str, str] = {}
-        self.backlog_limit = config.send_buffer_bytes
+        self.sent_up_to: dict[str, str] | None = None
         # The answer being awaited (Service._answer_in_order) and the messages behind it.
         self.answering: asyncio.Task[None] | None = None
         self.inbox: collections.deque[str | bytes] | None = None
@@ -100,14 +119,58 @@ class Client(Connection):
         self.refused = False
         # Whether the process counts it among its clients (Service.opened decides).
         self.counted = False
-        self.rate = config.messages_per_second
-        self.allowance = float(config.messages_per_second)
-        self.checked = time.monotonic()
+        # The bucket starts full: the same as last checked at the clock's start (no float of
+        # its own until the first message).
+        self.allowance: float = limits.rate
+        self.checked = 0.0
         # Keepalive (Hub.keep_alive): when the last ping went out, and whether its pong is due.
         self.pinged = 0.0
         self.pong_due = False
         # Whether anything was written since the heartbeat's last look (Hub.heartbeat).
         self.spoke = True
+
+    def add_channel(self, channel: str) -> None:
+        if isinstance(self.channels, frozenset):
+            self.channels = set()
+        self.channels.add(channel)
+
+    def drop_channel(self, channel: str) -> None:
+        """Forget the channel and what its recovery kept."""
+        if isinstance(self.channels, set):
+            self.channels.discard(channel)
+            if not self.channels:
+                self.channels = NO_CHANNELS
+        self.settled(channel)
+        self.caught_up(channel)
+
+    def recovering(self, channel: str) -> list[tuple[str, str]]:
+        """The channel's recovery begins: its live messages wait in the list returned."""
+        if self.pending is None:
+            self.pending = {}
+        waiting = self.pending[channel] = []
+        return waiting
+
+    def waiting(self, channel: str) -> list[tuple[str, str]] | None:
+        """Where the channel's live messages wait, while its recovery lasts."""
+        return self.pending.get(channel) if self.pending else None
+
+    def settled(self, channel: str) -> None:
+        """The channel's recovery is over: its live messages no longer wait."""
+        pending = self.pending
+        if pending and pending.pop(channel, None) is not None and not pending:
+            self.pending = None
+
+    def recovered_up_to(self, channel: str, offset: str) -> None:
+        """The channel's recovery sent up to ``offset``, ahead of its live messages."""
+        if self.sent_up_to is None:
+            self.sent_up_to = {}
+        self.sent_up_to[channel] = offset
+
+    def caught_up(self, channel: str) -> None:
+        """Live messages of the channel have passed what its recovery sent."""
+        sent = self.sent_up_to
+        if sent and sent.pop(channel, None) is not None and not sent:
+            self.sent_up_to = None
 
     def on_pong(self) -> None:
         self.pong_due = False
@@ -132,7 +195,7 @@ class Client(Connection):
             self.stats.drops["queue_overflow"] += 1
             return False
         transport = self.transport
-        if transport.get_write_buffer_size() > self.backlog_limit:
+        if transport.get_write_buffer_size() > self.limits.backlog:
             self.overflowed = True
             self.stats.drops["queue_overflow"] += 1
             self.stats.closes["overflow"] += 1
@@ -161,7 +224,8 @@ class Client(Connection):
     def take_token(self) -> bool:
         """Token bucket: ``rate`` messages a second, bursts up to one second's worth."""
         now = time.monotonic()
-        self.allowance = min(self.rate, self.allowance + (now - self.checked) * self.rate)
+        rate = self.limits.rate
+        self.allowance = min(rate, self.allowance + (now - self.checked) * rate)
         self.checked = now
         if self.allowance < 1:
             return False

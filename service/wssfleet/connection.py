@@ -11,6 +11,7 @@ no reserved bits without an extension (1002), and the close handshake, with the 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,8 +37,10 @@ MAX_FRAGMENTS = 4096
 # The close code when the connection ended without a close frame either way (RFC 6455, 7.1.5).
 CLOSED_ABNORMALLY = 1006
 SERVER = "wssfleet"
-# What an open connection's request and response keep of their headers: nothing.
+# What an open connection's request and response keep once the upgrade is checked: nothing of
+# their own (the path holds the client's token besides).
 RELEASED_HEADERS: CIMultiDict[str] = CIMultiDict()
+RELEASED_BYTES = b""
 
 
 def http_response(
@@ -70,52 +73,68 @@ class Upgrade:
 class Handler(Protocol):
     """What a process does with its connections (node.Service)."""
 
-    def opened(self, connection: Connection) -> None: ...
+    def opened(self, connection: Connection, upgrade: Upgrade) -> None: ...
     def received(self, connection: Connection, message: Message) -> None: ...
     def closed(self, connection: Connection) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """A process's bounds on each of its connections, one object that all of them share: the
+    largest message in bytes, and the seconds a peer has to answer our close frame."""
+
+    max_size: int
+    close_timeout: float
+
+
+class Fragments:
+    """A fragmented message so far: its kind, its size and its parts."""
+
+    __slots__ = ("kind", "parts", "size")
+
+    def __init__(self, kind: WSMsgType, first: bytes) -> None:
+        self.kind = kind
+        self.parts = [first]
+        self.size = len(first)
+
+
 class Connection(WSListener):
-    """One upgraded connection, with what the checks before it found (``upgrade``).
-    ``handler`` hears of its opening, each complete message (a ``str`` for text, ``bytes``
-    for binary, in order) and its end."""
+    """One upgraded connection, with what the checks before it found (``upgrade``, handed on
+    when it opens and not kept). ``handler`` hears of its opening, each complete message (a
+    ``str`` for text, ``bytes`` for binary, in order) and its end."""
 
     # Slots: memory per connection is what limits a worker.
     __slots__ = (
-        "close_timeout",
         "closer",
-        "fragmented",
         "fragments",
-        "fragments_size",
         "handler",
-        "max_size",
+        "limits",
+        "peer",
         "transport",
         "upgrade",
         "ws",
     )
 
-    def __init__(
-        self, handler: Handler, upgrade: Upgrade, max_size: int, close_timeout: float
-    ) -> None:
+    def __init__(self, handler: Handler, upgrade: Upgrade, limits: ConnectionLimits) -> None:
         self.handler = handler
-        self.upgrade = upgrade
-        self.max_size = max_size
-        self.close_timeout = close_timeout
-        # A fragmented message so far, its kind and size.
-        self.fragments: list[bytes] | None = None
-        self.fragmented = WSMsgType.TEXT
-        self.fragments_size = 0
+        self.upgrade: Upgrade | None = upgrade
+        self.peer = upgrade.peer
+        self.limits = limits
+        self.fragments: Fragments | None = None
         # The timer that hangs up on a peer that does not answer our close frame.
         self.closer: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.ws = transport
         self.transport = transport.underlying_transport
-        # The upgrade's headers were checked and are never read again, but picows keeps the
-        # request and the response for the connection's life: about 1 KiB a connection.
-        transport.request.headers = RELEASED_HEADERS
-        transport.response.headers = RELEASED_HEADERS
-        self.handler.opened(self)
+        # The upgrade was checked and is never read again, but picows keeps the request and the
+        # response for the connection's life: about 1.5 KiB a connection, the token included.
+        request, response = transport.request, transport.response
+        request.headers = response.headers = RELEASED_HEADERS
+        request.method = request.path = request.version = response.version = RELEASED_BYTES
+        upgrade, self.upgrade = self.upgrade, None
+        assert upgrade is not None, "picows opens a connection once"
+        self.handler.opened(self, upgrade)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -131,8 +150,7 @@ class Connection(WSListener):
             if self.fragments is not None:
                 self.fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             elif not frame.fin:
-                self.fragmented, self.fragments = kind, [frame.get_payload_as_bytes()]
-                self.fragments_size = frame.payload_size
+                self.fragments = Fragments(kind, frame.get_payload_as_bytes())
             elif kind is WSMsgType.TEXT:
                 try:
                     text = frame.get_payload_as_utf8_text()
@@ -155,18 +173,19 @@ class Connection(WSListener):
         if fragments is None:
             self.fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
             return
-        self.fragments_size += frame.payload_size
-        if self.fragments_size > self.max_size:
-            self.fail(WSCloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
+        fragments.size += frame.payload_size
+        max_size = self.limits.max_size
+        if fragments.size > max_size:
+            self.fail(WSCloseCode.MESSAGE_TOO_BIG, f"message over {max_size} bytes")
             return
-        fragments.append(frame.get_payload_as_bytes())
-        if len(fragments) > MAX_FRAGMENTS:
+        fragments.parts.append(frame.get_payload_as_bytes())
+        if len(fragments.parts) > MAX_FRAGMENTS:
             self.fail(WSCloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         if not frame.fin:
             return
-        data, self.fragments = b"".join(fragments), None
-        if self.fragmented is WSMsgType.BINARY:
+        data, self.fragments = b"".join(fragments.parts), None
+        if fragments.kind is WSMsgType.BINARY:
             self.handler.received(self, data)
             return
         try:
@@ -208,7 +227,7 @@ class Connection(WSListener):
         if self.closing:
             return
         self.ws.send_close(WSCloseCode(code), reason.encode())
-        self.closer = asyncio.get_running_loop().call_later(self.close_timeout, self._abort)
+        self.closer = asyncio.get_running_loop().call_later(self.limits.close_timeout, self._abort)
 
     def _abort(self) -> None:
         """The close handshake's deadline: drop the connection, unsent data and all (a peer

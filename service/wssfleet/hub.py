@@ -64,6 +64,9 @@ class Hub:
         # Open connections by token subject, bounded by connections_per_subject.
         self.subjects: collections.Counter[str] = collections.Counter()
         self.feeds: dict[str, Feed] = {}
+        # When the keepalive last looked: the time a new client counts as last pinged (one
+        # float that every client opened since shares).
+        self.ticked = 0.0
         limits = Limits(
             history_size=config.history_size,
             history_ttl=config.history_ttl,
@@ -96,6 +99,7 @@ class Hub:
     def start(self) -> None:
         self.bus.start(self.deliver, self.resync)
         loop = asyncio.get_running_loop()
+        self.ticked = loop.time()
         self._keeping_alive = loop.create_task(self.keep_alive())
         self._beating = loop.create_task(self.heartbeat())
 
@@ -132,7 +136,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(tick)
-            now = loop.time()
+            now = self.ticked = loop.time()
             for client in tuple(self.clients):
                 if client.closing:
                     continue
@@ -167,12 +171,11 @@ class Hub:
         if feed is None:
             feed = self.feeds[channel] = Feed()
             self.bus.want(channel)
-        pending: list[tuple[str, str]] = []
-        client.channels.add(channel)
-        client.pending[channel] = pending
+        client.add_channel(channel)
+        pending = client.recovering(channel)
         feed.members.add(client)
         history = await self._history(channel, since)
-        if client.pending.get(channel) is not pending:
+        if client.waiting(channel) is not pending:
             return  # unsubscribed or gone meanwhile
         if feed.offset is None:
             feed.offset = history.latest
@@ -190,13 +193,13 @@ class Hub:
             self.stats.recoveries["not_recovered"] += 1
             client.reply("subscribed", channel=channel, recovered=False, offset=history.latest)
             last = history.latest
-        del client.pending[channel]
+        client.settled(channel)
         for offset, frame in pending:
             if is_after(offset, last):
                 client.offer(frame)
                 last = offset
         if is_after(last, feed.offset):
-            client.sent_up_to[channel] = last
+            client.recovered_up_to(channel, last)
 
     async def _history(self, channel: str, since: str | None) -> History:
         """The channel's history after ``since``, once messages of the channel reach this
@@ -232,9 +235,7 @@ class Hub:
             delay = min(delay * 2, 1.0)
 
     def leave(self, client: Client, channel: str) -> None:
-        client.channels.discard(channel)
-        client.pending.pop(channel, None)
-        client.sent_up_to.pop(channel, None)
+        client.drop_channel(channel)
         feed = self.feeds.get(channel)
         if feed is not None:
             feed.members.discard(client)
@@ -309,7 +310,7 @@ class Hub:
                 if sent is not None:
                     if not is_after(offset, sent):
                         continue
-                    del client.sent_up_to[channel]
+                    client.caught_up(channel)
             if client.write(serialized):
                 written += 1
         self.stats.delivered["message"] += written
@@ -341,7 +342,7 @@ class Hub:
                 protocol.encode("subscribed", channel=channel, recovered=False, offset=latest)
             )
             for client in feed.members:
-                if channel not in client.pending:
+                if client.waiting(channel) is None:
                     client.send_frame(notice, "subscribed")
             feed.offset = history.latest
             self.stats.history_lost += 1

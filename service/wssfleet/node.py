@@ -20,6 +20,7 @@ from picows.picows import WSProtocol
 from wssfleet import metrics, protocol
 from wssfleet.client import Client
 from wssfleet.config import ServiceConfig as Config
+from wssfleet.connection import Upgrade
 from wssfleet.events import event, log
 from wssfleet.hub import Hub
 from wssfleet.protocol import (
@@ -55,8 +56,7 @@ class Service:
     def route(self, request: WSUpgradeRequest, address: Address) -> Answer:
         return self.routes.route(self, request, address)
 
-    def opened(self, client: Client) -> None:
-        upgrade = client.upgrade
+    def opened(self, client: Client, upgrade: Upgrade) -> None:
         subject = client.subject
         subjects = self.hub.subjects
         if subjects[subject] >= self.config.connections_per_subject:
@@ -65,7 +65,7 @@ class Service:
             client.refused = True
             client.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this subject")
             return
-        client.pinged = asyncio.get_running_loop().time()
+        client.pinged = self.hub.ticked
         client.counted = True
         self.hub.clients.add(client)
         subjects[subject] += 1
@@ -102,7 +102,7 @@ class Service:
         code = client.close_code
         if code == CLOSE_TOO_BIG:
             self.hub.stats.drops["too_big"] += 1
-        event("disconnect", sub=subject, peer=client.upgrade.peer, code=code)
+        event("disconnect", sub=subject, peer=client.peer, code=code)
 
     def received(self, client: Client, message: str | bytes) -> None:
         """Answer one message of a client as it is parsed, unless an earlier one still waits
@@ -193,8 +193,9 @@ async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None
     service = Service(config)
     service.hub.start()
     loop = asyncio.get_running_loop()
+    route = service.route  # one bound method for every connection, not one each
     server = await loop.create_server(
-        lambda: RoutedProtocol(service.route, config.max_message_bytes),
+        lambda: RoutedProtocol(route, config.max_message_bytes),
         config.bind,
         config.port,
         ssl=_tls_context(config),
@@ -277,7 +278,9 @@ class RoutedProtocol(WSProtocol):
         super().connection_made(transport)
 
     def _route(self, request: WSUpgradeRequest) -> Answer:
-        return self.router(request, self.address)
+        # The address is the router's alone: an open connection does not keep it.
+        address, self.address = self.address, None
+        return self.router(request, address)
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from wssfleet import auth, protocol
-from wssfleet.client import Client
+from wssfleet.client import Client, ClientLimits
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Handler, Upgrade, http_response
 from wssfleet.events import event
@@ -73,6 +73,7 @@ class Routes:
     def __init__(self, config: Config, hub: Hub) -> None:
         self.config = config
         self.hub = hub
+        self.client_limits = ClientLimits.of(config)
         self.static = {
             path: (resources.files("wssfleet.static").joinpath(name).read_bytes(), kind)
             for path, (name, kind) in STATIC.items()
@@ -130,7 +131,7 @@ class Routes:
             self.hub.stats.handshakes_refused["request"] += 1
             return http_response(HTTPStatus.BAD_REQUEST, b"since is too long\n")
         upgrade = Upgrade(grant, channel, since, peer(address, headers))
-        return Client(handler, upgrade, self.config, self.hub.stats)
+        return Client(handler, upgrade, self.config, self.client_limits, self.hub.stats)
 
     def _previous_key(self) -> str:
         """The signing key before the last rotation, while its overlap lasts: it ends at
