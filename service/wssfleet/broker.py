@@ -134,6 +134,11 @@ class Bus:
         ``deliver``."""
         raise NotImplementedError
 
+    def is_ready(self, channel: str) -> bool:
+        """Whether ``ready`` would return at once: the bus is connected and carries the
+        channel's messages here."""
+        raise NotImplementedError
+
     def release(self, channel: str) -> None:
         """This process no longer serves ``channel``."""
         raise NotImplementedError

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+from collections.abc import Coroutine
 from json.encoder import encode_basestring_ascii
 
 from wssfleet import auth, metrics, protocol
@@ -152,28 +153,56 @@ class Hub:
                     # its ping then times out like a lost pong.
                     client.ws.send_ping()
 
-    async def join(self, client: Client, channel: str, since: str | None) -> None:
+    def join(
+        self, client: Client, channel: str, since: str | None
+    ) -> Coroutine[None, None, None] | None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
-        with every message after that offset first, then the live ones, none twice."""
+        with every message after that offset first, then the live ones, none twice. What has
+        to be awaited for that (a history read), or None: answered at once."""
         if not auth.allows(client.may_subscribe, channel):
             self.stats.requests_refused["not_allowed"] += 1
             client.reply("error", reason="not allowed", channel=channel)
-            return
+            return None
         if channel in client.channels:
             feed = self.feeds[channel]
             client.reply("subscribed", channel=channel, offset=feed.offset or "")
-            return
+            return None
         if len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT:
             self.stats.requests_refused["too_many_channels"] += 1
             client.reply("error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels")
-            return
+            return None
         feed = self.feeds.get(channel)
+        if (
+            since is None
+            and feed is not None
+            and feed.offset is not None
+            and feed.buffer is None
+            and self.bus.is_ready(channel)
+        ):
+            # The channel is live here: the last offset this process delivered is where the
+            # client begins, and whatever Redis holds past it is on its way to every member,
+            # this client included. No history read, so a reconnect storm costs Redis nothing.
+            client.add_channel(channel)
+            feed.members.add(client)
+            self.stats.joined_live += 1
+            client.reply("subscribed", channel=channel, offset=feed.offset)
+            return None
         if feed is None:
             feed = self.feeds[channel] = Feed()
             self.bus.want(channel)
         client.add_channel(channel)
         pending = client.recovering(channel)
         feed.members.add(client)
+        return self._join_from_history(client, channel, since, feed, pending)
+
+    async def _join_from_history(
+        self,
+        client: Client,
+        channel: str,
+        since: str | None,
+        feed: Feed,
+        pending: list[tuple[str, str]],
+    ) -> None:
         history = await self._history(channel, since)
         if client.waiting(channel) is not pending:
             return  # unsubscribed or gone meanwhile

@@ -70,6 +70,9 @@ class MemoryBus(Bus):
     async def ready(self, channel: str) -> None:
         return None
 
+    def is_ready(self, channel: str) -> bool:
+        return True
+
     def release(self, channel: str) -> None:
         return None
 

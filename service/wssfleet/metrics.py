@@ -57,6 +57,7 @@ class Stats:
         self.requests_refused: Counter[str] = Counter(dict.fromkeys(REQUEST_REFUSALS, 0))
         self.recoveries: Counter[str] = Counter(dict.fromkeys(RECOVERY_RESULTS, 0))
         self.recovered_messages = 0
+        self.joined_live = 0
         self.history_lost = 0
         self.closes: Counter[str] = Counter(dict.fromkeys(CLOSE_REASONS, 0))
 
@@ -129,6 +130,11 @@ class ServiceCollector(Collector):
             "wssfleet_recovered_messages",
             "Messages replayed to recovering clients",
             stats.recovered_messages,
+        )
+        yield _counter(
+            "wssfleet_joins_live",
+            "Subscribes without since answered from a channel live here, with no history read",
+            stats.joined_live,
         )
         yield _counter(
             "wssfleet_history_lost",

@@ -82,7 +82,8 @@ class Service:
         if first_channel:
             # Frames that come meanwhile are answered after this join, in order.
             join = self.hub.join(client, first_channel, upgrade.since)
-            client.answering = asyncio.create_task(self._answer_in_order(client, join))
+            if join is not None:
+                client.answering = asyncio.create_task(self._answer_in_order(client, join))
 
     def closed(self, client: Client) -> None:
         if not client.counted:

@@ -201,6 +201,16 @@ class RedisBus(Bus):
             except BusUnavailable:
                 await self.wait_connected()
 
+    def is_ready(self, channel: str) -> bool:
+        confirmed = self._confirmed.get(channel)
+        return (
+            self.connected
+            and confirmed is not None
+            and confirmed.done()
+            and not confirmed.cancelled()
+            and confirmed.exception() is None
+        )
+
     def release(self, channel: str) -> None:
         count = self._wanted.get(channel, 0) - 1
         if count > 0:

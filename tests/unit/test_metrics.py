@@ -139,6 +139,32 @@ def test_drain_closes_and_recoveries_are_counted(start_service, redis_server):
     assert counter(samples, "wssfleet_bus_connected") == 1
 
 
+def test_a_subscribe_to_a_channel_live_here_reads_no_history(start_service, redis_server):
+    """The second subscriber of a channel this process serves begins at the last offset the
+    process delivered, without a read from Redis, and misses nothing after it."""
+    service = start_service(redis_server.url, metrics=True)
+
+    async def scenario():
+        first = await open_client(service, subject="first")
+        assert (await subscribed(first, "room")) == ""
+        await request(first, type="publish", channel="room", data="before", id=1)
+        # The message and the publish's answer, in either order.
+        delivered = {frame["type"]: frame for frame in [await receive(first) for _ in "ab"]}
+        second = await open_client(service, subject="second")
+        offset = await subscribed(second, "room")
+        await request(first, type="publish", channel="room", data="after", id=2)
+        answers = {frame["type"]: frame for frame in [await receive(first) for _ in "ab"]}
+        after = [answers["message"], await receive(second)]
+        return delivered["message"]["offset"], offset, after
+
+    delivered, offset, after = run(scenario())
+    assert offset == delivered
+    assert [frame["data"] for frame in after] == ["after", "after"]
+    assert after[0]["offset"] == after[1]["offset"] != offset
+    samples = service.metrics()
+    assert counter(samples, "wssfleet_joins_live_total") == 1
+
+
 def test_the_metrics_port_serves_metrics_only(start_service):
     service = start_service(metrics=True)
     with pytest.raises(urllib.error.HTTPError) as missing:
