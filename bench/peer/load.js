@@ -9,6 +9,7 @@
 const fs = require('node:fs');
 const http = require('node:http');
 const readline = require('node:readline');
+const nodeTls = require('node:tls');
 const WebSocket = require('ws');
 
 const job = JSON.parse(process.argv[2]);
@@ -195,8 +196,20 @@ const jobs = {
     let storming = false;
     let back = 0;
     let failed = 0;
+    // Each client keeps its TLS session and resumes it when it comes back, as a browser does
+    // with the same front door: HAProxy's session cache (stateful, no tickets) serves both.
+    const sessions = new Array(job.clients);
     const subscribe = (index) => new Promise((resolve, reject) => {
-      const options = { ...tls, localAddress: job.sources[index % job.sources.length] };
+      const options = {
+        ...tls,
+        localAddress: job.sources[index % job.sources.length],
+        session: sessions[index],
+        createConnection: (connectOptions) => {
+          const socket = nodeTls.connect(connectOptions);
+          socket.on('session', (session) => { sessions[index] = session; });
+          return socket;
+        },
+      };
       const ws = new WebSocket(
         `${job.url}/ws/${prefix}-${index % job.channels}?token=${job.token}`, options);
       let seen = 0;
