@@ -70,6 +70,8 @@ FANOUT_SECONDS = 10
 STORM_CLIENTS = 5000
 STORM_SOURCES = [f"127.0.0.{host}" for host in range(2, 22)]
 STORM_CHANNELS = 50
+# Load generator threads the storm's clients are shared out among (one a core).
+STORM_THREADS = os.cpu_count() or 1
 # What both sides' /internal/shed asks for (wssfleet's internal_key).
 INTERNAL_KEY = "the-bench-internal-key-0123456789abcdef"
 
@@ -391,6 +393,7 @@ def reconnect_storm(side: str, redis_url: str, tls: Path, token: str) -> dict[st
         job = {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
                "ca": str(tls / "ca.pem"), "mode": "storm", "clients": STORM_CLIENTS,
                "channels": STORM_CHANNELS, "sources": STORM_SOURCES, "key": INTERNAL_KEY,
+               "threads": STORM_THREADS,
                "shed": [f"http://127.0.0.1:{service}/internal/shed?count={STORM_CLIENTS}"
                         f"&seconds=0.1" for service in ports]}  # fmt: skip
         done, cpu = run_measured(job, pids)

@@ -10,10 +10,18 @@ const fs = require('node:fs');
 const http = require('node:http');
 const readline = require('node:readline');
 const nodeTls = require('node:tls');
+const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
 const WebSocket = require('ws');
 
-const job = JSON.parse(process.argv[2]);
-const tls = { ca: fs.readFileSync(job.ca), origin: job.origin, perMessageDeflate: false };
+// A storm's thread (stormThreads) gets its share of the job from its parent.
+const job = isMainThread ? JSON.parse(process.argv[2]) : workerData;
+// One TLS context for every client: given `ca` alone, Node builds a context per connection,
+// parsing the certificate again each time (about 2 ms of the load generator's CPU a client).
+const tls = {
+  secureContext: nodeTls.createSecureContext({ ca: fs.readFileSync(job.ca) }),
+  origin: job.origin,
+  perMessageDeflate: false,
+};
 const say = (object) => process.stdout.write(`${JSON.stringify(object)}\n`);
 
 // The options of client `index`: from one of `job.sources` in turn, and to `job.address`
@@ -188,76 +196,24 @@ const jobs = {
   // clients with 1012 at once (`shed`: their /internal/shed URLs, with `key`); each client
   // comes back as the client contract says (docs/continuity.md): after a random delay in
   // [0, 1] s, and after a failed attempt with full-jitter backoff. Done when every one is
-  // subscribed again.
+  // subscribed again. With `threads`, the clients are shared out among that many threads,
+  // so that 5,000 TLS clients coming back at once are not held up by one core's worth of
+  // client work (the services' own CPU is what the storm is about).
   async storm() {
-    const prefix = `storm-${process.pid}-${Date.now()}`;
-    const clients = new Array(job.clients);
-    const closes = {};
-    let storming = false;
-    let back = 0;
-    let failed = 0;
-    // Each client keeps its TLS session and resumes it when it comes back, as a browser does
-    // with the same front door: HAProxy's session cache (stateful, no tickets) serves both.
-    const sessions = new Array(job.clients);
-    const subscribe = (index) => new Promise((resolve, reject) => {
-      const options = {
-        ...tls,
-        localAddress: job.sources[index % job.sources.length],
-        session: sessions[index],
-        createConnection: (connectOptions) => {
-          const socket = nodeTls.connect(connectOptions);
-          socket.on('session', (session) => { sessions[index] = session; });
-          return socket;
-        },
-      };
-      const ws = new WebSocket(
-        `${job.url}/ws/${prefix}-${index % job.channels}?token=${job.token}`, options);
-      let seen = 0;
-      ws.on('message', () => {
-        seen += 1;
-        if (seen === 2) resolve(ws); // welcome, subscribed
-      });
-      ws.once('error', reject);
-      ws.once('close', (code) => {
-        if (seen < 2) reject(new Error(`closed with ${code} before subscribed`));
-        else if (storming && clients[index] === ws) comeBack(index, code);
-      });
-    });
-    const attempt = (index, failures) => subscribe(index).then((ws) => {
-      clients[index] = ws;
-      back += 1;
-    }, () => {
-      failed += 1;
-      setTimeout(() => attempt(index, failures + 1),
-        Math.random() * Math.min(10000, 500 * 2 ** (failures + 1)));
-    });
-    function comeBack(index, code) {
-      closes[code] = (closes[code] || 0) + 1;
-      setTimeout(() => attempt(index, 0), Math.random() * 1000);
-    }
-    const opened = await openMany(job.clients, 50, (index) => subscribe(index));
-    opened.forEach((ws, index) => { clients[index] = ws; });
+    if (job.threads > 1) return stormThreads();
+    const share = await stormClients();
     return {
-      clients,
+      clients: share.clients,
       async run() {
-        storming = true;
+        share.arm();
         const started = performance.now();
-        await Promise.all(job.shed.map((url) => new Promise((resolve, reject) => {
-          http.get(url, { headers: { Authorization: `Bearer ${job.key}` } }, (reply) => {
-            reply.resume();
-            if (reply.statusCode === 202) resolve();
-            else reject(new Error(`${url}: HTTP ${reply.statusCode}`));
-          }).on('error', reject);
-        })));
-        const deadline = started + 120000;
-        while (back < job.clients && performance.now() < deadline) await sleep(10);
-        const seconds = (performance.now() - started) / 1000;
-        storming = false;
-        return { clients: job.clients, back, seconds, closes, failed };
+        await shed();
+        await share.allBack(started + STORM_DEADLINE_MS);
+        return { clients: job.clients, seconds: (performance.now() - started) / 1000,
+          ...share.counts() };
       },
     };
   },
-
   // `count` connections opened (TLS, upgrade, token check, welcome) and closed, 10 at a time.
   async connect() {
     return {
@@ -274,6 +230,163 @@ const jobs = {
   },
 };
 
+const STORM_DEADLINE_MS = 120000;
+
+// Asks every service process to close all of its clients with 1012 at once.
+function shed() {
+  return Promise.all(job.shed.map((url) => new Promise((resolve, reject) => {
+    http.get(url, { headers: { Authorization: `Bearer ${job.key}` } }, (reply) => {
+      reply.resume();
+      if (reply.statusCode === 202) resolve();
+      else reject(new Error(`${url}: HTTP ${reply.statusCode}`));
+    }).on('error', reject);
+  })));
+}
+
+// This thread's storm clients: `job.clients` of them, numbered from `job.first` for their
+// channel and source address.
+async function stormClients() {
+  const prefix = `storm-${job.prefix || process.pid}`;
+  const first = job.first || 0;
+  const clients = new Array(job.clients);
+  const closes = {};
+  let storming = false;
+  let back = 0;
+  let failed = 0;
+  // Each client keeps its TLS session and resumes it when it comes back, as a browser does
+  // with the same front door: HAProxy's session cache (stateful, no tickets) serves both.
+  const sessions = new Array(job.clients);
+  const subscribe = (index) => new Promise((resolve, reject) => {
+    const number = first + index;
+    const options = {
+      ...tls,
+      localAddress: job.sources[number % job.sources.length],
+      session: sessions[index],
+      createConnection: (connectOptions) => {
+        const socket = nodeTls.connect(connectOptions);
+        socket.on('session', (session) => { sessions[index] = session; });
+        return socket;
+      },
+    };
+    const ws = new WebSocket(
+      `${job.url}/ws/${prefix}-${number % job.channels}?token=${job.token}`, options);
+    let seen = 0;
+    ws.on('message', () => {
+      seen += 1;
+      if (seen === 2) resolve(ws); // welcome, subscribed
+    });
+    ws.once('error', reject);
+    ws.once('close', (code) => {
+      if (seen < 2) reject(new Error(`closed with ${code} before subscribed`));
+      else if (storming && clients[index] === ws) comeBack(index, code);
+    });
+  });
+  const attempt = (index, failures) => subscribe(index).then((ws) => {
+    clients[index] = ws;
+    back += 1;
+  }, () => {
+    failed += 1;
+    setTimeout(() => attempt(index, failures + 1),
+      Math.random() * Math.min(10000, 500 * 2 ** (failures + 1)));
+  });
+  function comeBack(index, code) {
+    closes[code] = (closes[code] || 0) + 1;
+    setTimeout(() => attempt(index, 0), Math.random() * 1000);
+  }
+  const opened = await openMany(job.clients, 50, (index) => subscribe(index));
+  opened.forEach((ws, index) => { clients[index] = ws; });
+  return {
+    clients,
+    arm() { storming = true; },
+    async allBack(deadline) {
+      while (back < job.clients && performance.now() < deadline) await sleep(10);
+      storming = false;
+    },
+    counts: () => ({ back, closes, failed }),
+  };
+}
+
+// The storm's clients shared out among `job.threads` threads, each running stormThread.
+async function stormThreads() {
+  const prefix = `${process.pid}-${Date.now()}`;
+  const threads = [];
+  let first = 0;
+  for (let part = 0; part < job.threads; part += 1) {
+    const count = Math.floor(job.clients / job.threads) + (part < job.clients % job.threads);
+    const thread = new Worker(__filename, {
+      workerData: { ...job, threads: 1, clients: count, first, prefix },
+    });
+    threads.push(thread);
+    first += count;
+  }
+  const replies = threads.map((thread) => {
+    const waiting = [];
+    thread.on('message', (reply) => waiting.shift()(reply));
+    thread.on('error', (error) => { say({ error: String(error) }); process.exit(1); });
+    return () => new Promise((resolve) => { waiting.push(resolve); });
+  });
+  const ask = (question) => Promise.all(threads.map((thread, index) => {
+    const reply = replies[index]();
+    thread.postMessage(question);
+    return reply;
+  }));
+  await Promise.all(replies.map((reply) => reply())); // each thread's clients open
+  return {
+    clients: [],
+    async run() {
+      await ask('arm');
+      const started = performance.now();
+      const done = Promise.all(threads.map((thread, index) => {
+        const reply = replies[index]();
+        // performance.now() counts from each thread's own origin: times cross as epoch ms.
+        thread.postMessage({ deadline: performance.timeOrigin + started + STORM_DEADLINE_MS });
+        return reply;
+      }));
+      await shed();
+      const counts = await done;
+      const closes = {};
+      counts.forEach((count) => Object.entries(count.closes).forEach(([code, number]) => {
+        closes[code] = (closes[code] || 0) + number;
+      }));
+      return {
+        clients: job.clients,
+        seconds: (Math.max(...counts.map((count) => count.at))
+          - (performance.timeOrigin + started)) / 1000,
+        back: counts.reduce((sum, count) => sum + count.back, 0),
+        failed: counts.reduce((sum, count) => sum + count.failed, 0),
+        closes,
+      };
+    },
+    close: () => ask('close').then(() => Promise.all(threads.map((thread) => thread.terminate()))),
+  };
+}
+
+// One thread of a threaded storm: its clients open, then it answers its parent.
+async function stormThread() {
+  const share = await stormClients();
+  parentPort.postMessage('ready');
+  parentPort.on('message', async (question) => {
+    if (question === 'arm') {
+      share.arm();
+      parentPort.postMessage('armed');
+    } else if (question === 'close') {
+      await closeAll(share.clients);
+      parentPort.postMessage('closed');
+    } else {
+      await share.allBack(question.deadline - performance.timeOrigin);
+      parentPort.postMessage({ ...share.counts(), at: performance.timeOrigin + performance.now() });
+    }
+  });
+}
+
+function closeAll(clients) {
+  return Promise.all(clients.map((ws) => new Promise((resolve) => {
+    if (ws.readyState === WebSocket.CLOSED) return resolve();
+    ws.once('close', resolve);
+    ws.close(1000);
+  })));
+}
+
 async function main() {
   const prepared = await jobs[job.mode]();
   say({ ready: true });
@@ -282,15 +395,12 @@ async function main() {
     if (line === 'go') say({ done: await prepared.run() });
     if (line === 'close') break;
   }
-  await Promise.all(prepared.clients.map((ws) => new Promise((resolve) => {
-    if (ws.readyState === WebSocket.CLOSED) return resolve();
-    ws.once('close', resolve);
-    ws.close(1000);
-  })));
+  await closeAll(prepared.clients);
+  if (prepared.close) await prepared.close();
   process.exit(0);
 }
 
-main().catch((error) => {
+(isMainThread ? main() : stormThread()).catch((error) => {
   say({ error: String(error && error.message ? error.message : error) });
   process.exit(1);
 });

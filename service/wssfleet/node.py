@@ -40,6 +40,10 @@ HANDSHAKE_SECONDS = 10.0
 # Each connection's read buffer starts this small (picows' least) and doubles as frames
 # need: memory per idle connection is what limits a worker (picows' default is 16 KiB).
 READ_BUFFER_BYTES = 2048
+# Connections the kernel queues for accept: a reconnect storm opens thousands within a second,
+# and asyncio's default of 100 drops the SYNs past it, each retried a second later or more
+# (HAProxy's connect then waits). The kernel caps it at net.core.somaxconn (4096 on Debian).
+LISTEN_BACKLOG = 4096
 # What picows logs goes through an adapter, not a Logger: given a Logger, picows makes a
 # child Logger for every connection (memory per connection, and work per handshake).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
@@ -200,6 +204,7 @@ async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None
         config.bind,
         config.port,
         ssl=_tls_context(config),
+        backlog=LISTEN_BACKLOG,
     )
     metrics_server = None
     if config.metrics_port is not None:

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import jwt
 import pytest
@@ -38,12 +39,25 @@ from tests.unit.helpers import (
     wait_until_redis,
 )
 from wssfleet import auth
+from wssfleet.node import LISTEN_BACKLOG
 
 
 def test_healthz_without_redis_says_redis_disabled(start_service):
     health = start_service().health()
     assert health["status"] == "ok"
     assert health["redis"] == "disabled"
+
+
+def test_the_listening_socket_queues_a_reconnect_storm(start_service):
+    """The kernel queues thousands of connections for accept, not asyncio's default 100: a
+    reconnect storm past that would lose SYNs, each retried a second later."""
+    service = start_service()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    shown = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{service.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # For a listening socket ss shows the accept queue's bound as Send-Q (the third column).
+    assert int(shown[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, shown
 
 
 def test_healthz_says_redis_connected(start_service, redis_server):
