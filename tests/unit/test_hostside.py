@@ -61,6 +61,13 @@ backend {layout.BACKEND}
 {lines}"""
 
 
+def admin_answers() -> bool:
+    try:
+        return "Pid:" in haproxy_runtime.ask("show info")
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def master(tmp_path, start_service, monkeypatch):
     """Two service instances behind a real HAProxy whose runtime API the helpers reach."""
@@ -83,8 +90,9 @@ def master(tmp_path, start_service, monkeypatch):
     monkeypatch.delenv("WSSFLEET_INTERNAL_CA", raising=False)
     try:
         wait_for_port(port)
-        # The port can listen a moment before the worker has made its admin socket.
-        wait_until(lambda: (tmp_path / "admin.sock").exists(), 10, "HAProxy's admin socket")
+        # The port can listen a moment before the worker answers on its admin socket (its
+        # file can exist, refusing connections, a moment longer: CI saw that once).
+        wait_until(admin_answers, 10, "HAProxy's admin socket")
         for name in names:
             assert haproxy_runtime.wait_up(f"{layout.BACKEND}/{name}", 10) == 0
         yield SimpleNamespace(
