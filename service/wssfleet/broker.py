@@ -107,8 +107,8 @@ class History:
     missed: list[tuple[str, str]] = field(default_factory=list)
 
 
-# (channel, offset, complete frame)
-Deliver = Callable[[str, str, str], None]
+# A channel and a run of its messages in order: (offset, complete frame) each.
+Deliver = Callable[[str, list[tuple[str, str]]], None]
 # Called with the channels whose messages may have been missed while the bus was away.
 Resync = Callable[[list[str]], None]
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from wssfleet import metrics, protocol
+from wssfleet.broker import is_after
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Connection, ConnectionLimits, Handler, Upgrade
 from wssfleet.events import event
@@ -171,6 +172,24 @@ class Client(Connection):
         sent = self.sent_up_to
         if sent and sent.pop(channel, None) is not None and not sent:
             self.sent_up_to = None
+
+    def first_owed(self, channel: str, run: list[tuple[str, str]]) -> int:
+        """Of a live run of the channel's messages, the index of the first this client is
+        owed, ``len(run)`` for none: while its recovery lasts they wait (kept here), and
+        after it those the recovery sent already are skipped."""
+        pending = self.pending.get(channel) if self.pending else None
+        if pending is not None:
+            pending.extend(run)
+            return len(run)
+        sent = self.sent_up_to.get(channel) if self.sent_up_to else None
+        if sent is None:
+            return 0
+        start = 0
+        while start < len(run) and not is_after(run[start][0], sent):
+            start += 1
+        if start < len(run):
+            self.caught_up(channel)
+        return start
 
     def on_pong(self) -> None:
         self.pong_due = False

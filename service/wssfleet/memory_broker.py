@@ -41,7 +41,7 @@ class MemoryBus(Bus):
         self._channels_of: Counter[str] = Counter()
         self._touched: dict[str, float] = {}
         self._swept = 0.0
-        self._deliver: Deliver = lambda channel, offset, frame: None
+        self._deliver: Deliver = lambda channel, run: None
 
     def _expire(self, now: float) -> None:
         """Forget histories and publish keys older than history_ttl, as Redis would."""
@@ -111,7 +111,7 @@ class MemoryBus(Bus):
             self._keys[key] = (offset, now)
             self._ids_of[subject] += 1
         self.received += 1
-        self._deliver(channel, offset, head + offset + FRAME_TAIL)
+        self._deliver(channel, [(offset, head + offset + FRAME_TAIL)])
         return offset
 
     async def since(self, channel: str, offset: str | None) -> History:

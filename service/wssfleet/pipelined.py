@@ -58,6 +58,7 @@ class RespConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._listener: Callable[[Any], None] | None = None
+        self._read_through: Callable[[], None] = lambda: None
         self.open = False
         self.lost: asyncio.Future[None] = loop.create_future()
         # When Redis last sent anything: a listener's health check.
@@ -71,6 +72,14 @@ class RespConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.heard = self._loop.time()
         self._reader.feed(data)
+        self._hand_out_replies()
+        if self._listener is not None:
+            try:
+                self._read_through()
+            except Exception:
+                log.exception("messages from Redis could not be handled")
+
+    def _hand_out_replies(self) -> None:
         while True:
             try:
                 reply = self._reader.gets()
@@ -143,10 +152,14 @@ class RespConnection(asyncio.Protocol):
         else:
             self._watchdog = self._loop.call_later(overdue, self._check_overdue)
 
-    def listen(self, listener: Callable[[Any], None]) -> None:
+    def listen(
+        self, listener: Callable[[Any], None], read_through: Callable[[], None] = lambda: None
+    ) -> None:
         """From now on every reply goes to ``listener`` (after SUBSCRIBE, Redis sends only
-        pushes: subscribe confirmations, messages, pongs)."""
+        pushes: subscribe confirmations, messages, pongs), and ``read_through`` is called
+        once the replies of each read from the socket have all gone to it."""
         self._listener = listener
+        self._read_through = read_through
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []

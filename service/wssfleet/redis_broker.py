@@ -114,12 +114,15 @@ class RedisBus(Bus):
         )
         self.connected = False
         self.received = 0
-        self._deliver: Deliver = lambda channel, offset, frame: None
+        self._deliver: Deliver = lambda channel, run: None
         self._resync: Resync = lambda channels: None
         self._wanted: dict[str, int] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         # Per channel, messages heard but not yet confirmed on two nodes, in the primary's order.
         self._held: dict[str, list[tuple[str, str]]] = {}
+        # Per channel, the messages of the read from Redis being handled: they go to the hub
+        # as one run when the read is through (see Hub._fan_out).
+        self._arrived: dict[str, list[tuple[str, str]]] = {}
         self._release_timers: dict[str, asyncio.TimerHandle] = {}
         self._subscriber: RespConnection | None = None
         self._connected_event = asyncio.Event()
@@ -393,7 +396,9 @@ class RedisBus(Bus):
             try:
                 subscriber = await self._address.connect(f"bus:{self.name}", COMMAND_TIMEOUT)
                 channels = list(self._confirmed)
-                subscriber.listen(functools.partial(self._heard, resubscribed=channels))
+                subscriber.listen(
+                    functools.partial(self._heard, resubscribed=channels), self._hand_over
+                )
                 # One command: when the control channel is confirmed, so is every channel.
                 subscriber.send(
                     "SUBSCRIBE", CONTROL_CHANNEL, *(self._bus_channel(c) for c in channels)
@@ -407,6 +412,7 @@ class RedisBus(Bus):
                 self._subscriber = None
                 # Never confirmed on that server: what survived is read back from history.
                 self._held.clear()
+                self._arrived.clear()
                 if self.connected:
                     delay = 0.1
                 self._set_connected(False)
@@ -457,14 +463,17 @@ class RedisBus(Bus):
                 if len(held) > self.history_size:
                     # Never confirmed for this long (a replica that lags): delivered as it
                     # is rather than kept without bound.
-                    self._deliver(channel, *held.pop(0))
+                    self._arrive(channel, [held.pop(0)])
                 return
             if channel in self._held:
                 # Published without waiting (no replica left): what was held before it is
                 # as safe as it will get, and goes first.
                 self._release(channel, offset)
-            self._deliver(channel, offset, frame)
-        elif kind == b"subscribe":
+            self._arrive(channel, [(offset, frame)])
+            return
+        # What arrived before this push goes first (a resync starts from it).
+        self._hand_over()
+        if kind == b"subscribe":
             name = reply[1].decode()
             if name == CONTROL_CHANNEL:
                 if resubscribed:
@@ -492,8 +501,20 @@ class RedisBus(Bus):
         released, held[:count] = held[:count], []
         if not held:
             del self._held[channel]
-        for offset, frame in released:
-            self._deliver(channel, offset, frame)
+        self._arrive(channel, released)
+
+    def _arrive(self, channel: str, run: list[tuple[str, str]]) -> None:
+        arrived = self._arrived.get(channel)
+        if arrived is None:
+            self._arrived[channel] = run
+        else:
+            arrived.extend(run)
+
+    def _hand_over(self) -> None:
+        """Deliver what arrived, a run a channel."""
+        arrived, self._arrived = self._arrived, {}
+        for channel, run in arrived.items():
+            self._deliver(channel, run)
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self.connected:

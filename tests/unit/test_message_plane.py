@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 
 import pytest
 import redis
@@ -21,7 +22,9 @@ from tests.unit.clients import (
     subscribed,
 )
 from tests.unit.helpers import two_services_on_redis, wait_until_redis
+from wssfleet.broker import Limits
 from wssfleet.hub import publish_key
+from wssfleet.redis_broker import RedisBus
 
 FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000"}
 
@@ -411,3 +414,63 @@ def test_redis_exporters_user_may_look_but_not_touch(redis_server):
 @pytest.mark.parametrize("message_id", ["m1", "é", 'a"b\\c\n', "\U0001f600", 0, -7, 2**70])
 def test_a_publish_key_is_the_ids_json_text_as_earlier_releases_stored_it(message_id):
     assert publish_key(message_id) == json.dumps(message_id)
+
+
+def test_what_arrives_in_one_read_from_redis_is_delivered_as_one_run_in_order(redis_server):
+    """Messages the bus reads from Redis together reach the hub as one run a channel, so that
+    each client gets them in one write (Hub._fan_out)."""
+
+    async def scenario():
+        runs: list[list[tuple[str, str]]] = []
+        bus = RedisBus(redis_server.url, Limits(history_size=100, history_ttl=60), "unit")
+        bus.start(lambda channel, run: runs.append(run), lambda channels: None)
+        await bus.wait_connected()
+        bus.want("room")
+        await bus.ready("room")
+        subscriber = bus._subscriber
+        assert subscriber is not None and subscriber._transport is not None
+        # Held back in the socket, as behind a busy process, until all twenty are there.
+        subscriber._transport.pause_reading()
+        offsets = [await bus.publish("room", f'{{"n":{n},"offset":"', "p", None) for n in range(20)]
+        await asyncio.sleep(0.2)
+        subscriber._transport.resume_reading()
+        while sum(len(run) for run in runs) < 20:
+            await asyncio.sleep(0.01)
+        await bus.stop()
+        return runs, offsets
+
+    runs, offsets = run(scenario())
+    assert len(runs) == 1, [len(run) for run in runs]
+    assert [offset for offset, _ in runs[0]] == offsets
+    assert [json.loads(frame)["n"] for _, frame in runs[0]] == list(range(20))
+
+
+def test_a_run_from_one_read_reaches_a_subscriber_once_and_in_order(start_service, redis_server):
+    """A process frozen while twenty messages are published hears them in one read: its live
+    subscriber gets each once and in order, and a client recovering from before them after
+    that gets the same twenty, none twice."""
+    first, second = two_services_on_redis(start_service, redis_server, **FAST)
+
+    async def scenario():
+        publisher = await open_client(first, subject="p")
+        live = await open_client(second, "/ws/room", subject="live")
+        first_offset = await publish(publisher, -1, "m-1")
+        assert (await message(live))["data"] == -1
+        second.process.send_signal(signal.SIGSTOP)
+        try:
+            for n in range(20):
+                await publish(publisher, n, f"m{n}")
+        finally:
+            second.process.send_signal(signal.SIGCONT)
+        recovering = await open_client(second, subject="recovering")
+        await request(recovering, type="subscribe", channel="room", since=first_offset)
+        assert (await receive(recovering))["type"] == "subscribed"
+        heard_live = [(await message(live))["data"] for _ in range(20)]
+        heard_recovering = [(await message(recovering))["data"] for _ in range(20)]
+        await expect_nothing(live)
+        await expect_nothing(recovering)
+        return heard_live, heard_recovering
+
+    heard_live, heard_recovering = run(scenario())
+    assert heard_live == list(range(20))
+    assert heard_recovering == list(range(20))
