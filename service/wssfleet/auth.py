@@ -25,8 +25,8 @@ from dataclasses import dataclass
 ALGORITHM = "HS256"
 SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 # Subjects appear in messages ("from") and log lines: keep them short and printable.
-SUBJECT = re.compile(r"^[A-Za-z0-9_.@:+-]{1,64}$")
-PATTERN = re.compile(r"^[A-Za-z0-9_.:*-]{1,64}$")
+SUBJECT = re.compile(r"[A-Za-z0-9_.@:+-]{1,64}")
+PATTERN = re.compile(r"[A-Za-z0-9_.:*-]{1,64}")
 PATTERN_RULE = "a channel pattern is 1-64 characters of A-Z a-z 0-9 _ . : - and * (any run)"
 MAX_PATTERNS = 100
 CLAIMS = ("subscribe", "publish")
@@ -42,17 +42,51 @@ def check_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
     if len(patterns) > MAX_PATTERNS:
         raise ValueError(f"at most {MAX_PATTERNS} channel patterns")
     for pattern in patterns:
-        if not isinstance(pattern, str) or not PATTERN.match(pattern):
+        if not isinstance(pattern, str) or not PATTERN.fullmatch(pattern):
             raise ValueError(f"{str(pattern)[:70]!r}: {PATTERN_RULE}")
     return patterns
 
 
+class Matcher:
+    """A token's channel patterns, matched in time linear in the channel's length whatever
+    the patterns: a regex of several ``*`` backtracks (``*a*a*a*a*a*a*a*a*b`` against 40
+    characters took 2.75 s, during which the process served nobody). Exact names are a set;
+    a pattern with stars is its literal parts: a prefix, a suffix, and the parts between, each
+    found leftmost after the one before (for ``*``-only globs, the leftmost match of each part
+    is the one that leaves most room for the rest)."""
+
+    __slots__ = ("exact", "globs")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.exact = frozenset(p for p in patterns if "*" not in p)
+        globs = []
+        for pattern in dict.fromkeys(p for p in patterns if "*" in p):
+            parts = pattern.split("*")
+            middle = tuple(part for part in parts[1:-1] if part)
+            globs.append((parts[0], middle, parts[-1], sum(map(len, parts))))
+        self.globs = tuple(globs)
+
+    def __call__(self, channel: str) -> bool:
+        if channel in self.exact:
+            return True
+        length = len(channel)
+        for prefix, middle, suffix, least in self.globs:
+            if length < least or not channel.startswith(prefix) or not channel.endswith(suffix):
+                continue
+            position, end = len(prefix), length - len(suffix)
+            for part in middle:
+                found = channel.find(part, position, end)
+                if found < 0:
+                    break
+                position = found + len(part)
+            else:
+                return True
+        return False
+
+
 @functools.lru_cache(maxsize=4096)
-def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    alternatives = "|".join(re.escape(p).replace(r"\*", "[A-Za-z0-9_.:-]*") for p in patterns)
-    return re.compile(f"(?:{alternatives})")
+def _matcher(patterns: tuple[str, ...]) -> Matcher | None:
+    return Matcher(patterns) if patterns else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,7 +98,7 @@ def _shared(patterns: tuple[str, ...]) -> tuple[str, ...]:
 
 def allows(patterns: tuple[str, ...], channel: str) -> bool:
     matcher = _matcher(patterns)
-    return matcher is not None and matcher.fullmatch(channel) is not None
+    return matcher is not None and matcher(channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +127,7 @@ def mint(
 ) -> str:
     """Return a token for ``subject`` that expires ``ttl_seconds`` from now, limited to these
     channel patterns when given."""
-    if not SUBJECT.match(subject):
+    if not SUBJECT.fullmatch(subject):
         raise ValueError("the subject must be 1-64 characters of A-Z a-z 0-9 _ . @ : + -")
     if ttl_seconds <= 0:
         raise ValueError("the time to live must be a positive number of seconds")
@@ -207,7 +241,7 @@ def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | No
         if claims["exp"] - issued > max_ttl:
             raise TokenError(f"token lives longer than the {max_ttl} s this service accepts")
     subject = claims["sub"]
-    if not isinstance(subject, str) or not SUBJECT.match(subject):
+    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
         raise TokenError("invalid token (bad subject)")
     granted: dict[str, tuple[str, ...]] = {}
     for name in CLAIMS:

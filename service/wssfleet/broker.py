@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-OFFSET = re.compile(r"^([0-9a-f]{1,32}):(\d{13,20})-(\d{6,20})$")
+OFFSET = re.compile(r"([0-9a-f]{1,32}):([0-9]{13,20})-([0-9]{6,20})")
 FRAME_TAIL = '"}'
 
 
@@ -69,7 +69,7 @@ class Position:
 
     @classmethod
     def parse(cls, offset: str) -> Position | None:
-        match = OFFSET.match(offset)
+        match = OFFSET.fullmatch(offset)
         if match is None:
             return None
         return cls(match[1], int(match[2]), int(match[3]))

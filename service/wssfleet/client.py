@@ -30,6 +30,19 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
+def pong_frame(payload: bytes) -> bytes:
+    """The unmasked pong that answers a ping's ``payload`` (at most 125 bytes: picows refuses
+    a longer control frame with 1002)."""
+    return bytes((0x8A, len(payload))) + payload
+
+
+# Why a client's socket is not read (Client.paused, a bit each): its answers queue behind one
+# that waits (node.INBOX_HIGH), or its send buffer is over the transport's high-water mark
+# (back-pressure: a client that does not read is not read either).
+PAUSED_FOR_ANSWERS = 1
+PAUSED_FOR_WRITES = 2
+
+
 @dataclass(frozen=True, slots=True)
 class ClientLimits(ConnectionLimits):
     """A process's bounds on each client, shared by all of them: besides a connection's, the
@@ -114,7 +127,7 @@ class Client(Connection):
         # The answer being awaited (Service._answer_in_order) and the messages behind it.
         self.answering: asyncio.Task[None] | None = None
         self.inbox: collections.deque[str | bytes] | None = None
-        self.paused = False
+        self.paused = 0
         self.overflowed = False
         # Closed for what it sent: nothing it sends after is answered.
         self.refused = False
@@ -191,8 +204,52 @@ class Client(Connection):
             self.caught_up(channel)
         return start
 
+    def on_ping(self, payload: bytes) -> None:
+        if self.take_control_frame():
+            self.write(pong_frame(payload))
+
     def on_pong(self) -> None:
-        self.pong_due = False
+        if self.take_control_frame():
+            self.pong_due = False
+
+    def take_control_frame(self) -> bool:
+        """A ping or pong from the client costs its rate like a message, and may overdraw it
+        by one second's worth (a library's keepalive ping on top of a full-rate stream is
+        answered); a client past that floods, and is closed with 1008."""
+        now = time.monotonic()
+        rate = self.limits.rate
+        self.allowance = min(rate, self.allowance + (now - self.checked) * rate) - 1
+        self.checked = now
+        if self.allowance >= -rate:
+            return True
+        if not self.refused:
+            self.stats.drops["rate_limit"] += 1
+            self.stats.closes["control_flood"] += 1
+            event("control_flood", sub=self.subject)
+            self.refuse(CLOSE_POLICY, "too many control frames")
+        return False
+
+    def hold(self, reason: int) -> None:
+        """Stop reading the socket for ``reason`` (a PAUSED_* bit)."""
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def release(self, reason: int) -> None:
+        """``reason`` no longer holds the socket; it is read again when no other does."""
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: read nothing more from a client
+        # that does not read, so that what it sends cannot make us write more.
+        if not self.closing:
+            self.hold(PAUSED_FOR_WRITES)
+
+    def resume_writing(self) -> None:
+        self.release(PAUSED_FOR_WRITES)
 
     def offer(self, text: str, kind: str = "message") -> None:
         """Send a frame (``kind``: its type, for the metrics)."""
@@ -231,7 +288,7 @@ class Client(Connection):
         if self.inbox:
             self.inbox.clear()
         if self.paused:
-            self.paused = False
+            self.paused = 0
             self.transport.resume_reading()
         self.refused = True
         self.close(code, reason)

@@ -162,8 +162,15 @@ class Connection(WSListener):
                 self.handler.received(self, frame.get_payload_as_bytes())
         elif kind is WSMsgType.CONTINUATION:
             self._continue(frame)
+        elif kind is WSMsgType.PING:
+            self.on_ping(frame.get_payload_as_bytes())
         elif kind is WSMsgType.PONG:
             self.on_pong()
+
+    def on_ping(self, payload: bytes) -> None:
+        """A ping came: answered here, not in picows, so that the answer is written where the
+        send buffer's bound applies (Client counts it against the client's rate too)."""
+        self.ws.send_pong(payload)
 
     def on_pong(self) -> None:
         """A pong came (Client keeps the keepalive's state)."""

@@ -42,7 +42,7 @@ REQUEST_REFUSALS = (
     "not_confirmed",
 )
 RECOVERY_RESULTS = ("recovered", "not_recovered")
-CLOSE_REASONS = ("drain", "rebalance", "overflow")
+CLOSE_REASONS = ("drain", "rebalance", "overflow", "control_flood")
 
 
 class Stats:

@@ -18,7 +18,7 @@ from picows import WSAutoPingStrategy, WSUpgradeRequest
 from picows.picows import WSProtocol
 
 from wssfleet import metrics, protocol
-from wssfleet.client import Client
+from wssfleet.client import PAUSED_FOR_ANSWERS, Client
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Upgrade
 from wssfleet.events import event, log
@@ -118,9 +118,8 @@ class Service:
             if client.inbox is None:
                 client.inbox = collections.deque()
             client.inbox.append(message)
-            if len(client.inbox) > INBOX_HIGH and not client.paused:
-                client.paused = True
-                client.transport.pause_reading()
+            if len(client.inbox) > INBOX_HIGH:
+                client.hold(PAUSED_FOR_ANSWERS)
             return
         try:
             waiting = self._answer(client, message)
@@ -143,9 +142,8 @@ class Service:
                 if not inbox:
                     return
                 message = inbox.popleft()
-                if client.paused and len(inbox) <= INBOX_LOW:
-                    client.paused = False
-                    client.transport.resume_reading()
+                if len(inbox) <= INBOX_LOW:
+                    client.release(PAUSED_FOR_ANSWERS)
                 waiting = self._answer(client, message)
         except Exception:
             self._fail_internal(client)
@@ -164,18 +162,19 @@ class Service:
             self.hub.stats.drops["unsupported"] += 1
             client.refuse(CLOSE_UNSUPPORTED, "binary frames are not supported")
             return None
+        stats = self.hub.stats
+        # The rate limit comes before the JSON is parsed: a client over it costs no parse (so
+        # its error cannot name the request: docs/protocol.md).
+        if not client.take_token():
+            stats.drops["rate_limit"] += 1
+            client.reply("error", reason="rate limited: message dropped")
+            return None
         try:
             request = protocol.parse(message)
         except protocol.ProtocolError as error:
             request = None
             problem = str(error)
-        stats = self.hub.stats
         stats.received["invalid" if request is None else request.type] += 1
-        if not client.take_token():
-            stats.drops["rate_limit"] += 1
-            ids = {} if request is None or request.id is None else {"id": request.id}
-            client.reply("error", reason="rate limited: message dropped", **ids)
-            return None
         if request is None:
             client.reply("error", reason=problem)
             return None
@@ -250,9 +249,17 @@ async def _close_every_client(hub: Hub) -> None:
 
 class RoutedProtocol(WSProtocol):
     """picows' server protocol, with the peer's address known to the router: picows gives
-    its listener factory only the request."""
+    its listener factory only the request.
 
-    __slots__ = ("address", "router")
+    It also bounds the read buffer. picows doubles a connection's buffer whenever one read
+    leaves it over 90 % full, and never shrinks it: a client that keeps sending small frames
+    faster than one read takes grew it to 4 MiB. Here a read brings at most what keeps the
+    buffer under that mark, unless the frame being read already fills it: the buffer grows
+    only for a frame that needs the room (at most max_message_bytes and its header, so at
+    most about twice that). ``read_size`` follows picows' own size (2.3.1's rule, which
+    tests/unit/test_hostile_frames.py checks through the process's memory)."""
+
+    __slots__ = ("address", "held", "read_size", "router")
 
     def __init__(
         self,
@@ -273,7 +280,7 @@ class RoutedProtocol(WSProtocol):
             20.0,
             20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # pings are answered in picows
+            False,  # pings are answered by Connection.on_ping, within the client's bounds
             max_frame_size,
             None,  # extra headers: a client's
             READ_BUFFER_BYTES,
@@ -281,7 +288,24 @@ class RoutedProtocol(WSProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.address = transport.get_extra_info("peername")
+        self.read_size = self.held = 0
         super().connection_made(transport)
+
+    def get_buffer(self, size_hint: int) -> memoryview:
+        view = super().get_buffer(size_hint)
+        free = len(view)
+        size = self.read_size
+        if not size:
+            size = self.read_size = free  # the first read: nothing is held yet
+        held = self.held = size - free
+        room = min(size * 9 // 10, size - 257) - held
+        return view[:room] if room > 0 else view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        filled, size = self.held + nbytes, self.read_size
+        if 100 * filled >= 91 * size or size - filled <= 256:
+            self.read_size = size * 2
+        super().buffer_updated(nbytes)
 
     def _route(self, request: WSUpgradeRequest) -> Answer:
         # The address is the router's alone: an open connection does not keep it.

@@ -61,7 +61,7 @@ CLOSE_SERVICE_RESTART = 1012
 # every 4xxx code, the client contract does not retry it.
 CLOSE_TOO_MANY_CONNECTIONS = 4029
 
-CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 CHANNEL_RULE = "a channel is 1-64 characters of A-Z a-z 0-9 _ . : -"
 MAX_CHANNELS_PER_CLIENT = 100
 MAX_ID_CHARACTERS = 64
@@ -82,7 +82,7 @@ class Request:
 
 
 def valid_channel(name: str) -> bool:
-    return bool(CHANNEL.match(name))
+    return CHANNEL.fullmatch(name) is not None
 
 
 def parse(text: str) -> Request:
