@@ -8,7 +8,17 @@ one instance at a time, each verified before the next.
 
 from pyinfra import host, inventory, state
 
-from roles import base, certificates, firewall, front_door, haproxy, monitoring, redis, workers
+from roles import (
+    base,
+    certificates,
+    firewall,
+    front_door,
+    haproxy,
+    monitoring,
+    redis,
+    units_stay_running,
+    workers,
+)
 from wssfleet_control import deployment
 from wssfleet_control.facts import instance_ports
 from wssfleet_control.hostside.layout import server_name
@@ -73,3 +83,4 @@ else:
             for name, address, port in every_instance()
         ],
     )
+units_stay_running()

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from wssfleet_control.checkout import HOSTSIDE
 from wssfleet_control.commands import quote
@@ -69,6 +71,40 @@ def virtualenv_from_wheels(
 # when a start follows a stop closely) is tried again; systemd itself would start the unit
 # again after RestartSec, but the deploy would have failed.
 SERVICE_RETRY = {"_retries": 3, "_retry_delay": 3}
+
+
+# A daemon that starts and dies a second later (redis_exporter refused its CA file) is
+# "running" when systemd.service looks: each host's daemons this deploy may have started are
+# checked again once the deploy is done (units_stay_running).
+SETTLE_SECONDS = 2
+_STARTED: dict[str, list[tuple[str, OperationMeta]]] = {}
+
+
+def daemon_running(**arguments) -> OperationMeta:
+    """systemd.service(running=True, ...) for a long-running daemon, retried as SERVICE_RETRY
+    says, and watched by units_stay_running."""
+    started = systemd.service(**SERVICE_RETRY, running=True, **arguments)
+    _STARTED.setdefault(host.name, []).append((arguments["service"], started))
+    return started
+
+
+def units_stay_running() -> None:
+    """Last in a deploy: when it started or restarted a daemon here, every daemon it ensured
+    is still active SETTLE_SECONDS later, or the deploy fails with the unit's journal."""
+    watched = _STARTED.pop(host.name, [])
+    if not watched:
+        return
+    units = " ".join(quote(unit) for unit, _ in watched)
+    server.shell(
+        name="Ensure the daemons this deploy started are still running moments later",
+        commands=[
+            f"sleep {SETTLE_SECONDS}; for unit in {units}; do "
+            'systemctl is-active --quiet "$unit" && continue; '
+            'echo "$unit started, then stopped: its journal follows" >&2; '
+            'journalctl -u "$unit" -n 20 --no-pager >&2; exit 1; done'
+        ],
+        _if=any_changed(*(operation for _, operation in watched)),
+    )
 
 
 def unit_retired(unit: str, why: str) -> None:

@@ -5,9 +5,9 @@ clients fail over between them: nothing runs here then."""
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
-from roles import SERVICE_RETRY, secret_template
+from roles import daemon_running, secret_template
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside.layout import HELPERS, RUNTIME_HELPER, TEXTFILE_DIRECTORY
@@ -64,11 +64,9 @@ def apply(run: DeployRun) -> None:
         runtime=RUNTIME_HELPER,
         notify=NOTIFY_SCRIPT,
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure keepalived is running and enabled",
         service="keepalived.service",
-        running=True,
         enabled=True,
         reloaded=config.will_change or notify.will_change,
     )

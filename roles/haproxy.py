@@ -11,9 +11,9 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
-from roles import SERVICE_RETRY, activate_candidate, helper_installed, secret_template
+from roles import activate_candidate, daemon_running, helper_installed, secret_template
 from wssfleet_control import internal_tls
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
@@ -145,11 +145,9 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
         # deploy there, while the others still serve the old one.
         one_host_at_a_time=True,
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure haproxy is running and enabled",
         service="haproxy.service",
-        running=True,
         enabled=True,
     )
     # A reload hands the listening sockets to the new process, the admin socket with the mode
@@ -181,11 +179,9 @@ def _rebalancer(run: DeployRun, backends: list[Backend], environment) -> None:
         worker_addresses=sorted({backend.address for backend in backends}),
         environment_file=REBALANCER_ENVIRONMENT,
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure the rebalancer is running and enabled",
         service=REBALANCER_UNIT,
-        running=True,
         enabled=True,
         daemon_reload=unit.will_change,
         restarted=program.will_change or unit.will_change or environment.will_change,

@@ -10,19 +10,21 @@ reloads (no restart: its samples and alert states stay).
 """
 
 from dataclasses import dataclass
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from roles import (
-    SERVICE_RETRY,
     activate_candidate,
+    daemon_running,
     helper_installed,
     secret_template,
     unit_retired,
 )
 from roles.redis import MONITOR_REDIS_USER
+from wssfleet_control import internal_tls
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import (
@@ -73,11 +75,9 @@ def node_exporter(run: DeployRun, node: Node) -> None:
         port=NODE_EXPORTER_PORT,
         textfile_directory=TEXTFILE_DIRECTORY,
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure node_exporter is running and enabled",
         service="prometheus-node-exporter.service",
-        running=True,
         enabled=True,
         restarted=arguments.will_change,
     )
@@ -95,6 +95,23 @@ def redis_exporter(run: DeployRun) -> None:
         packages=["prometheus-redis-exporter"],
         no_recommends=True,
     )
+    tls = fleet.settings.internal_tls
+    # Its own copy of the internal CA (a certificate, public): /etc/redis is Redis's alone,
+    # and redis_exporter, which runs as prometheus, died at start reading the one there.
+    if tls:
+        ca_changed = files.put(
+            name="Ensure redis_exporter has its copy of the internal CA",
+            src=StringIO(internal_tls.ca_certificate(run.secrets)),
+            dest=layout.REDIS_EXPORTER_CA,
+            mode="644",
+            create_remote_dir=True,
+        ).will_change
+    else:
+        ca_changed = files.file(
+            name="Ensure no copy of an internal CA is left for redis_exporter",
+            path=layout.REDIS_EXPORTER_CA,
+            present=False,
+        ).will_change
     settings = secret_template(
         name="Ensure redis_exporter's settings are current (contents withheld: a password)",
         src=run.template("monitoring", "prometheus-redis-exporter.j2"),
@@ -108,16 +125,13 @@ def redis_exporter(run: DeployRun) -> None:
         redis_port=fleet.settings.redis_port,
         redis_user=MONITOR_REDIS_USER,
         password=run.secrets["redis_monitor_password"],
-        # Beside Redis: its copy of the internal CA.
-        tls_ca=f"{layout.REDIS_TLS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
+        tls_ca=layout.REDIS_EXPORTER_CA if tls else "",
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure redis_exporter is running and enabled",
         service="prometheus-redis-exporter.service",
-        running=True,
         enabled=True,
-        restarted=settings.will_change,
+        restarted=settings.will_change or ca_changed,
     )
 
 
@@ -197,11 +211,9 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
         port=PROMETHEUS_PORT,
         retention=fleet.settings.prometheus_retention,
     )
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure Prometheus is running and enabled",
         service="prometheus.service",
-        running=True,
         enabled=True,
         restarted=arguments.will_change,
     )

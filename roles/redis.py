@@ -6,9 +6,9 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
-from roles import SERVICE_RETRY, secret_template, unit_retired
+from roles import daemon_running, secret_template, unit_retired
 from roles import internal_tls as internal_tls_role
 from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
@@ -21,6 +21,11 @@ ADMIN_REDIS_USER = "wssfleet-admin"
 # With several redis hosts (their passwords are in the secrets).
 REPLICATION_REDIS_USER = "wssfleet-replica"
 SENTINEL_REDIS_USER = "wssfleet-sentinel"
+# The Sentinels' own users: the workers' may only ask where the primary is (a worker holds its
+# password); the default user, for the other Sentinels and the operator's tools on Sentinel
+# hosts, may do everything, and is off to everyone else.
+SENTINEL_CLIENT_USER = "wssfleet-worker"
+SENTINEL_CLIENT_COMMANDS = ("ping", "sentinel|get-master-addr-by-name")
 PRIMARY_NAME = layout.REDIS_PRIMARY_NAME
 REPLICATION_FILE = layout.REDIS_REPLICATION_FILE
 SENTINEL_CONFIG = "/etc/redis/sentinel.conf"
@@ -70,12 +75,13 @@ WORKER_COMMANDS = (
 )
 
 
-# What redis_exporter runs: INFO and a few read-only introspection commands, on no key.
+# What redis_exporter runs: INFO and a few read-only introspection commands, on no key. No
+# CONFIG GET: it answers masterauth, the replication password (the exporter is told not to
+# ask: its -config-command=-; INFO gives maxmemory).
 MONITOR_COMMANDS = (
     "ping",
     "client|setname",
     "info",
-    "config|get",
     "client|list",
     "slowlog|get",
     "slowlog|len",
@@ -85,12 +91,14 @@ MONITOR_COMMANDS = (
 )
 
 
-def acl_users(worker_password: str, admin_password: str, monitor_password: str) -> dict[str, str]:
-    """Redis's users and their rules. Passwords appear only as SHA-256 hashes, so the config
-    on the host, a diff of it and its logs never hold one."""
+def hashed(password: str) -> str:
+    """A password as an ACL rule holds it: its SHA-256, so that the config on the host, a diff
+    of it and its logs never hold one."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
 
-    def hashed(password: str) -> str:
-        return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+def acl_users(worker_password: str, admin_password: str, monitor_password: str) -> dict[str, str]:
+    """Redis's users and their rules."""
 
     allowed = " ".join(f"+{command}" for command in WORKER_COMMANDS)
     return {
@@ -131,7 +139,7 @@ def apply(run: DeployRun) -> None:
     )
     if replicated:
         users |= replication_users(
-            run.secrets["redis_replication_password"], run.secrets["redis_sentinel_password"]
+            run.secrets["redis_replication_password"], run.secrets["sentinel_redis_password"]
         )
     primary = _primary(run) if replicated else ""
     files.directory(
@@ -180,11 +188,9 @@ def apply(run: DeployRun) -> None:
             mode="640",
         )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure redis-server is running and enabled",
         service="redis-server.service",
-        running=True,
         enabled=True,
         daemon_reload=unit.will_change,
         restarted=config.will_change or tls_changed or unit.will_change,
@@ -206,15 +212,23 @@ def apply(run: DeployRun) -> None:
 def replication_users(replication_password: str, sentinel_password: str) -> dict[str, str]:
     """With several redis hosts: the user replicas copy the primary as, and the one the
     Sentinels watch and reconfigure Redis as (what Redis's documentation gives each)."""
-
-    def hashed(password: str) -> str:
-        return "#" + hashlib.sha256(password.encode()).hexdigest()
-
     return {
         REPLICATION_REDIS_USER: f"on {hashed(replication_password)} +psync +replconf +ping",
         SENTINEL_REDIS_USER: f"on {hashed(sentinel_password)} allchannels +multi +slaveof "
         "+replicaof +ping +exec +subscribe +config|rewrite +role +publish +info "
         "+client|setname +client|kill +script|kill",
+    }
+
+
+def sentinel_users(peer_password: str, client_password: str) -> dict[str, str]:
+    """A Sentinel's users: the default one, for the other Sentinels and the operator's tools
+    on Sentinel hosts (its password is on Sentinel hosts only), and the workers', which may
+    only ask where the primary is: no SENTINEL FAILOVER, SET, RESET or REMOVE, no ACL, no
+    CLIENT KILL."""
+    return {
+        "default": f"on {hashed(peer_password)} ~* &* +@all",
+        SENTINEL_CLIENT_USER: f"on {hashed(client_password)} resetchannels -@all "
+        + " ".join(f"+{command}" for command in SENTINEL_CLIENT_COMMANDS),
     }
 
 
@@ -240,14 +254,14 @@ def sentinel(run: DeployRun) -> None:
     replica when a majority see the primary gone.
 
     + run: the deploy: the redis hosts, redis_sentinel_port, redis_failover_after and the
-      Sentinels' passwords (secrets)
+      Sentinels' passwords (secrets: to Redis, to each other, the workers')
     """
     fleet = run.fleet
     settings = fleet.settings
     apt.packages(
         name="Ensure redis-sentinel is installed", packages=["redis-sentinel"], no_recommends=True
     )
-    password = run.secrets["redis_sentinel_password"]
+    password = run.secrets["sentinel_peer_password"]
     tls = settings.internal_tls
     tls_changed = tls and internal_tls_role.install(
         run, host.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
@@ -282,18 +296,18 @@ def sentinel(run: DeployRun) -> None:
             quorum=len(fleet.sentinels) // 2 + 1,
             down_after_ms=int(seconds_of(settings.redis_failover_after) * 1000),
             sentinel_user=SENTINEL_REDIS_USER,
+            redis_password=run.secrets["sentinel_redis_password"],
             password=password,
+            users=sentinel_users(password, run.secrets["sentinel_client_password"]),
             tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
         )
         restarted = written.will_change
     else:
         restarted = False
     restarted = restarted or tls_changed
-    systemd.service(
-        **SERVICE_RETRY,
+    daemon_running(
         name="Ensure redis-sentinel is running and enabled",
         service="redis-sentinel.service",
-        running=True,
         enabled=True,
         restarted=restarted,
     )
@@ -313,7 +327,12 @@ def _sentinel_recipe(run: DeployRun) -> str:
         str(fleet.settings.redis_port),
         str(fleet.settings.redis_sentinel_port),
         fleet.settings.redis_failover_after,
-        hashlib.sha256(run.secrets["redis_sentinel_password"].encode()).hexdigest(),
+        *(
+            hashlib.sha256(run.secrets[name].encode()).hexdigest()
+            for name in ("sentinel_peer_password", "sentinel_redis_password")
+        ),
+        hashlib.sha256(" ".join(SENTINEL_CLIENT_COMMANDS).encode()).hexdigest(),
+        hashlib.sha256(run.secrets["sentinel_client_password"].encode()).hexdigest(),
         "tls" if fleet.settings.internal_tls else "plain",
     ]
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from roles import SERVICE_RETRY, helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
-from roles.redis import PRIMARY_NAME
+from roles.redis import PRIMARY_NAME, SENTINEL_CLIENT_USER
 from wssfleet.config import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
 from wssfleet_control.commands import point_current
@@ -72,7 +72,9 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
                         f"{sentinel.address}:{settings.redis_sentinel_port}"
                         for sentinel in run.fleet.sentinels
                     ],
-                    "redis_sentinel_password": run.secrets["redis_sentinel_password"],
+                    # A user that may only ask where the primary is (roles/redis.py).
+                    "redis_sentinel_user": SENTINEL_CLIENT_USER,
+                    "redis_sentinel_password": run.secrets["sentinel_client_password"],
                     "redis_primary_name": PRIMARY_NAME,
                 }
                 if run.fleet.sentinels

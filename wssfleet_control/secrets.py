@@ -25,15 +25,22 @@ NAMES = (
     "redis_password",
     "redis_admin_password",
     "redis_monitor_password",
-    # With several redis hosts: what replicas and the Sentinels log in to Redis with, and
-    # what the Sentinels ask every client (the workers, each other) for.
+    # With several redis hosts: what replicas log in to Redis with; what the Sentinels log in
+    # to Redis with, and to each other (both only on Sentinel hosts); what the workers ask the
+    # Sentinels with (a user that may only ask where the primary is).
     "redis_replication_password",
-    "redis_sentinel_password",
+    "sentinel_redis_password",
+    "sentinel_peer_password",
+    "sentinel_client_password",
     # With a floating front door: the masters' VRRP authentication (keepalived).
     "front_door_password",
     # What the master's rebalancer presents to the workers' /internal/shed.
     "internal_key",
 )
+# Secrets no longer used, dropped from the file at the next deploy: redis_sentinel_password was
+# the Sentinels' and also in every worker's environment (issue #33); its three successors are
+# new values.
+RETIRED = ("redis_sentinel_password",)
 PREVIOUS = "jwt_previous_secret"
 PREVIOUS_UNTIL = "jwt_previous_until"
 # What `wssfleet plan` renders where a secret does not exist yet: plan writes nothing.
@@ -60,6 +67,12 @@ def load(
     missing = [name for name in NAMES if not stored.get(name)]
     if missing and not create:
         return {**stored, **dict.fromkeys(missing, NOT_YET)}
+    retired = [name for name in RETIRED if name in stored]
+    if create and retired:
+        for name in retired:
+            del stored[name]
+        if not missing:
+            _write(path, stored)
     if missing:
         for name in missing:
             stored[name] = secrets.token_urlsafe(32)

@@ -275,7 +275,13 @@ class ServiceConfig(ClientPolicy):
     )
     redis_sentinel_password: str = Field(
         default="",
-        description="the password the Sentinels ask for (their requirepass); empty: none",
+        description="the password the Sentinels ask for; empty: none",
+    )
+    redis_sentinel_user: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+        description="the Sentinel user that password is for (an ACL user that may only ask "
+        "where the primary is); empty: the Sentinels' default user",
     )
     redis_primary_name: str = Field(
         default="wssfleet",

@@ -84,6 +84,7 @@ class Hub:
                 config.worker_label,
                 sentinels=config.redis_sentinels,
                 primary_name=config.redis_primary_name,
+                sentinel_user=config.redis_sentinel_user,
                 sentinel_password=config.redis_sentinel_password,
                 replica_wait_ms=config.redis_replica_wait_ms,
             )

@@ -183,6 +183,7 @@ class Address:
         sentinels: tuple[str, ...] = (),
         primary_name: str = "wssfleet",
         sentinel_password: str = "",
+        sentinel_user: str = "",
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "localhost"
@@ -192,6 +193,7 @@ class Address:
         ]
         self.primary_name = primary_name
         self.sentinel_password = sentinel_password
+        self.sentinel_user = sentinel_user
         # The server the last connection reached.
         self.current: tuple[str, int] | None = None
         # rediss: TLS, checked against the system's CAs or the one ?ssl_ca_certs names.
@@ -219,7 +221,8 @@ class Address:
                         lambda: RespConnection(loop, timeout), host, port, ssl=self._ssl
                     )
                     if self.sentinel_password:
-                        await sentinel.command("AUTH", self.sentinel_password)
+                        user = (self.sentinel_user,) if self.sentinel_user else ()
+                        await sentinel.command("AUTH", *user, self.sentinel_password)
                     found = await sentinel.command(
                         "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.primary_name
                     )

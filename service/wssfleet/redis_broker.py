@@ -89,6 +89,7 @@ class RedisBus(Bus):
         primary_name: str = "wssfleet",
         replica_wait_ms: int = 1000,
         sentinel_password: str = "",
+        sentinel_user: str = "",
     ) -> None:
         """
         + url: redis:// URL, password included
@@ -98,6 +99,7 @@ class RedisBus(Bus):
         + sentinels: host:port of the Sentinels that name the primary (none: the URL's host)
         + primary_name: the name they monitor it by
         + sentinel_password: what the Sentinels ask for (none: they ask for nothing)
+        + sentinel_user: the Sentinel user that password is for (none: their default user)
         + replica_wait_ms: how long a publish with an id waits for a replica's confirmation
         """
         self.name = name
@@ -130,7 +132,7 @@ class RedisBus(Bus):
         # The loop keeps only weak references to tasks: one nobody holds can be collected
         # mid-flight, and a subscription it was making would never be confirmed.
         self._background: set[asyncio.Task[None]] = set()
-        self._address = Address(url, sentinels, primary_name, sentinel_password)
+        self._address = Address(url, sentinels, primary_name, sentinel_password, sentinel_user)
         # Every publish of this process goes out on one pipelined connection, and messages
         # arrive on another, handled as they are parsed (see pipelined.py).
         self._publishing = Link(self._address, f"publish:{name}", COMMAND_TIMEOUT)

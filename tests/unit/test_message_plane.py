@@ -405,10 +405,48 @@ def test_redis_exporters_user_may_look_but_not_touch(redis_server):
             ("FLUSHDB",),
             ("KEYS", "*"),
             ("CONFIG", "SET", "maxmemory", "1"),
+            # It answered masterauth, the replication password (issue #33).
+            ("CONFIG", "GET", "masterauth"),
             ("CLIENT", "KILL", "TYPE", "normal"),
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 monitor.execute_command(*command)
+        # What its alerts need of the memory budget is in INFO.
+        assert monitor.info("memory")["maxmemory"] >= 0
+
+
+# What a compromised worker would try with the Redis credential in its environment file.
+ADMIN_COMMANDS = (
+    ("REPLICAOF", "127.0.0.1", "1"),
+    ("SLAVEOF", "NO", "ONE"),
+    ("CLIENT", "KILL", "TYPE", "normal"),
+    ("CONFIG", "GET", "masterauth"),
+    ("CONFIG", "SET", "maxmemory", "1"),
+    ("ACL", "LIST"),
+    ("ACL", "SETUSER", "wssfleet", "+@all"),
+    ("DEBUG", "SLEEP", "0"),
+    ("FUNCTION", "LOAD", "REPLACE", "#!lua name=x\nredis.register_function('x', function() end)"),
+    ("FUNCTION", "FLUSH"),
+    ("SCRIPT", "FLUSH"),
+    ("EVAL", "return 1", "0"),
+    ("FLUSHDB",),
+    ("FLUSHALL",),
+    ("SHUTDOWN",),
+    ("KEYS", "*"),
+    ("GET", "other:key"),
+    ("SUBSCRIBE", "other-channel"),
+)
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda command: " ".join(command[:2]))
+def test_the_workers_redis_user_is_refused_every_admin_command(redis_server, command):
+    with pytest.raises(redis.exceptions.ResponseError) as refused:
+        redis_server.cli(*command, as_worker=True)
+    # Refused for the user's rights (DEBUG is also off for every remote client).
+    if command[0] == "DEBUG":
+        assert str(refused.value).startswith("DEBUG command not allowed"), refused.value
+    else:
+        assert isinstance(refused.value, redis.exceptions.NoPermissionError), refused.value
 
 
 @pytest.mark.parametrize("message_id", ["m1", "é", 'a"b\\c\n', "\U0001f600", 0, -7, 2**70])

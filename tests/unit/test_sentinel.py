@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from roles.redis import SENTINEL_CLIENT_USER, sentinel_users
 from tests.processes import RedisServer, free_port, wait_for_port
 from tests.unit.clients import open_client, receive, request, run
 from tests.unit.helpers import wait_until, wait_until_redis
@@ -44,7 +45,8 @@ class Replica(RedisServer):
         """The functions come from the primary."""
 
 
-SENTINEL_PASSWORD = "the-sentinels-password"
+SENTINEL_PASSWORD = "the-workers-sentinel-password"
+PEER_PASSWORD = "the-sentinels-own-password"
 
 
 class Sentinels:
@@ -62,8 +64,13 @@ class Sentinels:
                 f"sentinel failover-timeout {PRIMARY_NAME} 4000\n"
                 f"sentinel auth-user {PRIMARY_NAME} wssfleet-admin\n"
                 f"sentinel auth-pass {PRIMARY_NAME} {primary.admin_password}\n"
-                # As deployed: the Sentinels ask every client, each other included, for this.
-                f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
+                # As deployed: the Sentinels' users, the workers' limited to asking where the
+                # primary is (roles/redis.py), and each other's password.
+                + "".join(
+                    f"user {name} {rules}\n"
+                    for name, rules in sentinel_users(PEER_PASSWORD, SENTINEL_PASSWORD).items()
+                )
+                + f"sentinel sentinel-pass {PEER_PASSWORD}\n"
             )
             self.processes.append(
                 subprocess.Popen(
@@ -106,6 +113,7 @@ def on_sentinels(start_service, primary, sentinels, **settings):
     service = start_service(
         primary.url,
         WSSFLEET_REDIS_SENTINELS=sentinels.setting,
+        WSSFLEET_REDIS_SENTINEL_USER=SENTINEL_CLIENT_USER,
         WSSFLEET_REDIS_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
         **settings,
     )
@@ -274,3 +282,41 @@ def test_the_primary_lost_for_good_costs_no_acknowledged_message(replicated, sta
     # A Sentinel converts a returning primary only once it has reported that role for four
     # publish periods (8 s) after it answers again: about 10-15 s, longer on a busy machine.
     wait_until(lambda: primary.cli("ROLE")[0] == b"slave", 60, "the old primary is a replica", 0.2)
+
+
+# What a compromised worker would try with the Sentinel credential in its environment file:
+# force a failover, re-point or forget the primary, read or change the Sentinels' users.
+SENTINEL_ADMIN_COMMANDS = (
+    ("SENTINEL", "FAILOVER", PRIMARY_NAME),
+    ("SENTINEL", "SET", PRIMARY_NAME, "quorum", "1"),
+    ("SENTINEL", "RESET", "*"),
+    ("SENTINEL", "REMOVE", PRIMARY_NAME),
+    ("SENTINEL", "MONITOR", "elsewhere", "127.0.0.1", "1", "1"),
+    ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
+    ("SENTINEL", "MASTERS"),
+    ("SENTINEL", "DEBUG"),
+    ("ACL", "LIST"),
+    ("ACL", "SETUSER", SENTINEL_CLIENT_USER, "+@all"),
+    ("CLIENT", "KILL", "TYPE", "normal"),
+    ("SHUTDOWN",),
+)
+
+
+def test_the_workers_sentinel_user_may_only_ask_where_the_primary_is(replicated):
+    import redis
+
+    primary, _, sentinels = replicated
+    port = sentinels.ports[0]
+    with redis.Redis(port=port, username=SENTINEL_CLIENT_USER, password=SENTINEL_PASSWORD) as s:
+        assert s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", PRIMARY_NAME) == [
+            b"127.0.0.1",
+            str(primary.port).encode(),
+        ]
+        for command in SENTINEL_ADMIN_COMMANDS:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                s.execute_command(*command)
+    # Nobody gets in without a user's password; the other Sentinels' password does all.
+    with redis.Redis(port=port) as anonymous, pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", PRIMARY_NAME)
+    with redis.Redis(port=port, password=PEER_PASSWORD) as peer:
+        assert peer.execute_command("SENTINEL", "MASTERS")

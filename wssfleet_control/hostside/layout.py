@@ -97,8 +97,10 @@ RENEWAL_STATE = f"{STATE}/renewal.json"
 ACME_INFO_HELPER = helper("acme_info.py")
 CERTIFICATE_METRICS_HELPER = helper("certificate_metrics.py")
 
-# Redis, with internal_tls: its certificate, key and the CA (read by redis_exporter too).
+# Redis, with internal_tls: its certificate, key and the CA.
 REDIS_TLS_DIRECTORY = "/etc/redis/tls"
+# redis_exporter's copy of the internal CA: it runs as prometheus, and /etc/redis is Redis's.
+REDIS_EXPORTER_CA = "/etc/prometheus-redis-exporter/wssfleet-internal-ca.pem"
 # The operator's Redis password (root's), and with several redis hosts the Sentinels'
 # password (root's), the name they watch the primary by, and where a replica's primary is
 # written for its next start.
