@@ -246,3 +246,27 @@ def test_cron_runs_the_same_renewal_script_every_six_hours(lab):
     assert line.split()[1] == "*/6"
     assert f"{RENEW_COMMAND} --random-delay" in line
     assert ssl  # the hook itself is exercised by the renewal test above
+
+
+def test_a_daemon_that_starts_then_dies_fails_the_deploy(lab):
+    """systemd says "active" the moment a simple unit's process is spawned: a daemon that
+    dies a second later (redis_exporter refusing its CA file did) passed for running. The
+    deploy looks again once it is done, and fails naming the unit."""
+    worker = lab.fleet.workers[-1].name
+    unit = "prometheus-node-exporter.service"
+    drop_in = f"/etc/systemd/system/{unit}.d/zz-e2e-dies.conf"
+    broken = (
+        f"mkdir -p {unit}.d && printf '[Service]\\nExecStart=\\n"
+        "ExecStart=/bin/sh -c \"sleep 1; exit 3\"\\nRestart=no\\n' > " + drop_in
+    )
+    assert lab.on(worker, f"cd /etc/systemd/system && {broken}").returncode == 0
+    try:
+        assert lab.on(worker, f"systemctl daemon-reload && systemctl stop {unit}").returncode == 0
+        code, _, log = deploy()
+        assert code != 0, log[-3000:]
+        assert f"{unit} started, then stopped" in log, log[-3000:]
+    finally:
+        lab.on(worker, f"rm -f {drop_in} && systemctl daemon-reload")
+    code, _, log = deploy()
+    assert code == 0, log[-3000:]
+    assert lab.on(worker, f"systemctl is-active {unit}").stdout.strip() == "active"
