@@ -11,36 +11,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.attacks import PRIMARY_NAME, REDIS_ADMIN_COMMANDS, SENTINEL_ADMIN_COMMANDS
 from wssfleet_control.hostside.layout import SERVICE_ENVIRONMENT
 
 pytestmark = pytest.mark.timeout(300)
 
-PRIMARY_NAME = "wssfleet"
-REDIS_ADMIN_COMMANDS = (
-    ("REPLICAOF", "127.0.0.1", "1"),
-    ("CLIENT", "KILL", "TYPE", "normal"),
-    ("CONFIG", "GET", "masterauth"),
-    ("CONFIG", "SET", "maxmemory", "1"),
-    ("ACL", "LIST"),
-    ("FUNCTION", "FLUSH"),
-    ("SCRIPT", "FLUSH"),
-    ("EVAL", "return 1", "0"),
-    ("FLUSHALL",),
-    ("FLUSHDB",),
-    ("SHUTDOWN",),
-    ("KEYS", "*"),
-)
-SENTINEL_ADMIN_COMMANDS = (
-    ("SENTINEL", "FAILOVER", PRIMARY_NAME),
-    ("SENTINEL", "SET", PRIMARY_NAME, "quorum", "1"),
-    ("SENTINEL", "RESET", "*"),
-    ("SENTINEL", "REMOVE", PRIMARY_NAME),
-    ("SENTINEL", "MONITOR", "elsewhere", "127.0.0.1", "1", "1"),
-    ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
-    ("ACL", "LIST"),
-    ("CLIENT", "KILL", "TYPE", "normal"),
-    ("SHUTDOWN",),
-)
 # Secrets only Sentinel and redis hosts, or the operator, may hold.
 NOT_ON_A_WORKER = (
     "sentinel_peer_password",
@@ -99,13 +74,15 @@ def test_every_credential_on_a_worker_is_refused_every_admin_command(lab):
         sentinel_password = environment["WSSFLEET_REDIS_SENTINEL_PASSWORD"]
         probes, expected = [], []
         for node in fleet.redis_nodes:
-            probes.append((node.address, settings.redis_port, redis_user, redis_password, ("PING",)))
+            where = (node.address, settings.redis_port, redis_user, redis_password)
+            probes.append((*where, ("PING",)))
             expected.append("+PONG")
             for command in REDIS_ADMIN_COMMANDS:
-                probes.append(
-                    (node.address, settings.redis_port, redis_user, redis_password, command)
+                probes.append((*where, command))
+                # DEBUG is off for every remote client, whoever asks.
+                expected.append(
+                    "-DEBUG command not allowed" if command[0] == "DEBUG" else "-NOPERM"
                 )
-                expected.append("-NOPERM")
         for node in fleet.sentinels:
             where = (node.address, settings.redis_sentinel_port, sentinel_user, sentinel_password)
             probes.append((*where, ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", PRIMARY_NAME)))

@@ -257,7 +257,7 @@ def test_a_daemon_that_starts_then_dies_fails_the_deploy(lab):
     drop_in = f"/etc/systemd/system/{unit}.d/zz-e2e-dies.conf"
     broken = (
         f"mkdir -p {unit}.d && printf '[Service]\\nExecStart=\\n"
-        "ExecStart=/bin/sh -c \"sleep 1; exit 3\"\\nRestart=no\\n' > " + drop_in
+        'ExecStart=/bin/sh -c "sleep 1; exit 3"\\nRestart=no\\n\' > ' + drop_in
     )
     assert lab.on(worker, f"cd /etc/systemd/system && {broken}").returncode == 0
     try:

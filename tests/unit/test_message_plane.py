@@ -12,6 +12,7 @@ import pytest
 import redis
 from websockets.asyncio.client import ClientConnection
 
+from tests.attacks import REDIS_ADMIN_COMMANDS
 from tests.unit.clients import (
     expect_nothing,
     message,
@@ -415,30 +416,7 @@ def test_redis_exporters_user_may_look_but_not_touch(redis_server):
         assert monitor.info("memory")["maxmemory"] >= 0
 
 
-# What a compromised worker would try with the Redis credential in its environment file.
-ADMIN_COMMANDS = (
-    ("REPLICAOF", "127.0.0.1", "1"),
-    ("SLAVEOF", "NO", "ONE"),
-    ("CLIENT", "KILL", "TYPE", "normal"),
-    ("CONFIG", "GET", "masterauth"),
-    ("CONFIG", "SET", "maxmemory", "1"),
-    ("ACL", "LIST"),
-    ("ACL", "SETUSER", "wssfleet", "+@all"),
-    ("DEBUG", "SLEEP", "0"),
-    ("FUNCTION", "LOAD", "REPLACE", "#!lua name=x\nredis.register_function('x', function() end)"),
-    ("FUNCTION", "FLUSH"),
-    ("SCRIPT", "FLUSH"),
-    ("EVAL", "return 1", "0"),
-    ("FLUSHDB",),
-    ("FLUSHALL",),
-    ("SHUTDOWN",),
-    ("KEYS", "*"),
-    ("GET", "other:key"),
-    ("SUBSCRIBE", "other-channel"),
-)
-
-
-@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda command: " ".join(command[:2]))
+@pytest.mark.parametrize("command", REDIS_ADMIN_COMMANDS, ids=lambda command: " ".join(command[:2]))
 def test_the_workers_redis_user_is_refused_every_admin_command(redis_server, command):
     with pytest.raises(redis.exceptions.ResponseError) as refused:
         redis_server.cli(*command, as_worker=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from roles.redis import SENTINEL_CLIENT_USER, sentinel_users
+from tests.attacks import SENTINEL_ADMIN_COMMANDS
 from tests.processes import RedisServer, free_port, wait_for_port
 from tests.unit.clients import open_client, receive, request, run
 from tests.unit.helpers import wait_until, wait_until_redis
@@ -282,24 +283,6 @@ def test_the_primary_lost_for_good_costs_no_acknowledged_message(replicated, sta
     # A Sentinel converts a returning primary only once it has reported that role for four
     # publish periods (8 s) after it answers again: about 10-15 s, longer on a busy machine.
     wait_until(lambda: primary.cli("ROLE")[0] == b"slave", 60, "the old primary is a replica", 0.2)
-
-
-# What a compromised worker would try with the Sentinel credential in its environment file:
-# force a failover, re-point or forget the primary, read or change the Sentinels' users.
-SENTINEL_ADMIN_COMMANDS = (
-    ("SENTINEL", "FAILOVER", PRIMARY_NAME),
-    ("SENTINEL", "SET", PRIMARY_NAME, "quorum", "1"),
-    ("SENTINEL", "RESET", "*"),
-    ("SENTINEL", "REMOVE", PRIMARY_NAME),
-    ("SENTINEL", "MONITOR", "elsewhere", "127.0.0.1", "1", "1"),
-    ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
-    ("SENTINEL", "MASTERS"),
-    ("SENTINEL", "DEBUG"),
-    ("ACL", "LIST"),
-    ("ACL", "SETUSER", SENTINEL_CLIENT_USER, "+@all"),
-    ("CLIENT", "KILL", "TYPE", "normal"),
-    ("SHUTDOWN",),
-)
 
 
 def test_the_workers_sentinel_user_may_only_ask_where_the_primary_is(replicated):
