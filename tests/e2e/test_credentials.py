@@ -81,7 +81,7 @@ def test_every_credential_on_a_worker_is_refused_every_admin_command(lab):
                 probes.append((*where, command))
                 # DEBUG is off for every remote client, whoever asks.
                 expected.append(
-                    "-DEBUG command not allowed" if command[0] == "DEBUG" else "-NOPERM"
+                    "-ERR DEBUG command not allowed" if command[0] == "DEBUG" else "-NOPERM"
                 )
         for node in fleet.sentinels:
             where = (node.address, settings.redis_sentinel_port, sentinel_user, sentinel_password)
