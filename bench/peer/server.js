@@ -92,6 +92,7 @@ function verify(token) {
   if (typeof claims.sub !== 'string' || !SUBJECT.test(claims.sub)) throw new Error('claims');
   return {
     subject: claims.sub,
+    expires: Math.floor(claims.exp),
     subscribe: matcher(claims.subscribe || []),
     publish: matcher(claims.publish || []),
   };
@@ -311,7 +312,7 @@ wss.on('connection', (ws, channel) => {
   ws.on('error', ignore);
   send(ws, {
     type: 'welcome', worker: WORKER, channels: channel ? [channel] : [], sub: ws.grant.subject,
-    heartbeat: HEARTBEAT_SECONDS,
+    heartbeat: HEARTBEAT_SECONDS, expires: ws.grant.expires,
   });
   if (channel) join(ws, channel);
 });

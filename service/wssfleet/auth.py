@@ -103,10 +103,12 @@ def allows(patterns: tuple[str, ...], channel: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Who a token is for and which channels it may use; None: the token names none, so the
-    deployment's defaults apply."""
+    """Who a token is for, until when (Unix seconds: its exp, or the end of its key's
+    overlap), and which channels it may use; None: the token names none, so the deployment's
+    defaults apply."""
 
     subject: str
+    expires: float
     subscribe: tuple[str, ...] | None = None
     publish: tuple[str, ...] | None = None
 
@@ -150,10 +152,14 @@ def _encoded(value: dict) -> str:
 
 
 def _decoded(segment: str) -> bytes:
-    """A base64url segment's bytes (padding optional), or ValueError."""
-    if not SEGMENT.fullmatch(segment):
+    """A base64url segment's bytes, or ValueError. Only the canonical spelling (no padding,
+    unused bits zero) is accepted: one signature, one way to write it."""
+    if not SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if _segment(data) != segment:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _refuse_constant(name: str) -> None:
@@ -183,8 +189,9 @@ def _date(claims: dict, name: str) -> float | None:
     return value
 
 
-def _checked(token: str, secret: str, previous: str) -> dict:
-    """The claims of a token signed with HS256 by a key it may use, or TokenError."""
+def _checked(token: str, secret: str, previous: str, skew: float) -> tuple[dict, bool]:
+    """The claims of a token signed with HS256 by a key it may use, and whether that key was
+    the previous one; or TokenError."""
     try:
         signing_input, _, signature_segment = token.rpartition(".")
         header_segment, dot, payload_segment = signing_input.partition(".")
@@ -204,9 +211,11 @@ def _checked(token: str, secret: str, previous: str) -> dict:
         raise TokenError("unknown signing key (another deployment's, or rotated out)")
     # A token without a kid (an application that mints its own) may be signed with either.
     candidates = [keys[kid]] if kid is not None else [secret, *([previous] if previous else [])]
-    if not any(
-        hmac.compare_digest(_signature(key, signing_input), signature) for key in candidates
-    ):
+    signed = (
+        key for key in candidates if hmac.compare_digest(_signature(key, signing_input), signature)
+    )
+    signer = next(signed, None)
+    if signer is None:
         raise TokenError("forged token")
     try:
         claims = _object(payload_segment)
@@ -220,22 +229,31 @@ def _checked(token: str, secret: str, previous: str) -> dict:
         raise TokenError("expired token")
     for name in ("nbf", "iat"):
         moment = _date(claims, name)
-        if moment is not None and moment > now:
+        if moment is not None and moment > now + skew:
             raise TokenError(f"invalid token ({name} is in the future)")
     if "aud" in claims:
         raise TokenError("invalid token (it names an audience; this service is none)")
-    return claims
+    return claims, signer != secret
 
 
-def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | None = None) -> Grant:
+def verify(
+    secret: str,
+    token: str | None,
+    previous: str = "",
+    max_ttl: int | None = None,
+    previous_until: float = 0,
+    skew: float = 0,
+) -> Grant:
     """Return what the token grants, or raise TokenError. The token's ``kid`` picks the key:
-    the current one, or the ``previous`` one while a rotation's overlap lasts. A token without
-    a ``kid`` (an application that mints its own) is checked against the current key, then
-    the previous one: it keeps working through the overlap like any other. A token meant to
-    live longer than ``max_ttl`` seconds is refused."""
+    the current one, or the ``previous`` one while a rotation's overlap lasts (until
+    ``previous_until``, when given: the grant expires then at the latest). A token without a
+    ``kid`` (an application that mints its own) is checked against the current key, then the
+    previous one: it keeps working through the overlap like any other. A token meant to live
+    longer than ``max_ttl`` seconds is refused; ``nbf`` and ``iat`` may lie ``skew`` seconds
+    in the future."""
     if not token:
         raise TokenError("missing token")
-    claims = _checked(token, secret, previous)
+    claims, by_previous = _checked(token, secret, previous, skew)
     if max_ttl is not None:
         issued = claims.get("iat", time.time())
         if claims["exp"] - issued > max_ttl:
@@ -252,4 +270,7 @@ def verify(secret: str, token: str | None, previous: str = "", max_ttl: int | No
                 granted[name] = _shared(check_patterns(claims[name]))
             except ValueError:
                 raise TokenError(f"invalid token (bad {name} pattern)") from None
-    return Grant(subject, **granted)
+    expires = float(claims["exp"])
+    if by_previous and previous_until:
+        expires = min(expires, float(previous_until))
+    return Grant(subject, expires, **granted)

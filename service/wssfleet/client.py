@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from wssfleet import metrics, protocol
+from wssfleet.auth import Grant
 from wssfleet.broker import is_after
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Connection, ConnectionLimits, Handler, Upgrade
@@ -81,6 +82,7 @@ class Client(Connection):
         "channels",
         "checked",
         "counted",
+        "expires",
         "inbox",
         "may_publish",
         "may_subscribe",
@@ -109,13 +111,7 @@ class Client(Connection):
         grant = upgrade.grant
         self.stats = stats
         self.subject = grant.subject
-        # What the token allows, or the deployment's defaults where it says nothing.
-        self.may_subscribe = (
-            grant.subscribe if grant.subscribe is not None else config.token_default_subscribe
-        )
-        self.may_publish = (
-            grant.publish if grant.publish is not None else config.token_default_publish
-        )
+        self.granted(grant, config)
         self.channels: set[str] | frozenset[str] = NO_CHANNELS
         # Channels being recovered: their live messages wait here until history is sent.
         # Both maps are None while empty, as they mostly are: an empty dict is 64 bytes, and an
@@ -142,6 +138,17 @@ class Client(Connection):
         self.pong_due = False
         # Whether anything was written since the heartbeat's last look (Hub.heartbeat).
         self.spoke = True
+
+    def granted(self, grant: Grant, config: Config) -> None:
+        """What the token allows (the deployment's defaults where it says nothing), and until
+        when: Hub.keep_alive closes the connection then (4001), unless a refresh came."""
+        self.expires = grant.expires
+        self.may_subscribe = (
+            grant.subscribe if grant.subscribe is not None else config.token_default_subscribe
+        )
+        self.may_publish = (
+            grant.publish if grant.publish is not None else config.token_default_publish
+        )
 
     def add_channel(self, channel: str) -> None:
         if isinstance(self.channels, frozenset):

@@ -93,6 +93,14 @@ class ClientPolicy(BaseModel):
         description="longest lifetime (exp - iat) of a token the service accepts, in seconds; "
         "also how long a rotated-out signing key stays accepted",
     )
+    token_clock_skew: int = Field(
+        default=5,
+        ge=0,
+        le=300,
+        description="seconds a token's nbf or iat may lie in the future (the issuer's clock "
+        "ahead of the worker's); exp is kept to the second: an open connection whose token "
+        "expires is closed (4001) unless the client sent a fresher one (refresh)",
+    )
     max_message_bytes: int = Field(
         default=65536,
         ge=128,

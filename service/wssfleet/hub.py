@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import time
 from collections.abc import Coroutine
 from json.encoder import encode_basestring_ascii
 
@@ -24,7 +25,7 @@ from wssfleet.config import ServiceConfig as Config
 from wssfleet.events import event
 from wssfleet.memory_broker import MemoryBus
 from wssfleet.pacing import busiest_second, paced
-from wssfleet.protocol import CLOSE_INTERNAL_ERROR, CLOSE_SERVICE_RESTART
+from wssfleet.protocol import CLOSE_INTERNAL_ERROR, CLOSE_SERVICE_RESTART, CLOSE_TOKEN_EXPIRED
 from wssfleet.redis_broker import RedisBus
 
 # Recoveries (subscribes with since) reading history at once in one process, and how long
@@ -139,8 +140,16 @@ class Hub:
         while True:
             await asyncio.sleep(tick)
             now = self.ticked = loop.time()
+            wall = time.time()
             for client in tuple(self.clients):
                 if client.closing:
+                    continue
+                if client.expires <= wall:
+                    # Its token's grants end here: a client that wants to stay sends a fresher
+                    # token before (refresh), as the shipped clients do.
+                    self.stats.closes["token_expired"] += 1
+                    event("token_expired", sub=client.subject)
+                    client.refuse(CLOSE_TOKEN_EXPIRED, "token expired")
                     continue
                 if client.pong_due:
                     if now - client.pinged > timeout:
@@ -155,14 +164,19 @@ class Hub:
                     client.ws.send_ping()
 
     def join(
-        self, client: Client, channel: str, since: str | None
+        self,
+        client: Client,
+        channel: str,
+        since: str | None,
+        request_id: str | int | None = None,
     ) -> Coroutine[None, None, None] | None:
         """Subscribe a client and answer it: from the channel's latest offset, or (``since``)
         with every message after that offset first, then the live ones, none twice. What has
-        to be awaited for that (a history read), or None: answered at once."""
+        to be awaited for that (a history read), or None: answered at once. A refusal names
+        the channel, and the request's id when it had one."""
         if not auth.allows(client.may_subscribe, channel):
             self.stats.requests_refused["not_allowed"] += 1
-            client.reply("error", reason="not allowed", channel=channel)
+            client.reply("error", reason="not allowed", channel=channel, **_named(request_id))
             return None
         if channel in client.channels:
             feed = self.feeds[channel]
@@ -170,7 +184,12 @@ class Hub:
             return None
         if len(client.channels) >= protocol.MAX_CHANNELS_PER_CLIENT:
             self.stats.requests_refused["too_many_channels"] += 1
-            client.reply("error", reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels")
+            client.reply(
+                "error",
+                reason=f"at most {protocol.MAX_CHANNELS_PER_CLIENT} channels",
+                channel=channel,
+                **_named(request_id),
+            )
             return None
         feed = self.feeds.get(channel)
         if (
@@ -284,7 +303,7 @@ class Hub:
         channel = request.channel
         assert channel is not None
         key = None if request.id is None else publish_key(request.id)
-        ids = {} if request.id is None else {"id": request.id}
+        ids = _named(request.id)
         if not auth.allows(client.may_publish, channel):
             self.stats.requests_refused["not_allowed"] += 1
             client.reply("error", reason="not allowed", channel=channel, **ids)
@@ -301,7 +320,7 @@ class Hub:
             offset = await self.bus.publish(channel, head, client.subject, key)
         except BusUnavailable as error:
             self.stats.requests_refused["bus_unavailable"] += 1
-            client.reply("error", reason=f"not published: {error}", **ids)
+            client.reply("error", reason=f"not published: {error}", channel=channel, **ids)
             return
         except PublishRefused as error:
             self.stats.requests_refused["limit"] += 1
@@ -449,3 +468,8 @@ class Hub:
         if not client.closing:
             self.stats.closes[reason] += 1
             client.close(CLOSE_SERVICE_RESTART, "service restart: reconnect")
+
+
+def _named(request_id: str | int | None) -> dict[str, str | int]:
+    """The fields that name the request an answer is for: its id, when it had one."""
+    return {} if request_id is None else {"id": request_id}

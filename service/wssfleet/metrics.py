@@ -40,9 +40,10 @@ REQUEST_REFUSALS = (
     "too_big",
     "limit",
     "not_confirmed",
+    "token",
 )
 RECOVERY_RESULTS = ("recovered", "not_recovered")
-CLOSE_REASONS = ("drain", "rebalance", "overflow", "control_flood")
+CLOSE_REASONS = ("drain", "rebalance", "overflow", "control_flood", "token_expired")
 
 
 class Stats:

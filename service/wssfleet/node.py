@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from picows import WSAutoPingStrategy, WSUpgradeRequest
 from picows.picows import WSProtocol
 
-from wssfleet import metrics, protocol
+from wssfleet import auth, metrics, protocol
 from wssfleet.client import PAUSED_FOR_ANSWERS, Client
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Upgrade
@@ -82,6 +82,7 @@ class Service:
             channels=[first_channel] if first_channel else [],
             sub=subject,
             heartbeat=self.config.heartbeat_interval,
+            expires=int(client.expires),
         )
         if first_channel:
             # Frames that come meanwhile are answered after this join, in order.
@@ -172,24 +173,46 @@ class Service:
         try:
             request = protocol.parse(message)
         except protocol.ProtocolError as error:
-            request = None
-            problem = str(error)
-        stats.received["invalid" if request is None else request.type] += 1
-        if request is None:
-            client.reply("error", reason=problem)
+            stats.received["invalid"] += 1
+            ids = {} if error.id is None else {"id": error.id}
+            client.reply("error", reason=str(error), **ids)
             return None
+        stats.received[request.type] += 1
         if request.type == "echo":
             client.reply("echo", data=request.data)
         elif request.type == "subscribe":
             assert request.channel is not None
-            return self.hub.join(client, request.channel, request.since)
+            return self.hub.join(client, request.channel, request.since, request.id)
         elif request.type == "unsubscribe":
             assert request.channel is not None
             self.hub.leave(client, request.channel)
             client.reply("unsubscribed", channel=request.channel)
+        elif request.type == "refresh":
+            self._refresh(client, request)
         else:
             return self.hub.publish(client, request)
         return None
+
+    def _refresh(self, client: Client, request: protocol.Request) -> None:
+        """A fresher token for the same subject: the connection lives on to its expiry, with
+        its grants. Channels it no longer grants are left, each with an unsubscribed."""
+        ids = {} if request.id is None else {"id": request.id}
+        try:
+            grant = self.routes.verify(request.data)
+        except auth.TokenError as error:
+            self.hub.stats.requests_refused["token"] += 1
+            client.reply("error", reason=f"refresh refused: {error}", **ids)
+            return
+        if grant.subject != client.subject:
+            self.hub.stats.requests_refused["token"] += 1
+            client.reply("error", reason="refresh refused: the token is for another subject", **ids)
+            return
+        client.granted(grant, self.config)
+        for channel in [c for c in client.channels if not auth.allows(client.may_subscribe, c)]:
+            self.hub.leave(client, channel)
+            client.reply("unsubscribed", channel=channel, reason="not allowed")
+        event("refresh", sub=client.subject, expires=int(grant.expires))
+        client.reply("refreshed", expires=int(grant.expires), **ids)
 
 
 async def serve_until_stopped(config: Config, ready: asyncio.Event | None = None) -> None:

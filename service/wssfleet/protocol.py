@@ -8,10 +8,14 @@ Client to server::
     {"type": "publish", "channel": "c", "data": <any JSON>}
     {"type": "publish", "channel": "c", "data": <any JSON>, "id": "<string or integer>"}
     {"type": "echo", "data": <any JSON>}
+    {"type": "refresh", "token": "<a fresher token for the same subject>"}
+
+Any of them may carry "id" (a string or an integer): the answer, an error included, names it.
 
 Server to client::
 
-    {"type": "welcome", "worker": "host:port", "channels": [...], "sub": "name", "heartbeat": S}
+    {"type": "welcome", "worker": "host:port", "channels": [...], "sub": "name", "heartbeat": S,
+     "expires": <the token's exp, Unix seconds>}
     {"type": "heartbeat"}   (when nothing else was sent for S seconds)
     {"type": "subscribed", "channel": "c", "offset": "<latest offset or empty>"}
     {"type": "subscribed", "channel": "c", "recovered": true, "missed": N}  (then N messages)
@@ -20,7 +24,8 @@ Server to client::
     {"type": "message", "channel": "c", "data": ..., "from": "<sub>", "offset": "<offset>"}
     {"type": "published", "id": "x", "offset": "<offset>"}
     {"type": "echo", "data": ...}
-    {"type": "error", "reason": "..."}   (with "id" when it answers a publish that had one)
+    {"type": "refreshed", "expires": <Unix seconds>}
+    {"type": "error", "reason": "..."}   (with the request's "id" when it had one)
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import orjson
 
 # The frames' types, each list the one the parser, the hub and the metrics read.
-CLIENT_TYPES = ("echo", "subscribe", "unsubscribe", "publish")
+CLIENT_TYPES = ("echo", "subscribe", "unsubscribe", "publish", "refresh")
 SERVER_TYPES = (
     "message",
     "welcome",
@@ -44,6 +49,7 @@ SERVER_TYPES = (
     "published",
     "error",
     "heartbeat",
+    "refreshed",
 )
 # How much longer than the welcome's "heartbeat" a client waits in silence before it takes the
 # connection for dead and reconnects (the client contract): room for a busy event loop.
@@ -57,6 +63,9 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 # Service Restart: the client reconnects (after a short random delay) and lands elsewhere.
 CLOSE_SERVICE_RESTART = 1012
+# The connection's token expired and no fresher one came (a refresh): the client gets a new
+# token and reconnects; the shipped clients ask the application's callback for it.
+CLOSE_TOKEN_EXPIRED = 4001
 # A token subject already holds connections_per_subject connections on this process; like
 # every 4xxx code, the client contract does not retry it.
 CLOSE_TOO_MANY_CONNECTIONS = 4029
@@ -66,10 +75,14 @@ CHANNEL_RULE = "a channel is 1-64 characters of A-Z a-z 0-9 _ . : -"
 MAX_CHANNELS_PER_CLIENT = 100
 MAX_ID_CHARACTERS = 64
 MAX_OFFSET_CHARACTERS = 80
+MAX_TOKEN_CHARACTERS = 8192
 
 
 class ProtocolError(ValueError):
-    """A frame the server answers with an error reply; the connection stays open."""
+    """A frame the server answers with an error reply (naming the frame's ``id`` when it had a
+    valid one); the connection stays open."""
+
+    id: str | int | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +106,15 @@ def parse(text: str) -> Request:
         raise ProtocolError("malformed JSON") from None
     if not isinstance(frame, dict):
         raise ProtocolError("a frame must be a JSON object")
+    request_id = _request_id(frame)
+    try:
+        return _request(frame, request_id)
+    except ProtocolError as error:
+        error.id = request_id
+        raise
+
+
+def _request(frame: dict[str, Any], request_id: str | int | None) -> Request:
     kind = frame.get("type")
     if kind in ("subscribe", "unsubscribe", "publish"):
         channel = frame.get("channel")
@@ -103,20 +125,25 @@ def parse(text: str) -> Request:
         if kind == "publish":
             if "data" not in frame:
                 raise ProtocolError("publish needs a field 'data'")
-            return Request(kind, channel, frame["data"], id=_publish_id(frame))
+            return Request(kind, channel, frame["data"], id=request_id)
         if kind == "subscribe" and "since" in frame:
-            return Request(kind, channel, since=_since(frame["since"]))
-        return Request(kind, channel)
+            return Request(kind, channel, since=_since(frame["since"]), id=request_id)
+        return Request(kind, channel, id=request_id)
     if kind == "echo":
         if "data" not in frame:
             raise ProtocolError("echo needs a field 'data'")
-        return Request(kind, data=frame["data"])
+        return Request(kind, data=frame["data"], id=request_id)
+    if kind == "refresh":
+        token = frame.get("token")
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARACTERS:
+            raise ProtocolError(f"refresh needs a string 'token' of at most {MAX_TOKEN_CHARACTERS}")
+        return Request(kind, data=token, id=request_id)
     if kind is None:
         raise ProtocolError("missing field 'type'")
     raise ProtocolError(f"unknown type {str(kind)[:32]!r}")
 
 
-def _publish_id(frame: dict[str, Any]) -> str | int | None:
+def _request_id(frame: dict[str, Any]) -> str | int | None:
     value = frame.get("id")
     if value is None:
         return None

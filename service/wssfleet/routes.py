@@ -110,12 +110,7 @@ class Routes:
             self.hub.stats.handshakes_refused["origin"] += 1
             return self._refuse(path, headers, address, HTTPStatus.FORBIDDEN, "origin not allowed")
         try:
-            grant = auth.verify(
-                self.config.jwt_secret.get_secret_value(),
-                credential,
-                previous=self._previous_key(),
-                max_ttl=self.config.token_max_ttl,
-            )
+            grant = self.verify(credential)
         except auth.TokenError as error:
             self.hub.stats.handshakes_refused["token"] += 1
             return self._refuse(
@@ -132,6 +127,19 @@ class Routes:
             return http_response(HTTPStatus.BAD_REQUEST, b"since is too long\n")
         upgrade = Upgrade(grant, channel, since, peer(address, headers))
         return Client(handler, upgrade, self.config, self.client_limits, self.hub.stats)
+
+    def verify(self, token: str | None) -> auth.Grant:
+        """What a token grants, checked as at a handshake (a refresh is checked the same way),
+        or TokenError."""
+        config = self.config
+        return auth.verify(
+            config.jwt_secret.get_secret_value(),
+            token,
+            previous=self._previous_key(),
+            max_ttl=config.token_max_ttl,
+            previous_until=config.jwt_previous_until,
+            skew=config.token_clock_skew,
+        )
 
     def _previous_key(self) -> str:
         """The signing key before the last rotation, while its overlap lasts: it ends at

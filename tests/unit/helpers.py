@@ -197,3 +197,8 @@ def control_cli(*arguments: str, **environment: str) -> subprocess.CompletedProc
         timeout=60,
         env={**inherited, **environment},
     )
+
+
+def granted(grant) -> tuple[str, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """A grant's subject and channel patterns, its expiry aside."""
+    return grant.subject, grant.subscribe, grant.publish

@@ -93,7 +93,7 @@ def test_frames_and_limits_are_the_same(urls):
 
     answers, welcome, echo, malformed, message, code = run(scenario())
     assert [answer["type"] for answer in answers] == ["welcome", "subscribed"]
-    assert sorted(welcome) == ["channels", "heartbeat", "sub", "type", "worker"]
+    assert sorted(welcome) == ["channels", "expires", "heartbeat", "sub", "type", "worker"]
     assert echo == {"type": "echo", "data": [1, "two"]}
     assert malformed == {"type": "error", "reason": "malformed JSON"}
     assert sorted(message) == ["channel", "data", "from", "offset", "type"]
