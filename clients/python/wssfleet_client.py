@@ -14,8 +14,14 @@ the contract asks so that deploys, renewals and lost hosts go unnoticed:
 - subscriptions come back with ``since`` = the last offset received: nothing published
   meanwhile is missed, nothing is delivered twice;
 - a publish carries an id and is sent again, same id, until the fleet acknowledges it
-  (after an error reply, on each new connection, and after ``reply_timeout`` s without an
-  answer); the fleet stores it once.
+  (after an error reply that says ``retry``, on each new connection, and after
+  ``reply_timeout`` s without an answer); the fleet stores it once. A publish refused for
+  good (not allowed, too large, over a limit) fails at once with ``PublishRefused``;
+- a subscribe refused (not allowed, too many channels) ends its subscription with
+  ``SubscriptionRefused``;
+- with ``token`` a function: the token is renewed over the open connection before it expires
+  (``refresh_before`` s ahead, at most half its remaining life), and a connection closed
+  with 4001 (token expired) reconnects with a new one. With a fixed token, 4001 stops.
 
     async with Client("wss://ws.example.com/ws", token=fetch_token) as client:
         async with client.subscribe("lobby") as lobby:
@@ -34,6 +40,7 @@ import contextlib
 import inspect
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +51,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 RETRY_AFTER = frozenset({1001, 1006, 1012})
+# The token expired on the open connection: a new one reconnects (when one can be asked for).
+TOKEN_EXPIRED = 4001
+REFRESH_ID = "refresh"
+SUBSCRIBE_ID = "subscribe:"
+# A refresh the fleet refused is tried again this much later, while the token lasts.
+REFRESH_RETRY_SECONDS = 5.0
 # Handshakes refused for who the client is, not for a passing trouble: not retried.
 REFUSED_STATUSES = frozenset({401, 403})
 
@@ -58,6 +71,20 @@ class ClientClosed(Exception):
         super().__init__(f"{code} {reason}".strip())
         self.code = code
         self.reason = reason
+
+
+class PublishRefused(Exception):
+    """The fleet refused a publish for good (not allowed, too large, over a limit): sending it
+    again would be refused again. ``reason`` is the fleet's."""
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(f"{channel}: {reason}")
+        self.channel = channel
+        self.reason = reason
+
+
+class SubscriptionRefused(PublishRefused):
+    """The fleet refused a subscribe (not allowed, too many channels)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +108,7 @@ class Subscription:
         self.channel = channel
         # The last offset received: a new connection asks for what came after it.
         self.offset: str | None = None
-        self._queue: asyncio.Queue[Message | ClientClosed] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message | ClientClosed | SubscriptionRefused] = asyncio.Queue()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -90,13 +117,15 @@ class Subscription:
         item = await self._queue.get()
         if isinstance(item, ClientClosed):
             raise StopAsyncIteration
+        if isinstance(item, SubscriptionRefused):
+            raise item
         return item
 
     async def get(self, timeout: float | None = None) -> Message:
         """The next message (TimeoutError after ``timeout`` s; ClientClosed when the client
-        closed)."""
+        closed; SubscriptionRefused when the fleet refused the subscribe)."""
         item = await asyncio.wait_for(self._queue.get(), timeout)
-        if isinstance(item, ClientClosed):
+        if isinstance(item, ClientClosed | SubscriptionRefused):
             raise item
         return item
 
@@ -139,6 +168,7 @@ class Client:
         heartbeat_grace: float = 5.0,
         reply_timeout: float = 10.0,
         open_timeout: float = 15.0,
+        refresh_before: float = 30.0,
         on_event: Callable[[str, dict], None] | None = None,
         **connect_options: Any,
     ) -> None:
@@ -150,6 +180,9 @@ class Client:
         self.heartbeat_grace = heartbeat_grace
         self.reply_timeout = reply_timeout
         self.open_timeout = open_timeout
+        self.refresh_before = refresh_before
+        # When (loop time) the open connection's token is renewed; None: not now.
+        self._refresh_at: float | None = None
         # ("connected", welcome), ("closed", {"code", "reason"}), ("refused", {"error"}).
         self.on_event = on_event or (lambda _kind, _detail: None)
         self._connect_options = {"ssl": ssl, **connect_options} if ssl else connect_options
@@ -182,7 +215,7 @@ class Client:
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             subscription = self._subscriptions[channel] = Subscription(self, channel)
-            self._send({"type": "subscribe", "channel": channel})
+            self._send({"type": "subscribe", "channel": channel, "id": SUBSCRIBE_ID + channel})
         return subscription
 
     async def unsubscribe(self, channel: str) -> None:
@@ -234,7 +267,8 @@ class Client:
             self.on_event("closed", {"code": code, "reason": reason})
             if self._stop.is_set():
                 return
-            if code not in RETRY_AFTER:
+            renewable = code == TOKEN_EXPIRED and callable(self.token)
+            if code not in RETRY_AFTER and not renewable:
                 self._finish(ClientClosed(code, reason))
                 return
             await self._pause(random.uniform(0, self.first_delay))
@@ -266,8 +300,14 @@ class Client:
         self.on_event("connected", welcome)
         heartbeat = welcome.get("heartbeat")
         silence = heartbeat + self.heartbeat_grace if heartbeat else None
+        self._refresh_at = self._refresh_time(welcome.get("expires"))
+        refreshing: asyncio.Task[None] | None = None
         for subscription in self._subscriptions.values():
-            frame = {"type": "subscribe", "channel": subscription.channel}
+            frame = {
+                "type": "subscribe",
+                "channel": subscription.channel,
+                "id": SUBSCRIBE_ID + subscription.channel,
+            }
             if subscription.offset is not None:
                 frame["since"] = subscription.offset
             self._send(frame)
@@ -280,6 +320,12 @@ class Client:
                 sent = [e.sent_at for e in self._publishes.values() if e.sent_at is not None]
                 if sent:
                     waits.append(min(sent) + self.reply_timeout - loop.time())
+                if self._refresh_at is not None:
+                    if self._refresh_at <= loop.time():
+                        self._refresh_at = None
+                        refreshing = asyncio.ensure_future(self._refresh())
+                    else:
+                        waits.append(self._refresh_at - loop.time())
                 receiving = asyncio.ensure_future(ws.recv())
                 done, _ = await asyncio.wait(
                     {receiving, stopping},
@@ -294,6 +340,8 @@ class Client:
                     receiving.cancel()
                     # Nothing heard, or a publish unanswered: a dead path answers nothing.
                     overdue = sent and min(sent) + self.reply_timeout <= loop.time()
+                    if self._refresh_at is not None and self._refresh_at <= loop.time():
+                        continue  # the token's turn, not silence
                     if overdue or silence:
                         ws.transport.abort()
                         return 1006, "nothing heard: the connection is dead"
@@ -305,6 +353,9 @@ class Client:
                     return (received.code, received.reason) if received else (1006, "")
         finally:
             stopping.cancel()
+            if refreshing is not None:
+                refreshing.cancel()
+            self._refresh_at = None
             self._ws = None
             for entry in self._publishes.values():
                 entry.sent_at = None
@@ -327,13 +378,55 @@ class Client:
             entry = self._publishes.pop(str(frame.get("id")), None)
             if entry is not None and not entry.acknowledged.done():
                 entry.acknowledged.set_result(frame.get("offset", ""))
+        elif kind == "refreshed":
+            self._refresh_at = self._refresh_time(frame.get("expires"))
         elif kind == "error" and "id" in frame:
-            message_id = str(frame["id"])
-            entry = self._publishes.get(message_id)
-            if entry is not None:
-                # Refused aloud (no primary for a moment, not confirmed): again, same id.
+            self._refused(str(frame["id"]), frame)
+
+    def _refused(self, request_id: str, frame: dict) -> None:
+        """An error that names a request: a publish is sent again when the fleet says it may
+        succeed (``retry``), else fails; a subscribe ends; a refresh is tried again later."""
+        reason = str(frame.get("reason", ""))
+        loop = asyncio.get_running_loop()
+        if request_id == REFRESH_ID:
+            self._refresh_at = loop.time() + REFRESH_RETRY_SECONDS
+            self.on_event("refresh refused", {"reason": reason})
+        elif request_id.startswith(SUBSCRIBE_ID):
+            channel = request_id.removeprefix(SUBSCRIBE_ID)
+            subscription = self._subscriptions.pop(channel, None)
+            if subscription is not None:
+                subscription._queue.put_nowait(SubscriptionRefused(channel, reason))
+        elif (entry := self._publishes.get(request_id)) is not None:
+            if frame.get("retry"):
+                # No primary for a moment, not confirmed: again, same id.
                 entry.sent_at = None
-                asyncio.get_running_loop().call_later(1.0, self._send_publish, message_id, entry)
+                loop.call_later(1.0, self._send_publish, request_id, entry)
+            else:
+                del self._publishes[request_id]
+                if not entry.acknowledged.done():
+                    entry.acknowledged.set_exception(PublishRefused(entry.channel, reason))
+
+    def _refresh_time(self, expires: object) -> float | None:
+        """When to renew a token that expires at ``expires`` (Unix seconds): refresh_before
+        ahead, at most half its remaining life; None without a way to get a new one."""
+        if not callable(self.token) or not isinstance(expires, int | float):
+            return None
+        remaining = expires - time.time()
+        lead = min(self.refresh_before, remaining / 2)
+        return asyncio.get_running_loop().time() + max(0.0, remaining - lead)
+
+    async def _refresh(self) -> None:
+        """Ask the application for a fresher token and send it over the open connection."""
+        loop = asyncio.get_running_loop()
+        try:
+            token = self.token() if callable(self.token) else self.token
+            if inspect.isawaitable(token):
+                token = await token
+        except Exception as error:  # the application's callback: try again later
+            self.on_event("refresh refused", {"reason": f"no token: {error}"})
+            self._refresh_at = loop.time() + REFRESH_RETRY_SECONDS
+            return
+        self._send({"type": "refresh", "token": str(token), "id": REFRESH_ID})
 
     # Sending.
 

@@ -320,7 +320,9 @@ class Hub:
             offset = await self.bus.publish(channel, head, client.subject, key)
         except BusUnavailable as error:
             self.stats.requests_refused["bus_unavailable"] += 1
-            client.reply("error", reason=f"not published: {error}", channel=channel, **ids)
+            client.reply(
+                "error", reason=f"not published: {error}", channel=channel, retry=True, **ids
+            )
             return
         except PublishRefused as error:
             self.stats.requests_refused["limit"] += 1
@@ -328,7 +330,9 @@ class Hub:
             return
         except NotConfirmed as error:
             self.stats.requests_refused["not_confirmed"] += 1
-            client.reply("error", reason=f"not confirmed: {error}", channel=channel, **ids)
+            client.reply(
+                "error", reason=f"not confirmed: {error}", channel=channel, retry=True, **ids
+            )
             return
         if request.id is not None:
             client.reply("published", id=request.id, offset=offset)

@@ -91,3 +91,33 @@ def test_a_publisher_whose_process_is_killed_resends_and_each_is_stored_once(
     outcome = run_module(urls(kept), urls(lost, kept), lost.process.kill)
     assert outcome["received"] == list(range(COUNT)), outcome
     assert len(set(outcome["offsets"])) == COUNT
+
+
+def test_the_token_is_renewed_on_the_open_connection_and_refusals_are_said(start_service):
+    """A 3 s token renewed before it expires: the connection outlives it (no reconnect, no
+    4001). A subscribe and a publish the token does not allow fail at once with the reason,
+    instead of being resent every second forever."""
+    service = start_service()
+    short = token("app", ttl=3, channels=("room",))
+    fresher = token("app", ttl=120, channels=("room",))
+    node = subprocess.run(
+        [
+            "node",
+            "--experimental-websocket",
+            "--no-warnings",
+            str(Path(__file__).parent / "js" / "refresh_run.mjs"),
+            MODULE.as_uri(),
+            f"{service.url}/ws",
+            f"{short},{fresher}",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert node.returncode == 0, node.stderr[-2000:]
+    outcome = json.loads(node.stdout)
+    assert outcome["events"] == ["connecting", "connected", "stopped"], outcome
+    assert outcome["refusals"] == ["not allowed"], outcome
+    assert outcome["rejected"] == "not allowed", outcome
+    assert outcome["offset"] and outcome["messages"] == ["after the first token's expiry"]

@@ -10,7 +10,7 @@ import os
 import signal
 
 import pytest
-from wssfleet_client import Client, ClientClosed
+from wssfleet_client import Client, ClientClosed, PublishRefused, SubscriptionRefused
 
 from tests.unit.clients import run
 from tests.unit.helpers import ORIGIN, token, two_services_on_redis
@@ -114,3 +114,44 @@ def test_a_refused_token_stops_the_client_and_says_why(start_service):
 
     closed = run(scenario())
     assert "handshake refused: HTTP 401" in str(closed), closed
+
+
+def test_the_token_is_renewed_on_the_open_connection_and_refusals_are_said(start_service):
+    """A 3 s token renewed before it expires: the connection outlives it (no reconnect, no
+    4001). A subscribe and a publish the token does not allow fail at once with the reason,
+    instead of being resent every second forever; a fixed token that expires stops."""
+    service = start_service()
+    issued = iter([token("app", ttl=3, channels=("room",))])
+    events: list[str] = []
+
+    def fetch() -> str:
+        return next(issued, token("app", ttl=120, channels=("room",)))
+
+    async def scenario():
+        renewing = Client(
+            f"{service.url}/ws",
+            fetch,
+            origin=ORIGIN,
+            on_event=lambda kind, detail: events.append(f"{kind} {detail.get('code', '')}".strip()),
+        )
+        async with renewing:
+            forbidden = renewing.subscribe("forbidden")
+            with pytest.raises(SubscriptionRefused, match="not allowed"):
+                await forbidden.get(timeout=5)
+            with pytest.raises(PublishRefused, match="not allowed"):
+                await asyncio.wait_for(renewing.publish("forbidden", "x"), 5)
+            room = renewing.subscribe("room")
+            await asyncio.sleep(5)  # past the first token's exp
+            offset = await asyncio.wait_for(renewing.publish("room", "still here"), 5)
+            assert (await room.get(timeout=5)).data == "still here"
+        fixed = Client(f"{service.url}/ws", token("app", ttl=2), origin=ORIGIN)
+        async with fixed:
+            with pytest.raises(ClientClosed) as closed:
+                await asyncio.wait_for(fixed.subscribe("room").get(), 10)
+        return offset, closed.value
+
+    offset, closed = run(scenario())
+    assert offset
+    # One connection, closed by the application only.
+    assert events == ["connected", "closed 1000"], events
+    assert closed.code == 4001, closed

@@ -10,13 +10,23 @@
 // - subscriptions come back with `since` = the last offset received: nothing published
 //   meanwhile is missed, nothing is delivered twice;
 // - a publish carries an id and is sent again, same id, until it is acknowledged (after an
-//   error reply, on each new connection, and after replyTimeoutMs without an answer).
+//   error reply that says `retry`, on each new connection, and after replyTimeoutMs without an
+//   answer); one refused for good (not allowed, too large, over a limit) rejects at once with
+//   the fleet's reason;
+// - a refused subscribe is said: onMessage({channel, refused: "<reason>"}), and it ends;
+// - with `token` a function: the token is renewed over the open connection before it expires
+//   (refreshBeforeMs ahead, at most half its remaining life), and a connection closed with
+//   4001 (token expired) reconnects with a new one. With a fixed token, 4001 stops.
 //
 //   const client = new Client("wss://ws.example.com/ws", { token: () => fetchToken() });
 //   client.subscribe("lobby", (message) => show(message.from, message.data));
 //   await client.publish("lobby", "hello");   // resolves with its offset once stored
 
 const RETRY_AFTER = new Set([1001, 1006, 1012]);
+const TOKEN_EXPIRED = 4001;
+const REFRESH_ID = "refresh";
+const SUBSCRIBE_ID = "subscribe:";
+const REFRESH_RETRY_MS = 5000;
 
 export class Client {
   constructor(urls, options = {}) {
@@ -27,6 +37,8 @@ export class Client {
     this.backoffMaxMs = options.backoffMaxMs ?? 10000;
     this.heartbeatGraceMs = options.heartbeatGraceMs ?? 5000;
     this.replyTimeoutMs = options.replyTimeoutMs ?? 10000;
+    this.refreshBeforeMs = options.refreshBeforeMs ?? 30000;
+    this.refreshTimer = null;
     // ("connecting" | "connected" | "closed" | "stopped", detail)
     this.onEvent = options.onEvent ?? (() => {});
     this.subscriptions = new Map(); // channel -> { offset, onMessage }
@@ -46,7 +58,7 @@ export class Client {
   subscribe(channel, onMessage) {
     if (!this.subscriptions.has(channel)) {
       this.subscriptions.set(channel, { offset: null, onMessage });
-      this.#send({ type: "subscribe", channel });
+      this.#send({ type: "subscribe", channel, id: SUBSCRIBE_ID + channel });
     }
   }
 
@@ -94,9 +106,10 @@ export class Client {
         this.failures = 0;
         this.heartbeatMs = frame.heartbeat ? frame.heartbeat * 1000 : null;
         this.onEvent("connected", frame);
+        this.#scheduleRefresh(frame.expires);
         for (const [channel, subscription] of this.subscriptions) {
           const since = subscription.offset === null ? {} : { since: subscription.offset };
-          this.#send({ type: "subscribe", channel, ...since });
+          this.#send({ type: "subscribe", channel, id: SUBSCRIBE_ID + channel, ...since });
         }
         for (const id of this.publishes.keys()) this.#sendPublish(id);
       } else {
@@ -107,9 +120,11 @@ export class Client {
       if (this.socket !== socket) return;
       this.socket = null;
       this.heartbeatMs = null;
+      clearTimeout(this.refreshTimer);
       for (const entry of this.publishes.values()) entry.sentAt = null;
       this.onEvent("closed", { code: event.code, reason: event.reason });
-      if (opened && !RETRY_AFTER.has(event.code)) {
+      const renewable = event.code === TOKEN_EXPIRED && typeof this.token === "function";
+      if (opened && !RETRY_AFTER.has(event.code) && !renewable) {
         this.#stop(event.code, event.reason || "closed by the server");
         return;
       }
@@ -147,15 +162,60 @@ export class Client {
         this.publishes.delete(String(frame.id));
         entry.resolve(frame.offset);
       }
+    } else if (frame.type === "refreshed") {
+      this.#scheduleRefresh(frame.expires);
     } else if (frame.type === "error" && "id" in frame) {
-      // Refused aloud (no Redis primary for a moment, not confirmed): again, same id.
-      const id = String(frame.id);
+      this.#refused(String(frame.id), frame);
+    }
+  }
+
+  // An error that names a request: a publish is sent again when the fleet says it may succeed
+  // (`retry`), else rejected; a subscribe ends; a refresh is tried again later.
+  #refused(id, frame) {
+    if (id === REFRESH_ID) {
+      this.onEvent("refresh refused", { reason: frame.reason });
+      this.#refreshIn(REFRESH_RETRY_MS);
+    } else if (id.startsWith(SUBSCRIBE_ID)) {
+      const channel = id.slice(SUBSCRIBE_ID.length);
+      const subscription = this.subscriptions.get(channel);
+      if (subscription) {
+        this.subscriptions.delete(channel);
+        subscription.onMessage({ channel, refused: frame.reason });
+      }
+    } else if (this.publishes.has(id)) {
       const entry = this.publishes.get(id);
-      if (entry) {
+      if (frame.retry) {
+        // No Redis primary for a moment, not confirmed: again, same id.
         entry.sentAt = null;
         setTimeout(() => this.#sendPublish(id), 1000);
+      } else {
+        this.publishes.delete(id);
+        entry.reject(Object.assign(new Error(`${entry.channel}: ${frame.reason}`), { reason: frame.reason }));
       }
     }
+  }
+
+  // Renew a token that expires at `expires` (Unix seconds) before it does, when the
+  // application gave a way to get one.
+  #scheduleRefresh(expires) {
+    if (typeof this.token !== "function" || typeof expires !== "number") return;
+    const remainingMs = expires * 1000 - Date.now();
+    this.#refreshIn(Math.max(0, remainingMs - Math.min(this.refreshBeforeMs, remainingMs / 2)));
+  }
+
+  #refreshIn(delayMs) {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(async () => {
+      let token;
+      try {
+        token = await this.token();
+      } catch (error) {
+        this.onEvent("refresh refused", { reason: `no token: ${error}` });
+        this.#refreshIn(REFRESH_RETRY_MS);
+        return;
+      }
+      this.#send({ type: "refresh", token, id: REFRESH_ID });
+    }, delayMs);
   }
 
   // A dead path delivers no close event for minutes: give up on a silent socket ourselves,
@@ -194,6 +254,7 @@ export class Client {
     if (this.stopped) return;
     this.stopped = Object.assign(new Error(`${code} ${reason}`), { code, reason });
     clearInterval(this.watchdog);
+    clearTimeout(this.refreshTimer);
     for (const entry of this.publishes.values()) entry.reject(this.stopped);
     this.publishes.clear();
     this.onEvent("stopped", { code, reason });
