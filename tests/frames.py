@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import struct
 
 
 async def next_frame(ws, timeout: float = 10.0) -> dict:
@@ -14,3 +16,18 @@ async def next_frame(ws, timeout: float = 10.0) -> dict:
         frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time())))
         if frame.get("type") != "heartbeat":
             return frame
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """One masked, final client frame."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 2**16:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+    body = (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
+    return header + mask + body

@@ -6,12 +6,12 @@ library would answer, pace or refuse what an attacker sends."""
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import time
 
 import pytest
 
+from tests.frames import masked
 from tests.unit.clients import open_client, run
 from tests.unit.helpers import ORIGIN, resident_kib, token
 
@@ -22,21 +22,6 @@ FLOOD_SECONDS = 6.0
 # Before these bounds, 20 clients grew the process by 150-560 MiB (issue #33: 40 clients
 # flooding pings left 58 MiB each buffered; unsolicited pongs grew each read buffer to 4 MiB).
 GROWTH_BOUND_KIB = 24 * 1024
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    """One masked, final client frame."""
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 2**16:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
-    body = (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
-    return header + mask + body
 
 
 async def upgraded(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
