@@ -4,6 +4,7 @@ the setting and the fix; rendered configs pass HAProxy's and nftables' own check
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import zlib
@@ -14,6 +15,7 @@ import pytest
 
 from roles.certificates import cron_schedule
 from roles.haproxy import Backend
+from tests.processes import free_port, wait_for_port
 from tests.unit.helpers import PEBBLE, control_cli, granted, render
 from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import from_groups
@@ -412,3 +414,58 @@ def test_a_roles_refusal_reaches_the_operator_as_its_own_words(kind, message, se
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == seen
+
+
+def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_path):
+    """The rendered admission rules, run by a real HAProxy: the keys of its stick table are
+    what the per-source limits count. One /64 is one source (before, each of its 2^64
+    addresses had limits of its own)."""
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is missing: run 'make tools'")
+    rendered = render(
+        "haproxy",
+        "haproxy.cfg.j2",
+        settings=resolve(PEBBLE),
+        servers=[Backend("w1-8001", "127.0.0.11", 8001)],
+        certificate=tmp_path / "cert.pem",
+        internal_ca="",
+        metrics_address="127.0.0.1",
+        metrics_port=8405,
+        peers=["m"],
+        peers_section="wssfleet_masters",
+        local_peer="m",
+    )
+    frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    admission = [
+        line
+        for line in frontend
+        if line.strip().startswith(("stick-table", "tcp-request connection"))
+    ]
+    assert any("ipmask(32,64)" in line for line in admission), admission
+    port = free_port()
+    admin = tmp_path / "admin.sock"
+    config = tmp_path / "admission.cfg"
+    config.write_text(
+        f"global\n    stats socket {admin} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        "    timeout server 5s\n"
+        f"frontend https\n    bind 127.0.0.1:{port}\n    bind [::1]:{port} v6only\n"
+        + "\n".join(admission)
+        + "\n    http-request return status 200\n"
+    )
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, port), timeout=5) as link:
+                link.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert link.recv(100).startswith(b"HTTP/1.1 200")
+        with socket.socket(socket.AF_UNIX) as control:
+            control.connect(str(admin))
+            control.sendall(b"show table https\n")
+            table = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+    finally:
+        haproxy.terminate()
+        haproxy.wait(timeout=10)
+    keys = {line.split("key=")[1].split()[0] for line in table.splitlines() if "key=" in line}
+    assert keys == {"::ffff:127.0.0.1", "::"}, table
