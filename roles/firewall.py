@@ -13,6 +13,7 @@ from pyinfra.operations import files, systemd
 
 from roles import SERVICE_RETRY, activate_candidate
 from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import (
     CONFIG_DIRECTORY,
@@ -69,6 +70,12 @@ def apply(run: DeployRun, service_ports: list[int]) -> None:
         is_redis="redis" in roles,
         is_sentinel="sentinel" in roles,
         front_door=fleet.front_door,
+        # VRRP only on the interface that holds this master's address (keepalived's).
+        vrrp_interface=(
+            host.get_fact(InterfaceOf, address=fleet.node(host.name).address) or "lo"
+            if fleet.front_door and "master" in roles
+            else ""
+        ),
         other_masters=[node.address for node in fleet.masters if node.name != host.name],
         redis_clients=addresses(
             [*fleet.workers, *fleet.redis_nodes, *fleet.sentinels], but=host.name

@@ -42,6 +42,14 @@ def apply(run: DeployRun) -> None:
         mode="755",
         textfile_directory=TEXTFILE_DIRECTORY,
     )
+    # What it writes is node_exporter's to read: earlier releases' script left it 0600.
+    files.file(
+        name="Ensure node_exporter may read who holds the front door",
+        path=f"{TEXTFILE_DIRECTORY}/wssfleet_front_door.prom",
+        mode="644",
+        user="root",
+        group="root",
+    )
     index = [master.name for master in fleet.masters].index(host.name)
     config = secret_template(
         name="Ensure keepalived's front door config is current (contents withheld: secrets)",

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
+from tests.e2e.test_observability import alert_states
 from tests.lab_fleet import deploy, derived_inventory, wssfleet
 from wssfleet_control import commands
 from wssfleet_control.hostside.layout import CERTIFICATE_SYNC_UNIT, HAPROXY_CERTIFICATE
@@ -158,6 +159,9 @@ def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(
     assert lab.front_door_holder() == [other], "the front door moved back to the returning master"
     wait_for(lambda: replication_role(lab, holder) == "slave", 60, f"{holder}'s Redis is a replica")
     wait_for(lambda: settled(lab), 90, f"{holder}'s Redis in sync")
+    # The operator hears of it: the new holder's node_exporter reads what keepalived's notify
+    # script wrote (it was 0600 and unread, so the alert could never fire).
+    wait_for(lambda: front_door_alert(lab, "WssfleetFrontDoorMoved", other), 60, "the alert fires")
 
 
 def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_s(
@@ -261,3 +265,32 @@ def test_a_second_master_joins_a_live_fleet_with_no_failed_handshake_or_lost_mes
     wait_for(lambda: len(lab.front_door_holder()) == 1, 30, "one master holds the front door")
     wait_for(lambda: settled(lab), 90, f"{second}'s Redis a replica in sync")
     assert replication_role(lab, second) == "slave"
+
+
+def front_door_alert(lab, name: str, host: str | None = None) -> bool:
+    """Whether Prometheus fires ``name`` (for ``host``, when given)."""
+    return any(
+        alert["state"] == "firing" and host in (None, alert["labels"].get("host"))
+        for alert in alert_states(lab, name)
+    )
+
+
+def test_a_vrrp_partition_gives_two_holders_and_fires_not_held_once(highly_available):
+    """The masters stop hearing each other's VRRP (a partition of their segment): both take
+    the front door, WssfleetFrontDoorNotHeldOnce fires, and one holder is left once they
+    hear each other again."""
+    lab = highly_available
+    [holder] = lab.front_door_holder()
+    other = next(master.name for master in lab.fleet.masters if master.name != holder)
+    deaf = "nft insert rule inet wssfleet input ip protocol vrrp drop"
+    assert lab.on(other, deaf).returncode == 0
+    try:
+        wait_for(lambda: len(lab.front_door_holder()) == 2, 20, "both masters hold it")
+        wait_for(lambda: front_door_alert(lab, "WssfleetFrontDoorNotHeldOnce"), 120, "it fires")
+    finally:
+        handles = lab.on(
+            other, "nft -a list chain inet wssfleet input | sed -n 's/.*vrrp drop # handle //p'"
+        ).stdout.split()
+        for handle in handles:
+            lab.on(other, f"nft delete rule inet wssfleet input handle {handle}")
+    wait_for(lambda: len(lab.front_door_holder()) == 1, 30, "one master holds it again")

@@ -237,6 +237,7 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path,
             is_redis=True,
             is_sentinel=several,
             front_door="127.0.0.100" if several else "",
+            vrrp_interface="lo" if several else "",
             other_masters=[master.address for master in masters[1:]],
             redis_clients=["127.0.0.11", "127.0.0.12"],
             sentinel_clients=["127.0.0.11", "127.0.0.20"],
@@ -252,7 +253,8 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path,
     assert "tcp dport 2222 accept" in text and "dport 22 " not in text
     assert "ip saddr { 127.0.0.13 } tcp dport { 9100, 8405, 9121, 9001, 9002 } accept" in text
     # The other master's VRRP and peers only, and the Sentinel's port to its clients only.
-    assert ("ip saddr { 127.0.0.20 } ip protocol vrrp accept" in text) is several
+    vrrp = 'iifname "lo" ip saddr { 127.0.0.20 } ip protocol vrrp ip ttl 255 accept'
+    assert (vrrp in text) is several
     assert ("ip saddr { 127.0.0.11, 127.0.0.20 } tcp dport 26379 accept" in text) is several
     statements = [line.split()[0] for line in text.splitlines() if line and line[0].isalpha()]
     # Only wssfleet's own table is declared, deleted and defined: no flush of the ruleset.
