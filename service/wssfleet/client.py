@@ -14,9 +14,7 @@ from wssfleet.broker import is_after
 from wssfleet.config import ServiceConfig as Config
 from wssfleet.connection import Connection, ConnectionLimits, Handler, Upgrade
 from wssfleet.events import event
-from wssfleet.protocol import (
-    CLOSE_POLICY,
-)
+from wssfleet.protocol import CLOSE_POLICY, CLOSE_SERVICE_RESTART
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -51,6 +49,9 @@ class ClientLimits(ConnectionLimits):
 
     backlog: int
     rate: int
+    # Live messages a channel's recovery may hold while it reads history: the channel's
+    # history holds no more, so a recovery further behind than that is stale.
+    recovery_backlog: int
 
     @classmethod
     def of(cls, config: Config) -> ClientLimits:
@@ -59,6 +60,7 @@ class ClientLimits(ConnectionLimits):
             close_timeout=min(config.shutdown_timeout, 10.0),
             backlog=config.send_buffer_bytes,
             rate=config.messages_per_second,
+            recovery_backlog=config.history_size,
         )
 
 
@@ -199,7 +201,10 @@ class Client(Connection):
         after it those the recovery sent already are skipped."""
         pending = self.pending.get(channel) if self.pending else None
         if pending is not None:
-            pending.extend(run)
+            if len(pending) + len(run) > self.limits.recovery_backlog:
+                self.recovery_fell_behind(channel)
+            else:
+                pending.extend(run)
             return len(run)
         sent = self.sent_up_to.get(channel) if self.sent_up_to else None
         if sent is None:
@@ -210,6 +215,16 @@ class Client(Connection):
         if start < len(run):
             self.caught_up(channel)
         return start
+
+    def recovery_fell_behind(self, channel: str) -> None:
+        """More live messages came during the channel's recovery than its history holds: what
+        was kept is dropped, and the client is told to come back (1012), recovering from its
+        last offset on a fresh turn."""
+        self.settled(channel)
+        if not self.closing:
+            self.stats.closes["recovery_backlog"] += 1
+            event("recovery_backlog", sub=self.subject, channel=channel)
+            self.close(CLOSE_SERVICE_RESTART, "recovery fell behind: reconnect")
 
     def on_ping(self, payload: bytes) -> None:
         if self.take_control_frame():

@@ -43,7 +43,14 @@ REQUEST_REFUSALS = (
     "token",
 )
 RECOVERY_RESULTS = ("recovered", "not_recovered")
-CLOSE_REASONS = ("drain", "rebalance", "overflow", "control_flood", "token_expired")
+CLOSE_REASONS = (
+    "drain",
+    "rebalance",
+    "overflow",
+    "control_flood",
+    "token_expired",
+    "recovery_backlog",
+)
 
 
 class Stats:
