@@ -68,7 +68,7 @@ def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
     )
     checked = promtool("check", "config", str(config), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout, checked.stdout
     text = config.read_text()
     jobs = [line.split(":")[1].strip() for line in text.splitlines() if "job_name:" in line]
     assert jobs == ["wssfleet", "haproxy", "redis", "node", "prometheus"]
@@ -263,7 +263,7 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
     )
     checked = promtool("check", "rules", rules.name, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 15 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 16 rules found" in checked.stdout, checked.stdout
 
     def node(host: str) -> str:
         return f'job="node", instance="{host}:9100", host="{host}"'
@@ -325,6 +325,44 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
                                     "summary": "0 masters hold the front door",
                                     "description": "Exactly one master must hold 10.0.0.100; "
                                     "check keepalived on the masters.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                # Redis fills past 80 % of maxmemory at 60 s: firing 5 minutes later.
+                "interval": "30s",
+                "input_series": [
+                    {
+                        "series": 'redis_memory_used_bytes{job="redis", instance="r1:9121", '
+                        'host="r1"}',
+                        "values": "700 790 850x20",
+                    },
+                    {
+                        "series": 'redis_memory_max_bytes{job="redis", instance="r1:9121", '
+                        'host="r1"}',
+                        "values": "1000x22",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": "WssfleetRedisMemoryHigh", "exp_alerts": []},
+                    {
+                        "eval_time": "7m",
+                        "alertname": "WssfleetRedisMemoryHigh",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "redis",
+                                    "instance": "r1:9121",
+                                    "host": "r1",
+                                    "severity": "warning",
+                                },
+                                {
+                                    "summary": "Redis on r1 holds 85% of its maxmemory",
+                                    "description": "At redis_maxmemory every publish is "
+                                    "refused; see the runbook for what fills it.",
                                 },
                             )
                         ],
