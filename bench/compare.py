@@ -184,6 +184,7 @@ def peer_command(port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
         "PEER_MESSAGES_PER_SECOND": "100000",
         "PEER_REDIS_URL": redis_url,
         "PEER_PUBLISH_LIMITS": json.dumps(publish_limits()),
+        "PEER_PUBLISH_IDS": str(BENCH_SETTINGS["publish_ids"]),
         "PEER_HEARTBEAT_INTERVAL": str(BENCH_SETTINGS["heartbeat_interval"]),
         "PEER_INTERNAL_KEY": INTERNAL_KEY,
     }

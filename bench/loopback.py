@@ -52,6 +52,7 @@ def rss_kib(pid: int) -> int:
 # second, so that its cost shows in a short measure.
 BENCH_SETTINGS = {
     "publish_ids_per_subject": 10_000_000,
+    "publish_ids": 100_000_000,
     "history_channels": 100_000,
     "history_channels_per_subject": 100_000,
     "heartbeat_interval": 1,
@@ -66,7 +67,7 @@ def settings_known_to(source: Path | None) -> dict[str, int]:
     if source is None:
         return BENCH_SETTINGS
     code = "".join(path.read_text() for path in (source / "wssfleet").glob("*.py"))
-    return {name: value for name, value in BENCH_SETTINGS.items() if name in code}
+    return {name: value for name, value in BENCH_SETTINGS.items() if f"{name}:" in code}
 
 
 def service_env(port: int, redis_url: str, source: Path | None = None) -> dict[str, str]:

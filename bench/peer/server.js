@@ -30,6 +30,7 @@ const HISTORY_SIZE = String(env.PEER_HISTORY_SIZE || 1000);
 const HISTORY_TTL = String(env.PEER_HISTORY_TTL || 86400);
 // The function's bounds on what publishers store, as wssfleet passes them (bench/compare.py).
 const PUBLISH_LIMITS = JSON.parse(env.PEER_PUBLISH_LIMITS);
+const PUBLISH_IDS = env.PEER_PUBLISH_IDS;
 const WORKER = `127.0.0.1:${PORT}`;
 // As wssfleet: a frame to every client sent nothing for this long (heartbeat_interval).
 const HEARTBEAT_SECONDS = Number(env.PEER_HEARTBEAT_INTERVAL || 5);
@@ -140,12 +141,13 @@ async function publish(ws, request) {
     'wssfleet:history-channels', `wssfleet:subject-channels:${subject}`];
   if (id !== undefined) {
     keys.push(`wssfleet:published:${channel.length}:${channel}:${subject}:${JSON.stringify(id)}`,
-      `wssfleet:subject-ids:${subject}`);
+      `wssfleet:subject-ids:${subject}`, 'wssfleet:publish-ids');
   }
   try {
     const offset = await redis.call('FCALL', 'wssfleet_store_and_publish', keys.length, ...keys,
       busChannel(channel), head,
-      HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'), ...PUBLISH_LIMITS, channel);
+      HISTORY_SIZE, HISTORY_TTL, crypto.randomBytes(4).toString('hex'), ...PUBLISH_LIMITS, channel,
+      '0', PUBLISH_IDS);
     if (id !== undefined) send(ws, { type: 'published', id, offset });
   } catch (error) {
     send(ws, { type: 'error', reason: `not published: ${error.message}`, ...ids });

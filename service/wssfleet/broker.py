@@ -57,6 +57,7 @@ class Limits:
     history_channels: int = 200
     history_channels_per_subject: int = 50
     publish_ids_per_subject: int = 50_000
+    publish_ids: int = 50_000
 
 
 @dataclass(frozen=True, order=True)

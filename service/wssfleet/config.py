@@ -171,6 +171,14 @@ class ClientPolicy(BaseModel):
         description="most publish ids one token subject may have awaiting expiry (each is "
         "remembered history_ttl); a publish with one more is refused",
     )
+    publish_ids: int = Field(
+        default=50_000,
+        ge=1,
+        le=100_000_000,
+        description="most publish ids every subject together may have awaiting expiry (Redis "
+        "memory: the deploy counts them against redis_maxmemory); a publish with one more is "
+        "refused",
+    )
     connections_per_subject: int = Field(
         default=1000,
         ge=1,

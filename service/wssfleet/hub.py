@@ -83,6 +83,7 @@ class Hub:
             history_channels=config.history_channels,
             history_channels_per_subject=config.history_channels_per_subject,
             publish_ids_per_subject=config.publish_ids_per_subject,
+            publish_ids=config.publish_ids,
         )
         self.bus: Bus = (
             RedisBus(

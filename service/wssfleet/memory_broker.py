@@ -89,6 +89,8 @@ class MemoryBus(Bus):
                 return self._keys[key][0]
             if self._ids_of[subject] >= limits.publish_ids_per_subject:
                 raise PublishRefused("too many publish ids of this subject await expiry")
+            if len(self._keys) >= limits.publish_ids:
+                raise PublishRefused("too many publish ids await expiry")
         if channel not in self._histories:
             if len(self._histories) >= limits.history_channels:
                 raise PublishRefused("too many channels have history")

@@ -114,6 +114,7 @@ class RedisBus(Bus):
             limits.history_channels_per_subject,
             limits.publish_ids_per_subject,
         )
+        self._publish_ids = limits.publish_ids
         self.connected = False
         self.received = 0
         self._deliver: Deliver = lambda channel, run: None
@@ -261,6 +262,7 @@ class RedisBus(Bus):
             # With a replica, subscribers hold the message until it is on two nodes: one
             # delivered and then lost with the primary would leave them ahead of the history.
             "1" if self.replicas else "0",
+            self._publish_ids,
         ]
         command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
         # A second try only where it cannot store the message twice: the connection was gone
@@ -268,7 +270,7 @@ class RedisBus(Bus):
         # has an idempotency key.
         for last_try in (False, True):
             try:
-                if arguments[-1] == "0":
+                if arguments[-2] == "0":
                     return (await self._publishing.call(*command)).decode()
                 stored, confirmed = await self._publishing.calls(
                     command, ("WAIT", 1, self._replica_wait_ms)

@@ -8,16 +8,20 @@ import hashlib
 
 # KEYS: history stream, its state (hash: epoch, last trimmed id, bytes held), the registry of
 #   channels with history (zset: channel by expiry, ms), the publishing subject's registry of
-#   the channels it started, [idempotency key, the subject's pending ids (zset: key by expiry)]
+#   the channels it started, [idempotency key, the subject's pending ids (zset: key by expiry),
+#   every subject's pending ids (zset: key by expiry)]
 # ARGV: pub/sub channel, frame head, history size, history ttl (s), epoch for a new history,
 #   history byte budget, most channels with history, most per subject, most pending ids per
-#   subject, the channel's name, [whether subscribers hold it until it is confirmed: '1']
+#   subject, the channel's name, whether subscribers hold it until it is confirmed ('1'), most
+#   pending ids of every subject together
 # Answers the offset, or an error 'LIMIT <reason>' that the publisher hears as it is.
 STORE_AND_PUBLISH = """
 local ttl = tonumber(ARGV[4]) * 1000
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-if #KEYS == 6 then
+-- Six keys: an instance of the release before the fleet-wide bound, still running while a
+-- rollout goes on; its ids keep their meaning, uncounted by the fleet's set.
+if #KEYS >= 6 then
   local done = redis.call('GET', KEYS[5])
   if done then
     -- Sent again: subscribers may hold it still. Held or not, it is as safe as it will get
@@ -28,6 +32,13 @@ if #KEYS == 6 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then
     return redis.error_reply('LIMIT too many publish ids of this subject await expiry')
+  end
+  -- Fleet-wide too: any number of subjects may not hold more than the memory budget counts.
+  if #KEYS == 7 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+    if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[12]) then
+      return redis.error_reply('LIMIT too many publish ids await expiry')
+    end
   end
 end
 -- Whether a registry has room for one more channel: members whose expiry passed are looked
@@ -99,10 +110,14 @@ local offset = epoch .. ':' .. string.rep('0', 13 - #ms) .. ms .. '-'
 -- it once the publisher's process announces it is on two nodes ('!' and its offset).
 local hold = ARGV[11] == '1' and '~' or ''
 redis.call('PUBLISH', ARGV[1], hold .. offset .. ' ' .. ARGV[2] .. offset .. '"}')
-if #KEYS == 6 then
+if #KEYS >= 6 then
   redis.call('SET', KEYS[5], offset, 'PX', ttl)
   redis.call('ZADD', KEYS[6], now + ttl, KEYS[5])
   redis.call('PEXPIRE', KEYS[6], ttl)
+end
+if #KEYS == 7 then
+  redis.call('ZADD', KEYS[7], now + ttl, KEYS[5])
+  redis.call('PEXPIRE', KEYS[7], ttl)
 end
 return offset
 """
@@ -180,6 +195,8 @@ LIBRARY, LIBRARY_VERSION = _library()
 
 
 HISTORY_CHANNELS_KEY = "wssfleet:history-channels"
+# Every subject's publish ids awaiting expiry, for the fleet-wide bound (publish_ids).
+PUBLISH_IDS_KEY = "wssfleet:publish-ids"
 
 
 def _counted(text: str) -> str:
@@ -199,4 +216,5 @@ def publish_keys(channel: str, subject: str, message_key: str | None) -> list[st
     if message_key is not None:
         keys.append(f"wssfleet:published:{_counted(channel)}:{_counted(subject)}:{message_key}")
         keys.append(f"wssfleet:subject-ids:{_counted(subject)}")
+        keys.append(PUBLISH_IDS_KEY)
     return keys

@@ -158,3 +158,33 @@ def test_channels_with_history_are_bounded_for_the_whole_deployment(start_servic
     assert answers.count("published") == 40
     assert answers[40:] == ["not published: too many channels have history"] * 5
     assert redis_server.cli("ZCARD", "wssfleet:history-channels") == 40
+
+
+def test_many_subjects_together_cannot_remember_more_ids_than_the_fleet_counts(
+    start_service, redis_server
+):
+    """publish_ids_per_subject alone left any number of subjects 50,000 ids each: the fleet
+    caps them together (publish_ids), which the deploy counts against redis_maxmemory."""
+    service = start_service(
+        redis_server.url, WSSFLEET_PUBLISH_IDS="30", WSSFLEET_PUBLISH_IDS_PER_SUBJECT="10"
+    )
+
+    async def scenario() -> tuple[list[str], dict]:
+        answers = []
+        for subject in range(5):
+            client = await open_client(service, subject=f"s{subject}")
+            for n in range(8):
+                answer = await publish(client, "lobby", n, f"{subject}-{n}")
+                answers.append(answer["type"] if answer["type"] != "error" else answer["reason"])
+        # Without an id nothing is remembered: still published.
+        plain = await open_client(service, subject="plain")
+        await request(plain, type="subscribe", channel="lobby")
+        await receive(plain)
+        await request(plain, type="publish", channel="lobby", data="no id")
+        return answers, await receive(plain)
+
+    answers, heard = run(scenario())
+    assert answers.count("published") == 30, answers
+    assert answers[30:] == ["not published: too many publish ids await expiry"] * 10, answers
+    assert redis_server.cli("ZCARD", "wssfleet:publish-ids") == 30
+    assert heard["type"] == "message" and heard["data"] == "no id", heard
