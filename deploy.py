@@ -56,7 +56,7 @@ if "master" in roles:
     haproxy.apply(
         run,
         [
-            haproxy.Backend(server_name(name, port), address, port)
+            haproxy.Backend(server_name(name, port), address, port, name)
             for name, address, port in every_instance()
         ],
     )

@@ -46,6 +46,8 @@ class Backend:
     name: str
     address: str
     port: int
+    # The worker's inventory name: with internal_tls, its certificate must carry it.
+    host: str = ""
 
 
 def check_open_files(maxconn: int) -> None:

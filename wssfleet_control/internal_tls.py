@@ -2,9 +2,10 @@
 ``internal_tls``): HAProxy to the workers, the workers to Redis.
 
 The CA and each host's certificate live with the inventory's other secrets (made on the control
-machine by the first deploy that asks for them). A host's certificate names its private
-address and 127.0.0.1, lives a year, and is made again when its address changes or it has less
-than a month left; the CA lives ten years.
+machine by the first deploy that asks for them). A host's certificate names the host (its
+inventory name, which HAProxy checks for each worker), its private address and 127.0.0.1
+(the host's own tools), is for servers only, lives a year, and is made again when its
+address changes or it has less than a month left; the CA lives ten years.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 # Bumped when what a certificate must carry changes: every one is then made again.
-FORMAT_KEY, FORMAT = "internal_tls_format", "2"
+FORMAT_KEY, FORMAT = "internal_tls_format", "3"
 CA_KEY = "internal_ca_key"
 CA_CERTIFICATE = "internal_ca_certificate"
 HOST_PREFIX = "internal_tls:"
@@ -87,14 +88,17 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
         if fresh and not renew_all:
             continue
         key = ec.generate_private_key(ec.SECP256R1())
-        names = [ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")]
+        addresses = [ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")]
+        # The host's inventory name too: HAProxy checks it (verifyhost), so one worker's
+        # certificate does not pass for another's.
+        names = [x509.DNSName(name), *(x509.IPAddress(ip) for ip in addresses)]
         certificate = _certificate(
             name,
             key,
             ca.subject,
             ca_key,
             HOST_DAYS,
-            names=(x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in names]), False),
+            names=(x509.SubjectAlternativeName(names), False),
             constraints=(x509.BasicConstraints(ca=False, path_length=None), True),
             subject_key=(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
             authority_key=(
@@ -103,9 +107,8 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
             ),
             usage=(_usage(certificate_sign=False), True),
             purposes=(
-                x509.ExtendedKeyUsage(
-                    [x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                # Servers only: no link presents a client certificate.
+                x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
                 False,
             ),
         )

@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
+from roles.haproxy import Backend
 from tests.frames import next_frame
 from tests.processes import RedisServer
-from tests.unit.helpers import ORIGIN, token
+from tests.unit.helpers import ORIGIN, PEBBLE, render, token, wait_until
 from wssfleet_control import internal_tls
+from wssfleet_control.settings import resolve
 
 
 def material(directory: Path) -> Path:
@@ -126,3 +129,67 @@ def test_a_hosts_certificate_is_made_again_when_its_address_changes(tmp_path):
         "10.0.0.6",
         "127.0.0.1",
     ]
+
+
+def test_haproxy_accepts_a_workers_certificate_only_for_that_worker(tmp_path, start_service):
+    """With internal_tls, HAProxy checks each worker's certificate for that worker's name
+    (verifyhost): any certificate of the deployment's CA passed for any worker before, so a
+    host that stole one could stand in for another."""
+    tls = material(tmp_path)
+    service = start_service(
+        WSSFLEET_TLS_CERTIFICATE_FILE=str(tls / "cert.pem"),
+        WSSFLEET_TLS_KEY_FILE=str(tls / "key.pem"),
+    )
+    rendered = render(
+        "haproxy",
+        "haproxy.cfg.j2",
+        settings=resolve(PEBBLE),
+        servers=[
+            Backend("local-ok", "127.0.0.1", service.port, "local"),
+            Backend("other-refused", "127.0.0.1", service.port, "other"),
+        ],
+        certificate=tmp_path / "unused.pem",
+        internal_ca=str(tls / "ca.pem"),
+        internal_ca_digest="-",
+        metrics_address="127.0.0.1",
+        metrics_port=8405,
+        peers=["m"],
+        peers_section="wssfleet_masters",
+        local_peer="m",
+    )
+    # The workers' backend as rendered (its checks, its TLS, each server's line), alone.
+    backend = rendered.split("\nbackend workers\n", 1)[1].split("\nbackend ", 1)[0]
+    servers = [line for line in backend.splitlines() if line.strip().startswith("server ")]
+    assert all("verifyhost" in line for line in servers), servers
+    admin = tmp_path / "admin.sock"
+    config = tmp_path / "backends.cfg"
+    config.write_text(
+        f"global\n    stats socket {admin} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        f"    timeout server 5s\nbackend workers\n{backend}\n"
+    )
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    try:
+        states = wait_until(lambda: checked_states(admin), 15, "both servers checked")
+    finally:
+        haproxy.terminate()
+        _, errors = haproxy.communicate(timeout=10)
+    assert haproxy.returncode in (0, -15, 143), errors.decode()[-2000:]
+    assert states == {"local-ok": "UP", "other-refused": "DOWN"}, states
+
+
+def checked_states(admin: Path) -> dict[str, str] | None:
+    """Each server's state once both were checked (a fresh server is UP until its checks
+    fail), else None."""
+    import socket
+
+    if not admin.exists():
+        return None
+    with socket.socket(socket.AF_UNIX) as control:
+        control.connect(str(admin))
+        control.sendall(b"show stat\n")
+        table = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+    rows = [line.split(",") for line in table.splitlines() if line.startswith("workers,")]
+    states = {row[1]: row[17] for row in rows if row[1] not in ("BACKEND", "FRONTEND")}
+    checked = all(row[36] not in ("", "INI") for row in rows if row[1] in states)
+    return states if checked and states.get("other-refused") == "DOWN" else None

@@ -297,12 +297,14 @@ def wait_up(server: str, seconds: float) -> int:
         time.sleep(0.2)
 
 
-SERVER_LINE = re.compile(r"^\s+server\s+(\S+)\s+(\S+)\s*$")
+# A worker's server line: its name, address:port, and options of its own (the host name its
+# certificate must carry, with internal_tls).
+SERVER_LINE = re.compile(r"^\s+server\s+(\S+)\s+(\S+)((?:\s+\S+)*)\s*$")
 
 
 def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
-    """The workers backend's servers (name -> address:port), its default-server options, and
-    the rest of the config: what a reload would be needed for."""
+    """The workers backend's servers (name -> address:port and the server's own options), its
+    default-server options, and the rest of the config: what a reload would be needed for."""
     servers_found: dict[str, str] = {}
     options = ""
     rest = []
@@ -312,7 +314,7 @@ def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
             section = line.strip()
         match = SERVER_LINE.match(line)
         if section == f"backend {BACKEND}" and match:
-            servers_found[match[1]] = match[2]
+            servers_found[match[1]] = f"{match[2]}{match[3]}"
             continue
         if section == f"backend {BACKEND}" and line.strip().startswith("default-server "):
             options = line.strip().removeprefix("default-server ")
@@ -338,7 +340,7 @@ def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seco
         if not add_server(name, wanted[name], options):
             return install_and_reload(candidate_path, live_path, spread_seconds)
     removed = sorted(set(running) - set(wanted))
-    drain_servers({name: running[name] for name in removed}, drain_seconds)
+    drain_servers({name: running[name].split()[0] for name in removed}, drain_seconds)
     for name in removed:
         ask(f"set server {BACKEND}/{name} state maint")
         ask(f"shutdown sessions server {BACKEND}/{name}")
@@ -352,6 +354,7 @@ def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seco
 
 
 def add_server(name: str, address: str, options: str) -> bool:
+    """``address``: address:port and the server's own options, as its config line has them."""
     # Dynamic servers do not take the backend's default-server line: give its options.
     for command in (
         f"add server {BACKEND}/{name} {address} {options}",
@@ -362,7 +365,7 @@ def add_server(name: str, address: str, options: str) -> bool:
         if answer and "New server registered" not in answer:
             print(f"HAProxy: {command}: {answer}", file=sys.stderr)
             return False
-    print(f"added server {BACKEND}/{name} ({address}) without a reload")
+    print(f"added server {BACKEND}/{name} ({address.split()[0]}) without a reload")
     return True
 
 
