@@ -192,9 +192,13 @@ class Routes:
     @staticmethod
     def _token(headers: Headers, arguments: dict[str, list[str]]) -> str | None:
         header = single_header(headers, "Authorization") or ""
-        if header.lower().startswith("bearer "):
+        values = arguments.get("token") or []
+        bearer = header.lower().startswith("bearer ")
+        # One credential, in one place: which of two would count is not the service's guess.
+        if len(values) > 1 or (bearer and values):
+            raise AmbiguousRequest("one token, in the Authorization header or the query")
+        if bearer:
             return header[len("bearer ") :].strip()
-        values = arguments.get("token")
         return values[0] if values else None
 
     @staticmethod
