@@ -25,6 +25,7 @@ from wssfleet_control.hostside.layout import (
     ACME_CA_BUNDLE,
     ACME_INFO_HELPER,
     ACME_ROOTS,
+    ADMIN_SOCKET,
     CERT_NAME,
     CERTBOT,
     CERTBOT_HOME,
@@ -36,11 +37,13 @@ from wssfleet_control.hostside.layout import (
     CERTIFICATE_SYNC_UNIT,
     DEPLOY_HOOK,
     HAPROXY_CERTIFICATE,
+    HAPROXY_CERTIFICATE_DIRECTORY,
     LINEAGE,
     LIVE_CERTIFICATE,
     RENEW_COMMAND,
     RENEWAL_CONFIG,
     RUNTIME_HELPER,
+    TEXTFILE_DIRECTORY,
 )
 from wssfleet_control.inventory import Fleet
 from wssfleet_control.release import requirements_id
@@ -237,6 +240,9 @@ def sync(run: DeployRun) -> None:
         helper=CERTIFICATE_SYNC_HELPER,
         domain=quote(settings.domain),
         peers=peers,
+        certificate_directory=HAPROXY_CERTIFICATE_DIRECTORY,
+        admin_socket_directory=ADMIN_SOCKET.rsplit("/", 1)[0],
+        textfile_directory=TEXTFILE_DIRECTORY,
     )
     timer = files.template(
         name="Ensure the certificate sync's timer is current",

@@ -77,7 +77,12 @@ def _install(session: Session, master: str, pem: str, source: str) -> str:
     # As the login user, straight into the private directory (no world-readable /tmp copy).
     if not prepared.ok or not session.host(master).put_file(BytesIO(pem.encode()), staged):
         return f"not copied: uploading to {master} failed"
-    installed = session.on(master, commands.install_pem(staged, f"master {source}"), timeout=60)
+    # Checked on the master as its certificate sync checks what it fetches: the same key,
+    # a chain to the trusted roots for every domain, issued later than its own.
+    domains = list(session.fleet.settings.domains)
+    installed = session.on(
+        master, commands.install_shared_pem(staged, f"master {source}", domains), timeout=60
+    )
     if not installed.ok:
         return f"not installed: {installed.stderr.strip() or installed.stdout.strip()}"
     return f"copied from {source}"

@@ -130,8 +130,9 @@ def served_pem() -> str:
     return _line("cat", layout.HAPROXY_CERTIFICATE)
 
 
-def install_pem(staged: str, source: str) -> str:
-    return _line("python3", layout.RUNTIME_HELPER, "install-pem", staged, source)
+def install_shared_pem(staged: str, source: str, domains: list[str]) -> str:
+    """Another master's certificate, installed only after certificate_sync.py's checks."""
+    return _line("python3", layout.CERTIFICATE_SYNC_HELPER, "--install", staged, source, *domains)
 
 
 # Redis with Sentinels (several redis hosts).

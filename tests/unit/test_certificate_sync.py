@@ -195,3 +195,48 @@ def test_a_standby_never_renews_a_self_signed_certificate(pki, standby):
     pki["served"].write_text(pem(own) + key_pem(pki["key"]))
     renew, why = standby.decide(True, [f"127.0.0.1:{free_port()}"], DOMAIN, 0)
     assert not renew and "first master" in why
+
+
+@pytest.mark.parametrize(
+    ("case", "installed"),
+    [
+        ("newer, same key", True),
+        ("another key", False),
+        ("not from the roots", False),
+        ("older", False),
+        ("other name", False),
+        ("its key is not its certificate's", False),
+        ("any key onto a placeholder", True),
+    ],
+)
+def test_the_deploys_copy_is_checked_as_the_sync_checks(pki, tmp_path, case, installed):
+    """What the deploy copies from the master serving the newest certificate (certificate
+    and key) is installed only after the sync's checks: before, it was installed unchecked."""
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    key = pki["key"]
+    offered = issue(key, pki["ca_key"], pki["ca"].subject, 6, hours_ago=0.5)
+    if case == "another key":
+        key = other_key
+        offered = issue(key, pki["ca_key"], pki["ca"].subject, 90, hours_ago=0.5)
+    elif case == "not from the roots":
+        offered = issue(key, other_key, None, 90, hours_ago=0.5)
+    elif case == "older":
+        offered = issue(key, pki["ca_key"], pki["ca"].subject, 90, hours_ago=2)
+    elif case == "other name":
+        offered = issue(key, pki["ca_key"], pki["ca"].subject, 90, name="evil.test", hours_ago=0.5)
+    elif case == "its key is not its certificate's":
+        key = other_key
+    elif case == "any key onto a placeholder":
+        # A master that joined serves a self-signed placeholder with a key of its own.
+        placeholder = issue(other_key, other_key, None, 30)
+        pki["served"].write_text(pem(placeholder) + key_pem(other_key))
+    (tmp_path / "textfiles").mkdir()
+    before = serves(pki)
+    staged = tmp_path / "staged.pem"
+    staged.write_text(pem(offered) + key_pem(key))
+    code = certificate_sync.install_checked(str(staged), "master m2", [DOMAIN])
+    assert not staged.exists()
+    assert (code == 0) is installed
+    assert (serves(pki) != before) is installed
+    if installed:
+        assert pem(offered) in serves(pki)

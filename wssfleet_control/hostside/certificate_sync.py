@@ -7,6 +7,10 @@ The certificate is public; only the key, which every master already holds, is se
 nothing secret crosses the network here.
 
     certificate_sync.py DOMAIN PEER_ADDRESS...
+    certificate_sync.py --install STAGED_PEM SOURCE DOMAIN...
+
+The second form is the deploy's (wssfleet_control/certificate_sharing.py): it installs a
+certificate and key another master serves, after the same checks, and removes the file.
 
 Installed by roles/certificates.py beside the host contract; standard library and the
 openssl command only (it runs on Debian's python3).
@@ -87,6 +91,57 @@ def trusted(chain: list[str], domain: str) -> bool:
     return result.returncode == 0
 
 
+def self_signed(certificate: str) -> bool:
+    """A master's placeholder until it gets the CA's certificate (roles/certificates.py)."""
+    names = openssl("x509", "-noout", "-subject", "-issuer", text=certificate).stdout
+    subject, _, issuer = names.partition("\n")
+    return subject.partition("=")[2].strip() == issuer.partition("=")[2].strip()
+
+
+def refusal(pem: str, domains: list[str]) -> str:
+    """Why the certificate and key in ``pem`` may not replace what HAProxy serves here, or ''
+    when it may: the key is its certificate's, the chain reaches a trusted root for every
+    domain, and, unless this master still serves its placeholder, the key is the one it
+    holds and the certificate was issued later than its own."""
+    found = blocks(pem)
+    key = next((block for block in found if "PRIVATE KEY" in block), None)
+    chain = [block for block in found if "CERTIFICATE" in block]
+    if key is None or not chain:
+        return "no certificate and key"
+    offered = public_key(key, private=True)
+    if not offered or offered != public_key(chain[0]):
+        return "its key is not its certificate's"
+    for domain in domains:
+        if not trusted(chain, domain):
+            return f"it does not chain to a trusted root for {domain}"
+    with open(HAPROXY_CERTIFICATE) as handle:
+        own = blocks(handle.read())
+    own_key = next((block for block in own if "PRIVATE KEY" in block), None)
+    own_chain = [block for block in own if "CERTIFICATE" in block]
+    if own_key is None or not own_chain or self_signed(own_chain[0]):
+        return ""
+    if public_key(own_key, private=True) != offered:
+        return "another key than the one this master holds"
+    if issued_at(chain[0]) <= issued_at(own_chain[0]):
+        return "not issued later than the certificate served here"
+    return ""
+
+
+def install_checked(staged: str, source: str, domains: list[str]) -> int:
+    """The deploy's copy of another master's certificate: installed when it passes the
+    checks, refused aloud (exit 1) when not; the staged file is removed either way."""
+    try:
+        with open(staged) as handle:
+            pem = handle.read()
+    finally:
+        os.unlink(staged)
+    why = refusal(pem, domains)
+    if why:
+        print(f"not installed: {why}", file=sys.stderr)
+        return 1
+    return haproxy_runtime.install_pem(pem, source)
+
+
 def sync(domain: str, peers: list[str]) -> int:
     """Install the newest trusted certificate a peer serves for this master's key; 0 when
     this master serves the newest one now."""
@@ -115,6 +170,8 @@ def sync(domain: str, peers: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--install"] and len(sys.argv) >= 5:
+        sys.exit(install_checked(sys.argv[2], sys.argv[3], sys.argv[4:]))
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
