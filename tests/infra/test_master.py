@@ -6,11 +6,14 @@ import calendar
 import shlex
 import time
 
+import pytest
+
 from roles.certificates import CERTBOT_VERSION
 from wssfleet_control.hostside.layout import (
     ADMIN_SOCKET,
     BACKEND,
     CERTBOT,
+    CERTIFICATE_SYNC_UNIT,
     HAPROXY_CERTIFICATE,
     HAPROXY_CONFIG,
     HAPROXY_METRICS_PORT,
@@ -175,3 +178,12 @@ def test_one_master_holds_the_front_door(on, fleet):
     for master in fleet.masters:
         keepalived = on(master).service("keepalived")
         assert keepalived.is_running and keepalived.is_enabled, master.name
+
+
+def test_the_certificate_sync_is_confined(on, master, fleet, exposure):
+    """It parses what other masters send: root with no capability, a read-only system but
+    for HAProxy's certificate, and the network only to the other masters (it was exposure 9.0)."""
+    if len(fleet.masters) < 2:
+        pytest.skip("one master: no certificate sync")
+    host = on(master)
+    assert exposure(host, f"{CERTIFICATE_SYNC_UNIT}.service")
