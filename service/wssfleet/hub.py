@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from json.encoder import encode_basestring_ascii
 
 from wssfleet import auth, metrics, protocol
@@ -32,11 +31,6 @@ from wssfleet.redis_broker import RedisBus
 # Recoveries (subscribes with since) reading history at once in one process, and how long
 # reads that fail are retried before the client hears that nothing could be recovered.
 HISTORY_READS = 4
-# Joins without since that read where a channel is (it is not live here yet), at once.
-JOIN_READS = 16
-# Of either, what one token subject may hold at once: its other reads wait in a lane of its
-# own, so one subject's thousand connections cannot fill the process's turns.
-READS_PER_SUBJECT = 2
 # Long enough for a Redis failover (the Sentinels' verdict, a promotion, reconnecting).
 HISTORY_READ_DEADLINE = 15.0
 # What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
@@ -103,9 +97,6 @@ class Hub:
         self.shedding: asyncio.Task[None] | None = None
         self._catching_up: set[asyncio.Task[None]] = set()
         self._recoveries = asyncio.Semaphore(HISTORY_READS)
-        self._joins = asyncio.Semaphore(JOIN_READS)
-        # Each subject's lane while it has reads waiting or running: [its turns, readers].
-        self._lanes: dict[str, list] = {}
         self._keeping_alive: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
@@ -233,8 +224,7 @@ class Hub:
         feed: Feed,
         pending: list[tuple[str, str]],
     ) -> None:
-        async with self._lane(client.subject):
-            history = await self._history(channel, since)
+        history = await self._history(channel, since)
         if client.waiting(channel) is not pending:
             return  # unsubscribed or gone meanwhile
         if feed.offset is None:
@@ -265,25 +255,11 @@ class Hub:
         """The channel's history after ``since``, once messages of the channel reach this
         process. It waits for a bus that is away (a Redis restart); reads that fail while it
         is there are retried with backoff for HISTORY_READ_DEADLINE, then the answer is that
-        nothing could be recovered. Reads take turns: at most HISTORY_READS recoveries and
-        JOIN_READS joins at once."""
-        async with self._joins if since is None else self._recoveries:
+        nothing could be recovered. Recoveries take turns: at most HISTORY_READS at once."""
+        if since is None:
             return await self._read_history(channel, since)
-
-    @contextlib.asynccontextmanager
-    async def _lane(self, subject: str) -> AsyncIterator[None]:
-        """A turn of ``subject``'s own: at most READS_PER_SUBJECT of its reads at once."""
-        lane = self._lanes.get(subject)
-        if lane is None:
-            lane = self._lanes[subject] = [asyncio.Semaphore(READS_PER_SUBJECT), 0]
-        lane[1] += 1
-        try:
-            async with lane[0]:
-                yield
-        finally:
-            lane[1] -= 1
-            if not lane[1]:
-                del self._lanes[subject]
+        async with self._recoveries:
+            return await self._read_history(channel, since)
 
     async def _read_history(self, channel: str, since: str | None) -> History:
         loop = asyncio.get_running_loop()

@@ -270,3 +270,8 @@ def test_a_daemon_that_starts_then_dies_fails_the_deploy(lab):
     code, _, log = deploy()
     assert code == 0, log[-3000:]
     assert lab.on(worker, f"systemctl is-active {unit}").stdout.strip() == "active"
+    # As the lab was: Prometheus scrapes it again (make status counts a target down).
+    deadline = time.monotonic() + 60
+    while wssfleet("status").returncode != 0:
+        assert time.monotonic() < deadline, "make status still sees a problem a minute later"
+        time.sleep(2)
