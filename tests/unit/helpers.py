@@ -202,3 +202,36 @@ def control_cli(*arguments: str, **environment: str) -> subprocess.CompletedProc
 def granted(grant) -> tuple[str, tuple[str, ...] | None, tuple[str, ...] | None]:
     """A grant's subject and channel patterns, its expiry aside."""
     return grant.subject, grant.subscribe, grant.publish
+
+
+def rendered_haproxy(servers: list, certificate: Path, **variables) -> str:
+    """haproxy.cfg as the deploy renders it for one master of a pair (the smallest settings;
+    ``variables``: internal_ca and the like)."""
+    from wssfleet_control.settings import resolve
+
+    return render(
+        "haproxy",
+        "haproxy.cfg.j2",
+        **{
+            "settings": resolve(PEBBLE),
+            "servers": servers,
+            "certificate": certificate,
+            "internal_ca": "",
+            "metrics_address": "127.0.0.1",
+            "metrics_port": 8405,
+            "peers": ["m"],
+            "peers_section": "wssfleet_masters",
+            "local_peer": "m",
+            **variables,
+        },
+    )
+
+
+def haproxy_answer(admin: Path, command: str) -> str:
+    """What HAProxy's admin socket answers ``command`` (it closes the socket after)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as control:
+        control.connect(str(admin))
+        control.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: control.recv(65536), b"")).decode()

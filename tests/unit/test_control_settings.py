@@ -16,7 +16,14 @@ import pytest
 from roles.certificates import cron_schedule
 from roles.haproxy import Backend
 from tests.processes import free_port, wait_for_port
-from tests.unit.helpers import PEBBLE, control_cli, granted, render
+from tests.unit.helpers import (
+    PEBBLE,
+    control_cli,
+    granted,
+    haproxy_answer,
+    render,
+    rendered_haproxy,
+)
 from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import from_groups
 from wssfleet_control.settings import SettingsError, resolve
@@ -424,19 +431,7 @@ def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_pat
     addresses had limits of its own)."""
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: run 'make tools'")
-    rendered = render(
-        "haproxy",
-        "haproxy.cfg.j2",
-        settings=resolve(PEBBLE),
-        servers=[Backend("w1-8001", "127.0.0.11", 8001)],
-        certificate=tmp_path / "cert.pem",
-        internal_ca="",
-        metrics_address="127.0.0.1",
-        metrics_port=8405,
-        peers=["m"],
-        peers_section="wssfleet_masters",
-        local_peer="m",
-    )
+    rendered = rendered_haproxy([Backend("w1-8001", "127.0.0.11", 8001)], tmp_path / "cert.pem")
     frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
     admission = [
         line
@@ -462,10 +457,7 @@ def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_pat
             with socket.create_connection((host, port), timeout=5) as link:
                 link.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert link.recv(100).startswith(b"HTTP/1.1 200")
-        with socket.socket(socket.AF_UNIX) as control:
-            control.connect(str(admin))
-            control.sendall(b"show table https\n")
-            table = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+        table = haproxy_answer(admin, "show table https")
     finally:
         haproxy.terminate()
         haproxy.wait(timeout=10)

@@ -16,9 +16,8 @@ from websockets.asyncio.client import connect
 from roles.haproxy import Backend
 from tests.frames import next_frame
 from tests.processes import RedisServer
-from tests.unit.helpers import ORIGIN, PEBBLE, render, token, wait_until
+from tests.unit.helpers import ORIGIN, haproxy_answer, rendered_haproxy, token, wait_until
 from wssfleet_control import internal_tls
-from wssfleet_control.settings import resolve
 
 
 def material(directory: Path) -> Path:
@@ -140,22 +139,14 @@ def test_haproxy_accepts_a_workers_certificate_only_for_that_worker(tmp_path, st
         WSSFLEET_TLS_CERTIFICATE_FILE=str(tls / "cert.pem"),
         WSSFLEET_TLS_KEY_FILE=str(tls / "key.pem"),
     )
-    rendered = render(
-        "haproxy",
-        "haproxy.cfg.j2",
-        settings=resolve(PEBBLE),
-        servers=[
+    rendered = rendered_haproxy(
+        [
             Backend("local-ok", "127.0.0.1", service.port, "local"),
             Backend("other-refused", "127.0.0.1", service.port, "other"),
         ],
-        certificate=tmp_path / "unused.pem",
+        tmp_path / "unused.pem",
         internal_ca=str(tls / "ca.pem"),
         internal_ca_digest="-",
-        metrics_address="127.0.0.1",
-        metrics_port=8405,
-        peers=["m"],
-        peers_section="wssfleet_masters",
-        local_peer="m",
     )
     # The workers' backend as rendered (its checks, its TLS, each server's line), alone.
     backend = rendered.split("\nbackend workers\n", 1)[1].split("\nbackend ", 1)[0]
@@ -181,14 +172,9 @@ def test_haproxy_accepts_a_workers_certificate_only_for_that_worker(tmp_path, st
 def checked_states(admin: Path) -> dict[str, str] | None:
     """Each server's state once both were checked (a fresh server is UP until its checks
     fail), else None."""
-    import socket
-
     if not admin.exists():
         return None
-    with socket.socket(socket.AF_UNIX) as control:
-        control.connect(str(admin))
-        control.sendall(b"show stat\n")
-        table = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+    table = haproxy_answer(admin, "show stat")
     rows = [line.split(",") for line in table.splitlines() if line.startswith("workers,")]
     states = {row[1]: row[17] for row in rows if row[1] not in ("BACKEND", "FRONTEND")}
     checked = all(row[36] not in ("", "INI") for row in rows if row[1] in states)
