@@ -27,6 +27,7 @@ from wssfleet_control.hostside.layout import (
     HAPROXY_CONFIG,
     HAPROXY_INTERNAL_CA,
     HAPROXY_METRICS_PORT,
+    HAPROXY_PEER_CERTIFICATE,
     REBALANCER_ENVIRONMENT,
     REBALANCER_HELPER,
     REBALANCER_UNIT,
@@ -92,6 +93,7 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
             dest=HAPROXY_INTERNAL_CA,
             mode="644",
         )
+    peer_certificate = _peer_certificate(run)
     files.directory(
         name="Ensure the certificate directory is private",
         path=HAPROXY_CERTIFICATE_DIRECTORY,
@@ -131,6 +133,8 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
         peers=fleet.masters,
         peers_section=PEERS_SECTION,
         local_peer=host.name,
+        peer_certificate=HAPROXY_PEER_CERTIFICATE if peer_certificate else "",
+        peer_certificate_digest=hashlib.sha256(peer_certificate.encode()).hexdigest(),
     )
     activate_candidate(
         "Ensure the validated HAProxy config is live (servers changed at runtime, else reloaded)",
@@ -163,6 +167,31 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
             ],
         )
     _rebalancer(run, backends, key_file)
+
+
+def _peer_certificate(run: DeployRun) -> str:
+    """With internal_tls and two or more masters, this master's certificate and key where its
+    HAProxy presents them to the other masters' (their peers section asks for a master's);
+    "" and no file otherwise."""
+    fleet = run.fleet
+    if not (fleet.settings.internal_tls and len(fleet.masters) > 1):
+        files.file(
+            name="Ensure no peer certificate is left (the peers speak plain TCP)",
+            path=HAPROXY_PEER_CERTIFICATE,
+            present=False,
+        )
+        return ""
+    key, certificate = internal_tls.host_material(run.secrets, host.name)
+    secret_template(
+        name="Ensure this master's peer certificate is current (contents withheld: a key)",
+        src=run.template("internal_tls", "key.pem.j2"),
+        dest=HAPROXY_PEER_CERTIFICATE,
+        user="root",
+        group="root",
+        mode="600",
+        key=certificate + key,
+    )
+    return certificate
 
 
 def _rebalancer(run: DeployRun, backends: list[Backend], environment) -> None:

@@ -1,11 +1,14 @@
 """The deployment's own certificate authority, for traffic between its hosts (setting
-``internal_tls``): HAProxy to the workers, the workers to Redis.
+``internal_tls``): HAProxy to the workers, the workers to Redis, the masters' HAProxy peers
+to each other.
 
 The CA and each host's certificate live with the inventory's other secrets (made on the control
 machine by the first deploy that asks for them). A host's certificate names the host (its
-inventory name, which HAProxy checks for each worker), its private address and 127.0.0.1
-(the host's own tools), is for servers only, lives a year, and is made again when its
-address changes or it has less than a month left; the CA lives ten years.
+inventory name, which HAProxy checks for each worker and each peer) and its private address,
+lives a year, and is made again when its address or role changes or it has less than a month
+left; the CA lives ten years. Certificates are per role: every host's serves (serverAuth); only
+a master's also proves who it is as a client (clientAuth), because only the masters' HAProxy
+peers ask for one, so a certificate taken from a worker cannot join the peers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+from collections.abc import Collection
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 # Bumped when what a certificate must carry changes: every one is then made again.
-FORMAT_KEY, FORMAT = "internal_tls_format", "3"
+FORMAT_KEY, FORMAT = "internal_tls_format", "4"
 CA_KEY = "internal_ca_key"
 CA_CERTIFICATE = "internal_ca_certificate"
 HOST_PREFIX = "internal_tls:"
@@ -52,9 +56,10 @@ def _certificate(subject: str, key, issuer_name: x509.Name, signer, days: int, *
     return builder.sign(signer, hashes.SHA256())
 
 
-def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
+def ensure(stored: dict[str, str], hosts: dict[str, str], clients: Collection[str] = ()) -> bool:
     """Make whatever is missing or due in ``stored``: the CA, and a certificate for each host
-    (name: private address). True if anything was made."""
+    (name: private address), one that also authenticates clients for the hosts in
+    ``clients`` (the masters). True if anything was made."""
     made = False
     renew_all = stored.get(FORMAT_KEY) != FORMAT
     if renew_all or not stored.get(CA_KEY):
@@ -84,14 +89,24 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
     ca = x509.load_pem_x509_certificate(stored[CA_CERTIFICATE].encode())
     for name, address in hosts.items():
         current = json.loads(stored.get(HOST_PREFIX + name, "{}"))
-        fresh = current and current["address"] == address and not _due(current["certificate"])
+        client = name in clients
+        fresh = (
+            current
+            and current["address"] == address
+            and current.get("client", False) == client
+            and not _due(current["certificate"])
+        )
         if fresh and not renew_all:
             continue
         key = ec.generate_private_key(ec.SECP256R1())
-        addresses = [ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")]
-        # The host's inventory name too: HAProxy checks it (verifyhost), so one worker's
-        # certificate does not pass for another's.
-        names = [x509.DNSName(name), *(x509.IPAddress(ip) for ip in addresses)]
+        # The host's inventory name too: HAProxy checks it (verifyhost), so one host's
+        # certificate does not pass for another's. No 127.0.0.1: the host's own tools
+        # (redis-cli) check the chain, not the name, and an address every host shares
+        # names no host.
+        names = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]
+        purposes = [x509.ExtendedKeyUsageOID.SERVER_AUTH]
+        if client:
+            purposes.append(x509.ExtendedKeyUsageOID.CLIENT_AUTH)
         certificate = _certificate(
             name,
             key,
@@ -106,15 +121,12 @@ def ensure(stored: dict[str, str], hosts: dict[str, str]) -> bool:
                 False,
             ),
             usage=(_usage(certificate_sign=False), True),
-            purposes=(
-                # Servers only: no link presents a client certificate.
-                x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
-                False,
-            ),
+            purposes=(x509.ExtendedKeyUsage(purposes), False),
         )
         stored[HOST_PREFIX + name] = json.dumps(
             {
                 "address": address,
+                "client": client,
                 "key": _key_pem(key),
                 "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
             }

@@ -146,7 +146,11 @@ class Fleet:
         tls_hosts = None
         if self.settings.internal_tls:
             tls_hosts = {node.name: node.address for node in self.nodes}
-        return secrets.load(self.inventory_path, create=create, tls_hosts=tls_hosts)
+        # The masters' certificates also serve as clients: their HAProxy peers ask for one.
+        peers = [master.name for master in self.masters]
+        return secrets.load(
+            self.inventory_path, create=create, tls_hosts=tls_hosts, tls_clients=peers
+        )
 
     def worker_ports(self, processes: int) -> list[int]:
         return self.settings.worker_ports(processes)

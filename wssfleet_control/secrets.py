@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,10 +57,11 @@ def load(
     inventory: str | os.PathLike[str],
     create: bool = True,
     tls_hosts: dict[str, str] | None = None,
+    tls_clients: Collection[str] = (),
 ) -> dict[str, str]:
     """Return the deployment's secrets, generating the missing ones when ``create`` (with
-    ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates:
-    internal_tls.py)."""
+    ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates,
+    the ones in ``tls_clients`` for clients too: internal_tls.py)."""
     if not Path(inventory).is_file():
         raise ValueError(f"inventory {inventory} does not exist")
     path = path_for(inventory)
@@ -81,7 +83,7 @@ def load(
         # The overlap is over: every token the old key signed has expired.
         del stored[PREVIOUS], stored[PREVIOUS_UNTIL]
         _write(path, stored)
-    if create and tls_hosts and internal_tls.ensure(stored, tls_hosts):
+    if create and tls_hosts and internal_tls.ensure(stored, tls_hosts, tls_clients):
         _write(path, stored)
     return stored
 

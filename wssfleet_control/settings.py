@@ -305,8 +305,9 @@ class Settings(ClientPolicy):
     )
     internal_tls: bool = Field(
         default=False,
-        description="encrypt and authenticate HAProxy -> workers and workers -> Redis with "
-        "TLS and the deployment's own CA; on when hosts share only a public network",
+        description="encrypt and authenticate HAProxy -> workers, workers -> Redis and the "
+        "masters' HAProxy peers with TLS and the deployment's own CA; on when hosts share only "
+        "a public network",
     )
     # Redis
     redis_port: int = Field(

@@ -27,12 +27,16 @@ from wssfleet.memory_broker import MemoryBus
 from wssfleet.pacing import busiest_second, paced
 from wssfleet.protocol import CLOSE_INTERNAL_ERROR, CLOSE_SERVICE_RESTART, CLOSE_TOKEN_EXPIRED
 from wssfleet.redis_broker import RedisBus
+from wssfleet.turns import Turns
 
-# Recoveries (subscribes with since) reading history at once in one process, and how long
-# reads that fail are retried before the client hears that nothing could be recovered.
+# History reads (joins of a channel not live here, recoveries, catch-ups) at once in one
+# process, shared in turn between subjects; and how long reads that fail while the bus is
+# connected are retried before the client hears that nothing could be recovered (time the
+# bus spends away, a failover, does not count).
 HISTORY_READS = 4
-# Long enough for a Redis failover (the Sentinels' verdict, a promotion, reconnecting).
 HISTORY_READ_DEADLINE = 15.0
+# Whose turn a catch-up after a reconnection takes: no token's subject has this form.
+CATCH_UP = "\x00catch-up"
 # What the bus appends to a stored message's head: its offset (at most 80 characters) and '"}'.
 MESSAGE_TAIL_BYTES = 82
 
@@ -96,7 +100,7 @@ class Hub:
         self.draining: asyncio.Task[None] | None = None
         self.shedding: asyncio.Task[None] | None = None
         self._catching_up: set[asyncio.Task[None]] = set()
-        self._recoveries = asyncio.Semaphore(HISTORY_READS)
+        self.reads = Turns(HISTORY_READS)
         self._keeping_alive: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
@@ -224,7 +228,7 @@ class Hub:
         feed: Feed,
         pending: list[tuple[str, str]],
     ) -> None:
-        history = await self._history(channel, since)
+        history = await self._history(channel, since, client.subject)
         if client.waiting(channel) is not pending:
             return  # unsubscribed or gone meanwhile
         if feed.offset is None:
@@ -251,14 +255,14 @@ class Hub:
         if is_after(last, feed.offset):
             client.recovered_up_to(channel, last)
 
-    async def _history(self, channel: str, since: str | None) -> History:
+    async def _history(self, channel: str, since: str | None, subject: str) -> History:
         """The channel's history after ``since``, once messages of the channel reach this
         process. It waits for a bus that is away (a Redis restart); reads that fail while it
         is there are retried with backoff for HISTORY_READ_DEADLINE, then the answer is that
-        nothing could be recovered. Recoveries take turns: at most HISTORY_READS at once."""
-        if since is None:
-            return await self._read_history(channel, since)
-        async with self._recoveries:
+        nothing could be recovered. Reads take turns: at most HISTORY_READS at once, one
+        subject after another, so one subject's backlog does not hold up the others."""
+        await self.bus.ready(channel)  # waiting for the bus holds no turn
+        async with self.reads.turn(subject):
             return await self._read_history(channel, since)
 
     async def _read_history(self, channel: str, since: str | None) -> History:
@@ -271,11 +275,13 @@ class Hub:
                 return await self.bus.since(channel, since)
             except BusUnavailable:
                 if not self.bus.connected:
-                    failing_since = None
                     await self.bus.wait_connected()
                     continue
             now = loop.time()
-            failing_since = now if failing_since is None else failing_since
+            if failing_since is None or failing_since < self.bus.connected_at:
+                # Failures since the bus last connected only: the failover in between (which
+                # ready() may have waited out) is not the read's fault.
+                failing_since = now
             if now - failing_since >= HISTORY_READ_DEADLINE:
                 self.stats.requests_refused["bus_unavailable"] += 1
                 feed = self.feeds.get(channel)
@@ -388,7 +394,7 @@ class Hub:
             task.add_done_callback(self._catching_up.discard)
 
     async def _catch_up(self, channel: str, feed: Feed) -> None:
-        history = await self._history(channel, feed.offset) if feed.offset else None
+        history = await self._history(channel, feed.offset, CATCH_UP) if feed.offset else None
         buffered, feed.buffer = feed.buffer or [], None
         if self.feeds.get(channel) is not feed:
             return
@@ -417,6 +423,7 @@ class Hub:
             "bus_connected": 1 if not self.config.redis_url or self.bus.connected else 0,
             "bus_messages": self.bus.received,
             "draining": 1 if self.draining is not None else 0,
+            "history_reads_waiting": self.reads.waiting,
         }
 
     def health(self) -> dict[str, object]:

@@ -27,6 +27,7 @@ class MemoryBus(Bus):
         self.history_size = limits.history_size
         self.history_ttl = limits.history_ttl
         self.connected = True
+        self.connected_at = 0.0
         self.received = 0
         self.epoch = uuid.uuid4().hex[:8]
         self._histories: dict[str, deque[tuple[str, str]]] = {}

@@ -88,6 +88,11 @@ class ServiceCollector(Collector):
             live["bus_connected"],
         )
         yield _gauge("wssfleet_draining", "1 while this process drains", live["draining"])
+        yield _gauge(
+            "wssfleet_history_reads_waiting",
+            "History reads waiting their turn (each subject's in rotation)",
+            live["history_reads_waiting"],
+        )
         yield _counter(
             "wssfleet_connections_opened",
             "WebSocket connections accepted",

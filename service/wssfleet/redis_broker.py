@@ -116,6 +116,8 @@ class RedisBus(Bus):
         )
         self._publish_ids = limits.publish_ids
         self.connected = False
+        # When it last connected (loop time).
+        self.connected_at = 0.0
         self.received = 0
         self._deliver: Deliver = lambda channel, run: None
         self._resync: Resync = lambda channels: None
@@ -526,6 +528,7 @@ class RedisBus(Bus):
         self.connected = connected
         log.info("redis %s", "connected" if connected else "disconnected")
         if connected:
+            self.connected_at = asyncio.get_running_loop().time()
             self._connected_event.set()
             return
         self._connected_event.clear()

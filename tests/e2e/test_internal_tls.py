@@ -5,10 +5,12 @@ internal_tls both are there to read, with it neither is."""
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from lab.config import BRIDGE
 from tests.e2e.conftest import run
 from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory
+from tests.unit.helpers import wait_until
+from wssfleet_control.hostside.layout import HAPROXY_PEERS_PORT, HELPERS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -61,9 +65,9 @@ class Capture:
         needle = text.encode()
         return any(needle in frame for frame in self.frames)
 
-    def tcp_bytes_to(self, port: int) -> int:
-        """Bytes of IPv4 TCP frames to or from ``port`` (the check that traffic was seen)."""
-        total = 0
+    def tcp_frames(self, port: int) -> list[bytes]:
+        """IPv4 TCP frames to or from ``port``."""
+        found = []
         for frame in self.frames:
             if frame[12:14] != b"\x08\x00" or frame[23] != 6:
                 continue
@@ -73,8 +77,12 @@ class Capture:
                 int.from_bytes(frame[header + 2 : header + 4]),
             )
             if port in ports:
-                total += len(frame)
-        return total
+                found.append(frame)
+        return found
+
+    def tcp_bytes_to(self, port: int) -> int:
+        """Bytes of IPv4 TCP frames to or from ``port`` (the check that traffic was seen)."""
+        return sum(len(frame) for frame in self.tcp_frames(port))
 
 
 def exchange(lab, marker: str) -> str:
@@ -104,29 +112,72 @@ def exchange(lab, marker: str) -> str:
     return token
 
 
-def captured(lab) -> tuple[bool, bool, int]:
-    """Whether a fresh token and message body crossed the bridge readable, and how many bytes
-    went to Redis meanwhile."""
+@dataclass
+class Seen:
+    token: bool
+    body: bool
+    redis_bytes: int
+    # The client's admission counter, as one master's HAProxy sends it to the other's
+    # (peers): its key is the client's address, IPv4-mapped.
+    counter_key: bool
+    peers_bytes: int
+
+
+def captured(lab) -> Seen:
+    """What crossed the bridge readable while a client connected with a fresh token and
+    published a message."""
     marker = f"body-{uuid.uuid4().hex}"
     with Capture() as capture:
         token = exchange(lab, marker)
-        time.sleep(0.5)
-    redis_port = lab.fleet.settings.redis_port
-    return capture.holds(token), capture.holds(marker), capture.tcp_bytes_to(redis_port)
+        time.sleep(1.5)  # the peers push their updates within a second
+    client = socket.inet_aton(lab.described["gateway"])
+    peers = capture.tcp_frames(HAPROXY_PEERS_PORT)
+    return Seen(
+        token=capture.holds(token),
+        body=capture.holds(marker),
+        redis_bytes=capture.tcp_bytes_to(lab.fleet.settings.redis_port),
+        counter_key=any(b"\xff\xff" + client in frame for frame in peers),
+        peers_bytes=sum(len(frame) for frame in peers),
+    )
+
+
+SHOW_PEERS = shlex.quote(
+    f"import sys; sys.path.insert(0, {HELPERS!r}); import haproxy_runtime; "
+    "print(haproxy_runtime.ask('show peers'))"
+)
+
+
+def peers_established(lab) -> list[str]:
+    """Each master's connected (ESTA) peers, once every master has all the others."""
+    masters = lab.fleet.masters
+    connected = []
+    for master in masters:
+        answer = lab.on(master.name, f"python3 -c {SHOW_PEERS}").stdout
+        connected += [
+            f"{master.name} -> {line.split()[1]}"
+            for line in answer.splitlines()
+            if "(remote," in line and "last_status=ESTA" in line
+        ]
+    return connected if len(connected) == len(masters) * (len(masters) - 1) else []
 
 
 def test_with_internal_tls_no_token_or_message_crosses_the_network_readable(lab, tmp_path):
-    # Without it (a private network): the capture reads both, which shows it can.
-    token_seen, body_seen, redis_bytes = captured(lab)
-    assert token_seen and body_seen and redis_bytes > 0
+    # Without it (a private network): the capture reads each, which shows it can.
+    seen = captured(lab)
+    assert seen.token and seen.body and seen.redis_bytes > 0
+    assert seen.counter_key, f"the peers' counter was not read ({seen.peers_bytes} bytes seen)"
     encrypted = derived_inventory(tmp_path, internal_tls=True)
     try:
         code, _, log = deploy(encrypted)
         assert code == 0, log[-3000:]
-        token_seen, body_seen, redis_bytes = captured(lab)
-        assert redis_bytes > 0, "no traffic to Redis was captured"
-        assert not token_seen, "a token crossed the bridge in clear"
-        assert not body_seen, "a message body crossed the bridge in clear"
+        # The masters' HAProxy peers, each presenting a master's certificate, reconnected.
+        wait_until(lambda: peers_established(lab), 30, "every master's peers connected")
+        seen = captured(lab)
+        assert seen.redis_bytes > 0, "no traffic to Redis was captured"
+        assert seen.peers_bytes > 0, "no traffic between the peers was captured"
+        assert not seen.token, "a token crossed the bridge in clear"
+        assert not seen.body, "a message body crossed the bridge in clear"
+        assert not seen.counter_key, "the peers' counters crossed the bridge in clear"
     finally:
         code, _, log = deploy()
         assert code == 0, log[-3000:]

@@ -124,10 +124,111 @@ def test_a_hosts_certificate_is_made_again_when_its_address_changes(tmp_path):
         x509.SubjectAlternativeName
     )
     assert second != first
-    assert [str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)] == [
-        "10.0.0.6",
-        "127.0.0.1",
-    ]
+    # Its name and address; not 127.0.0.1, which every host shares.
+    assert [str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)] == ["10.0.0.6"]
+    assert names.value.get_values_for_type(x509.DNSName) == ["worker1"]
+
+
+def test_only_a_masters_certificate_authenticates_a_client(tmp_path):
+    """Certificates per role: every host's serves; only the masters' (HAProxy peers) also
+    prove who they are as clients, and a host that becomes a master gets a new one."""
+    from cryptography import x509
+
+    def purposes(name: str) -> list[str]:
+        pem = internal_tls.host_material(stored, name)[1]
+        usage = x509.load_pem_x509_certificate(pem.encode()).extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage
+        )
+        return [purpose.dotted_string for purpose in usage.value]
+
+    server, client = (
+        x509.ExtendedKeyUsageOID.SERVER_AUTH.dotted_string,
+        x509.ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string,
+    )
+    stored: dict[str, str] = {}
+    hosts = {"master": "10.0.0.1", "worker1": "10.0.0.5"}
+    internal_tls.ensure(stored, hosts, clients=["master"])
+    assert purposes("master") == [server, client]
+    assert purposes("worker1") == [server]
+    assert not internal_tls.ensure(stored, hosts, clients=["master"])
+    assert internal_tls.ensure(stored, hosts, clients=["master", "worker1"])
+    assert purposes("worker1") == [server, client]
+
+
+def peer_haproxy(directory: Path, me: str, certificate: str, masters: list) -> tuple:
+    """A HAProxy whose peers section is the deploy's, rendered for master ``me`` presenting
+    ``certificate`` (a PEM file's name in ``directory``); (process, admin socket)."""
+    rendered = rendered_haproxy(
+        [],
+        directory / "unused.pem",
+        internal_ca=str(directory / "ca.pem"),
+        internal_ca_digest="-",
+        peers=masters,
+        local_peer=me,
+        peer_certificate=str(directory / certificate),
+        peer_certificate_digest="-",
+    )
+    peers = "peers " + rendered.split("\npeers ", 1)[1].split("\n\n", 1)[0]
+    admin = directory / f"{me}-{certificate}.sock"
+    config = directory / f"{me}-{certificate}.cfg"
+    config.write_text(
+        f"global\n    stats socket {admin} mode 600 level admin\n    localpeer {me}\n"
+        f"{peers}\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        "    timeout server 5s\nbackend counters\n"
+        "    stick-table type ipv6 size 1k expire 60s store gpc0 peers wssfleet_masters\n"
+    )
+    process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    return process, admin
+
+
+def counter_on(admin: Path) -> str | None:
+    if not admin.exists():
+        return None
+    table = haproxy_answer(admin, "show table counters")
+    return next((line for line in table.splitlines() if "key=::1" in line), None)
+
+
+def test_haproxy_peers_speak_tls_and_only_a_masters_certificate_joins(tmp_path):
+    """internal_tls: the masters' shared admission counters go over TLS, each master checked
+    for its name; a host holding only a worker's certificate (a compromised worker, posing
+    at a master's address) can neither send counters nor receive them."""
+    from types import SimpleNamespace
+
+    stored: dict[str, str] = {}
+    hosts = {"m1": "127.0.0.2", "m2": "127.0.0.3", "w1": "127.0.0.4"}
+    internal_tls.ensure(stored, hosts, clients=["m1", "m2"])
+    (tmp_path / "ca.pem").write_text(internal_tls.ca_certificate(stored))
+    for name in hosts:
+        key, certificate = internal_tls.host_material(stored, name)
+        (tmp_path / f"{name}.pem").write_text(certificate + key)
+    masters = [SimpleNamespace(name=name, address=hosts[name]) for name in ("m1", "m2")]
+
+    def pair(second_certificate: str) -> tuple[str | None, str]:
+        """m1 and m2 (m2 presenting ``second_certificate``); a counter set on m2, as m1
+        then sees it (None if it never arrives), and m1's view of its peer."""
+        first, first_admin = peer_haproxy(tmp_path, "m1", "m1.pem", masters)
+        second, second_admin = peer_haproxy(tmp_path, "m2", second_certificate, masters)
+        try:
+            wait_until(lambda: first_admin.exists() and second_admin.exists(), 10, "both up")
+            haproxy_answer(second_admin, "set table counters key ::1 data.gpc0 7")
+            try:
+                seen = wait_until(lambda: counter_on(first_admin), 6, "the counter on m1")
+            except AssertionError:
+                seen = None
+            return seen, haproxy_answer(first_admin, "show peers")
+        finally:
+            for process, admin in ((first, first_admin), (second, second_admin)):
+                process.terminate()
+                process.communicate(timeout=10)
+                admin.unlink(missing_ok=True)
+
+    seen, peers = pair("m2.pem")
+    assert seen and "gpc0=7" in seen, peers
+    assert "id=m2(remote,active)" in peers and "last_status=ESTA" in peers, peers
+    seen, peers = pair("w1.pem")
+    assert seen is None, f"a worker's certificate joined the peers: {seen}"
+    assert "last_status=ESTA" not in peers, peers
 
 
 def test_haproxy_accepts_a_workers_certificate_only_for_that_worker(tmp_path, start_service):

@@ -46,6 +46,9 @@ HAPROXY_CERTIFICATE_DIRECTORY = "/etc/haproxy/certs"
 HAPROXY_CERTIFICATE = f"{HAPROXY_CERTIFICATE_DIRECTORY}/wssfleet.pem"
 # With internal_tls: the CA HAProxy checks the workers' certificates against.
 HAPROXY_INTERNAL_CA = "/etc/haproxy/wssfleet-internal-ca.pem"
+# With internal_tls and two or more masters: this master's certificate and key, which its
+# HAProxy presents to the other masters' (peers); root's alone, read before HAProxy drops root.
+HAPROXY_PEER_CERTIFICATE = "/etc/haproxy/wssfleet-peer.pem"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 # Read-only (level user): what the rebalancer, which runs unprivileged, may reach.
 STATS_SOCKET = "/run/haproxy/stats.sock"
