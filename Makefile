@@ -91,13 +91,13 @@ $(VENV_STAMP): pyproject.toml service/pyproject.toml clients/python/pyproject.to
 
 # Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py). Only deploy builds
 # the lab (and installs the lab's tools), and only when the inventory is the lab's.
-deploy: control ## deploy the fleet (tools and the lab first when the inventory is the lab's, the default)
+deploy: control ## deploy the fleet (tools and the lab first when the inventory is the lab's, the default; REPLACE_SECRETS=1: give hosts this machine's secrets even where they run with others)
 	@if $(WSSFLEET) inventory --is-lab $(INVENTORY_OPTION); then \
 		$(MAKE) --no-print-directory tools; fi
-	@$(WSSFLEET) deploy $(INVENTORY_OPTION)
+	@$(WSSFLEET) deploy $(INVENTORY_OPTION) $(if $(REPLACE_SECRETS),--replace-secrets)
 
 plan: control ## dry run: what a deploy would change, on which host; changes nothing (DIFF=1: how)
-	@$(WSSFLEET) plan $(INVENTORY_OPTION) $(if $(DIFF),--diff)
+	@$(WSSFLEET) plan $(INVENTORY_OPTION) $(if $(DIFF),--diff) $(if $(REPLACE_SECRETS),--replace-secrets)
 
 rollback: control ## every instance back onto the release it ran before, drained one at a time
 	@$(WSSFLEET) rollback $(INVENTORY_OPTION)

@@ -40,7 +40,7 @@ def every_instance() -> list[tuple[str, str, int]]:
 
 
 base.release()
-base.apply()
+base.apply(run)
 firewall.apply(run, service_ports)
 monitoring.node_exporter(run, node)
 if "redis" in roles:

@@ -172,9 +172,9 @@ def deploy(inventory_path: Path | str = LAB_INVENTORY, *extra: str) -> tuple[int
     return result.returncode, _report(result), result.stderr
 
 
-def plan(inventory_path: Path | str = LAB_INVENTORY) -> tuple[int, dict, str]:
+def plan(inventory_path: Path | str = LAB_INVENTORY, *extra: str) -> tuple[int, dict, str]:
     """`wssfleet plan --json`."""
-    result = wssfleet("plan", "--json", "-i", str(inventory_path))
+    result = wssfleet("plan", "--json", "-i", str(inventory_path), *extra)
     return result.returncode, _report(result), result.stderr
 
 

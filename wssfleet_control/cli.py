@@ -25,6 +25,7 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
+from wssfleet_control import secret_records  # noqa: E402
 from wssfleet_control.checkout import (  # noqa: E402
     BUILD,
     LAB_INVENTORY,
@@ -72,6 +73,12 @@ def make_inventory_option(callback):
 
 inventory_option = make_inventory_option(_resolve_inventory)
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+REPLACE_SECRETS = click.option(
+    "--replace-secrets",
+    is_flag=True,
+    help="give the hosts this machine's secrets even where they run with others (new token "
+    "signing key and Redis passwords: every token minted with the old key fails)",
+)
 
 
 class Failure(click.ClickException):
@@ -160,13 +167,22 @@ def main() -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="render customised templates from this directory (same layout as templates/)",
 )
-def deploy(inventory_path: str, as_json: bool, templates: Path | None) -> None:
+@REPLACE_SECRETS
+def deploy(
+    inventory_path: str, as_json: bool, templates: Path | None, replace_secrets: bool = False
+) -> None:
     """Converge every host, then roll instances onto the release one at a time."""
     from wssfleet_control import certificate_sharing, rollout
 
     ensure_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json)
     started = time.monotonic()
+    try:
+        if not replace_secrets:
+            secret_records.refuse_a_fork(session, inventory_path)
+    except DeployError as error:
+        session.close()
+        _finish({"inventory": inventory_path, "ok": False, "errors": [str(error)]}, as_json)
     run = DeployRun(
         fleet=session.fleet,
         secrets=session.fleet.secrets(create=True),
@@ -301,7 +317,8 @@ def ready(inventory_path: str, worker_name: str) -> None:
 @inventory_option
 @json_option
 @click.option("--diff", is_flag=True, help="show how each file would change (secrets withheld)")
-def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
+@REPLACE_SECRETS
+def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) -> None:
     """Dry run: what a deploy would change, on which host. Builds, downloads and writes nothing."""
     from wssfleet_control import rollout
 
@@ -310,6 +327,8 @@ def plan(inventory_path: str, as_json: bool, diff: bool) -> None:
     run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
     try:
+        if not replace_secrets:
+            secret_records.refuse_a_fork(session, inventory_path)
         report |= session.converge(run)
         report["rollout"] = {
             "status": "planned",

@@ -11,6 +11,7 @@ first deploy after that moment drops the old key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -44,6 +45,11 @@ NAMES = (
 RETIRED = ("redis_sentinel_password",)
 PREVIOUS = "jwt_previous_secret"
 PREVIOUS_UNTIL = "jwt_previous_until"
+# Fingerprints of the signing keys this file replaced on purpose (a revoke, an overlap that
+# ended): a host that still records one was not forked from another machine
+# (secret_records.py). The last REVOKED_KEPT.
+REVOKED = "jwt_revoked_fingerprints"
+REVOKED_KEPT = 5
 # What `wssfleet plan` renders where a secret does not exist yet: plan writes nothing.
 NOT_YET = "(not made yet: the first deploy makes this secret)"
 
@@ -81,7 +87,8 @@ def load(
         _write(path, stored)
     if create and stored.get(PREVIOUS) and float(stored.get(PREVIOUS_UNTIL, 0)) <= time.time():
         # The overlap is over: every token the old key signed has expired.
-        del stored[PREVIOUS], stored[PREVIOUS_UNTIL]
+        _replaced(stored, stored.pop(PREVIOUS))
+        del stored[PREVIOUS_UNTIL]
         _write(path, stored)
     if create and tls_hosts and internal_tls.ensure(stored, tls_hosts, tls_clients):
         _write(path, stored)
@@ -95,6 +102,18 @@ def _write(path: Path, stored: dict[str, str]) -> None:
     with os.fdopen(descriptor, "w") as handle:
         json.dump(stored, handle, indent=2)
     temporary.replace(path)
+
+
+def fingerprint(name: str, value: str) -> str:
+    """What a host records of a secret (secret_records.py): a hash of a 256-bit random value
+    tells nothing of it."""
+    return hashlib.sha256(f"wssfleet secret\0{name}\0{value}".encode()).hexdigest()[:32]
+
+
+def _replaced(stored: dict[str, str], key: str) -> None:
+    """Remember that the signing key ``key`` was replaced on purpose."""
+    kept = [*stored.get(REVOKED, "").split(), fingerprint("jwt_secret", key)]
+    stored[REVOKED] = " ".join(kept[-REVOKED_KEPT:])
 
 
 def previous_key(stored: dict[str, str], now: float | None = None) -> str:
@@ -124,7 +143,9 @@ def rotate(
         raise ValueError(f"{inventory} has no signing key yet: deploy it first")
     now = time.time()
     if revoke:
-        stored.pop(PREVIOUS, None)
+        for key in (stored.pop(PREVIOUS, None), stored["jwt_secret"]):
+            if key:
+                _replaced(stored, key)
         stored.pop(PREVIOUS_UNTIL, None)
         stored["jwt_secret"] = secrets.token_urlsafe(32)
         _write(path_for(inventory), stored)

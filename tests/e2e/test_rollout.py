@@ -56,22 +56,22 @@ def releases_running(lab) -> dict[str, str]:
     return running
 
 
-def test_plan_changes_nothing_on_the_control_machine_or_the_hosts(lab, tmp_path):
-    # An inventory with secrets of its own that do not exist yet: a plan must not make them.
+def test_without_the_secrets_file_plan_and_deploy_stop_and_change_nothing(lab, tmp_path):
+    # Another machine's view (a second operator, a CI runner): the lab's hosts, an inventory
+    # whose secrets file does not exist there.
     inventory = derived_inventory(tmp_path, own_secrets=True, haproxy_timeout_tunnel="2h")
     for node in lab.fleet.nodes:
         assert lab.on(node.name, "touch /tmp/wssfleet-plan-marker").returncode == 0
     before = control_files()
-    code, report, log = plan(inventory)
+    for command in (plan, deploy):
+        code, report, log = command(inventory)
+        assert code != 0, log[-3000:]
+        (error,) = report["errors"]
+        assert "the hosts run with secrets this machine does not have" in error, error
+        assert "jwt_secret on master" in error and "--replace-secrets" in error, error
+    # On purpose, a plan shows what new secrets would change: every worker's environment file.
+    code, report, log = plan(inventory, "--replace-secrets")
     assert code == 0, log[-3000:]
-    assert control_files() == before
-    assert not (tmp_path / ".secrets").exists(), "the plan wrote secrets"
-    for node in lab.fleet.nodes:
-        touched = lab.on(
-            node.name, f"find {HOST_PATHS} -xdev -newer /tmp/wssfleet-plan-marker -print"
-        ).stdout.split()
-        assert touched == [], f"the plan changed {touched} on {node.name}"
-    # What the plan says instead: new secrets would change every worker's environment file.
     environment = (
         "WebSocket service | Ensure the service's environment file is current "
         "(contents withheld: secrets)"
@@ -79,6 +79,14 @@ def test_plan_changes_nothing_on_the_control_machine_or_the_hosts(lab, tmp_path)
     assert {host for name, host in with_status(report, "will change") if name == environment} == {
         worker.name for worker in lab.fleet.workers
     }
+    # Neither wrote a secret here nor changed a file on a host.
+    assert control_files() == before
+    assert not (tmp_path / ".secrets").exists(), "secrets were written"
+    for node in lab.fleet.nodes:
+        touched = lab.on(
+            node.name, f"find {HOST_PATHS} -xdev -newer /tmp/wssfleet-plan-marker -print"
+        ).stdout.split()
+        assert touched == [], f"{touched} changed on {node.name}"
 
 
 def test_editing_the_control_side_makes_no_release_and_restarts_nothing(lab):

@@ -181,7 +181,8 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
     for host in watched:
         watch_secrets(lab, host, [made[name] for name in secrets.NAMES])
     try:
-        code, _, log = deploy(own)
+        # New secrets on purpose: the hosts run with the lab's.
+        code, _, log = deploy(own, "--replace-secrets")
         assert code == 0, log[-3000:]
         for host in watched:
             report = secrets_seen(lab, host)
@@ -213,7 +214,7 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
         assert 'WSSFLEET_JWT_PREVIOUS_SECRET=""' in environment.splitlines()
         assert stored["jwt_secret"] not in environment
     finally:
-        code, _, log = deploy()
+        code, _, log = deploy(LAB_INVENTORY, "--replace-secrets")
         assert code == 0, log[-3000:]
 
 

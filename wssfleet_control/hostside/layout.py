@@ -11,6 +11,8 @@ STATE = "/var/lib/wssfleet"
 # A sudo user's uploads of secrets wait here (mode 700, that user's) before they are copied.
 UPLOADS = "/var/lib/wssfleet-uploads"
 CONFIG_DIRECTORY = "/etc/wssfleet"
+# A fingerprint of each secret the host was last deployed with (secret_records.py).
+SECRET_RECORD = f"{STATE}/secrets.fingerprints.json"
 
 
 def helper(name: str) -> str:
