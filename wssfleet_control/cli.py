@@ -179,7 +179,7 @@ def deploy(
     started = time.monotonic()
     try:
         if not replace_secrets:
-            secret_records.refuse_a_fork(session, inventory_path)
+            secret_records.refuse_a_fork(session)
     except DeployError as error:
         session.close()
         _finish({"inventory": inventory_path, "ok": False, "errors": [str(error)]}, as_json)
@@ -328,7 +328,7 @@ def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) 
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
     try:
         if not replace_secrets:
-            secret_records.refuse_a_fork(session, inventory_path)
+            secret_records.refuse_a_fork(session)
         report |= session.converge(run)
         report["rollout"] = {
             "status": "planned",

@@ -14,7 +14,6 @@ secrets and the hosts, and how to go on. A rotation on purpose is not a fork: th
 from __future__ import annotations
 
 import json
-import os
 
 from wssfleet_control import secrets
 from wssfleet_control.deployment import DeployError
@@ -51,9 +50,11 @@ def conflicts(stored: dict[str, str], recorded: dict[str, dict[str, str]]) -> di
     return found
 
 
-def refuse_a_fork(session, inventory_path: str | os.PathLike[str]) -> None:
-    """DeployError unless every reachable host's record agrees with this machine's secrets
-    file (a host without a record agrees: a first deploy, or one from before records)."""
+def refuse_a_fork(session) -> None:
+    """DeployError unless every host's record agrees with this machine's secrets file (the
+    one of the inventory that ``wssfleet_inventory`` names; a host without a record agrees:
+    a first deploy, or one from before records)."""
+    inventory_path = session.fleet.inventory_path
     session.connect()
     recorded = {}
     for node in session.fleet.nodes:

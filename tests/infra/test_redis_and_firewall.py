@@ -131,3 +131,17 @@ def test_the_sentinels_ask_for_a_password(on, fleet, sentinel_node):
         f"-p {fleet.settings.redis_sentinel_port} SENTINEL masters 2>&1 || true"
     )
     assert "NOAUTH" in reply, reply
+
+
+def test_the_secrets_record_is_roots_and_agrees_with_this_machines_file(on, any_node, fleet):
+    """What a deploy from another machine is checked against (secret_records.py): root's
+    alone, and the fingerprints of the secrets this control machine holds."""
+    import json
+
+    from wssfleet_control import secret_records
+
+    record = on(any_node).file(layout.SECRET_RECORD)
+    assert record.user == "root" and record.mode == 0o600
+    recorded = json.loads(on(any_node).check_output(f"cat {layout.SECRET_RECORD}"))
+    assert recorded
+    assert secret_records.conflicts(fleet.secrets(create=False), {"host": recorded}) == {}

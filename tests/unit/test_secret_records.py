@@ -66,10 +66,11 @@ def test_a_rotation_a_revoke_and_an_ended_overlap_are_not_forks(tmp_path):
 class RecordedHosts:
     """The edge of a session: each host answers ``cat`` of its record."""
 
-    def __init__(self, fleet_names: list[str], records: dict[str, str]) -> None:
+    def __init__(self, inventory, fleet_names: list[str], records: dict[str, str]) -> None:
         from types import SimpleNamespace
 
-        self.fleet = SimpleNamespace(nodes=[SimpleNamespace(name=n) for n in fleet_names])
+        nodes = [SimpleNamespace(name=name) for name in fleet_names]
+        self.fleet = SimpleNamespace(nodes=nodes, inventory_path=str(inventory))
         self.records = records
 
     def connect(self) -> None:
@@ -87,19 +88,20 @@ def test_a_machine_without_the_file_is_refused_and_writes_no_secrets(tmp_path):
     second = tmp_path / "second" / "production.py"
     second.parent.mkdir()
     second.write_text("")
-    session = RecordedHosts(["master", "worker1"], {"master": json.dumps(record)})
+    records = {"master": json.dumps(record)}
     with pytest.raises(DeployError) as refused:
-        secret_records.refuse_a_fork(session, second)
+        secret_records.refuse_a_fork(RecordedHosts(second, ["master", "worker1"], records))
     message = str(refused.value)
     assert str(secrets.path_for(second)) in message and "does not exist" in message
     assert "jwt_secret on master" in message and "--replace-secrets" in message
     assert not secrets.path_for(second).exists()
     # The same file on the first machine goes on.
-    secret_records.refuse_a_fork(session, tmp_path / "first" / "production.py")
+    first = tmp_path / "first" / "production.py"
+    secret_records.refuse_a_fork(RecordedHosts(first, ["master", "worker1"], records))
 
 
 def test_an_unreadable_record_is_named(tmp_path):
     inventory, _, _ = deployed(tmp_path)
-    session = RecordedHosts(["master"], {"master": "{not json"})
+    session = RecordedHosts(inventory, ["master"], {"master": "{not json"})
     with pytest.raises(DeployError, match="on master is not JSON"):
-        secret_records.refuse_a_fork(session, inventory)
+        secret_records.refuse_a_fork(session)
