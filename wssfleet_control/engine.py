@@ -72,7 +72,11 @@ class Session:
         cannot reach); a command about the fleet (status, renew) goes on without them."""
         if not self.connected:
             self.state.set_stage(StateStage.Connect)
-            connect_all(self.state)
+            try:
+                connect_all(self.state)
+            except PyinfraError:
+                # "No hosts remaining!": pyinfra marked every host failed before it said so.
+                pass
             for host in self.state.inventory:
                 if host.connected:
                     _without_nagle(host)

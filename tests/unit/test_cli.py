@@ -140,3 +140,25 @@ def test_deploying_your_own_servers_installs_none_of_the_labs_tools():
     # The lab's deploy does install them: the check above can fail.
     lab = planned_recipes("deploy", "INVENTORY=inventory/lab.py")
     assert "debootstrap" in lab and "pebble" in lab, lab
+
+
+@pytest.mark.parametrize("command", ["status", "plan", "deploy"])
+def test_a_fleet_where_no_host_answers_is_reported_in_one_document(tmp_path, command):
+    """pyinfra ends with "No hosts remaining!" when every host fails to connect: a report of
+    the hosts SSH did not reach, never that traceback, and no secrets made."""
+    import json
+
+    path = tmp_path / "gone.py"
+    # Closed ports on loopback: refused at once.
+    path.write_text(
+        VALID.replace("'127.0.0.10'}", "'127.0.0.10', 'ssh_port': 1}").replace(
+            "'127.0.0.11'}", "'127.0.0.11', 'ssh_port': 1}"
+        )
+    )
+    result = wssfleet(command, "--json", "-i", str(path))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    said = json.dumps(report)
+    assert "m" in said and ("cannot reach m, w" in said or "m: does not answer" in said), said
+    assert not (tmp_path / ".secrets").exists()
