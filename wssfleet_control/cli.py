@@ -632,4 +632,8 @@ def describe(inventory_path: str) -> None:
     """The inventory's hosts and data as JSON (how other processes read an inventory)."""
     from wssfleet_control import inventory
 
-    click.echo(json.dumps(inventory.describe(inventory_path), default=str))
+    try:
+        described = inventory.describe(inventory_path)
+    except SettingsError as error:
+        raise InvalidSettings(str(error)) from None  # the reader shows its last line
+    click.echo(json.dumps(described, default=str))

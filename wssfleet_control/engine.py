@@ -7,6 +7,7 @@ does it first), as pyinfra's own CLI does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -61,7 +62,7 @@ class Session:
         ctx_config.set(config)
         inventory = make_inventory(self.inventory_path, cwd=str(REPO))
         ctx_inventory.set(inventory)
-        self.fleet = from_inventory(inventory)
+        self.fleet = from_inventory(inventory, self.inventory_path)
         self.state.init(inventory, config)
         self.connected = False
         # Hosts SSH did not reach when the session connected.
@@ -72,11 +73,9 @@ class Session:
         cannot reach); a command about the fleet (status, renew) goes on without them."""
         if not self.connected:
             self.state.set_stage(StateStage.Connect)
-            try:
+            # "No hosts remaining!": pyinfra marked every host failed before it said so.
+            with contextlib.suppress(PyinfraError):
                 connect_all(self.state)
-            except PyinfraError:
-                # "No hosts remaining!": pyinfra marked every host failed before it said so.
-                pass
             for host in self.state.inventory:
                 if host.connected:
                     _without_nagle(host)

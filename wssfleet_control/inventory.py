@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -215,11 +216,24 @@ def _check_host(name: str, data: dict[str, Any]) -> None:
             )
         if not valid:
             raise SettingsError(f"host {name}: {field}={value!r} is invalid: {fix}")
+    unknown = sorted(key for key in data if key.startswith("ssh_") and key not in _ssh_keys())
+    if unknown:
+        raise SettingsError(
+            f"host {name}: {', '.join(unknown)} is no SSH setting pyinfra knows: use "
+            f"{', '.join(sorted(_ssh_keys()))}"
+        )
     port = data.get("ssh_port")
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
     ):
         raise SettingsError(f"host {name}: ssh_port={port!r} is invalid: give a port 1-65535")
+
+
+def _ssh_keys() -> frozenset[str]:
+    """The host data pyinfra's SSH connector reads (its ConnectorData)."""
+    from pyinfra.connectors.ssh import ConnectorData
+
+    return frozenset(ConnectorData.__annotations__)
 
 
 def _is_ip(value: Any) -> bool:
@@ -255,9 +269,32 @@ def groups_of(inventory: Any) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def from_inventory(inventory: Any) -> Fleet:
-    """Build and check the fleet of a pyinfra Inventory; raise SettingsError when it is wrong."""
-    return from_groups(groups_of(inventory))
+def from_inventory(inventory: Any, path: str | os.PathLike[str]) -> Fleet:
+    """Build and check the fleet of a pyinfra Inventory read from ``path``; raise
+    SettingsError when it is wrong."""
+    described = groups_of(inventory)
+    check_group_members(path, described)
+    return from_groups(described)
+
+
+def check_group_members(path: str | os.PathLike[str], described: dict[str, list]) -> None:
+    """pyinfra leaves out of a group, silently, a name that is no host of the inventory (a
+    typo: ``redis = ["lb9"]``), and the role would land on the master: refuse it instead."""
+    written = runpy.run_path(str(path))
+    hosts = sorted({entry["name"] for members in described.values() for entry in members})
+    for role in ROLES:
+        members = written.get(role) or []
+        if isinstance(members, tuple) and len(members) == 2 and isinstance(members[1], dict):
+            members = members[0]  # (hosts, group data)
+        found = {entry["name"] for entry in described.get(role, [])}
+        for member in members:
+            name = member[0] if isinstance(member, tuple) and member else member
+            if isinstance(name, str) and name not in found:
+                raise SettingsError(
+                    f"group {role!r} names {name!r}, which is no host of the inventory "
+                    f"({', '.join(hosts)}): correct the name, or define the host (in 'all', "
+                    "or with its data in one of the groups)"
+                )
 
 
 def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
@@ -356,6 +393,8 @@ def load(path: str | os.PathLike[str]) -> Fleet:
     if _gevent_patched():
         try:
             described = describe(path)
+        except SettingsError:
+            raise
         # The inventory is the operator's Python: what it raised, as the child would print it.
         except SystemExit as stop:
             raise SettingsError(f"inventory {path}: {stop.code}") from None
@@ -370,7 +409,8 @@ def load(path: str | os.PathLike[str]) -> Fleet:
     )
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise SettingsError(f"inventory {path}: {lines[-1] if lines else 'unreadable'}")
+        last = lines[-1].removeprefix("Error: ") if lines else "unreadable"
+        raise SettingsError(f"inventory {path}: {last}")
     return from_groups(json.loads(result.stdout))
 
 
@@ -386,4 +426,6 @@ def describe(path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
 
     # pyinfra's loader records the file it executes on the current State.
     with ctx_state.use(State()):
-        return groups_of(make_inventory(str(path), cwd=os.getcwd()))
+        described = groups_of(make_inventory(str(path), cwd=os.getcwd()))
+    check_group_members(path, described)
+    return described

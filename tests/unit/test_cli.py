@@ -162,3 +162,27 @@ def test_a_fleet_where_no_host_answers_is_reported_in_one_document(tmp_path, com
     said = json.dumps(report)
     assert "m" in said and ("cannot reach m, w" in said or "m: does not answer" in said), said
     assert not (tmp_path / ".secrets").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("redis = ['m9']\n", "group 'redis' names 'm9', which is no host of the inventory (m, w)"),
+        ("monitoring = ['w9']\n", "group 'monitoring' names 'w9', which is no host"),
+    ],
+)
+def test_a_typo_in_a_group_is_refused_not_dropped(tmp_path, line, named):
+    # pyinfra leaves the unknown name out of the group, and Redis or Prometheus would land
+    # on the master without a word.
+    path = tmp_path / "typo.py"
+    path.write_text(VALID + line)
+    result = wssfleet("check", "-i", str(path))
+    assert result.returncode == 3 and named in result.stderr, result.stderr
+
+
+def test_an_ssh_setting_pyinfra_does_not_know_is_refused(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text(VALID.replace("'127.0.0.11'}", "'127.0.0.11', 'ssh_usr': 'deploy'}"))
+    result = wssfleet("check", "-i", str(path))
+    assert result.returncode == 3, result.stderr
+    assert "host w: ssh_usr is no SSH setting pyinfra knows: use ssh_allow_agent" in result.stderr
