@@ -355,7 +355,14 @@ def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
     config.write_text(fleet.ssh_config())
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/infra"]
     command += [f"--inventory={inventory_path}", f"--ssh-config={config}", *pytest_args]
-    sys.exit(subprocess.run(command, cwd=REPO).returncode)
+    sys.exit(verify_exit_code(subprocess.run(command, cwd=REPO).returncode))
+
+
+def verify_exit_code(pytest_code: int) -> int:
+    """pytest's exit code as wssfleet's: 0 every check passed, 1 a check failed (a problem
+    found); pytest's 2 to 5 (interrupted, internal error, usage, no tests) would read as
+    wssfleet's "wrong command line" or "invalid inventory": 4, the checks could not run."""
+    return pytest_code if pytest_code in (0, 1) else 4
 
 
 @main.command()
@@ -364,7 +371,8 @@ def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
 def status(inventory_path: str, as_json: bool) -> None:
     """Hosts, services, certificates, the front door, Redis and open connections, read live.
     Exit 1 when something needs attention (listed under "problems": a host that does not
-    answer, a unit not running, a failed renewal, a firing alert that is not a warning)."""
+    answer, a unit not running, a failed renewal, a firing alert that is not a warning); 4
+    when no host answers (nothing could be looked at)."""
     from wssfleet_control import status as fleet_status
 
     require_lab(inventory_path)

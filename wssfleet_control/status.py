@@ -269,10 +269,18 @@ def problems(report: dict) -> list[str]:
     return found
 
 
+# status's exit code when no host answered: it could not look, which is not "all is well"
+# (0) and not a finding about the fleet (1) either.
+COULD_NOT_LOOK = 4
+
+
 def show(session: Session, as_json: bool = False) -> int:
-    """Print the fleet's status (text, or one JSON document); 1 when there is a problem."""
+    """Print the fleet's status (text, or one JSON document); 1 when there is a problem,
+    COULD_NOT_LOOK when no host answered."""
     report = gather(session)
     print(json.dumps(report, indent=2) if as_json else render(report))
+    if not any(host["reachable"] for host in report["hosts"]):
+        return COULD_NOT_LOOK
     return 1 if report["problems"] else 0
 
 

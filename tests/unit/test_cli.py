@@ -156,7 +156,8 @@ def test_a_fleet_where_no_host_answers_is_reported_in_one_document(tmp_path, com
         )
     )
     result = wssfleet(command, "--json", "-i", str(path))
-    assert result.returncode == 1, result.stderr[-2000:]
+    # status could not look at anything (4); plan and deploy failed (1).
+    assert result.returncode == (4 if command == "status" else 1), result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     report = json.loads(result.stdout)
     said = json.dumps(report)
@@ -186,3 +187,9 @@ def test_an_ssh_setting_pyinfra_does_not_know_is_refused(tmp_path):
     result = wssfleet("check", "-i", str(path))
     assert result.returncode == 3, result.stderr
     assert "host w: ssh_usr is no SSH setting pyinfra knows: use ssh_allow_agent" in result.stderr
+
+
+def test_verify_speaks_wssfleets_exit_codes_not_pytests(inventory):
+    # No check selected: pytest's 5 ("no tests ran") is wssfleet's 4, the checks did not run.
+    result = wssfleet("verify", "-i", str(inventory), "--", "-k", "no_check_has_this_name")
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
