@@ -34,7 +34,8 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools control deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
-	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret
+	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
+	audit lock-status lock-release
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -116,6 +117,15 @@ status: control ## hosts, services, certificates, connections; exit 1 when somet
 
 renew: control ## force a certificate renewal through the cron job's own script
 	@$(WSSFLEET) renew $(INVENTORY_OPTION)
+
+audit: control ## the last runs that held the fleet lock: who, from where, which commit, the outcome (N=20)
+	@$(WSSFLEET) audit $(INVENTORY_OPTION) -n $(or $(N),20) $(if $(JSON),--json)
+
+lock-status: control ## who holds the fleet lock that deploy, rollback, rotate-secret, drain, ready and renew take
+	@$(WSSFLEET) lock status $(INVENTORY_OPTION)
+
+lock-release: control ## remove the fleet lock a dead run left behind
+	@$(WSSFLEET) lock release $(INVENTORY_OPTION)
 
 rotate-secret: control ## new token signing key, deployed; old tokens work for token_max_ttl (REVOKE=1: not at all)
 	$(WSSFLEET) rotate-secret $(INVENTORY_OPTION) $(if $(REVOKE),--revoke)

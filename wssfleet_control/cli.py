@@ -34,6 +34,7 @@ from wssfleet_control.checkout import (  # noqa: E402
     TEMPLATES,
 )
 from wssfleet_control.deployment import DeployError, DeployRun  # noqa: E402
+from wssfleet_control.fleet_lock import FleetLock  # noqa: E402
 from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
 
 
@@ -169,7 +170,11 @@ def main() -> None:
 )
 @REPLACE_SECRETS
 def deploy(
-    inventory_path: str, as_json: bool, templates: Path | None, replace_secrets: bool = False
+    inventory_path: str,
+    as_json: bool,
+    templates: Path | None,
+    replace_secrets: bool = False,
+    holding: FleetLock | None = None,
 ) -> None:
     """Converge every host, then roll instances onto the release one at a time."""
     from wssfleet_control import certificate_sharing, rollout
@@ -177,20 +182,22 @@ def deploy(
     ensure_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json)
     started = time.monotonic()
+    report: dict[str, Any] = {"inventory": inventory_path}
+    # rotate-secret holds the lock already (and records the run itself).
+    lock = holding or FleetLock(session, "deploy")
+    errors: list[str] = []
     try:
+        if holding is None:
+            lock.acquire()
         if not replace_secrets:
             secret_records.refuse_a_fork(session)
-    except DeployError as error:
-        session.close()
-        _finish({"inventory": inventory_path, "ok": False, "errors": [str(error)]}, as_json)
-    run = DeployRun(
-        fleet=session.fleet,
-        secrets=session.fleet.secrets(create=True),
-        dry=False,
-        templates=templates or TEMPLATES,
-    )
-    report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
-    try:
+        run = DeployRun(
+            fleet=session.fleet,
+            secrets=session.fleet.secrets(create=True),
+            dry=False,
+            templates=templates or TEMPLATES,
+        )
+        report["release"] = run.release
         report |= session.converge(run)
         errors = _failures(report)
         if not errors and len(session.fleet.masters) > 1:
@@ -219,6 +226,10 @@ def deploy(
     except DeployError as error:
         errors = [str(error)]
     finally:
+        if holding is None:
+            lock.finish(_outcome(errors), report.get("release", ""))
+        else:
+            holding.deployed_release = report.get("release", "")
         session.close()
     report["seconds"] = round(time.monotonic() - started, 1)
     report["ok"] = not errors
@@ -244,6 +255,8 @@ def rollback(inventory_path: str, as_json: bool) -> None:
             session.connect()
         except DeployError as error:
             raise Failure(str(error)) from None
+        lock = _locked(session, "rollback")
+        report["errors"] = ["interrupted"]
         try:
             target = rollout.previous_release(session)
             report["release"] = target
@@ -263,6 +276,8 @@ def rollback(inventory_path: str, as_json: bool) -> None:
                 "error": str(error),
             }
             report["errors"] = [str(error)]
+        finally:
+            lock.finish(_outcome(report["errors"]), report.get("release", ""))
     report["operations"] = []
     report["seconds"] = round(time.monotonic() - started, 1)
     report["ok"] = not report["errors"]
@@ -287,12 +302,19 @@ def drain(inventory_path: str, worker_name: str) -> None:
 
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
+        worker = _worker(session, worker_name)
         seconds = session.fleet.settings.drain_seconds
-        click.echo(f"--> Draining {worker_name}: its clients move over {seconds} s…", err=True)
+        lock = _locked(session, f"drain {worker_name}")
+        outcome = "interrupted"
         try:
-            left = rollout.drain_worker(session, _worker(session, worker_name))
+            click.echo(f"--> Draining {worker_name}: its clients move over {seconds} s…", err=True)
+            left = rollout.drain_worker(session, worker)
+            outcome = "ok"
         except rollout.RolloutError as error:
+            outcome = _outcome([str(error)])
             raise Failure(str(error)) from None
+        finally:
+            lock.finish(outcome)
     per_master = "; ".join(f"on {master}: {sessions}" for master, sessions in left.items())
     click.echo(f"{worker_name} is drained; sessions left per instance {per_master}")
 
@@ -306,10 +328,17 @@ def ready(inventory_path: str, worker_name: str) -> None:
 
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
+        worker = _worker(session, worker_name)
+        lock = _locked(session, f"ready {worker_name}")
+        outcome = "interrupted"
         try:
-            rollout.ready_worker(session, _worker(session, worker_name))
+            rollout.ready_worker(session, worker)
+            outcome = "ok"
         except rollout.RolloutError as error:
+            outcome = _outcome([str(error)])
             raise Failure(str(error)) from None
+        finally:
+            lock.finish(outcome)
     click.echo(f"{worker_name} is back in rotation")
 
 
@@ -396,16 +425,81 @@ def renew(inventory_path: str) -> None:
         if not reachable:
             raise Failure("no master answers over SSH: nothing can renew")
         master = reachable[0]
-        click.echo(f"--> Renewing on {master} with the cron job's own script…", err=True)
-        # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
-        result = session.on(master, commands.forced_renewal(), timeout=300)
-        # Every other master serves it at once (one that is down gets it at the next deploy).
-        shared = certificate_sharing.share(session) if result.ok else {}
+        lock = _locked(session, "renew")
+        outcome = "interrupted"
+        try:
+            click.echo(f"--> Renewing on {master} with the cron job's own script…", err=True)
+            # The very script /etc/cron.d/wssfleet-certbot runs, without its random delay.
+            result = session.on(master, commands.forced_renewal(), timeout=300)
+            # Every other master serves it at once (one that is down gets it at the next
+            # deploy).
+            shared = certificate_sharing.share(session) if result.ok else {}
+            outcome = "ok" if result.ok else "failed: certbot"
+        finally:
+            lock.finish(outcome)
     click.echo(result.stdout + result.stderr, nl=False)
     for master, outcome in shared.items():
         click.echo(f"certificate on {master}: {outcome}")
     if not result.ok:
         raise Failure("the renewal failed (certbot's words are above)")
+
+
+@main.group()
+def lock() -> None:
+    """The fleet lock that deploy, rollback, rotate-secret, drain, ready and renew hold."""
+
+
+@lock.command("status")
+@inventory_option
+def lock_status(inventory_path: str) -> None:
+    """Who holds the fleet lock, on each master that answers."""
+    from wssfleet_control import fleet_lock
+
+    with open_session(inventory_path, quiet=True) as session:
+        held = fleet_lock.holders(session)
+    for master, holder in held.items():
+        click.echo(f"{master}: {fleet_lock.describe_holder(holder) if holder else 'free'}")
+
+
+@lock.command("release")
+@inventory_option
+def lock_release(inventory_path: str) -> None:
+    """Remove the fleet lock a dead run left behind (whoever holds it: check with `lock
+    status` that its run has ended)."""
+    from wssfleet_control import fleet_lock
+
+    with open_session(inventory_path, quiet=True) as session:
+        held = fleet_lock.force_release(session)
+    for master, holder in held.items():
+        removed = f"removed the lock of {fleet_lock.describe_holder(holder)}"
+        click.echo(f"{master}: {removed if holder else 'was free'}")
+
+
+@main.command()
+@inventory_option
+@json_option
+@click.option("-n", "lines", default=20, show_default=True, help="how many runs, newest last")
+def audit(inventory_path: str, as_json: bool, lines: int) -> None:
+    """The last runs that held the fleet lock: when, who, from where, which commit, the
+    release, the settings' digest and the outcome."""
+    from wssfleet_control import fleet_lock
+
+    with open_session(inventory_path, quiet=True) as session:
+        try:
+            masters, entries = fleet_lock.audit(session, lines)
+        except DeployError as error:
+            raise Failure(str(error)) from None
+    if as_json:
+        click.echo(json.dumps({"masters": masters, "runs": entries}, indent=2))
+        return
+    click.echo(f"--> The last {len(entries)} runs (audit logs of {', '.join(masters)}):")
+    for entry in entries:
+        commit = entry.get("commit", "") + ("+local changes" if entry.get("dirty") else "")
+        click.echo(
+            f"    {entry.get('time', '?')}  {entry.get('who', '?')}@{entry.get('machine', '?')}"
+            f"  {entry.get('command', '?')}  commit {commit or '?'}"
+            f"  release {entry.get('release') or '-'}  {entry.get('outcome', '?')}"
+        )
 
 
 @main.command("rotate-secret")
@@ -434,15 +528,25 @@ def rotate_secret(
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         overlap = session.fleet.settings.token_max_ttl
-    try:
-        secrets.rotate(inventory_path, overlap, force=force, revoke=revoke)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    if revoke:
-        _say("--> New signing key; the old one is revoked", "as each instance restarts")
-    else:
-        _say("--> New signing key; the old one is accepted for", f"{overlap} s more")
-    ctx.invoke(deploy, inventory_path=inventory_path, as_json=as_json, templates=None)
+        # Held from before the key changes until its deploy ends.
+        lock = _locked(session, "rotate-secret --revoke" if revoke else "rotate-secret")
+        outcome = "failed"
+        try:
+            try:
+                secrets.rotate(inventory_path, overlap, force=force, revoke=revoke)
+            except ValueError as error:
+                outcome = f"refused: {error}"
+                raise click.UsageError(str(error)) from None
+            if revoke:
+                _say("--> New signing key; the old one is revoked", "as each instance restarts")
+            else:
+                _say("--> New signing key; the old one is accepted for", f"{overlap} s more")
+            ctx.invoke(
+                deploy, inventory_path=inventory_path, as_json=as_json, templates=None, holding=lock
+            )
+            outcome = "ok"
+        finally:
+            lock.finish(outcome, lock.deployed_release)
 
 
 @main.command()
@@ -582,6 +686,21 @@ def _print_step():
         )
 
     return show
+
+
+def _locked(session, command: str) -> FleetLock:
+    """The fleet lock, taken for ``command``; Failure naming the holder when it is not free."""
+    lock = FleetLock(session, command)
+    try:
+        lock.acquire()
+    except DeployError as error:
+        raise Failure(str(error)) from None
+    return lock
+
+
+def _outcome(errors: list[str]) -> str:
+    """A run's outcome as the audit log keeps it."""
+    return f"failed: {errors[0][:300]}" if errors else "ok"
 
 
 def _finish(report: dict[str, Any], as_json: bool) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shlex
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +26,7 @@ from tests.lab_fleet import (
 from wssfleet_control.hostside.layout import (
     BACKEND,
     CURRENT,
+    FLEET_LOCK,
     HAPROXY_CONFIG,
     INSTANCE_PREFIX,
     RUNTIME_HELPER,
@@ -191,3 +196,55 @@ def test_adding_a_worker_extends_the_backend_and_the_redis_firewall(lab, tmp_pat
             break
         time.sleep(2)
     assert states and set(states) == {"UP"}, states
+
+
+def lock_holder(lab) -> dict | None:
+    found = lab.on(lab.fleet.master.name, f"cat {FLEET_LOCK} 2>/dev/null").stdout
+    return json.loads(found) if found.strip() else None
+
+
+def test_one_run_at_a_time_holds_the_fleet_lock_and_every_run_is_audited(lab):
+    worker = lab.fleet.workers[-1].name
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    # A drain (drain_seconds) holds the lock while a deploy starts beside it.
+    draining = subprocess.Popen(
+        [str(Path(sys.executable).parent / "wssfleet"), "drain", worker],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (holder := lock_holder(lab)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert holder and holder["command"] == f"drain {worker}", holder
+        code, report, log = deploy()
+        assert code == 1, log[-2000:]
+        (error,) = report["errors"]
+        assert f"held on {lab.fleet.master.name} by" in error and f"drain {worker}" in error
+        status = wssfleet("lock", "status")
+        assert f"drain {worker}" in status.stdout, status.stdout + status.stderr
+    finally:
+        _, drain_errors = draining.communicate(timeout=120)
+    assert draining.returncode == 0, drain_errors[-2000:]
+    assert lock_holder(lab) is None, "the drain left its lock"
+    # A run that died leaves its lock: `lock release` removes it, and says whose it was.
+    dead = {"who": "ghost", "machine": "gone", "command": "deploy", "since": 1, "id": "x"}
+    for master in lab.fleet.masters:
+        lab.on(master.name, f"echo {shlex.quote(json.dumps(dead))} > {FLEET_LOCK}")
+    refused = wssfleet("ready", worker)
+    assert refused.returncode == 1 and "ghost on gone" in refused.stderr, refused.stderr
+    released = wssfleet("lock", "release")
+    assert released.returncode == 0 and "removed the lock of ghost on gone" in released.stdout
+    assert wssfleet("ready", worker).returncode == 0
+    runs = json.loads(wssfleet("audit", "--json", "-n", "4").stdout)["runs"]
+    assert [run["command"] for run in runs[-3:]] == [
+        f"drain {worker}",
+        "lock release",
+        f"ready {worker}",
+    ], runs
+    assert all(run["commit"] == head and run["outcome"] for run in runs[-3:]), runs
+    assert runs[-3]["outcome"] == "ok" and runs[-1]["outcome"] == "ok"

@@ -13,6 +13,9 @@ UPLOADS = "/var/lib/wssfleet-uploads"
 CONFIG_DIRECTORY = "/etc/wssfleet"
 # A fingerprint of each secret the host was last deployed with (secret_records.py).
 SECRET_RECORD = f"{STATE}/secrets.fingerprints.json"
+# On the masters: who holds the fleet lock, and every locked run (fleet_lock.py).
+FLEET_LOCK = f"{STATE}/fleet.lock"
+AUDIT_LOG = f"{STATE}/audit.log"
 
 
 def helper(name: str) -> str:
