@@ -187,6 +187,7 @@ def deploy(
     lock = holding or FleetLock(session, "deploy")
     errors: list[str] = []
     try:
+        session.connect()  # every host: a deploy without one would be half done
         if holding is None:
             lock.acquire()
         if not replace_secrets:
