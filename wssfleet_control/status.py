@@ -147,6 +147,52 @@ def connections(session: Session) -> dict[str, str]:
     }
 
 
+def instances(session: Session) -> dict[str, dict[str, str]]:
+    """Each answering worker's instances: port, and the release it runs ("stopped" when it
+    does not run)."""
+    from wssfleet_control.facts import instance_ports
+
+    found = {}
+    for worker in session.fleet.workers:
+        if worker.name in session.unreachable:
+            continue
+        ports = instance_ports(session.fleet, session.host(worker.name))
+        answer = session.on(worker.name, commands.instance_states(ports))
+        if not answer.ok:
+            continue
+        found[worker.name] = {
+            port: state["release"] if state["active"] else "stopped"
+            for port, state in json.loads(answer.stdout).items()
+        }
+    return found
+
+
+def drained(session: Session) -> dict[str, list[str]]:
+    """Each answering master's workers that are out of rotation there (every instance of it
+    drained or in maintenance: `wssfleet drain`)."""
+    found = {}
+    for master in session.fleet.masters:
+        if master.name in session.unreachable:
+            continue
+        answer = session.on(master.name, commands.backend_servers())
+        if not answer.ok:
+            continue
+        states = defaultdict(set)
+        for server in json.loads(answer.stdout):
+            if server["backend"] == BACKEND:
+                states[server["server"].rsplit("-", 1)[0]].add(server["status"])
+        found[master.name] = sorted(
+            worker
+            for worker, seen in states.items()
+            if seen and all(status in OUT_OF_ROTATION for status in seen)
+        )
+    return found
+
+
+# HAProxy's status of a server that gets no new client on purpose.
+OUT_OF_ROTATION = {"DRAIN", "MAINT"}
+
+
 def renewal(session: Session) -> dict[str, float] | None:
     """The certificate's dates and the renewal job's record, from the master."""
     result = session.on(session.fleet.master.name, commands.certificate_record())
@@ -218,6 +264,8 @@ def gather(session: Session) -> dict:
         "domains": fleet.settings.domains,
         "certificates": {master.name: certificate(session, master) for master in fleet.masters},
         "renewal": renewal(session),
+        "instances": instances(session),
+        "drained": drained(session),
         "live": None if live is None else {"source": live[0], **live[1]},
         # From HAProxy's runtime API when Prometheus does not answer.
         "connections": connections(session) if live is None else None,
@@ -252,6 +300,23 @@ def problems(report: dict) -> list[str]:
             found.append(f"{master}: its certificate cannot be read")
     if len({served["sha256"] for served in certificates.values() if served}) > 1:
         found.append("the masters serve different certificates")
+    running = defaultdict(list)
+    for worker, ports in report["instances"].items():
+        for port, release in sorted(ports.items()):
+            if release != "stopped":
+                running[release].append(f"{worker}/{port}")
+    if len(running) > 1:
+        mixed = "; ".join(f"{release} on {', '.join(where)}" for release, where in running.items())
+        found.append(
+            f"instances run different releases ({mixed}): a rollout stopped half way? "
+            "`make deploy` finishes it, `make rollback` goes back"
+        )
+    for master, workers in report["drained"].items():
+        for worker in workers:
+            found.append(
+                f"{worker} is out of rotation on {master} (drained): `make ready "
+                f"WORKER={worker}` puts it back"
+            )
     renewal_record = report["renewal"] or {}
     if int(renewal_record.get("last_success", -1)) == 0:
         found.append("the last certificate renewal failed")
@@ -306,6 +371,9 @@ def render(report: dict) -> str:
             + "  "
             + row[3]
         )
+    for worker, ports in report["instances"].items():
+        releases = ", ".join(f"{port} {release}" for port, release in sorted(ports.items()))
+        lines.append(f"instances on {worker}: {releases}")
     door = report["front_door"]
     if door and door["mode"] == "dns":
         addresses = ", ".join(door["addresses"])

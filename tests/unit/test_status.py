@@ -43,6 +43,8 @@ HEALTHY = {
         "master2": {"not_after": "Mar  1 00:00:00 2027 GMT", "issuer": "R3", "sha256": "ab" * 32},
     },
     "renewal": {"last_success": 1, "last_attempt": 1.0, "next_renewal": 2.0},
+    "instances": {"worker1": {"8001": "cfa1499c75e1", "8002": "stopped"}},
+    "drained": {"master": [], "master2": []},
     "live": {
         "source": "master",
         "instances": {"worker1-8001": {"connections": 3.0}},
@@ -85,6 +87,7 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
         "(what to do: docs/runbooks.md#wssfleetfrontdoormoved)" in text
     )
     assert "problems" not in text
+    assert "instances on worker1: 8001 cfa1499c75e1, 8002 stopped" in text
 
 
 @pytest.mark.parametrize(
@@ -104,6 +107,15 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
         (
             lambda r: r["live"]["alerts"][0].update(labels={"severity": "critical"}),
             "alert firing: WssfleetFrontDoorMoved",
+        ),
+        (
+            lambda r: r["instances"]["worker1"].update({"8002": "0123456789ab"}),
+            "instances run different releases (cfa1499c75e1 on worker1/8001; 0123456789ab on "
+            "worker1/8002): a rollout stopped half way?",
+        ),
+        (
+            lambda r: r["drained"].update(master2=["worker1"]),
+            "worker1 is out of rotation on master2 (drained): `make ready WORKER=worker1`",
         ),
     ],
 )
