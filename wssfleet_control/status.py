@@ -189,6 +189,9 @@ def drained(session: Session) -> dict[str, list[str]]:
     return found
 
 
+# The severity of WssfleetWatchdog, which fires always (a dead man's switch): not a problem,
+# and not shown among the firing alerts.
+WATCHDOG_SEVERITY = "none"
 # HAProxy's status of a server that gets no new client on purpose.
 OUT_OF_ROTATION = {"DRAIN", "MAINT"}
 
@@ -276,7 +279,7 @@ def gather(session: Session) -> dict:
 
 def problems(report: dict) -> list[str]:
     """What needs someone's attention now: `status` exits 1 when there is any. A firing
-    alert of severity warning is shown but is not one."""
+    alert of severity warning is shown but is not one; the watchdog is neither."""
     found = []
     for host in report["hosts"]:
         if not host["reachable"]:
@@ -329,7 +332,10 @@ def problems(report: dict) -> list[str]:
             if target["health"] == "down":
                 found.append(f"target down: {target['job']} {target['instance']}")
         for alert in live["alerts"]:
-            if alert["state"] == "firing" and alert["labels"].get("severity") != "warning":
+            if alert["state"] == "firing" and alert["labels"].get("severity") not in (
+                "warning",
+                WATCHDOG_SEVERITY,
+            ):
                 found.append(f"alert firing: {alert['name']}")
     return found
 
@@ -451,8 +457,9 @@ def _render_live(live: dict) -> list[str]:
             lines.append(f"    not scraped yet: {where}")
         else:
             lines.append(f"    DOWN {where}: {target['error']}")
-    firing = [alert for alert in live["alerts"] if alert["state"] == "firing"]
-    pending = [alert for alert in live["alerts"] if alert["state"] == "pending"]
+    shown = [a for a in live["alerts"] if a["labels"].get("severity") != WATCHDOG_SEVERITY]
+    firing = [alert for alert in shown if alert["state"] == "firing"]
+    pending = [alert for alert in shown if alert["state"] == "pending"]
     lines.append(f"  alerts: {len(firing)} firing, {len(pending)} pending")
     for alert in firing + pending:
         runbook = f" (what to do: {alert['runbook']})" if alert.get("runbook") else ""

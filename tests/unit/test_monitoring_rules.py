@@ -68,7 +68,7 @@ def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
     )
     checked = promtool("check", "config", str(config), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 10 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 15 rules found" in checked.stdout, checked.stdout
     text = config.read_text()
     jobs = [line.split(":")[1].strip() for line in text.splitlines() if "job_name:" in line]
     assert jobs == ["wssfleet", "haproxy", "redis", "node", "prometheus"]
@@ -263,7 +263,7 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
     )
     checked = promtool("check", "rules", rules.name, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 16 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 21 rules found" in checked.stdout, checked.stdout
 
     def node(host: str) -> str:
         return f'job="node", instance="{host}:9100", host="{host}"'
@@ -421,6 +421,135 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
         ],
     }
     test_file = tmp_path / "tests.yml"
+    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
+    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_capacity_alerts_fire_on_a_full_resource_and_the_watchdog_always(tmp_path, rules):
+    node = 'job="node", instance="m:9100", host="m"'
+    disk = f'{node}, device="/dev/sda1", fstype="ext4", mountpoint="/"'
+    haproxy = 'job="haproxy", instance="10.0.0.1:8405", host="m"'
+    refused = f'{WORKER}, reason="bus_unavailable"'
+
+    def fires(name: str, after: str, before: str, labels: dict, annotations: dict) -> list:
+        return [
+            {"eval_time": before, "alertname": name, "exp_alerts": []},
+            {"eval_time": after, "alertname": name, "exp_alerts": [alert(labels, annotations)]},
+        ]
+
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # 95 % of maxconn from minute 2; 5 % of the disk and of memory left from
+                    # minute 2; 3 refused publishes a second from minute 2 (a tmpfs full is
+                    # no alarm).
+                    {"series": f"haproxy_process_max_connections{{{haproxy}}}", "values": "100x30"},
+                    {
+                        "series": f"haproxy_process_current_connections{{{haproxy}}}",
+                        "values": "10 10 95x28",
+                    },
+                    {"series": f"node_filesystem_size_bytes{{{disk}}}", "values": "100x30"},
+                    {"series": f"node_filesystem_avail_bytes{{{disk}}}", "values": "50 50 5x28"},
+                    {
+                        "series": f'node_filesystem_avail_bytes{{{node}, fstype="tmpfs", '
+                        'mountpoint="/run", device="tmpfs"}',
+                        "values": "0x30",
+                    },
+                    {
+                        "series": f'node_filesystem_size_bytes{{{node}, fstype="tmpfs", '
+                        'mountpoint="/run", device="tmpfs"}',
+                        "values": "100x30",
+                    },
+                    {"series": f"node_memory_MemTotal_bytes{{{node}}}", "values": "100x30"},
+                    {"series": f"node_memory_MemAvailable_bytes{{{node}}}", "values": "50 50 5x28"},
+                    {
+                        "series": f"wssfleet_requests_refused_total{{{refused}}}",
+                        "values": "0 0+180x29",
+                    },
+                ],
+                "alert_rule_test": [
+                    *fires(
+                        "WssfleetHAProxyConnectionsHigh",
+                        "8m",
+                        "5m",
+                        {
+                            **dict(job="haproxy", instance="10.0.0.1:8405", host="m"),
+                            "severity": "warning",
+                        },
+                        {
+                            "summary": "HAProxy on m holds 95% of its maxconn",
+                            "description": "Raise haproxy_maxconn (the host's open-file limit "
+                            "allows it) or add a master.",
+                        },
+                    ),
+                    *fires(
+                        "WssfleetDiskFilling",
+                        "13m",
+                        "10m",
+                        {
+                            "job": "node",
+                            "instance": "m:9100",
+                            "host": "m",
+                            "device": "/dev/sda1",
+                            "fstype": "ext4",
+                            "mountpoint": "/",
+                            "severity": "warning",
+                        },
+                        {
+                            "summary": "/ on m has 5% free",
+                            "description": "Free space below 10 % for 10 minutes.",
+                        },
+                    ),
+                    *fires(
+                        "WssfleetMemoryLow",
+                        "13m",
+                        "10m",
+                        {"job": "node", "instance": "m:9100", "host": "m", "severity": "warning"},
+                        {
+                            "summary": "m has 5% of its memory available",
+                            "description": "Available memory below 10 % for 10 minutes.",
+                        },
+                    ),
+                    *fires(
+                        "WssfleetPublishesRefused",
+                        "17m",
+                        "10m",
+                        {
+                            "instance": "10.0.0.2:9001",
+                            "host": "w1",
+                            "server": "w1-8001",
+                            "severity": "warning",
+                        },
+                        {
+                            "summary": "wssfleet instance w1-8001 refuses 3 publishes a second",
+                            "description": "For 10 minutes: see "
+                            "wssfleet_requests_refused_total by reason.",
+                        },
+                    ),
+                    {
+                        "eval_time": "0m",
+                        "alertname": "WssfleetWatchdog",
+                        "exp_alerts": [
+                            alert(
+                                {"severity": "none"},
+                                {
+                                    "summary": "the alerting pipeline works",
+                                    "description": "Route this alert to a dead man's switch; "
+                                    "it is not a problem.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "capacity.yml"
     test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
     result = promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

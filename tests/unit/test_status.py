@@ -59,12 +59,19 @@ HEALTHY = {
         ],
         "alerts": [
             {
+                "name": "WssfleetWatchdog",
+                "state": "firing",
+                "labels": {"severity": "none"},
+                "summary": "the alerting pipeline works",
+                "runbook": "docs/runbooks.md#wssfleetwatchdog",
+            },
+            {
                 "name": "WssfleetFrontDoorMoved",
                 "state": "firing",
                 "labels": {"severity": "warning"},
                 "summary": "moved",
                 "runbook": "docs/runbooks.md#wssfleetfrontdoormoved",
-            }
+            },
         ],
     },
     "connections": None,
@@ -88,6 +95,8 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
     )
     assert "problems" not in text
     assert "instances on worker1: 8001 cfa1499c75e1, 8002 stopped" in text
+    # The watchdog always fires, on purpose: neither a problem nor shown.
+    assert "alerts: 1 firing" in text and "Watchdog" not in text
 
 
 @pytest.mark.parametrize(
@@ -105,7 +114,7 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
         (lambda r: r.update(live=None), "Prometheus answers on no monitoring host"),
         (lambda r: r["live"]["targets"][0].update(health="down"), "target down: wssfleet"),
         (
-            lambda r: r["live"]["alerts"][0].update(labels={"severity": "critical"}),
+            lambda r: r["live"]["alerts"][1].update(labels={"severity": "critical"}),
             "alert firing: WssfleetFrontDoorMoved",
         ),
         (
