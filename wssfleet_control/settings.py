@@ -166,6 +166,23 @@ def _front_door(value: str) -> str:
     return value
 
 
+def _network(value: str) -> str:
+    """A source network (CIDR, or one address) in its canonical form."""
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        if "host bits set" in str(error):
+            loose = ipaddress.ip_network(value, strict=False)
+            raise ValueError(f"{value} has host bits set: did you mean {loose}?") from None
+        raise ValueError(
+            f"give a network like 203.0.113.0/24 or 2001:db8::/48, not {value!r}"
+        ) from None
+    return str(network)
+
+
+SourceNetwork = Annotated[str, AfterValidator(_network)]
+
+
 def _processes(value: Any) -> int | str:
     if value == "auto":
         return value
@@ -300,6 +317,11 @@ class Settings(ClientPolicy):
         description="connections a source IP may hold open at once (a carrier's or office's NAT "
         "is one source: leave room for it); more are refused before TLS",
     )
+    admission_exempt_sources: tuple[SourceNetwork, ...] = Field(
+        default=(),
+        description="networks (CIDR) the per-source admission limits do not apply to: an "
+        "uptime monitor, a TLS scanner, a NAT you vouch for; TLS and tokens still do",
+    )
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
     )
@@ -355,7 +377,7 @@ class Settings(ClientPolicy):
         description="alert when more than this share of HAProxy's answers are 5xx for 10 minutes",
     )
 
-    @field_validator("extra_domains", "alertmanagers", mode="before")
+    @field_validator("extra_domains", "alertmanagers", "admission_exempt_sources", mode="before")
     @classmethod
     def _list_as_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value

@@ -463,3 +463,56 @@ def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_pat
         haproxy.wait(timeout=10)
     keys = {line.split("key=")[1].split()[0] for line in table.splitlines() if "key=" in line}
     assert keys == {"::ffff:127.0.0.1", "::"}, table
+
+
+def test_an_exempt_source_passes_the_admission_limits_a_real_haproxy_keeps_for_others(tmp_path):
+    """admission_exempt_sources (a monitor, a scanner, a NAT the operator vouches for): a
+    real HAProxy running the rendered admission rules refuses a source past its rate, and
+    lets the exempt one through every time, untracked."""
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is missing: run 'make tools'")
+    settings = resolve(
+        {**PEBBLE, "haproxy_connection_rate_limit": 10, "admission_exempt_sources": ["127.0.0.2"]}
+    )
+    assert settings.admission_exempt_sources == ("127.0.0.2/32",)
+    rendered = rendered_haproxy([], tmp_path / "cert.pem", settings=settings)
+    frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    admission = [
+        line
+        for line in frontend
+        if line.strip().startswith(("stick-table", "tcp-request connection", "acl"))
+    ]
+    port = free_port()
+    admin = tmp_path / "admin.sock"
+    config = tmp_path / "admission.cfg"
+    config.write_text(
+        f"global\n    stats socket {admin} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        "    timeout server 5s\n"
+        f"frontend https\n    bind 127.0.0.1:{port}\n"
+        + "\n".join(admission)
+        + "\n    http-request return status 200\n"
+    )
+
+    def answered(source: str) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 5, (source, 0)) as link:
+                link.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                return link.recv(100).startswith(b"HTTP/1.1 200")
+        except ConnectionResetError:  # refused: HAProxy closes it before a byte
+            return False
+
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        limited = [answered("127.0.0.1") for _ in range(5)]
+        exempt = [answered("127.0.0.2") for _ in range(5)]
+        table = haproxy_answer(admin, "show table https")
+    finally:
+        haproxy.terminate()
+        haproxy.wait(timeout=10)
+    # One a second (wait_for_port's probe may have taken this second's): the rest refused.
+    assert sum(limited) <= 1, limited
+    assert all(exempt), exempt
+    keys = {line.split("key=")[1].split()[0] for line in table.splitlines() if "key=" in line}
+    assert keys == {"::ffff:127.0.0.1"}, table
