@@ -425,6 +425,29 @@ def test_a_roles_refusal_reaches_the_operator_as_its_own_words(kind, message, se
     assert result.stdout.strip() == seen
 
 
+def admission_rules(frontend: list[str]) -> list[str]:
+    """The frontend's admission lines, as rendered: its stick table, ACLs and rules."""
+    starts = ("stick-table", "tcp-request connection", "acl")
+    return [line for line in frontend if line.strip().startswith(starts)]
+
+
+def admission_haproxy(tmp_path, admission: list[str], ipv6: bool) -> tuple:
+    """A config that runs ``admission`` and answers 200 to whatever it admits, on 127.0.0.1
+    (and ::1): its port, admin socket and path."""
+    port = free_port()
+    admin = tmp_path / "admin.sock"
+    config = tmp_path / "admission.cfg"
+    binds = f"    bind 127.0.0.1:{port}\n" + (f"    bind [::1]:{port} v6only\n" if ipv6 else "")
+    config.write_text(
+        f"global\n    stats socket {admin} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        f"    timeout server 5s\nfrontend https\n{binds}"
+        + "\n".join(admission)
+        + "\n    http-request return status 200\n"
+    )
+    return port, admin, config
+
+
 def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_path):
     """The rendered admission rules, run by a real HAProxy: the keys of its stick table are
     what the per-source limits count. One /64 is one source (before, each of its 2^64
@@ -433,23 +456,9 @@ def test_haproxy_counts_an_ipv6_source_by_its_64_and_ipv4_by_its_address(tmp_pat
         pytest.fail("haproxy is missing: run 'make tools'")
     rendered = rendered_haproxy([Backend("w1-8001", "127.0.0.11", 8001)], tmp_path / "cert.pem")
     frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    admission = [
-        line
-        for line in frontend
-        if line.strip().startswith(("stick-table", "tcp-request connection"))
-    ]
+    admission = admission_rules(frontend)
     assert any("ipmask(32,64)" in line for line in admission), admission
-    port = free_port()
-    admin = tmp_path / "admin.sock"
-    config = tmp_path / "admission.cfg"
-    config.write_text(
-        f"global\n    stats socket {admin} mode 600 level admin\n"
-        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
-        "    timeout server 5s\n"
-        f"frontend https\n    bind 127.0.0.1:{port}\n    bind [::1]:{port} v6only\n"
-        + "\n".join(admission)
-        + "\n    http-request return status 200\n"
-    )
+    port, admin, config = admission_haproxy(tmp_path, admission, ipv6=True)
     haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
     try:
         wait_for_port(port)
@@ -477,22 +486,7 @@ def test_an_exempt_source_passes_the_admission_limits_a_real_haproxy_keeps_for_o
     assert settings.admission_exempt_sources == ("127.0.0.2/32",)
     rendered = rendered_haproxy([], tmp_path / "cert.pem", settings=settings)
     frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    admission = [
-        line
-        for line in frontend
-        if line.strip().startswith(("stick-table", "tcp-request connection", "acl"))
-    ]
-    port = free_port()
-    admin = tmp_path / "admin.sock"
-    config = tmp_path / "admission.cfg"
-    config.write_text(
-        f"global\n    stats socket {admin} mode 600 level admin\n"
-        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
-        "    timeout server 5s\n"
-        f"frontend https\n    bind 127.0.0.1:{port}\n"
-        + "\n".join(admission)
-        + "\n    http-request return status 200\n"
-    )
+    port, admin, config = admission_haproxy(tmp_path, admission_rules(frontend), ipv6=False)
 
     def answered(source: str) -> bool:
         try:

@@ -91,6 +91,15 @@ def with_runbooks(tests: dict) -> dict:
     return tests
 
 
+def passes_promtool_tests(tmp_path: Path, tests: dict, name: str) -> None:
+    """promtool's rule tests pass (each expected alert with its runbook link)."""
+    test_file = tmp_path / name
+    # YAML is a superset of JSON: promtool reads this as its test file.
+    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
+    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
     worker_labels = {
         "job": "wssfleet",
@@ -242,11 +251,7 @@ def test_each_alert_fires_after_its_rules_time_and_not_before(tmp_path, rules):
             },
         ],
     }
-    test_file = tmp_path / "tests.yml"
-    # YAML is a superset of JSON: promtool reads this as its test file.
-    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
-    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    passes_promtool_tests(tmp_path, tests, "tests.yml")
 
 
 def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_replica(tmp_path):
@@ -420,10 +425,7 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
             },
         ],
     }
-    test_file = tmp_path / "tests.yml"
-    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
-    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    passes_promtool_tests(tmp_path, tests, "tests.yml")
 
 
 def test_the_capacity_alerts_fire_on_a_full_resource_and_the_watchdog_always(tmp_path, rules):
@@ -549,7 +551,4 @@ def test_the_capacity_alerts_fire_on_a_full_resource_and_the_watchdog_always(tmp
             }
         ],
     }
-    test_file = tmp_path / "capacity.yml"
-    test_file.write_text(json.dumps(with_runbooks(tests), indent=1))
-    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    passes_promtool_tests(tmp_path, tests, "capacity.yml")
