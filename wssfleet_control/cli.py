@@ -619,6 +619,21 @@ def settings() -> None:
     click.echo(markdown_table())
 
 
+@main.command()
+@inventory_option
+@click.option("--schema", is_flag=True, help="the settings' JSON Schema instead (for editors)")
+def config(inventory_path: str, schema: bool) -> None:
+    """The inventory's settings as a deploy resolves them (every default filled in), as JSON.
+    They hold no secret: those live in the secrets file, never here."""
+    from wssfleet_control.settings import Settings
+
+    if schema:
+        click.echo(json.dumps(Settings.model_json_schema(), indent=2))
+        return
+    fleet = load_fleet(inventory_path)
+    click.echo(fleet.settings.model_dump_json(indent=2))
+
+
 @main.group()
 def lab() -> None:
     """The local lab: real Debian hosts in systemd-nspawn and a local ACME server."""

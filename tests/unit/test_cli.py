@@ -193,3 +193,17 @@ def test_verify_speaks_wssfleets_exit_codes_not_pytests(inventory):
     # No check selected: pytest's 5 ("no tests ran") is wssfleet's 4, the checks did not run.
     result = wssfleet("verify", "-i", str(inventory), "--", "-k", "no_check_has_this_name")
     assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_config_prints_the_resolved_settings_and_their_schema(inventory):
+    import json
+
+    from wssfleet_control.settings import resolve
+
+    resolved = json.loads(wssfleet("config", "-i", str(inventory)).stdout)
+    assert resolved["domain"] == "ws.example.com"
+    # Every default filled in, as a deploy sees it.
+    assert resolved["drain_seconds"] == resolve({"domain": "x.example.com"}).drain_seconds
+    schema = json.loads(wssfleet("config", "--schema").stdout)
+    assert schema["additionalProperties"] is False
+    assert set(resolved) == set(schema["properties"])
