@@ -198,12 +198,13 @@ def test_verify_speaks_wssfleets_exit_codes_not_pytests(inventory):
 def test_config_prints_the_resolved_settings_and_their_schema(inventory):
     import json
 
+    from tests.unit.helpers import PEBBLE
     from wssfleet_control.settings import resolve
 
     resolved = json.loads(wssfleet("config", "-i", str(inventory)).stdout)
     assert resolved["domain"] == "ws.example.com"
     # Every default filled in, as a deploy sees it.
-    assert resolved["drain_seconds"] == resolve({"domain": "x.example.com"}).drain_seconds
+    assert resolved["drain_seconds"] == resolve(PEBBLE).drain_seconds
     schema = json.loads(wssfleet("config", "--schema").stdout)
     assert schema["additionalProperties"] is False
     assert set(resolved) == set(schema["properties"])
