@@ -35,7 +35,7 @@ VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help tools control deploy plan rollback drain ready verify status renew test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
-	audit lock-status lock-release
+	audit lock-status lock-release logs ssh
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -120,6 +120,12 @@ renew: control ## force a certificate renewal through the cron job's own script
 
 audit: control ## the last runs that held the fleet lock: who, from where, which commit, the outcome (N=20)
 	@$(WSSFLEET) audit $(INVENTORY_OPTION) -n $(or $(N),20) $(if $(JSON),--json)
+
+logs: control ## the journals of wssfleet's units merged in time order (HOSTS='worker1 master' or a role; FOLLOW=1; SINCE=-1h)
+	@$(WSSFLEET) logs $(INVENTORY_OPTION) $(HOSTS) $(if $(FOLLOW),-f) $(if $(SINCE),--since=$(SINCE))
+
+ssh: control ## a shell on HOST=name with the inventory's SSH settings
+	@$(WSSFLEET) ssh $(INVENTORY_OPTION) $(HOST)
 
 lock-status: control ## who holds the fleet lock that deploy, rollback, rotate-secret, drain, ready and renew take
 	@$(WSSFLEET) lock status $(INVENTORY_OPTION)

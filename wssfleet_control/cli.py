@@ -380,9 +380,7 @@ def verify(inventory_path: str, pytest_args: tuple[str, ...]) -> None:
     """The testinfra suite (tests/infra) against the inventory's hosts."""
     require_lab(inventory_path)
     fleet = load_fleet(inventory_path)
-    config = BUILD / f"ssh_config.{Path(inventory_path).stem}"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text(fleet.ssh_config())
+    config = _ssh_config(fleet, inventory_path)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/infra"]
     command += [f"--inventory={inventory_path}", f"--ssh-config={config}", *pytest_args]
     sys.exit(verify_exit_code(subprocess.run(command, cwd=REPO).returncode))
@@ -611,6 +609,124 @@ def which_inventory(inventory_path: str, is_lab_check: bool) -> None:
     if is_lab_check:
         sys.exit(0 if is_lab(inventory_path) else 1)
     click.echo(inventory_path)
+
+
+def _ssh_config(fleet, inventory_path: str) -> Path:
+    """An OpenSSH config for the inventory's hosts (their ssh_* data), under build/."""
+    config = BUILD / f"ssh_config.{Path(inventory_path).stem}"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(fleet.ssh_config())
+    return config
+
+
+def _hosts_named(fleet, names: tuple[str, ...]) -> list:
+    """The hosts ``names`` selects (host names or roles: master, workers, redis, monitoring,
+    sentinel); every host when none."""
+    if not names:
+        return list(fleet.nodes)
+    chosen = []
+    for node in fleet.nodes:
+        if node.name in names or set(fleet.roles_of(node.name)) & set(names):
+            chosen.append(node)
+    unknown = [
+        name
+        for name in names
+        if name not in {node.name for node in fleet.nodes}
+        and not any(name in fleet.roles_of(node.name) for node in fleet.nodes)
+    ]
+    if unknown:
+        known = ", ".join(node.name for node in fleet.nodes)
+        raise click.UsageError(
+            f"{', '.join(unknown)}: no such host or role; hosts: {known}; roles: master, "
+            "workers, redis, monitoring, sentinel"
+        )
+    return chosen
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@inventory_option
+@click.argument("host_name", metavar="HOST")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(inventory_path: str, host_name: str, command: tuple[str, ...]) -> None:
+    """Open a shell on HOST (or run COMMAND there) with the inventory's SSH settings."""
+    import os
+
+    fleet = load_fleet(inventory_path)
+    (node,) = _hosts_named(fleet, (host_name,))[:1] or (None,)
+    if node is None or node.name != host_name:
+        raise click.UsageError(f"{host_name} is not a host of this inventory")
+    config = _ssh_config(fleet, inventory_path)
+    os.execvp("ssh", ["ssh", "-F", str(config), *(() if command else ("-t",)), node.name, *command])
+
+
+@main.command()
+@inventory_option
+@click.argument("names", nargs=-1, metavar="[HOST|ROLE]...")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.option("--since", default="-15min", show_default=True, help="journalctl's --since")
+def logs(inventory_path: str, names: tuple[str, ...], follow: bool, since: str) -> None:
+    """The journals of wssfleet's units on the chosen hosts (all by default), merged in time
+    order, each line prefixed by its host."""
+    import shlex
+    import threading
+
+    from wssfleet_control.status import units_of
+
+    fleet = load_fleet(inventory_path)
+    config = _ssh_config(fleet, inventory_path)
+    nodes = _hosts_named(fleet, names)
+    processes = {}
+    for node in nodes:
+        units = " ".join(f"-u {shlex.quote(unit)}" for unit in units_of(fleet, node))
+        journal = (
+            f"journalctl --no-pager -o short-iso-precise --since {shlex.quote(since)} {units}"
+            + (" -f" if follow else "")
+        )
+        processes[node.name] = subprocess.Popen(
+            ["ssh", "-F", str(config), node.name, journal],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+    width = max(len(name) for name in processes)
+    if follow:
+        lock = threading.Lock()
+
+        def relay(name: str, stream) -> None:
+            for line in stream:
+                with lock:
+                    click.echo(f"{name:<{width}}  {line}", nl=False)
+
+        threads = [
+            threading.Thread(target=relay, args=(name, process.stdout), daemon=True)
+            for name, process in processes.items()
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for process in processes.values():
+                process.terminate()
+        return
+    lines, failed = [], []
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=120)
+        if process.returncode != 0:
+            failed.append(f"{name}: {err.strip().splitlines()[-1] if err.strip() else 'failed'}")
+        lines += [
+            (line.split(" ", 1)[0], name, line)
+            for line in out.splitlines()
+            if line and not line.startswith("-- ")
+        ]
+    for _, name, line in sorted(lines):
+        click.echo(f"{name:<{width}}  {line}")
+    if failed:
+        raise Failure("could not read the journal on " + "; ".join(failed))
 
 
 @main.command()

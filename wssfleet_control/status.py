@@ -25,13 +25,14 @@ if TYPE_CHECKING:
     from wssfleet_control.inventory import Node
 
 
-def units_of(session: Session, node: Node) -> list[str]:
-    roles = session.fleet.roles_of(node.name)
+def units_of(fleet, node: Node) -> list[str]:
+    """The systemd units wssfleet runs on ``node`` (its instances as a pattern)."""
+    roles = fleet.roles_of(node.name)
     units = ["wssfleet-firewall.service"]
     units.append("prometheus-node-exporter.service")
     if "master" in roles:
         units += ["haproxy.service", REBALANCER_UNIT, "cron.service"]
-        if session.fleet.front_door:
+        if fleet.front_door:
             units.append("keepalived.service")
     if "redis" in roles:
         units += ["redis-server.service", "prometheus-redis-exporter.service"]
@@ -51,7 +52,7 @@ HEALTHY_UNIT_STATES = {"running", "exited"}
 def unit_states(session: Session, node: Node) -> dict[str, str] | None:
     """Each of the host's units and its state (systemd's sub-state); None when the host
     does not answer."""
-    result = session.on(node.name, commands.unit_states(units_of(session, node)))
+    result = session.on(node.name, commands.unit_states(units_of(session.fleet, node)))
     if not result.ok:
         return None
     return {

@@ -248,3 +248,16 @@ def test_one_run_at_a_time_holds_the_fleet_lock_and_every_run_is_audited(lab):
     ], runs
     assert all(run["commit"] == head and run["outcome"] for run in runs[-3:]), runs
     assert runs[-3]["outcome"] == "ok" and runs[-1]["outcome"] == "ok"
+
+
+def test_logs_merge_the_journals_of_a_role_and_ssh_reaches_a_host(lab):
+    workers = [worker.name for worker in lab.fleet.workers]
+    merged = wssfleet("logs", "workers", "--since", "-3h")
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    lines = merged.stdout.splitlines()
+    assert {line.split()[0] for line in lines} == set(workers), lines[:5]
+    stamps = [line.split()[1] for line in lines]
+    assert stamps == sorted(stamps), "not merged in time order"
+    assert any(INSTANCE_PREFIX in line for line in lines), lines[:5]
+    there = wssfleet("ssh", workers[0], "cat", "/etc/hostname")
+    assert there.returncode == 0 and workers[0] in there.stdout, there.stdout + there.stderr

@@ -208,3 +208,10 @@ def test_config_prints_the_resolved_settings_and_their_schema(inventory):
     schema = json.loads(wssfleet("config", "--schema").stdout)
     assert schema["additionalProperties"] is False
     assert set(resolved) == set(schema["properties"])
+
+
+@pytest.mark.parametrize("command", [("logs", "nosuch"), ("ssh", "nosuch")])
+def test_logs_and_ssh_name_the_hosts_and_roles_there_are(inventory, command):
+    result = wssfleet(command[0], "-i", str(inventory), *command[1:])
+    assert result.returncode == 2, result.stderr
+    assert "nosuch" in result.stderr and "hosts: m, w" in result.stderr, result.stderr
