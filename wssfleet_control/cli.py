@@ -243,8 +243,15 @@ def deploy(
 @main.command()
 @inventory_option
 @json_option
-def rollback(inventory_path: str, as_json: bool) -> None:
-    """Roll every instance back onto the release it ran before, with the same drain."""
+@click.option(
+    "--to",
+    "to_release",
+    metavar="RELEASE",
+    help="this release instead of the one before (one of the three each worker keeps)",
+)
+def rollback(inventory_path: str, as_json: bool, to_release: str | None) -> None:
+    """Roll every instance back onto the release it ran before (or --to another kept one),
+    with the same drain."""
     from wssfleet_control import rollout
 
     require_lab(inventory_path)
@@ -259,7 +266,11 @@ def rollback(inventory_path: str, as_json: bool) -> None:
         lock = _locked(session, "rollback")
         report["errors"] = ["interrupted"]
         try:
-            target = rollout.previous_release(session)
+            target = (
+                rollout.installed_everywhere(session, to_release)
+                if to_release
+                else rollout.previous_release(session)
+            )
             report["release"] = target
             _say("--> Rolling instances back onto release", target)
             steps = rollout.roll(

@@ -33,6 +33,10 @@ def previous_release() -> str:
     return _line("python3", layout.INSTANCES_HELPER, "previous")
 
 
+def installed_releases() -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "installed")
+
+
 def point_current(release: str) -> str:
     return _line("python3", layout.INSTANCES_HELPER, "point", release)
 

@@ -59,6 +59,19 @@ def pending_steps(session: Session, release: str) -> list[Step]:
     return steps
 
 
+def installed_everywhere(session: Session, release: str) -> str:
+    """``release`` when every worker has it installed (kept: the three newest); RolloutError
+    naming the workers that do not, and the releases they keep."""
+    missing = []
+    for worker in session.fleet.workers:
+        listed = _checked(session, worker, commands.installed_releases()).split()
+        if release not in listed:
+            missing.append(f"{worker.name} keeps {', '.join(listed) or 'none'}")
+    if missing:
+        raise RolloutError(f"release {release} is not installed everywhere: {'; '.join(missing)}")
+    return release
+
+
 def previous_release(session: Session) -> str:
     """The release the workers ran before the current one; RolloutError when there is none
     or the workers disagree."""

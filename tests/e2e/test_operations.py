@@ -141,6 +141,12 @@ def test_a_service_change_ships_a_release_and_rolls_every_instance_onto_it(lab):
         }
         worker = lab.fleet.workers[0]
         assert lab.on(worker.name, f"readlink {CURRENT}").stdout.strip().endswith(new)
+        # --to a release no worker keeps: refused, naming what each keeps; nothing moves.
+        unknown = wssfleet("rollback", "--to", "0123456789ab")
+        assert unknown.returncode == 1, unknown.stderr[-2000:]
+        assert "release 0123456789ab is not installed everywhere" in unknown.stderr
+        assert f"{worker.name} keeps " in unknown.stderr and old in unknown.stderr
+        assert lab.on(worker.name, f"readlink {CURRENT}").stdout.strip().endswith(new)
     finally:
         # `make rollback`: every instance back on the release before, drained one at a time.
         rolled = wssfleet("rollback", "--json")

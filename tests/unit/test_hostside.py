@@ -262,6 +262,12 @@ def test_point_refuses_a_release_that_is_not_completely_installed(releases, caps
     assert instances.current() == ""
 
 
+def test_installed_lists_the_complete_releases_rollback_to_may_pick(releases, capsys):
+    assert instances.installed() == ["r1", "r2"]  # not r3-partial: its pip did not finish
+    assert instances.main(["installed"]) == 0
+    assert capsys.readouterr().out.split() == ["r1", "r2"]
+
+
 def test_previous_skips_a_release_that_was_removed(releases):
     for release in ("r1", "r2"):
         instances.point(release)

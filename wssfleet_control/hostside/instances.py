@@ -6,6 +6,7 @@ roles/workers.py as layout.INSTANCES_HELPER; standard library only.
     instances.py current               the release `current` points at
     instances.py point RELEASE         point `current` at an installed release (atomically)
     instances.py previous              the release `current` pointed at before, if installed
+    instances.py installed             every release installed here, a line each
     instances.py wait-healthy ADDRESS PORT RELEASE SECONDS
                                        until the instance runs RELEASE and /healthz says 200
     instances.py drain ADDRESS PORT SECONDS
@@ -96,6 +97,15 @@ def point(release: str) -> int:
     with open(RELEASE_HISTORY, "a") as history:
         history.write(release + "\n")
     return 0
+
+
+def installed() -> list[str]:
+    """The releases whose install completed (the marker written after pip succeeded)."""
+    if not os.path.isdir(RELEASES):
+        return []
+    return sorted(
+        name for name in os.listdir(RELEASES) if os.path.exists(f"{RELEASES}/{name}/.installed")
+    )
 
 
 def previous() -> str:
@@ -193,6 +203,9 @@ def main(argv: list[str]) -> int:
             return point(release)
         case ["previous"]:
             print(previous())
+            return 0
+        case ["installed"]:
+            print("\n".join(installed()))
             return 0
         case ["wait-healthy", address, port, release, seconds]:
             return wait_healthy(address, port, release, float(seconds))
