@@ -188,10 +188,11 @@ def deploy(
     errors: list[str] = []
     try:
         session.connect()  # every host: a deploy without one would be half done
-        if holding is None:
-            lock.acquire()
+        # Read-only, before the lock: a refused deploy leaves no trace on the hosts.
         if not replace_secrets:
             secret_records.refuse_a_fork(session)
+        if holding is None:
+            lock.acquire()
         run = DeployRun(
             fleet=session.fleet,
             secrets=session.fleet.secrets(create=True),
@@ -875,7 +876,7 @@ def _print_report(report: dict[str, Any]) -> None:
             click.echo(f"    [{step['host']}] instance {step['port']}: {step['reason']}")
     elif "seconds" in report:
         click.echo(
-            f"--> release {report['release']}: {len(rows)} changes, "
+            f"--> release {report.get('release') or '(none)'}: {len(rows)} changes, "
             f"{sum(step['outcome'] == 'done' for step in steps)} instances restarted, "
             f"in {report['seconds']} s"
         )
