@@ -101,6 +101,8 @@ class Hub:
         self.shedding: asyncio.Task[None] | None = None
         self._catching_up: set[asyncio.Task[None]] = set()
         self.reads = Turns(HISTORY_READS)
+        # Channel: the read of its latest offset the joins without since share.
+        self._latest_reads: dict[str, asyncio.Future[History]] = {}
         self._keeping_alive: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
@@ -262,8 +264,27 @@ class Hub:
         nothing could be recovered. Reads take turns: at most HISTORY_READS at once, one
         subject after another, so one subject's backlog does not hold up the others."""
         await self.bus.ready(channel)  # waiting for the bus holds no turn
+        if since is not None:
+            return await self._read_in_turn(channel, since, subject)
+        # A join without since wants the latest offset only: the joins of a channel waiting
+        # at once share one read (a wave of clients joining one channel costs Redis one read,
+        # and the turns hold one waiter, not one per client). A read begun before a client
+        # joined is as good: what arrives after it reaches the client live.
+        shared = self._latest_reads.get(channel)
+        if shared is None:
+            shared = asyncio.ensure_future(self._read_in_turn(channel, None, subject))
+            self._latest_reads[channel] = shared
+            shared.add_done_callback(lambda done: self._forget_latest_read(channel, done))
+        # Shielded: a client that leaves does not cancel the others' read.
+        return await asyncio.shield(shared)
+
+    async def _read_in_turn(self, channel: str, since: str | None, subject: str) -> History:
         async with self.reads.turn(subject):
             return await self._read_history(channel, since)
+
+    def _forget_latest_read(self, channel: str, done: asyncio.Future[History]) -> None:
+        if self._latest_reads.get(channel) is done:
+            del self._latest_reads[channel]
 
     async def _read_history(self, channel: str, since: str | None) -> History:
         loop = asyncio.get_running_loop()
