@@ -76,6 +76,8 @@ class FleetLock:
         self.started = time.time()
         # What a deploy under this lock rolled out (rotate-secret's deploy sets it).
         self.deployed_release = ""
+        # Who and which checkout, read once (git) for the lock and the audit line alike.
+        self.operator = operator()
 
     def acquire(self) -> None:
         """Take the lock on every master that answers; DeployError naming the holder when
@@ -86,7 +88,7 @@ class FleetLock:
         if not masters:
             raise DeployError("no master answers over SSH: the fleet lock cannot be taken")
         record = json.dumps(
-            {**operator(), "command": self.command, "since": int(self.started), "id": self.token}
+            {**self.operator, "command": self.command, "since": int(self.started), "id": self.token}
         )
         for master in masters:
             answer = session.on(master, _take(record))
@@ -112,7 +114,7 @@ class FleetLock:
         entry = {
             "time": datetime.fromtimestamp(self.started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "at": round(self.started, 3),
-            **operator(),
+            **self.operator,
             "command": self.command,
             "release": release,
             "settings": settings_digest(self.session.fleet),
