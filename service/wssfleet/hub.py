@@ -247,6 +247,15 @@ class Hub:
             last = history.missed[-1][0] if history.missed else since
         else:
             self.stats.recoveries["not_recovered"] += 1
+            # Said to the client as a gap it reloads over: the operator hears where from.
+            event(
+                "history not recovered",
+                channel=channel,
+                sub=client.subject,
+                since=since,
+                latest=history.latest,
+                worker=self.config.worker_label,
+            )
             client.reply("subscribed", channel=channel, recovered=False, offset=history.latest)
             last = history.latest
         client.settled(channel)
@@ -305,6 +314,12 @@ class Hub:
                 failing_since = now
             if now - failing_since >= HISTORY_READ_DEADLINE:
                 self.stats.requests_refused["bus_unavailable"] += 1
+                event(
+                    "history unreadable",
+                    channel=channel,
+                    seconds=HISTORY_READ_DEADLINE,
+                    worker=self.config.worker_label,
+                )
                 feed = self.feeds.get(channel)
                 latest = feed.offset if feed is not None and feed.offset else ""
                 return History(latest=latest, recovered=False)

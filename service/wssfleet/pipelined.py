@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -207,33 +207,59 @@ class Address:
         self._database = int(database) if database else 0
 
     async def primary(self, timeout: float) -> tuple[str, int]:
-        """Where the primary is: the URL's server, or the first Sentinel's answer; LinkLost
-        when no Sentinel answers or none knows one."""
+        """Where the primary is: the URL's server, or the one a majority of the Sentinels
+        name. One Sentinel's word is not enough: one back from a cut names the old primary
+        for seconds, and that server, not yet converted, still says it is the primary (a
+        process that followed it would read a history that ends before what its clients
+        saw, and store what the next conversion discards). LinkLost when no majority names
+        the same server within ``timeout``."""
         if not self.sentinels:
             return self.host, self.port
+        majority = len(self.sentinels) // 2 + 1
+        asks = [
+            asyncio.ensure_future(self._named_by(host, port, timeout))
+            for host, port in self.sentinels
+        ]
+        votes: Counter[tuple[str, int]] = Counter()
+        try:
+            for answer in asyncio.as_completed(asks):
+                named = await answer
+                if named is not None:
+                    votes[named] += 1
+                    if votes[named] >= majority:
+                        return named
+        finally:
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+        said = ", ".join(f"{host}:{port} by {count}" for (host, port), count in votes.items())
+        raise LinkLost(
+            f"no majority of the {len(self.sentinels)} Sentinels names one primary "
+            f"({said or 'none answered'})"
+        )
+
+    async def _named_by(self, host: str, port: int, timeout: float) -> tuple[str, int] | None:
+        """The primary one Sentinel names; None if it does not answer or knows none."""
         loop = asyncio.get_running_loop()
-        for host, port in self.sentinels:
-            sentinel: RespConnection | None = None
-            try:
-                async with asyncio.timeout(timeout):
-                    # With TLS to Redis, TLS to the Sentinels too (the same CA).
-                    _, sentinel = await loop.create_connection(
-                        lambda: RespConnection(loop, timeout), host, port, ssl=self._ssl
-                    )
-                    if self.sentinel_password:
-                        user = (self.sentinel_user,) if self.sentinel_user else ()
-                        await sentinel.command("AUTH", *user, self.sentinel_password)
-                    found = await sentinel.command(
-                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.primary_name
-                    )
-            except (OSError, TimeoutError, LinkLost, ReplyError):
-                continue
-            finally:
-                if sentinel is not None:
-                    sentinel.close("asked")
-            if found:
-                return found[0].decode(), int(found[1])
-        raise LinkLost("no Sentinel names a primary")
+        sentinel: RespConnection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                # With TLS to Redis, TLS to the Sentinels too (the same CA).
+                _, sentinel = await loop.create_connection(
+                    lambda: RespConnection(loop, timeout), host, port, ssl=self._ssl
+                )
+                if self.sentinel_password:
+                    user = (self.sentinel_user,) if self.sentinel_user else ()
+                    await sentinel.command("AUTH", *user, self.sentinel_password)
+                found = await sentinel.command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.primary_name
+                )
+        except (OSError, TimeoutError, LinkLost, ReplyError):
+            return None
+        finally:
+            if sentinel is not None:
+                sentinel.close("asked")
+        return (found[0].decode(), int(found[1])) if found else None
 
     async def connect(self, client_name: str, timeout: float) -> RespConnection:
         """A new connection, authenticated, on its database, named ``client_name`` in

@@ -369,7 +369,6 @@ class RedisBus(Bus):
             await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
             try:
                 info = await self._publishing.call("INFO", "replication")
-                primary = await self._address.primary(COMMAND_TIMEOUT)
             except (LinkLost, ReplyError) as error:
                 self.replicas = 0
                 if not unanswered:
@@ -383,11 +382,21 @@ class RedisBus(Bus):
                 continue
             unanswered = False
             is_primary, replicas = replicas_in_step(info)
+            try:
+                primary = await self._address.primary(COMMAND_TIMEOUT)
+            except LinkLost as error:
+                if is_primary:
+                    # It answers as the primary; the Sentinels do not agree on one (mid-
+                    # failover, or too few answer): stay until a majority names another.
+                    log.info("redis: the primary is unconfirmed (%s)", error)
+                    continue
+                primary = None
             if is_primary and primary == self._address.current:
                 self.replicas = replicas
                 continue
             self.replicas = 0
-            log.warning("redis: the primary is now %s:%s; reconnecting", *primary)
+            named = f"{primary[0]}:{primary[1]}" if primary else "not agreed on"
+            log.warning("redis: the primary is now %s; reconnecting", named)
             self._publishing.close()
             self._reading.close()
             if self._subscriber is not None:

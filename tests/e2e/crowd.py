@@ -33,6 +33,8 @@ class ShippedSubscriber:
         self.received: list[tuple[int, str]] = []
         self.gaps = 0
         self.connections = 0
+        # What happened to it, in order, for a failure to tell: (monotonic time, what).
+        self.timeline: list[tuple[float, str]] = []
         self.client = Client(
             f"wss://{lab.domain}/ws",
             token=lambda: lab.token("shipped-client"),
@@ -47,8 +49,10 @@ class ShippedSubscriber:
         )
         self.task: asyncio.Task | None = None
 
-    def _event(self, kind: str, _detail: dict) -> None:
+    def _event(self, kind: str, detail: dict) -> None:
         self.connections += kind == "connected"
+        said = {key: detail[key] for key in ("code", "reason", "error", "worker") if key in detail}
+        self.timeline.append((time.monotonic(), f"{kind} {said}" if said else kind))
 
     def start(self) -> None:
         self.client.start()
@@ -59,6 +63,7 @@ class ShippedSubscriber:
             async for message in subscription:
                 if message.gap:
                     self.gaps += 1
+                    self.timeline.append((time.monotonic(), f"gap after {self.received[-1:]}"))
                 else:
                     self.received.append((message.data, message.offset))
 
@@ -120,9 +125,18 @@ def through(
             await asyncio.sleep(0.2)
         for application in shipped:
             await application.finish()
-        return subscribers, publishers, outcome, fault_seconds, settled, settled_at, shipped
+        return (
+            subscribers,
+            publishers,
+            outcome,
+            started,
+            fault_seconds,
+            settled,
+            settled_at,
+            shipped,
+        )
 
-    subscribers, publishers, outcome, fault_seconds, settled, settled_at, shipped = run(
+    subscribers, publishers, outcome, started, fault_seconds, settled, settled_at, shipped = run(
         scenario(), timeout=400
     )
     unanswered = [
@@ -155,9 +169,9 @@ def through(
             problems.append(
                 f"the shipped Python client on {application.channel}: {len(received)} received "
                 f"of {len(expected)}, {len(received) - len(set(received))} repeated, "
-                f"{application.gaps} history gaps"
+                f"{application.gaps} history gaps; since the fault began: "
+                + ", ".join(f"{at - started:+.1f} s {what}" for at, what in application.timeline)
             )
-    assert problems == [], f"{outcome}\n" + "\n".join(problems[:10])
     summary = {
         "acknowledged": sum(len(messages) for messages in acked.values()),
         "deliveries": sum(len(inbox.received) for inbox in subscribers.inboxes),
@@ -176,6 +190,8 @@ def through(
     if isinstance(outcome, dict) and "cut_at" in outcome:
         summary |= _since_the_cut(outcome["cut_at"], subscribers, publishers)
     print(f"\n{summary}")
+    # The figures first: what the crowd saw tells where a problem came from.
+    assert problems == [], f"{summary}\n" + "\n".join(problems[:10])
     assert summary["acknowledged"] >= CHANNELS * 10, "too few messages to prove anything"
     return summary
 

@@ -7,10 +7,12 @@ import contextlib
 import os
 import signal
 
+import hiredis
 import pytest
 
 from roles.redis import ADMIN_REDIS_USER
-from wssfleet.pipelined import Link, LinkLost, ReplyError, raise_if_cancelled
+from tests.processes import free_port
+from wssfleet.pipelined import Address, Link, LinkLost, ReplyError, raise_if_cancelled
 
 
 def run(coroutine):
@@ -155,3 +157,62 @@ def test_a_retry_loop_stops_when_cancelled_even_if_the_failure_hid_the_cancel():
         return stopped
 
     assert run(scenario())
+
+
+class NamingSentinel:
+    """A Sentinel's answer to where the primary is, fixed: ``names`` (None: it knows none),
+    or no answer at all (``silent``), as one cut off or back from a cut would give."""
+
+    def __init__(self, names: tuple[str, int] | None, silent: bool = False) -> None:
+        self.names, self.silent = names, silent
+        self.asked = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(4096):
+                parser.feed(data)
+                while parser.gets() is not False:
+                    self.asked += 1
+                    if self.silent:
+                        continue
+                    if self.names is None:
+                        writer.write(b"*-1\r\n")
+                    else:
+                        host, port = self.names[0].encode(), str(self.names[1]).encode()
+                        writer.write(
+                            b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(host), host, len(port), port)
+                        )
+                    await writer.drain()
+        writer.close()
+
+
+def test_a_sentinel_back_from_a_cut_naming_the_old_primary_is_outvoted(redis_server):
+    """The old primary still says it is one until the Sentinels convert it: one Sentinel's
+    word would send the process to it. A majority names the server it connects to."""
+    new = ("127.0.0.1", redis_server.port)
+    old = ("127.0.0.1", free_port())  # nothing listens: a connection there would fail
+
+    async def primary_named_by(*sentinels: NamingSentinel) -> tuple[str, int]:
+        addresses = [await sentinel.start() for sentinel in sentinels]
+        address = Address(redis_server.url, sentinels=tuple(addresses))
+        try:
+            return await address.primary(1.0)
+        finally:
+            for sentinel in sentinels:
+                sentinel.server.close()
+
+    stale_first = NamingSentinel(old)
+    assert run(primary_named_by(stale_first, NamingSentinel(new), NamingSentinel(new))) == new
+    assert stale_first.asked == 1
+    # One cut off, the other two naming the new one: it is the primary.
+    cut_off = NamingSentinel(new, silent=True)
+    assert run(primary_named_by(cut_off, NamingSentinel(new), NamingSentinel(new))) == new
+    # No majority names one server: none is taken, and the error says what each said.
+    with pytest.raises(LinkLost, match=r"no majority of the 3 Sentinels .*:\d+ by 1"):
+        run(primary_named_by(NamingSentinel(old), NamingSentinel(new), NamingSentinel(None)))
