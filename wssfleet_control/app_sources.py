@@ -1,0 +1,170 @@
+"""A team's own WebSocket app as the fleet ships it: how it runs (decided from its source),
+what identifies a release of it, and the release directory built on the control machine.
+
+The hosts get a finished directory: a Node.js project with its dependencies installed from
+its lockfile (dev dependencies left out), so they need no registry, only the runtime
+(Debian's ``nodejs``); an executable as it is. A release is named by a digest of the source
+and the command, computed without building, so a plan can tell whether the hosts run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Runtime = Literal["node", "python", "executable"]
+NODE_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
+PYTHON_PROJECT_FILES = ("pyproject.toml", "requirements.txt")
+# Never part of a release: what a build makes, and what a checkout keeps for itself.
+LEFT_OUT = frozenset(
+    {".git", "node_modules", "__pycache__", ".venv", "venv", ".pytest_cache", "build", "dist"}
+)
+# How long one build may take before it is reported as hung.
+BUILD_SECONDS = 600
+
+
+class AppSourceError(ValueError):
+    """An app's source cannot be shipped as given; the message names the app, what is wrong
+    and the fix."""
+
+
+@dataclass(frozen=True)
+class AppSource:
+    """One app's source on the control machine, and how an instance of it starts."""
+
+    name: str
+    directory: Path
+    command: tuple[str, ...]
+    runtime: Runtime
+
+    def files(self) -> list[Path]:
+        """What a release of it is made of, in a stable order."""
+        return sorted(
+            path
+            for path in self.directory.rglob("*")
+            if path.is_file() and not LEFT_OUT.intersection(path.relative_to(self.directory).parts)
+        )
+
+    def release_id(self) -> str:
+        """A digest of every file of the source and of the command that starts it."""
+        digest = hashlib.sha256(shlex.join(self.command).encode() + b"\0")
+        for path in self.files():
+            digest.update(str(path.relative_to(self.directory)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+        return digest.hexdigest()[:12]
+
+
+def inspect(name: str, source: Path, command: str) -> AppSource:
+    """The app ``name`` at ``source`` started by ``command``, or AppSourceError naming what
+    is wrong: a missing directory, a Node.js project without a lockfile, a command that the
+    release would not have, a source whose runtime cannot be told."""
+    where = f"apps.{name}"
+    if not source.is_dir():
+        raise AppSourceError(
+            f"{where}.source: {source} is not a directory on this machine: give the directory "
+            "that holds the app's code (relative paths are from the inventory's directory)"
+        )
+    try:
+        words = tuple(shlex.split(command))
+    except ValueError as error:
+        raise AppSourceError(f"{where}.command: {error}: quote it as a shell would") from None
+    if not words:
+        raise AppSourceError(f"{where}.command: empty: say how one instance starts")
+    runtime = _runtime(where, source, words)
+    _script_is_there(where, source, words, runtime)
+    return AppSource(name, source.resolve(), words, runtime)
+
+
+def _runtime(where: str, source: Path, words: tuple[str, ...]) -> Runtime:
+    if (source / "package.json").is_file():
+        if not any((source / lockfile).is_file() for lockfile in NODE_LOCKFILES):
+            raise AppSourceError(
+                f"{where}: {source} has package.json but no package-lock.json: run "
+                "'npm install' there and keep the lockfile with the code (the fleet installs "
+                "exactly what it locks, nothing newer)"
+            )
+        return "node"
+    if any((source / project).is_file() for project in PYTHON_PROJECT_FILES):
+        return "python"
+    if _executable(source, words[0]):
+        return "executable"
+    raise AppSourceError(
+        f"{where}: cannot tell how to run {source}: it has no package.json (Node.js), no "
+        f"pyproject.toml or requirements.txt (Python), and {words[0]!r} is not an executable "
+        "file in it (a binary or script: give its path, like ./server)"
+    )
+
+
+def _executable(source: Path, word: str) -> bool:
+    path = (source / word).resolve()
+    return path.is_relative_to(source.resolve()) and path.is_file() and os.access(path, os.X_OK)
+
+
+def _script_is_there(where: str, source: Path, words: tuple[str, ...], runtime: Runtime) -> None:
+    """The file the command runs is part of the release: caught here, not as an instance that
+    never becomes healthy."""
+    program = words[0]
+    interpreters = {"node": ("node", "nodejs"), "python": ("python", "python3")}
+    if runtime in interpreters and program in interpreters[runtime]:
+        script = next((word for word in words[1:] if not word.startswith("-")), None)
+        if script is None or not (source / script).is_file():
+            raise AppSourceError(
+                f"{where}.command: {program} runs {script or 'nothing'}, which is not a file in "
+                f"{source}: give the script's path relative to it"
+            )
+    elif "/" in program and not _executable(source, program):
+        raise AppSourceError(
+            f"{where}.command: {program} is not an executable file in {source}: check the path "
+            "and that it is executable (chmod +x)"
+        )
+
+
+def build(app: AppSource, releases: Path) -> Path:
+    """The release directory of ``app`` under ``releases`` (made once per release id): the
+    source without what LEFT_OUT names, and for Node.js its locked dependencies without dev
+    ones. A directory is complete when its marker is there: a failed build is made again."""
+    release = releases / app.name / app.release_id()
+    marker = release / ".wssfleet-built"
+    if marker.is_file():
+        return release
+    if release.exists():
+        shutil.rmtree(release)
+    release.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(app.directory, release, ignore=shutil.ignore_patterns(*LEFT_OUT))
+    if app.runtime == "node":
+        _run(app, ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"], release)
+    marker.write_text(app.release_id() + "\n")
+    return release
+
+
+def _run(app: AppSource, command: list[str], directory: Path) -> None:
+    try:
+        subprocess.run(
+            command,
+            cwd=directory,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_SECONDS,
+        )
+    except FileNotFoundError:
+        raise AppSourceError(
+            f"apps.{app.name}: {command[0]} is not installed on this machine: run 'make tools'"
+        ) from None
+    except subprocess.CalledProcessError as error:
+        # The tool's first words that say something (npm ends with usage and a log's path).
+        lines = (error.stderr or error.stdout).splitlines()
+        said = [line for line in lines if line.strip() not in ("", "npm error")][:6]
+        raise AppSourceError(
+            f"apps.{app.name}: {shlex.join(command)} failed in {directory}:\n  " + "\n  ".join(said)
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AppSourceError(
+            f"apps.{app.name}: {shlex.join(command)} took over {BUILD_SECONDS} s in {directory}"
+        ) from None
