@@ -17,7 +17,7 @@ ARTIFACTS := artifacts
 # redis-server, haproxy to validate rendered configs) and the browser test (Chromium, its
 # driver, NSS tools to trust the lab's ACME root).
 HOST_PACKAGES := systemd-container debootstrap nftables iproute2 redis-server haproxy \
-	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv
+	openssl openssh-client curl chromium chromium-driver libnss3-tools python3-venv nodejs
 HOST_STAMP := build/.host-packages
 # Prometheus's promtool, unpacked from Debian's package without installing it (which would
 # start a Prometheus here): the unit tests check the rendered config and test the alert rules.
@@ -78,6 +78,11 @@ $(HOST_STAMP): Makefile
 		apt-get update -q >/dev/null; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# Debian's nodejs comes without npm (its npm package); another build of nodejs may carry it.
+	@command -v npm >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "installing npm needs root: run as root or sudo make tools" >&2; exit 1; }; \
+		echo "==> installing Debian packages: npm"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null; }
 	@mkdir -p build && touch $@
 
 $(VENV_STAMP): pyproject.toml service/pyproject.toml clients/python/pyproject.toml

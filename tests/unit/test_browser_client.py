@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -21,8 +20,6 @@ MODULE = REPO / "service" / "wssfleet" / "static" / "wssfleet-client.js"
 RUNNER = Path(__file__).parent / "js" / "contract_run.mjs"
 FAST = {"WSSFLEET_MESSAGES_PER_SECOND": "100000", "WSSFLEET_HEARTBEAT_INTERVAL": "1"}
 COUNT = 40
-
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
 
 
 def urls(*services) -> str:
