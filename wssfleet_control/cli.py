@@ -423,6 +423,21 @@ def status(inventory_path: str, as_json: bool) -> None:
 
 @main.command()
 @inventory_option
+@json_option
+def details(inventory_path: str, as_json: bool) -> None:
+    """What runs where: each worker's current and kept releases; each instance's release,
+    since when, whether it runs older settings than its host's, and how each master's
+    HAProxy sees it. Exit 4 when no worker answers."""
+    from wssfleet_control import details as fleet_details
+
+    require_lab(inventory_path)
+    with open_session(inventory_path, quiet=True) as session:
+        code = fleet_details.show(session, as_json)
+    sys.exit(code)
+
+
+@main.command()
+@inventory_option
 def renew(inventory_path: str) -> None:
     """Force a certificate renewal through the cron job's own script."""
     from wssfleet_control import certificate_sharing, commands

@@ -2,7 +2,8 @@
 """The service instances of a worker, as the rollout controller sees them. Installed by
 roles/workers.py as layout.INSTANCES_HELPER; standard library only.
 
-    instances.py state PORT...         per instance: active, release it runs, stale config
+    instances.py state PORT...         per instance: active, release it runs, since when
+                                       (seconds since the epoch), stale config
     instances.py current               the release `current` points at
     instances.py point RELEASE         point `current` at an installed release (atomically)
     instances.py previous              the release `current` pointed at before, if installed
@@ -67,17 +68,20 @@ def running_release(pid: int) -> str | None:
 
 def state(port: str) -> dict[str, object]:
     pid = main_pid(port)
+    stopped = {"active": False, "release": None, "since": None, "stale": False}
     if not pid:
-        return {"active": False, "release": None, "stale": False}
+        return stopped
     try:
         newest = max(os.stat(path).st_mtime for path in STARTUP_FILES if os.path.exists(path))
+        since = started_at(pid)
         return {
             "active": True,
             "release": running_release(pid),
-            "stale": newest > started_at(pid),
+            "since": round(since, 1),
+            "stale": newest > since,
         }
     except (FileNotFoundError, ProcessLookupError):
-        return {"active": False, "release": None, "stale": False}
+        return stopped
 
 
 def current() -> str:
