@@ -91,3 +91,28 @@ def test_every_link_between_the_docs_resolves():
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{doc.name}: {target} (no such heading)")
     assert broken == []
+
+
+def test_the_port_table_gives_every_port_the_firewall_opens_with_its_default():
+    from wssfleet_control.hostside import layout
+
+    table = (REPO / "docs" / "security.md").read_text().split("**Ports, for a cloud")[1]
+    table = table.split("\n\n")[1]
+    defaults = Settings.model_fields
+    ports = {
+        "CERTBOT_PORT": layout.CERTBOT_PORT,
+        "HAPROXY_PEERS_PORT": layout.HAPROXY_PEERS_PORT,
+        "NODE_EXPORTER_PORT": layout.NODE_EXPORTER_PORT,
+        "REDIS_EXPORTER_PORT": layout.REDIS_EXPORTER_PORT,
+        "HAPROXY_METRICS_PORT": layout.HAPROXY_METRICS_PORT,
+        "PROMETHEUS_PORT": layout.PROMETHEUS_PORT,
+        **{name: defaults[name].default for name in ("redis_port", "redis_sentinel_port")},
+        "worker_base_port": defaults["worker_base_port"].default,
+    }
+    rows = {row.split("|")[1].strip() for row in table.splitlines()[2:]}
+    missing = {
+        name: port for name, port in ports.items() if not any(str(port) in row for row in rows)
+    }
+    assert not missing, f"docs/security.md's port table lacks {missing}"
+    for setting in ("redis_port", "redis_sentinel_port", "worker_base_port"):
+        assert f"`{setting}` ({ports[setting]})" in table, setting
