@@ -148,6 +148,17 @@ def open_session(inventory_path: str, quiet: bool = False, diff: bool = False):
         raise InvalidSettings(f"{inventory_path}: {error}") from None
 
 
+def secrets_of(session, create: bool) -> dict[str, str]:
+    """The deployment's secrets; a vault that cannot be read (secrets_command) is a failure
+    said in one line, before any host is touched."""
+    from wssfleet_control.secrets import SecretsError
+
+    try:
+        return session.fleet.secrets(create=create)
+    except SecretsError as error:
+        raise Failure(str(error)) from None
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -186,6 +197,7 @@ def deploy(
     # rotate-secret holds the lock already (and records the run itself).
     lock = holding or FleetLock(session, "deploy")
     errors: list[str] = []
+    secrets_of(session, create=False)  # a vault that does not answer stops it here
     try:
         session.connect()  # every host: a deploy without one would be half done
         # Read-only, before the lock: a refused deploy leaves no trace on the hosts.
@@ -195,7 +207,7 @@ def deploy(
             lock.acquire()
         run = DeployRun(
             fleet=session.fleet,
-            secrets=session.fleet.secrets(create=True),
+            secrets=secrets_of(session, create=True),
             dry=False,
             templates=templates or TEMPLATES,
         )
@@ -366,7 +378,7 @@ def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) 
 
     require_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json, diff=diff)
-    run = DeployRun(fleet=session.fleet, secrets=session.fleet.secrets(create=False), dry=True)
+    run = DeployRun(fleet=session.fleet, secrets=secrets_of(session, create=False), dry=True)
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
     try:
         if not replace_secrets:
@@ -554,12 +566,19 @@ def rotate_secret(
     require_lab(inventory_path)
     with open_session(inventory_path, quiet=True) as session:
         overlap = session.fleet.settings.token_max_ttl
+        secrets_of(session, create=False)  # a vault that does not answer: before the lock
         # Held from before the key changes until its deploy ends.
         lock = _locked(session, "rotate-secret --revoke" if revoke else "rotate-secret")
         outcome = "failed"
         try:
             try:
-                secrets.rotate(inventory_path, overlap, force=force, revoke=revoke)
+                secrets.rotate(
+                    inventory_path,
+                    overlap,
+                    force=force,
+                    revoke=revoke,
+                    command=session.fleet.settings.secrets_command,
+                )
             except ValueError as error:
                 outcome = f"refused: {error}"
                 raise click.UsageError(str(error)) from None
@@ -597,10 +616,10 @@ def token(
 ) -> None:
     """Print a client token signed with the deployment's key."""
     from wssfleet import auth
-    from wssfleet_control import secrets
+    from wssfleet_control import inventory, secrets
 
     try:
-        secret = secrets.load(inventory_path, create=False)["jwt_secret"]
+        secret = inventory.load(inventory_path).secrets(create=False)["jwt_secret"]
         if secret == secrets.NOT_YET:
             raise ValueError(f"{inventory_path} has no signing key yet: deploy it first")
         click.echo(

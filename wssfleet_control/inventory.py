@@ -150,7 +150,11 @@ class Fleet:
         # The masters' certificates also serve as clients: their HAProxy peers ask for one.
         peers = [master.name for master in self.masters]
         return secrets.load(
-            self.inventory_path, create=create, tls_hosts=tls_hosts, tls_clients=peers
+            self.inventory_path,
+            create=create,
+            tls_hosts=tls_hosts,
+            tls_clients=peers,
+            command=self.settings.secrets_command,
         )
 
     def worker_ports(self, processes: int) -> list[int]:

@@ -69,7 +69,7 @@ def refuse_a_fork(session) -> None:
                     f"{SECRET_RECORD} on {node.name} is not JSON: remove it if no deploy is "
                     "running, and deploy again"
                 ) from None
-    stored = secrets.load(inventory_path, create=False)
+    stored = session.fleet.secrets(create=False)
     found = conflicts(stored, recorded)
     if not found:
         return

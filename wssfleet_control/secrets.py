@@ -1,7 +1,10 @@
 """Per-deployment secrets, made once on the control machine and never committed.
 
 They live beside the inventory in ``.secrets/<inventory name>.json`` (git-ignored, mode 600).
-Operators who keep secrets in a vault write that file from it before a deploy.
+Operators who keep secrets in a vault name a command that prints them (the ``secrets_command``
+setting: ``pass``, ``op``, ``vault kv get``) or set ``WSSFLEET_SECRET_<NAME>`` in the
+environment (a CI runner): those values take precedence over the file and are never written
+to it; what they do not give (the internal CA, say) stays in the file.
 
 After ``wssfleet rotate-secret`` the file also holds the previous token signing key
 (``jwt_previous_secret``) and until when it is still accepted (``jwt_previous_until``, Unix
@@ -15,6 +18,8 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
+import subprocess
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -54,6 +59,69 @@ REVOKED_KEPT = 5
 NOT_YET = "(not made yet: the first deploy makes this secret)"
 
 
+# Where values from outside the file may come from, and what they may name.
+ENVIRONMENT_PREFIX = "WSSFLEET_SECRET_"
+FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED)
+COMMAND_SECONDS = 60
+_printed: dict[str, dict[str, str]] = {}
+
+
+class SecretsError(ValueError):
+    """Secrets could not be read from where the settings say; the message says why."""
+
+
+def from_outside(
+    command: str | None, environment: dict[str, str] | os._Environ[str] = os.environ
+) -> dict[str, str]:
+    """The secrets ``command`` prints (a JSON object of strings) and, over them, the
+    environment's WSSFLEET_SECRET_<NAME>. A name that is no secret is refused: a typo in a
+    vault would otherwise leave the file's value in use without a word."""
+    found: dict[str, str] = {}
+    if command in _printed:
+        found = dict(_printed[command])
+    elif command:
+        try:
+            printed = subprocess.run(
+                shlex.split(command),
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_SECONDS,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise SecretsError(f"secrets_command {command!r} could not run: {error}") from None
+        if printed.returncode != 0:
+            said = (printed.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+            raise SecretsError(
+                f"secrets_command {command!r} failed (exit {printed.returncode}): {said}"
+            )
+        try:
+            found = json.loads(printed.stdout)
+        except ValueError:
+            found = None  # type: ignore[assignment]
+        if not isinstance(found, dict) or not all(
+            isinstance(value, str) for value in found.values()
+        ):
+            raise SecretsError(
+                f"secrets_command {command!r} must print one JSON object of strings, like "
+                '{"jwt_secret": "…", "redis_password": "…"}'
+            )
+        unknown = sorted(set(found) - set(FROM_OUTSIDE))
+        if unknown:
+            raise SecretsError(
+                f"secrets_command {command!r} gives {', '.join(unknown)}: a vault may give "
+                f"only {', '.join(FROM_OUTSIDE)} (the internal CA and certificates, which the "
+                "deploy renews, stay in the secrets file)"
+            )
+        # Once a run: a vault may ask its user to unlock it.
+        _printed[command] = dict(found)
+    for name in FROM_OUTSIDE:
+        value = environment.get(ENVIRONMENT_PREFIX + name.upper())
+        if value:
+            found[name] = value
+    return {name: value for name, value in found.items() if value}
+
+
 def path_for(inventory: str | os.PathLike[str]) -> Path:
     inventory = Path(inventory)
     return inventory.resolve().parent / ".secrets" / f"{inventory.stem}.json"
@@ -64,34 +132,43 @@ def load(
     create: bool = True,
     tls_hosts: dict[str, str] | None = None,
     tls_clients: Collection[str] = (),
+    command: str | None = None,
 ) -> dict[str, str]:
     """Return the deployment's secrets, generating the missing ones when ``create`` (with
     ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates,
-    the ones in ``tls_clients`` for clients too: internal_tls.py)."""
+    the ones in ``tls_clients`` for clients too: internal_tls.py). What ``command`` and the
+    environment give (from_outside) takes precedence and is never written to the file."""
     if not Path(inventory).is_file():
         raise ValueError(f"inventory {inventory} does not exist")
     path = path_for(inventory)
+    outside = from_outside(command)
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    stored.update(outside)
     missing = [name for name in NAMES if not stored.get(name)]
     if missing and not create:
         return {**stored, **dict.fromkeys(missing, NOT_YET)}
-    retired = [name for name in RETIRED if name in stored]
-    if create and retired:
-        for name in retired:
+    changed = False
+    for name in RETIRED:
+        if create and name in stored:
             del stored[name]
-        if not missing:
-            _write(path, stored)
-    if missing:
-        for name in missing:
-            stored[name] = secrets.token_urlsafe(32)
-        _write(path, stored)
-    if create and stored.get(PREVIOUS) and float(stored.get(PREVIOUS_UNTIL, 0)) <= time.time():
+            changed = True
+    for name in missing:
+        stored[name] = secrets.token_urlsafe(32)
+        changed = True
+    if (
+        create
+        and PREVIOUS not in outside
+        and stored.get(PREVIOUS)
+        and float(stored.get(PREVIOUS_UNTIL, 0)) <= time.time()
+    ):
         # The overlap is over: every token the old key signed has expired.
         _replaced(stored, stored.pop(PREVIOUS))
         del stored[PREVIOUS_UNTIL]
-        _write(path, stored)
+        changed = True
     if create and tls_hosts and internal_tls.ensure(stored, tls_hosts, tls_clients):
-        _write(path, stored)
+        changed = True
+    if changed:
+        _write(path, {name: value for name, value in stored.items() if name not in outside})
     return stored
 
 
@@ -134,10 +211,17 @@ def rotate(
     overlap_seconds: int,
     force: bool = False,
     revoke: bool = False,
+    command: str | None = None,
 ) -> dict[str, str]:
     """Make a new signing key; keep the current one as the previous for ``overlap_seconds``
     (the longest a token may live), so no token in use stops working. ``revoke``: a leaked
     key; keep neither it nor any previous one, and every token they signed stops now."""
+    if "jwt_secret" in from_outside(command):
+        raise ValueError(
+            "the signing key comes from secrets_command or WSSFLEET_SECRET_JWT_SECRET: rotate it "
+            "there (jwt_previous_secret: the current key, jwt_previous_until: now plus "
+            "token_max_ttl in Unix seconds, jwt_secret: a new one), then deploy"
+        )
     stored = load(inventory, create=False)
     if stored["jwt_secret"] == NOT_YET:
         raise ValueError(f"{inventory} has no signing key yet: deploy it first")

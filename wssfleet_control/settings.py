@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import shlex
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,6 +184,16 @@ def _network(value: str) -> str:
 SourceNetwork = Annotated[str, AfterValidator(_network)]
 
 
+def _command(value: str) -> str:
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"{error}: quote it as a shell would") from None
+    if not words:
+        raise ValueError("give a command line, like: pass show wssfleet/production")
+    return value
+
+
 def _processes(value: Any) -> int | str:
     if value == "auto":
         return value
@@ -324,6 +335,12 @@ class Settings(ClientPolicy):
     )
     hsts_max_age: int = Field(
         default=63072000, ge=0, le=2**31, description="Strict-Transport-Security max-age in seconds"
+    )
+    secrets_command: Annotated[str, AfterValidator(_command)] | None = Field(
+        default=None,
+        description="a command run on the control machine whose output is a JSON object of "
+        "secrets (a vault, pass, op): its values, and any WSSFLEET_SECRET_<NAME> in the "
+        "environment, take precedence over the secrets file and are never written to it",
     )
     internal_tls: bool = Field(
         default=False,

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.lab_fleet import (
+    LAB_INVENTORY,
     REPO,
     deploy,
     derived_inventory,
@@ -17,6 +18,7 @@ from tests.lab_fleet import (
     restarted,
     with_status,
 )
+from wssfleet_control import secrets
 from wssfleet_control.hostside.layout import INSTANCES_HELPER, instance_unit
 
 pytestmark = pytest.mark.timeout(900)
@@ -87,6 +89,27 @@ def test_without_the_secrets_file_plan_and_deploy_stop_and_change_nothing(lab, t
             node.name, f"find {HOST_PATHS} -xdev -newer /tmp/wssfleet-plan-marker -print"
         ).stdout.split()
         assert touched == [], f"{touched} changed on {node.name}"
+
+
+def test_secrets_from_a_vault_command_feed_a_deploy_that_changes_nothing(lab, tmp_path):
+    # A machine with no secrets file whose inventory reads them from a vault's command (here
+    # the lab's own file printed by cat, as `pass show` or `op read` would print it).
+    vault = tmp_path / "vault.json"
+    held = json.loads(secrets.path_for(LAB_INVENTORY).read_text())
+    vault.write_text(json.dumps({name: held[name] for name in secrets.NAMES}))
+    inventory = derived_inventory(
+        tmp_path / "inventory", own_secrets=True, secrets_command=f"cat {vault}"
+    )
+    code, report, log = deploy(inventory)
+    assert code == 0, log[-3000:]
+    assert restarted(report) == [], "the vault's secrets are the hosts': nothing to restart"
+    environment = [
+        host
+        for name, host in with_status(report, "changed")
+        if "environment file" in name or "Redis" in name
+    ]
+    assert environment == [], environment
+    assert not (tmp_path / "inventory" / ".secrets").exists(), "a vault's secrets were written"
 
 
 def test_editing_the_control_side_makes_no_release_and_restarts_nothing(lab):

@@ -3,6 +3,7 @@ the setting and the fix; rendered configs pass HAProxy's and nftables' own check
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -305,7 +306,12 @@ def test_token_command_signs_with_the_deployments_secret(tmp_path):
     from wssfleet_control import secrets
 
     inventory = tmp_path / "staging.py"
-    inventory.write_text("")
+    inventory.write_text(
+        "master = [('m', {'ssh_hostname': '127.0.0.10'})]\n"
+        "workers = [('w', {'ssh_hostname': '127.0.0.11'})]\n"
+        "all = (['m', 'w'], {'wssfleet_inventory': __file__, 'wssfleet': {\n"
+        "    'domain': 'ws.example.com', 'acme_email': 'ops@example.com'}})\n"
+    )
     refused = wssfleet("token", "-i", str(inventory), "--sub", "ops")
     assert refused.returncode == 2
     assert "has no signing key yet: deploy it first" in refused.stderr
@@ -334,6 +340,17 @@ def test_token_command_signs_with_the_deployments_secret(tmp_path):
     bad = wssfleet("token", "-i", str(inventory), "--sub", "ops", "--publish", "a b")
     assert bad.returncode == 2
     assert "'a b': a channel pattern is 1-64 characters" in bad.stderr
+    # With the key in a vault (secrets_command), tokens are signed with the vault's key.
+    vault = tmp_path / "vault.json"
+    vault.write_text(json.dumps({"jwt_secret": "the-vaults-signing-key-0123456789abcdef"}))
+    inventory.write_text(
+        inventory.read_text().replace(
+            "'ws.example.com'", f"'ws.example.com', 'secrets_command': 'cat {vault}'"
+        )
+    )
+    vaulted = wssfleet("token", "-i", str(inventory), "--sub", "ops")
+    assert vaulted.returncode == 0, vaulted.stderr
+    assert auth.verify("the-vaults-signing-key-0123456789abcdef", vaulted.stdout.strip())
 
 
 def test_a_bad_memory_size_names_the_setting():

@@ -70,7 +70,11 @@ class RecordedHosts:
         from types import SimpleNamespace
 
         nodes = [SimpleNamespace(name=name) for name in fleet_names]
-        self.fleet = SimpleNamespace(nodes=nodes, inventory_path=str(inventory))
+        self.fleet = SimpleNamespace(
+            nodes=nodes,
+            inventory_path=str(inventory),
+            secrets=lambda create: secrets.load(inventory, create=create),
+        )
         self.records = records
 
     def connect(self) -> None:
