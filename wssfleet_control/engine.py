@@ -14,10 +14,11 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import pyinfra
 from pyinfra.api import Config, State
 from pyinfra.api.command import StringCommand
-from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.connect import disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
@@ -65,24 +66,37 @@ class Session:
         self.fleet = from_inventory(inventory, self.inventory_path)
         self.state.init(inventory, config)
         self.connected = False
-        # Hosts SSH did not reach when the session connected.
+        # Hosts SSH did not reach when the session connected, and why where it is known.
         self.unreachable: list[str] = []
+        self.why: dict[str, str] = {}
 
     def connect(self, every_host: bool = True) -> None:
         """Connect to every host once. A deploy needs them all (DeployError naming those it
         cannot reach); a command about the fleet (status, renew) goes on without them."""
         if not self.connected:
             self.state.set_stage(StateStage.Connect)
-            # "No hosts remaining!": pyinfra marked every host failed before it said so.
-            with contextlib.suppress(PyinfraError):
-                connect_all(self.state)
+            # A key file this machine lacks: said as such, not tried (pyinfra's connector
+            # raises inside its greenlet, which prints a traceback for each host).
+            self.why.update(
+                (host.name, why) for host in self.state.inventory if (why := _unusable_key(host))
+            )
+            self.why.update(_connect_all(self.state, skip=set(self.why)))
             for host in self.state.inventory:
                 if host.connected:
                     _without_nagle(host)
             self.connected = True
             self.unreachable = sorted(host.name for host in self.state.failed_hosts)
         if every_host and self.unreachable:
-            raise DeployError(f"cannot reach {', '.join(self.unreachable)} over SSH")
+            named = ", ".join(
+                f"{name} ({self.why[name]})" if name in self.why else name
+                for name in self.unreachable
+            )
+            raise DeployError(f"cannot reach {named} over SSH")
+
+    def unreachable_because(self, name: str) -> str:
+        """Why a host did not answer, as a problem line ends: "does not answer over SSH"
+        unless something more precise is known."""
+        return self.why.get(name, "does not answer over SSH")
 
     def close(self) -> None:
         if self.connected:
@@ -207,3 +221,45 @@ def _predicted(condition: Any) -> bool | None:
     if isinstance(owner, OperationMeta) and condition.__name__ == "did_change":
         return bool(owner._maybe_is_change)
     return None
+
+
+def _unusable_key(host) -> str:
+    """Why ``host``'s ssh_key cannot be used from this machine, or ''."""
+    key = host.data.get("ssh_key")
+    if not key:
+        return ""
+    path = os.path.expanduser(key)
+    if not os.path.isfile(path):
+        return f"its ssh_key {key} does not exist on this machine"
+    if not os.access(path, os.R_OK):
+        return f"its ssh_key {key} is not readable by this user"
+    return ""
+
+
+def _connect_all(state: State, skip: set[str]) -> dict[str, str]:
+    """pyinfra's connect_all, but one host's failure is that host's alone: pyinfra's re-raises
+    the first error a connection raised (a key file it cannot load), so the hosts after it
+    were never activated, and gevent printed a traceback for each. Hosts named in ``skip``
+    are not tried. Returns why each host that raised failed, in pyinfra's words."""
+    hosts = [host for host in state.inventory if state.is_host_in_limit(host)]
+
+    def attempt(host) -> str:
+        try:
+            host.connect()
+        except PyinfraError as error:
+            return str(error)
+        return ""
+
+    tried = {host: state.pool.spawn(attempt, host) for host in hosts if host.name not in skip}
+    gevent.joinall(list(tried.values()))
+    why = {host.name: attempt.value for host, attempt in tried.items() if attempt.value}
+    failed = {host for host in hosts if host.name in skip}
+    for host in tried:
+        if host.connected:
+            state.activate_host(host)
+        else:
+            failed.add(host)
+    # "No hosts remaining!": every host is marked failed before pyinfra says so.
+    with contextlib.suppress(PyinfraError):
+        state.fail_hosts(failed, activated_count=len(hosts))
+    return why

@@ -257,6 +257,7 @@ def gather(session: Session) -> dict:
                 "address": node.address,
                 "roles": fleet.roles_of(node.name),
                 "reachable": units is not None,
+                **({} if units is not None else {"why": session.unreachable_because(node.name)}),
                 "units": units or {},
             }
         )
@@ -284,7 +285,7 @@ def problems(report: dict) -> list[str]:
     found = []
     for host in report["hosts"]:
         if not host["reachable"]:
-            found.append(f"{host['name']}: does not answer over SSH")
+            found.append(f"{host['name']}: {host.get('why', 'does not answer over SSH')}")
         for unit, state in host["units"].items():
             if state not in HEALTHY_UNIT_STATES:
                 found.append(f"{host['name']}: {unit} is {state}")

@@ -165,6 +165,25 @@ def test_a_fleet_where_no_host_answers_is_reported_in_one_document(tmp_path, com
     assert not (tmp_path / ".secrets").exists()
 
 
+def test_a_missing_key_file_is_said_for_its_host_alone(tmp_path):
+    """pyinfra's connector raised inside its greenlet for a key file it could not load: a
+    traceback for each host, and the hosts after it never tried. Now each host's reason."""
+    import json
+
+    path = tmp_path / "keyless.py"
+    path.write_text(
+        VALID.replace("'127.0.0.10'}", f"'127.0.0.10', 'ssh_key': '{tmp_path}/gone_id'}}").replace(
+            "'127.0.0.11'}", "'127.0.0.11', 'ssh_port': 1}"
+        )
+    )
+    result = wssfleet("status", "--json", "-i", str(path))
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    problems = json.loads(result.stdout)["problems"]
+    assert f"m: its ssh_key {tmp_path}/gone_id does not exist on this machine" in problems
+    assert "w: does not answer over SSH" in problems
+
+
 @pytest.mark.parametrize(
     ("line", "named"),
     [
