@@ -100,6 +100,15 @@ HostPort = Annotated[
         "give host:port like 10.0.0.9:9093",
     ),
 ]
+# Rendered into the alert rules' YAML in double quotes: no quote, space, backslash or '#'.
+RunbookUrl = Annotated[
+    str,
+    _pattern(
+        r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&()*+,;=:@/-]*)?",
+        "give the http(s) URL of your copy of docs/runbooks.md, without a #fragment, like "
+        "https://wiki.example.com/wssfleet/runbooks",
+    ),
+]
 Email = Annotated[
     str,
     _pattern(
@@ -380,6 +389,12 @@ class Settings(ClientPolicy):
         default=(),
         description="Alertmanagers (host:port) that Prometheus sends firing alerts to; "
         "empty: alerts show in Prometheus and make status only",
+    )
+    runbook_base_url: RunbookUrl | None = Field(
+        default=None,
+        description="where your team reads docs/runbooks.md (a wiki, the repository's web "
+        "view): each alert carries runbook_url, this plus its entry's #anchor, for "
+        "Alertmanager, chat and pagers; unset: only the repository path",
     )
     alert_drop_percent: int = Field(
         default=1,

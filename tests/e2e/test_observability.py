@@ -141,6 +141,8 @@ def test_a_failed_renewal_fires_its_alert_and_shows_in_status_until_one_succeeds
         status = wssfleet("status")  # its own exit code (make says 2 for any)
         assert "last renewal run:" in status.stdout and "FAILED" in status.stdout, status.stdout
         assert "FIRING WssfleetCertificateRenewalFailed" in status.stdout, status.stdout
+        # With its runbook (runbook_base_url unset in the lab: the repository's path).
+        assert "(what to do: docs/runbooks.md#wssfleetcertificaterenewalfailed)" in status.stdout
         assert status.returncode == 1, status.stderr
         assert "  the last certificate renewal failed" in status.stdout, status.stdout
     finally:

@@ -552,3 +552,27 @@ def test_the_capacity_alerts_fire_on_a_full_resource_and_the_watchdog_always(tmp
         ],
     }
     passes_promtool_tests(tmp_path, tests, "capacity.yml")
+
+
+def test_with_runbook_base_url_every_alert_links_to_its_runbook_absolutely(tmp_path):
+    base = "https://wiki.example.com/ops/wssfleet/runbooks"
+    settings = resolve({**PEBBLE, "runbook_base_url": base})
+    path = tmp_path / "wssfleet-rules.yml"
+    path.write_text(
+        render(
+            "monitoring",
+            "wssfleet-rules.yml.j2",
+            settings=settings,
+            masters=2,
+            redis_nodes=2,
+            front_door="10.0.0.100/24",
+        )
+    )
+    checked = promtool("check", "rules", str(path), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    blocks = path.read_text().split("- alert: ")[1:]
+    assert len(blocks) == 21
+    for block in blocks:
+        anchor = block.split()[0].lower()
+        assert f'runbook: "docs/runbooks.md#{anchor}"' in block, block
+        assert f'runbook_url: "{base}#{anchor}"' in block, block

@@ -60,17 +60,21 @@ def summary(base: str) -> dict:
 
 
 def alerts(base: str) -> list[dict]:
-    return [
-        {
-            "name": alert["labels"].get("alertname"),
-            "state": alert["state"],
-            "labels": alert["labels"],
-            "active_at": alert.get("activeAt"),
-            "summary": alert.get("annotations", {}).get("summary", ""),
-            "runbook": alert.get("annotations", {}).get("runbook", ""),
-        }
-        for alert in api(base, "alerts")["alerts"]  # type: ignore[index]
-    ]
+    found = []
+    for alert in api(base, "alerts")["alerts"]:  # type: ignore[index]
+        annotations = alert.get("annotations", {})
+        found.append(
+            {
+                "name": alert["labels"].get("alertname"),
+                "state": alert["state"],
+                "labels": alert["labels"],
+                "active_at": alert.get("activeAt"),
+                "summary": annotations.get("summary", ""),
+                # Where the team reads it (runbook_base_url), else the repository's path.
+                "runbook": annotations.get("runbook_url") or annotations.get("runbook", ""),
+            }
+        )
+    return found
 
 
 def main(argv: list[str]) -> int:
