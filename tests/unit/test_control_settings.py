@@ -296,6 +296,17 @@ def test_the_production_example_inventory_is_valid():
     )
     assert result.returncode == 0, result.stderr
     assert "lb1 (master+redis+monitoring), ws1 (workers), ws2 (workers)" in result.stdout
+    high_availability = subprocess.run(
+        [sys.executable, "-m", "wssfleet_control", "check", "inventory/production-ha.example.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert high_availability.returncode == 0, high_availability.stderr
+    assert "lb2 (master+redis+monitoring+sentinel), ws1 (workers+sentinel)" in (
+        high_availability.stdout
+    )
 
 
 wssfleet = control_cli
