@@ -33,7 +33,7 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 	-o Dir::Cache=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/cache -o Dir::State::Status=/dev/null
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help tools control deploy plan rollback drain ready verify status details renew test test-unit test-lab test-e2e \
+.PHONY: help tools control deploy plan rollback drain ready verify check status details renew test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
 	audit lock-status lock-release logs ssh
 
@@ -119,6 +119,9 @@ verify: control ## the testinfra suite against the inventory's hosts
 
 status: control ## hosts, services, certificates, connections; exit 1 when something needs attention
 	@$(WSSFLEET) status $(INVENTORY_OPTION) $(if $(JSON),--json)
+
+check: control ## validate the inventory and its settings; HOSTS=1 also looks at the hosts (SSH, root, Debian, DNS, port 80 between masters), changing nothing
+	@$(WSSFLEET) check $(INVENTORY_OPTION) $(if $(HOSTS),--hosts) $(if $(JSON),--json)
 
 details: control ## what runs where: each worker's releases, each instance's release, age and HAProxy state
 	@$(WSSFLEET) details $(INVENTORY_OPTION) $(if $(JSON),--json)

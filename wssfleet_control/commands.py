@@ -180,3 +180,13 @@ def redis_replication(port: int = 6379, tls: bool = False) -> str:
 def holds_address(address: str) -> str:
     """Prints a line when this host holds ``address`` (the front door), nothing otherwise."""
     return _line("ip", "-4", "-o", "addr", "show", "to", address)
+
+
+# Preflight (wssfleet check --hosts).
+def can_connect(address: str, port: int, seconds: int = 5) -> str:
+    """Exit 0 when a TCP connection to address:port opens within ``seconds``."""
+    program = (
+        "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+        "float(sys.argv[3])).close()"
+    )
+    return _line("python3", "-c", program, address, port, seconds)

@@ -260,6 +260,24 @@ def test_one_run_at_a_time_holds_the_fleet_lock_and_every_run_is_audited(lab):
     assert runs[-3]["outcome"] == "ok" and runs[-1]["outcome"] == "ok", runs
 
 
+def test_check_hosts_looks_at_every_host_before_a_deploy_would(lab):
+    looked = wssfleet("check", "--hosts", "--json")
+    assert looked.returncode == 0, looked.stdout[-2000:] + looked.stderr[-2000:]
+    findings = {
+        (finding["subject"], finding["check"]): finding
+        for finding in json.loads(looked.stdout)["findings"]
+    }
+    for node in lab.fleet.nodes:
+        for check in ("ssh", "root", "debian"):
+            assert findings[(node.name, check)]["outcome"] == "ok", findings[(node.name, check)]
+        assert "Debian 1" in findings[(node.name, "debian")]["detail"]
+    # The lab's domain is in no DNS this machine asks: said, and not a problem.
+    assert findings[(lab.domain, "dns")]["outcome"] == "warning", findings
+    masters = [master.name for master in lab.fleet.masters]
+    for master in masters if len(masters) > 1 else []:
+        assert findings[(master, "port 80")]["outcome"] == "ok", findings[(master, "port 80")]
+
+
 def test_logs_merge_the_journals_of_a_role_and_ssh_reaches_a_host(lab):
     workers = [worker.name for worker in lab.fleet.workers]
     merged = wssfleet("logs", "workers", "--since", "-3h")

@@ -165,6 +165,25 @@ def test_a_fleet_where_no_host_answers_is_reported_in_one_document(tmp_path, com
     assert not (tmp_path / ".secrets").exists()
 
 
+def test_check_hosts_reports_hosts_that_do_not_answer_and_could_not_look(tmp_path):
+    import json
+
+    path = tmp_path / "gone.py"
+    path.write_text(
+        VALID.replace("'127.0.0.10'}", "'127.0.0.10', 'ssh_port': 1}").replace(
+            "'127.0.0.11'}", "'127.0.0.11', 'ssh_port': 1}"
+        )
+    )
+    result = wssfleet("check", "--hosts", "--json", "-i", str(path))
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["subject"], f["check"], f["outcome"]) for f in findings[:2]] == [
+        ("m", "ssh", "problem"),
+        ("w", "ssh", "problem"),
+    ], findings
+
+
 def test_a_missing_key_file_is_said_for_its_host_alone(tmp_path):
     """pyinfra's connector raised inside its greenlet for a key file it could not load: a
     traceback for each host, and the hosts after it never tried. Now each host's reason."""
