@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.conftest import run
-from tests.lab_fleet import deploy, derived_inventory, make, wssfleet
+from tests.lab_fleet import REPO, deploy, derived_inventory, make, wssfleet
 from wssfleet_control.hostside.layout import (
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
@@ -269,3 +269,14 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
         assert code == 0, log[-3000:]
     assert lab.on(fleet.master.name, "systemctl is-active prometheus").stdout.strip() == "active"
     assert lab.on(elsewhere.name, "systemctl is-active prometheus").stdout.strip() == "inactive"
+
+
+def test_every_panel_of_the_grafana_dashboard_has_data_in_the_labs_prometheus(lab):
+    dashboard = json.loads((REPO / "docs" / "grafana" / "wssfleet.json").read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            # The helper exits non-zero (failing the test) on a query Prometheus refuses.
+            if not prometheus(lab, "query", target["expr"]):
+                empty.append(f"{panel['title']}: {target['expr']}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
