@@ -24,21 +24,25 @@ def promtool(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(PROMTOOL), *arguments], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.fixture
-def rules(tmp_path: Path) -> Path:
-    settings = resolve({**PEBBLE, "alert_drop_percent": 2})
-    path = tmp_path / "wssfleet-rules.yml"
+def rendered_rules(directory: Path, masters: int = 1, front_door: str = "", **settings) -> Path:
+    """The alert rules as a deploy renders them for those settings, in a file."""
+    path = directory / "wssfleet-rules.yml"
     path.write_text(
         render(
             "monitoring",
             "wssfleet-rules.yml.j2",
-            settings=settings,
-            masters=1,
-            redis_nodes=1,
-            front_door="",
+            settings=resolve({**PEBBLE, **settings}),
+            masters=masters,
+            redis_nodes=masters,
+            front_door=front_door,
         )
     )
     return path
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    return rendered_rules(tmp_path, alert_drop_percent=2)
 
 
 def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
@@ -556,18 +560,7 @@ def test_the_capacity_alerts_fire_on_a_full_resource_and_the_watchdog_always(tmp
 
 def test_with_runbook_base_url_every_alert_links_to_its_runbook_absolutely(tmp_path):
     base = "https://wiki.example.com/ops/wssfleet/runbooks"
-    settings = resolve({**PEBBLE, "runbook_base_url": base})
-    path = tmp_path / "wssfleet-rules.yml"
-    path.write_text(
-        render(
-            "monitoring",
-            "wssfleet-rules.yml.j2",
-            settings=settings,
-            masters=2,
-            redis_nodes=2,
-            front_door="10.0.0.100/24",
-        )
-    )
+    path = rendered_rules(tmp_path, 2, "10.0.0.100/24", runbook_base_url=base)
     checked = promtool("check", "rules", str(path), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     blocks = path.read_text().split("- alert: ")[1:]
