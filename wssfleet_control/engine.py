@@ -252,7 +252,7 @@ def _connect_all(state: State, skip: set[str]) -> dict[str, str]:
 
     tried = {host: state.pool.spawn(attempt, host) for host in hosts if host.name not in skip}
     gevent.joinall(list(tried.values()))
-    why = {host.name: attempt.value for host, attempt in tried.items() if attempt.value}
+    why = {host.name: greenlet.value for host, greenlet in tried.items() if greenlet.value}
     failed = {host for host in hosts if host.name in skip}
     for host in tried:
         if host.connected:
