@@ -30,6 +30,8 @@ def shipped_rules(fleet) -> set[str]:
         "redis_nodes > 1": len(fleet.redis_nodes) > 1,
         "front_door": bool(fleet.front_door),
         "masters > 1": len(fleet.masters) > 1,
+        # Inside an alert (its runbook_url), never around one.
+        "settings.runbook_base_url": bool(fleet.settings.runbook_base_url),
     }
     names, kept = set(), [True]
     for line in RULES_TEMPLATE.read_text().splitlines():
