@@ -9,8 +9,8 @@ import json
 from typing import TYPE_CHECKING
 
 from wssfleet_control import commands
-from wssfleet_control.hostside.layout import BACKEND, server_name
-from wssfleet_control.status import COULD_NOT_LOOK, when
+from wssfleet_control.hostside.layout import server_name
+from wssfleet_control.status import COULD_NOT_LOOK, when, workers_backend
 
 if TYPE_CHECKING:
     from wssfleet_control.engine import Session
@@ -21,10 +21,15 @@ def gather(session: Session) -> dict:
     from wssfleet_control.facts import instance_ports
 
     fleet = session.fleet
-    seen_by = {}
+    seen_by: dict[str, dict | None] = {}
     for master in fleet.masters:
-        answer = None if master.name in session.unreachable else _answer(session, master.name)
-        seen_by[master.name] = answer
+        servers = workers_backend(session, master.name)
+        seen_by[master.name] = None
+        if servers is not None:
+            seen_by[master.name] = {
+                seen["server"]: {"status": seen["status"], "connections": int(seen["sessions"])}
+                for seen in servers
+            }
     workers = {}
     for worker in fleet.workers:
         if worker.name in session.unreachable:
@@ -59,18 +64,6 @@ def gather(session: Session) -> dict:
     return {
         "workers": workers,
         "masters_unreachable": sorted(m for m, s in seen_by.items() if s is None),
-    }
-
-
-def _answer(session: Session, master: str) -> dict[str, dict] | None:
-    """Each server of the workers' backend as one master's HAProxy sees it."""
-    answer = session.on(master, commands.backend_servers())
-    if not answer.ok:
-        return None
-    return {
-        server["server"]: {"status": server["status"], "connections": int(server["sessions"])}
-        for server in json.loads(answer.stdout)
-        if server["backend"] == BACKEND
     }
 
 

@@ -136,16 +136,19 @@ def redis_replication(session: Session) -> dict | None:
     return report
 
 
+def workers_backend(session: Session, master: str) -> list[dict] | None:
+    """The workers' backend servers as one master's HAProxy sees them (its runtime API):
+    name, status, sessions; None when that master does not answer."""
+    answer = session.on(master, commands.backend_servers())
+    if not answer.ok:
+        return None
+    return [server for server in json.loads(answer.stdout) if server["backend"] == BACKEND]
+
+
 def connections(session: Session) -> dict[str, str]:
     """Open connections per backend server, from HAProxy's runtime API."""
-    result = session.on(session.fleet.master.name, commands.backend_servers())
-    if not result.ok:
-        return {}
-    return {
-        server["server"]: f"{server['sessions']} ({server['status']})"
-        for server in json.loads(result.stdout)
-        if server["backend"] == BACKEND
-    }
+    servers = workers_backend(session, session.fleet.master.name) or []
+    return {server["server"]: f"{server['sessions']} ({server['status']})" for server in servers}
 
 
 def instances(session: Session) -> dict[str, dict[str, str]]:
@@ -173,15 +176,12 @@ def drained(session: Session) -> dict[str, list[str]]:
     drained or in maintenance: `wssfleet drain`)."""
     found = {}
     for master in session.fleet.masters:
-        if master.name in session.unreachable:
-            continue
-        answer = session.on(master.name, commands.backend_servers())
-        if not answer.ok:
+        servers = workers_backend(session, master.name)
+        if servers is None:
             continue
         states = defaultdict(set)
-        for server in json.loads(answer.stdout):
-            if server["backend"] == BACKEND:
-                states[server["server"].rsplit("-", 1)[0]].add(server["status"])
+        for server in servers:
+            states[server["server"].rsplit("-", 1)[0]].add(server["status"])
         found[master.name] = sorted(
             worker
             for worker, seen in states.items()
