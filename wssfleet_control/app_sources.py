@@ -9,7 +9,6 @@ and the command, computed without building, so a plan can tell whether the hosts
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import shutil
@@ -17,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from wssfleet_control.release import digest_of
 
 Runtime = Literal["node", "python", "executable"]
 NODE_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
@@ -53,11 +54,7 @@ class AppSource:
 
     def release_id(self) -> str:
         """A digest of every file of the source and of the command that starts it."""
-        digest = hashlib.sha256(shlex.join(self.command).encode() + b"\0")
-        for path in self.files():
-            digest.update(str(path.relative_to(self.directory)).encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-        return digest.hexdigest()[:12]
+        return digest_of(self.directory, self.files(), shlex.join(self.command).encode() + b"\0")
 
 
 def inspect(name: str, source: Path, command: str) -> AppSource:
@@ -129,7 +126,8 @@ def build(app: AppSource, releases: Path) -> Path:
     """The release directory of ``app`` under ``releases`` (made once per release id): the
     source without what LEFT_OUT names, and for Node.js its locked dependencies without dev
     ones. A directory is complete when its marker is there: a failed build is made again."""
-    release = releases / app.name / app.release_id()
+    release_id = app.release_id()
+    release = releases / app.name / release_id
     marker = release / ".wssfleet-built"
     if marker.is_file():
         return release
@@ -139,7 +137,7 @@ def build(app: AppSource, releases: Path) -> Path:
     shutil.copytree(app.directory, release, ignore=shutil.ignore_patterns(*LEFT_OUT))
     if app.runtime == "node":
         _run(app, ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"], release)
-    marker.write_text(app.release_id() + "\n")
+    marker.write_text(release_id + "\n")
     return release
 
 

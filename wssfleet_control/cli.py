@@ -647,8 +647,6 @@ def check(
     inventory_path: str | None, positional: str | None, look_at_hosts: bool, as_json: bool
 ) -> None:
     """Validate an inventory and its settings, touching no host (exit 3 when invalid)."""
-    from wssfleet_control import preflight
-
     inventory_path = positional or inventory_path or default_inventory()
     fleet = load_fleet(inventory_path)
     names = ", ".join(
@@ -659,6 +657,8 @@ def check(
         click.echo(said)
         return
     click.echo(said, err=True)
+    from wssfleet_control import preflight
+
     with open_session(inventory_path, quiet=True) as session:
         code = preflight.show(session, as_json)
     sys.exit(code)

@@ -12,13 +12,13 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from roles.base import SUPPORTED_RELEASES
 from wssfleet_control import commands
 from wssfleet_control.status import COULD_NOT_LOOK
 
 if TYPE_CHECKING:
     from wssfleet_control.engine import Session
 
-SUPPORTED_DEBIAN = {"12": "bookworm", "13": "trixie"}
 OK, PROBLEM, WARNING = "ok", "problem", "warning"
 
 
@@ -65,10 +65,9 @@ def _root(session: Session, node) -> list[Finding]:
     release = session.on(node.name, "cat /etc/os-release")
     fields = dict(line.split("=", 1) for line in release.stdout.splitlines() if "=" in line)
     name, version = fields.get("ID", "").strip('"'), fields.get("VERSION_ID", "").strip('"')
-    if name == "debian" and version in SUPPORTED_DEBIAN:
-        findings.append(
-            Finding(node.name, "debian", OK, f"Debian {version} ({SUPPORTED_DEBIAN[version]})")
-        )
+    major = int(version) if version.isdigit() else 0
+    if name == "debian" and major in SUPPORTED_RELEASES:
+        findings.append(Finding(node.name, "debian", OK, SUPPORTED_RELEASES[major]))
     else:
         pretty = fields.get("PRETTY_NAME", "an unknown system").strip('"')
         findings.append(

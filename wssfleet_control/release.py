@@ -40,14 +40,20 @@ def service_files() -> list[Path]:
     )
 
 
+def digest_of(root: Path, files: list[Path], salt: bytes = b"") -> str:
+    """A release id: the first 12 hex digits of a SHA-256 over ``salt`` and each file's path
+    under ``root`` and its contents, in the order given."""
+    digest = hashlib.sha256(salt)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 @cache
 def release_id() -> str:
     """The service's release: a digest of every file that goes into its wheel."""
-    digest = hashlib.sha256()
-    for path in service_files():
-        digest.update(str(path.relative_to(SERVICE)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    return digest_of(SERVICE, service_files())
 
 
 def pinned_dependencies() -> list[str]:
