@@ -9,6 +9,7 @@ one instance at a time, each verified before the next.
 from pyinfra import host, inventory, state
 
 from roles import (
+    apps,
     base,
     certificates,
     firewall,
@@ -52,12 +53,25 @@ else:
     redis.sentinel_retired()
 if "workers" in roles:
     workers.apply(run, node, service_ports)
+    apps.apply(run, node)
 if "master" in roles:
     haproxy.apply(
         run,
         [
             haproxy.Backend(server_name(name, port), address, port, name)
             for name, address, port in every_instance()
+        ],
+        [
+            haproxy.AppBackend(
+                name,
+                app,
+                [
+                    haproxy.Backend(server_name(worker.name, port), worker.address, port)
+                    for worker in fleet.app_workers(name)
+                    for port in app.ports()
+                ],
+            )
+            for name, app in sorted(fleet.settings.apps.items())
         ],
     )
     if fleet.front_door:

@@ -45,6 +45,36 @@ all = (
             "drain_seconds": 5,
             # The masters' floating address on the lab bridge (none with one master).
             "front_door_address": _lab["front_door"],
+            # The team's own WebSocket servers beside the built-in service (docs/apps.md):
+            # seed 000's echo, seed 001's chat across both workers through Redis, and a
+            # Python app.
+            "apps": {
+                "echo": {
+                    "source": "../examples/echo-node",
+                    "command": "node server.js",
+                    "path": "/echo",
+                    "health_path": "/healthz",
+                    "port": 8101,
+                    "stop_timeout": 10,
+                },
+                "chat": {
+                    "source": "../examples/chat-node",
+                    "command": "node server.js",
+                    "path": "/chat",
+                    "health_path": "/healthz",
+                    "port": 8111,
+                    "redis": True,
+                    "stop_timeout": 10,
+                },
+                "pyecho": {
+                    "source": "../examples/echo-python",
+                    "command": "python app.py",
+                    "path": "/pyecho",
+                    "health_path": "/healthz",
+                    "port": 8121,
+                    "stop_timeout": 10,
+                },
+            },
         },
     },
 )

@@ -82,7 +82,8 @@ def apply(run: DeployRun, service_ports: list[int]) -> None:
         ),
         sentinel_clients=addresses([*fleet.workers, *fleet.sentinels], but=host.name),
         master_addresses=[node.address for node in fleet.masters],
-        service_ports=service_ports,
+        # The built-in service's ports, then the apps' here: HAProxy's alone to reach.
+        service_ports=service_ports + app_ports(fleet, host.name),
         monitoring_addresses=sorted({node.address for node in fleet.monitors}),
         metrics_ports=metrics_ports(fleet, roles, service_ports),
     )
@@ -129,6 +130,11 @@ def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> l
     if "redis" in roles:
         ports.append(REDIS_EXPORTER_PORT)
     return ports + [fleet.settings.metrics_port(port) for port in service_ports]
+
+
+def app_ports(fleet: Fleet, worker: str) -> list[int]:
+    """The ports of the apps' instances on the host ``worker`` (none on another host)."""
+    return [port for name in fleet.apps_on(worker) for port in fleet.settings.apps[name].ports()]
 
 
 def addresses(nodes: list[Node], but: str) -> list[str]:

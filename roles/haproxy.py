@@ -33,7 +33,7 @@ from wssfleet_control.hostside.layout import (
     REBALANCER_UNIT,
     RUNTIME_HELPER,
 )
-from wssfleet_control.settings import SettingsError
+from wssfleet_control.settings import App, SettingsError
 
 # The masters' shared admission counters (HAProxy `peers`).
 PEERS_SECTION = "wssfleet_masters"
@@ -51,6 +51,19 @@ class Backend:
     host: str = ""
 
 
+@dataclass(frozen=True)
+class AppBackend:
+    """An app's backend: its settings (route, health check, maxconn) and its instances."""
+
+    app_name: str
+    app: App
+    servers: list[Backend]
+
+    @property
+    def name(self) -> str:
+        return layout.app_layout(self.app_name).backend
+
+
 def check_open_files(maxconn: int) -> None:
     # Each connection holds two descriptors (client and worker side), plus listeners.
     needed = 2 * maxconn + 100
@@ -63,13 +76,15 @@ def check_open_files(maxconn: int) -> None:
 
 
 @deploy("HAProxy")
-def apply(run: DeployRun, backends: list[Backend]) -> None:
-    """Install HAProxy with a config whose backend lists every worker instance.
+def apply(run: DeployRun, backends: list[Backend], app_backends: list[AppBackend]) -> None:
+    """Install HAProxy with a config whose backend lists every worker instance, and a
+    backend and routes for each app.
 
     + run: the deploy: the checked inventory (haproxy_* settings, domain, hsts_max_age,
       internal_tls), the internal key the rebalancer presents to the workers' /internal/shed
       and, with internal_tls, the deployment's CA certificate
     + backends: every worker instance, by name, address and port
+    + app_backends: each app's backend, settings and instances
     """
     fleet = run.fleet
     check_open_files(fleet.settings.haproxy_maxconn)
@@ -125,6 +140,7 @@ def apply(run: DeployRun, backends: list[Backend]) -> None:
         settings=fleet.settings,
         layout=layout,
         servers=backends,
+        app_backends=app_backends,
         certificate=HAPROXY_CERTIFICATE,
         internal_ca=HAPROXY_INTERNAL_CA if fleet.settings.internal_tls else "",
         internal_ca_digest=hashlib.sha256(internal_ca.encode()).hexdigest(),

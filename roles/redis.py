@@ -14,7 +14,12 @@ from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import Lines, SentinelPrimary
 from wssfleet_control.hostside import layout
-from wssfleet_control.inventory import WORKER_REDIS_USER
+from wssfleet_control.inventory import (
+    WORKER_REDIS_USER,
+    app_redis_prefix,
+    app_redis_secret,
+    app_redis_user,
+)
 from wssfleet_control.settings import seconds_of
 
 ADMIN_REDIS_USER = "wssfleet-admin"
@@ -116,6 +121,30 @@ def acl_users(worker_password: str, admin_password: str, monitor_password: str) 
     }
 
 
+# What an app's own user may do (settings: apps.NAME.redis): read, write, publish and
+# subscribe, on its own keys and channels only (app_redis_prefix); nothing that lists or
+# reaches beyond them (KEYS, SCAN, PUBSUB CHANNELS), no scripts or functions (FUNCTION LOAD
+# would replace the fleet's), nothing dangerous. INFO stays: clients check with it that the
+# server they reached is the primary.
+APP_RULES = (
+    "-@all +@connection +@read +@write +@pubsub +@transaction -@dangerous -@admin "
+    "-@scripting -scan -randomkey -dbsize -pubsub -select +info"
+)
+
+
+def app_users(fleet, secrets: dict[str, str]) -> dict[str, str]:
+    """Each app that asks for Redis: its own user, confined to its own prefix."""
+    users = {}
+    for name, app in sorted(fleet.settings.apps.items()):
+        if app.redis:
+            prefix = app_redis_prefix(name)
+            password = secrets[app_redis_secret(name)]
+            users[app_redis_user(name)] = (
+                f"on {hashed(password)} resetkeys resetchannels ~{prefix}* &{prefix}* {APP_RULES}"
+            )
+    return users
+
+
 @deploy("Redis")
 def apply(run: DeployRun) -> None:
     """Install and configure Redis on the fleet's redis host.
@@ -137,6 +166,7 @@ def apply(run: DeployRun) -> None:
     users = acl_users(
         run.secrets["redis_password"], admin_password, run.secrets["redis_monitor_password"]
     )
+    users |= app_users(fleet, run.secrets)
     if replicated:
         users |= replication_users(
             run.secrets["redis_replication_password"], run.secrets["sentinel_redis_password"]

@@ -34,8 +34,10 @@ from wssfleet_control.hostside.layout import (
     RELEASES,
     SERVICE_ENVIRONMENT,
     SERVICE_HOME,
+    SERVICE_LAYOUT,
     SERVICE_USER,
     WORKER_TLS_DIRECTORY,
+    AppLayout,
     instance_unit,
 )
 from wssfleet_control.inventory import Node
@@ -195,12 +197,19 @@ def _install_release(run: DeployRun) -> None:
             name=f"Ensure {CURRENT} points at a release (the first one)",
             commands=[point_current(run.release)],
         )
-    _prune_releases(run.release)
+    old_releases_removed(run.release)
 
 
-def _prune_releases(new: str) -> None:
-    listing = host.get_fact(Releases)
-    keep = {new, host.get_fact(CurrentRelease)}
+def old_releases_removed(new: str, app: AppLayout = SERVICE_LAYOUT) -> None:
+    """An app's releases beyond RELEASES_KEPT removed (the built-in service's by default):
+    ``new``, the one `current` points at, and the newest others are kept. An upload that
+    waits to be unpacked (a .tar.gz, an app's .wheels) is not a release."""
+    listing = [
+        name
+        for name in host.get_fact(Releases, releases=app.releases)
+        if not name.endswith((".tar.gz", ".wheels"))
+    ]
+    keep = {new, host.get_fact(CurrentRelease, current=app.current)}
     for name in listing:
         if len(keep) < RELEASES_KEPT:
             keep.add(name)
@@ -208,6 +217,6 @@ def _prune_releases(new: str) -> None:
         if name not in keep:
             files.directory(
                 name=f"Ensure old release {name} is removed",
-                path=f"{RELEASES}/{name}",
+                path=f"{app.releases}/{name}",
                 present=False,
             )

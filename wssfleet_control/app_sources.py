@@ -13,6 +13,9 @@ import os
 import shlex
 import shutil
 import subprocess
+import tarfile
+import threading
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,7 +125,17 @@ def _script_is_there(where: str, source: Path, words: tuple[str, ...], runtime: 
         )
 
 
+# pyinfra deploys hosts concurrently (gevent's patched threading): one build at a time.
+_building = threading.Lock()
+
+
 def build(app: AppSource, releases: Path) -> Path:
+    """The release directory of ``app`` under ``releases``: _build, one at a time."""
+    with _building:
+        return _build(app, releases)
+
+
+def _build(app: AppSource, releases: Path) -> Path:
     """The release directory of ``app`` under ``releases`` (made once per release id): the
     source without what LEFT_OUT names, and for Node.js its locked dependencies without dev
     ones. A directory is complete when its marker is there: a failed build is made again."""
@@ -139,6 +152,48 @@ def build(app: AppSource, releases: Path) -> Path:
         _run(app, ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"], release)
     marker.write_text(release_id + "\n")
     return release
+
+
+def archive(release: Path) -> Path:
+    """The release directory as one .tar.gz beside it (what is uploaded), made once; owners
+    are left out, so what a host unpacks is root's."""
+    with _building:
+        return _archive(release)
+
+
+def _archive(release: Path) -> Path:
+    target = release.with_name(release.name + ".tar.gz")
+    if target.is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+
+    def anonymous(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.uid = member.gid = 0
+        member.uname = member.gname = "root"
+        return member
+
+    with tarfile.open(partial, "w:gz") as bundle:
+        for path in sorted(release.iterdir()):
+            bundle.add(path, arcname=path.name, filter=anonymous)
+    partial.replace(target)
+    return target
+
+
+def python_requirements(app: AppSource) -> list[str]:
+    """What a Python app needs installed, as pip takes it: its requirements file, or the
+    dependencies its pyproject.toml lists (the app itself runs from its release directory)."""
+    if (app.directory / "requirements.txt").is_file():
+        return ["-r", str(app.directory / "requirements.txt")]
+    project = tomllib.loads((app.directory / "pyproject.toml").read_text()).get("project", {})
+    return list(project.get("dependencies", []))
+
+
+def requirements_file(app: AppSource) -> str:
+    """The requirements as one file a host's pip reads (written into the wheelhouse)."""
+    listed = python_requirements(app)
+    if listed[:1] == ["-r"]:
+        return Path(listed[1]).read_text()
+    return "".join(f"{requirement}\n" for requirement in listed)
 
 
 def _run(app: AppSource, command: list[str], directory: Path) -> None:

@@ -35,6 +35,7 @@ from wssfleet_control.checkout import (  # noqa: E402
 )
 from wssfleet_control.deployment import DeployError, DeployRun  # noqa: E402
 from wssfleet_control.fleet_lock import FleetLock  # noqa: E402
+from wssfleet_control.hostside.layout import BUILTIN_APP  # noqa: E402
 from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
 
 
@@ -212,6 +213,7 @@ def deploy(
             templates=templates or TEMPLATES,
         )
         report["release"] = run.release
+        run.build_apps(_say)
         report |= session.converge(run)
         errors = _failures(report)
         if not errors and len(session.fleet.masters) > 1:
@@ -227,6 +229,7 @@ def deploy(
                     run.release,
                     on_step=_print_step(),
                     on_start=_print_start(session),
+                    app_releases=run.app_releases(),
                 )
                 report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
             except rollout.RolloutError as error:
@@ -386,7 +389,9 @@ def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) 
         report |= session.converge(run)
         report["rollout"] = {
             "status": "planned",
-            "steps": rollout.as_data(rollout.pending_steps(session, run.release)),
+            "steps": rollout.as_data(
+                rollout.pending_steps(session, run.release, run.app_releases())
+            ),
         }
     except (DeployError, rollout.RolloutError) as error:
         report["errors"] = [str(error)]
@@ -868,10 +873,12 @@ def _print_start(session):
     drain = session.fleet.settings.drain_seconds
 
     def show(step) -> None:
-        _say(
-            f"    [{step.host}] instance {step.port}: {step.reason}: moving its clients "
-            f"(up to {drain} s), restarting…",
-        )
+        if step.app == BUILTIN_APP:
+            moving = f"moving its clients (up to {drain} s), restarting…"
+        else:
+            stop = session.fleet.settings.apps[step.app].stop_timeout
+            moving = f"no new clients, restarting (it has {stop} s to close its own)…"
+        _say(f"    [{step.host}] {_instance(step)}: {step.reason}: {moving}")
 
     return show
 
@@ -879,11 +886,17 @@ def _print_start(session):
 def _print_step():
     def show(step) -> None:
         _say(
-            f"    [{step.host}] instance {step.port}: {step.reason} -> restarted, "
+            f"    [{step.host}] {_instance(step)}: {step.reason} -> restarted, "
             f"healthy in {step.seconds} s",
         )
 
     return show
+
+
+def _instance(step) -> str:
+    """How a rollout step names its instance: the built-in service's by port, an app's with
+    the app's name."""
+    return f"instance {step.port}" if step.app == BUILTIN_APP else f"app {step.app} {step.port}"
 
 
 def _locked(session, command: str) -> FleetLock:

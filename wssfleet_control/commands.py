@@ -20,49 +20,59 @@ def _line(*words: object) -> str:
     return " ".join(quote(word) for word in words)
 
 
-# The instance helper on a worker (hostside/instances.py).
-def instance_states(ports: Iterable[int]) -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "state", *ports)
+# The instance helper on a worker (hostside/instances.py), for one app's instances.
+def _instances(app: str, *words: object) -> str:
+    return _line("python3", layout.INSTANCES_HELPER, "--app", app, *words)
 
 
-def current_release() -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "current")
+def instance_states(ports: Iterable[int], app: str = layout.BUILTIN_APP) -> str:
+    return _instances(app, "state", *ports)
 
 
-def previous_release() -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "previous")
+def current_release(app: str = layout.BUILTIN_APP) -> str:
+    return _instances(app, "current")
 
 
-def installed_releases() -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "installed")
+def previous_release(app: str = layout.BUILTIN_APP) -> str:
+    return _instances(app, "previous")
 
 
-def point_current(release: str) -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "point", release)
+def installed_releases(app: str = layout.BUILTIN_APP) -> str:
+    return _instances(app, "installed")
+
+
+def point_current(release: str, app: str = layout.BUILTIN_APP) -> str:
+    return _instances(app, "point", release)
 
 
 def drain_instance(address: str, port: int, seconds: int) -> str:
-    return _line("python3", layout.INSTANCES_HELPER, "drain", address, port, seconds)
+    """The built-in service's own drain: its clients closed with 1012 over ``seconds``."""
+    return _instances(layout.BUILTIN_APP, "drain", address, port, seconds)
 
 
-def wait_healthy(address: str, port: int, release: str, seconds: int) -> str:
-    return _line(
-        "python3", layout.INSTANCES_HELPER, "wait-healthy", address, port, release, seconds
-    )
+def wait_healthy(
+    address: str,
+    port: int,
+    release: str,
+    seconds: int,
+    app: str = layout.BUILTIN_APP,
+    check: str = "/healthz",
+) -> str:
+    return _instances(app, "wait-healthy", address, port, release, seconds, check)
 
 
-def restart_instance(port: int) -> str:
-    return _line("systemctl", "restart", layout.instance_unit(port))
+def restart_instance(port: int, app: str = layout.BUILTIN_APP) -> str:
+    return _line("systemctl", "restart", layout.app_layout(app).unit(port))
 
 
 # The runtime-API client on a master (hostside/haproxy_runtime.py).
-def set_server_state(worker: str, port: int, state: str) -> str:
-    server = layout.backend_server(worker, port)
+def set_server_state(worker: str, port: int, state: str, app: str = layout.BUILTIN_APP) -> str:
+    server = layout.app_layout(app).server(worker, port)
     return _line("python3", layout.RUNTIME_HELPER, "server-state", server, state)
 
 
-def wait_server_up(worker: str, port: int, seconds: int) -> str:
-    server = layout.backend_server(worker, port)
+def wait_server_up(worker: str, port: int, seconds: int, app: str = layout.BUILTIN_APP) -> str:
+    server = layout.app_layout(app).server(worker, port)
     return _line("python3", layout.RUNTIME_HELPER, "wait-up", server, seconds)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wssfleet_control import release
+from wssfleet_control import app_sources, release
 from wssfleet_control.checkout import TEMPLATES
 from wssfleet_control.inventory import Fleet
 
@@ -37,6 +37,43 @@ class DeployRun:
         if self.dry:
             raise DeployError("a plan builds no wheels")
         return release.wheelhouse(python_version, machine)
+
+    def app_release(self, name: str) -> str:
+        """The release of the app ``name`` this deploy ships (a digest of its source)."""
+        return self.fleet.app_sources[name].release_id()
+
+    def app_releases(self) -> dict[str, str]:
+        """Every app's release this deploy ships, by app."""
+        return {name: self.app_release(name) for name in self.fleet.app_sources}
+
+    def app_build(self, name: str) -> Path:
+        """The app's release, built on this machine and packed for upload (once per release)."""
+        if self.dry:
+            raise DeployError("a plan builds no release")
+        built = app_sources.build(self.fleet.app_sources[name], release.BUILD / "apps")
+        return app_sources.archive(built)
+
+    def build_apps(self, say) -> None:
+        """Every app's release, built before any host is touched: a build that fails stops
+        the deploy with the tool's words (DeployError)."""
+        for name, source in sorted(self.fleet.app_sources.items()):
+            say(f"--> Building app {name}'s release {source.release_id()} ({source.runtime})")
+            try:
+                self.app_build(name)
+            except app_sources.AppSourceError as error:
+                raise DeployError(str(error)) from None
+
+    def app_wheelhouse(self, name: str, python_version: str, machine: str) -> Path:
+        if self.dry:
+            raise DeployError("a plan builds no wheels")
+        app = self.fleet.app_sources[name]
+        return release.app_wheelhouse(
+            f"{name}-{app.release_id()}",
+            tuple(app_sources.python_requirements(app)),
+            app_sources.requirements_file(app),
+            python_version,
+            machine,
+        )
 
     def tool_wheelhouse(self, requirements: tuple[str, ...], python_version: str, machine: str):
         if self.dry:

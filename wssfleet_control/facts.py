@@ -85,10 +85,11 @@ class FileMode(FactBase):
 
 
 class Releases(FactBase):
-    """The service releases installed on a worker, newest first."""
+    """An app's releases installed on a worker (the built-in service's unless ``releases``
+    names another directory), newest first."""
 
-    def command(self) -> str:
-        return f"ls -1t {layout.RELEASES} 2>/dev/null || true"
+    def command(self, releases: str = layout.RELEASES) -> str:
+        return f"ls -1t {quote(releases)} 2>/dev/null || true"
 
     def process(self, output) -> list[str]:
         return [line.strip() for line in output if line.strip()]
@@ -99,10 +100,11 @@ class Releases(FactBase):
 
 
 class CurrentRelease(FactBase):
-    """The release ``current`` points at on a worker, or None."""
+    """The release an app's ``current`` points at on a worker (the built-in service's unless
+    ``current`` names another link), or None."""
 
-    def command(self) -> str:
-        return f"readlink {layout.CURRENT} || true"
+    def command(self, current: str = layout.CURRENT) -> str:
+        return f"readlink {quote(current)} || true"
 
     def process(self, output) -> str | None:
         target = output[0].strip() if output else ""

@@ -7,6 +7,7 @@ config that tools outside pyinfra (testinfra, the tests) use to reach the same h
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote as quote_url
 
-from wssfleet_control import secrets
+from wssfleet_control import app_sources, secrets
+from wssfleet_control.app_sources import AppSource, AppSourceError
 from wssfleet_control.hostside import layout
 from wssfleet_control.settings import (
     MAX_WORKER_PROCESSES,
@@ -33,6 +35,22 @@ from wssfleet_control.settings import (
 
 # The Redis user the workers connect as (roles/redis.py gives it only what it needs).
 WORKER_REDIS_USER = "wssfleet"
+
+
+def app_redis_user(name: str) -> str:
+    """The Redis user of the app ``name``: its own keys and channels only (roles/redis.py)."""
+    return f"app-{name}"
+
+
+def app_redis_secret(name: str) -> str:
+    """The secret that holds the app ``name``'s Redis password."""
+    return f"app_{name.replace('-', '_')}_redis_password"
+
+
+def app_redis_prefix(name: str) -> str:
+    """The start of every key and channel the app ``name`` may use."""
+    return f"app:{name}:"
+
 
 # With several redis hosts, this many Sentinels watch the primary (a majority: two).
 SENTINELS = 3
@@ -78,6 +96,8 @@ class Fleet:
     workers: list[Node]
     redis_nodes: list[Node]
     monitors: list[Node]
+    # Each app's source, inspected (settings: apps).
+    app_sources: dict[str, AppSource] = dataclasses.field(default_factory=dict)
 
     @property
     def monitoring(self) -> Node:
@@ -155,10 +175,32 @@ class Fleet:
             tls_hosts=tls_hosts,
             tls_clients=peers,
             command=self.settings.secrets_command,
+            more=[
+                app_redis_secret(name)
+                for name, app in sorted(self.settings.apps.items())
+                if app.redis
+            ],
         )
 
     def worker_ports(self, processes: int) -> list[int]:
         return self.settings.worker_ports(processes)
+
+    def app_workers(self, name: str) -> list[Node]:
+        """The workers the app ``name`` runs on, in inventory order."""
+        chosen = self.settings.apps[name].workers
+        return [worker for worker in self.workers if not chosen or worker.name in chosen]
+
+    def apps_on(self, worker: str) -> list[str]:
+        """The apps that run on the worker ``worker``, by name."""
+        return [
+            name
+            for name in sorted(self.settings.apps)
+            if any(node.name == worker for node in self.app_workers(name))
+        ]
+
+    def app_redis_url(self, name: str, password: str) -> str:
+        """How the app ``name`` reaches Redis: as its own user (roles/redis.py)."""
+        return self.redis_url(password, user=app_redis_user(name))
 
     def ssh_config(self) -> str:
         """An OpenSSH config with one Host block a node, from the inventory's ssh_* data."""
@@ -175,10 +217,10 @@ class Fleet:
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks) + "\n"
 
-    def redis_url(self, password: str) -> str:
+    def redis_url(self, password: str, user: str = WORKER_REDIS_USER) -> str:
         """How a worker reaches Redis: as the least-privileged worker user."""
         address = f"{self.redis.address}:{self.settings.redis_port}"
-        credentials = f"{WORKER_REDIS_USER}:{quote_url(password, safe='')}"
+        credentials = f"{user}:{quote_url(password, safe='')}"
         if self.settings.internal_tls:
             ca = f"{layout.WORKER_TLS_DIRECTORY}/ca.pem"
             return f"rediss://{credentials}@{address}/0?ssl_ca_certs={quote_url(ca, safe='')}"
@@ -339,7 +381,27 @@ def from_groups(described: dict[str, list[dict[str, Any]]]) -> Fleet:
     )
     _check_ports(fleet)
     _check_high_availability(fleet)
+    fleet.app_sources.update(_inspected_apps(fleet))
     return fleet
+
+
+def _inspected_apps(fleet: Fleet) -> dict[str, AppSource]:
+    """Each app's workers exist and its source can be shipped; SettingsError names the app."""
+    known = {worker.name for worker in fleet.workers}
+    inspected = {}
+    for name, app in sorted(fleet.settings.apps.items()):
+        unknown = sorted(set(app.workers) - known)
+        if unknown:
+            raise SettingsError(
+                f"setting apps.{name}.workers names {', '.join(unknown)}, not in group "
+                f"'workers' ({', '.join(sorted(known))}): name workers, or leave it empty for all"
+            )
+        source = Path(fleet.inventory_path).parent / os.path.expanduser(app.source)
+        try:
+            inspected[name] = app_sources.inspect(name, source, app.command)
+        except AppSourceError as error:
+            raise SettingsError(str(error)) from None
+    return inspected
 
 
 def _check_high_availability(fleet: Fleet) -> None:

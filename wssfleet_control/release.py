@@ -81,6 +81,27 @@ def tool_wheelhouse(requirements: tuple[str, ...], python_version: str, machine:
         return _tool_wheelhouse(requirements, python_version, machine)
 
 
+def app_wheelhouse(
+    label: str, requirements: tuple[str, ...], listing: str, python_version: str, machine: str
+) -> Path:
+    """The wheels an app's ``requirements`` (pip's arguments) need on one host type, and
+    ``listing``, the requirements file the host's pip installs them by; built once per run.
+    ``label`` names the app's release."""
+    with _building:
+        return _app_wheelhouse(label, requirements, listing, python_version, machine)
+
+
+@cache
+def _app_wheelhouse(
+    label: str, requirements: tuple[str, ...], listing: str, python_version: str, machine: str
+) -> Path:
+    target = _fresh(WHEELHOUSE / f"app-{label}" / f"py{python_version}-{machine}")
+    _progress(f"--> Fetching the wheels of app {label} for Python {python_version} on {machine}")
+    _download(target, list(requirements), python_version, machine)
+    (target / "requirements.txt").write_text(listing)
+    return target
+
+
 def requirements_id(requirements: tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from wssfleet_control import commands
 from wssfleet_control.engine import Session
 from wssfleet_control.facts import instance_ports
-from wssfleet_control.hostside.layout import instance_unit
+from wssfleet_control.hostside.layout import BUILTIN_APP, app_layout
 from wssfleet_control.inventory import Node
 
 # Beyond the drain window: time for the last closes to complete.
@@ -37,25 +37,38 @@ class Step:
     outcome: str = "pending"
     seconds: float = 0.0
     detail: dict = field(default_factory=dict)
+    # Whose instance: the built-in service's or an app's (settings: apps).
+    app: str = BUILTIN_APP
+    release: str = ""
 
 
-def pending_steps(session: Session, release: str) -> list[Step]:
-    """Every instance that does not run ``release`` with the current settings, in fleet order."""
+def pending_steps(
+    session: Session, release: str, app_releases: dict[str, str] | None = None
+) -> list[Step]:
+    """Every instance that does not run its release with the current settings: the built-in
+    service's (``release``), then each app's (``app_releases``, by app), in fleet order."""
+    fleet = session.fleet
+    wanted = [
+        (BUILTIN_APP, release, worker, instance_ports(fleet, session.host(worker.name)))
+        for worker in fleet.workers
+    ]
+    for name, app_release in sorted((app_releases or {}).items()):
+        ports = fleet.settings.apps[name].ports()
+        wanted += [(name, app_release, worker, ports) for worker in fleet.app_workers(name)]
     steps = []
-    for worker in session.fleet.workers:
-        ports = instance_ports(session.fleet, session.host(worker.name))
-        states = json.loads(_checked(session, worker, commands.instance_states(ports)))
+    for app, target, worker, ports in wanted:
+        states = json.loads(_checked(session, worker, commands.instance_states(ports, app)))
         for port in ports:
             state = states[str(port)]
             if not state["active"]:
                 reason = "not running"
-            elif state["release"] != release:
+            elif state["release"] != target:
                 reason = f"runs release {state['release']}"
             elif state["stale"]:
                 reason = "settings changed since it started"
             else:
                 continue
-            steps.append(Step(worker.name, port, reason))
+            steps.append(Step(worker.name, port, reason, app=app, release=target))
     return steps
 
 
@@ -88,49 +101,61 @@ def previous_release(session: Session) -> str:
     return releases.pop()
 
 
-def roll(session: Session, release: str, on_step=None, on_start=None) -> list[Step]:
-    """Restart what needs it, one instance at a time; RolloutError at the first failure (the
-    steps done so far are in its ``steps``). ``on_start`` and ``on_step`` hear of each step
-    as it begins and once it is done."""
+def roll(
+    session: Session,
+    release: str,
+    on_step=None,
+    on_start=None,
+    app_releases: dict[str, str] | None = None,
+) -> list[Step]:
+    """Restart what needs it, one instance at a time: the built-in service's instances onto
+    ``release``, then each app's onto its own (``app_releases``); RolloutError at the first
+    failure (the steps done so far are in its ``steps``). ``on_start`` and ``on_step`` hear
+    of each step as it begins and once it is done."""
     timeout = session.fleet.settings.rollout_health_timeout
-    steps = pending_steps(session, release)
+    steps = pending_steps(session, release, app_releases)
     for step in steps:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
+        app, release = step.app, step.release
+        check = _health_check(session, app)
         if on_start:
             on_start(step)
         started = time.monotonic()
-        previous = _checked(session, worker, commands.current_release()).strip()
+        previous = _checked(session, worker, commands.current_release(app)).strip()
         # On every master's HAProxy. A server one does not know yet (a new worker) has
         # nothing to drain there, nor has a master that is down.
         in_rotation = [
             master.name
             for master in session.fleet.masters
             if session.on(
-                master.name, commands.set_server_state(worker.name, step.port, "drain")
+                master.name, commands.set_server_state(worker.name, step.port, "drain", app)
             ).ok
         ]
-        drain = session.fleet.settings.drain_seconds
-        drained = session.on(
-            worker.name,
-            commands.drain_instance(worker.address, step.port, drain + DRAIN_GRACE),
-            timeout=drain + DRAIN_GRACE + 30,
-        )
-        step.detail["drain"] = _last_json(drained)
+        if app == BUILTIN_APP:
+            # The service moves its clients itself, spread over its drain window; an app is
+            # sent SIGTERM by the restart and closes its own (docs/apps.md).
+            drain = session.fleet.settings.drain_seconds
+            drained = session.on(
+                worker.name,
+                commands.drain_instance(worker.address, step.port, drain + DRAIN_GRACE),
+                timeout=drain + DRAIN_GRACE + 30,
+            )
+            step.detail["drain"] = _last_json(drained)
         if previous != release:
-            _checked(session, worker, commands.point_current(release))
-        healthy, seen = _restart(session, worker, step.port, release, timeout)
+            _checked(session, worker, commands.point_current(release, app))
+        healthy, seen = _restart(session, worker, step.port, release, timeout, app, check)
         step.detail |= seen
         problem = (
-            f"release {release} did not pass /healthz within {timeout} s "
+            f"release {release} did not pass its health check ({check}) within {timeout} s "
             f"(HTTP {seen.get('status')}: {seen.get('reply') or 'no reply'})"
         )
         for master in in_rotation:
-            session.on(master, commands.set_server_state(worker.name, step.port, "ready"))
+            session.on(master, commands.set_server_state(worker.name, step.port, "ready", app))
         for master in in_rotation if healthy else []:
             # Capacity is whole again only once HAProxy's own checks send it clients.
             up = session.on(
                 master,
-                commands.wait_server_up(worker.name, step.port, timeout),
+                commands.wait_server_up(worker.name, step.port, timeout, app),
                 timeout=timeout + 30,
             )
             step.detail["haproxy"] = up.stdout.strip()
@@ -148,10 +173,11 @@ def roll(session: Session, release: str, on_step=None, on_start=None) -> list[St
                 on_step(step)
             continue
         step.outcome = "failed"
-        message = f"{worker.name} instance {instance_unit(step.port)}: {problem}"
+        whose = "" if app == BUILTIN_APP else f"app {app}: "
+        message = f"{whose}{worker.name} instance {app_layout(app).unit(step.port)}: {problem}"
         if previous and previous != release:
-            _checked(session, worker, commands.point_current(previous))
-            back, _ = _restart(session, worker, step.port, previous, timeout)
+            _checked(session, worker, commands.point_current(previous, app))
+            back, _ = _restart(session, worker, step.port, previous, timeout, app, check)
             message += (
                 f"; it is back on release {previous}"
                 if back
@@ -207,13 +233,27 @@ def ready_worker(session: Session, worker: Node) -> None:
                 )
 
 
+def _health_check(session: Session, app: str) -> str:
+    """What says an instance of ``app`` is ready: its health path, or "tcp" without one."""
+    if app == BUILTIN_APP:
+        return "/healthz"
+    return session.fleet.settings.apps[app].health_path or "tcp"
+
+
 def _restart(
-    session: Session, worker: Node, port: int, release: str, timeout: int
+    session: Session,
+    worker: Node,
+    port: int,
+    release: str,
+    timeout: int,
+    app: str = BUILTIN_APP,
+    check: str = "/healthz",
 ) -> tuple[bool, dict]:
-    session.on(worker.name, commands.restart_instance(port))
+    stop_timeout = 30 if app == BUILTIN_APP else session.fleet.settings.apps[app].stop_timeout
+    session.on(worker.name, commands.restart_instance(port, app), timeout=stop_timeout + 30)
     result = session.on(
         worker.name,
-        commands.wait_healthy(worker.address, port, release, timeout),
+        commands.wait_healthy(worker.address, port, release, timeout, app, check),
         timeout=timeout + 30,
     )
     return result.ok, _last_json(result)

@@ -133,8 +133,10 @@ def load(
     tls_hosts: dict[str, str] | None = None,
     tls_clients: Collection[str] = (),
     command: str | None = None,
+    more: Collection[str] = (),
 ) -> dict[str, str]:
-    """Return the deployment's secrets, generating the missing ones when ``create`` (with
+    """Return the deployment's secrets (NAMES and those ``more`` names, an app's), generating
+    the missing ones when ``create`` (with
     ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates,
     the ones in ``tls_clients`` for clients too: internal_tls.py). What ``command`` and the
     environment give (from_outside) takes precedence and is never written to the file."""
@@ -144,7 +146,7 @@ def load(
     outside = from_outside(command)
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     stored.update(outside)
-    missing = [name for name in NAMES if not stored.get(name)]
+    missing = [name for name in (*NAMES, *more) if not stored.get(name)]
     if missing and not create:
         return {**stored, **dict.fromkeys(missing, NOT_YET)}
     changed = False

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     ConfigDict,
     Field,
     PlainValidator,
@@ -29,6 +30,7 @@ from pydantic import (
 
 from wssfleet.config import ClientPolicy
 from wssfleet_control.hostside.layout import (
+    BUILTIN_APP,
     CERTBOT_PORT,
     HAPROXY_METRICS_PORT,
     HAPROXY_PEERS_PORT,
@@ -215,6 +217,113 @@ def _processes(value: Any) -> int | str:
     return value
 
 
+# An app's name becomes its system user (wssfleet-app-NAME, at most 32 characters), its units
+# and its HAProxy backend.
+APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,18}[a-z0-9]|[a-z]")
+# The built-in service's paths (service/wssfleet/routes.py) and those HAProxy keeps inside.
+BUILTIN_PATHS = ("/ws", "/app.js", "/wssfleet-client.js", "/healthz", "/internal")
+# What the fleet sets in every app's environment: an app's env may not set them.
+FLEET_ENVIRONMENT = re.compile(r"PORT|HOST|REDIS_.*|WSSFLEET_.*")
+UrlPath = Annotated[
+    str,
+    _pattern(
+        r"(/[A-Za-z0-9._~-]+)+",
+        "give a path like /chat: a slash, plain characters, no slash at the end",
+    ),
+]
+EnvironmentName = Annotated[
+    str, _pattern(r"[A-Z_][A-Z0-9_]{0,63}", "give an upper-case name like LOG_LEVEL")
+]
+
+
+class App(BaseModel):
+    """One team's WebSocket server: where its code is, how an instance starts, its route."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    source: Annotated[str, _pattern(PLAIN_PATH.pattern, "give a directory path")] = Field(
+        description="the app's directory on the control machine (relative: to the inventory's)"
+    )
+    command: Annotated[str, AfterValidator(_command)] = Field(
+        description="how one instance starts, run in its release directory (node server.js, "
+        "python app.py, ./server); it listens on PORT and HOST, and {port} in it is PORT"
+    )
+    path: UrlPath | None = Field(
+        default=None,
+        description="route the requests whose path is this or below it (/chat, /chat/...)",
+    )
+    domain: DnsName | None = Field(
+        default=None,
+        description="route the requests for this name (added to the certificate); with path, "
+        "both must match",
+    )
+    health_path: UrlPath | None = Field(
+        default=None,
+        description="an HTTP path answering 200 when an instance is ready; without it, a TCP "
+        "connection is the check",
+    )
+    port: int = Field(ge=1024, le=65000, description="the first instance's port on a worker")
+    instances: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_WORKER_PROCESSES,
+        description="instances per worker, on port, port + 1, ...",
+    )
+    workers: tuple[str, ...] = Field(
+        default=(), description="the workers it runs on, by inventory name; empty: all"
+    )
+    env: dict[EnvironmentName, str] = Field(
+        default_factory=dict, description="more environment for every instance"
+    )
+    redis: bool = Field(
+        default=False,
+        description="its own Redis user, limited to keys and channels starting app:NAME: "
+        "(REDIS_URL, REDIS_PREFIX, and the Sentinels when there are some)",
+    )
+    stop_timeout: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="seconds an instance has after SIGTERM to close its WebSockets (1001 or "
+        "1012) and exit before it is killed",
+    )
+    maxconn: int = Field(
+        default=10000, ge=1, le=1_000_000, description="connections HAProxy sends one instance"
+    )
+    memory_max: Memory | None = Field(
+        default=None,
+        description="each instance's memory cap (512mb); empty: a share of the worker's memory",
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _list_as_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("env")
+    @classmethod
+    def _own_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if FLEET_ENVIRONMENT.fullmatch(name):
+                raise ValueError(f"{name} is set by the fleet: give the app another name")
+            if "\n" in value or "\0" in value:
+                raise ValueError(f"{name}'s value spans lines: give one line")
+        return env
+
+    @model_validator(mode="after")
+    def _routed(self) -> App:
+        if self.path is None and self.domain is None:
+            raise ValueError("give path (like /chat), domain, or both: how clients reach it")
+        return self
+
+    def ports(self) -> list[int]:
+        return list(range(self.port, self.port + self.instances))
+
+    @property
+    def route(self) -> tuple[str, str]:
+        return (self.domain or "*", self.path or "/")
+
+
 class Settings(ClientPolicy):
     """A deployment: names and certificates, workers, HAProxy, Redis, rollouts."""
 
@@ -357,6 +466,11 @@ class Settings(ClientPolicy):
         "masters' HAProxy peers with TLS and the deployment's own CA; on when hosts share only "
         "a public network",
     )
+    apps: dict[str, App] = Field(
+        default_factory=dict,
+        description="the team's own WebSocket servers, by name, beside the built-in service: "
+        "source, command, path and/or domain, health_path, port (docs/apps.md)",
+    )
     # Redis
     redis_port: int = Field(
         default=6379, ge=1024, le=65535, description="Redis port on the redis host"
@@ -409,6 +523,17 @@ class Settings(ClientPolicy):
         description="alert when more than this share of HAProxy's answers are 5xx for 10 minutes",
     )
 
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, apps: dict[str, App]) -> dict[str, App]:
+        for name in apps:
+            if name == BUILTIN_APP or not APP_NAME.fullmatch(name):
+                raise ValueError(
+                    f"app name {name!r}: give 1 to 20 lower-case letters, digits and dashes, "
+                    f"starting with a letter (not {BUILTIN_APP!r}, the built-in service's)"
+                )
+        return apps
+
     @field_validator("extra_domains", "alertmanagers", "admission_exempt_sources", mode="before")
     @classmethod
     def _list_as_tuple(cls, value: Any) -> Any:
@@ -460,12 +585,49 @@ class Settings(ClientPolicy):
                 f"setting redis_port={self.redis_port} clashes with "
                 f"{taken[self.redis_port]}: choose another port"
             )
+        self._apps_apart()
         if self.worker_base_port + MAX_WORKER_PROCESSES + self.metrics_port_offset > 65535:
             raise ValueError(
                 f"settings worker_base_port={self.worker_base_port} and metrics_port_offset="
                 f"{self.metrics_port_offset} put metrics ports beyond 65535: lower either"
             )
         return self
+
+    def _apps_apart(self) -> None:
+        """No two apps on one route, no app port on a port something else takes."""
+        routes: dict[tuple[str, str], str] = {}
+        for name, app in self.apps.items():
+            path = app.path or ""
+            if path in BUILTIN_PATHS or path.startswith(tuple(f"{own}/" for own in BUILTIN_PATHS)):
+                raise ValueError(
+                    f"setting apps.{name}.path={path!r} is the built-in service's "
+                    f"({', '.join(BUILTIN_PATHS)}): give the app another path"
+                )
+            if app.route in routes:
+                raise ValueError(
+                    f"settings apps.{routes[app.route]} and apps.{name} both route "
+                    f"{app.path or 'every path'} on {app.domain or 'the fleet domain'}: give "
+                    "each its own path or domain"
+                )
+            routes[app.route] = name
+        span = self.worker_ports(MAX_WORKER_PROCESSES)
+        taken = {
+            **{port: "the built-in service" for port in span},
+            **{self.metrics_port(port): "the built-in service's metrics" for port in span},
+            **PORTS_USED_ON_MASTER,
+            **MONITORING_PORTS,
+            self.redis_port: "Redis",
+            self.redis_sentinel_port: "Redis Sentinel",
+        }
+        for name, app in sorted(self.apps.items()):
+            for port in app.ports():
+                if port in taken:
+                    raise ValueError(
+                        f"setting apps.{name}.port={app.port} (with instances={app.instances}) "
+                        f"takes port {port}, which {taken[port]} uses: choose a port range "
+                        "nothing else uses"
+                    )
+                taken[port] = f"app {name}"
 
     @property
     def history_memory_bytes(self) -> int:
@@ -480,7 +642,10 @@ class Settings(ClientPolicy):
 
     @property
     def domains(self) -> list[str]:
-        return [self.domain, *self.extra_domains]
+        """Every name on the certificate: the fleet's, then the apps' own."""
+        own = [self.domain, *self.extra_domains]
+        apps = sorted({app.domain for app in self.apps.values() if app.domain} - set(own))
+        return own + apps
 
     @property
     def origins(self) -> tuple[str, ...]:
@@ -533,6 +698,8 @@ def _explain(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if not error["loc"]:
         return error["msg"].removeprefix("Value error, ")
     name = str(error["loc"][0])
+    if name == "apps":
+        return _explain_app(error, raw)
     field = Settings.model_fields[name]
     if error["type"] == "missing":
         return f"setting {name} is required: {field.description}"
@@ -551,6 +718,39 @@ def _explain(error: dict[str, Any], raw: dict[str, Any]) -> str:
     elif error["type"] == "string_type":
         message = f"give a string: {field.description}"
     return f"setting {name}={value!r} is invalid: {message}"
+
+
+def _explain_app(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """An app's complaint as 'setting apps.NAME.FIELD=VALUE is invalid: FIX'."""
+    message = error["msg"].removeprefix("Value error, ")
+    if len(error["loc"]) == 1:
+        return f"setting apps is invalid: {message}"
+    app, *rest = [str(part) for part in error["loc"][1:]]
+    if not rest:
+        if error["type"] in ("dict_type", "model_type"):
+            return f"setting apps.{app} is invalid: give a dict of its settings (docs/apps.md)"
+        return f"setting apps.{app} is invalid: {message}"
+    field = App.model_fields.get(rest[0])
+    where = ".".join(["apps", app, *rest])
+    if error["type"] == "missing" and field is not None:
+        return f"setting {where} is required: {field.description}"
+    if error["type"] == "extra_forbidden":
+        hint = get_close_matches(rest[0], App.model_fields, n=1)
+        return f"setting {where} is unknown" + (
+            f": did you mean {hint[0]!r}?" if hint else ": see docs/apps.md"
+        )
+    value: Any = raw.get("apps", {}).get(app, {})
+    for part in rest:
+        value = value.get(part) if isinstance(value, dict) else None
+    if field is not None and error["type"].startswith(("int", "greater", "less")):
+        bounds = {
+            key: getattr(item, key)
+            for item in field.metadata
+            for key in ("ge", "le")
+            if getattr(item, key, None) is not None
+        }
+        message = f"give a whole number from {bounds['ge']} to {bounds['le']}"
+    return f"setting {where}={value!r} is invalid: {message}"
 
 
 def _constraints(field: Any) -> list[Any]:

@@ -37,6 +37,9 @@ function redisOptions() {
     name: env.REDIS_SENTINEL_NAME,
     sentinelUsername: env.REDIS_SENTINEL_USER,
     sentinelPassword: env.REDIS_SENTINEL_PASSWORD,
+    // The fleet's Sentinel user may only ask where the primary is, not list the Sentinels:
+    // the list it is given is the whole list.
+    updateSentinels: false,
     ...(options.tls ? { enableTLSForSentinelMode: true, sentinelTLS: options.tls } : {}),
   };
 }

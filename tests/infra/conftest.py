@@ -119,6 +119,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("worker_node", fleet.workers, ids=lambda n: n.name)
     if "any_node" in metafunc.fixturenames:
         metafunc.parametrize("any_node", fleet.nodes, ids=lambda n: n.name)
+    if "app_instance" in metafunc.fixturenames:
+        # Each app's instances (settings: apps) where they run: (worker, app name, port).
+        triples = [
+            (node, name, port)
+            for name, app in sorted(fleet.settings.apps.items())
+            for node in fleet.app_workers(name)
+            for port in app.ports()
+        ]
+        metafunc.parametrize(
+            "app_instance", triples, ids=[f"{n.name}-{a}-{p}" for n, a, p in triples]
+        )
     if "worker_instance" in metafunc.fixturenames:
         pairs = [(node, port) for node in fleet.workers for port in _instances(fleet, node)]
         metafunc.parametrize("worker_instance", pairs, ids=[f"{n.name}-{p}" for n, p in pairs])
@@ -145,11 +156,11 @@ def exposure():
     """Whether a unit on a host is confined to MOST_EXPOSURE or better (asserts with the
     figure and what systemd-analyze found exposed, if not)."""
 
-    def confined(host, unit: str) -> bool:
+    def confined(host, unit: str, most: float = MOST_EXPOSURE) -> bool:
         report = host.check_output(f"systemd-analyze security --no-pager {unit} 2>&1")
         level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", report)[1])
         exposed = [line for line in report.splitlines() if line.startswith("✗")]
-        assert level <= MOST_EXPOSURE, f"{unit}: {level}\n" + "\n".join(exposed)
+        assert level <= most, f"{unit}: {level}\n" + "\n".join(exposed)
         return True
 
     return confined

@@ -6,9 +6,11 @@ instance's unit, `systemctl reload haproxy`) is left to the lab's tests."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -240,9 +242,7 @@ def releases(tmp_path, monkeypatch):
         (home / "releases" / release).mkdir(parents=True)
     for release in ("r1", "r2"):
         (home / "releases" / release / ".installed").touch()
-    monkeypatch.setattr(instances, "RELEASES", str(home / "releases"))
-    monkeypatch.setattr(instances, "CURRENT", str(home / "current"))
-    monkeypatch.setattr(instances, "RELEASE_HISTORY", str(home / "history"))
+    monkeypatch.setattr(instances, "app", dataclasses.replace(instances.app, home=str(home)))
     return home
 
 
@@ -273,6 +273,26 @@ def test_previous_skips_a_release_that_was_removed(releases):
         instances.point(release)
     shutil.rmtree(releases / "releases" / "r1")
     assert instances.previous() == ""
+
+
+def test_an_apps_instances_are_its_own_units_and_releases(monkeypatch, capsys):
+    monkeypatch.setattr(instances, "installed", lambda: [instances.app.releases])
+    monkeypatch.setattr(instances, "app", instances.SERVICE_LAYOUT)  # main sets it: restored
+    assert instances.main(["--app", "chat", "installed"]) == 0
+    assert capsys.readouterr().out.split() == ["/opt/wssfleet-apps/chat/releases"]
+    assert instances.app.unit(8111) == "wssfleet-app-chat@8111.service"
+    monkeypatch.setattr(instances, "app", instances.SERVICE_LAYOUT)
+    assert instances.main(["installed"]) == 0
+    assert capsys.readouterr().out.split() == ["/opt/wssfleet/releases"]
+
+
+def test_a_tcp_health_check_passes_once_the_port_accepts(monkeypatch):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = str(listener.getsockname()[1])
+    assert instances.health("127.0.0.1", port, "tcp") == (200, "accepts connections")
+    listener.close()
+    status, reason = instances.health("127.0.0.1", port, "tcp")
+    assert status == 0 and "refused" in reason
 
 
 def test_health_reads_an_instance_and_says_when_nothing_answers(start_service, monkeypatch):

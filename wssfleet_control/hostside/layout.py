@@ -5,6 +5,8 @@ follows. Standard library only: it is installed beside the helpers on each host.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Where the host-side helpers (this directory) are installed, and the deploy's own state.
 HELPERS = "/usr/local/lib/wssfleet"
 STATE = "/var/lib/wssfleet"
@@ -74,9 +76,76 @@ def server_name(worker: str, port: int | str) -> str:
     return f"{worker}-{port}"
 
 
-def backend_server(worker: str, port: int | str) -> str:
+def backend_server(worker: str, port: int | str, backend: str = BACKEND) -> str:
     """BACKEND/SERVER, as the runtime API's commands take it."""
-    return f"{BACKEND}/{server_name(worker, port)}"
+    return f"{backend}/{server_name(worker, port)}"
+
+
+# The apps a team brings (settings: apps): each one's releases, environment, units and HAProxy
+# backend, laid out as the built-in service's are, under names of its own.
+BUILTIN_APP = "wssfleet"
+APPS_HOME = "/opt/wssfleet-apps"
+APPS_CONFIG_DIRECTORY = "/etc/wssfleet-apps"
+
+
+@dataclass(frozen=True)
+class AppLayout:
+    """Where one app lives on a worker and how HAProxy names it."""
+
+    name: str
+    user: str
+    home: str
+    environment: str
+    unit_file: str
+    unit_prefix: str
+    backend: str
+
+    @property
+    def releases(self) -> str:
+        return f"{self.home}/releases"
+
+    @property
+    def current(self) -> str:
+        return f"{self.home}/current"
+
+    @property
+    def history(self) -> str:
+        """Every release `current` was pointed at, oldest first (what rollback reads)."""
+        return f"{self.home}/history"
+
+    def unit(self, port: int | str) -> str:
+        """The systemd unit of the instance listening on ``port``."""
+        return f"{self.unit_prefix}{port}.service"
+
+    def server(self, worker: str, port: int | str) -> str:
+        """BACKEND/SERVER of one instance, as the runtime API's commands take it."""
+        return backend_server(worker, port, self.backend)
+
+
+SERVICE_LAYOUT = AppLayout(
+    BUILTIN_APP,
+    SERVICE_USER,
+    SERVICE_HOME,
+    SERVICE_ENVIRONMENT,
+    INSTANCE_UNIT_FILE,
+    INSTANCE_PREFIX,
+    BACKEND,
+)
+
+
+def app_layout(name: str) -> AppLayout:
+    """The layout of the app ``name``; the built-in service's is the one above."""
+    if name == BUILTIN_APP:
+        return SERVICE_LAYOUT
+    return AppLayout(
+        name,
+        user=f"wssfleet-app-{name}",
+        home=f"{APPS_HOME}/{name}",
+        environment=f"{APPS_CONFIG_DIRECTORY}/{name}.env",
+        unit_file=f"/etc/systemd/system/wssfleet-app-{name}@.service",
+        unit_prefix=f"wssfleet-app-{name}@",
+        backend=f"app_{name}",
+    )
 
 
 # certbot on the master: it listens here only while it validates, HAProxy routes the

@@ -1,0 +1,239 @@
+"""The team's own WebSocket apps on the workers (settings: apps), laid out as the built-in
+service is: a release directory per content digest under the app's home, `current` pointing
+at the one instances start from, one systemd unit per port, its own system user and
+environment. The release is built on the control machine (app_sources.py) and unpacked on
+the host as root's, so the app cannot change its own code. As for the built-in service, the
+first deploy points `current` and starts the instances; later releases are brought in by the
+rollout controller, one instance at a time. An app no longer in the inventory is stopped here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File, Link
+from pyinfra.operations import apt, files, server, systemd
+
+from roles import SERVICE_RETRY, secret_template
+from roles.redis import PRIMARY_NAME, SENTINEL_CLIENT_USER
+from roles.workers import LIMIT_NOFILE, memory_max_mib, old_releases_removed, systemd_quoted
+from wssfleet_control import commands
+from wssfleet_control.app_sources import AppSource
+from wssfleet_control.commands import quote
+from wssfleet_control.deployment import DeployRun
+from wssfleet_control.facts import (
+    LoadedUnits,
+    MemoryKib,
+    OpenFilesLimit,
+    PythonPlatform,
+)
+from wssfleet_control.hostside.layout import (
+    APPS_CONFIG_DIRECTORY,
+    APPS_HOME,
+    WORKER_INTERNAL_CA,
+    AppLayout,
+    app_layout,
+)
+from wssfleet_control.inventory import Node, app_redis_prefix, app_redis_secret
+from wssfleet_control.settings import App, memory_bytes
+
+# Every app's units: what is loaded here and not wanted is stopped.
+EVERY_APP_UNIT = "wssfleet-app-*@*"
+APP_UNIT = re.compile(r"wssfleet-app-(?P<app>[a-z0-9-]+)@(?P<port>\d+)\.service")
+INTERPRETERS = {"node": ("node", "nodejs"), "python": ("python", "python3")}
+
+
+def exec_start(source: AppSource, current: str) -> str:
+    """The unit's ExecStart: the app's command with its program found in the release (or the
+    host's Node.js), {port} as the instance's port, each word quoted as systemd reads it."""
+    program, *arguments = source.command
+    if source.runtime == "node" and program in INTERPRETERS["node"]:
+        program = "/usr/bin/node"
+    elif source.runtime == "python" and program in INTERPRETERS["python"]:
+        program = f"{current}/venv/bin/python"
+    elif source.runtime == "python" and "/" not in program:
+        # A console script of its requirements (uvicorn, gunicorn).
+        program = f"{current}/venv/bin/{program}"
+    elif not program.startswith("/"):
+        program = f"{current}/{program.removeprefix('./')}"
+    return " ".join(_unit_word(word) for word in (program, *arguments))
+
+
+def _unit_word(word: str) -> str:
+    """One word of ExecStart: systemd's specifiers and variables kept literal, {port} as %i."""
+    escaped = word.replace("%", "%%").replace("$", "$$").replace("{port}", "%i")
+    if re.fullmatch(r"[A-Za-z0-9_./:=@%$+,-]+", escaped):
+        return escaped
+    return systemd_quoted(escaped)
+
+
+def app_environment(run: DeployRun, name: str, app: App, node: Node) -> dict[str, str]:
+    """What every instance of the app gets, besides PORT and WSSFLEET_INSTANCE (the unit's)."""
+    fleet = run.fleet
+    environment = {"HOST": node.address, **app.env}
+    if app.redis:
+        environment |= {
+            "REDIS_URL": fleet.app_redis_url(name, run.secrets[app_redis_secret(name)]),
+            "REDIS_PREFIX": app_redis_prefix(name),
+        }
+        if fleet.settings.internal_tls:
+            environment["REDIS_CA_FILE"] = WORKER_INTERNAL_CA
+        if fleet.sentinels:
+            environment |= {
+                "REDIS_SENTINELS": ",".join(
+                    f"{sentinel.address}:{fleet.settings.redis_sentinel_port}"
+                    for sentinel in fleet.sentinels
+                ),
+                "REDIS_SENTINEL_NAME": PRIMARY_NAME,
+                # A user that may only ask where the primary is (roles/redis.py).
+                "REDIS_SENTINEL_USER": SENTINEL_CLIENT_USER,
+                "REDIS_SENTINEL_PASSWORD": run.secrets["sentinel_client_password"],
+            }
+    return environment
+
+
+@deploy("Apps")
+def apply(run: DeployRun, node: Node) -> None:
+    """Install and run every app this worker runs; stop what belongs to apps it no longer does.
+
+    + run: the deploy: the apps (settings), their sources and releases, their secrets
+    + node: this worker
+    """
+    fleet = run.fleet
+    names = fleet.apps_on(node.name)
+    if any(fleet.app_sources[name].runtime == "node" for name in names):
+        apt.packages(
+            name="Ensure Node.js is installed (apps)", packages=["nodejs"], no_recommends=True
+        )
+    if names:
+        for path, mode in ((APPS_HOME, "755"), (APPS_CONFIG_DIRECTORY, "700")):
+            files.directory(
+                name=f"Ensure {path} exists", path=path, user="root", group="root", mode=mode
+            )
+    wanted = set()
+    for name in names:
+        app = fleet.settings.apps[name]
+        _app_installed(run, node, name, app, app_layout(name))
+        wanted |= {app_layout(name).unit(port) for port in app.ports()}
+    for unit in sorted(host.get_fact(LoadedUnits, pattern=EVERY_APP_UNIT) - wanted):
+        systemd.service(
+            **SERVICE_RETRY,
+            name=f"Ensure {unit} is stopped and disabled (not in the inventory's apps here)",
+            service=unit,
+            running=False,
+            enabled=False,
+        )
+
+
+def _app_installed(run: DeployRun, node: Node, name: str, app: App, layout: AppLayout) -> None:
+    source = run.fleet.app_sources[name]
+    server.user(
+        name=f"Ensure app {name}'s unprivileged user exists",
+        user=layout.user,
+        system=True,
+        home=layout.home,
+        shell="/usr/sbin/nologin",
+        create_home=False,
+        ensure_home=False,
+    )
+    for path in (layout.home, layout.releases):
+        files.directory(
+            name=f"Ensure {path} exists", path=path, user="root", group="root", mode="755"
+        )
+    _release_installed(run, name, source, layout)
+    environment = app_environment(run, name, app, node)
+    secret_template(
+        name=f"Ensure app {name}'s environment file is current (contents withheld: secrets)",
+        src=run.template("apps", "app.env.j2"),
+        dest=layout.environment,
+        user="root",
+        group="root",
+        mode="600",
+        app=name,
+        environment={key: systemd_quoted(value) for key, value in environment.items()},
+    )
+    memory = (
+        memory_bytes(app.memory_max) // 2**20
+        if app.memory_max
+        else memory_max_mib(host.get_fact(MemoryKib), app.instances)
+    )
+    unit = files.template(
+        name=f"Ensure the {layout.unit_prefix} systemd unit is current",
+        src=run.template("apps", "app@.service.j2"),
+        dest=layout.unit_file,
+        mode="644",
+        app=name,
+        unit_prefix=layout.unit_prefix,
+        app_user=layout.user,
+        current=layout.current,
+        environment_file=layout.environment,
+        exec_start=exec_start(source, layout.current),
+        stop_timeout=app.stop_timeout,
+        limit_nofile=min(LIMIT_NOFILE, host.get_fact(OpenFilesLimit)),
+        writable_executable_memory=source.runtime == "node",
+        memory_max_mib=memory,
+    )
+    for port in app.ports():
+        systemd.service(
+            **SERVICE_RETRY,
+            name=f"Ensure instance {layout.unit(port)} is running and enabled",
+            service=layout.unit(port),
+            running=True,
+            enabled=True,
+            daemon_reload=unit.will_change,
+        )
+
+
+def _release_installed(run: DeployRun, name: str, source: AppSource, layout: AppLayout) -> None:
+    """The app's release unpacked (and for Python its virtualenv made from wheels shipped
+    with it), unless a complete install is there: a marker written last decides it."""
+    release = run.app_release(name)
+    directory = f"{layout.releases}/{release}"
+    marker = f"{directory}/.installed"
+    if not host.get_fact(File, path=marker):
+        archive = f"{layout.releases}/{release}.tar.gz"
+        wheels = f"{layout.releases}/{release}.wheels"
+        if not run.dry:
+            files.put(
+                name=f"Ensure app {name}'s release {release} is on the host",
+                src=str(run.app_build(name)),
+                dest=archive,
+                mode="600",
+            )
+            if source.runtime == "python":
+                files.sync(
+                    name=f"Ensure app {name}'s wheels are on the host",
+                    src=str(run.app_wheelhouse(name, *host.get_fact(PythonPlatform))),
+                    dest=wheels,
+                    mode="644",
+                    delete=True,
+                )
+        unpack = [
+            f"rm -rf {quote(directory)}",
+            f"install -d -m 755 {quote(directory)}",
+            f"tar -xzf {quote(archive)} --no-same-owner --no-same-permissions -C "
+            f"{quote(directory)}",
+            # Root's, readable by the app's user, writable by nobody else.
+            f"chmod -R u+rwX,go+rX,go-w {quote(directory)}",
+        ]
+        if source.runtime == "python":
+            venv = f"{directory}/venv"
+            unpack += [
+                f"python3 -m venv {quote(venv)}",
+                f"{quote(venv)}/bin/pip install --quiet --no-index --find-links "
+                f"{quote(wheels)} -r {quote(wheels + '/requirements.txt')}",
+                f"rm -rf {quote(wheels)}",
+            ]
+        server.shell(
+            name=f"Ensure app {name}'s release {release} is installed",
+            commands=[*unpack, f"rm -f {quote(archive)}", f"touch {quote(marker)}"],
+        )
+    if not host.get_fact(Link, path=layout.current):
+        # Later releases are pointed at by the rollout, which records them the same way.
+        server.shell(
+            name=f"Ensure {layout.current} points at a release (the first one)",
+            commands=[commands.point_current(release, name)],
+        )
+    old_releases_removed(release, layout)

@@ -1,0 +1,80 @@
+"""Every app instance (settings: apps) on every worker it runs on: running the release
+`current` points at, healthy, as its own unprivileged user, confined, reachable by HAProxy
+alone; and every master's HAProxy sees it UP."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from wssfleet_control.hostside.layout import RUNTIME_HELPER, app_layout, server_name
+
+# Node.js's JIT needs writable and executable memory (MemoryDenyWriteExecute=no).
+NODE_EXPOSURE = 2.5
+
+
+def main_pid(host, name: str, port: int) -> int:
+    unit = app_layout(name).unit(port)
+    return int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
+
+
+def test_app_instance_is_active_enabled_and_runs_the_current_release(on, app_instance):
+    node, name, port = app_instance
+    host, layout = on(node), app_layout(name)
+    service = host.service(layout.unit(port))
+    assert service.is_running and service.is_enabled, f"{layout.unit(port)} on {node.name}"
+    running = host.check_output(f"readlink /proc/{main_pid(host, name, port)}/cwd")
+    assert running == host.check_output(f"readlink -f {layout.current}"), running
+
+
+def test_app_instance_passes_its_health_check(on, app_instance, fleet):
+    node, name, port = app_instance
+    app = fleet.settings.apps[name]
+    check = app.health_path or "tcp"
+    program = (
+        "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"
+        if check == "tcp"
+        else "import sys, urllib.request; "
+        "urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}', timeout=5)"
+    )
+    result = on(node).run(f"python3 -c {shlex.quote(program)} {node.address} {port} {check}")
+    assert result.rc == 0, f"{node.name} app {name} {port} {check}: {result.stderr[-300:]}"
+
+
+def test_app_runs_as_its_own_user_and_cannot_change_its_code(on, app_instance):
+    node, name, port = app_instance
+    host, layout = on(node), app_layout(name)
+    uid = host.check_output(f"awk '/^Uid:/ {{print $2}}' /proc/{main_pid(host, name, port)}/status")
+    assert uid == host.check_output(f"id -u {layout.user}")
+    assert uid not in ("0", host.check_output("id -u wssfleet"))
+    # Root's, and nothing in it writable by group or others.
+    writable = host.check_output(
+        f"find {layout.releases}/ ! -user root -o -perm /022 ! -type l | head -5"
+    )
+    assert writable == "", writable
+
+
+def test_app_environment_is_roots_alone(on, app_instance):
+    node, name, _ = app_instance
+    environment = on(node).file(app_layout(name).environment)
+    assert (environment.user, environment.group, environment.mode) == ("root", "root", 0o600)
+
+
+def test_app_instance_is_confined_with_a_memory_bound(on, app_instance, exposure, fleet):
+    node, name, port = app_instance
+    host, unit = on(node), app_layout(name).unit(port)
+    node_js = fleet.app_sources[name].runtime == "node"
+    assert exposure(host, unit, NODE_EXPOSURE) if node_js else exposure(host, unit)
+    memory_max = int(host.check_output(f"systemctl show -p MemoryMax --value {unit}"))
+    assert 64 * 2**20 <= memory_max < 2**62, memory_max
+
+
+def test_haproxy_sees_every_app_instance_up(on, master, fleet):
+    servers = json.loads(on(master).check_output(f"python3 {RUNTIME_HELPER} servers"))
+    states = {(server["backend"], server["server"]): server["status"] for server in servers}
+    for name, app in sorted(fleet.settings.apps.items()):
+        backend = app_layout(name).backend
+        for node in fleet.app_workers(name):
+            for port in app.ports():
+                key = (backend, server_name(node.name, port))
+                assert states.get(key) == "UP", f"{master.name}: {key}: {states.get(key)}"
