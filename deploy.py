@@ -97,4 +97,6 @@ else:
             for name, address, port in every_instance()
         ],
     )
+# Any host: one that was a worker may still run an app.
+apps.retired(run, node)
 units_stay_running()

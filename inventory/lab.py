@@ -72,6 +72,8 @@ all = (
                     "path": "/pyecho",
                     "health_path": "/healthz",
                     "port": 8121,
+                    # It does not use Redis: its user is there for the isolation test.
+                    "redis": True,
                     "stop_timeout": 10,
                 },
             },

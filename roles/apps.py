@@ -24,6 +24,7 @@ from wssfleet_control.app_sources import AppSource
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import (
+    Lines,
     LoadedUnits,
     MemoryKib,
     OpenFilesLimit,
@@ -118,13 +119,63 @@ def apply(run: DeployRun, node: Node) -> None:
         _app_installed(run, node, name, app, app_layout(name))
         wanted |= {app_layout(name).unit(port) for port in app.ports()}
     for unit in sorted(host.get_fact(LoadedUnits, pattern=EVERY_APP_UNIT) - wanted):
-        systemd.service(
-            **SERVICE_RETRY,
-            name=f"Ensure {unit} is stopped and disabled (not in the inventory's apps here)",
-            service=unit,
-            running=False,
-            enabled=False,
+        # An instance an app no longer has here (fewer instances); a whole app that left is
+        # removed by ``retired``, once HAProxy no longer routes to it.
+        if APP_UNIT.fullmatch(unit)["app"] in names:
+            systemd.service(
+                **SERVICE_RETRY,
+                name=f"Ensure surplus {unit} is stopped and disabled",
+                service=unit,
+                running=False,
+                enabled=False,
+            )
+
+
+@deploy("Apps retired")
+def retired(run: DeployRun, node: Node) -> None:
+    """Every app this host runs that the inventory no longer has here: its instances stopped
+    (SIGTERM: they close their WebSockets), its unit, environment, releases and user
+    removed. Last in the deploy: by then HAProxy routes nothing to it.
+
+    + run: the deploy: the apps (settings)
+    + node: this host
+    """
+    wanted = set(run.fleet.apps_on(node.name)) if node in run.fleet.workers else set()
+    units = host.get_fact(LoadedUnits, pattern=EVERY_APP_UNIT)
+    installed = set(host.get_fact(Lines, command=f"ls -1 {quote(APPS_HOME)}"))
+    installed |= {APP_UNIT.fullmatch(unit)["app"] for unit in units if APP_UNIT.fullmatch(unit)}
+    for name in sorted(installed - wanted):
+        layout = app_layout(name)
+        for unit in sorted(unit for unit in units if unit.startswith(layout.unit_prefix)):
+            systemd.service(
+                **SERVICE_RETRY,
+                name=f"Ensure {unit} is stopped and disabled (app {name} left the inventory)",
+                service=unit,
+                running=False,
+                enabled=False,
+            )
+        removed = files.file(
+            name=f"Ensure app {name}'s unit is removed",
+            path=layout.unit_file,
+            present=False,
         )
+        files.file(
+            name=f"Ensure app {name}'s environment is removed",
+            path=layout.environment,
+            present=False,
+        )
+        files.directory(
+            name=f"Ensure app {name}'s releases are removed",
+            path=layout.home,
+            present=False,
+        )
+        server.user(
+            name=f"Ensure app {name}'s user is removed",
+            user=layout.user,
+            present=False,
+        )
+        if removed.will_change:
+            systemd.daemon_reload(name=f"Ensure systemd forgets app {name}'s unit")
 
 
 def _app_installed(run: DeployRun, node: Node, name: str, app: App, layout: AppLayout) -> None:

@@ -190,6 +190,16 @@ def apply(run: DeployRun) -> None:
         dest=UNIT_OVERRIDE,
         mode="644",
     )
+    # Hashes only, but root's: Redis reads it and cannot rewrite it.
+    acl = files.template(
+        name="Ensure Redis's users give each one only what it needs",
+        src=run.template("redis", "users.acl.j2"),
+        dest=layout.REDIS_ACL_FILE,
+        user="root",
+        group="redis",
+        mode="640",
+        users=users,
+    )
     # Root's and secret (the replication password is in it): Redis reads it and cannot
     # rewrite it, so it stays as deployed.
     config = secret_template(
@@ -201,7 +211,7 @@ def apply(run: DeployRun) -> None:
         mode="640",
         settings=fleet.settings,
         address=fleet.node(host.name).address,
-        users=users,
+        acl_file=layout.REDIS_ACL_FILE,
         tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
         replication_file=REPLICATION_FILE if replicated else "",
         replication_user=REPLICATION_REDIS_USER,
@@ -218,12 +228,13 @@ def apply(run: DeployRun) -> None:
             mode="640",
         )
     # Redis has no reload: a config change needs a restart (workers reconnect by themselves).
+    restarted = config.will_change or tls_changed or unit.will_change
     daemon_running(
         name="Ensure redis-server is running and enabled",
         service="redis-server.service",
         enabled=True,
         daemon_reload=unit.will_change,
-        restarted=config.will_change or tls_changed or unit.will_change,
+        restarted=restarted,
     )
     secret_template(
         name="Ensure the operator's Redis password file is current (contents withheld)",
@@ -234,6 +245,13 @@ def apply(run: DeployRun) -> None:
         mode="600",
         password=admin_password,
     )
+    if acl.will_change and not restarted:
+        # Users alone changed (an app added or removed, a password replaced): loaded live;
+        # Redis keeps the old ones if the file is refused, and says why.
+        server.shell(
+            name="Ensure Redis runs with the users in its ACL file (loaded live)",
+            commands=[f"{_admin_cli(run)} ACL LOAD | grep -qx OK"],
+        )
     # Functions are loaded on the primary; replicas copy them.
     if not replicated or primary == own_address(run):
         _functions(run)
@@ -385,15 +403,7 @@ def _functions(run: DeployRun) -> None:
         group="root",
         mode="644",
     )
-    # Bounded: while a deploy turns internal_tls on or off, Redis still speaks the other way
-    # when this is first asked, and a TLS client facing a plain server waits for ever.
-    cli = (
-        f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" timeout 10 redis-cli '
-        f"--no-auth-warning --user {ADMIN_REDIS_USER} -h 127.0.0.1 "
-        f"-p {run.fleet.settings.redis_port}"
-    )
-    if run.fleet.settings.internal_tls:
-        cli += f" --tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem"
+    cli = _admin_cli(run)
     loaded = host.get_fact(Lines, command=f"{cli} FCALL_RO wssfleet_version 0")
     if loaded != [LIBRARY_VERSION]:
         server.shell(
@@ -403,3 +413,17 @@ def _functions(run: DeployRun) -> None:
                 f'test "$({cli} FCALL_RO wssfleet_version 0)" = {LIBRARY_VERSION}',
             ],
         )
+
+
+def _admin_cli(run: DeployRun) -> str:
+    """redis-cli on this host as the operator's user. Bounded: while a deploy turns
+    internal_tls on or off, Redis still speaks the other way when this is first asked, and
+    a TLS client facing a plain server waits for ever."""
+    cli = (
+        f'REDISCLI_AUTH="$(cat {ADMIN_AUTH_FILE} 2>/dev/null)" timeout 10 redis-cli '
+        f"--no-auth-warning --user {ADMIN_REDIS_USER} -h 127.0.0.1 "
+        f"-p {run.fleet.settings.redis_port}"
+    )
+    if run.fleet.settings.internal_tls:
+        cli += f" --tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem"
+    return cli

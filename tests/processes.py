@@ -13,8 +13,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import jinja2
+
 from roles.redis import ADMIN_REDIS_USER, acl_users
 from wssfleet.redis_functions import LIBRARY
+from wssfleet_control.checkout import TEMPLATES
+from wssfleet_control.hostside import layout
 from wssfleet_control.inventory import WORKER_REDIS_USER
 
 # Below the kernel's ephemeral range (32768-60999 by default): no outgoing connection takes
@@ -87,13 +91,14 @@ class RedisServer:
         return f"redis://{WORKER_REDIS_USER}:{self.password}@127.0.0.1:{self.port}/0"
 
     def users(self) -> list[str]:
-        """The users and rules a deploy gives Redis (roles/redis.py), as arguments."""
+        """The users and rules a deploy gives Redis (roles/redis.py), in the ACL file its
+        template renders, as arguments."""
         if not self.deployed_users:
             return []
         rules = acl_users(self.password, self.admin_password, self.monitor_password)
-        return [
-            argument for name, rule in rules.items() for argument in ("--user", name, *rule.split())
-        ]
+        acl_file = self.directory / "users.acl"
+        acl_file.write_text(render("redis", "users.acl.j2", users=rules))
+        return ["--aclfile", str(acl_file)]
 
     def listening(self) -> list[str]:
         """How redis-server listens: plain TCP on the port (internal_tls's test: TLS only)."""
@@ -149,3 +154,11 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+def render(role: str, name: str, **variables) -> str:
+    """One of a role's templates, rendered as the role renders it (the host contract given)."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True
+    )
+    return environment.get_template(f"{role}/{name}").render(layout=layout, **variables)

@@ -240,6 +240,11 @@ def deploy(
                     "error": str(error),
                 }
                 errors.append(str(error))
+        if not errors:
+            try:
+                rollout.wait_in_rotation(session)
+            except rollout.RolloutError as error:
+                errors.append(str(error))
     except DeployError as error:
         errors = [str(error)]
     finally:

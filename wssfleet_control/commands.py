@@ -72,7 +72,11 @@ def set_server_state(worker: str, port: int, state: str, app: str = layout.BUILT
 
 
 def wait_server_up(worker: str, port: int, seconds: int, app: str = layout.BUILTIN_APP) -> str:
-    server = layout.app_layout(app).server(worker, port)
+    return wait_named_server_up(layout.app_layout(app).server(worker, port), seconds)
+
+
+def wait_named_server_up(server: str, seconds: int) -> str:
+    """Until HAProxy's checks see BACKEND/SERVER UP (its state on one line)."""
     return _line("python3", layout.RUNTIME_HELPER, "wait-up", server, seconds)
 
 

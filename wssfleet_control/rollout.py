@@ -190,6 +190,34 @@ def roll(
     return steps
 
 
+def wait_in_rotation(session: Session) -> None:
+    """Once the rollout is done: every instance's server (the built-in service's and every
+    app's) that HAProxy does not see UP yet (an app or worker just added: its instances
+    started with the deploy, its server with the new config) is waited for, so the deploy
+    ends with whole capacity; RolloutError naming the first that stays down. Servers an
+    operator drained or put in maintenance are left as they are."""
+    timeout = session.fleet.settings.rollout_health_timeout
+    backends = {app_layout(name).backend for name in (BUILTIN_APP, *session.fleet.app_sources)}
+    for master in session.fleet.masters:
+        answer = session.on(master.name, commands.backend_servers())
+        if not answer.ok:
+            continue  # a master that is down routes nothing
+        for server in json.loads(answer.stdout):
+            if server["backend"] not in backends or server["status"].startswith(
+                ("UP", "MAINT", "DRAIN")
+            ):
+                continue
+            name = f"{server['backend']}/{server['server']}"
+            up = session.on(
+                master.name, commands.wait_named_server_up(name, timeout), timeout=timeout + 30
+            )
+            if not up.ok:
+                raise RolloutError(
+                    f"HAProxy on {master.name} does not see {name} UP within {timeout} s "
+                    f"({up.stdout.strip()}): is it running and answering its health check?"
+                )
+
+
 def drain_worker(session: Session, worker: Node) -> dict[str, dict]:
     """Take a worker out of rotation for maintenance: HAProxy sends it no new client and its
     instances move their clients to the others with 1012, over ``drain_seconds``."""

@@ -13,16 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import jinja2
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.processes import wait_for_port
+from tests.processes import render, wait_for_port
 from tests.unit import service_fork
 from wssfleet import auth
-from wssfleet_control.checkout import TEMPLATES
-from wssfleet_control.hostside import layout
 
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
 ORIGIN = "https://wss.example.test"
@@ -168,14 +165,6 @@ def two_services_on_redis(start_service, redis_server, **settings: str):
 def resident_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0])
-
-
-def render(role: str, name: str, **variables) -> str:
-    """One of a role's templates, rendered as the role renders it (the host contract given)."""
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True
-    )
-    return environment.get_template(f"{role}/{name}").render(layout=layout, **variables)
 
 
 def inherited_environment() -> dict[str, str]:

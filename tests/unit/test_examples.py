@@ -19,10 +19,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from roles.redis import APP_RULES
 from tests.processes import free_port, wait_for_port
+from wssfleet_control.inventory import app_redis_prefix, app_redis_user
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-CHAT_PREFIX = "app:chat:"
+CHAT_PREFIX = app_redis_prefix("chat")
 
 
 def built(example: str, into: Path) -> Path:
@@ -136,16 +138,15 @@ def test_the_python_example_echoes_and_hands_its_clients_over_on_sigterm(started
 def test_seed_001s_chat_reaches_a_client_of_another_instance_through_redis(
     tmp_path, started, redis_server
 ):
-    # The app's own user: its prefix's channels only, publish and subscribe, nothing else.
+    # The app's own user, as the deploy gives it (roles/redis.py): its own prefix only.
     password = "the-chat-apps-password"
     redis_server.cli(
-        "ACL", "SETUSER", "app-chat", "on", f">{password}", "resetkeys", "resetchannels",
-        f"&{CHAT_PREFIX}*", "-@all", "+ping", "+hello", "+publish", "+subscribe",
-        "+unsubscribe", "+info",
+        "ACL", "SETUSER", app_redis_user("chat"), "on", f">{password}", "resetkeys",
+        "resetchannels", f"~{CHAT_PREFIX}*", f"&{CHAT_PREFIX}*", *APP_RULES.split(),
     )  # fmt: skip
     release = built("chat-node", tmp_path)
     redis = {
-        "REDIS_URL": f"redis://app-chat:{password}@127.0.0.1:{redis_server.port}",
+        "REDIS_URL": f"redis://{app_redis_user('chat')}:{password}@127.0.0.1:{redis_server.port}",
         "REDIS_PREFIX": CHAT_PREFIX,
     }
     first, second = (started(["node", "server.js"], release, **redis) for _ in range(2))

@@ -188,6 +188,7 @@ REDIS_PRIMARY_NAME = "wssfleet"
 # failover) fails there harmlessly instead of rewriting what the deploy manages.
 REDIS_CONFIG_DIRECTORY = "/etc/wssfleet-redis"
 REDIS_CONFIG = f"{REDIS_CONFIG_DIRECTORY}/redis.conf"
+REDIS_ACL_FILE = f"{REDIS_CONFIG_DIRECTORY}/users.acl"
 REDIS_REPLICATION_FILE = f"{REDIS_CONFIG_DIRECTORY}/replication.conf"
 
 # Monitoring: node_exporter's textfile collector and the query helper `status` runs.
