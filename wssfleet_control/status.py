@@ -18,6 +18,8 @@ from wssfleet_control.hostside.layout import (
     INSTANCE_PREFIX,
     PROMETHEUS_PORT,
     REBALANCER_UNIT,
+    app_layout,
+    server_name,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ def units_of(fleet, node: Node) -> list[str]:
         units.append("prometheus.service")
     if "workers" in roles:
         units.append(f"{INSTANCE_PREFIX}*")
+    units += [f"{app_layout(name).unit_prefix}*" for name in fleet.apps_on(node.name)]
     return units
 
 
@@ -171,6 +174,46 @@ def instances(session: Session) -> dict[str, dict[str, str]]:
     return found
 
 
+def apps(session: Session) -> dict[str, dict]:
+    """Each app (settings: apps): its route, and each instance where it runs: the release it
+    runs ("stopped" when it does not, "?" when its host does not answer), and HAProxy's
+    status of it and its open sessions (the first master's runtime API)."""
+    fleet = session.fleet
+    if not fleet.settings.apps:
+        return {}
+    answer = session.on(fleet.master.name, commands.backend_servers())
+    rows = json.loads(answer.stdout) if answer.ok else []
+    seen = {(row["backend"], row["server"]): row for row in rows}
+    found = {}
+    for name, app in sorted(fleet.settings.apps.items()):
+        layout = app_layout(name)
+        instances = []
+        for worker in fleet.app_workers(name):
+            states = {}
+            if worker.name not in session.unreachable:
+                answer = session.on(worker.name, commands.instance_states(app.ports(), name))
+                states = json.loads(answer.stdout) if answer.ok else {}
+            for port in app.ports():
+                state = states.get(str(port))
+                row = seen.get((layout.backend, server_name(worker.name, port)), {})
+                instances.append(
+                    {
+                        "host": worker.name,
+                        "port": port,
+                        "release": "?"
+                        if state is None
+                        else state["release"]
+                        if state["active"]
+                        else "stopped",
+                        "haproxy": row.get("status", "?"),
+                        "sessions": int(row.get("sessions") or 0),
+                    }
+                )
+        route = f"{app.domain or fleet.settings.domain}{app.path or '/'}"
+        found[name] = {"route": route, "instances": instances}
+    return found
+
+
 def drained(session: Session) -> dict[str, list[str]]:
     """Each answering master's workers that are out of rotation there (every instance of it
     drained or in maintenance: `wssfleet drain`)."""
@@ -270,6 +313,7 @@ def gather(session: Session) -> dict:
         "certificates": {master.name: certificate(session, master) for master in fleet.masters},
         "renewal": renewal(session),
         "instances": instances(session),
+        "apps": apps(session),
         "drained": drained(session),
         "live": None if live is None else {"source": live[0], **live[1]},
         # From HAProxy's runtime API when Prometheus does not answer.
@@ -316,6 +360,19 @@ def problems(report: dict) -> list[str]:
             f"instances run different releases ({mixed}): a rollout stopped half way? "
             "`make deploy` finishes it, `make rollback` goes back"
         )
+    for name, app in report["apps"].items():
+        for instance in app["instances"]:
+            where = f"app {name} on {instance['host']}:{instance['port']}"
+            if instance["release"] == "stopped":
+                found.append(f"{where} is stopped")
+            elif instance["haproxy"].startswith("DOWN"):
+                found.append(f"{where} fails its health check (HAProxy: {instance['haproxy']})")
+        releases = {i["release"] for i in app["instances"]} - {"stopped", "?"}
+        if len(releases) > 1:
+            found.append(
+                f"app {name}'s instances run different releases ({', '.join(sorted(releases))}):"
+                " a rollout stopped half way? `make deploy` finishes it"
+            )
     for master, workers in report["drained"].items():
         for worker in workers:
             found.append(
@@ -382,6 +439,12 @@ def render(report: dict) -> str:
     for worker, ports in report["instances"].items():
         releases = ", ".join(f"{port} {release}" for port, release in sorted(ports.items()))
         lines.append(f"instances on {worker}: {releases}")
+    for name, app in report["apps"].items():
+        shown = ", ".join(
+            f"{i['host']}:{i['port']} {i['release']} {i['haproxy']} ({i['sessions']} open)"
+            for i in app["instances"]
+        )
+        lines.append(f"app {name} ({app['route']}): {shown}")
     door = report["front_door"]
     if door and door["mode"] == "dns":
         addresses = ", ".join(door["addresses"])

@@ -57,6 +57,12 @@ def test_status_shows_hosts_services_certificate_and_connections(lab):
         assert f"\n  {instance} " in output, output
     targets = re.search(r"targets: (\d+) of (\d+) up", output)
     assert targets and targets[1] == targets[2], output
+    # Every app, each instance with its release and HAProxy's view of it.
+    for name, app in lab.fleet.settings.apps.items():
+        line = next(line for line in output.splitlines() if line.startswith(f"app {name} "))
+        assert line.startswith(f"app {name} ({lab.domain}{app.path}): "), line
+        for worker in lab.fleet.workers:
+            assert re.search(rf"{worker.name}:{app.port} [0-9a-f]{{12}} UP \(\d+ open\)", line)
 
 
 def started_at(lab, worker: str, port: int) -> int:

@@ -44,6 +44,27 @@ HEALTHY = {
     },
     "renewal": {"last_success": 1, "last_attempt": 1.0, "next_renewal": 2.0},
     "instances": {"worker1": {"8001": "cfa1499c75e1", "8002": "stopped"}},
+    "apps": {
+        "chat": {
+            "route": "wss.example.org/chat",
+            "instances": [
+                {
+                    "host": "worker1",
+                    "port": 8111,
+                    "release": "6d30c8b3ee34",
+                    "haproxy": "UP",
+                    "sessions": 4,
+                },
+                {
+                    "host": "worker2",
+                    "port": 8111,
+                    "release": "6d30c8b3ee34",
+                    "haproxy": "UP",
+                    "sessions": 0,
+                },
+            ],
+        }
+    },
     "drained": {"master": [], "master2": []},
     "live": {
         "source": "master",
@@ -95,6 +116,10 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
     )
     assert "problems" not in text
     assert "instances on worker1: 8001 cfa1499c75e1, 8002 stopped" in text
+    assert (
+        "app chat (wss.example.org/chat): worker1:8111 6d30c8b3ee34 UP (4 open), "
+        "worker2:8111 6d30c8b3ee34 UP (0 open)" in text
+    )
     # The watchdog always fires, on purpose: neither a problem nor shown.
     assert "alerts: 1 firing" in text and "Watchdog" not in text
 
@@ -121,6 +146,18 @@ def test_a_healthy_fleet_has_no_problem_and_a_warning_is_shown_not_counted():
             lambda r: r["instances"]["worker1"].update({"8002": "0123456789ab"}),
             "instances run different releases (cfa1499c75e1 on worker1/8001; 0123456789ab on "
             "worker1/8002): a rollout stopped half way?",
+        ),
+        (
+            lambda r: r["apps"]["chat"]["instances"][1].update(release="stopped"),
+            "app chat on worker2:8111 is stopped",
+        ),
+        (
+            lambda r: r["apps"]["chat"]["instances"][0].update(haproxy="DOWN"),
+            "app chat on worker1:8111 fails its health check (HAProxy: DOWN)",
+        ),
+        (
+            lambda r: r["apps"]["chat"]["instances"][0].update(release="0123456789ab"),
+            "app chat's instances run different releases (0123456789ab, 6d30c8b3ee34)",
         ),
         (
             lambda r: r["drained"].update(master2=["worker1"]),
