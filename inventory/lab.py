@@ -54,6 +54,7 @@ all = (
                     "command": "node server.js",
                     "path": "/echo",
                     "health_path": "/healthz",
+                    "metrics_path": "/metrics",
                     "port": 8101,
                     "stop_timeout": 10,
                 },

@@ -129,7 +129,14 @@ def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> l
         ports.append(HAPROXY_METRICS_PORT)
     if "redis" in roles:
         ports.append(REDIS_EXPORTER_PORT)
-    return ports + [fleet.settings.metrics_port(port) for port in service_ports]
+    ports += [fleet.settings.metrics_port(port) for port in service_ports]
+    # An app's metrics are on its own ports.
+    return ports + [
+        port
+        for name in fleet.apps_on(host.name)
+        if fleet.settings.apps[name].metrics_path
+        for port in fleet.settings.apps[name].ports()
+    ]
 
 
 def app_ports(fleet: Fleet, worker: str) -> list[int]:

@@ -33,6 +33,7 @@ from wssfleet_control.hostside.layout import (
     PROMETHEUS_PORT,
     REDIS_EXPORTER_PORT,
     TEXTFILE_DIRECTORY,
+    server_name,
 )
 from wssfleet_control.inventory import Node
 
@@ -52,6 +53,32 @@ class ScrapedInstance:
     address: str
     metrics_port: int
     server: str
+
+
+@dataclass(frozen=True)
+class ScrapedApp:
+    """An app whose instances serve metrics (settings: apps.NAME.metrics_path)."""
+
+    name: str
+    metrics_path: str
+    instances: list[ScrapedInstance]
+
+
+def scraped_apps(fleet) -> list[ScrapedApp]:
+    """Every app that declares a metrics_path, with each of its instances."""
+    return [
+        ScrapedApp(
+            name,
+            app.metrics_path,
+            [
+                ScrapedInstance(worker.name, worker.address, port, server_name(worker.name, port))
+                for worker in fleet.app_workers(name)
+                for port in app.ports()
+            ],
+        )
+        for name, app in sorted(fleet.settings.apps.items())
+        if app.metrics_path
+    ]
 
 
 @deploy("Host metrics")
@@ -181,6 +208,7 @@ def prometheus(run: DeployRun, instances: list[ScrapedInstance]) -> None:
         settings=fleet.settings,
         rules=RULES,
         instances=instances,
+        apps=scraped_apps(fleet),
         nodes=fleet.nodes,
         masters=fleet.masters,
         redis_nodes=fleet.redis_nodes,

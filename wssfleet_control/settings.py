@@ -262,6 +262,11 @@ class App(BaseModel):
         description="an HTTP path answering 200 when an instance is ready; without it, a TCP "
         "connection is the check",
     )
+    metrics_path: UrlPath | None = Field(
+        default=None,
+        description="where an instance serves Prometheus metrics on its port: scraped by the "
+        "monitoring hosts, never served to clients",
+    )
     port: int = Field(ge=1024, le=65000, description="the first instance's port on a worker")
     instances: int = Field(
         default=1,

@@ -12,9 +12,21 @@ const HOST = process.env.HOST || '127.0.0.1';
 // Who answered: the fleet names the instance; tests see a rollout move clients with it.
 const INSTANCE = process.env.WSSFLEET_INSTANCE || `${HOST}:${PORT}`;
 
+let accepted = 0;
+
 const server = http.createServer((request, response) => {
   if (request.url === '/healthz') {
     response.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    return;
+  }
+  if (request.url === '/metrics') {
+    // Prometheus's text format: what the fleet's Prometheus scrapes (apps.NAME.metrics_path).
+    response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(
+      '# TYPE echo_connections gauge\n' +
+        `echo_connections ${wss.clients.size}\n` +
+        '# TYPE echo_connections_accepted_total counter\n' +
+        `echo_connections_accepted_total ${accepted}\n`,
+    );
     return;
   }
   response.writeHead(404).end();
@@ -24,6 +36,7 @@ const server = http.createServer((request, response) => {
 const wss = new WebSocketServer({ server, maxPayload: 64 * 1024 });
 
 wss.on('connection', (socket) => {
+  accepted += 1;
   socket.send(JSON.stringify({ type: 'hello', instance: INSTANCE }));
   const clock = setInterval(
     () => socket.send(JSON.stringify({ type: 'time', at: new Date().toISOString() })),

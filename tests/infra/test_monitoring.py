@@ -32,6 +32,7 @@ def shipped_rules(fleet) -> set[str]:
         "masters > 1": len(fleet.masters) > 1,
         # Inside an alert (its runbook_url), never around one.
         "settings.runbook_base_url": bool(fleet.settings.runbook_base_url),
+        "settings.apps": bool(fleet.settings.apps),
     }
     names, kept = set(), [True]
     for line in RULES_TEMPLATE.read_text().splitlines():
@@ -80,11 +81,32 @@ def scraped_targets(on, monitoring_node) -> list[dict]:
 
 def test_prometheus_scrapes_every_exporter(on, monitoring_node, fleet):
     targets = scraped_targets(on, monitoring_node)
-    exporters = [target for target in targets if target["job"] != "wssfleet"]
+    exporters = [
+        target
+        for target in targets
+        if target["job"] != "wssfleet" and not target["job"].startswith("app_")
+    ]
     down = [f"{t['job']} on {t['host']}: {t['error']}" for t in exporters if t["health"] != "up"]
     assert not down, down
     assert {target["job"] for target in exporters} == {"haproxy", "redis", "node", "prometheus"}
     assert sum(target["job"] == "node" for target in exporters) == len(fleet.nodes)
+
+
+def test_prometheus_scrapes_every_app_instance_that_serves_metrics(on, monitoring_node, fleet):
+    targets = scraped_targets(on, monitoring_node)
+    for name, app in sorted(fleet.settings.apps.items()):
+        mine = sorted(
+            (target["server"], target["health"])
+            for target in targets
+            if target["job"] == f"app_{name}"
+        )
+        expected = sorted(
+            (f"{worker.name}-{port}", "up")
+            for worker in fleet.app_workers(name)
+            for port in app.ports()
+            if app.metrics_path
+        )
+        assert mine == expected, (name, mine)
 
 
 def test_prometheus_scrapes_the_instance(on, fleet, worker_instance):

@@ -154,7 +154,13 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
     port_of = {name: server.server_address[1] for name, server in servers.items()}
     settings = settings_with(
         chat={**CHAT, "health_path": "/healthz"},
-        echo={**CHAT, "path": None, "domain": "echo.example.test", "port": 8121},
+        echo={
+            **CHAT,
+            "path": None,
+            "domain": "echo.example.test",
+            "port": 8121,
+            "metrics_path": "/metrics",
+        },
         **{
             "echo-room": {
                 **CHAT,
@@ -174,7 +180,11 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
     )
     assert "maxconn 10000" in rendered and "uri /healthz" in rendered
     frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    routing = [line for line in frontend if line.strip().startswith(("use_backend", "default_"))]
+    routing = [
+        line
+        for line in frontend
+        if line.strip().startswith(("use_backend", "default_", "http-request deny"))
+    ]
     sections = re.split(r"\n(?=[a-z]+ )", rendered)
     backends = [
         "\n".join(line for line in section.splitlines() if line.strip() and line[0] != "#")
@@ -213,6 +223,7 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
             "echo /": reached("/", "echo.example.test"),
             "echo /chat": reached("/chat", "Echo.Example.Test:443"),
             "echo /room/1": reached("/room/1", "echo.example.test"),
+            "echo /metrics": reached("/metrics", "echo.example.test").split("\r\n")[0],
             "other /room/1": reached("/room/1"),
         }
     finally:
@@ -229,5 +240,7 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
         # A name's own app takes every path on it, except a name and path more specific.
         "echo /chat": "echo",
         "echo /room/1": "echo-room",
+        # An app's metrics are for the monitoring hosts, never for clients.
+        "echo /metrics": "HTTP/1.1 404 Not Found",
         "other /room/1": "service",
     }

@@ -118,6 +118,9 @@ def test_seed_000s_node_server_echoes_tells_the_time_and_hands_its_clients_over_
             return json.loads(await asyncio.wait_for(ws.recv(), 7))
 
     assert run(the_time())["type"] == "time"
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    assert "echo_connections 0\n" in metrics and "echo_connections_accepted_total 1\n" in metrics
     hello, echoed, code = run(echoes_then_closes_with_1012_on_sigterm(app))
     assert hello == {"type": "hello", "instance": f"test:{app.port}"}
     assert echoed == "ping from the test"

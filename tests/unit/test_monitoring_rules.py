@@ -569,3 +569,59 @@ def test_with_runbook_base_url_every_alert_links_to_its_runbook_absolutely(tmp_p
         anchor = block.split()[0].lower()
         assert f'runbook: "docs/runbooks.md#{anchor}"' in block, block
         assert f'runbook_url: "{base}#{anchor}"' in block, block
+
+
+def test_an_app_without_a_healthy_instance_alerts_after_30_s(tmp_path):
+    chat = {"source": "chat", "command": "node server.js", "path": "/chat", "port": 8111}
+    rules = rendered_rules(tmp_path, apps={"chat": chat})
+    checked = promtool("check", "rules", rules.name, cwd=tmp_path)
+    assert "SUCCESS: 16 rules found" in checked.stdout, checked.stdout + checked.stderr
+    backend = 'job="haproxy", instance="10.0.0.1:8405", host="m"'
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                # The app's last instance fails at 30 s; the built-in service's stay up.
+                "interval": "10s",
+                "input_series": [
+                    {
+                        "series": f'haproxy_backend_active_servers{{{backend}, proxy="app_chat"}}',
+                        "values": "2 2 1 0x20",
+                    },
+                    {
+                        "series": f'haproxy_backend_active_servers{{{backend}, proxy="workers"}}',
+                        "values": "0x20",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "50s",
+                        "alertname": "WssfleetAppNoHealthyInstance",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "70s",
+                        "alertname": "WssfleetAppNoHealthyInstance",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "haproxy",
+                                    "instance": "10.0.0.1:8405",
+                                    "host": "m",
+                                    "proxy": "app_chat",
+                                    "severity": "critical",
+                                },
+                                {
+                                    "summary": "no instance of app_chat is healthy on m's HAProxy",
+                                    "description": "Its clients are refused (503): see make "
+                                    "status and the app's journal.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    passes_promtool_tests(tmp_path, tests, "apps.yml")
