@@ -105,8 +105,8 @@ deploy: control ## deploy the fleet (tools and the lab first when the inventory 
 plan: control ## dry run: what a deploy would change, on which host; changes nothing (DIFF=1: how)
 	@$(WSSFLEET) plan $(INVENTORY_OPTION) $(if $(DIFF),--diff) $(if $(REPLACE_SECRETS),--replace-secrets)
 
-rollback: control ## every instance back onto the release it ran before (TO=release: a kept one), drained one at a time
-	@$(WSSFLEET) rollback $(INVENTORY_OPTION) $(if $(TO),--to $(TO))
+rollback: control ## every instance back onto the release it ran before (TO=release: a kept one; APP=name: an app's), drained one at a time
+	@$(WSSFLEET) rollback $(INVENTORY_OPTION) $(if $(TO),--to $(TO)) $(if $(APP),--app $(APP))
 
 drain: control ## take WORKER=name out of rotation, its clients moved gently to the others
 	@$(WSSFLEET) drain $(INVENTORY_OPTION) $(WORKER)

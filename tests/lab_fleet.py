@@ -108,6 +108,20 @@ class Lab:
             **options,
         )
 
+    async def connect_app(self, path: str, **options) -> ClientConnection:
+        """A client of an app (settings: apps), as browsers reach it: wss:// to the domain
+        at the front door, no token."""
+        options.setdefault("host", self.master_address)
+        return await connect(
+            f"wss://{self.domain}{path}",
+            ssl=self._client_tls,
+            port=443,
+            server_hostname=self.domain,
+            proxy=None,
+            open_timeout=10,
+            **options,
+        )
+
     def ports(self, worker: str) -> list[int]:
         """The service ports of a worker: one instance a CPU, as the lab deploys them."""
         return self.fleet.worker_ports(int(self.on(worker, "nproc").stdout))

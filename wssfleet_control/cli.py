@@ -36,7 +36,11 @@ from wssfleet_control.checkout import (  # noqa: E402
 from wssfleet_control.deployment import DeployError, DeployRun  # noqa: E402
 from wssfleet_control.fleet_lock import FleetLock  # noqa: E402
 from wssfleet_control.hostside.layout import BUILTIN_APP  # noqa: E402
-from wssfleet_control.settings import SettingsError, markdown_table  # noqa: E402
+from wssfleet_control.settings import (  # noqa: E402
+    SettingsError,
+    app_markdown_table,
+    markdown_table,
+)
 
 
 def default_inventory() -> str:
@@ -226,10 +230,9 @@ def deploy(
             try:
                 steps = rollout.roll(
                     session,
-                    run.release,
+                    run.releases(),
                     on_step=_print_step(),
                     on_start=_print_start(session),
-                    app_releases=run.app_releases(),
                 )
                 report["rollout"] = {"status": "done", "steps": rollout.as_data(steps)}
             except rollout.RolloutError as error:
@@ -270,7 +273,15 @@ def deploy(
     metavar="RELEASE",
     help="this release instead of the one before (one of the three each worker keeps)",
 )
-def rollback(inventory_path: str, as_json: bool, to_release: str | None) -> None:
+@click.option(
+    "--app",
+    "app",
+    metavar="NAME",
+    default=BUILTIN_APP,
+    show_default=True,
+    help="whose instances: an app's (settings: apps), or the built-in service's",
+)
+def rollback(inventory_path: str, as_json: bool, to_release: str | None, app: str) -> None:
     """Roll every instance back onto the release it ran before (or --to another kept one),
     with the same drain."""
     from wssfleet_control import rollout
@@ -284,19 +295,23 @@ def rollback(inventory_path: str, as_json: bool, to_release: str | None) -> None
             session.connect()
         except DeployError as error:
             raise Failure(str(error)) from None
-        lock = _locked(session, "rollback")
+        if app != BUILTIN_APP and app not in session.fleet.settings.apps:
+            known = ", ".join([BUILTIN_APP, *sorted(session.fleet.settings.apps)])
+            raise Failure(f"--app {app}: the inventory has no such app (it has {known})")
+        lock = _locked(session, "rollback" if app == BUILTIN_APP else f"rollback {app}")
         report["errors"] = ["interrupted"]
         try:
             target = (
-                rollout.installed_everywhere(session, to_release)
+                rollout.installed_everywhere(session, to_release, app)
                 if to_release
-                else rollout.previous_release(session)
+                else rollout.previous_release(session, app)
             )
             report["release"] = target
-            _say("--> Rolling instances back onto release", target)
+            whose = "" if app == BUILTIN_APP else f"app {app}'s "
+            _say(f"--> Rolling {whose}instances back onto release", target)
             steps = rollout.roll(
                 session,
-                target,
+                {app: target},
                 on_step=_print_step(),
                 on_start=_print_start(session),
             )
@@ -394,9 +409,7 @@ def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) 
         report |= session.converge(run)
         report["rollout"] = {
             "status": "planned",
-            "steps": rollout.as_data(
-                rollout.pending_steps(session, run.release, run.app_releases())
-            ),
+            "steps": rollout.as_data(rollout.pending_steps(session, run.releases())),
         }
     except (DeployError, rollout.RolloutError) as error:
         report["errors"] = [str(error)]
@@ -806,9 +819,10 @@ def logs(inventory_path: str, names: tuple[str, ...], follow: bool, since: str) 
 
 
 @main.command()
-def settings() -> None:
+@click.option("--apps", "of_apps", is_flag=True, help="an app's settings (docs/apps.md) instead")
+def settings(of_apps: bool) -> None:
     """Every setting with its default and meaning (docs/settings.md)."""
-    click.echo(markdown_table())
+    click.echo(app_markdown_table() if of_apps else markdown_table())
 
 
 @main.command()

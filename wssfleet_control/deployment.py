@@ -9,6 +9,7 @@ from pathlib import Path
 
 from wssfleet_control import app_sources, release
 from wssfleet_control.checkout import TEMPLATES
+from wssfleet_control.hostside.layout import BUILTIN_APP
 from wssfleet_control.inventory import Fleet
 
 # The attribute of pyinfra's State that holds the run while deploy.py is loaded.
@@ -42,9 +43,12 @@ class DeployRun:
         """The release of the app ``name`` this deploy ships (a digest of its source)."""
         return self.fleet.app_sources[name].release_id()
 
-    def app_releases(self) -> dict[str, str]:
-        """Every app's release this deploy ships, by app."""
-        return {name: self.app_release(name) for name in self.fleet.app_sources}
+    def releases(self) -> dict[str, str]:
+        """Every release this deploy ships, by app: the built-in service's and each app's."""
+        return {
+            BUILTIN_APP: self.release,
+            **{name: self.app_release(name) for name in self.fleet.app_sources},
+        }
 
     def app_build(self, name: str) -> Path:
         """The app's release, built on this machine and packed for upload (once per release)."""

@@ -42,42 +42,44 @@ class Step:
     release: str = ""
 
 
-def pending_steps(
-    session: Session, release: str, app_releases: dict[str, str] | None = None
-) -> list[Step]:
-    """Every instance that does not run its release with the current settings: the built-in
-    service's (``release``), then each app's (``app_releases``, by app), in fleet order."""
-    fleet = session.fleet
-    wanted = [
-        (BUILTIN_APP, release, worker, instance_ports(fleet, session.host(worker.name)))
-        for worker in fleet.workers
-    ]
-    for name, app_release in sorted((app_releases or {}).items()):
-        ports = fleet.settings.apps[name].ports()
-        wanted += [(name, app_release, worker, ports) for worker in fleet.app_workers(name)]
+def pending_steps(session: Session, releases: dict[str, str]) -> list[Step]:
+    """Every instance that does not run its release with the current settings: each app's in
+    ``releases`` (release by app; the built-in service is BUILTIN_APP), the built-in
+    service's first, then the apps' by name, each in fleet order."""
     steps = []
-    for app, target, worker, ports in wanted:
-        states = json.loads(_checked(session, worker, commands.instance_states(ports, app)))
-        for port in ports:
-            state = states[str(port)]
-            if not state["active"]:
-                reason = "not running"
-            elif state["release"] != target:
-                reason = f"runs release {state['release']}"
-            elif state["stale"]:
-                reason = "settings changed since it started"
-            else:
-                continue
-            steps.append(Step(worker.name, port, reason, app=app, release=target))
+    for app in sorted(releases, key=lambda name: (name != BUILTIN_APP, name)):
+        for worker, ports in _instances_of(session, app):
+            states = json.loads(_checked(session, worker, commands.instance_states(ports, app)))
+            for port in ports:
+                state = states[str(port)]
+                if not state["active"]:
+                    reason = "not running"
+                elif state["release"] != releases[app]:
+                    reason = f"runs release {state['release']}"
+                elif state["stale"]:
+                    reason = "settings changed since it started"
+                else:
+                    continue
+                steps.append(Step(worker.name, port, reason, app=app, release=releases[app]))
     return steps
 
 
-def installed_everywhere(session: Session, release: str) -> str:
-    """``release`` when every worker has it installed (kept: the three newest); RolloutError
-    naming the workers that do not, and the releases they keep."""
+def _instances_of(session: Session, app: str) -> list[tuple[Node, list[int]]]:
+    """The workers ``app`` runs on, each with its instances' ports."""
+    fleet = session.fleet
+    if app == BUILTIN_APP:
+        return [
+            (worker, instance_ports(fleet, session.host(worker.name))) for worker in fleet.workers
+        ]
+    return [(worker, fleet.settings.apps[app].ports()) for worker in fleet.app_workers(app)]
+
+
+def installed_everywhere(session: Session, release: str, app: str = BUILTIN_APP) -> str:
+    """``release`` when every worker of ``app`` has it installed (kept: the three newest);
+    RolloutError naming the workers that do not, and the releases they keep."""
     missing = []
-    for worker in session.fleet.workers:
-        listed = _checked(session, worker, commands.installed_releases()).split()
+    for worker, _ in _instances_of(session, app):
+        listed = _checked(session, worker, commands.installed_releases(app)).split()
         if release not in listed:
             missing.append(f"{worker.name} keeps {', '.join(listed) or 'none'}")
     if missing:
@@ -85,12 +87,12 @@ def installed_everywhere(session: Session, release: str) -> str:
     return release
 
 
-def previous_release(session: Session) -> str:
-    """The release the workers ran before the current one; RolloutError when there is none
-    or the workers disagree."""
+def previous_release(session: Session, app: str = BUILTIN_APP) -> str:
+    """The release the workers ran ``app`` on before the current one; RolloutError when there
+    is none or the workers disagree."""
     found = {
-        worker.name: _checked(session, worker, commands.previous_release()).strip()
-        for worker in session.fleet.workers
+        worker.name: _checked(session, worker, commands.previous_release(app)).strip()
+        for worker, _ in _instances_of(session, app)
     }
     releases = set(found.values())
     if len(releases) != 1 or "" in releases:
@@ -101,19 +103,13 @@ def previous_release(session: Session) -> str:
     return releases.pop()
 
 
-def roll(
-    session: Session,
-    release: str,
-    on_step=None,
-    on_start=None,
-    app_releases: dict[str, str] | None = None,
-) -> list[Step]:
-    """Restart what needs it, one instance at a time: the built-in service's instances onto
-    ``release``, then each app's onto its own (``app_releases``); RolloutError at the first
-    failure (the steps done so far are in its ``steps``). ``on_start`` and ``on_step`` hear
-    of each step as it begins and once it is done."""
+def roll(session: Session, releases: dict[str, str], on_step=None, on_start=None) -> list[Step]:
+    """Restart what needs it, one instance at a time: each app's instances in ``releases``
+    (release by app, the built-in service's first) onto its release; RolloutError at the
+    first failure (the steps done so far are in its ``steps``). ``on_start`` and ``on_step``
+    hear of each step as it begins and once it is done."""
     timeout = session.fleet.settings.rollout_health_timeout
-    steps = pending_steps(session, release, app_releases)
+    steps = pending_steps(session, releases)
     for step in steps:
         worker = next(node for node in session.fleet.workers if node.name == step.host)
         app, release = step.app, step.release
@@ -229,6 +225,12 @@ def drain_worker(session: Session, worker: Node) -> dict[str, dict]:
     for master in session.fleet.masters[1:]:
         for port in ports:
             session.on(master.name, commands.set_server_state(worker.name, port, "drain"))
+    # The apps' instances there get no new client either; their open WebSockets stay until
+    # the host stops them (SIGTERM: each app closes its own).
+    for app in session.fleet.apps_on(worker.name):
+        for master in session.fleet.masters:
+            for port in session.fleet.settings.apps[app].ports():
+                session.on(master.name, commands.set_server_state(worker.name, port, "drain", app))
     left = {}
     for index, master in enumerate(session.fleet.masters):
         result = session.on(
@@ -247,17 +249,26 @@ def drain_worker(session: Session, worker: Node) -> dict[str, dict]:
 def ready_worker(session: Session, worker: Node) -> None:
     """Put a worker's instances back in rotation and wait until HAProxy's checks see them UP."""
     timeout = session.fleet.settings.rollout_health_timeout
+    instances = [
+        (app, port)
+        for app in (BUILTIN_APP, *session.fleet.apps_on(worker.name))
+        for other, ports in _instances_of(session, app)
+        if other.name == worker.name
+        for port in ports
+    ]
     for master in session.fleet.masters:
-        for port in instance_ports(session.fleet, session.host(worker.name)):
-            session.on(master.name, commands.set_server_state(worker.name, port, "ready"))
+        for app, port in instances:
+            session.on(master.name, commands.set_server_state(worker.name, port, "ready", app))
             up = session.on(
                 master.name,
-                commands.wait_server_up(worker.name, port, timeout),
+                commands.wait_server_up(worker.name, port, timeout, app),
                 timeout=timeout + 30,
             )
             if not up.ok:
+                whose = "" if app == BUILTIN_APP else f"app {app} "
                 raise RolloutError(
-                    f"{worker.name} instance {port} is not UP on {master.name}: {up.stdout.strip()}"
+                    f"{worker.name} {whose}instance {port} is not UP on {master.name}: "
+                    f"{up.stdout.strip()}"
                 )
 
 

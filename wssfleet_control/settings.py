@@ -771,9 +771,22 @@ def documented_order() -> list[str]:
 
 
 def markdown_table() -> str:
+    return _table([(name, Settings.model_fields[name]) for name in documented_order()])
+
+
+def app_markdown_table() -> str:
+    """An app's settings (apps.NAME.*), as docs/apps.md lists them."""
+    return _table(list(App.model_fields.items()))
+
+
+def _table(fields: list[tuple[str, Any]]) -> str:
     rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
-    for name in documented_order():
-        field = Settings.model_fields[name]
-        default = "(required)" if field.is_required() else f"`{field.default!r}`"
+    for name, field in fields:
+        if field.is_required():
+            default = "(required)"
+        elif field.default_factory is not None:
+            default = f"`{field.default_factory()!r}`"
+        else:
+            default = f"`{field.default!r}`"
         rows.append(f"| `{name}` | {default} | {field.description} |")
     return "\n".join(rows)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.conftest import run
-from tests.lab_fleet import REPO, deploy, derived_inventory
+from tests.lab_fleet import REPO, deploy, derived_inventory, wssfleet
 from wssfleet_control import commands
 from wssfleet_control.hostside.layout import app_layout
 from wssfleet_control.inventory import app_redis_secret, app_redis_user
@@ -28,20 +28,6 @@ from wssfleet_control.inventory import app_redis_secret, app_redis_user
 pytestmark = pytest.mark.timeout(600)
 
 EXAMPLES = REPO / "examples"
-
-
-async def app_client(lab, path: str, **options) -> ClientConnection:
-    """A client of an app, as browsers reach it: wss:// to the lab's domain at the front door."""
-    return await connect(
-        f"wss://{lab.domain}{path}",
-        ssl=lab.tls_context(),
-        host=lab.master_address,
-        port=443,
-        server_hostname=lab.domain,
-        proxy=None,
-        open_timeout=10,
-        **options,
-    )
 
 
 async def hello(ws: ClientConnection) -> dict:
@@ -52,7 +38,7 @@ def test_each_example_answers_wss_through_the_front_door_beside_the_service(lab)
     async def scenario() -> dict:
         seen = {}
         for path in ("/echo", "/pyecho"):
-            async with await app_client(lab, path) as ws:
+            async with await lab.connect_app(path) as ws:
                 greeting = await hello(ws)
                 await ws.send("ping through the fleet")
                 seen[path] = (greeting["type"], await asyncio.wait_for(ws.recv(), 10))
@@ -73,7 +59,7 @@ def test_seed_001s_chat_crosses_workers_through_the_deployed_redis(lab):
         by_host: dict[str, ClientConnection] = {}
         opened = []
         for _ in range(16):
-            ws = await app_client(lab, "/chat")
+            ws = await lab.connect_app("/chat")
             opened.append(ws)
             by_host.setdefault((await hello(ws))["instance"].rsplit(":", 1)[0], ws)
             if len(by_host) == 2:
@@ -155,7 +141,7 @@ async def keep_connected(lab, client: ChatClient, source: str, until: asyncio.Ev
     closed_at = None
     while not until.is_set():
         try:
-            ws = await app_client(lab, "/chat", local_addr=(source, 0))
+            ws = await lab.connect_app("/chat", local_addr=(source, 0))
             greeting = await hello(ws)
         except Exception as error:  # any failed upgrade counts; the client tries again
             client.failed_handshakes += 1
@@ -266,8 +252,22 @@ def test_a_rolling_release_of_the_chat_under_200_clients_moves_one_instance_at_a
             f"{len(closes)} closes, longest time without a connection {longest:.2f} s"
         )
     finally:
-        code, _, log = deploy()
+        # `make rollback APP=chat`: the chat's instances back on the release before, one at
+        # a time; the built-in service's are not touched.
+        rolled = wssfleet("rollback", "--app", "chat", "--json")
+    report = json.loads(rolled.stdout)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert report["release"] == lab.fleet.app_sources["chat"].release_id()
+    assert [(step["app"], step["outcome"]) for step in report["rollout"]["steps"]] == [
+        ("chat", "done") for _ in lab.fleet.workers
+    ]
+    unknown = wssfleet("rollback", "--app", "nosuch")
+    assert unknown.returncode == 1 and "--app nosuch: the inventory has no such app" in (
+        unknown.stderr
+    )
+    code, report, log = deploy()
     assert code == 0, log[-3000:]
+    assert report["rollout"]["steps"] == []
 
 
 def test_an_app_release_failing_its_health_check_stops_at_its_first_instance(lab, tmp_path):
@@ -341,7 +341,7 @@ def test_an_app_removed_from_the_inventory_is_stopped_and_removed_everywhere(lab
         # Its route is nobody's now: the built-in service has no such path, and no other app
         # gets its clients.
         with pytest.raises(InvalidStatus) as refused:
-            run(app_client(lab, "/pyecho"))
+            run(lab.connect_app("/pyecho"))
         assert refused.value.response.status_code in (404, 503)
         # Its Redis user is gone, loaded live: Redis was not restarted.
         assert "WRONGPASS" in redis_as(lab, "pyecho", "PING")
@@ -355,7 +355,7 @@ def test_an_app_removed_from_the_inventory_is_stopped_and_removed_everywhere(lab
 
 
 async def scenario_echo(lab, path: str) -> str:
-    async with await app_client(lab, path) as ws:
+    async with await lab.connect_app(path) as ws:
         await hello(ws)
         await ws.send("back")
         return await asyncio.wait_for(ws.recv(), 10)

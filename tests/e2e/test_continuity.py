@@ -24,7 +24,13 @@ from tests.e2e.conftest import run
 from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 from wssfleet_control import commands
-from wssfleet_control.hostside.layout import BACKEND, INSTANCE_PREFIX, RUNTIME_HELPER, instance_unit
+from wssfleet_control.hostside.layout import (
+    BUILTIN_APP,
+    INSTANCE_PREFIX,
+    RUNTIME_HELPER,
+    app_layout,
+    instance_unit,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,8 +48,12 @@ def connector(lab, source: str | None = None, browser: bool = False):
 
 
 def servers(lab) -> dict[str, str]:
+    """Every worker instance's server, the apps' too, and its status on the first master."""
     rows = json.loads(lab.on(lab.fleet.master.name, f"{RUNTIME} servers").stdout)
-    return {row["server"]: row["status"] for row in rows if row["backend"] == BACKEND}
+    ours = {app_layout(name).backend for name in (BUILTIN_APP, *lab.fleet.settings.apps)}
+    return {
+        f"{row['backend']}/{row['server']}": row["status"] for row in rows if row["backend"] in ours
+    }
 
 
 def wait_all_up(lab, seconds: float = 60) -> None:
@@ -352,16 +362,29 @@ def test_a_drained_worker_hands_its_clients_to_the_others_and_gets_no_new_ones(l
         where = crowd.where()
         codes = {code for _, code, worker in crowd.closes() if worker.startswith(prefix)}
         refused = [refusal for refusal in crowd.refusals() if refusal[0] >= asked_at]
+        # The apps' instances there get no new client either.
+        echoes = []
+        for _ in range(6):
+            async with await lab.connect_app("/echo") as ws:
+                echoes.append(json.loads(await ws.recv())["instance"])
         back = await asyncio.to_thread(wssfleet, "ready", drained.name)
+        wait_all_up(lab)
+        after = set()
+        for _ in range(6):
+            async with await lab.connect_app("/echo") as ws:
+                after.add(json.loads(await ws.recv())["instance"].split(":")[0])
+        return result, where, codes, refused, back, echoes, after
         await crowd.finish()
-        return result, where, codes, refused, back
 
-    result, where, codes, refused, back = run(scenario(), timeout=200)
+    result, where, codes, refused, back, echoes, after = run(scenario(), timeout=200)
     assert result.returncode == 0, result.stderr
     assert back.returncode == 0, back.stderr
     assert sum(where.values()) == 200 and refused == []
     assert not [label for label in where if label.startswith(prefix)], where
     assert codes == {1012}
+    assert echoes and not [label for label in echoes if label.startswith(prefix)], echoes
+    # Ready again: the app's instance there is back in rotation (leastconn: idle, it is next).
+    assert f"wssfleet-{drained.name}" in after, after
     wait_all_up(lab)
 
 
