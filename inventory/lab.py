@@ -5,7 +5,7 @@ The lab's ACME server is Pebble on the lab bridge; its CA bundle tells certbot t
 
 import json
 
-from wssfleet_control.checkout import LAB_STATE
+from wssfleet_control.checkout import LAB_STATE, REPO
 
 LAB_JSON = LAB_STATE / "lab.json"
 
@@ -47,10 +47,10 @@ all = (
             "front_door_address": _lab["front_door"],
             # The team's own WebSocket servers beside the built-in service (docs/apps.md):
             # seed 000's echo, seed 001's chat across both workers through Redis, and a
-            # Python app.
+            # Python app. Absolute: inventories derived from this one live elsewhere.
             "apps": {
                 "echo": {
-                    "source": "../examples/echo-node",
+                    "source": str(REPO / "examples" / "echo-node"),
                     "command": "node server.js",
                     "path": "/echo",
                     "health_path": "/healthz",
@@ -59,7 +59,7 @@ all = (
                     "stop_timeout": 10,
                 },
                 "chat": {
-                    "source": "../examples/chat-node",
+                    "source": str(REPO / "examples" / "chat-node"),
                     "command": "node server.js",
                     "path": "/chat",
                     "health_path": "/healthz",
@@ -68,7 +68,7 @@ all = (
                     "stop_timeout": 10,
                 },
                 "pyecho": {
-                    "source": "../examples/echo-python",
+                    "source": str(REPO / "examples" / "echo-python"),
                     "command": "python app.py",
                     "path": "/pyecho",
                     "health_path": "/healthz",

@@ -13,13 +13,19 @@ import re
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File, Link
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from roles import SERVICE_RETRY, secret_template
+from roles.instances import (
+    LIMIT_NOFILE,
+    home_exists,
+    instances_running,
+    memory_max_mib,
+    release_current,
+    systemd_quoted,
+)
 from roles.redis import PRIMARY_NAME, SENTINEL_CLIENT_USER
-from roles.workers import LIMIT_NOFILE, memory_max_mib, old_releases_removed, systemd_quoted
-from wssfleet_control import commands
 from wssfleet_control.app_sources import AppSource
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
@@ -113,22 +119,9 @@ def apply(run: DeployRun, node: Node) -> None:
             files.directory(
                 name=f"Ensure {path} exists", path=path, user="root", group="root", mode=mode
             )
-    wanted = set()
+    # A whole app that left is removed by ``retired``, once HAProxy no longer routes to it.
     for name in names:
-        app = fleet.settings.apps[name]
-        _app_installed(run, node, name, app, app_layout(name))
-        wanted |= {app_layout(name).unit(port) for port in app.ports()}
-    for unit in sorted(host.get_fact(LoadedUnits, pattern=EVERY_APP_UNIT) - wanted):
-        # An instance an app no longer has here (fewer instances); a whole app that left is
-        # removed by ``retired``, once HAProxy no longer routes to it.
-        if APP_UNIT.fullmatch(unit)["app"] in names:
-            systemd.service(
-                **SERVICE_RETRY,
-                name=f"Ensure surplus {unit} is stopped and disabled",
-                service=unit,
-                running=False,
-                enabled=False,
-            )
+        _app_installed(run, node, name, fleet.settings.apps[name], app_layout(name))
 
 
 @deploy("Apps retired")
@@ -180,19 +173,7 @@ def retired(run: DeployRun, node: Node) -> None:
 
 def _app_installed(run: DeployRun, node: Node, name: str, app: App, layout: AppLayout) -> None:
     source = run.fleet.app_sources[name]
-    server.user(
-        name=f"Ensure app {name}'s unprivileged user exists",
-        user=layout.user,
-        system=True,
-        home=layout.home,
-        shell="/usr/sbin/nologin",
-        create_home=False,
-        ensure_home=False,
-    )
-    for path in (layout.home, layout.releases):
-        files.directory(
-            name=f"Ensure {path} exists", path=path, user="root", group="root", mode="755"
-        )
+    home_exists(layout, f"app {name}'s")
     _release_installed(run, name, source, layout)
     environment = app_environment(run, name, app, node)
     secret_template(
@@ -226,15 +207,7 @@ def _app_installed(run: DeployRun, node: Node, name: str, app: App, layout: AppL
         writable_executable_memory=source.runtime == "node",
         memory_max_mib=memory,
     )
-    for port in app.ports():
-        systemd.service(
-            **SERVICE_RETRY,
-            name=f"Ensure instance {layout.unit(port)} is running and enabled",
-            service=layout.unit(port),
-            running=True,
-            enabled=True,
-            daemon_reload=unit.will_change,
-        )
+    instances_running(layout, app.ports(), unit.will_change)
 
 
 def _release_installed(run: DeployRun, name: str, source: AppSource, layout: AppLayout) -> None:
@@ -281,10 +254,4 @@ def _release_installed(run: DeployRun, name: str, source: AppSource, layout: App
             name=f"Ensure app {name}'s release {release} is installed",
             commands=[*unpack, f"rm -f {quote(archive)}", f"touch {quote(marker)}"],
         )
-    if not host.get_fact(Link, path=layout.current):
-        # Later releases are pointed at by the rollout, which records them the same way.
-        server.shell(
-            name=f"Ensure {layout.current} points at a release (the first one)",
-            commands=[commands.point_current(release, name)],
-        )
-    old_releases_removed(release, layout)
+    release_current(layout, release)

@@ -8,51 +8,41 @@ instances one at a time. This role never restarts a running instance.
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import Link
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files
 
-from roles import SERVICE_RETRY, helper_installed, secret_template, virtualenv_from_wheels
+from roles import helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
+from roles.instances import (
+    LIMIT_NOFILE,
+    home_exists,
+    instances_running,
+    memory_max_mib,
+    release_current,
+    systemd_quoted,
+)
 from roles.redis import PRIMARY_NAME, SENTINEL_CLIENT_USER
 from wssfleet.config import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
-from wssfleet_control.commands import point_current
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import (
-    CurrentRelease,
-    LoadedUnits,
     MemoryKib,
     OpenFilesLimit,
     PythonPlatform,
-    Releases,
 )
 from wssfleet_control.hostside.layout import (
     CONFIG_DIRECTORY,
     CURRENT,
-    INSTANCE_PREFIX,
     INSTANCE_UNIT_FILE,
     RELEASES,
     SERVICE_ENVIRONMENT,
-    SERVICE_HOME,
     SERVICE_LAYOUT,
     SERVICE_USER,
     WORKER_TLS_DIRECTORY,
-    AppLayout,
-    instance_unit,
 )
 from wssfleet_control.inventory import Node
 
-LIMIT_NOFILE = 1048576
-# The current release, the one before it (for rollback) and one more.
-RELEASES_KEPT = 3
 # Set per instance by the unit, not by the environment file.
 PER_INSTANCE = frozenset({"port", "worker_name"})
-
-
-def memory_max_mib(host_kib: int, instances: int) -> int:
-    """Each instance's MemoryMax: three quarters of the host's memory shared among its
-    instances (the rest for the system, Redis or HAProxy beside them), at least 256 MiB."""
-    return max(256, host_kib * 3 // 4 // max(1, instances) // 1024)
 
 
 def service_config(run: DeployRun, node: Node) -> ServiceConfig:
@@ -96,11 +86,6 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
     )
 
 
-def systemd_quoted(value: str) -> str:
-    """A value for a systemd EnvironmentFile: double quotes, backslash escapes."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @deploy("WebSocket service")
 def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     """Install this run's release and run one instance per port.
@@ -112,19 +97,7 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
     apt.packages(
         name="Ensure python3-venv is installed", packages=["python3-venv"], no_recommends=True
     )
-    server.user(
-        name="Ensure the unprivileged service user exists",
-        user=SERVICE_USER,
-        system=True,
-        home=SERVICE_HOME,
-        shell="/usr/sbin/nologin",
-        create_home=False,
-        ensure_home=False,
-    )
-    for path in (SERVICE_HOME, RELEASES):
-        files.directory(
-            name=f"Ensure {path} exists", path=path, user="root", group="root", mode="755"
-        )
+    home_exists(SERVICE_LAYOUT, "the service's")
     files.directory(
         name="Ensure the service's config directory is private",
         path=CONFIG_DIRECTORY,
@@ -158,25 +131,7 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
         limit_nofile=min(LIMIT_NOFILE, host.get_fact(OpenFilesLimit)),
         memory_max_mib=memory_max_mib(host.get_fact(MemoryKib), len(service_ports)),
     )
-    for port in service_ports:
-        systemd.service(
-            **SERVICE_RETRY,
-            name=f"Ensure instance {instance_unit(port)} is running and enabled",
-            service=instance_unit(port),
-            running=True,
-            enabled=True,
-            daemon_reload=unit.will_change,
-        )
-    wanted = {instance_unit(port) for port in service_ports}
-    for name in sorted(host.get_fact(LoadedUnits, pattern=f"{INSTANCE_PREFIX}*")):
-        if name not in wanted:
-            systemd.service(
-                **SERVICE_RETRY,
-                name=f"Ensure surplus {name} is stopped and disabled",
-                service=name,
-                running=False,
-                enabled=False,
-            )
+    instances_running(SERVICE_LAYOUT, service_ports, unit.will_change)
 
 
 def _install_release(run: DeployRun) -> None:
@@ -191,32 +146,4 @@ def _install_release(run: DeployRun) -> None:
         "wssfleet",
         run.dry,
     )
-    if not host.get_fact(Link, path=CURRENT):
-        # Later releases are pointed at by the rollout, which records them the same way.
-        server.shell(
-            name=f"Ensure {CURRENT} points at a release (the first one)",
-            commands=[point_current(run.release)],
-        )
-    old_releases_removed(run.release)
-
-
-def old_releases_removed(new: str, app: AppLayout = SERVICE_LAYOUT) -> None:
-    """An app's releases beyond RELEASES_KEPT removed (the built-in service's by default):
-    ``new``, the one `current` points at, and the newest others are kept. An upload that
-    waits to be unpacked (a .tar.gz, an app's .wheels) is not a release."""
-    listing = [
-        name
-        for name in host.get_fact(Releases, releases=app.releases)
-        if not name.endswith((".tar.gz", ".wheels"))
-    ]
-    keep = {new, host.get_fact(CurrentRelease, current=app.current)}
-    for name in listing:
-        if len(keep) < RELEASES_KEPT:
-            keep.add(name)
-    for name in listing:
-        if name not in keep:
-            files.directory(
-                name=f"Ensure old release {name} is removed",
-                path=f"{app.releases}/{name}",
-                present=False,
-            )
+    release_current(SERVICE_LAYOUT, run.release)

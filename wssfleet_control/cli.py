@@ -897,7 +897,7 @@ def _print_start(session):
         else:
             stop = session.fleet.settings.apps[step.app].stop_timeout
             moving = f"no new clients, restarting (it has {stop} s to close its own)…"
-        _say(f"    [{step.host}] {_instance(step)}: {step.reason}: {moving}")
+        _say(f"    [{step.host}] {_instance(step.app, step.port)}: {step.reason}: {moving}")
 
     return show
 
@@ -905,17 +905,17 @@ def _print_start(session):
 def _print_step():
     def show(step) -> None:
         _say(
-            f"    [{step.host}] {_instance(step)}: {step.reason} -> restarted, "
+            f"    [{step.host}] {_instance(step.app, step.port)}: {step.reason} -> restarted, "
             f"healthy in {step.seconds} s",
         )
 
     return show
 
 
-def _instance(step) -> str:
+def _instance(app: str, port: int) -> str:
     """How a rollout step names its instance: the built-in service's by port, an app's with
     the app's name."""
-    return f"instance {step.port}" if step.app == BUILTIN_APP else f"app {step.app} {step.port}"
+    return f"instance {port}" if app == BUILTIN_APP else f"app {app} {port}"
 
 
 def _locked(session, command: str) -> FleetLock:
@@ -959,7 +959,9 @@ def _print_report(report: dict[str, Any]) -> None:
     if dry:
         click.echo(f"--> Instances a deploy would restart ({len(steps)}):")
         for step in steps:
-            click.echo(f"    [{step['host']}] instance {step['port']}: {step['reason']}")
+            click.echo(
+                f"    [{step['host']}] {_instance(step['app'], step['port'])}: {step['reason']}"
+            )
     elif "seconds" in report:
         click.echo(
             f"--> release {report.get('release') or '(none)'}: {len(rows)} changes, "

@@ -19,7 +19,7 @@ from tests.processes import free_port, wait_for_port
 from tests.unit.helpers import PEBBLE, control_cli, rendered_haproxy
 from wssfleet_control.app_sources import AppSource
 from wssfleet_control.checkout import REPO
-from wssfleet_control.settings import SettingsError, resolve
+from wssfleet_control.settings import SettingsError, app_markdown_table, resolve
 
 EXAMPLES = REPO / "examples"
 CHAT = {"source": "chat", "command": "node server.js", "path": "/chat", "port": 8111}
@@ -244,3 +244,9 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
         "echo /metrics": "HTTP/1.1 404 Not Found",
         "other /room/1": "service",
     }
+
+
+def test_docs_apps_lists_every_setting_of_an_app():
+    assert app_markdown_table() in (REPO / "docs" / "apps.md").read_text(), (
+        "regenerate it: wssfleet settings --apps"
+    )

@@ -9,7 +9,8 @@ import shutil
 import jinja2
 import pytest
 
-from roles.workers import PER_INSTANCE, service_config, systemd_quoted
+from roles.instances import systemd_quoted
+from roles.workers import PER_INSTANCE, service_config
 from wssfleet import config as wssfleet_config
 from wssfleet_control import release
 from wssfleet_control.checkout import REPO
