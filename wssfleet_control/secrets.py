@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -59,6 +60,8 @@ REVOKED_KEPT = 5
 NOT_YET = "(not made yet: the first deploy makes this secret)"
 
 
+# An app's secret (settings: apps), as inventory.app_redis_secret names it.
+APP_SECRET = re.compile(r"app_[a-z0-9_]+")
 # Where values from outside the file may come from, and what they may name.
 ENVIRONMENT_PREFIX = "WSSFLEET_SECRET_"
 FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED)
@@ -71,11 +74,15 @@ class SecretsError(ValueError):
 
 
 def from_outside(
-    command: str | None, environment: dict[str, str] | os._Environ[str] = os.environ
+    command: str | None,
+    environment: dict[str, str] | os._Environ[str] = os.environ,
+    more: Collection[str] = (),
 ) -> dict[str, str]:
     """The secrets ``command`` prints (a JSON object of strings) and, over them, the
-    environment's WSSFLEET_SECRET_<NAME>. A name that is no secret is refused: a typo in a
-    vault would otherwise leave the file's value in use without a word."""
+    environment's WSSFLEET_SECRET_<NAME>: FROM_OUTSIDE's and the ``more`` names (the apps').
+    A name that is no secret is refused: a typo in a vault would otherwise leave the file's
+    value in use without a word."""
+    allowed = (*FROM_OUTSIDE, *more)
     found: dict[str, str] = {}
     if command in _printed:
         found = dict(_printed[command])
@@ -106,16 +113,18 @@ def from_outside(
                 f"secrets_command {command!r} must print one JSON object of strings, like "
                 '{"jwt_secret": "…", "redis_password": "…"}'
             )
-        unknown = sorted(set(found) - set(FROM_OUTSIDE))
+        unknown = sorted(
+            name for name in found if name not in allowed and not APP_SECRET.fullmatch(name)
+        )
         if unknown:
             raise SecretsError(
                 f"secrets_command {command!r} gives {', '.join(unknown)}: a vault may give "
-                f"only {', '.join(FROM_OUTSIDE)} (the internal CA and certificates, which the "
+                f"only {', '.join(allowed)} (the internal CA and certificates, which the "
                 "deploy renews, stay in the secrets file)"
             )
         # Once a run: a vault may ask its user to unlock it.
         _printed[command] = dict(found)
-    for name in FROM_OUTSIDE:
+    for name in allowed:
         value = environment.get(ENVIRONMENT_PREFIX + name.upper())
         if value:
             found[name] = value
@@ -143,7 +152,7 @@ def load(
     if not Path(inventory).is_file():
         raise ValueError(f"inventory {inventory} does not exist")
     path = path_for(inventory)
-    outside = from_outside(command)
+    outside = from_outside(command, more=more)
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     stored.update(outside)
     missing = [name for name in (*NAMES, *more) if not stored.get(name)]

@@ -96,7 +96,9 @@ def test_secrets_from_a_vault_command_feed_a_deploy_that_changes_nothing(lab, tm
     # the lab's own file printed by cat, as `pass show` or `op read` would print it).
     vault = tmp_path / "vault.json"
     held = json.loads(secrets.path_for(LAB_INVENTORY).read_text())
-    vault.write_text(json.dumps({name: held[name] for name in secrets.NAMES}))
+    # The fleet's and each app's (settings: apps; their Redis passwords).
+    given = [*secrets.NAMES, *(name for name in held if name.startswith("app_"))]
+    vault.write_text(json.dumps({name: held[name] for name in given}))
     inventory = derived_inventory(
         tmp_path / "inventory", own_secrets=True, secrets_command=f"cat {vault}"
     )

@@ -35,9 +35,17 @@ INTERNAL_KEY = "the-rebalancer-s-internal-key"
 DEFAULT_SERVER = "check inter 200ms fastinter 100ms downinter 200ms fall 1 rise 1"
 
 
-def haproxy_config(directory: Path, port: int, servers: dict[str, int]) -> str:
+def haproxy_config(
+    directory: Path, port: int, servers: dict[str, int], app_servers: dict[str, int] | None = None
+) -> str:
+    """The master's config as far as the helpers see it: the workers' backend, and an app's
+    (app_chat, on /chat) with ``app_servers``."""
     lines = "".join(
         f"    server {name} 127.0.0.1:{service_port}\n" for name, service_port in servers.items()
+    )
+    app_lines = "".join(
+        f"    server {name} 127.0.0.1:{app_port}\n"
+        for name, app_port in (app_servers or {}).items()
     )
     return f"""global
     stats socket {directory}/admin.sock mode 600 level admin expose-fd listeners
@@ -53,8 +61,13 @@ defaults
 
 frontend clients
     bind 127.0.0.1:{port}
+    use_backend app_chat if {{ path_beg /chat }}
     default_backend {layout.BACKEND}
 
+backend app_chat
+    balance leastconn
+    default-server {DEFAULT_SERVER} maxconn 100
+{app_lines}
 backend {layout.BACKEND}
     balance leastconn
     option httpchk
@@ -175,6 +188,31 @@ def test_apply_adds_and_removes_workers_at_runtime_without_a_reload(
     # A second apply of the same config changes nothing.
     assert haproxy_runtime.apply(str(candidate), str(master.live), 1, 0) == 0
     assert states(master) == {kept: "UP", added_name: "UP"}
+
+
+def test_apply_adds_and_removes_an_apps_server_at_runtime_without_a_reload(master, tmp_path):
+    """A worker added or removed also changes each app's backend (settings: apps): that too
+    goes through the runtime API, with the app backend's own options (its maxconn)."""
+    _, reloads, _ = haproxy_runtime.master_counters()
+    port = int(master.url.rsplit(":", 1)[1])
+    workers = dict(zip(master.names, (service.port for service in master.services), strict=True))
+    app_server = f"w1-{master.services[0].port}"
+    candidate = tmp_path / "haproxy.cfg.candidate"
+    candidate.write_text(
+        haproxy_config(tmp_path, port, workers, {app_server: master.services[0].port})
+    )
+    assert haproxy_runtime.apply(str(candidate), str(master.live), 1, 0) == 0
+    assert haproxy_runtime.wait_up(f"app_chat/{app_server}", 10) == 0
+    stat = haproxy_runtime.ask("show stat").splitlines()
+    columns = stat[0].lstrip("# ").split(",")
+    rows = [dict(zip(columns, line.split(","), strict=False)) for line in stat[1:] if line]
+    (row,) = [r for r in rows if (r["pxname"], r["svname"]) == ("app_chat", app_server)]
+    assert row["slim"] == "100", row  # the app backend's maxconn, from its default-server
+    candidate.write_text(haproxy_config(tmp_path, port, workers))
+    assert haproxy_runtime.apply(str(candidate), str(master.live), 1, 0) == 0
+    assert app_server not in haproxy_runtime.ask("show servers state app_chat")
+    assert haproxy_runtime.master_counters()[1] == reloads
+    assert states(master) == dict.fromkeys(master.names, "UP")
 
 
 def test_a_removed_worker_is_drained_its_clients_closed_1012_before_it_goes(master, tmp_path):

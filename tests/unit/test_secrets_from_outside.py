@@ -93,3 +93,17 @@ def test_the_command_runs_without_a_shell(inventory, tmp_path):
     with pytest.raises(secrets.SecretsError, match="must print one JSON object"):
         secrets.load(inventory, command=command)
     assert not pwned.exists()
+
+
+def test_an_apps_secrets_come_from_the_vault_or_the_environment_too(
+    inventory, tmp_path, monkeypatch
+):
+    """An app's Redis password (settings: apps.NAME.redis) is a secret like the others."""
+    chat = "app_chat_redis_password"
+    everything = {name: f"vault-{name}" for name in (*secrets.NAMES, chat)}
+    loaded = secrets.load(inventory, command=printing(tmp_path, everything), more=[chat])
+    assert loaded[chat] == f"vault-{chat}"
+    assert not secrets.path_for(inventory).exists()
+    monkeypatch.setenv("WSSFLEET_SECRET_APP_CHAT_REDIS_PASSWORD", "from-the-ci-runner")
+    assert secrets.load(inventory, more=[chat])[chat] == "from-the-ci-runner"
+    assert "from-the-ci-runner" not in secrets.path_for(inventory).read_text()

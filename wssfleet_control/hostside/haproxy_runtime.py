@@ -302,22 +302,27 @@ def wait_up(server: str, seconds: float) -> int:
 SERVER_LINE = re.compile(r"^\s+server\s+(\S+)\s+(\S+)((?:\s+\S+)*)\s*$")
 
 
-def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
-    """The workers backend's servers (name -> address:port and the server's own options), its
-    default-server options, and the rest of the config: what a reload would be needed for."""
+# The backends whose servers change at runtime: the built-in service's and each app's.
+DYNAMIC_BACKEND = re.compile(rf"backend ({BACKEND}|app_[a-z0-9-]+)")
+
+
+def dynamic_servers(config: str) -> tuple[dict[str, str], dict[str, str], str]:
+    """The servers of the workers' and the apps' backends ("BACKEND/NAME" -> address:port and
+    the server's own options), each of those backends' default-server options, and the rest
+    of the config: what a reload would be needed for."""
     servers_found: dict[str, str] = {}
-    options = ""
+    options: dict[str, str] = {}
     rest = []
-    section = ""
+    backend = None
     for line in config.splitlines():
         if line and not line[0].isspace():
-            section = line.strip()
+            backend = DYNAMIC_BACKEND.fullmatch(line.strip())
         match = SERVER_LINE.match(line)
-        if section == f"backend {BACKEND}" and match:
-            servers_found[match[1]] = f"{match[2]}{match[3]}"
+        if backend and match:
+            servers_found[f"{backend[1]}/{match[1]}"] = f"{match[2]}{match[3]}"
             continue
-        if section == f"backend {BACKEND}" and line.strip().startswith("default-server "):
-            options = line.strip().removeprefix("default-server ")
+        if backend and line.strip().startswith("default-server "):
+            options[backend[1]] = line.strip().removeprefix("default-server ")
         # The template leaves a blank line a server: blank lines say nothing.
         if line.strip():
             rest.append(line)
@@ -325,47 +330,54 @@ def worker_servers(config: str) -> tuple[dict[str, str], str, str]:
 
 
 def apply(candidate_path: str, live_path: str, drain_seconds: float, spread_seconds: float) -> int:
-    """Make the (checked) candidate the live config, with no reload when only the workers'
-    servers change."""
+    """Make the (checked) candidate the live config, with no reload when only the servers of
+    the workers' and the apps' backends change (a worker added or removed)."""
     with open(candidate_path) as candidate:
-        wanted, options, wanted_rest = worker_servers(candidate.read())
+        wanted, options, wanted_rest = dynamic_servers(candidate.read())
     running: dict[str, str] = {}
     running_rest = None
     if os.path.exists(live_path):
         with open(live_path) as live:
-            running, _, running_rest = worker_servers(live.read())
+            running, _, running_rest = dynamic_servers(live.read())
     if wanted_rest != running_rest or not os.path.exists(ADMIN_SOCKET):
         return install_and_reload(candidate_path, live_path, spread_seconds)
-    for name in sorted(set(wanted) - set(running)):
-        if not add_server(name, wanted[name], options):
+    for server in sorted(set(wanted) - set(running)):
+        backend = server.partition("/")[0]
+        if not add_server(server, wanted[server], options.get(backend, "")):
             return install_and_reload(candidate_path, live_path, spread_seconds)
     removed = sorted(set(running) - set(wanted))
-    drain_servers({name: running[name].split()[0] for name in removed}, drain_seconds)
-    for name in removed:
-        ask(f"set server {BACKEND}/{name} state maint")
-        ask(f"shutdown sessions server {BACKEND}/{name}")
-        answer = ask(f"del server {BACKEND}/{name}").strip()
+    # The service's instances move their clients first; an app's are cut (they reconnect).
+    service = [server for server in removed if server.startswith(f"{BACKEND}/")]
+    drain_servers(
+        {server.partition("/")[2]: running[server].split()[0] for server in service},
+        drain_seconds,
+    )
+    for server in removed:
+        ask(f"set server {server} state maint")
+        ask(f"shutdown sessions server {server}")
+        answer = ask(f"del server {server}").strip()
         if "Server deleted" not in answer:
-            print(f"HAProxy: del server {BACKEND}/{name}: {answer}; reloading", file=sys.stderr)
+            print(f"HAProxy: del server {server}: {answer}; reloading", file=sys.stderr)
             return install_and_reload(candidate_path, live_path, spread_seconds)
-        print(f"removed server {BACKEND}/{name} without a reload")
+        print(f"removed server {server} without a reload")
     install(candidate_path, live_path)
     return 0
 
 
-def add_server(name: str, address: str, options: str) -> bool:
-    """``address``: address:port and the server's own options, as its config line has them."""
+def add_server(server: str, address: str, options: str) -> bool:
+    """``server``: BACKEND/NAME; ``address``: address:port and the server's own options, as
+    its config line has them."""
     # Dynamic servers do not take the backend's default-server line: give its options.
     for command in (
-        f"add server {BACKEND}/{name} {address} {options}",
-        f"enable health {BACKEND}/{name}",
-        f"enable server {BACKEND}/{name}",
+        f"add server {server} {address} {options}",
+        f"enable health {server}",
+        f"enable server {server}",
     ):
         answer = ask(command).strip()
         if answer and "New server registered" not in answer:
             print(f"HAProxy: {command}: {answer}", file=sys.stderr)
             return False
-    print(f"added server {BACKEND}/{name} ({address.split()[0]}) without a reload")
+    print(f"added server {server} ({address.split()[0]}) without a reload")
     return True
 
 
