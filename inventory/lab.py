@@ -73,8 +73,10 @@ all = (
                     "path": "/pyecho",
                     "health_path": "/healthz",
                     "port": 8121,
-                    # It does not use Redis: its user is there for the isolation test.
+                    # It uses neither: its Redis user is there for the isolation test, its
+                    # secret for the environment's.
                     "redis": True,
+                    "secrets": ["SESSION_KEY"],
                     "stop_timeout": 10,
                 },
             },

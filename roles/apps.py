@@ -43,7 +43,7 @@ from wssfleet_control.hostside.layout import (
     AppLayout,
     app_layout,
 )
-from wssfleet_control.inventory import Node, app_redis_prefix, app_redis_secret
+from wssfleet_control.inventory import Node, app_redis_prefix, app_redis_secret, app_secret
 from wssfleet_control.settings import App, memory_bytes
 
 # Every app's units: what is loaded here and not wanted is stopped.
@@ -79,7 +79,11 @@ def _unit_word(word: str) -> str:
 def app_environment(run: DeployRun, name: str, app: App, node: Node) -> dict[str, str]:
     """What every instance of the app gets, besides PORT and WSSFLEET_INSTANCE (the unit's)."""
     fleet = run.fleet
-    environment = {"HOST": node.address, **app.env}
+    environment = {
+        "HOST": node.address,
+        **app.env,
+        **{variable: run.secrets[app_secret(name, variable)] for variable in app.secrets},
+    }
     if app.redis:
         environment |= {
             "REDIS_URL": fleet.app_redis_url(name, run.secrets[app_redis_secret(name)]),

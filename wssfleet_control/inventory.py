@@ -47,6 +47,17 @@ def app_redis_secret(name: str) -> str:
     return f"app_{name.replace('-', '_')}_redis_password"
 
 
+def app_secret(name: str, variable: str) -> str:
+    """The secret that holds the value of the app ``name``'s ``variable`` (its secrets)."""
+    return f"app_{name.replace('-', '_')}_secret_{variable.lower()}"
+
+
+def app_secret_names(name: str, app) -> list[str]:
+    """Every secret the app ``name`` has: its Redis password and each of its secrets."""
+    names = [app_redis_secret(name)] if app.redis else []
+    return names + [app_secret(name, variable) for variable in app.secrets]
+
+
 def app_redis_prefix(name: str) -> str:
     """The start of every key and channel the app ``name`` may use."""
     return f"app:{name}:"
@@ -176,9 +187,9 @@ class Fleet:
             tls_clients=peers,
             command=self.settings.secrets_command,
             more=[
-                app_redis_secret(name)
+                secret
                 for name, app in sorted(self.settings.apps.items())
-                if app.redis
+                for secret in app_secret_names(name, app)
             ],
         )
 

@@ -280,6 +280,11 @@ class App(BaseModel):
     env: dict[EnvironmentName, str] = Field(
         default_factory=dict, description="more environment for every instance"
     )
+    secrets: tuple[EnvironmentName, ...] = Field(
+        default=(),
+        description="environment variables that each get a secret the deploy generates once "
+        "and keeps in the secrets file (or your secrets_command gives as app_NAME_secret_VAR)",
+    )
     redis: bool = Field(
         default=False,
         description="its own Redis user, limited to keys and channels starting app:NAME: "
@@ -295,12 +300,22 @@ class App(BaseModel):
     maxconn: int = Field(
         default=10000, ge=1, le=1_000_000, description="connections HAProxy sends one instance"
     )
+    timeout_tunnel: Duration | None = Field(
+        default=None,
+        description="inactivity that closes one of its open WebSockets; empty: "
+        "haproxy_timeout_tunnel",
+    )
+    sticky: bool = Field(
+        default=False,
+        description="a client returns to the instance that served it (a cookie HAProxy sets): "
+        "for Socket.IO's long-polling transport",
+    )
     memory_max: Memory | None = Field(
         default=None,
         description="each instance's memory cap (512mb); empty: a share of the worker's memory",
     )
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "secrets", mode="before")
     @classmethod
     def _list_as_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
@@ -319,6 +334,13 @@ class App(BaseModel):
     def _routed(self) -> App:
         if self.path is None and self.domain is None:
             raise ValueError("give path (like /chat), domain, or both: how clients reach it")
+        for name in self.secrets:
+            if FLEET_ENVIRONMENT.fullmatch(name) or name in self.env:
+                raise ValueError(
+                    f"secrets names {name}, which "
+                    + ("the fleet sets" if name not in self.env else "env sets too")
+                    + ": give the secret another name"
+                )
         return self
 
     def ports(self) -> list[int]:

@@ -54,10 +54,25 @@ def test_app_runs_as_its_own_user_and_cannot_change_its_code(on, app_instance):
     assert writable == "", writable
 
 
-def test_app_environment_is_roots_alone(on, app_instance):
+def test_app_environment_is_roots_alone_and_holds_what_the_app_gets(on, app_instance, fleet):
     node, name, _ = app_instance
     environment = on(node).file(app_layout(name).environment)
     assert (environment.user, environment.group, environment.mode) == ("root", "root", 0o600)
+    app = fleet.settings.apps[name]
+    expected = {"HOST", *app.env, *app.secrets}
+    if app.redis:
+        expected |= {"REDIS_URL", "REDIS_PREFIX"}
+        if fleet.sentinels:
+            expected |= {"REDIS_SENTINELS", "REDIS_SENTINEL_NAME", "REDIS_SENTINEL_USER"}
+            expected.add("REDIS_SENTINEL_PASSWORD")
+        if fleet.settings.internal_tls:
+            expected.add("REDIS_CA_FILE")
+    names = {
+        line.split("=", 1)[0]
+        for line in environment.content_string.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names == expected, (name, sorted(names ^ expected))
 
 
 def test_app_instance_is_confined_with_a_memory_bound(on, app_instance, exposure, fleet):

@@ -5,6 +5,7 @@ backend and everything else to the built-in service."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import re
 import shutil
@@ -146,12 +147,77 @@ def named_server(name: str) -> http.server.ThreadingHTTPServer:
     return server
 
 
+@contextlib.contextmanager
+def routing_haproxy(tmp_path, settings, servers: dict[str, list[str]]):
+    """A real HAProxy running the rendered routes, admission-free, and the rendered backends
+    of the built-in service and each app, whose servers are named HTTP servers (``servers``:
+    the names of each app's; "service" for the built-in one): its port."""
+    every = {name for names in servers.values() for name in names} | {"service"}
+    running = {name: named_server(name) for name in every}
+    port_of = {name: server.server_address[1] for name, server in running.items()}
+    app_backends = [
+        AppBackend(
+            name,
+            app,
+            [
+                Backend(f"w-{port_of[server]}", "127.0.0.1", port_of[server])
+                for server in servers[name]
+            ],
+        )
+        for name, app in settings.apps.items()
+    ]
+    service = [Backend("w-1", "127.0.0.1", port_of["service"])]
+    rendered = rendered_haproxy(
+        service, tmp_path / "cert.pem", settings=settings, app_backends=app_backends
+    )
+    frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    routing = [
+        line
+        for line in frontend
+        if line.strip().startswith(("use_backend", "default_", "http-request deny"))
+    ]
+    backends = [
+        "\n".join(line for line in section.splitlines() if line.strip() and line[0] != "#")
+        for section in re.split(r"\n(?=[a-z]+ )", rendered)
+        if section.startswith("backend ") and not section.startswith("backend certbot")
+    ]
+    port = free_port()
+    config = tmp_path / "routing.cfg"
+    config.write_text(
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
+        f"    timeout server 5s\nfrontend https\n    bind 127.0.0.1:{port}\n"
+        + "\n".join(routing)
+        + "\n\n"
+        + "\n\n".join(backends)
+        + "\n"
+    )
+    checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        haproxy.terminate()
+        haproxy.wait(timeout=10)
+        for server in running.values():
+            server.shutdown()
+
+
+def ask(port: int, path: str, host: str = "wss.example.test", *headers: str) -> tuple[str, str]:
+    """HAProxy's answer to GET ``path``: its head, and its body (which server answered)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
+        extra = "".join(f"{header}\r\n" for header in headers)
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+        link.sendall(request.encode())
+        answer = b"".join(iter(lambda: link.recv(4096), b"")).decode()
+    head, _, body = answer.partition("\r\n\r\n")
+    return head, body
+
+
 def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_service(tmp_path):
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: run 'make tools'")
-    names = ("service", "chat", "echo", "echo-room")
-    servers = {name: named_server(name) for name in names}
-    port_of = {name: server.server_address[1] for name, server in servers.items()}
     settings = settings_with(
         chat={**CHAT, "health_path": "/healthz"},
         echo={
@@ -161,60 +227,15 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
             "port": 8121,
             "metrics_path": "/metrics",
         },
-        **{
-            "echo-room": {
-                **CHAT,
-                "path": "/room",
-                "domain": "echo.example.test",
-                "port": 8131,
-            }
-        },
+        **{"echo-room": {**CHAT, "path": "/room", "domain": "echo.example.test", "port": 8131}},
     )
-    app_backends = [
-        AppBackend(name, app, [Backend(f"w-{port_of[name]}", "127.0.0.1", port_of[name])])
-        for name, app in settings.apps.items()
-    ]
-    service = [Backend("w-1", "127.0.0.1", port_of["service"])]
-    rendered = rendered_haproxy(
-        service, tmp_path / "cert.pem", settings=settings, app_backends=app_backends
-    )
-    assert "maxconn 10000" in rendered and "uri /healthz" in rendered
-    frontend = rendered.split("frontend https\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    routing = [
-        line
-        for line in frontend
-        if line.strip().startswith(("use_backend", "default_", "http-request deny"))
-    ]
-    sections = re.split(r"\n(?=[a-z]+ )", rendered)
-    backends = [
-        "\n".join(line for line in section.splitlines() if line.strip() and line[0] != "#")
-        for section in sections
-        if section.startswith("backend ")
-    ]
-    port = free_port()
-    config = tmp_path / "routing.cfg"
-    config.write_text(
-        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n"
-        f"    timeout server 5s\nfrontend https\n    bind 127.0.0.1:{port}\n"
-        + "\n".join(routing)
-        + "\n\n"
-        + "\n\n".join(section for section in backends if "certbot" not in section.splitlines()[0])
-        + "\n"
-    )
+    servers = {name: [name] for name in settings.apps}
+    with routing_haproxy(tmp_path, settings, servers) as port:
 
-    def reached(path: str, host: str = "wss.example.test") -> str:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
-            link.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-            )
-            answer = b"".join(iter(lambda: link.recv(4096), b"")).decode()
-        return answer.rsplit("\r\n\r\n", 1)[-1] if " 200 " in answer.split("\r\n")[0] else answer
+        def reached(path: str, host: str = "wss.example.test") -> str:
+            head, body = ask(port, path, host)
+            return body if " 200 " in head.split("\r\n")[0] else head.split("\r\n")[0]
 
-    checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port)
         seen = {
             "/chat": reached("/chat"),
             "/chat/x?y": reached("/chat/x?y"),
@@ -223,14 +244,9 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
             "echo /": reached("/", "echo.example.test"),
             "echo /chat": reached("/chat", "Echo.Example.Test:443"),
             "echo /room/1": reached("/room/1", "echo.example.test"),
-            "echo /metrics": reached("/metrics", "echo.example.test").split("\r\n")[0],
+            "echo /metrics": reached("/metrics", "echo.example.test"),
             "other /room/1": reached("/room/1"),
         }
-    finally:
-        haproxy.terminate()
-        haproxy.wait(timeout=10)
-        for server in servers.values():
-            server.shutdown()
     assert seen == {
         "/chat": "chat",
         "/chat/x?y": "chat",
@@ -246,7 +262,69 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
     }
 
 
+def test_a_sticky_app_sends_a_client_back_to_its_instance(tmp_path):
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is missing: run 'make tools'")
+    settings = settings_with(chat={**CHAT, "sticky": True, "timeout_tunnel": "2h"})
+    with routing_haproxy(tmp_path, settings, {"chat": ["chat-a", "chat-b"]}) as port:
+        head, first = ask(port, "/chat")
+        cookie = next(
+            line.split(":", 1)[1].strip().split(";")[0]
+            for line in head.split("\r\n")
+            if line.lower().startswith("set-cookie:")
+        )
+        assert cookie.startswith("wssfleet_chat=w-"), head
+        again = {ask(port, "/chat", "wss.example.test", f"Cookie: {cookie}")[1] for _ in range(6)}
+        # Without the cookie, leastconn alternates between the two.
+        plain = {ask(port, "/chat")[1] for _ in range(6)}
+    assert again == {first}
+    assert plain == {"chat-a", "chat-b"}
+    rendered = rendered_haproxy(
+        [], tmp_path / "cert.pem", settings=settings, app_backends=[
+            AppBackend("chat", settings.apps["chat"], [Backend("w-1", "127.0.0.1", 1)])
+        ]
+    )  # fmt: skip
+    assert "    timeout tunnel 2h\n" in rendered
+
+
 def test_docs_apps_lists_every_setting_of_an_app():
     assert app_markdown_table() in (REPO / "docs" / "apps.md").read_text(), (
         "regenerate it: wssfleet settings --apps"
     )
+
+
+def test_an_apps_secrets_are_made_once_and_kept(tmp_path):
+    from wssfleet_control import inventory as fleet_inventory
+    from wssfleet_control.inventory import app_redis_secret, app_secret
+
+    shutil.copytree(EXAMPLES / "echo-node", tmp_path / "echo")
+    path = tmp_path / "staging.py"
+    app = {
+        "source": "echo",
+        "command": "node server.js",
+        "path": "/echo",
+        "port": 8101,
+        "redis": True,
+        "secrets": ["SESSION_KEY", "SIGNING_KEY"],
+    }
+    path.write_text(
+        "master = [('m', {'ssh_hostname': '127.0.0.10'})]\n"
+        "workers = [('w', {'ssh_hostname': '127.0.0.11'})]\n"
+        "all = (['m', 'w'], {'wssfleet_inventory': __file__, 'wssfleet': {"
+        "'domain': 'ws.example.com', 'acme_server': 'https://127.0.0.1:14000/dir', "
+        f"'apps': {{'echo': {app!r}}}}}}})\n"
+    )
+    fleet = fleet_inventory.load(path)
+    made = fleet.secrets()
+    names = [app_redis_secret("echo"), app_secret("echo", "SESSION_KEY")]
+    names.append(app_secret("echo", "SIGNING_KEY"))
+    assert names == [
+        "app_echo_redis_password",
+        "app_echo_secret_session_key",
+        "app_echo_secret_signing_key",
+    ]
+    assert all(len(made[name]) >= 32 for name in names)
+    assert len({made[name] for name in names}) == 3
+    assert {name: fleet.secrets()[name] for name in names} == {name: made[name] for name in names}
+    assert "env sets too" in refusal(chat={**CHAT, "secrets": ["KEY"], "env": {"KEY": "x"}})
+    assert "the fleet sets" in refusal(chat={**CHAT, "secrets": ["REDIS_URL"]})
