@@ -63,6 +63,8 @@ all = (
                     "command": "node server.js",
                     "path": "/chat",
                     "health_path": "/healthz",
+                    # Its clients move over drain_seconds before a restart, not at once.
+                    "drain_path": "/drain",
                     "port": 8111,
                     "redis": True,
                     "stop_timeout": 10,

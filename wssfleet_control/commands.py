@@ -50,6 +50,17 @@ def drain_instance(address: str, port: int, seconds: int) -> str:
     return _instances(layout.BUILTIN_APP, "drain", address, port, seconds)
 
 
+def drain_app_instance(app: str, address: str, port: int, path: str, seconds: int) -> str:
+    """An app's own drain: its drain path asked to close its clients over ``seconds``."""
+    return _instances(app, "drain-path", address, port, path, seconds)
+
+
+def wait_no_sessions(worker: str, port: int, seconds: int, app: str) -> str:
+    """Until this master's HAProxy has no open session left on the instance."""
+    server = layout.app_layout(app).server(worker, port)
+    return _line("python3", layout.RUNTIME_HELPER, "wait-no-sessions", server, seconds)
+
+
 def wait_healthy(
     address: str,
     port: int,

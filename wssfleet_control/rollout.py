@@ -127,16 +127,7 @@ def roll(session: Session, releases: dict[str, str], on_step=None, on_start=None
                 master.name, commands.set_server_state(worker.name, step.port, "drain", app)
             ).ok
         ]
-        if app == BUILTIN_APP:
-            # The service moves its clients itself, spread over its drain window; an app is
-            # sent SIGTERM by the restart and closes its own (docs/apps.md).
-            drain = session.fleet.settings.drain_seconds
-            drained = session.on(
-                worker.name,
-                commands.drain_instance(worker.address, step.port, drain + DRAIN_GRACE),
-                timeout=drain + DRAIN_GRACE + 30,
-            )
-            step.detail["drain"] = _last_json(drained)
+        step.detail |= _drained(session, worker, step.port, app, in_rotation)
         if previous != release:
             _checked(session, worker, commands.point_current(release, app))
         healthy, seen = _restart(session, worker, step.port, release, timeout, app, check)
@@ -270,6 +261,36 @@ def ready_worker(session: Session, worker: Node) -> None:
                     f"{worker.name} {whose}instance {port} is not UP on {master.name}: "
                     f"{up.stdout.strip()}"
                 )
+
+
+def _drained(session: Session, worker: Node, port: int, app: str, in_rotation: list[str]) -> dict:
+    """The instance's clients moved before its restart: the built-in service moves its own,
+    spread over drain_seconds; so does an app with a drain path, and the masters' HAProxy
+    then says when none is left. Any other app is sent SIGTERM by the restart and closes its
+    own clients at once (docs/apps.md)."""
+    drain = session.fleet.settings.drain_seconds
+    if app == BUILTIN_APP:
+        drained = session.on(
+            worker.name,
+            commands.drain_instance(worker.address, port, drain + DRAIN_GRACE),
+            timeout=drain + DRAIN_GRACE + 30,
+        )
+        return {"drain": _last_json(drained)}
+    path = session.fleet.settings.apps[app].drain_path
+    if not path:
+        return {}
+    asked = session.on(
+        worker.name, commands.drain_app_instance(app, worker.address, port, path, drain)
+    )
+    left = {}
+    for master in in_rotation:
+        waited = session.on(
+            master,
+            commands.wait_no_sessions(worker.name, port, drain + DRAIN_GRACE, app),
+            timeout=drain + DRAIN_GRACE + 30,
+        )
+        left[master] = waited.stdout.strip()
+    return {"drain": {**_last_json(asked), "left": left}}
 
 
 def _health_check(session: Session, app: str) -> str:

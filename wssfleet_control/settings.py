@@ -262,6 +262,12 @@ class App(BaseModel):
         description="an HTTP path answering 200 when an instance is ready; without it, a TCP "
         "connection is the check",
     )
+    drain_path: UrlPath | None = Field(
+        default=None,
+        description="a path the rollout POSTs ?seconds=drain_seconds to before an instance "
+        "restarts: the app closes its clients (1012) over that window, and the restart waits "
+        "until HAProxy has none left there; never served to clients",
+    )
     metrics_path: UrlPath | None = Field(
         default=None,
         description="where an instance serves Prometheus metrics on its port: scraped by the "

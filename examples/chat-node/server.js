@@ -52,9 +52,32 @@ for (const connection of [publisher, subscriber]) {
   connection.on('error', (error) => console.error(`redis: ${error.message}`));
 }
 
+// The fleet's rollout asks an instance to move its clients before it restarts it
+// (apps.NAME.drain_path): each is closed with 1012, spread over the window it gives, so the
+// others take them over a few seconds rather than all in one.
+const MOST_DRAIN_SECONDS = 300;
+
+function drain(seconds) {
+  const clients = [...wss.clients];
+  clients.forEach((socket, index) => {
+    const at = (seconds * 1000 * index) / clients.length;
+    setTimeout(() => socket.close(1012, 'moving to another instance'), at).unref();
+  });
+  return clients.length;
+}
+
 const server = http.createServer((request, response) => {
-  if (request.url === '/healthz') {
+  const url = new URL(request.url, 'http://instance');
+  if (url.pathname === '/healthz') {
     response.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    return;
+  }
+  if (url.pathname === '/drain' && request.method === 'POST') {
+    const asked = Number(url.searchParams.get('seconds'));
+    const seconds = Number.isFinite(asked) ? Math.min(Math.max(asked, 0), MOST_DRAIN_SECONDS) : 0;
+    const clients = drain(seconds);
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ clients, seconds }));
     return;
   }
   response.writeHead(404).end();

@@ -12,6 +12,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,8 @@ def test_two_apps_cannot_read_or_publish_on_each_others_keys_or_channels(lab):
 class ChatClient:
     """One connected client that reconnects when its instance closes it, and its record."""
 
+    # When each close came (monotonic seconds).
+    closed_at: list[float] = field(default_factory=list)
     failed_handshakes: int = 0
     # Why each handshake failed, and when (seconds into the test).
     failures: list[str] = field(default_factory=list)
@@ -160,6 +163,7 @@ async def keep_connected(lab, client: ChatClient, source: str, until: asyncio.Ev
         except ConnectionClosed:
             client.closes.append(ws.close_code)
             closed_at = time.monotonic()
+            client.closed_at.append(closed_at)
             # Spread out, as the shipped clients do, so one instance's clients do not arrive
             # at the other all in the same moment.
             await asyncio.sleep(random.uniform(0, 1))
@@ -247,10 +251,19 @@ def test_a_rolling_release_of_the_chat_under_200_clients_moves_one_instance_at_a
         assert all(len(client.gaps) == len(client.closes) for client in moved)
         longest = max(gap for client in moved for gap in client.gaps)
         assert longest < chat.stop_timeout + 5, longest
+        # The chat has a drain path: each instance moved its clients over drain_seconds, not
+        # all in one moment (at once, one second would hold one instance's whole share).
+        per_second = Counter(int(moment) for client in clients for moment in client.closed_at)
+        busiest = max(per_second.values())
         print(
             f"rolling release: {len(moved)} of {len(clients)} clients moved, "
-            f"{len(closes)} closes, longest time without a connection {longest:.2f} s"
+            f"{len(closes)} closes, busiest second {busiest} closes, longest time without a "
+            f"connection {longest:.2f} s"
         )
+        assert busiest <= len(closes) / 4, sorted(per_second.items())
+        for step in steps:
+            assert step["detail"]["drain"]["status"] == 200, step
+            assert set(step["detail"]["drain"]["left"].values()) == {"0"}, step
     finally:
         # `make rollback APP=chat`: the chat's instances back on the release before, one at
         # a time; the built-in service's are not touched.

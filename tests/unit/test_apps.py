@@ -219,13 +219,14 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: run 'make tools'")
     settings = settings_with(
-        chat={**CHAT, "health_path": "/healthz"},
+        chat={**CHAT, "health_path": "/healthz", "drain_path": "/chat/drain"},
         echo={
             **CHAT,
             "path": None,
             "domain": "echo.example.test",
             "port": 8121,
             "metrics_path": "/metrics",
+            "drain_path": "/drain",
         },
         **{"echo-room": {**CHAT, "path": "/room", "domain": "echo.example.test", "port": 8131}},
     )
@@ -245,6 +246,8 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
             "echo /chat": reached("/chat", "Echo.Example.Test:443"),
             "echo /room/1": reached("/room/1", "echo.example.test"),
             "echo /metrics": reached("/metrics", "echo.example.test"),
+            "/chat/drain": reached("/chat/drain"),
+            "echo /drain": reached("/drain", "echo.example.test"),
             "other /room/1": reached("/room/1"),
         }
     assert seen == {
@@ -258,6 +261,9 @@ def test_a_real_haproxy_routes_each_apps_path_and_domain_and_the_rest_to_the_ser
         "echo /room/1": "echo-room",
         # An app's metrics are for the monitoring hosts, never for clients.
         "echo /metrics": "HTTP/1.1 404 Not Found",
+        # Nor its drain path: the rollout asks for it from the worker itself.
+        "/chat/drain": "HTTP/1.1 404 Not Found",
+        "echo /drain": "HTTP/1.1 404 Not Found",
         "other /room/1": "service",
     }
 

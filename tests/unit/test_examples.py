@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -138,20 +139,57 @@ def test_the_python_example_echoes_and_hands_its_clients_over_on_sigterm(started
     assert app.process.wait(timeout=10) == 0
 
 
-def test_seed_001s_chat_reaches_a_client_of_another_instance_through_redis(
-    tmp_path, started, redis_server
-):
-    # The app's own user, as the deploy gives it (roles/redis.py): its own prefix only.
+def chat_user(redis_server) -> dict[str, str]:
+    """The chat's own Redis user, as the deploy gives it (roles/redis.py): its own prefix
+    only; the environment an instance gets for it."""
     password = "the-chat-apps-password"
     redis_server.cli(
         "ACL", "SETUSER", app_redis_user("chat"), "on", f">{password}", "resetkeys",
         "resetchannels", f"~{CHAT_PREFIX}*", f"&{CHAT_PREFIX}*", *APP_RULES.split(),
     )  # fmt: skip
-    release = built("chat-node", tmp_path)
-    redis = {
+    return {
         "REDIS_URL": f"redis://{app_redis_user('chat')}:{password}@127.0.0.1:{redis_server.port}",
         "REDIS_PREFIX": CHAT_PREFIX,
     }
+
+
+def test_the_chat_drains_its_clients_with_1012_spread_over_the_window_it_is_given(
+    tmp_path, started, redis_server
+):
+    app = started(["node", "server.js"], built("chat-node", tmp_path), **chat_user(redis_server))
+
+    async def scenario() -> tuple[dict, list[tuple[float, int]]]:
+        clients = [await connect(app.url) for _ in range(5)]
+        for ws in clients:
+            await ws.recv()  # hello
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{app.port}/drain?seconds=1", data=b"", method="POST"
+        )
+        asked = time.monotonic()
+        answer = await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+        reply = json.loads(answer.read())
+
+        async def closed(ws) -> tuple[float, int]:
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+            return time.monotonic() - asked, ws.close_code
+
+        return reply, await asyncio.gather(*(closed(ws) for ws in clients))
+
+    reply, closes = run(scenario())
+    assert reply == {"clients": 5, "seconds": 1}
+    assert {code for _, code in closes} == {1012}
+    moments = sorted(moment for moment, _ in closes)
+    # One at a time over the second, not all at once.
+    assert moments[-1] - moments[0] >= 0.6 and moments[-1] < 3, moments
+
+
+def test_seed_001s_chat_reaches_a_client_of_another_instance_through_redis(
+    tmp_path, started, redis_server
+):
+    release = built("chat-node", tmp_path)
+    redis = chat_user(redis_server)
     first, second = (started(["node", "server.js"], release, **redis) for _ in range(2))
 
     async def scenario() -> tuple[dict, dict]:

@@ -13,6 +13,7 @@ layout.RUNTIME_HELPER; standard library only (it runs on Debian's python3).
         (keepalived's check of the front door's holder)
     haproxy_runtime.py server-state BACKEND/SERVER ready|drain|maint
     haproxy_runtime.py wait-up BACKEND/SERVER SECONDS   until its health checks say UP
+    haproxy_runtime.py wait-no-sessions BACKEND/SERVER SECONDS   until no client is left on it
     haproxy_runtime.py apply CANDIDATE LIVE DRAIN_SECONDS SPREAD_SECONDS
         make the candidate config live: when only the workers' servers differ, add and remove
         them through the runtime API (removed ones drained first) with no reload; otherwise
@@ -285,6 +286,20 @@ def server_state(server: str, state: str) -> int:
     return 0
 
 
+def wait_no_sessions(server: str, seconds: float) -> int:
+    """Until BACKEND/SERVER has no open session here (its clients have left), or
+    ``seconds``; prints how many are left."""
+    backend, _, name = server.partition("/")
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [row for row in servers() if (row["backend"], row["server"]) == (backend, name)]
+        left = int(found[0]["sessions"]) if found else 0
+        if left == 0 or time.monotonic() > deadline:
+            print(left)
+            return 0 if left == 0 else 1
+        time.sleep(0.2)
+
+
 def wait_up(server: str, seconds: float) -> int:
     backend, _, name = server.partition("/")
     deadline = time.monotonic() + seconds
@@ -464,6 +479,8 @@ def main(argv: list[str]) -> int:
             return install_pem(pem, source)
         case ["server-state", server, state]:
             return server_state(server, state)
+        case ["wait-no-sessions", server, seconds]:
+            return wait_no_sessions(server, float(seconds))
         case ["wait-up", server, seconds]:
             return wait_up(server, float(seconds))
         case ["apply", candidate, live, drain_seconds, spread_seconds]:

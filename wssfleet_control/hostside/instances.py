@@ -15,6 +15,9 @@ layout.INSTANCES_HELPER; standard library only.
                                        HTTP path that must answer 200 (/healthz), or "tcp"
     instances.py drain ADDRESS PORT SECONDS
                                        ask the instance to drain, wait until it has no client
+    instances.py --app NAME drain-path ADDRESS PORT PATH SECONDS
+                                       ask an app's instance to close its clients over
+                                       SECONDS (POST PATH?seconds=SECONDS)
 """
 
 from __future__ import annotations
@@ -207,6 +210,23 @@ def drain(address: str, port: str, seconds: float) -> int:
         time.sleep(0.2)
 
 
+def drain_path(address: str, port: str, path: str, seconds: str) -> int:
+    """An app that offers a drain path (settings: apps.NAME.drain_path) closes its clients
+    itself, spread over ``seconds``, once asked: its answer, as JSON."""
+    request = urllib.request.Request(
+        f"http://{address}:{port}{path}?seconds={seconds}", data=b"", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            status, body = reply.status, reply.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode(errors="replace")
+    except OSError as error:
+        status, body = 0, str(error)
+    print(json.dumps({"status": status, "reply": body.strip()[:500]}))
+    return 0 if 200 <= status < 300 else 1
+
+
 def main(argv: list[str]) -> int:
     global app
     if argv[:1] == ["--app"] and len(argv) > 1:
@@ -231,6 +251,8 @@ def main(argv: list[str]) -> int:
             return wait_healthy(address, port, release, float(seconds), "/healthz")
         case ["wait-healthy", address, port, release, seconds, check]:
             return wait_healthy(address, port, release, float(seconds), check)
+        case ["drain-path", address, port, path, seconds]:
+            return drain_path(address, port, path, seconds)
         case ["drain", address, port, seconds]:
             return drain(address, port, float(seconds))
     print(__doc__, file=sys.stderr)
