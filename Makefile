@@ -92,7 +92,7 @@ $(VENV_STAMP): pyproject.toml service/pyproject.toml clients/python/pyproject.to
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }
 	@echo "==> preparing the virtualenv $(VENV)"
 	@python3 -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e ./service -e ./clients/python -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e './service[server]' -e ./clients/python -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c 'import pyinfra, websockets, testinfra, selenium, wssfleet, wssfleet_control, wssfleet_client' && touch $@
 
 # Each target is one call of the `wssfleet` CLI (wssfleet_control/cli.py). Only deploy builds

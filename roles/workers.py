@@ -40,6 +40,7 @@ from wssfleet_control.hostside.layout import (
     WORKER_TLS_DIRECTORY,
 )
 from wssfleet_control.inventory import Node
+from wssfleet_control.release import SERVICE_REQUIREMENT
 
 # Set per instance by the unit, not by the environment file.
 PER_INSTANCE = frozenset({"port", "worker_name"})
@@ -143,7 +144,7 @@ def _install_release(run: DeployRun) -> None:
         f"release {run.release}",
         f"{RELEASES}/{run.release}",
         lambda: run.wheelhouse(*host.get_fact(PythonPlatform)),
-        "wssfleet",
+        SERVICE_REQUIREMENT,
         run.dry,
     )
     release_current(SERVICE_LAYOUT, run.release)

@@ -17,3 +17,15 @@ HOSTSIDE = REPO / "wssfleet_control" / "hostside"
 BUILD = REPO / "build"
 # The lab's state: its hosts' keys, addresses and the ACME root. Not in git.
 LAB_STATE = REPO / ".lab"
+
+
+def is_checkout() -> bool:
+    """Whether this package runs from its checkout: the deploy, the roles' templates and the
+    inventories live beside it, not in the package (an editable install keeps them there)."""
+    return DEPLOY_FILE.is_file() and TEMPLATES.is_dir() and (REPO / "roles").is_dir()
+
+
+NOT_A_CHECKOUT = (
+    "wssfleet runs from its git checkout (the deploy, roles and templates are there, not in "
+    "the package): clone it and install it with `pip install -e .` there (`make tools` does)"
+)

@@ -25,7 +25,7 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
-from wssfleet_control import secret_records  # noqa: E402
+from wssfleet_control import checkout, secret_records  # noqa: E402
 from wssfleet_control.checkout import (  # noqa: E402
     BUILD,
     LAB_INVENTORY,
@@ -173,7 +173,8 @@ def _version() -> str:
 @click.group(help=__doc__)
 @click.version_option(_version(), prog_name="wssfleet")
 def main() -> None:
-    pass
+    if not checkout.is_checkout():
+        raise Failure(checkout.NOT_A_CHECKOUT)
 
 
 @main.command()

@@ -56,12 +56,17 @@ def release_id() -> str:
     return digest_of(SERVICE, service_files())
 
 
+# What the workers install: the service with the server's dependencies.
+SERVICE_REQUIREMENT = "wssfleet[server]"
+
+
 def pinned_dependencies() -> list[str]:
-    """The service's pins without their markers: pip evaluates markers against the control
-    machine's Python, not the hosts', so every pinned wheel is shipped; pip on the host
-    installs those its own Python needs."""
+    """The service's pins, its server's included, without their markers: pip evaluates
+    markers against the control machine's Python, not the hosts', so every pinned wheel is
+    shipped; pip on the host installs those its own Python needs."""
     project = tomllib.loads((SERVICE / "pyproject.toml").read_text())["project"]
-    return [requirement.split(";")[0].strip() for requirement in project["dependencies"]]
+    pins = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    return [requirement.split(";")[0].strip() for requirement in pins]
 
 
 # Hosts are deployed concurrently (pyinfra's greenlets, under gevent's patched threading):
