@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from wssfleet_control.app_sources import AppSourceError, build, inspect
+from wssfleet_control.app_sources import (
+    AppSourceError,
+    archive,
+    build,
+    inspect,
+    python_requirements,
+    requirements_file,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -102,3 +110,31 @@ def test_a_failed_npm_install_names_the_app_and_npms_words(echo_node, tmp_path):
     (echo_node / "package.json").write_text(json.dumps(package))
     with pytest.raises(AppSourceError, match=r"(?s)apps\.echo: npm ci --omit=dev .* failed.*sync"):
         build(inspect("echo", echo_node, "node server.js"), tmp_path / "releases")
+
+
+def test_a_python_apps_requirements_come_from_its_requirements_or_its_pyproject(tmp_path):
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "app.py").write_text("print('hi')\n")
+    (listed / "requirements.txt").write_text("websockets==17.4\n")
+    app = inspect("listed", listed, "python app.py")
+    assert python_requirements(app) == ["-r", str(listed / "requirements.txt")]
+    assert requirements_file(app) == "websockets==17.4\n"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text("print('hi')\n")
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "x"\nversion = "1"\ndependencies = ["websockets==17.4", "uvicorn"]\n'
+    )
+    app = inspect("project", project, "python main.py")
+    assert app.runtime == "python"
+    assert python_requirements(app) == ["websockets==17.4", "uvicorn"]
+    assert requirements_file(app) == "websockets==17.4\nuvicorn\n"
+    # What is uploaded: the release, packed once, root's whoever built it.
+    release = build(app, tmp_path / "releases")
+    packed = archive(release)
+    assert archive(release) == packed
+    with tarfile.open(packed) as bundle:
+        members = {member.name: member for member in bundle.getmembers()}
+    assert {"main.py", "pyproject.toml", ".wssfleet-built"} <= members.keys()
+    assert {(member.uid, member.uname) for member in members.values()} == {(0, "root")}
