@@ -10,6 +10,7 @@ rollout controller, one instance at a time. An app no longer in the inventory is
 from __future__ import annotations
 
 import re
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -26,6 +27,7 @@ from roles.instances import (
     systemd_quoted,
 )
 from roles.redis import PRIMARY_NAME, SENTINEL_CLIENT_USER
+from wssfleet_control import internal_tls
 from wssfleet_control.app_sources import AppSource
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
@@ -39,7 +41,7 @@ from wssfleet_control.facts import (
 from wssfleet_control.hostside.layout import (
     APPS_CONFIG_DIRECTORY,
     APPS_HOME,
-    WORKER_INTERNAL_CA,
+    APPS_INTERNAL_CA,
     AppLayout,
     app_layout,
 )
@@ -90,7 +92,7 @@ def app_environment(run: DeployRun, name: str, app: App, node: Node) -> dict[str
             "REDIS_PREFIX": app_redis_prefix(name),
         }
         if fleet.settings.internal_tls:
-            environment["REDIS_CA_FILE"] = WORKER_INTERNAL_CA
+            environment["REDIS_CA_FILE"] = APPS_INTERNAL_CA
         if fleet.sentinels:
             environment |= {
                 "REDIS_SENTINELS": ",".join(
@@ -123,6 +125,16 @@ def apply(run: DeployRun, node: Node) -> None:
             files.directory(
                 name=f"Ensure {path} exists", path=path, user="root", group="root", mode=mode
             )
+    if names and fleet.settings.internal_tls:
+        # The workers' copy is in the service's private directory; a CA certificate is public.
+        files.put(
+            name="Ensure the deployment's internal CA is where the apps read it",
+            src=StringIO(internal_tls.ca_certificate(run.secrets)),
+            dest=APPS_INTERNAL_CA,
+            user="root",
+            group="root",
+            mode="644",
+        )
     # A whole app that left is removed by ``retired``, once HAProxy no longer routes to it.
     for name in names:
         _app_installed(run, node, name, fleet.settings.apps[name], app_layout(name))
@@ -139,7 +151,8 @@ def retired(run: DeployRun, node: Node) -> None:
     """
     wanted = set(run.fleet.apps_on(node.name)) if node in run.fleet.workers else set()
     units = host.get_fact(LoadedUnits, pattern=EVERY_APP_UNIT)
-    installed = set(host.get_fact(Lines, command=f"ls -1 {quote(APPS_HOME)}"))
+    listed = f"find {quote(APPS_HOME)} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n'"
+    installed = set(host.get_fact(Lines, command=listed))
     installed |= {APP_UNIT.fullmatch(unit)["app"] for unit in units if APP_UNIT.fullmatch(unit)}
     for name in sorted(installed - wanted):
         layout = app_layout(name)

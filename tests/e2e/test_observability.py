@@ -246,14 +246,19 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
         master_prometheus = lab.on(fleet.master.name, "systemctl is-active prometheus")
         assert master_prometheus.stdout.strip() == "inactive", master_prometheus.stdout
 
-        # Every instance, every host's node_exporter, each master's HAProxy, each Redis and
-        # Prometheus itself.
+        # Every instance, every host's node_exporter, each master's HAProxy, each Redis,
+        # Prometheus itself, and each instance of an app that serves metrics.
         expected = (
             sum(len(lab.ports(w.name)) for w in fleet.workers)
             + len(fleet.nodes)
             + len(fleet.masters)
             + len(fleet.redis_nodes)
             + 1
+            + sum(
+                len(app.ports()) * len(fleet.app_workers(name))
+                for name, app in fleet.settings.apps.items()
+                if app.metrics_path
+            )
         )
 
         def all_up():
@@ -273,10 +278,29 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
 
 def test_every_panel_of_the_grafana_dashboard_has_data_in_the_labs_prometheus(lab):
     dashboard = json.loads((REPO / "docs" / "grafana" / "wssfleet.json").read_text())
-    empty = []
-    for panel in dashboard["panels"]:
-        for target in panel["targets"]:
-            # The helper exits non-zero (failing the test) on a query Prometheus refuses.
-            if not prometheus(lab, "query", target["expr"]):
-                empty.append(f"{panel['title']}: {target['expr']}")
-    assert not empty, "panels without data:\n" + "\n".join(empty)
+    queries = [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+    def empty() -> list[str]:
+        # The helper exits non-zero (failing the test) on a query Prometheus refuses.
+        return [f"{title}: {expr}" for title, expr in queries if not prometheus(lab, "query", expr)]
+
+    async def with_traffic() -> list[str]:
+        # A client echoing, so the rates over the last minute have something to count
+        # whatever ran before this test; until every panel has data, or 60 s.
+        async with await lab.connect() as ws:
+            deadline = time.monotonic() + 60
+            while True:
+                for _ in range(10):
+                    await ws.send(json.dumps({"type": "echo", "data": "panel"}))
+                    await ws.recv()
+                    await asyncio.sleep(0.2)
+                missing = await asyncio.to_thread(empty)
+                if not missing or time.monotonic() > deadline:
+                    return missing
+
+    missing = run(with_traffic(), timeout=120)
+    assert not missing, "panels without data:\n" + "\n".join(missing)

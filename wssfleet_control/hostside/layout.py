@@ -86,6 +86,8 @@ def backend_server(worker: str, port: int | str, backend: str = BACKEND) -> str:
 BUILTIN_APP = "wssfleet"
 APPS_HOME = "/opt/wssfleet-apps"
 APPS_CONFIG_DIRECTORY = "/etc/wssfleet-apps"
+# With internal_tls: the deployment's CA certificate (public) where every app can read it.
+APPS_INTERNAL_CA = f"{APPS_HOME}/internal-ca.pem"
 
 
 @dataclass(frozen=True)
