@@ -26,19 +26,30 @@ from wssfleet_control.inventory import WORKER_REDIS_USER
 TEST_PORTS = range(20000, 32000)
 
 
+# Ports this process has handed out: a port is free when probed but taken once its process
+# binds it, and two calls in a row (a service port and its metrics port) must not both get it.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on loopback now, from this test worker's own share of TEST_PORTS (under
-    pytest-xdist each worker has its slice, so two workers never pick the same one)."""
+    """A port free on loopback now and not handed out before, from this test worker's own share
+    of TEST_PORTS (under pytest-xdist each worker has its slice, so two workers never pick the
+    same one)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     share = len(TEST_PORTS) // workers
     first = TEST_PORTS.start + worker * share
-    for port in random.sample(range(first, first + share), share):
+    candidates = set(range(first, first + share)) - _handed_out
+    if not candidates:
+        _handed_out.clear()
+        candidates = set(range(first, first + share))
+    for port in random.sample(sorted(candidates), len(candidates)):
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise RuntimeError(f"no free loopback port in {first}-{first + share - 1}")
 
