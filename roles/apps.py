@@ -20,9 +20,9 @@ from pyinfra.operations import apt, files, server, systemd
 from roles import SERVICE_RETRY, secret_template
 from roles.instances import (
     LIMIT_NOFILE,
+    default_memory_max_mib,
     home_exists,
     instances_running,
-    memory_max_mib,
     release_current,
     systemd_quoted,
 )
@@ -34,9 +34,9 @@ from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import (
     Lines,
     LoadedUnits,
-    MemoryKib,
     OpenFilesLimit,
     PythonPlatform,
+    instance_ports,
 )
 from wssfleet_control.hostside.layout import (
     APPS_CONFIG_DIRECTORY,
@@ -206,7 +206,7 @@ def _app_installed(run: DeployRun, node: Node, name: str, app: App, layout: AppL
     memory = (
         memory_bytes(app.memory_max) // 2**20
         if app.memory_max
-        else memory_max_mib(host.get_fact(MemoryKib), app.instances)
+        else default_memory_max_mib(run.fleet, node, len(instance_ports(run.fleet, host)))
     )
     unit = files.template(
         name=f"Ensure the {layout.unit_prefix} systemd unit is current",

@@ -14,18 +14,32 @@ from pyinfra.operations import files, server, systemd
 
 from roles import SERVICE_RETRY
 from wssfleet_control import commands
-from wssfleet_control.facts import CurrentRelease, LoadedUnits, Releases
+from wssfleet_control.facts import CurrentRelease, LoadedUnits, MemoryKib, Releases
 from wssfleet_control.hostside.layout import AppLayout
+from wssfleet_control.settings import memory_bytes
 
 LIMIT_NOFILE = 1048576
 # The current release, the one before it (for rollback) and one more.
 RELEASES_KEPT = 3
 
 
-def memory_max_mib(host_kib: int, instances: int) -> int:
-    """Each instance's MemoryMax: three quarters of the host's memory shared among its
-    instances (the rest for the system, Redis or HAProxy beside them), at least 256 MiB."""
-    return max(256, host_kib * 3 // 4 // max(1, instances) // 1024)
+def memory_max_mib(host_kib: int, sharing: int, reserved_mib: int = 0) -> int:
+    """The MemoryMax of an instance without a memory_max of its own: three quarters of the
+    host's memory (the rest for the system, Redis or HAProxy beside them), less what the
+    instances with their own memory_max hold, shared among every other instance on the host,
+    at least 256 MiB."""
+    return max(256, (host_kib * 3 // 4 // 1024 - reserved_mib) // max(1, sharing))
+
+
+def default_memory_max_mib(fleet, node, service_instances: int) -> int:
+    """memory_max_mib for the worker ``node``: the built-in service's ``service_instances``
+    and the instances of each app that runs there share it, so that their caps together never
+    pass the host's three quarters (a cap each computed alone would let every app take most of
+    the host)."""
+    apps = [fleet.settings.apps[name] for name in fleet.apps_on(node.name)]
+    reserved = sum(memory_bytes(app.memory_max) * app.instances for app in apps if app.memory_max)
+    sharing = service_instances + sum(app.instances for app in apps if not app.memory_max)
+    return memory_max_mib(host.get_fact(MemoryKib), sharing, reserved // 2**20)
 
 
 def systemd_quoted(value: str) -> str:

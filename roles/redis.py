@@ -121,28 +121,28 @@ def acl_users(worker_password: str, admin_password: str, monitor_password: str) 
     }
 
 
-# What an app's own user may do (settings: apps.NAME.redis): read, write, publish and
-# subscribe, on its own keys and channels only (app_redis_prefix); nothing that lists or
-# reaches beyond them (KEYS, SCAN, PUBSUB CHANNELS), no scripts or functions (FUNCTION LOAD
-# would replace the fleet's), nothing dangerous. INFO stays: clients check with it that the
-# server they reached is the primary.
-APP_RULES = (
-    "-@all +@connection +@read +@write +@pubsub +@transaction -@dangerous -@admin "
-    "-@scripting -scan -randomkey -dbsize -pubsub -select +info"
-)
+# What an app's own user may do (settings: apps.NAME.redis): publish and subscribe on its own
+# channels only (app_redis_prefix). No key at all: Redis cannot bound one user's share of
+# maxmemory, and with noeviction an app that filled it would have the built-in service's
+# publishes refused. Nothing that lists or reaches beyond its channels (PUBSUB CHANNELS), no
+# scripts or functions (FUNCTION LOAD would replace the fleet's). INFO stays: clients check
+# with it that the server they reached is the primary.
+APP_RULES = "-@all +@connection +@pubsub -@dangerous -@admin -pubsub +info"
+
+
+def app_user_rules(name: str, password: str) -> str:
+    """The ACL rules of the app ``name``'s own user: its channels, APP_RULES."""
+    prefix = app_redis_prefix(name)
+    return f"on {hashed(password)} resetkeys resetchannels &{prefix}* {APP_RULES}"
 
 
 def app_users(fleet, secrets: dict[str, str]) -> dict[str, str]:
-    """Each app that asks for Redis: its own user, confined to its own prefix."""
-    users = {}
-    for name, app in sorted(fleet.settings.apps.items()):
-        if app.redis:
-            prefix = app_redis_prefix(name)
-            password = secrets[app_redis_secret(name)]
-            users[app_redis_user(name)] = (
-                f"on {hashed(password)} resetkeys resetchannels ~{prefix}* &{prefix}* {APP_RULES}"
-            )
-    return users
+    """Each app that asks for Redis: its own user, confined to its own channels."""
+    return {
+        app_redis_user(name): app_user_rules(name, secrets[app_redis_secret(name)])
+        for name, app in sorted(fleet.settings.apps.items())
+        if app.redis
+    }
 
 
 @deploy("Redis")

@@ -14,9 +14,9 @@ from roles import helper_installed, secret_template, virtualenv_from_wheels
 from roles import internal_tls as internal_tls_role
 from roles.instances import (
     LIMIT_NOFILE,
+    default_memory_max_mib,
     home_exists,
     instances_running,
-    memory_max_mib,
     release_current,
     systemd_quoted,
 )
@@ -25,7 +25,6 @@ from wssfleet.config import ClientPolicy, ServiceConfig
 from wssfleet_control import secrets
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import (
-    MemoryKib,
     OpenFilesLimit,
     PythonPlatform,
 )
@@ -130,7 +129,7 @@ def apply(run: DeployRun, node: Node, service_ports: list[int]) -> None:
         current=CURRENT,
         environment_file=SERVICE_ENVIRONMENT,
         limit_nofile=min(LIMIT_NOFILE, host.get_fact(OpenFilesLimit)),
-        memory_max_mib=memory_max_mib(host.get_fact(MemoryKib), len(service_ports)),
+        memory_max_mib=default_memory_max_mib(run.fleet, node, len(service_ports)),
     )
     instances_running(SERVICE_LAYOUT, service_ports, unit.will_change)
 

@@ -293,8 +293,8 @@ class App(BaseModel):
     )
     redis: bool = Field(
         default=False,
-        description="its own Redis user, limited to keys and channels starting app:NAME: "
-        "(REDIS_URL, REDIS_PREFIX, and the Sentinels when there are some)",
+        description="its own Redis user, for pub/sub on channels starting app:NAME: and no "
+        "keys (REDIS_URL, REDIS_PREFIX, and the Sentinels when there are some)",
     )
     stop_timeout: int = Field(
         default=30,

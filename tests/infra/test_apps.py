@@ -93,3 +93,15 @@ def test_haproxy_sees_every_app_instance_up(on, master, fleet):
             for port in app.ports():
                 key = (backend, server_name(node.name, port))
                 assert states.get(key) == "UP", f"{master.name}: {key}: {states.get(key)}"
+
+
+def test_the_memory_caps_of_every_instance_on_a_worker_fit_in_three_quarters_of_it(on, worker_node):
+    """The built-in service's instances and every app's share one budget: caps computed for
+    each app alone would let each of them take most of the host."""
+    host = on(worker_node)
+    caps = host.check_output(
+        "systemctl show -p MemoryMax --value 'wssfleet@*.service' 'wssfleet-app-*@*.service'"
+    ).split()
+    total_kib = int(host.check_output("awk '/^MemTotal:/ {print $2}' /proc/meminfo"))
+    assert len(caps) > 1, caps
+    assert sum(int(cap) for cap in caps) <= total_kib * 1024 * 3 // 4, (caps, total_kib)

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from roles.redis import APP_RULES
+from roles.redis import app_user_rules
 from tests.processes import free_port, wait_for_port
 from wssfleet_control.inventory import app_redis_prefix, app_redis_user
 
@@ -144,13 +144,28 @@ def chat_user(redis_server) -> dict[str, str]:
     only; the environment an instance gets for it."""
     password = "the-chat-apps-password"
     redis_server.cli(
-        "ACL", "SETUSER", app_redis_user("chat"), "on", f">{password}", "resetkeys",
-        "resetchannels", f"~{CHAT_PREFIX}*", f"&{CHAT_PREFIX}*", *APP_RULES.split(),
-    )  # fmt: skip
+        "ACL", "SETUSER", app_redis_user("chat"), *app_user_rules("chat", password).split()
+    )
     return {
         "REDIS_URL": f"redis://{app_redis_user('chat')}:{password}@127.0.0.1:{redis_server.port}",
         "REDIS_PREFIX": CHAT_PREFIX,
     }
+
+
+def test_an_apps_redis_user_publishes_on_its_channels_and_stores_no_key(redis_server):
+    # Redis cannot bound one user's share of maxmemory: an app may hold no key there.
+    import redis
+
+    with redis.Redis.from_url(chat_user(redis_server)["REDIS_URL"]) as chat:
+        assert chat.publish(f"{CHAT_PREFIX}room", "hello") == 0
+        for refused in (
+            lambda: chat.set(f"{CHAT_PREFIX}probe", "x"),
+            lambda: chat.get(f"{CHAT_PREFIX}probe"),
+            lambda: chat.publish("app:other:room", "hello"),
+            lambda: chat.publish("wssfleet:lobby", "hello"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                refused()
 
 
 def test_the_chat_drains_its_clients_with_1012_spread_over_the_window_it_is_given(
