@@ -32,6 +32,10 @@ SUITE_APT = apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourcePart
 	-o Dir::State::Lists=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/lists \
 	-o Dir::Cache=$(CURDIR)/build/apt-$(PEBBLE_SUITE)/cache -o Dir::State::Status=/dev/null
 VENV_STAMP := $(VENV)/.installed
+# sslyze, the TLS scanner the end-to-end tests point at the front door, in a virtualenv of its
+# own: it requires cryptography < 47, older than the control package's.
+SSLYZE := build/sslyze/bin/sslyze
+SSLYZE_VERSION := 6.3.1
 
 .PHONY: help tools control deploy plan rollback drain ready verify check status details renew test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
@@ -40,7 +44,7 @@ VENV_STAMP := $(VENV)/.installed
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) ## what the lab and the tests need (Debian packages: root)
+tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) $(SSLYZE) ## what the lab and the tests need (Debian packages: root)
 
 control: $(VENV_STAMP) ## only what deploying to your own servers needs: the virtualenv, no root
 
@@ -68,6 +72,13 @@ $(PROMTOOL): | $(HOST_STAMP)
 	@install -D -m 755 build/prometheus-deb/unpacked/usr/bin/promtool $(PROMTOOL)
 	@rm -r build/prometheus-deb
 	@$(PROMTOOL) --version >/dev/null
+
+$(SSLYZE): | $(HOST_STAMP)
+	@echo "==> preparing sslyze $(SSLYZE_VERSION) in build/sslyze"
+	@rm -rf build/sslyze && python3 -m venv build/sslyze
+	@build/sslyze/bin/pip install -q --disable-pip-version-check 'sslyze==$(SSLYZE_VERSION)' 2>&1 \
+		| grep -v '^WARNING: Location' || true
+	@$(SSLYZE) --help >/dev/null
 
 $(HOST_STAMP): Makefile
 	@missing=$$(for p in $(HOST_PACKAGES); do \

@@ -80,7 +80,9 @@ def apply(run: DeployRun, service_ports: list[int]) -> None:
         redis_clients=addresses(
             [*fleet.workers, *fleet.redis_nodes, *fleet.sentinels], but=host.name
         ),
-        sentinel_clients=addresses([*fleet.workers, *fleet.sentinels], but=host.name),
+        sentinel_clients=addresses(
+            [*fleet.workers, *fleet.sentinels, *fleet.redis_nodes], but=host.name
+        ),
         master_addresses=[node.address for node in fleet.masters],
         # The built-in service's ports, then the apps' here: HAProxy's alone to reach.
         service_ports=service_ports + app_ports(fleet, host.name),

@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
-from roles import daemon_running, secret_template, unit_retired
+from roles import daemon_running, helper_installed, secret_template, unit_retired
 from roles import internal_tls as internal_tls_role
 from wssfleet.redis_functions import LIBRARY, LIBRARY_VERSION
 from wssfleet_control.deployment import DeployRun
@@ -31,6 +31,12 @@ SENTINEL_REDIS_USER = "wssfleet-sentinel"
 # hosts, may do everything, and is off to everyone else.
 SENTINEL_CLIENT_USER = "wssfleet-worker"
 SENTINEL_CLIENT_COMMANDS = ("ping", "sentinel|get-master-addr-by-name")
+# The promotion guard's (redis_guard.py): where the primary is, and whether the Sentinels see
+# it up; nothing that changes anything.
+SENTINEL_GUARD_USER = "wssfleet-guard"
+SENTINEL_GUARD_COMMANDS = ("ping", "sentinel|master")
+# Root's, on each redis host: the guard's password to the Sentinels.
+GUARD_SENTINEL_AUTH_FILE = "/etc/redis/wssfleet-guard-sentinel.auth"
 PRIMARY_NAME = layout.REDIS_PRIMARY_NAME
 REPLICATION_FILE = layout.REDIS_REPLICATION_FILE
 SENTINEL_CONFIG = "/etc/redis/sentinel.conf"
@@ -252,9 +258,60 @@ def apply(run: DeployRun) -> None:
             name="Ensure Redis runs with the users in its ACL file (loaded live)",
             commands=[f"{_admin_cli(run)} ACL LOAD | grep -qx OK"],
         )
+    if replicated:
+        _promotion_guard(run)
+    else:
+        unit_retired(layout.REDIS_GUARD_UNIT, "a single redis host: nothing to promote")
     # Functions are loaded on the primary; replicas copy them.
     if not replicated or primary == own_address(run):
         _functions(run)
+
+
+# How often the promotion guard looks (the Sentinels read a replica's INFO each second while
+# the primary is down, every 10 s otherwise).
+GUARD_INTERVAL = 0.5
+
+
+def _promotion_guard(run: DeployRun) -> None:
+    """The Sentinels promote only a Redis in step with the primary (redis_guard.py)."""
+    fleet = run.fleet
+    password_file = secret_template(
+        name="Ensure the promotion guard's Sentinel password file is current (contents withheld)",
+        src=run.template("redis", "admin.auth.j2"),
+        dest=GUARD_SENTINEL_AUTH_FILE,
+        user="root",
+        group="root",
+        mode="600",
+        password=run.secrets["sentinel_guard_password"],
+    )
+    program = helper_installed("redis_guard.py")
+    unit = files.template(
+        name="Ensure the Redis promotion guard's unit is current",
+        src=run.template("redis", "wssfleet-redis-guard.service.j2"),
+        dest=f"/etc/systemd/system/{layout.REDIS_GUARD_UNIT}",
+        mode="644",
+        program=layout.REDIS_GUARD_HELPER,
+        port=fleet.settings.redis_port,
+        redis_user=ADMIN_REDIS_USER,
+        password_file=ADMIN_AUTH_FILE,
+        address=fleet.node(host.name).address,
+        primary_name=PRIMARY_NAME,
+        sentinels=[
+            f"{node.address}:{fleet.settings.redis_sentinel_port}" for node in fleet.sentinels
+        ],
+        sentinel_addresses=[node.address for node in fleet.sentinels],
+        sentinel_user=SENTINEL_GUARD_USER,
+        sentinel_password_file=GUARD_SENTINEL_AUTH_FILE,
+        ca_file=f"{layout.REDIS_TLS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",
+        interval=GUARD_INTERVAL,
+    )
+    daemon_running(
+        name="Ensure the Redis promotion guard is running and enabled",
+        service=layout.REDIS_GUARD_UNIT,
+        enabled=True,
+        daemon_reload=unit.will_change,
+        restarted=program.will_change or unit.will_change or password_file.will_change,
+    )
 
 
 def replication_users(replication_password: str, sentinel_password: str) -> dict[str, str]:
@@ -268,15 +325,21 @@ def replication_users(replication_password: str, sentinel_password: str) -> dict
     }
 
 
-def sentinel_users(peer_password: str, client_password: str) -> dict[str, str]:
+def sentinel_users(peer_password: str, client_password: str, guard_password: str) -> dict[str, str]:
     """A Sentinel's users: the default one, for the other Sentinels and the operator's tools
-    on Sentinel hosts (its password is on Sentinel hosts only), and the workers', which may
-    only ask where the primary is: no SENTINEL FAILOVER, SET, RESET or REMOVE, no ACL, no
+    on Sentinel hosts (its password is on Sentinel hosts only); the workers', which may only
+    ask where the primary is; the redis hosts' promotion guard's, which may also ask whether
+    the Sentinels see it up. None may run SENTINEL FAILOVER, SET, RESET or REMOVE, ACL or
     CLIENT KILL."""
+
+    def limited(password: str, commands: tuple[str, ...]) -> str:
+        allowed = " ".join(f"+{command}" for command in commands)
+        return f"on {hashed(password)} resetchannels -@all {allowed}"
+
     return {
         "default": f"on {hashed(peer_password)} ~* &* +@all",
-        SENTINEL_CLIENT_USER: f"on {hashed(client_password)} resetchannels -@all "
-        + " ".join(f"+{command}" for command in SENTINEL_CLIENT_COMMANDS),
+        SENTINEL_CLIENT_USER: limited(client_password, SENTINEL_CLIENT_COMMANDS),
+        SENTINEL_GUARD_USER: limited(guard_password, SENTINEL_GUARD_COMMANDS),
     }
 
 
@@ -346,7 +409,11 @@ def sentinel(run: DeployRun) -> None:
             sentinel_user=SENTINEL_REDIS_USER,
             redis_password=run.secrets["sentinel_redis_password"],
             password=password,
-            users=sentinel_users(password, run.secrets["sentinel_client_password"]),
+            users=sentinel_users(
+                password,
+                run.secrets["sentinel_client_password"],
+                run.secrets["sentinel_guard_password"],
+            ),
             tls_directory=layout.REDIS_TLS_DIRECTORY if tls else "",
         )
         restarted = written.will_change
@@ -381,6 +448,8 @@ def _sentinel_recipe(run: DeployRun) -> str:
         ),
         hashlib.sha256(" ".join(SENTINEL_CLIENT_COMMANDS).encode()).hexdigest(),
         hashlib.sha256(run.secrets["sentinel_client_password"].encode()).hexdigest(),
+        hashlib.sha256(" ".join(SENTINEL_GUARD_COMMANDS).encode()).hexdigest(),
+        hashlib.sha256(run.secrets["sentinel_guard_password"].encode()).hexdigest(),
         "tls" if fleet.settings.internal_tls else "plain",
     ]
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]

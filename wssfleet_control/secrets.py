@@ -40,6 +40,8 @@ NAMES = (
     "sentinel_redis_password",
     "sentinel_peer_password",
     "sentinel_client_password",
+    # What each redis host's promotion guard asks the Sentinels with (roles/redis.py).
+    "sentinel_guard_password",
     # With a floating front door: the masters' VRRP authentication (keepalived).
     "front_door_password",
     # What the master's rebalancer presents to the workers' /internal/shed.

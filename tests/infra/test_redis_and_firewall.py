@@ -9,7 +9,7 @@ from roles.redis import ADMIN_REDIS_USER
 from wssfleet.redis_functions import LIBRARY_VERSION
 from wssfleet_control import commands
 from wssfleet_control.hostside import layout
-from wssfleet_control.hostside.layout import CURRENT, SERVICE_ENVIRONMENT
+from wssfleet_control.hostside.layout import CURRENT, REDIS_GUARD_UNIT, SERVICE_ENVIRONMENT
 
 
 def tls_options(fleet) -> str:
@@ -111,7 +111,17 @@ def test_one_redis_is_the_primary_and_every_other_one_follows_it(on, fleet):
             assert fields["role"] == "slave", (name, fields)
             assert fields["master_host"] == fleet.node(primary).address, (name, fields)
             assert fields["master_link_status"] == "up", (name, fields)
+            # In step, so the promotion guard lets the Sentinels promote it.
+            assert fields["slave_priority"] == "100", (name, fields)
     assert int(roles[primary]["connected_slaves"]) == len(fleet.redis_nodes) - 1
+
+
+def test_the_promotion_guard_watches_each_redis_of_several(on, redis_node, fleet):
+    guard = on(redis_node).service(REDIS_GUARD_UNIT)
+    if len(fleet.redis_nodes) < 2:
+        assert not guard.is_running
+        return
+    assert guard.is_running and guard.is_enabled
 
 
 def test_the_sentinels_agree_on_the_primary_and_have_a_quorum(on, fleet, sentinel_node):

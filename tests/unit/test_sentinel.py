@@ -48,12 +48,13 @@ class Replica(RedisServer):
 
 SENTINEL_PASSWORD = "the-workers-sentinel-password"
 PEER_PASSWORD = "the-sentinels-own-password"
+GUARD_PASSWORD = "the-promotion-guards-password"
 
 
 class Sentinels:
     """Three Sentinels watching the primary, quick to decide as the lab's are."""
 
-    def __init__(self, directory: Path, primary: RedisServer) -> None:
+    def __init__(self, directory: Path, primary: RedisServer, down_after_ms: int = 1000) -> None:
         self.ports = [free_port() for _ in range(3)]
         self.processes = []
         for port in self.ports:
@@ -61,7 +62,7 @@ class Sentinels:
             config.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
                 f"sentinel monitor {PRIMARY_NAME} 127.0.0.1 {primary.port} 2\n"
-                f"sentinel down-after-milliseconds {PRIMARY_NAME} 1000\n"
+                f"sentinel down-after-milliseconds {PRIMARY_NAME} {down_after_ms}\n"
                 f"sentinel failover-timeout {PRIMARY_NAME} 4000\n"
                 f"sentinel auth-user {PRIMARY_NAME} wssfleet-admin\n"
                 f"sentinel auth-pass {PRIMARY_NAME} {primary.admin_password}\n"
@@ -69,7 +70,9 @@ class Sentinels:
                 # primary is (roles/redis.py), and each other's password.
                 + "".join(
                     f"user {name} {rules}\n"
-                    for name, rules in sentinel_users(PEER_PASSWORD, SENTINEL_PASSWORD).items()
+                    for name, rules in sentinel_users(
+                        PEER_PASSWORD, SENTINEL_PASSWORD, GUARD_PASSWORD
+                    ).items()
                 )
                 + f"sentinel sentinel-pass {PEER_PASSWORD}\n"
             )
@@ -92,14 +95,20 @@ class Sentinels:
             process.wait(timeout=10)
 
 
+def started_pair(directory: Path, primary_type=RedisServer, replica_type=Replica):
+    """A primary and its replica, started, each in a directory of its own."""
+    (directory / "primary").mkdir()
+    (directory / "replica").mkdir()
+    primary = primary_type(directory / "primary")
+    primary.start()
+    replica = replica_type(directory / "replica", primary)
+    replica.start()
+    return primary, replica
+
+
 @pytest.fixture
 def replicated(tmp_path):
-    (tmp_path / "primary").mkdir()
-    (tmp_path / "replica").mkdir()
-    primary = RedisServer(tmp_path / "primary")
-    primary.start()
-    replica = Replica(tmp_path / "replica", primary)
-    replica.start()
+    primary, replica = started_pair(tmp_path)
     sentinels = Sentinels(tmp_path, primary)
     deadline = time.monotonic() + 10
     while primary.cli("ROLE")[2] == [] and time.monotonic() < deadline:

@@ -184,6 +184,9 @@ REDIS_EXPORTER_CA = "/etc/prometheus-redis-exporter/wssfleet-internal-ca.pem"
 # password (root's), the name they watch the primary by, and where a replica's primary is
 # written for its next start.
 REDIS_ADMIN_AUTH_FILE = "/etc/redis/wssfleet-admin.auth"
+# With several redis hosts: the promotion guard (roles/redis.py, redis_guard.py).
+REDIS_GUARD_HELPER = helper("redis_guard.py")
+REDIS_GUARD_UNIT = "wssfleet-redis-guard.service"
 SENTINEL_AUTH_FILE = "/etc/redis/wssfleet-sentinel.auth"
 REDIS_PRIMARY_NAME = "wssfleet"
 # Redis's config lives where only root writes: the Sentinels' CONFIG REWRITE (after a
