@@ -24,6 +24,7 @@ from tests.e2e.conftest import run
 from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory, restarted, wssfleet
 from wssfleet_control import commands
+from wssfleet_control.checkout import REPO
 from wssfleet_control.hostside.layout import (
     BUILTIN_APP,
     INSTANCE_PREFIX,
@@ -413,11 +414,52 @@ def test_a_wave_of_1000_clients_from_one_address_is_in_within_20_s(lab, source_a
     assert took <= 20, f"the wave took {took:.1f} s ({refused} refused attempts)"
 
 
+SSLYZE = REPO / "build" / "sslyze" / "bin" / "sslyze"
+
+
+def scanned(lab) -> str:
+    """sslyze against the front door, checked against Mozilla's intermediate configuration
+    with the lab's ACME root trusted: what it printed."""
+    target = f"{lab.domain}:443{{{lab.master_address}}}"
+    result = subprocess.run(
+        [str(SSLYZE), "--mozilla_config=intermediate", f"--certinfo_ca_file={lab.root_bundle}",
+         target],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return result.stdout + result.stderr
+
+
+def compliance_issues(output: str) -> list[str]:
+    """The criteria sslyze found unmet (its "* criteria: why" lines after FAILED)."""
+    section = output.partition("COMPLIANCE AGAINST")[2]
+    return [line.split("*", 1)[1].split(":")[0].strip() for line in section.splitlines()
+            if line.strip().startswith("* ")]  # fmt: skip
+
+
+@contextlib.contextmanager
+def connecting_from(lab, address: str):
+    """This machine's connections to the front door leave from ``address`` for the block."""
+    route = [f"{lab.master_address}/32", "dev", lab.described["bridge"], "src", address]
+    subprocess.run(["ip", "route", "add", *route], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "route", "del", *route], check=True, capture_output=True)
+
+
 def test_a_flooding_source_gets_its_limit_and_nobody_else_notices(lab, tmp_path, source_address):
+    """Also: a TLS scanner from one address is refused by the same limit, and completes from an
+    address in admission_exempt_sources (this machine's own on the lab bridge)."""
     limit = 50
     # Long enough that the first second's allowance is a small part of the count.
     seconds = 30
-    code, _, log = deploy(derived_inventory(tmp_path, haproxy_connection_rate_limit=limit))
+    code, _, log = deploy(
+        derived_inventory(
+            tmp_path,
+            haproxy_connection_rate_limit=limit,
+            admission_exempt_sources=[lab.described["gateway"]],
+        )
+    )
     assert code == 0, log[-3000:]
     flooder = source_address(3)
     bystander_address = source_address(4)
@@ -468,9 +510,17 @@ def test_a_flooding_source_gets_its_limit_and_nobody_else_notices(lab, tmp_path,
 
     try:
         admitted, served, failures = run(scenario(), timeout=200)
+        exempt_scan = scanned(lab)
+        with connecting_from(lab, source_address(5)):
+            limited_scan = scanned(lab)
     finally:
         code, _, log = deploy()
         assert code == 0, log[-3000:]
+    print(f"\nsslyze from an exempt address:\n{exempt_scan[-1500:]}")
+    assert "rejected the connection" not in exempt_scan.lower(), exempt_scan[-3000:]
+    assert "ERROR - Scan did not run" not in exempt_scan, exempt_scan[-3000:]
+    assert set(compliance_issues(exempt_scan)) <= {"certificate_path_validation"}, exempt_scan
+    assert "rejected the connection" in limited_scan.lower(), limited_scan[-3000:]
     allowed = limit * seconds / 10
     print(
         f"\nflood: {admitted} admitted of {seconds * limit} (limit {allowed:.0f}); "

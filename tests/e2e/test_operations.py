@@ -230,13 +230,16 @@ def test_one_run_at_a_time_holds_the_fleet_lock_and_every_run_is_audited(lab):
     assert shown.returncode == 0, shown.stderr[-2000:]
     workers = json.loads(shown.stdout)["workers"]
     assert workers.keys() == {node.name for node in lab.fleet.workers}
+    # So for every app (the built-in service and each of `apps`) on each worker.
     for name, seen in workers.items():
-        assert seen["current"] in seen["installed"], seen
-        for instance in seen["instances"]:
-            assert instance["active"] and instance["release"] == seen["current"], instance
-            assert time.time() - 86400 < instance["since"] < time.time(), instance
-            statuses = {master["status"] for master in instance["haproxy"].values()}
-            assert statuses == ({"DRAIN"} if name == worker else {"UP"}), (name, instance)
+        assert seen["apps"].keys() == {"wssfleet", *lab.fleet.apps_on(name)}, seen["apps"]
+        for app in seen["apps"].values():
+            assert app["current"] in app["installed"], app
+            for instance in app["instances"]:
+                assert instance["active"] and instance["release"] == app["current"], instance
+                assert time.time() - 86400 < instance["since"] < time.time(), instance
+                statuses = {master["status"] for master in instance["haproxy"].values()}
+                assert statuses == ({"DRAIN"} if name == worker else {"UP"}), (name, instance)
     # Another operator's run holds the lock (a record as a live run leaves it): every
     # locked command stops and names it; `lock status` shows it.
     other = {"who": "alice", "machine": "laptop", "command": "deploy", "since": 1, "id": "x"}
