@@ -103,8 +103,8 @@ def redis_as(lab, app: str, *words: str) -> str:
 
 
 def test_two_apps_cannot_publish_on_each_others_channels_nor_store_keys(lab):
-    # A publish answers how many clients heard it: none here.
-    assert redis_as(lab, "pyecho", "PUBLISH", "app:pyecho:room", "mine") == "0"
+    # A publish answers how many clients heard it: nobody listens on these probe channels.
+    assert redis_as(lab, "pyecho", "PUBLISH", "app:pyecho:probe", "mine") == "0"
     tries = {
         "store a key under its own prefix": ("SET", "app:chat:probe", "own"),
         "read a key under its own prefix": ("GET", "app:chat:probe"),
@@ -121,7 +121,8 @@ def test_two_apps_cannot_publish_on_each_others_channels_nor_store_keys(lab):
     answers = {what: redis_as(lab, "chat", *words) for what, words in tries.items()}
     refused = {what: answer for what, answer in answers.items() if "NOPERM" in answer}
     assert refused == answers, {k: v for k, v in answers.items() if k not in refused}
-    assert redis_as(lab, "chat", "PUBLISH", "app:chat:room", "own") == "0"
+    # Its own channel (not the one its instances listen on, so that none hears the probe).
+    assert redis_as(lab, "chat", "PUBLISH", "app:chat:probe", "own") == "0"
 
 
 @dataclass

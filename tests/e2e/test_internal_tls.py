@@ -20,6 +20,7 @@ from tests.e2e.conftest import run
 from tests.frames import next_frame
 from tests.lab_fleet import deploy, derived_inventory
 from tests.unit.helpers import wait_until
+from wssfleet_control import commands
 from wssfleet_control.hostside.layout import HAPROXY_PEERS_PORT, HELPERS
 
 pytestmark = pytest.mark.timeout(600)
@@ -161,6 +162,16 @@ def peers_established(lab) -> list[str]:
     return connected if len(connected) == len(masters) * (len(masters) - 1) else []
 
 
+def promotable_replicas(lab) -> int:
+    """Redis replicas in step whose replica-priority lets the Sentinels promote them."""
+    count = 0
+    for node in lab.fleet.redis_nodes:
+        info = lab.on(node.name, commands.redis_replication(tls=True), timeout=10).stdout
+        fields = dict(line.strip().split(":", 1) for line in info.splitlines() if ":" in line)
+        count += fields.get("role") == "slave" and fields.get("slave_priority") == "100"
+    return count
+
+
 def test_with_internal_tls_no_token_or_message_crosses_the_network_readable(lab, tmp_path):
     # Without it (a private network): the capture reads each, which shows it can.
     seen = captured(lab)
@@ -178,6 +189,10 @@ def test_with_internal_tls_no_token_or_message_crosses_the_network_readable(lab,
         assert not seen.token, "a token crossed the bridge in clear"
         assert not seen.body, "a message body crossed the bridge in clear"
         assert not seen.counter_key, "the peers' counters crossed the bridge in clear"
+        # The promotion guards speak TLS to their Redis and to the Sentinels: each replica
+        # in step is promotable again after Redis restarted with TLS.
+        wait_until(lambda: promotable_replicas(lab) == len(lab.fleet.redis_nodes) - 1, 30,
+                   "the guards raised the replicas' priority over TLS")  # fmt: skip
     finally:
         code, _, log = deploy()
         assert code == 0, log[-3000:]
