@@ -46,8 +46,9 @@ all = (
             # The masters' floating address on the lab bridge (none with one master).
             "front_door_address": _lab["front_door"],
             # The team's own WebSocket servers beside the built-in service (docs/apps.md):
-            # seed 000's echo, seed 001's chat across both workers through Redis, and a
-            # Python app. Absolute: inventories derived from this one live elsewhere.
+            # seed 000's echo (also on a domain of its own), seed 001's chat across both
+            # workers through Redis, and a Python app. Absolute: inventories derived from this
+            # one live elsewhere.
             "apps": {
                 "echo": {
                     "source": str(REPO / "examples" / "echo-node"),
@@ -67,6 +68,16 @@ all = (
                     "drain_path": "/drain",
                     "port": 8111,
                     "redis": True,
+                    "stop_timeout": 10,
+                },
+                # The same echo on a domain of its own (every path there is the app's).
+                "domain-echo": {
+                    "source": str(REPO / "examples" / "echo-node"),
+                    "command": "node server.js",
+                    "domain": f"echo.{_lab['domain']}",
+                    "health_path": "/healthz",
+                    "port": 8131,
+                    "workers": ["worker1"],
                     "stop_timeout": 10,
                 },
                 "pyecho": {

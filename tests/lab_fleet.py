@@ -108,15 +108,18 @@ class Lab:
             **options,
         )
 
-    async def connect_app(self, path: str, **options) -> ClientConnection:
+    async def connect_app(
+        self, path: str, domain: str | None = None, **options
+    ) -> ClientConnection:
         """A client of an app (settings: apps), as browsers reach it: wss:// to the domain
-        at the front door, no token."""
+        (the lab's, or ``domain``) at the front door, no token."""
         options.setdefault("host", self.master_address)
+        domain = domain or self.domain
         return await connect(
-            f"wss://{self.domain}{path}",
+            f"wss://{domain}{path}",
             ssl=self._client_tls,
             port=443,
-            server_hostname=self.domain,
+            server_hostname=domain,
             proxy=None,
             open_timeout=10,
             **options,

@@ -55,6 +55,28 @@ def test_each_example_answers_wss_through_the_front_door_beside_the_service(lab)
     }
 
 
+def test_an_app_on_a_domain_of_its_own_gets_every_path_there_and_none_elsewhere(lab):
+    domain = lab.fleet.settings.apps["domain-echo"].domain
+    port = lab.fleet.settings.apps["domain-echo"].port
+
+    async def scenario() -> tuple[list[dict], int]:
+        greetings = []
+        # On its domain (on the certificate, which the client checks), any path is the app's:
+        # even the built-in service's own.
+        for path in ("/", "/ws", "/anything/at/all"):
+            async with await lab.connect_app(path, domain=domain) as ws:
+                greetings.append(await hello(ws))
+        # Its port is not reachable on the fleet's own domain: the built-in service answers.
+        with pytest.raises(InvalidStatus) as elsewhere:
+            await lab.connect_app("/anything/at/all")
+        return greetings, elsewhere.value.response.status_code
+
+    greetings, status = run(scenario())
+    # Its one instance (on worker1 only) answered each.
+    assert {greeting["instance"] for greeting in greetings} == {f"wssfleet-worker1:{port}"}
+    assert status == 404
+
+
 def test_seed_001s_chat_crosses_workers_through_the_deployed_redis(lab):
     async def scenario() -> tuple[list[str], dict]:
         by_host: dict[str, ClientConnection] = {}
