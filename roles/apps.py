@@ -136,8 +136,12 @@ def apply(run: DeployRun, node: Node) -> None:
             mode="644",
         )
     # A whole app that left is removed by ``retired``, once HAProxy no longer routes to it.
-    for name in names:
-        _app_installed(run, node, name, fleet.settings.apps[name], app_layout(name))
+    # Looped over every app, not this host's alone: pyinfra orders operations across hosts
+    # by loop position, so each app keeps the same position on every worker (else workers
+    # with different apps put the same operations in orders that conflict).
+    for name in host.loop(sorted(fleet.settings.apps)):
+        if name in names:
+            _app_installed(run, node, name, fleet.settings.apps[name], app_layout(name))
 
 
 @deploy("Apps retired")
@@ -154,9 +158,9 @@ def retired(run: DeployRun, node: Node) -> None:
     listed = f"find {quote(APPS_HOME)} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n'"
     installed = set(host.get_fact(Lines, command=listed))
     installed |= {APP_UNIT.fullmatch(unit)["app"] for unit in units if APP_UNIT.fullmatch(unit)}
-    for name in sorted(installed - wanted):
+    for name in host.loop(sorted(installed - wanted)):
         layout = app_layout(name)
-        for unit in sorted(unit for unit in units if unit.startswith(layout.unit_prefix)):
+        for unit in host.loop(sorted(u for u in units if u.startswith(layout.unit_prefix))):
             systemd.service(
                 **SERVICE_RETRY,
                 name=f"Ensure {unit} is stopped and disabled (app {name} left the inventory)",

@@ -90,7 +90,7 @@ def old_releases_removed(new: str, app: AppLayout) -> None:
     for name in listing:
         if len(keep) < RELEASES_KEPT:
             keep.add(name)
-    for name in listing:
+    for name in host.loop(listing):
         if name not in keep:
             files.directory(
                 name=f"Ensure old release {name} is removed",
@@ -102,7 +102,8 @@ def old_releases_removed(new: str, app: AppLayout) -> None:
 def instances_running(app: AppLayout, ports: list[int], unit_changed: bool) -> None:
     """One instance per port, running and enabled (a running one is not restarted: that is
     the rollout's); the app's instances on other ports (fewer than before) stopped."""
-    for port in ports:
+    # host.loop: workers with different numbers of instances order these alike.
+    for port in host.loop(ports):
         systemd.service(
             **SERVICE_RETRY,
             name=f"Ensure instance {app.unit(port)} is running and enabled",
@@ -112,7 +113,8 @@ def instances_running(app: AppLayout, ports: list[int], unit_changed: bool) -> N
             daemon_reload=unit_changed,
         )
     wanted = {app.unit(port) for port in ports}
-    for name in sorted(host.get_fact(LoadedUnits, pattern=f"{app.unit_prefix}*") - wanted):
+    surplus = sorted(host.get_fact(LoadedUnits, pattern=f"{app.unit_prefix}*") - wanted)
+    for name in host.loop(surplus):
         systemd.service(
             **SERVICE_RETRY,
             name=f"Ensure surplus {name} is stopped and disabled",

@@ -139,6 +139,14 @@ class Session:
                 load_deploy_file(self.state, str(DEPLOY_FILE))
             except UnexpectedExternalError as error:
                 raise refusal(error) from None
+            try:
+                self.state.get_op_order()
+            except PyinfraError as error:
+                raise DeployError(
+                    "pyinfra found no one order for the operations on every host, so nothing "
+                    f"was changed: a bug in wssfleet's roles ({error}); `wssfleet plan` shows "
+                    "the same, please report it with the inventory's shape"
+                ) from None
             failure = None
             if not run.dry:
                 self.state.set_stage(StateStage.Execute)
