@@ -57,11 +57,13 @@ def test_status_shows_hosts_services_certificate_and_connections(lab):
         assert f"\n  {instance} " in output, output
     targets = re.search(r"targets: (\d+) of (\d+) up", output)
     assert targets and targets[1] == targets[2], output
-    # Every app, each instance with its release and HAProxy's view of it.
+    # Every app, its route (a path on the fleet's domain, or a domain of its own), and each
+    # instance where it runs with its release and HAProxy's view of it.
     for name, app in lab.fleet.settings.apps.items():
         line = next(line for line in output.splitlines() if line.startswith(f"app {name} "))
-        assert line.startswith(f"app {name} ({lab.domain}{app.path}): "), line
-        for worker in lab.fleet.workers:
+        route = f"{app.domain or lab.domain}{app.path or '/'}"
+        assert line.startswith(f"app {name} ({route}): "), line
+        for worker in lab.fleet.app_workers(name):
             assert re.search(rf"{worker.name}:{app.port} [0-9a-f]{{12}} UP \(\d+ open\)", line)
 
 
