@@ -296,10 +296,8 @@ def _promotion_guard(run: DeployRun) -> None:
         password_file=ADMIN_AUTH_FILE,
         address=fleet.node(host.name).address,
         primary_name=PRIMARY_NAME,
-        sentinels=[
-            f"{node.address}:{fleet.settings.redis_sentinel_port}" for node in fleet.sentinels
-        ],
         sentinel_addresses=[node.address for node in fleet.sentinels],
+        sentinel_port=fleet.settings.redis_sentinel_port,
         sentinel_user=SENTINEL_GUARD_USER,
         sentinel_password_file=GUARD_SENTINEL_AUTH_FILE,
         ca_file=f"{layout.REDIS_TLS_DIRECTORY}/ca.pem" if fleet.settings.internal_tls else "",

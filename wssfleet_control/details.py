@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from wssfleet_control import commands
 from wssfleet_control.hostside.layout import BUILTIN_APP, app_layout, server_name
-from wssfleet_control.status import COULD_NOT_LOOK, when
+from wssfleet_control.status import COULD_NOT_LOOK, haproxy_servers, when
 
 if TYPE_CHECKING:
     from wssfleet_control.engine import Session
@@ -26,15 +26,15 @@ def gather(session: Session) -> dict:
     fleet = session.fleet
     seen_by: dict[str, dict | None] = {}
     for master in fleet.masters:
-        answer = session.on(master.name, commands.backend_servers())
+        servers = haproxy_servers(session, master.name)
         seen_by[master.name] = None
-        if answer.ok:
+        if servers is not None:
             seen_by[master.name] = {
                 (seen["backend"], seen["server"]): {
                     "status": seen["status"],
                     "connections": int(seen["sessions"]),
                 }
-                for seen in json.loads(answer.stdout)
+                for seen in servers
             }
     workers = {}
     for worker in fleet.workers:
@@ -45,12 +45,9 @@ def gather(session: Session) -> dict:
         on_worker |= {
             name: fleet.settings.apps[name].ports() for name in fleet.apps_on(worker.name)
         }
-        apps = {}
-        for app, ports in on_worker.items():
-            apps[app] = _app_on(session, worker.name, app, ports, seen_by)
-            if apps[app] is None:
-                break
-        if any(app is None for app in apps.values()):
+        apps = {app: _app_on(session, worker.name, app, ports, seen_by)
+                for app, ports in on_worker.items()}  # fmt: skip
+        if None in apps.values():
             workers[worker.name] = {"reachable": False}
             continue
         workers[worker.name] = {"reachable": True, **apps[BUILTIN_APP], "apps": apps}

@@ -20,6 +20,7 @@ from wssfleet_control.engine import Session
 from wssfleet_control.facts import instance_ports
 from wssfleet_control.hostside.layout import BUILTIN_APP, app_layout
 from wssfleet_control.inventory import Node
+from wssfleet_control.status import haproxy_servers
 
 # Beyond the drain window: time for the last closes to complete.
 DRAIN_GRACE = 10
@@ -186,10 +187,10 @@ def wait_in_rotation(session: Session) -> None:
     timeout = session.fleet.settings.rollout_health_timeout
     backends = {app_layout(name).backend for name in (BUILTIN_APP, *session.fleet.app_sources)}
     for master in session.fleet.masters:
-        answer = session.on(master.name, commands.backend_servers())
-        if not answer.ok:
+        servers = haproxy_servers(session, master.name)
+        if servers is None:
             continue  # a master that is down routes nothing
-        for server in json.loads(answer.stdout):
+        for server in servers:
             if server["backend"] not in backends or server["status"].startswith(
                 ("UP", "MAINT", "DRAIN")
             ):

@@ -139,13 +139,20 @@ def redis_replication(session: Session) -> dict | None:
     return report
 
 
-def workers_backend(session: Session, master: str) -> list[dict] | None:
-    """The workers' backend servers as one master's HAProxy sees them (its runtime API):
-    name, status, sessions; None when that master does not answer."""
+def haproxy_servers(session: Session, master: str) -> list[dict] | None:
+    """Every backend server as one master's HAProxy sees it (its runtime API): backend,
+    server, status, sessions; None when that master does not answer."""
     answer = session.on(master, commands.backend_servers())
-    if not answer.ok:
+    return json.loads(answer.stdout) if answer.ok else None
+
+
+def workers_backend(session: Session, master: str) -> list[dict] | None:
+    """The built-in service's backend servers as one master's HAProxy sees them; None when
+    that master does not answer."""
+    servers = haproxy_servers(session, master)
+    if servers is None:
         return None
-    return [server for server in json.loads(answer.stdout) if server["backend"] == BACKEND]
+    return [server for server in servers if server["backend"] == BACKEND]
 
 
 def connections(session: Session) -> dict[str, str]:
@@ -181,8 +188,7 @@ def apps(session: Session) -> dict[str, dict]:
     fleet = session.fleet
     if not fleet.settings.apps:
         return {}
-    answer = session.on(fleet.master.name, commands.backend_servers())
-    rows = json.loads(answer.stdout) if answer.ok else []
+    rows = haproxy_servers(session, fleet.master.name) or []
     seen = {(row["backend"], row["server"]): row for row in rows}
     found = {}
     for name, app in sorted(fleet.settings.apps.items()):
