@@ -188,6 +188,12 @@ def sentinel_quorum(port: int = 26379, tls: bool = False) -> str:
     return _sentinel(port, tls, "CKQUORUM")
 
 
+def sentinel_replicas(port: int = 26379, tls: bool = False) -> str:
+    """This host's Sentinel's view of each replica (its fields, one per line), as of the
+    replica's last INFO: the Sentinels ask a replica every 10 s while the primary is up."""
+    return _sentinel(port, tls, "REPLICAS")
+
+
 def sentinel_failover(port: int = 26379, tls: bool = False) -> str:
     """Have the Sentinels promote a replica now (an operator's planned switch)."""
     return _sentinel(port, tls, "FAILOVER")
