@@ -37,7 +37,7 @@ VENV_STAMP := $(VENV)/.installed
 SSLYZE := build/sslyze/bin/sslyze
 SSLYZE_VERSION := 6.3.1
 
-.PHONY: help tools control deploy plan rollback drain ready verify check status details renew test test-unit test-lab test-e2e \
+.PHONY: help tools control deploy plan rollback drain ready verify check status details renew private-ca test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
 	audit lock-status lock-release logs ssh
 
@@ -139,6 +139,9 @@ details: control ## what runs where: each worker's releases, each instance's rel
 
 renew: control ## force a certificate renewal through the cron job's own script
 	@$(WSSFLEET) renew $(INVENTORY_OPTION)
+
+private-ca: control ## print the private CA's root (certificate_source=private_ca), for clients to trust
+	@$(WSSFLEET) private-ca $(INVENTORY_OPTION)
 
 audit: control ## the last runs that held the fleet lock: who, from where, which commit, the outcome (N=20)
 	@$(WSSFLEET) audit $(INVENTORY_OPTION) -n $(or $(N),20) $(if $(JSON),--json)

@@ -76,12 +76,15 @@ if "master" in roles:
     )
     if fleet.front_door:
         front_door.apply(run)
-    if host.name == fleet.master.name:
-        certificates.apply(run)
+    if fleet.settings.certificate_source != "acme_http":
+        certificates.provided(run)
     else:
-        certificates.standby(run)
-    if len(fleet.masters) > 1:
-        certificates.sync(run)
+        if host.name == fleet.master.name:
+            certificates.apply(run)
+        else:
+            certificates.standby(run)
+        if len(fleet.masters) > 1:
+            certificates.sync(run)
 if "monitoring" not in roles:
     monitoring.prometheus_retired()
 else:

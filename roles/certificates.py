@@ -11,13 +11,20 @@ from cron, on one schedule (`renewal_interval`, spread by `renewal_random_delay`
 """
 
 import zlib
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
+from pyinfra.facts.files import Directory, File
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import SERVICE_RETRY, helper_installed, virtualenv_from_wheels
+from roles import (
+    SERVICE_RETRY,
+    helper_installed,
+    secret_template,
+    unit_retired,
+    virtualenv_from_wheels,
+)
 from wssfleet_control.commands import quote
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import Lines, PythonPlatform
@@ -40,6 +47,7 @@ from wssfleet_control.hostside.layout import (
     HAPROXY_CERTIFICATE_DIRECTORY,
     LINEAGE,
     LIVE_CERTIFICATE,
+    PROVIDED_CERTIFICATE,
     RENEW_COMMAND,
     RENEWAL_CONFIG,
     RUNTIME_HELPER,
@@ -71,6 +79,7 @@ CERTBOT_REQUIREMENTS = (
     "typing-extensions==4.16.0",
     "urllib3==2.8.0",
 )
+CRON_FILE = "/etc/cron.d/wssfleet-certbot"
 # Where wssfleet 0.2 recorded its request; certificates are now judged by themselves.
 REQUEST = "/etc/wssfleet/certificate-request"
 
@@ -88,7 +97,10 @@ def apply(run: DeployRun) -> None:
     # Decided from the certificate on the host, not from what an earlier deploy wrote: a
     # certbot run that failed leaves the old certificate, and the next deploy asks again.
     wanted = (sorted(settings.domains), settings.acme_directory, settings.acme_profile)
-    if _issued() != wanted:
+    # Back from a provided certificate (certificate_source): a new one, issued later than any
+    # a master serves, so the deploy's sharing takes it to every master.
+    was_provided = bool(host.get_fact(Directory, path=PROVIDED_CERTIFICATE))
+    if _issued() != wanted or was_provided:
         environment = f"REQUESTS_CA_BUNDLE={quote(ca_bundle)} " if ca_bundle else ""
         # A CA without profiles ignores the one asked for: refuse rather than get another.
         profile_check = (
@@ -103,6 +115,11 @@ def apply(run: DeployRun) -> None:
             name="Ensure a certificate for the domains from the ACME server is issued",
             commands=[*profile_check, environment + _certonly(fleet)],
         )
+    files.directory(
+        name="Ensure no provided certificate is kept (ACME issues it)",
+        path=PROVIDED_CERTIFICATE,
+        present=False,
+    )
     files.file(name="Ensure the old request record is gone", path=REQUEST, present=False)
     if not host.get_fact(File, path=CERTIFICATE_METRICS_FILE):
         # Certificates from before the metrics existed (the hook writes them from now on).
@@ -194,7 +211,7 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
     files.template(
         name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
         src=run.template("certificates", "cron.j2"),
-        dest="/etc/cron.d/wssfleet-certbot",
+        dest=CRON_FILE,
         mode="644",
         schedule=cron_schedule(settings),
         renew=RENEW_COMMAND,
@@ -209,6 +226,57 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
         enabled=True,
     )
     return ca_bundle
+
+
+@deploy("Provided certificate")
+def provided(run: DeployRun) -> None:
+    """On every master, with certificate_source files or private_ca: the certificate the
+    control machine checked (wssfleet_control/site_certificate.py) in place and served,
+    swapped into the running HAProxy without a reload; no ACME renewal runs beside it.
+
+    + run: the deploy (its site_certificate)
+    """
+    material = run.site_certificate
+    files.directory(
+        name="Ensure the provided certificate's directory is root's alone",
+        path=PROVIDED_CERTIFICATE,
+        user="root",
+        group="root",
+        mode="700",
+    )
+    chain = files.put(
+        name=f"Ensure the certificate from {material.origin} is in place",
+        src=StringIO(material.chain),
+        dest=f"{PROVIDED_CERTIFICATE}/fullchain.pem",
+        mode="644",
+    )
+    key = secret_template(
+        name="Ensure its private key is in place",
+        src=run.template("internal_tls", "key.pem.j2"),
+        dest=f"{PROVIDED_CERTIFICATE}/privkey.pem",
+        user="root",
+        group="root",
+        mode="600",
+        key=material.key,
+    )
+    served = host.get_fact(
+        Lines,
+        command=f"openssl x509 -noout -fingerprint -sha256 -in {HAPROXY_CERTIFICATE} "
+        "2>/dev/null | cut -d= -f2",
+    )
+    if chain.will_change or key.will_change or "".join(served) != material.fingerprint:
+        server.shell(
+            name="Ensure HAProxy serves the provided certificate (swapped in, no reload)",
+            commands=[f"python3 {RUNTIME_HELPER} install-cert {PROVIDED_CERTIFICATE}"],
+        )
+    # An ACME renewal here would replace it.
+    files.file(name="Ensure cron runs no ACME renewal here", path=CRON_FILE, present=False)
+    unit_retired(f"{CERTIFICATE_SYNC_UNIT}.timer", "every master gets the same certificate")
+    files.file(
+        name="Ensure no ACME renewal figures are left",
+        path=CERTIFICATE_METRICS_FILE,
+        present=False,
+    )
 
 
 @deploy("Certificate sync")

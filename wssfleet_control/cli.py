@@ -164,6 +164,19 @@ def secrets_of(session, create: bool) -> dict[str, str]:
         raise Failure(str(error)) from None
 
 
+def site_certificate_of(fleet, stored: dict[str, str]):
+    """What the masters serve when no ACME server issues it (site_certificate.py), checked
+    on this machine; a fault in it is a setting's, said before any host is touched."""
+    from wssfleet_control import site_certificate
+
+    try:
+        if fleet.settings.certificate_source == site_certificate.PRIVATE_CA:
+            site_certificate.check_private_ca(stored, fleet.settings.domains)
+        return site_certificate.material(fleet.settings, fleet.inventory_path, stored)
+    except site_certificate.CertificateError as error:
+        raise InvalidSettings(f"{fleet.inventory_path}: {error}") from None
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -203,7 +216,8 @@ def deploy(
     # rotate-secret holds the lock already (and records the run itself).
     lock = holding or FleetLock(session, "deploy")
     errors: list[str] = []
-    secrets_of(session, create=False)  # a vault that does not answer stops it here
+    # A vault that does not answer, or a certificate file that will not do, stops it here.
+    certificate = site_certificate_of(session.fleet, secrets_of(session, create=False))
     try:
         session.connect()  # every host: a deploy without one would be half done
         # Read-only, before the lock: a refused deploy leaves no trace on the hosts.
@@ -211,17 +225,23 @@ def deploy(
             secret_records.refuse_a_fork(session)
         if holding is None:
             lock.acquire()
+        stored = secrets_of(session, create=True)
+        if session.fleet.settings.certificate_source == "private_ca":
+            certificate = site_certificate_of(session.fleet, stored)
         run = DeployRun(
             fleet=session.fleet,
-            secrets=secrets_of(session, create=True),
+            secrets=stored,
             dry=False,
             templates=templates or TEMPLATES,
+            site_certificate=certificate,
         )
         report["release"] = run.release
         run.build_apps(_say)
         report |= session.converge(run)
         errors = _failures(report)
-        if not errors and len(session.fleet.masters) > 1:
+        # A provided certificate (files, private_ca) reached every master in the converge.
+        acme = session.fleet.settings.certificate_source == "acme_http"
+        if not errors and acme and len(session.fleet.masters) > 1:
             shared = certificate_sharing.share(session)
             report["certificates"] = shared
             for master, outcome in shared.items():
@@ -402,7 +422,13 @@ def plan(inventory_path: str, as_json: bool, diff: bool, replace_secrets: bool) 
 
     require_lab(inventory_path)
     session = open_session(inventory_path, quiet=as_json, diff=diff)
-    run = DeployRun(fleet=session.fleet, secrets=secrets_of(session, create=False), dry=True)
+    stored = secrets_of(session, create=False)
+    run = DeployRun(
+        fleet=session.fleet,
+        secrets=stored,
+        dry=True,
+        site_certificate=site_certificate_of(session.fleet, stored),
+    )
     report: dict[str, Any] = {"inventory": inventory_path, "release": run.release}
     try:
         if not replace_secrets:
@@ -479,6 +505,13 @@ def renew(inventory_path: str) -> None:
     from wssfleet_control import certificate_sharing, commands
 
     require_lab(inventory_path)
+    source = load_fleet(inventory_path).settings.certificate_source
+    if source != "acme_http":
+        how = {
+            "files": "put the renewed files in place, then `make deploy` checks and installs them",
+            "private_ca": "`make deploy` issues a new certificate when 30 days or fewer are left",
+        }[source]
+        raise Failure(f"certificate_source={source!r}: no ACME renewal here; {how}")
     with open_session(inventory_path, quiet=True) as session:
         # The first master renews; while it is down, the next one that answers (its script
         # renews only while every master before it is unreachable).
@@ -653,6 +686,25 @@ def token(
         raise click.UsageError(str(error)) from None
 
 
+@main.command("private-ca")
+@inventory_option
+def private_ca(inventory_path: str) -> None:
+    """Print the private CA's root certificate (certificate_source=private_ca): what clients
+    trust to reach the fleet."""
+    from wssfleet_control import site_certificate
+
+    fleet = load_fleet(inventory_path)
+    if fleet.settings.certificate_source != site_certificate.PRIVATE_CA:
+        raise Failure(
+            f"{inventory_path} has certificate_source={fleet.settings.certificate_source!r}: "
+            "there is a private CA only with certificate_source='private_ca'"
+        )
+    root = site_certificate.ca_certificate(fleet.secrets(create=False))
+    if root == site_certificate.NOT_YET:
+        raise Failure(f"{inventory_path} has no private CA yet: deploy it first")
+    click.echo(root, nl=False)
+
+
 @main.command()
 # Not resolved by the callback: an inventory given as the argument must not read (and so
 # depend on) wssfleet.toml.
@@ -673,6 +725,8 @@ def check(
     """Validate an inventory and its settings, touching no host (exit 3 when invalid)."""
     inventory_path = positional or inventory_path or default_inventory()
     fleet = load_fleet(inventory_path)
+    if fleet.settings.certificate_source == "files":
+        site_certificate_of(fleet, {})
     names = ", ".join(
         f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes
     )
@@ -978,11 +1032,23 @@ wssfleet is deployed: https://{domain}/  (WebSocket: wss://{domain}/ws)
 Mint a token:  make token INVENTORY={inventory_path} SUB=NAME  (channels: lobby; CHANNELS='a b.*')
 Open the demo: https://{domain}/#token=<token>&channel=lobby
 Fleet status:  make status INVENTORY={inventory_path}""")
+    if fleet.settings.certificate_source == "private_ca":
+        click.echo(
+            f"Clients trust the private CA's root: wssfleet private-ca -i {inventory_path} > "
+            "fleet-ca.pem\n  (Debian: copy it to /usr/local/share/ca-certificates/fleet-ca.crt, "
+            "then update-ca-certificates;\n  Node: NODE_EXTRA_CA_CERTS=fleet-ca.pem; Python: "
+            "ssl.create_default_context(cafile='fleet-ca.pem'))"
+        )
     if is_lab(inventory_path):
+        root = (
+            "the lab's ACME root: .lab/acme/root.pem"
+            if fleet.settings.certificate_source == "acme_http"
+            else "its root, as above"
+        )
         click.echo(
             f"The lab's {domain} is not in public DNS: point it at the front door, e.g.\n"
             f"  echo '{fleet.front_door or fleet.master.address} {domain}' >> /etc/hosts\n"
-            f"and trust the lab's ACME root: .lab/acme/root.pem"
+            f"and trust {root}"
         )
 
 

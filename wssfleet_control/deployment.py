@@ -11,6 +11,7 @@ from wssfleet_control import app_sources, release
 from wssfleet_control.checkout import TEMPLATES
 from wssfleet_control.hostside.layout import BUILTIN_APP
 from wssfleet_control.inventory import Fleet
+from wssfleet_control.site_certificate import Material
 
 # The attribute of pyinfra's State that holds the run while deploy.py is loaded.
 STATE_ATTRIBUTE = "wssfleet_run"
@@ -29,6 +30,8 @@ class DeployRun:
     dry: bool
     templates: Path = TEMPLATES
     release: str = field(default_factory=release.release_id)
+    # The certificate the masters serve when no ACME server issues it (site_certificate.py).
+    site_certificate: Material | None = None
 
     def template(self, role: str, name: str) -> str:
         """The path of one of a role's templates (templates/<role>/<name>)."""

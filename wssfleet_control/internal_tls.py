@@ -32,7 +32,8 @@ CA_DAYS, HOST_DAYS, RENEW_DAYS = 3650, 365, 30
 NOT_YET = "(not made yet: the first deploy with internal_tls makes it)"
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -79,9 +80,9 @@ def ensure(stored: dict[str, str], hosts: dict[str, str], clients: Collection[st
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
                 False,
             ),
-            usage=(_usage(certificate_sign=True), True),
+            usage=(key_usage(certificate_sign=True), True),
         )
-        stored[CA_KEY] = _key_pem(key)
+        stored[CA_KEY] = key_pem(key)
         stored[CA_CERTIFICATE] = certificate.public_bytes(serialization.Encoding.PEM).decode()
         stored[FORMAT_KEY] = FORMAT
         made = True
@@ -120,14 +121,14 @@ def ensure(stored: dict[str, str], hosts: dict[str, str], clients: Collection[st
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                 False,
             ),
-            usage=(_usage(certificate_sign=False), True),
+            usage=(key_usage(certificate_sign=False), True),
             purposes=(x509.ExtendedKeyUsage(purposes), False),
         )
         stored[HOST_PREFIX + name] = json.dumps(
             {
                 "address": address,
                 "client": client,
-                "key": _key_pem(key),
+                "key": key_pem(key),
                 "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
             }
         )
@@ -135,7 +136,8 @@ def ensure(stored: dict[str, str], hosts: dict[str, str], clients: Collection[st
     return made
 
 
-def _usage(certificate_sign: bool) -> x509.KeyUsage:
+def key_usage(certificate_sign: bool) -> x509.KeyUsage:
+    """A CA's key usage (signs certificates and CRLs), or a server's (signs handshakes)."""
     return x509.KeyUsage(
         digital_signature=not certificate_sign,
         content_commitment=False,

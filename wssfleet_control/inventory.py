@@ -186,6 +186,9 @@ class Fleet:
             tls_hosts=tls_hosts,
             tls_clients=peers,
             command=self.settings.secrets_command,
+            private_ca_domains=self.settings.domains
+            if self.settings.certificate_source == "private_ca"
+            else (),
             more=[
                 secret
                 for name, app in sorted(self.settings.apps.items())

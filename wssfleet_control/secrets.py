@@ -19,14 +19,12 @@ import json
 import os
 import re
 import secrets
-import shlex
-import subprocess
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wssfleet_control import internal_tls
+from wssfleet_control import internal_tls, site_certificate, vault
 
 NAMES = (
     "jwt_secret",
@@ -67,7 +65,6 @@ APP_SECRET = re.compile(r"app_[a-z0-9_]+")
 # Where values from outside the file may come from, and what they may name.
 ENVIRONMENT_PREFIX = "WSSFLEET_SECRET_"
 FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED)
-COMMAND_SECONDS = 60
 _printed: dict[str, dict[str, str]] = {}
 
 
@@ -90,22 +87,11 @@ def from_outside(
         found = dict(_printed[command])
     elif command:
         try:
-            printed = subprocess.run(
-                shlex.split(command),
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_SECONDS,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise SecretsError(f"secrets_command {command!r} could not run: {error}") from None
-        if printed.returncode != 0:
-            said = (printed.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
-            raise SecretsError(
-                f"secrets_command {command!r} failed (exit {printed.returncode}): {said}"
-            )
+            printed = vault.printed_by(command, "secrets_command")
+        except vault.CommandError as error:
+            raise SecretsError(str(error)) from None
         try:
-            found = json.loads(printed.stdout)
+            found = json.loads(printed)
         except ValueError:
             found = None  # type: ignore[assignment]
         if not isinstance(found, dict) or not all(
@@ -145,12 +131,15 @@ def load(
     tls_clients: Collection[str] = (),
     command: str | None = None,
     more: Collection[str] = (),
+    private_ca_domains: Collection[str] = (),
 ) -> dict[str, str]:
     """Return the deployment's secrets (NAMES and those ``more`` names, an app's), generating
     the missing ones when ``create`` (with
     ``tls_hosts``, name: private address, also the internal CA and those hosts' certificates,
     the ones in ``tls_clients`` for clients too: internal_tls.py). What ``command`` and the
-    environment give (from_outside) takes precedence and is never written to the file."""
+    environment give (from_outside) takes precedence and is never written to the file.
+    With ``private_ca_domains``, also the private CA and its certificate for those domains
+    (site_certificate.py)."""
     if not Path(inventory).is_file():
         raise ValueError(f"inventory {inventory} does not exist")
     path = path_for(inventory)
@@ -179,6 +168,12 @@ def load(
         del stored[PREVIOUS_UNTIL]
         changed = True
     if create and tls_hosts and internal_tls.ensure(stored, tls_hosts, tls_clients):
+        changed = True
+    if (
+        create
+        and private_ca_domains
+        and site_certificate.ensure_private_ca(stored, list(private_ca_domains))
+    ):
         changed = True
     if changed:
         _write(path, {name: value for name, value in stored.items() if name not in outside})

@@ -166,6 +166,12 @@ def _bundle(value: str) -> str:
     return value
 
 
+def _plain_path(value: str) -> str:
+    if value and not PLAIN_PATH.fullmatch(value):
+        raise ValueError("give a path of letters, digits and ./_~@+- (no leading dash)")
+    return value
+
+
 def _front_door(value: str) -> str:
     if not value:
         return value
@@ -366,6 +372,29 @@ class Settings(ClientPolicy):
     domain: DnsName = Field(description="DNS name clients use; it must resolve to the master")
     extra_domains: tuple[DnsName, ...] = Field(
         default=(), description="more names on the same certificate"
+    )
+    certificate_source: Literal["acme_http", "files", "private_ca"] = Field(
+        default="acme_http",
+        description="where the masters' certificate comes from: acme_http (an ACME server over "
+        "HTTP-01 through the masters' port 80), files (yours: certificate_file and "
+        "certificate_key_file, or certificate_command), private_ca (the deployment's own CA, "
+        "made on the control machine; `wssfleet private-ca` prints its root for clients)",
+    )
+    certificate_file: Annotated[str, AfterValidator(_plain_path)] = Field(
+        default="",
+        description="with certificate_source=files: PEM file of the certificate then its "
+        "intermediates, on the control machine (relative to the inventory's directory)",
+    )
+    certificate_key_file: Annotated[str, AfterValidator(_plain_path)] = Field(
+        default="",
+        description="with certificate_source=files: the certificate's private key (PEM, "
+        "unencrypted), on the control machine; the deploy copies it to the masters only",
+    )
+    certificate_command: Annotated[str, AfterValidator(_command)] | None = Field(
+        default=None,
+        description="with certificate_source=files, instead of the two files: a command run on "
+        "the control machine that prints the certificate, its intermediates and its key (PEM), "
+        "e.g. from a vault",
     )
     acme_server: Annotated[str, AfterValidator(_acme_server)] = Field(
         default="letsencrypt",
@@ -572,9 +601,40 @@ class Settings(ClientPolicy):
     def _list_as_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
 
+    def _certificate_source_complete(self) -> None:
+        files = self.certificate_file or self.certificate_key_file
+        if self.certificate_source != "files":
+            given = [
+                name
+                for name in ("certificate_file", "certificate_key_file", "certificate_command")
+                if getattr(self, name)
+            ]
+            if given:
+                raise ValueError(
+                    f"setting {given[0]} is used only with certificate_source='files' (it is "
+                    f"{self.certificate_source!r}): remove it, or set certificate_source='files'"
+                )
+        elif self.certificate_command and files:
+            raise ValueError(
+                "settings certificate_command and certificate_file/certificate_key_file both "
+                "give the certificate: keep one way"
+            )
+        elif not self.certificate_command and not (
+            self.certificate_file and self.certificate_key_file
+        ):
+            raise ValueError(
+                "certificate_source='files' needs certificate_file and certificate_key_file "
+                "(PEM files on the control machine), or certificate_command"
+            )
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.acme_server in ACME_SERVERS and not self.acme_email:
+        self._certificate_source_complete()
+        if (
+            self.certificate_source == "acme_http"
+            and self.acme_server in ACME_SERVERS
+            and not self.acme_email
+        ):
             raise ValueError(
                 f"setting acme_email is required with acme_server={self.acme_server!r}: "
                 "Let's Encrypt writes there about expiring certificates"

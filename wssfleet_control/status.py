@@ -266,6 +266,23 @@ def live_figures(session: Session) -> tuple[str, dict] | None:
     return None
 
 
+# How a certificate no ACME server issues is renewed, by certificate_source.
+PROVIDED_RENEWAL = {
+    "files": "put renewed files in place, then make deploy",
+    "private_ca": "make deploy issues a new one when 30 days are left",
+}
+PROVIDED_WARNING_DAYS = 14
+
+
+def _seconds_left(not_after: str) -> float | None:
+    """Seconds until openssl's ``notAfter`` ("Mar  7 12:00:00 2027 GMT"); None if unreadable."""
+    try:
+        ends = datetime.strptime(not_after, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return ends.timestamp() - time.time()
+
+
 RENEWAL_RULES = {
     "ari": "the CA's renewal information (ARI)",
     "lifetime": "certbot's lifetime rule",
@@ -317,7 +334,9 @@ def gather(session: Session) -> dict:
         "redis": redis_replication(session),
         "domains": fleet.settings.domains,
         "certificates": {master.name: certificate(session, master) for master in fleet.masters},
-        "renewal": renewal(session),
+        "certificate_source": fleet.settings.certificate_source,
+        # certbot's record: only an ACME certificate is renewed on the masters.
+        "renewal": renewal(session) if fleet.settings.certificate_source == "acme_http" else None,
         "instances": instances(session),
         "apps": apps(session),
         "drained": drained(session),
@@ -355,6 +374,15 @@ def problems(report: dict) -> list[str]:
             found.append(f"{master}: its certificate cannot be read")
     if len({served["sha256"] for served in certificates.values() if served}) > 1:
         found.append("the masters serve different certificates")
+    source = report.get("certificate_source", "acme_http")
+    if source != "acme_http":
+        for master, served in certificates.items():
+            left = _seconds_left(served["not_after"]) if served else None
+            if left is not None and left < PROVIDED_WARNING_DAYS * 86400:
+                found.append(
+                    f"{master}: the certificate expires {relative(left)} "
+                    f"(certificate_source={source}: {PROVIDED_RENEWAL[source]})"
+                )
     running = defaultdict(list)
     for worker, ports in report["instances"].items():
         for port, release in sorted(ports.items()):
@@ -460,7 +488,8 @@ def render(report: dict) -> str:
         warning = "" if len(door["holders"]) == 1 else "  <-- check keepalived"
         lines.append(f"\nfront door: {door['address']} held by {held}{warning}")
     lines += _render_redis(report["redis"])
-    lines.append(f"\ncertificate ({', '.join(report['domains'])}):")
+    source = report.get("certificate_source", "acme_http")
+    lines.append(f"\ncertificate ({', '.join(report['domains'])}; source {source}):")
     for master, served in report["certificates"].items():
         expiry = (
             f"{served['not_after']} ({served['issuer']}, sha256 {served['sha256'][:16]}…)"
@@ -469,7 +498,9 @@ def render(report: dict) -> str:
         )
         lines.append(f"  on {master}: expires {expiry}")
     record = report["renewal"]
-    if record is not None:
+    if source != "acme_http":
+        lines.append(f"  renewal: {PROVIDED_RENEWAL[source]}")
+    elif record is not None:
         result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")
         rule = RENEWAL_RULES.get(str(record.get("renewal_rule")), "no certificate")
         lines.append(f"  next planned renewal: {when(record.get('next_renewal'))}, from {rule}")

@@ -21,6 +21,7 @@ from wssfleet_control.hostside.layout import (
     HELPERS,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
+    PROVIDED_CERTIFICATE,
     REDIS_EXPORTER_PORT,
     RENEW_COMMAND,
     STATS_SOCKET,
@@ -83,7 +84,11 @@ def test_certificate_covers_every_domain_with_a_third_of_its_lifetime_left(on, m
         calendar.timegm(time.strptime(fields[key], "%b %d %H:%M:%S %Y %Z"))
         for key in ("notBefore", "notAfter")
     )
-    assert not_after - time.time() > (not_after - not_before) / 3, dates
+    if fleet.settings.certificate_source == "acme_http":
+        assert not_after - time.time() > (not_after - not_before) / 3, dates
+    else:
+        # Nothing renews a provided certificate between deploys: the alert's 14 days.
+        assert not_after - time.time() > 14 * 86400, dates
     names = host.check_output(f"openssl x509 -noout -ext subjectAltName -in {HAPROXY_CERTIFICATE}")
     for domain in fleet.settings.domains:
         assert f"DNS:{domain}" in names, domain
@@ -100,14 +105,27 @@ def test_served_certificate_is_the_one_on_disk(on, master, fleet):
     assert served == on_disk
 
 
-def test_cron_renews_through_the_wssfleet_script(on, certificate_master):
+def test_a_provided_certificate_has_no_acme_renewal_beside_it_and_a_private_key(on, master, fleet):
+    if fleet.settings.certificate_source == "acme_http":
+        pytest.skip("certificate_source acme_http: certbot renews it")
+    host = on(master)
+    assert not host.file("/etc/cron.d/wssfleet-certbot").exists
+    key = host.file(f"{PROVIDED_CERTIFICATE}/privkey.pem")
+    assert key.user == "root" and key.mode == 0o600
+
+
+def test_cron_renews_through_the_wssfleet_script(on, certificate_master, fleet):
+    if fleet.settings.certificate_source != "acme_http":
+        pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no ACME renewal")
     entry = on(certificate_master).file("/etc/cron.d/wssfleet-certbot")
     assert entry.exists and entry.user == "root"
     assert f"{RENEW_COMMAND} --random-delay" in entry.content_string
     assert on(certificate_master).service("cron").is_running
 
 
-def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master):
+def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master, fleet):
+    if fleet.settings.certificate_source != "acme_http":
+        pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no certbot runs")
     host = on(certificate_master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"
     assert host.file(CERTBOT).is_symlink

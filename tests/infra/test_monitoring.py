@@ -33,13 +33,20 @@ def shipped_rules(fleet) -> set[str]:
         # Inside an alert (its runbook_url), never around one.
         "settings.runbook_base_url": bool(fleet.settings.runbook_base_url),
         "settings.apps": bool(fleet.settings.apps),
+        'settings.certificate_source == "acme_http"': (
+            fleet.settings.certificate_source == "acme_http"
+        ),
     }
-    names, kept = set(), [True]
+    names, kept, conditions = set(), [True], []
     for line in RULES_TEMPLATE.read_text().splitlines():
         if condition := re.match(r"{% if (.+) %}$", line.strip()):
-            kept.append(kept[-1] and has[condition[1]])
+            conditions.append(has[condition[1]])
+            kept.append(kept[-1] and conditions[-1])
+        elif line.strip() == "{% else %}":
+            kept[-1] = kept[-2] and not conditions[-1]
         elif line.strip() == "{% endif %}":
             kept.pop()
+            conditions.pop()
         elif (alert := re.match(r"\s*- alert: (\w+)", line)) and kept[-1]:
             names.add(alert[1])
     return names
@@ -156,9 +163,17 @@ def test_no_fleet_wide_alert_fires_and_the_rules_are_loaded(on, fleet, monitorin
     assert watchdog, "the watchdog does not fire: the dead man's switch would page"
 
 
-def test_the_certificates_last_renewal_succeeded(on, monitoring_node):
+def test_the_certificates_last_renewal_succeeded(on, monitoring_node, fleet):
     # The figures come with the node exporters' first scrape after a deploy.
     scraped_targets(on, monitoring_node)
+    if fleet.settings.certificate_source != "acme_http":
+        # No renewal job: what each master serves, which the expiry alert watches.
+        served = prometheus(
+            on, monitoring_node, "query", "wssfleet_served_certificate_not_after_seconds"
+        )
+        assert len(served) == len(fleet.masters), served
+        assert all(float(sample["value"][1]) > time.time() for sample in served), served
+        return
     samples = prometheus(on, monitoring_node, "query", '{__name__=~"wssfleet_certificate_.*"}')
     values = {sample["metric"]["__name__"]: float(sample["value"][1]) for sample in samples}
     assert values.get("wssfleet_certificate_not_after_seconds", 0) > 0, values

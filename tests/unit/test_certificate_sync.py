@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import wssfleet_control.hostside  # noqa: F401  (the helpers import each other as on a host)
+from tests.own_ca import key_pem, pem
 from tests.processes import free_port
 
 certificate_sync = importlib.import_module("certificate_sync")
@@ -26,18 +27,6 @@ haproxy_runtime = importlib.import_module("haproxy_runtime")
 
 DOMAIN = "wss.example.test"
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-def pem(certificate: x509.Certificate) -> str:
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def key_pem(key) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def issue(

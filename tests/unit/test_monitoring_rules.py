@@ -625,3 +625,74 @@ def test_an_app_without_a_healthy_instance_alerts_after_30_s(tmp_path):
         ],
     }
     passes_promtool_tests(tmp_path, tests, "apps.yml")
+
+
+def test_a_provided_certificate_alerts_14_days_before_it_expires_and_not_on_acme_rules(tmp_path):
+    rules = rendered_rules(
+        tmp_path,
+        certificate_source="files",
+        certificate_file="site.pem",
+        certificate_key_file="site.key",
+    )
+    text = rules.read_text()
+    # certbot's figures do not exist here: its alerts would fire or never could.
+    assert "WssfleetCertificateRenewalFailed" not in text
+    assert "WssfleetCertificateMetricsMissing" not in text
+    served = 'wssfleet_served_certificate_not_after_seconds{job="node",instance="m:9100",host="m"}'
+    day = 86400
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "1h",
+        "tests": [
+            {
+                # Expires 15 days after the start: quiet for the first day, firing after it.
+                "interval": "1h",
+                "input_series": [{"series": served, "values": f"{15 * day}x48"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "23h",
+                        "alertname": "WssfleetProvidedCertificateExpiring",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "25h",
+                        "alertname": "WssfleetProvidedCertificateExpiring",
+                        "exp_alerts": [
+                            alert(
+                                {"severity": "critical"},
+                                {
+                                    "summary": "the certificate a master serves expires in "
+                                    "13d 23h 0m 0s",
+                                    "description": "certificate_source=files: give renewed "
+                                    "files, then make deploy.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            },
+            {
+                "interval": "10m",
+                "input_series": [],
+                "alert_rule_test": [
+                    {
+                        # Evaluated hourly here: absent at 0 h, still absent at 1 h.
+                        "eval_time": "1h",
+                        "alertname": "WssfleetProvidedCertificateMetricsMissing",
+                        "exp_alerts": [
+                            alert(
+                                {"severity": "warning"},
+                                {
+                                    "summary": "no master reports the certificate it serves",
+                                    "description": "The textfile /var/lib/prometheus/"
+                                    "node-exporter/wssfleet_served_certificate.prom is missing "
+                                    "or unread.",
+                                },
+                            )
+                        ],
+                    }
+                ],
+            },
+        ],
+    }
+    passes_promtool_tests(tmp_path, tests, "provided-certificate-tests.yml")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -175,3 +176,24 @@ def test_each_problem_is_named(change, named):
 def test_the_json_document_round_trips():
     report = {**HEALTHY, "problems": problems(HEALTHY)}
     assert json.loads(json.dumps(report)) == report
+
+
+def openssl_date(days_from_now: float) -> str:
+    moment = datetime.now(UTC) + timedelta(days=days_from_now)
+    return moment.strftime("%b %d %H:%M:%S %Y GMT")
+
+
+@pytest.mark.parametrize("source", ["files", "private_ca"])
+def test_a_provided_certificate_is_a_problem_14_days_before_it_expires(source):
+    report = copy.deepcopy(HEALTHY)
+    report.update(certificate_source=source, renewal=None)
+    for served in report["certificates"].values():
+        served["not_after"] = openssl_date(15)
+    assert problems(report) == []
+    text = render({**report, "problems": []})
+    assert f"; source {source}):" in text and "  renewal: " in text, text
+    assert "next planned renewal" not in text
+    report["certificates"]["master2"]["not_after"] = openssl_date(13)
+    [found] = problems(report)
+    assert found.startswith("master2: the certificate expires in 13.0 days"), found
+    assert f"certificate_source={source}: " in found

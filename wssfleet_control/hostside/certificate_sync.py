@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import os
 import re
+import shutil
 import subprocess
 import sys
 import syslog
@@ -28,7 +29,7 @@ import tempfile
 import time
 
 import haproxy_runtime  # beside this file on the host
-from layout import ACME_ROOTS, HAPROXY_CERTIFICATE
+from layout import ACME_ROOTS, HAPROXY_CERTIFICATE, PROVIDED_CERTIFICATE
 
 PEM_BLOCK = re.compile(
     r"-----BEGIN (CERTIFICATE|[A-Z ]*PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL
@@ -101,8 +102,9 @@ def self_signed(certificate: str) -> bool:
 def refusal(pem: str, domains: list[str]) -> str:
     """Why the certificate and key in ``pem`` may not replace what HAProxy serves here, or ''
     when it may: the key is its certificate's, the chain reaches a trusted root for every
-    domain, and, unless this master still serves its placeholder, the key is the one it
-    holds and the certificate was issued later than its own."""
+    domain, and, unless this master still serves its placeholder or a provided certificate
+    (layout.PROVIDED_CERTIFICATE), the key is the one it holds and the certificate was issued
+    later than its own."""
     found = blocks(pem)
     key = next((block for block in found if "PRIVATE KEY" in block), None)
     chain = [block for block in found if "CERTIFICATE" in block]
@@ -118,7 +120,11 @@ def refusal(pem: str, domains: list[str]) -> str:
         own = blocks(handle.read())
     own_key = next((block for block in own if "PRIVATE KEY" in block), None)
     own_chain = [block for block in own if "CERTIFICATE" in block]
+    # Its placeholder, or a certificate the deploy provided before certificate_source became
+    # acme_http again: the ACME one comes with its own key.
     if own_key is None or not own_chain or self_signed(own_chain[0]):
+        return ""
+    if os.path.isdir(PROVIDED_CERTIFICATE):
         return ""
     if public_key(own_key, private=True) != offered:
         return "another key than the one this master holds"
@@ -139,7 +145,10 @@ def install_checked(staged: str, source: str, domains: list[str]) -> int:
     if why:
         print(f"not installed: {why}", file=sys.stderr)
         return 1
-    return haproxy_runtime.install_pem(pem, source)
+    installed = haproxy_runtime.install_pem(pem, source)
+    if installed == 0:
+        shutil.rmtree(PROVIDED_CERTIFICATE, ignore_errors=True)
+    return installed
 
 
 def sync(domain: str, peers: list[str]) -> int:

@@ -169,6 +169,10 @@ ACME_CA_BUNDLE = f"{CONFIG_DIRECTORY}/acme-ca.pem"
 # With several masters: the roots a certificate another master serves must chain to (the
 # acme_root_bundle setting; without it, the system's), and the timer that fetches one.
 ACME_ROOTS = f"{CONFIG_DIRECTORY}/acme-roots.pem"
+# With certificate_source files or private_ca: the certificate the deploy brought (as a
+# lineage: fullchain.pem, privkey.pem), root's alone. It also marks that this master serves
+# no ACME certificate: the first one from ACME may then come with another key.
+PROVIDED_CERTIFICATE = f"{CONFIG_DIRECTORY}/provided-certificate"
 CERTIFICATE_SYNC_HELPER = f"{HELPERS}/certificate_sync.py"
 CERTIFICATE_STANDBY_HELPER = f"{HELPERS}/certificate_standby.py"
 CERTIFICATE_SYNC_UNIT = "wssfleet-certificate-sync"

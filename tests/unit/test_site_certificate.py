@@ -1,0 +1,216 @@
+"""The certificate the masters serve when no ACME server issues it: the operator's files are
+checked on the control machine (each fault named, with the file), and the private CA issues,
+renews and keeps to its names. OpenSSL, as the clients run it, has the last word on the CA."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+
+import pytest
+
+from tests.own_ca import OwnCA, pem
+from tests.unit.helpers import control_cli
+from wssfleet_control import site_certificate
+from wssfleet_control.settings import Settings
+from wssfleet_control.site_certificate import CertificateError, check
+
+DOMAINS = ["wss.example.com", "chat.example.com"]
+
+
+@pytest.fixture(scope="module")
+def ca() -> OwnCA:
+    return OwnCA()
+
+
+def test_a_complete_chain_for_every_domain_passes(ca):
+    chain, key = ca.issue(DOMAINS)
+    check(chain, key, DOMAINS, "cert.pem")
+    # The root may come along (it is self-signed): still complete.
+    check(chain + ca.root_pem, key, DOMAINS, "cert.pem")
+
+
+def test_a_wildcard_covers_one_label(ca):
+    chain, key = ca.issue(["*.example.com"])
+    check(chain, key, ["a.example.com", "b.example.com"], "wild.pem")
+    with pytest.raises(CertificateError, match=r"does not name deep\.a\.example\.com"):
+        check(chain, key, ["deep.a.example.com"], "wild.pem")
+    with pytest.raises(CertificateError, match=r"does not name example\.com"):
+        check(chain, key, ["example.com"], "wild.pem")
+
+
+def test_another_certificates_key_is_refused(ca):
+    chain, _ = ca.issue(DOMAINS)
+    _, other_key = ca.issue(DOMAINS)
+    with pytest.raises(CertificateError, match=r"cert.pem: the private key is not the cert"):
+        check(chain, other_key, DOMAINS, "cert.pem")
+
+
+def test_an_expired_or_not_yet_valid_certificate_is_refused(ca):
+    chain, key = ca.issue(DOMAINS, days=1, starts_in_days=-2)
+    with pytest.raises(CertificateError, match=r"the certificate expired on .* give a renewed"):
+        check(chain, key, DOMAINS, "old.pem")
+    chain, key = ca.issue(DOMAINS, starts_in_days=2)
+    with pytest.raises(CertificateError, match="valid only from"):
+        check(chain, key, DOMAINS, "early.pem")
+
+
+def test_a_missing_name_is_named(ca):
+    chain, key = ca.issue(DOMAINS[:1])
+    with pytest.raises(CertificateError, match=r"does not name chat.example.com \(it names wss"):
+        check(chain, key, DOMAINS, "cert.pem")
+
+
+def test_a_chain_without_its_intermediate_or_out_of_order_is_refused(ca):
+    chain, key = ca.issue(DOMAINS)
+    leaf = chain.split("-----END CERTIFICATE-----\n")[0] + "-----END CERTIFICATE-----\n"
+    with pytest.raises(CertificateError, match="alone, and its issuer CN=tests' own root: inter"):
+        check(leaf, key, DOMAINS, "leaf-only.pem")
+    with pytest.raises(CertificateError, match="is not issued by the next one"):
+        check(leaf + ca.root_pem, key, DOMAINS, "skipped.pem")
+    other, _ = ca.issue(["other.example.com"])
+    with pytest.raises(CertificateError, match="is not issued by the next one"):
+        check(chain + other, key, DOMAINS, "two-leaves.pem")
+
+
+def test_an_encrypted_key_is_refused_with_how_to_decrypt_it(ca):
+    chain, key = ca.issue(DOMAINS)
+    encrypted = subprocess.run(
+        ["openssl", "pkey", "-aes256", "-passout", "pass:secret"],
+        input=key,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    with pytest.raises(CertificateError, match=r"encrypted .*\(openssl pkey"):
+        check(chain, encrypted, DOMAINS, "cert.pem")
+
+
+def files_settings(**more) -> Settings:
+    return Settings(
+        domain=DOMAINS[0], extra_domains=(DOMAINS[1],), certificate_source="files", **more
+    )
+
+
+def test_files_are_read_beside_the_inventory_and_a_missing_one_is_named(ca, tmp_path):
+    chain, key = ca.issue(DOMAINS)
+    (tmp_path / "site.pem").write_text(chain)
+    (tmp_path / "site.key").write_text(key)
+    settings = files_settings(certificate_file="site.pem", certificate_key_file="site.key")
+    material = site_certificate.material(settings, str(tmp_path / "inventory.py"), {})
+    assert material.chain == chain and material.key == key
+    (tmp_path / "site.key").unlink()
+    with pytest.raises(CertificateError, match=r"certificate_key_file: .*site.key cannot be"):
+        site_certificate.material(settings, str(tmp_path / "inventory.py"), {})
+
+
+def test_a_command_may_print_the_chain_and_key(ca, tmp_path):
+    chain, key = ca.issue(DOMAINS)
+    (tmp_path / "vault.pem").write_text(chain + key)
+    settings = files_settings(certificate_command=f"cat {tmp_path / 'vault.pem'}")
+    material = site_certificate.material(settings, str(tmp_path / "inventory.py"), {})
+    assert material.key == key
+    failing = files_settings(certificate_command="false")
+    with pytest.raises(CertificateError, match="certificate_command 'false' failed"):
+        site_certificate.material(failing, str(tmp_path / "inventory.py"), {})
+
+
+def openssl_verifies(root: str, chain: str, name: str, tmp_path) -> subprocess.CompletedProcess:
+    (tmp_path / "root.pem").write_text(root)
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "root.pem"), "-verify_hostname", name],
+        input=chain,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_private_ca_issues_a_certificate_openssl_accepts_for_every_domain(tmp_path):
+    stored: dict[str, str] = {}
+    assert site_certificate.ensure_private_ca(stored, DOMAINS)
+    material = site_certificate.material(
+        Settings(domain=DOMAINS[0], certificate_source="private_ca"), "inventory.py", stored
+    )
+    root = site_certificate.ca_certificate(stored)
+    for name in DOMAINS:
+        verified = openssl_verifies(root, material.chain, name, tmp_path)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    # A domain added later outside its name constraints stops the deploy, saying how to
+    # make a new CA: clients would refuse what it issued.
+    with pytest.raises(CertificateError, match=r"vouches only for names under .* not example\.org"):
+        site_certificate.ensure_private_ca(stored, [*DOMAINS, "example.org"])
+
+
+def test_a_certificate_for_names_outside_the_constraints_fails_in_openssl(tmp_path):
+    stored: dict[str, str] = {}
+    site_certificate.ensure_private_ca(stored, DOMAINS)
+    # Sign one by hand with the CA's key, as a thief of the secrets file would.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_key = serialization.load_pem_private_key(stored[site_certificate.CA_KEY].encode(), None)
+    ca = x509.load_pem_x509_certificate(stored[site_certificate.CA_CERTIFICATE].encode())
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("bank.example.org")]), critical=False
+        )
+        .sign(ca_key, site_certificate.hashes.SHA256())
+    )
+    verified = openssl_verifies(
+        site_certificate.ca_certificate(stored), pem(leaf), "bank.example.org", tmp_path
+    )
+    assert verified.returncode != 0 and "permitted subtree violation" in verified.stderr
+
+
+def test_the_private_ca_keeps_a_fresh_certificate_and_renews_a_due_or_renamed_one():
+    stored: dict[str, str] = {}
+    site_certificate.ensure_private_ca(stored, DOMAINS)
+    first = json.loads(stored[site_certificate.ISSUED])
+    ca = stored[site_certificate.CA_CERTIFICATE]
+    assert not site_certificate.ensure_private_ca(stored, DOMAINS)
+    assert json.loads(stored[site_certificate.ISSUED]) == first
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=61)
+    assert site_certificate.ensure_private_ca(stored, DOMAINS, now=later)
+    assert json.loads(stored[site_certificate.ISSUED])["key"] != first["key"]
+    assert site_certificate.ensure_private_ca(stored, [*DOMAINS, "eu.wss.example.com"])
+    assert json.loads(stored[site_certificate.ISSUED])["names"][-1] == "eu.wss.example.com"
+    # One CA throughout: clients keep trusting the same root.
+    assert stored[site_certificate.CA_CERTIFICATE] == ca
+
+
+INVENTORY = (
+    "master = [('m', {{'ssh_hostname': '127.0.0.10'}})]\n"
+    "workers = [('w', {{'ssh_hostname': '127.0.0.11'}})]\n"
+    "all = (['m', 'w'], {{'wssfleet_inventory': __file__, 'wssfleet': {settings!r}}})\n"
+)
+
+
+def test_a_bad_certificate_file_stops_check_and_deploy_before_any_host(ca, tmp_path):
+    chain, key = ca.issue(DOMAINS[:1])
+    (tmp_path / "site.pem").write_text(chain)
+    (tmp_path / "site.key").write_text(key)
+    settings = {
+        "domain": DOMAINS[0],
+        "extra_domains": [DOMAINS[1]],
+        "certificate_source": "files",
+        "certificate_file": "site.pem",
+        "certificate_key_file": "site.key",
+    }
+    path = tmp_path / "staging.py"
+    path.write_text(INVENTORY.format(settings=settings))
+    for command in ("check", "deploy"):
+        # The hosts are addresses nothing answers on: a deploy that reached for them would
+        # fail otherwise (exit 2) and later.
+        result = control_cli(command, "-i", str(path))
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert f"{tmp_path / 'site.pem'} with key {tmp_path / 'site.key'}" in result.stderr
+        assert "does not name chat.example.com" in result.stderr
