@@ -55,6 +55,9 @@ def haproxy_config(
 defaults
     mode http
     timeout connect 2s
+    # Without it a check must be answered within inter (200 ms): one slow answer from a
+    # service on a loaded test machine marked it DOWN (fall 1) and failed a test once.
+    timeout check 2s
     timeout client 30s
     timeout server 30s
     timeout tunnel 1h
