@@ -22,6 +22,10 @@ HOST_STAMP := build/.host-packages
 # Prometheus's promtool, unpacked from Debian's package without installing it (which would
 # start a Prometheus here): the unit tests check the rendered config and test the alert rules.
 PROMTOOL := build/prometheus/usr/bin/promtool
+# The lab's DNS server for DNS-01 (RFC 2136 updates): Knot, unpacked from Debian's packages
+# with the libraries this machine lacks, for the same reason (the package starts a server).
+KNOTD := build/knot/usr/sbin/knotd
+KNOT_PACKAGES := knot libknot13 libdnssec9 libzscanner4 liburcu8 liblmdb0 libxdp1 libbpf1
 # The lab's ACME server: the newest Pebble Debian packages, from its testing suite (2.10:
 # renewal information and ACME profiles; Debian 12 has 2.4, Debian 13 2.6 without profiles),
 # unpacked whatever this machine runs: two binaries that need only the C library.
@@ -44,7 +48,7 @@ SSLYZE_VERSION := 6.3.1
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) $(SSLYZE) ## what the lab and the tests need (Debian packages: root)
+tools: $(HOST_STAMP) $(VENV_STAMP) $(PROMTOOL) $(PEBBLE) $(KNOTD) $(SSLYZE) ## what the lab and the tests need (Debian packages: root)
 
 control: $(VENV_STAMP) ## only what deploying to your own servers needs: the virtualenv, no root
 
@@ -62,6 +66,15 @@ $(PEBBLE): | $(HOST_STAMP)
 		build/apt-$(PEBBLE_SUITE)/unpacked/usr/bin/pebble-challtestsrv
 	@rm -r build/apt-$(PEBBLE_SUITE)
 	@test -x $(PEBBLE)
+
+$(KNOTD): | $(HOST_STAMP)
+	@echo "==> unpacking Knot DNS from Debian's packages"
+	@rm -rf build/knot build/knot-deb && mkdir -p build/knot-deb
+	@cd build/knot-deb && { apt-get download -q $(KNOT_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get download -q $(KNOT_PACKAGES) >/dev/null; }; }
+	@for package in build/knot-deb/*.deb; do dpkg-deb -x "$$package" build/knot; done
+	@rm -r build/knot-deb
+	@LD_LIBRARY_PATH=build/knot/usr/lib/x86_64-linux-gnu $(KNOTD) --version >/dev/null
 
 $(PROMTOOL): | $(HOST_STAMP)
 	@echo "==> unpacking promtool from Debian's prometheus package"

@@ -76,7 +76,7 @@ if "master" in roles:
     )
     if fleet.front_door:
         front_door.apply(run)
-    if fleet.settings.certificate_source != "acme_http":
+    if not fleet.settings.acme:
         certificates.provided(run)
     else:
         if host.name == fleet.master.name:

@@ -153,7 +153,13 @@ def _start_pebble(
     )
     return spawn(
         "pebble",
-        [str(PEBBLE_BIN / "pebble"), "-config", str(config), "-dnsserver", f"{gateway}:{DNS_PORT}"],
+        [
+            str(PEBBLE_BIN / "pebble"),
+            "-config",
+            str(config),
+            "-dnsserver",
+            f"{gateway}:{server.dns_port}",
+        ],
         logs / f"{server.name}.log",
         # No random sleeps before validation, no deliberate bad nonces: fast, repeatable tests.
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},

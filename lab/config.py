@@ -31,6 +31,11 @@ BASE_RECIPE = "3"
 # Pebble 2.10 (ARI, profiles), unpacked from Debian's package by `make tools` (Makefile, PEBBLE).
 PEBBLE_BIN = REPO / "build" / "pebble" / "usr" / "bin"
 DNS_PORT = 8053
+# Knot DNS, authoritative for the lab's zone and taking RFC 2136 updates signed with a TSIG
+# key: what a DNS-01 certificate's TXT records go through (certificate_source acme_dns).
+KNOT_DNS_PORT = 8054
+KNOT_BIN = REPO / "build" / "knot"
+KNOT_TSIG_KEY = "wssfleet-lab-acme"
 CHALLTESTSRV_MANAGEMENT_PORT = 8055
 
 
@@ -43,6 +48,9 @@ class AcmeServer:
     management_port: int
     profiles: dict[str, int]
     root_file: str
+    # Where it resolves names to validate: pebble-challtestsrv (every name is the front door),
+    # or Knot for the CA that validates DNS-01 through real dynamic updates.
+    dns_port: int = DNS_PORT
 
 
 CLASSIC_LIFETIME_SECONDS = 90 * 24 * 3600
@@ -60,7 +68,16 @@ SHORT_LIVED_CA = AcmeServer(
     {"classic": CLASSIC_LIFETIME_SECONDS, SHORT_LIVED_PROFILE: 240},
     "short-lived-root.pem",
 )
-ACME_SERVERS = (STANDARD_CA, SHORT_LIVED_CA)
+# A third, resolving through Knot: certificates over DNS-01, wildcards among them.
+DNS01_CA = AcmeServer(
+    "pebble-dns01",
+    14002,
+    15002,
+    {"classic": CLASSIC_LIFETIME_SECONDS},
+    "dns01-root.pem",
+    dns_port=KNOT_DNS_PORT,
+)
+ACME_SERVERS = (STANDARD_CA, SHORT_LIVED_CA, DNS01_CA)
 
 
 class LabError(RuntimeError):

@@ -10,11 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import acme, network, rootfs
+from lab import acme, dns, network, rootfs
 from lab.config import (
     BRIDGE,
     CHECKOUT_DIR,
+    DNS01_CA,
     DNS_PORT,
+    KNOT_DNS_PORT,
     MACHINE_PREFIX,
     MACHINES_DIR,
     NFT_TABLE,
@@ -43,6 +45,7 @@ STATE_FILE = STATE_DIR / "state.json"
 LAB_JSON = CHECKOUT_DIR / "lab.json"
 KEY = CHECKOUT_DIR / "id_ed25519"
 ACME_DIR = CHECKOUT_DIR / "acme"
+DNS_DIR = CHECKOUT_DIR / "dns"
 LOGS = CHECKOUT_DIR / "logs"
 REQUIRED_COMMANDS = {
     "systemd-nspawn": "systemd-container",
@@ -66,6 +69,8 @@ def check_machine() -> None:
         raise LabError(f"missing Debian packages {', '.join(missing)}: run 'make tools'")
     if not all((PEBBLE_BIN / name).is_file() for name in ("pebble", "pebble-challtestsrv")):
         raise LabError(f"Pebble is not unpacked in {PEBBLE_BIN}: run 'make tools'")
+    if not dns.KNOTD.is_file():
+        raise LabError(f"Knot is not unpacked in {dns.KNOTD.parent}: run 'make tools'")
     probe = subprocess.run(
         ["unshare", "--net", "--pid", "--mount", "--fork", "true"], capture_output=True, text=True
     )
@@ -164,7 +169,13 @@ def up() -> None:
         wait_booted(host, Tracked(**entry))
     for host in settings.hosts:
         wait_ssh(host)
-    log("starting Pebble (ACME: a standard and a short-lived CA) and its DNS on the bridge")
+    log(
+        "starting Pebble (ACME: a standard, a short-lived and a DNS-01 CA), its DNS and Knot "
+        "(RFC 2136 updates) on the bridge"
+    )
+    state["processes"].append(dns.start(settings, DNS_DIR, LOGS).to_json())
+    save_state(state)
+    dns.wait_ready(settings)
     listener_ca = acme.make_listener_certificate(ACME_DIR, settings.gateway)
     for process in acme.start(settings, ACME_DIR, LOGS):
         state["processes"].append(process.to_json())
@@ -303,6 +314,15 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
             "profile": SHORT_LIVED_PROFILE,
             "lifetime_seconds": SHORT_LIVED_CA.profiles[SHORT_LIVED_PROFILE],
         },
+        # DNS-01 through Knot: the CA, and what certbot's dns-rfc2136 plugin needs.
+        "acme_dns01": {
+            "directory": settings.acme_directory(DNS01_CA),
+            "root_bundle": str(ACME_DIR / DNS01_CA.root_file),
+            "server": settings.gateway,
+            "port": KNOT_DNS_PORT,
+            "zone": dns.zone_of(settings.domain),
+            **{f"tsig_{key}": value for key, value in dns.tsig(DNS_DIR).items()},
+        },
     }
     LAB_JSON.write_text(json.dumps(lab, indent=2) + "\n")
     ssh_config = "".join(
@@ -319,6 +339,7 @@ def orphans(settings: LabSettings) -> list[Tracked]:
     found = find(f"--network-bridge={BRIDGE}")
     found += [p for p in find("/.lab/acme/pebble") if p.role == "pebble"]
     found += [p for p in find(f"{settings.gateway}:{DNS_PORT}") if p.role == "pebble-challtestsrv"]
+    found += [p for p in find("/.lab/dns/knot.conf") if p.role == "knotd"]
     return found
 
 

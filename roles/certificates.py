@@ -30,6 +30,7 @@ from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import Lines, PythonPlatform
 from wssfleet_control.hostside.layout import (
     ACME_CA_BUNDLE,
+    ACME_DNS_CREDENTIALS,
     ACME_INFO_HELPER,
     ACME_ROOTS,
     ADMIN_SOCKET,
@@ -62,6 +63,9 @@ CERTBOT_VERSION = "5.8.0"
 CERTBOT_REQUIREMENTS = (
     f"certbot=={CERTBOT_VERSION}",
     f"acme=={CERTBOT_VERSION}",
+    # DNS-01 through any DNS server that takes RFC 2136 updates (certificate_source acme_dns).
+    f"certbot-dns-rfc2136=={CERTBOT_VERSION}",
+    "dnspython==2.9.2",
     "certifi==2026.10.19.post1",
     "cffi==2.1.1",
     "charset-normalizer==3.5.3",
@@ -96,7 +100,12 @@ def apply(run: DeployRun) -> None:
     ca_bundle = _renewal_installed(run, earlier_masters=[])
     # Decided from the certificate on the host, not from what an earlier deploy wrote: a
     # certbot run that failed leaves the old certificate, and the next deploy asks again.
-    wanted = (sorted(settings.domains), settings.acme_directory, settings.acme_profile)
+    wanted = (
+        sorted(settings.domains),
+        settings.acme_directory,
+        settings.acme_profile,
+        AUTHENTICATORS[settings.certificate_source],
+    )
     # Back from a provided certificate (certificate_source): a new one, issued later than any
     # a master serves, so the deploy's sharing takes it to every master.
     was_provided = bool(host.get_fact(Directory, path=PROVIDED_CERTIFICATE))
@@ -168,6 +177,26 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
             mode="644",
         )
     ca_bundle = ACME_CA_BUNDLE if settings.acme_ca_bundle else ""
+    if settings.certificate_source == "acme_dns":
+        secret_template(
+            name="Ensure certbot's RFC 2136 credentials (the TSIG key) are in place",
+            src=run.template("certificates", "acme-dns-rfc2136.ini.j2"),
+            dest=ACME_DNS_CREDENTIALS,
+            user="root",
+            group="root",
+            mode="600",
+            server=settings.acme_dns_server,
+            port=settings.acme_dns_port,
+            key_name=settings.acme_dns_tsig_key,
+            secret=run.secrets["acme_dns_tsig_secret"],
+            algorithm=settings.acme_dns_tsig_algorithm,
+        )
+    else:
+        files.file(
+            name="Ensure no DNS update credentials are kept (HTTP-01)",
+            path=ACME_DNS_CREDENTIALS,
+            present=False,
+        )
     # certificate_metrics.py writes the certificate's metrics for node_exporter.
     helper_installed("certificate_metrics.py")
     helper_installed("acme_info.py")
@@ -193,8 +222,7 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
         certbot=CERTBOT,
         metrics=CERTIFICATE_METRICS_HELPER,
         random_delay=int(seconds_of(settings.renewal_random_delay)),
-        challenge_address=challenge_address(fleet),
-        challenge_port=CERTBOT_PORT,
+        challenge=challenge_options(fleet),
         # Several masters share the key: a renewal keeps it (certificate_sync.py checks it).
         reuse_key=len(fleet.masters) > 1,
         standby=CERTIFICATE_STANDBY_HELPER if earlier_masters else "",
@@ -365,9 +393,9 @@ def _install_certbot(run: DeployRun) -> None:
             )
 
 
-def _issued() -> tuple[list[str], str, str] | None:
-    """The names on the live certificate, the ACME server it came from and the profile asked
-    for, if there is a certificate."""
+def _issued() -> tuple[list[str], str, str, str] | None:
+    """The names on the live certificate, the ACME server it came from, the profile asked
+    for and how certbot proves the names (its authenticator), if there is a certificate."""
     names = host.get_fact(
         Lines,
         command=f"openssl x509 -in {LIVE_CERTIFICATE} -noout -ext subjectAltName 2>/dev/null "
@@ -377,7 +405,15 @@ def _issued() -> tuple[list[str], str, str] | None:
         return None
     issuer = host.get_fact(Lines, command=f"sed -n 's/^server = //p' {RENEWAL_CONFIG}")
     profile = host.get_fact(Lines, command=f"sed -n 's/^required_profile = //p' {RENEWAL_CONFIG}")
-    return sorted(name.strip() for name in names), "".join(issuer).strip(), "".join(profile).strip()
+    authenticator = host.get_fact(
+        Lines, command=f"sed -n 's/^authenticator = //p' {RENEWAL_CONFIG}"
+    )
+    return (
+        sorted(name.strip() for name in names),
+        "".join(issuer).strip(),
+        "".join(profile).strip(),
+        "".join(authenticator).strip(),
+    )
 
 
 def challenge_address(fleet: Fleet) -> str:
@@ -405,6 +441,23 @@ def _certonly(fleet: Fleet) -> str:
         "--key-type ecdsa --elliptic-curve secp256r1 --force-renewal "
         # Several masters share the key (the deploy copies it): renewals keep it.
         + ("--reuse-key " if len(fleet.masters) > 1 else "")
-        + f"--standalone --http-01-address {challenge_address(fleet)} "
-        f"--http-01-port {CERTBOT_PORT} --deploy-hook {DEPLOY_HOOK}"
+        + f"{challenge_options(fleet)} --deploy-hook {DEPLOY_HOOK}"
+    )
+
+
+# certbot's authenticator for each ACME certificate_source, as its renewal config records it.
+AUTHENTICATORS = {"acme_http": "standalone", "acme_dns": "dns-rfc2136"}
+
+
+def challenge_options(fleet: Fleet) -> str:
+    """How certbot proves the names: HTTP-01 through HAProxy's port 80 (its listener where
+    HAProxy passes the challenges), or DNS-01 through RFC 2136 updates."""
+    settings = fleet.settings
+    if settings.certificate_source == "acme_dns":
+        return (
+            f"--authenticator dns-rfc2136 --dns-rfc2136-credentials {ACME_DNS_CREDENTIALS} "
+            f"--dns-rfc2136-propagation-seconds {settings.acme_dns_propagation_seconds}"
+        )
+    return (
+        f"--standalone --http-01-address {challenge_address(fleet)} --http-01-port {CERTBOT_PORT}"
     )

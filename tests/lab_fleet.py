@@ -74,10 +74,11 @@ class Lab:
         return self.described["acme_root_bundle"]
 
     def tls_context(self) -> ssl.SSLContext:
-        """A new context trusting the lab's ACME roots, the standard and the short-lived CA's
-        (callers may narrow it)."""
+        """A new context trusting the lab's ACME roots, the standard, the short-lived and the
+        DNS-01 CA's (callers may narrow it)."""
         context = ssl.create_default_context(cafile=self.root_bundle)
         context.load_verify_locations(cafile=self.described["acme_short_lived"]["root_bundle"])
+        context.load_verify_locations(cafile=self.described["acme_dns01"]["root_bundle"])
         return context
 
     @cached_property

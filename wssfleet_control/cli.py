@@ -169,8 +169,16 @@ def site_certificate_of(fleet, stored: dict[str, str]):
     on this machine; a fault in it is a setting's, said before any host is touched."""
     from wssfleet_control import site_certificate
 
+    source = fleet.settings.certificate_source
+    if source == "acme_dns" and not stored.get("acme_dns_tsig_secret"):
+        raise InvalidSettings(
+            f"{fleet.inventory_path}: certificate_source='acme_dns' needs the secret "
+            "acme_dns_tsig_secret (the TSIG key acme_dns_tsig_key names, base64): put it in "
+            "the secrets file, give it from secrets_command, or set "
+            "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET"
+        )
     try:
-        if fleet.settings.certificate_source == site_certificate.PRIVATE_CA:
+        if source == site_certificate.PRIVATE_CA:
             site_certificate.check_private_ca(stored, fleet.settings.domains)
         return site_certificate.material(fleet.settings, fleet.inventory_path, stored)
     except site_certificate.CertificateError as error:
@@ -240,8 +248,7 @@ def deploy(
         report |= session.converge(run)
         errors = _failures(report)
         # A provided certificate (files, private_ca) reached every master in the converge.
-        acme = session.fleet.settings.certificate_source == "acme_http"
-        if not errors and acme and len(session.fleet.masters) > 1:
+        if not errors and session.fleet.settings.acme and len(session.fleet.masters) > 1:
             shared = certificate_sharing.share(session)
             report["certificates"] = shared
             for master, outcome in shared.items():
@@ -500,18 +507,22 @@ def details(inventory_path: str, as_json: bool) -> None:
 
 @main.command()
 @inventory_option
-def renew(inventory_path: str) -> None:
-    """Force a certificate renewal through the cron job's own script."""
+@click.pass_context
+def renew(ctx: click.Context, inventory_path: str) -> None:
+    """Force a certificate renewal: through the cron job's own script (ACME), or a new
+    certificate from the private CA, deployed."""
     from wssfleet_control import certificate_sharing, commands
 
     require_lab(inventory_path)
-    source = load_fleet(inventory_path).settings.certificate_source
-    if source != "acme_http":
-        how = {
-            "files": "put the renewed files in place, then `make deploy` checks and installs them",
-            "private_ca": "`make deploy` issues a new certificate when 30 days or fewer are left",
-        }[source]
-        raise Failure(f"certificate_source={source!r}: no ACME renewal here; {how}")
+    settings = load_fleet(inventory_path).settings
+    if settings.certificate_source == "files":
+        raise Failure(
+            "certificate_source='files': nothing here renews your certificate; put the renewed "
+            "files in place, then `make deploy` checks and installs them"
+        )
+    if settings.certificate_source == "private_ca":
+        _renew_from_the_private_ca(ctx, inventory_path)
+        return
     with open_session(inventory_path, quiet=True) as session:
         # The first master renews; while it is down, the next one that answers (its script
         # renews only while every master before it is unreachable).
@@ -537,6 +548,30 @@ def renew(inventory_path: str) -> None:
         click.echo(f"certificate on {master}: {outcome}")
     if not result.ok:
         raise Failure("the renewal failed (certbot's words are above)")
+
+
+def _renew_from_the_private_ca(ctx: click.Context, inventory_path: str) -> None:
+    """A new certificate from the private CA, deployed to every master (swapped in)."""
+    from wssfleet_control import secrets
+
+    with open_session(inventory_path, quiet=True) as session:
+        fleet = session.fleet
+        site_certificate_of(fleet, secrets_of(session, create=False))
+        lock = _locked(session, "renew")
+        outcome = "failed"
+        try:
+            try:
+                secrets.renew_private_ca(fleet.inventory_path, fleet.settings.domains)
+            except ValueError as error:
+                outcome = f"refused: {error}"
+                raise Failure(str(error)) from None
+            _say("--> A new certificate from the private CA;", "deploying it to every master")
+            ctx.invoke(
+                deploy, inventory_path=inventory_path, as_json=False, templates=None, holding=lock
+            )
+            outcome = "ok"
+        finally:
+            lock.finish(outcome, lock.deployed_release)
 
 
 @main.group()
@@ -1042,7 +1077,7 @@ Fleet status:  make status INVENTORY={inventory_path}""")
     if is_lab(inventory_path):
         root = (
             "the lab's ACME root: .lab/acme/root.pem"
-            if fleet.settings.certificate_source == "acme_http"
+            if fleet.settings.acme
             else "its root, as above"
         )
         click.echo(

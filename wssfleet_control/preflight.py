@@ -89,24 +89,26 @@ def _domains(session: Session) -> list[Finding]:
     )
     where = "the front door" if door else "the masters"
     found = []
-    for domain in fleet.settings.domains:
+    for name in fleet.settings.domains:
+        # A wildcard's names are the clients' to pick: one label stands for them.
+        domain = name.replace("*", "wildcard-check", 1) if name.startswith("*.") else name
         try:
             resolved = {
                 info[4][0] for info in socket.getaddrinfo(domain, 443, proto=socket.IPPROTO_TCP)
             }
         except OSError as error:
             found.append(
-                Finding(domain, "dns", WARNING, f"does not resolve from here ({error.strerror})")
+                Finding(name, "dns", WARNING, f"does not resolve from here ({error.strerror})")
             )
             continue
         if resolved & wanted:
             found.append(
-                Finding(domain, "dns", OK, f"resolves to {where} ({', '.join(sorted(resolved))})")
+                Finding(name, "dns", OK, f"resolves to {where} ({', '.join(sorted(resolved))})")
             )
         else:
             found.append(
                 Finding(
-                    domain,
+                    name,
                     "dns",
                     WARNING,
                     f"resolves to {', '.join(sorted(resolved))} from here, not to {where} "

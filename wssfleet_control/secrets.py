@@ -64,7 +64,10 @@ NOT_YET = "(not made yet: the first deploy makes this secret)"
 APP_SECRET = re.compile(r"app_[a-z0-9_]+")
 # Where values from outside the file may come from, and what they may name.
 ENVIRONMENT_PREFIX = "WSSFLEET_SECRET_"
-FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED)
+# Secrets only the operator can give (never made here): the TSIG key their DNS server takes
+# updates with (certificate_source acme_dns).
+GIVEN = ("acme_dns_tsig_secret",)
+FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED, *GIVEN)
 _printed: dict[str, dict[str, str]] = {}
 
 
@@ -187,6 +190,18 @@ def _write(path: Path, stored: dict[str, str]) -> None:
     with os.fdopen(descriptor, "w") as handle:
         json.dump(stored, handle, indent=2)
     temporary.replace(path)
+
+
+def renew_private_ca(inventory: str | os.PathLike[str], domains: Collection[str]) -> None:
+    """A new certificate from the private CA now (`wssfleet renew`), whatever is left of the
+    current one; the CA stays."""
+    path = path_for(inventory)
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if not stored.get(site_certificate.CA_KEY):
+        raise ValueError(f"{inventory} has no private CA yet: deploy it first")
+    stored.pop(site_certificate.ISSUED, None)
+    site_certificate.ensure_private_ca(stored, list(domains))
+    _write(path, stored)
 
 
 def fingerprint(name: str, value: str) -> str:

@@ -91,6 +91,15 @@ DnsName = Annotated[
         "give a lower-case DNS name like wss.example.com",
     ),
 ]
+# A name on the certificate: a DNS name, or a wildcard for one label under one
+# (certificate_source acme_dns, files or private_ca: HTTP-01 cannot prove a wildcard).
+CertificateName = Annotated[
+    str,
+    _pattern(
+        r"(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}",
+        "give a lower-case DNS name like wss.example.com, or a wildcard like *.example.com",
+    ),
+]
 Duration = Annotated[
     str, _pattern(r"\d+(us|ms|s|m|h|d)", "give a duration like 500ms, 30s, 5m or 1h")
 ]
@@ -163,6 +172,21 @@ def _acme_server(value: str) -> str:
 def _bundle(value: str) -> str:
     if value and (not PLAIN_PATH.fullmatch(value) or not Path(value).is_file()):
         raise ValueError("give the path of a PEM file on the control machine")
+    return value
+
+
+def _address_or_empty(value: str) -> str:
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("give an IP address, like 192.0.2.53") from None
+    return value
+
+
+def _tsig_key_name(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", value):
+        raise ValueError("give a key name of letters, digits and . _ - (like acme-update)")
     return value
 
 
@@ -370,13 +394,16 @@ class Settings(ClientPolicy):
 
     # Names and certificates
     domain: DnsName = Field(description="DNS name clients use; it must resolve to the master")
-    extra_domains: tuple[DnsName, ...] = Field(
-        default=(), description="more names on the same certificate"
+    extra_domains: tuple[CertificateName, ...] = Field(
+        default=(),
+        description="more names on the same certificate; a wildcard (*.example.com) needs "
+        "certificate_source acme_dns, files or private_ca",
     )
-    certificate_source: Literal["acme_http", "files", "private_ca"] = Field(
+    certificate_source: Literal["acme_http", "acme_dns", "files", "private_ca"] = Field(
         default="acme_http",
         description="where the masters' certificate comes from: acme_http (an ACME server over "
-        "HTTP-01 through the masters' port 80), files (yours: certificate_file and "
+        "HTTP-01 through the masters' port 80), acme_dns (an ACME server over DNS-01: "
+        "acme_dns_* and the secret acme_dns_tsig_secret), files (yours: certificate_file and "
         "certificate_key_file, or certificate_command), private_ca (the deployment's own CA, "
         "made on the control machine; `wssfleet private-ca` prints its root for clients)",
     )
@@ -395,6 +422,28 @@ class Settings(ClientPolicy):
         description="with certificate_source=files, instead of the two files: a command run on "
         "the control machine that prints the certificate, its intermediates and its key (PEM), "
         "e.g. from a vault",
+    )
+    acme_dns_server: Annotated[str, AfterValidator(_address_or_empty)] = Field(
+        default="",
+        description="with certificate_source=acme_dns: the IP address of the DNS server that "
+        "takes RFC 2136 dynamic updates for the domains' zone (BIND, Knot, PowerDNS)",
+    )
+    acme_dns_port: int = Field(default=53, ge=1, le=65535, description="its DNS port")
+    acme_dns_tsig_key: Annotated[str, AfterValidator(_tsig_key_name)] = Field(
+        default="",
+        description="the name of the TSIG key it accepts updates signed with (the key itself "
+        "is the secret acme_dns_tsig_secret: secrets file, secrets_command or "
+        "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET)",
+    )
+    acme_dns_tsig_algorithm: Literal["HMAC-SHA256", "HMAC-SHA384", "HMAC-SHA512"] = Field(
+        default="HMAC-SHA512", description="the TSIG key's algorithm"
+    )
+    acme_dns_propagation_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="how long certbot waits after its update before the CA looks (the time "
+        "your DNS servers take to agree)",
     )
     acme_server: Annotated[str, AfterValidator(_acme_server)] = Field(
         default="letsencrypt",
@@ -602,6 +651,25 @@ class Settings(ClientPolicy):
         return tuple(value) if isinstance(value, list) else value
 
     def _certificate_source_complete(self) -> None:
+        wildcards = [name for name in self.extra_domains if name.startswith("*.")]
+        if wildcards and self.certificate_source == "acme_http":
+            raise ValueError(
+                f"extra_domains {', '.join(wildcards)}: HTTP-01 cannot prove a wildcard; set "
+                "certificate_source to acme_dns (or files, private_ca), or list the names"
+            )
+        dns_settings = ("acme_dns_server", "acme_dns_tsig_key")
+        if self.certificate_source == "acme_dns":
+            missing = [name for name in dns_settings if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    f"certificate_source='acme_dns' needs {' and '.join(missing)}: the DNS "
+                    "server that takes RFC 2136 updates for your zone, and its TSIG key's name"
+                )
+        elif given := [name for name in dns_settings if getattr(self, name)]:
+            raise ValueError(
+                f"setting {given[0]} is used only with certificate_source='acme_dns' (it is "
+                f"{self.certificate_source!r}): remove it, or set certificate_source='acme_dns'"
+            )
         files = self.certificate_file or self.certificate_key_file
         if self.certificate_source != "files":
             given = [
@@ -630,11 +698,7 @@ class Settings(ClientPolicy):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         self._certificate_source_complete()
-        if (
-            self.certificate_source == "acme_http"
-            and self.acme_server in ACME_SERVERS
-            and not self.acme_email
-        ):
+        if self.acme and self.acme_server in ACME_SERVERS and not self.acme_email:
             raise ValueError(
                 f"setting acme_email is required with acme_server={self.acme_server!r}: "
                 "Let's Encrypt writes there about expiring certificates"
@@ -741,8 +805,16 @@ class Settings(ClientPolicy):
         return own + apps
 
     @property
+    def acme(self) -> bool:
+        """Whether an ACME server issues the certificate (certbot renews it on the masters)."""
+        return self.certificate_source in ("acme_http", "acme_dns")
+
+    @property
     def origins(self) -> tuple[str, ...]:
-        return self.allowed_origins or tuple(f"https://{name}" for name in self.domains)
+        # A wildcard is no origin: list the names it serves in allowed_origins.
+        return self.allowed_origins or tuple(
+            f"https://{name}" for name in self.domains if not name.startswith("*.")
+        )
 
     @property
     def close_spread_seconds(self) -> float:

@@ -269,7 +269,7 @@ def live_figures(session: Session) -> tuple[str, dict] | None:
 # How a certificate no ACME server issues is renewed, by certificate_source.
 PROVIDED_RENEWAL = {
     "files": "put renewed files in place, then make deploy",
-    "private_ca": "make deploy issues a new one when 30 days are left",
+    "private_ca": "make renew issues a new one now; make deploy does when 30 days are left",
 }
 PROVIDED_WARNING_DAYS = 14
 
@@ -336,7 +336,7 @@ def gather(session: Session) -> dict:
         "certificates": {master.name: certificate(session, master) for master in fleet.masters},
         "certificate_source": fleet.settings.certificate_source,
         # certbot's record: only an ACME certificate is renewed on the masters.
-        "renewal": renewal(session) if fleet.settings.certificate_source == "acme_http" else None,
+        "renewal": renewal(session) if fleet.settings.acme else None,
         "instances": instances(session),
         "apps": apps(session),
         "drained": drained(session),
@@ -375,7 +375,7 @@ def problems(report: dict) -> list[str]:
     if len({served["sha256"] for served in certificates.values() if served}) > 1:
         found.append("the masters serve different certificates")
     source = report.get("certificate_source", "acme_http")
-    if source != "acme_http":
+    if source in PROVIDED_RENEWAL:
         for master, served in certificates.items():
             left = _seconds_left(served["not_after"]) if served else None
             if left is not None and left < PROVIDED_WARNING_DAYS * 86400:
@@ -498,7 +498,7 @@ def render(report: dict) -> str:
         )
         lines.append(f"  on {master}: expires {expiry}")
     record = report["renewal"]
-    if source != "acme_http":
+    if source in PROVIDED_RENEWAL:
         lines.append(f"  renewal: {PROVIDED_RENEWAL[source]}")
     elif record is not None:
         result = {1: "succeeded", 0: "FAILED"}.get(int(record.get("last_success", -1)), "-")

@@ -1,7 +1,8 @@
 """Every certificate source on the two-master lab, switched on a live fleet: the operator's
-own files, the deployment's private CA, and back to ACME (Pebble). Each switch is a deploy
-while 400 clients and their publishers run through the front door: each master serves the new
-certificate to a client that trusts only its root, and no WebSocket notices.
+own files, the deployment's private CA, DNS-01 through RFC 2136 updates to Knot (a wildcard),
+and back to ACME over HTTP-01 (Pebble). Each switch is a deploy while 400 clients and their
+publishers run through the front door: each master serves the new certificate to a client
+that trusts only its root, and no WebSocket notices.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.timeout(600)
 CRON_FILE = "/etc/cron.d/wssfleet-certbot"
 
 
-def served_by(lab, master: str, roots: str) -> x509.Certificate:
-    """What ``master``'s own address serves for the domain, to a client trusting ``roots``
-    (PEM) alone; the handshake fails unless it chains to them for the domain."""
+def served_by(lab, master: str, roots: str, name: str | None = None) -> x509.Certificate:
+    """What ``master``'s own address serves for ``name`` (the domain), to a client trusting
+    ``roots`` (PEM) alone; the handshake fails unless it chains to them for that name."""
     context = ssl.create_default_context(cadata=roots)
     address = lab.fleet.node(master).address
     with (
         socket.create_connection((address, 443), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=lab.domain) as connection,
+        context.wrap_socket(raw, server_hostname=name or lab.domain) as connection,
     ):
         return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True))
 
@@ -39,7 +40,7 @@ def fingerprint(certificate: x509.Certificate) -> bytes:
     return certificate.fingerprint(hashes.SHA256())
 
 
-def test_files_then_the_private_ca_then_acme_reach_both_masters_with_no_websocket_dropped(
+def test_files_then_the_private_ca_renewed_then_acme_reach_both_masters_with_none_dropped(
     lab, tmp_path, source_address
 ):
     masters = [master.name for master in lab.fleet.masters]
@@ -77,6 +78,11 @@ def test_files_then_the_private_ca_then_acme_reach_both_masters_with_no_websocke
         root = wssfleet("private-ca", "-i", str(private))
         assert root.returncode == 0, root.stderr
         seen["private_ca"] = {master: served_by(lab, master, root.stdout) for master in masters}
+        renewal = wssfleet("renew", "-i", str(private))
+        assert renewal.returncode == 0, renewal.stdout + renewal.stderr
+        seen["private_ca renewed"] = {
+            master: served_by(lab, master, root.stdout) for master in masters
+        }
         code, report, log = deploy()
         assert code == 0, log[-3000:]
         seen["acme_http"] = {master: served_by(lab, master, acme_roots) for master in masters}
@@ -95,6 +101,9 @@ def test_files_then_the_private_ca_then_acme_reach_both_masters_with_no_websocke
         assert fingerprint(seen["files"][master]) == fingerprint(leaf), master
     private_leaves = {fingerprint(seen["private_ca"][master]) for master in masters}
     assert len(private_leaves) == 1
+    # `make renew` issued another from the same CA (the same root verified it) to both.
+    renewed = {fingerprint(seen["private_ca renewed"][master]) for master in masters}
+    assert len(renewed) == 1 and renewed != private_leaves
     # Back on ACME: a new certificate, the same on both masters (the second got it, and its
     # key, from the deploy), and neither keeps the provided one nor lacks the renewal job.
     acme_leaves = {fingerprint(seen["acme_http"][master]) for master in masters}
@@ -105,3 +114,52 @@ def test_files_then_the_private_ca_then_acme_reach_both_masters_with_no_websocke
         assert left == "gone", f"{master} still keeps {PROVIDED_CERTIFICATE}"
     cron = lab.on(masters[0], f"cat {CRON_FILE}")
     assert cron.returncode == 0 and "wssfleet-renew" in cron.stdout, cron.stdout + cron.stderr
+
+
+def test_a_wildcard_over_dns01_serves_any_name_under_the_domain_and_renews_on_both_masters(
+    lab, tmp_path, source_address, monkeypatch
+):
+    masters = [master.name for master in lab.fleet.masters]
+    dns01 = lab.described["acme_dns01"]
+    # The TSIG key from the environment, as a CI runner gives it.
+    monkeypatch.setenv("WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET", dns01["tsig_secret"])
+    inventory = derived_inventory(
+        tmp_path,
+        certificate_source="acme_dns",
+        acme_server=dns01["directory"],
+        extra_domains=[f"*.{lab.domain}"],
+        acme_dns_server=dns01["server"],
+        acme_dns_port=dns01["port"],
+        acme_dns_tsig_key=dns01["tsig_name"],
+        acme_dns_tsig_algorithm=dns01["tsig_algorithm"],
+        acme_dns_propagation_seconds=0,
+    )
+    with open(dns01["root_bundle"]) as bundle:
+        root = bundle.read()
+    names = [f"a.{lab.domain}", f"b.{lab.domain}", lab.domain]
+    seen: dict[str, dict] = {}
+
+    def switch_then_renew() -> dict:
+        code, _, log = deploy(inventory)
+        assert code == 0, log[-3000:]
+        seen["issued"] = {
+            (master, name): served_by(lab, master, root, name)
+            for master in masters
+            for name in names
+        }
+        renewal = wssfleet("renew", "-i", str(inventory))
+        assert renewal.returncode == 0, renewal.stdout + renewal.stderr
+        seen["renewed"] = {master: served_by(lab, master, root, names[0]) for master in masters}
+        return {}
+
+    try:
+        summary = through(lab, source_address(44), switch_then_renew, after=5)
+    finally:
+        code, _, log = deploy()
+        assert code == 0, log[-3000:]
+    assert summary["reconnections"] == 0, summary
+    assert summary["failed handshakes"] == 0, summary
+    issued = {fingerprint(certificate) for certificate in seen["issued"].values()}
+    assert len(issued) == 1, "the masters or the names got different certificates"
+    renewed = {fingerprint(certificate) for certificate in seen["renewed"].values()}
+    assert len(renewed) == 1 and renewed != issued, "the renewal did not reach both masters"

@@ -84,7 +84,7 @@ def test_certificate_covers_every_domain_with_a_third_of_its_lifetime_left(on, m
         calendar.timegm(time.strptime(fields[key], "%b %d %H:%M:%S %Y %Z"))
         for key in ("notBefore", "notAfter")
     )
-    if fleet.settings.certificate_source == "acme_http":
+    if fleet.settings.acme:
         assert not_after - time.time() > (not_after - not_before) / 3, dates
     else:
         # Nothing renews a provided certificate between deploys: the alert's 14 days.
@@ -106,7 +106,7 @@ def test_served_certificate_is_the_one_on_disk(on, master, fleet):
 
 
 def test_a_provided_certificate_has_no_acme_renewal_beside_it_and_a_private_key(on, master, fleet):
-    if fleet.settings.certificate_source == "acme_http":
+    if fleet.settings.acme:
         pytest.skip("certificate_source acme_http: certbot renews it")
     host = on(master)
     assert not host.file("/etc/cron.d/wssfleet-certbot").exists
@@ -115,7 +115,7 @@ def test_a_provided_certificate_has_no_acme_renewal_beside_it_and_a_private_key(
 
 
 def test_cron_renews_through_the_wssfleet_script(on, certificate_master, fleet):
-    if fleet.settings.certificate_source != "acme_http":
+    if not fleet.settings.acme:
         pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no ACME renewal")
     entry = on(certificate_master).file("/etc/cron.d/wssfleet-certbot")
     assert entry.exists and entry.user == "root"
@@ -124,7 +124,7 @@ def test_cron_renews_through_the_wssfleet_script(on, certificate_master, fleet):
 
 
 def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master, fleet):
-    if fleet.settings.certificate_source != "acme_http":
+    if not fleet.settings.acme:
         pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no certbot runs")
     host = on(certificate_master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"

@@ -33,9 +33,7 @@ def shipped_rules(fleet) -> set[str]:
         # Inside an alert (its runbook_url), never around one.
         "settings.runbook_base_url": bool(fleet.settings.runbook_base_url),
         "settings.apps": bool(fleet.settings.apps),
-        'settings.certificate_source == "acme_http"': (
-            fleet.settings.certificate_source == "acme_http"
-        ),
+        "settings.acme": fleet.settings.acme,
     }
     names, kept, conditions = set(), [True], []
     for line in RULES_TEMPLATE.read_text().splitlines():
@@ -166,7 +164,7 @@ def test_no_fleet_wide_alert_fires_and_the_rules_are_loaded(on, fleet, monitorin
 def test_the_certificates_last_renewal_succeeded(on, monitoring_node, fleet):
     # The figures come with the node exporters' first scrape after a deploy.
     scraped_targets(on, monitoring_node)
-    if fleet.settings.certificate_source != "acme_http":
+    if not fleet.settings.acme:
         # No renewal job: what each master serves, which the expiry alert watches.
         served = prometheus(
             on, monitoring_node, "query", "wssfleet_served_certificate_not_after_seconds"

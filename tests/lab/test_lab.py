@@ -56,13 +56,28 @@ def test_workers_reach_the_master():
         assert ssh(worker["address"], probe).returncode == 0, worker
 
 
-def test_acme_directory_answers_over_verified_https():
+def test_acme_directories_answer_over_verified_https():
     described = lab_json()
     context = ssl.create_default_context(cafile=described["acme_ca_bundle"])
-    with urllib.request.urlopen(described["acme_directory"], context=context, timeout=10) as reply:
-        directory = json.loads(reply.read())
-    assert {"newAccount", "newNonce", "newOrder"} <= directory.keys()
-    assert Path(described["acme_root_bundle"]).read_text().startswith("-----BEGIN CERTIFICATE")
+    for url, root in (
+        (described["acme_directory"], described["acme_root_bundle"]),
+        (described["acme_dns01"]["directory"], described["acme_dns01"]["root_bundle"]),
+    ):
+        with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+            directory = json.loads(reply.read())
+        assert {"newAccount", "newNonce", "newOrder"} <= directory.keys()
+        assert Path(root).read_text().startswith("-----BEGIN CERTIFICATE")
+
+
+def test_knot_answers_for_the_lab_zone_from_the_bridge():
+    """The DNS-01 CA's resolver: a master reaches it (certbot's updates go there)."""
+    dns01 = lab_json()["acme_dns01"]
+    master = lab_json()["master"]["address"]
+    probe = (
+        "python3 -c 'import socket; "
+        f'socket.create_connection(("{dns01["server"]}", {dns01["port"]}), 5)\''
+    )
+    assert ssh(master, probe).returncode == 0
 
 
 def test_second_up_is_a_no_op():

@@ -214,3 +214,42 @@ def test_a_bad_certificate_file_stops_check_and_deploy_before_any_host(ca, tmp_p
         assert result.returncode == 3, result.stdout + result.stderr
         assert f"{tmp_path / 'site.pem'} with key {tmp_path / 'site.key'}" in result.stderr
         assert "does not name chat.example.com" in result.stderr
+
+
+DNS01 = {
+    "acme_email": "ops@example.com",
+    "certificate_source": "acme_dns",
+    "acme_dns_server": "192.0.2.53",
+    "acme_dns_tsig_key": "acme-update",
+}
+
+
+def test_a_wildcard_needs_a_source_that_can_prove_it():
+    with pytest.raises(ValueError, match=r"HTTP-01 cannot prove a wildcard"):
+        Settings(domain=DOMAINS[0], extra_domains=("*.example.com",), acme_email="ops@example.com")
+    settings = Settings(domain=DOMAINS[0], extra_domains=("*.example.com",), **DNS01)
+    assert settings.acme and "https://*.example.com" not in settings.origins
+    with pytest.raises(ValueError, match=r"a wildcard like \*\.example\.com"):
+        Settings(domain=DOMAINS[0], extra_domains=("*.*.example.com",), **DNS01)
+
+
+def test_dns01_names_its_missing_settings_and_refuses_them_elsewhere():
+    with pytest.raises(ValueError, match="needs acme_dns_server and acme_dns_tsig_key"):
+        Settings(domain=DOMAINS[0], certificate_source="acme_dns")
+    with pytest.raises(ValueError, match="acme_dns_server is used only with"):
+        Settings(domain=DOMAINS[0], acme_dns_server="192.0.2.53", acme_email="a@example.com")
+    with pytest.raises(ValueError, match="give an IP address"):
+        Settings(domain=DOMAINS[0], **{**DNS01, "acme_dns_server": "ns1.example.com"})
+
+
+def test_dns01_without_its_tsig_secret_stops_before_any_host(tmp_path):
+    path = tmp_path / "staging.py"
+    path.write_text(
+        INVENTORY.format(
+            settings={"domain": DOMAINS[0], "acme_server": "https://192.0.2.1/dir", **DNS01}
+        )
+    )
+    result = control_cli("deploy", "-i", str(path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "needs the secret acme_dns_tsig_secret" in result.stderr
+    assert "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET" in result.stderr
