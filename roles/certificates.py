@@ -49,6 +49,8 @@ from wssfleet_control.hostside.layout import (
     LINEAGE,
     LIVE_CERTIFICATE,
     PROVIDED_CERTIFICATE,
+    PROVIDED_RENEWAL_CRON,
+    PROVIDED_RENEWAL_HELPER,
     RENEW_COMMAND,
     RENEWAL_CONFIG,
     RUNTIME_HELPER,
@@ -169,6 +171,11 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
         present=False,
     )
     _install_certbot(run)
+    files.file(
+        name="Ensure cron swaps in no private CA certificate (ACME renews here)",
+        path=PROVIDED_RENEWAL_CRON,
+        present=False,
+    )
     if settings.acme_ca_bundle:
         files.put(
             name="Ensure certbot trusts the ACME server's CA",
@@ -297,6 +304,7 @@ def provided(run: DeployRun) -> None:
             name="Ensure HAProxy serves the provided certificate (swapped in, no reload)",
             commands=[f"python3 {RUNTIME_HELPER} install-cert {PROVIDED_CERTIFICATE}"],
         )
+    _successor_installed(run)
     # An ACME renewal here would replace it.
     files.file(name="Ensure cron runs no ACME renewal here", path=CRON_FILE, present=False)
     unit_retired(f"{CERTIFICATE_SYNC_UNIT}.timer", "every master gets the same certificate")
@@ -304,6 +312,66 @@ def provided(run: DeployRun) -> None:
         name="Ensure no ACME renewal figures are left",
         path=CERTIFICATE_METRICS_FILE,
         present=False,
+    )
+
+
+def _successor_installed(run: DeployRun) -> None:
+    """With the private CA: its next certificate beside the current one, and the cron job
+    that swaps it in when it becomes valid (hostside/provided_renewal.py)."""
+    material = run.site_certificate
+    successor = f"{PROVIDED_CERTIFICATE}/next"
+    if not material.next_chain:
+        files.directory(
+            name="Ensure no next certificate is kept (none comes with these)",
+            path=successor,
+            present=False,
+        )
+        files.file(
+            name="Ensure cron swaps in no next certificate",
+            path=PROVIDED_RENEWAL_CRON,
+            present=False,
+        )
+        return
+    files.directory(
+        name="Ensure the next certificate's directory is root's alone",
+        path=successor,
+        user="root",
+        group="root",
+        mode="700",
+    )
+    files.put(
+        name="Ensure the private CA's next certificate is in place",
+        src=StringIO(material.next_chain),
+        dest=f"{successor}/fullchain.pem",
+        mode="644",
+    )
+    secret_template(
+        name="Ensure its private key is in place",
+        src=run.template("internal_tls", "key.pem.j2"),
+        dest=f"{successor}/privkey.pem",
+        user="root",
+        group="root",
+        mode="600",
+        key=material.next_key,
+    )
+    helper_installed("provided_renewal.py")
+    apt.packages(name="Ensure cron is installed", packages=["cron"], no_recommends=True)
+    settings = run.fleet.settings
+    files.template(
+        name=f"Ensure cron looks every {settings.renewal_interval} whether the next one is due",
+        src=run.template("certificates", "provided-renewal-cron.j2"),
+        dest=PROVIDED_RENEWAL_CRON,
+        mode="644",
+        schedule=cron_schedule(settings),
+        helper=PROVIDED_RENEWAL_HELPER,
+        interval=settings.renewal_interval,
+    )
+    systemd.service(
+        **SERVICE_RETRY,
+        name="Ensure cron is running",
+        service="cron.service",
+        running=True,
+        enabled=True,
     )
 
 

@@ -12,8 +12,11 @@ domain is named, and it is valid now.
 
 ``private_ca``: a CA made once on the control machine and kept with the inventory's other
 secrets, constrained to the fleet's domains (a client that trusts it trusts it for those names
-and nothing else). It issues the masters' certificate for LEAF_DAYS days; a deploy with less
-than RENEW_DAYS left, or with other names, issues a new one.
+and nothing else). It issues the masters' certificate for LEAF_DAYS days, and its successor,
+valid from RENEW_DAYS before the current one ends: the masters' cron swaps that in when it
+becomes valid (hostside/provided_renewal.py), so the CA's key never leaves this machine. A
+deploy once the current one has RENEW_DAYS or fewer left makes the successor current and
+issues a new successor; other names get a new certificate at once.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ class Material:
     chain: str
     key: str
     origin: str
+    # The private CA's successor: valid from RENEW_DAYS before this one ends, when the
+    # masters' timer swaps it in (hostside/provided_renewal.py) if no deploy came first.
+    next_chain: str = ""
+    next_key: str = ""
 
     @property
     def fingerprint(self) -> str:
@@ -83,7 +90,13 @@ def material(settings, inventory_path: str, stored: dict[str, str]) -> Material 
         if not issued or issued == NOT_YET:
             return Material(NOT_YET, NOT_YET, "the private CA")
         current = json.loads(issued)
-        return Material(current["chain"], current["key"], "the private CA")
+        return Material(
+            current["chain"],
+            current["key"],
+            "the private CA",
+            current.get("next_chain", ""),
+            current.get("next_key", ""),
+        )
     return None
 
 
@@ -325,7 +338,7 @@ def ensure_private_ca(stored: dict[str, str], domains, now=None) -> bool:
         )
         permitted = [x509.DNSName(domain) for domain in _permitted(domains)]
         certificate = (
-            _builder(name, name, key, now, CA_DAYS)
+            _builder(name, name, key, now - datetime.timedelta(minutes=5), CA_DAYS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(key_usage(certificate_sign=True), critical=True)
             .add_extension(x509.NameConstraints(permitted, None), critical=True)
@@ -340,17 +353,53 @@ def ensure_private_ca(stored: dict[str, str], domains, now=None) -> bool:
         stored.pop(ISSUED, None)
         made = True
     check_private_ca(stored, domains)
-    ca = x509.load_pem_x509_certificate(stored[CA_CERTIFICATE].encode())
     current = json.loads(stored.get(ISSUED) or "{}")
     if current and sorted(current["names"]) == sorted(domains):
         leaf = x509.load_pem_x509_certificate(current["chain"].encode())
         if leaf.not_valid_after_utc - now > datetime.timedelta(days=RENEW_DAYS):
-            return made
+            if "next_chain" in current:
+                return made
+            # Made before successors were: one now.
+            current |= _issued(stored, domains, _successor_start(leaf), "next_")
+            stored[ISSUED] = json.dumps(current)
+            return True
+        if current.get("next_chain"):
+            successor = x509.load_pem_x509_certificate(current["next_chain"].encode())
+            left = successor.not_valid_after_utc - now
+            if successor.not_valid_before_utc <= now and left > datetime.timedelta(days=RENEW_DAYS):
+                # Due: the successor (which the masters' timer may serve already) takes over.
+                promoted = {
+                    "names": current["names"],
+                    "chain": current["next_chain"],
+                    "key": current["next_key"],
+                    **_issued(stored, domains, _successor_start(successor), "next_"),
+                }
+                stored[ISSUED] = json.dumps(promoted)
+                return True
+    start = now - datetime.timedelta(minutes=5)
+    fresh = {"names": list(domains), **_issued(stored, domains, start, "")}
+    leaf = x509.load_pem_x509_certificate(fresh["chain"].encode())
+    fresh |= _issued(stored, domains, _successor_start(leaf), "next_")
+    stored[ISSUED] = json.dumps(fresh)
+    return True
+
+
+def _successor_start(leaf: x509.Certificate) -> datetime.datetime:
+    """When a certificate's successor becomes valid: RENEW_DAYS before it ends, when the
+    masters' timer swaps it in without waiting for a deploy."""
+    return leaf.not_valid_after_utc - datetime.timedelta(days=RENEW_DAYS)
+
+
+def _issued(stored: dict[str, str], domains, start: datetime.datetime, prefix: str) -> dict:
+    """A certificate (the leaf alone: the CA is a root, which clients hold and servers do not
+    send) and its key for ``domains``, valid LEAF_DAYS from ``start``: {prefix+"chain",
+    prefix+"key"}."""
+    ca = x509.load_pem_x509_certificate(stored[CA_CERTIFICATE].encode())
     ca_key = serialization.load_pem_private_key(stored[CA_KEY].encode(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
     leaf = (
-        _builder(subject, ca.subject, key, now, LEAF_DAYS)
+        _builder(subject, ca.subject, key, start, LEAF_DAYS)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(domain) for domain in domains]),
             critical=False,
@@ -364,26 +413,21 @@ def ensure_private_ca(stored: dict[str, str], domains, now=None) -> bool:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    stored[ISSUED] = json.dumps(
-        {
-            "names": list(domains),
-            # The leaf alone: the CA is a root, which clients hold and servers do not send.
-            "chain": leaf.public_bytes(serialization.Encoding.PEM).decode(),
-            "key": key_pem(key),
-        }
-    )
-    return True
+    return {
+        f"{prefix}chain": leaf.public_bytes(serialization.Encoding.PEM).decode(),
+        f"{prefix}key": key_pem(key),
+    }
 
 
-def _builder(subject, issuer, key, now, days: int) -> x509.CertificateBuilder:
+def _builder(subject, issuer, key, start, days: int) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
 

@@ -269,7 +269,7 @@ def live_figures(session: Session) -> tuple[str, dict] | None:
 # How a certificate no ACME server issues is renewed, by certificate_source.
 PROVIDED_RENEWAL = {
     "files": "put renewed files in place, then make deploy",
-    "private_ca": "make renew issues a new one now; make deploy does when 30 days are left",
+    "private_ca": "cron swaps in the next one 30 days before the end; make renew: now",
 }
 PROVIDED_WARNING_DAYS = 14
 

@@ -17,7 +17,11 @@ from cryptography.hazmat.primitives import hashes
 from tests.e2e.crowd import through
 from tests.lab_fleet import deploy, derived_inventory, wssfleet
 from tests.own_ca import OwnCA
-from wssfleet_control.hostside.layout import PROVIDED_CERTIFICATE
+from wssfleet_control.hostside.layout import (
+    PROVIDED_CERTIFICATE,
+    PROVIDED_RENEWAL_CRON,
+    PROVIDED_RENEWAL_HELPER,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -73,11 +77,19 @@ def test_files_then_the_private_ca_renewed_then_acme_reach_both_masters_with_non
             mode = lab.on(master, f"stat -c '%a %U' {PROVIDED_CERTIFICATE}/privkey.pem").stdout
             assert mode.strip() == "600 root", (master, mode)
             assert lab.on(master, f"test -e {CRON_FILE}").returncode == 1, master
+            # Your files come with no successor: nothing to swap in.
+            assert lab.on(master, f"test -e {PROVIDED_RENEWAL_CRON}").returncode == 1, master
         code, _, log = deploy(private)
         assert code == 0, log[-3000:]
         root = wssfleet("private-ca", "-i", str(private))
         assert root.returncode == 0, root.stderr
         seen["private_ca"] = {master: served_by(lab, master, root.stdout) for master in masters}
+        for master in masters:
+            # Its successor waits beside it for the masters' cron: valid only in 60 days.
+            renewal = lab.on(master, f"python3 {PROVIDED_RENEWAL_HELPER}")
+            assert renewal.returncode == 0, renewal.stdout + renewal.stderr
+            assert "not valid yet" in renewal.stdout, renewal.stdout
+            assert lab.on(master, f"test -s {PROVIDED_RENEWAL_CRON}").returncode == 0, master
         renewal = wssfleet("renew", "-i", str(private))
         assert renewal.returncode == 0, renewal.stdout + renewal.stderr
         seen["private_ca renewed"] = {
@@ -112,6 +124,8 @@ def test_files_then_the_private_ca_renewed_then_acme_reach_both_masters_with_non
     for master in masters:
         left = lab.on(master, f"test -e {PROVIDED_CERTIFICATE} || echo gone").stdout.strip()
         assert left == "gone", f"{master} still keeps {PROVIDED_CERTIFICATE}"
+    for master in masters:
+        assert lab.on(master, f"test -e {PROVIDED_RENEWAL_CRON}").returncode == 1, master
     cron = lab.on(masters[0], f"cat {CRON_FILE}")
     assert cron.returncode == 0 and "wssfleet-renew" in cron.stdout, cron.stdout + cron.stderr
 

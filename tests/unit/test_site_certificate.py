@@ -9,6 +9,7 @@ import json
 import subprocess
 
 import pytest
+from cryptography import x509
 
 from tests.own_ca import OwnCA, pem
 from tests.unit.helpers import control_cli
@@ -178,9 +179,18 @@ def test_the_private_ca_keeps_a_fresh_certificate_and_renews_a_due_or_renamed_on
     ca = stored[site_certificate.CA_CERTIFICATE]
     assert not site_certificate.ensure_private_ca(stored, DOMAINS)
     assert json.loads(stored[site_certificate.ISSUED]) == first
+    # Due (29 days left): its successor, valid since day 60, takes over, and gets one.
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=61)
     assert site_certificate.ensure_private_ca(stored, DOMAINS, now=later)
-    assert json.loads(stored[site_certificate.ISSUED])["key"] != first["key"]
+    promoted = json.loads(stored[site_certificate.ISSUED])
+    assert (promoted["chain"], promoted["key"]) == (first["next_chain"], first["next_key"])
+    assert promoted["next_chain"] != first["next_chain"]
+    # Long past both (no deploy for half a year): a fresh one from now.
+    much_later = later + datetime.timedelta(days=200)
+    assert site_certificate.ensure_private_ca(stored, DOMAINS, now=much_later)
+    fresh = json.loads(stored[site_certificate.ISSUED])
+    leaf = x509.load_pem_x509_certificate(fresh["chain"].encode())
+    assert leaf.not_valid_before_utc <= much_later < leaf.not_valid_after_utc
     assert site_certificate.ensure_private_ca(stored, [*DOMAINS, "eu.wss.example.com"])
     assert json.loads(stored[site_certificate.ISSUED])["names"][-1] == "eu.wss.example.com"
     # One CA throughout: clients keep trusting the same root.
@@ -253,3 +263,28 @@ def test_dns01_without_its_tsig_secret_stops_before_any_host(tmp_path):
     assert result.returncode == 3, result.stdout + result.stderr
     assert "needs the secret acme_dns_tsig_secret" in result.stderr
     assert "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET" in result.stderr
+
+
+def test_the_successor_is_valid_from_30_days_before_the_current_one_ends(tmp_path):
+    stored: dict[str, str] = {}
+    site_certificate.ensure_private_ca(stored, ["a.b"])
+    issued = json.loads(stored[site_certificate.ISSUED])
+    current = x509.load_pem_x509_certificate(issued["chain"].encode())
+    successor = x509.load_pem_x509_certificate(issued["next_chain"].encode())
+    overlap = current.not_valid_after_utc - successor.not_valid_before_utc
+    assert overlap == datetime.timedelta(days=site_certificate.RENEW_DAYS)
+    lifetime = successor.not_valid_after_utc - successor.not_valid_before_utc
+    assert lifetime == datetime.timedelta(days=site_certificate.LEAF_DAYS)
+    root = site_certificate.ca_certificate(stored)
+    (tmp_path / "root.pem").write_text(root)
+    # OpenSSL takes it a minute after it starts, and refuses it now (not yet valid: 2).
+    for moment, verdict in ((successor.not_valid_before_utc, 0), (datetime.datetime.now(), 2)):
+        at = str(int(moment.timestamp()) + 60)
+        root_file = str(tmp_path / "root.pem")
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", root_file, "-attime", at, "-verify_hostname", "a.b"],
+            input=issued["next_chain"],
+            capture_output=True,
+            text=True,
+        )
+        assert verified.returncode == verdict, verified.stderr

@@ -175,6 +175,9 @@ ACME_ROOTS = f"{CONFIG_DIRECTORY}/acme-roots.pem"
 # lineage: fullchain.pem, privkey.pem), root's alone. It also marks that this master serves
 # no ACME certificate: the first one from ACME may then come with another key.
 PROVIDED_CERTIFICATE = f"{CONFIG_DIRECTORY}/provided-certificate"
+# With private_ca: cron swaps in the next certificate (PROVIDED_CERTIFICATE/next) when due.
+PROVIDED_RENEWAL_HELPER = helper("provided_renewal.py")
+PROVIDED_RENEWAL_CRON = "/etc/cron.d/wssfleet-provided-renewal"
 CERTIFICATE_SYNC_HELPER = f"{HELPERS}/certificate_sync.py"
 CERTIFICATE_STANDBY_HELPER = f"{HELPERS}/certificate_standby.py"
 CERTIFICATE_SYNC_UNIT = "wssfleet-certificate-sync"
