@@ -243,22 +243,13 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
         runtime=RUNTIME_HELPER,
         quote=quote,
     )
-    files.template(
-        name=f"Ensure cron checks for renewal every {settings.renewal_interval}",
-        src=run.template("certificates", "cron.j2"),
-        dest=CRON_FILE,
-        mode="644",
-        schedule=cron_schedule(settings),
+    _cron_job(
+        run,
+        f"Ensure cron checks for renewal every {settings.renewal_interval}",
+        "cron.j2",
+        CRON_FILE,
         renew=RENEW_COMMAND,
-        interval=settings.renewal_interval,
         random_delay=settings.renewal_random_delay,
-    )
-    systemd.service(
-        **SERVICE_RETRY,
-        name="Ensure cron is running",
-        service="cron.service",
-        running=True,
-        enabled=True,
     )
     return ca_bundle
 
@@ -272,27 +263,12 @@ def provided(run: DeployRun) -> None:
     + run: the deploy (its site_certificate)
     """
     material = run.site_certificate
-    files.directory(
-        name="Ensure the provided certificate's directory is root's alone",
-        path=PROVIDED_CERTIFICATE,
-        user="root",
-        group="root",
-        mode="700",
-    )
-    chain = files.put(
-        name=f"Ensure the certificate from {material.origin} is in place",
-        src=StringIO(material.chain),
-        dest=f"{PROVIDED_CERTIFICATE}/fullchain.pem",
-        mode="644",
-    )
-    key = secret_template(
-        name="Ensure its private key is in place",
-        src=run.template("internal_tls", "key.pem.j2"),
-        dest=f"{PROVIDED_CERTIFICATE}/privkey.pem",
-        user="root",
-        group="root",
-        mode="600",
-        key=material.key,
+    chain, key = _lineage_installed(
+        run,
+        PROVIDED_CERTIFICATE,
+        material.chain,
+        material.key,
+        f"the certificate from {material.origin}",
     )
     served = host.get_fact(
         Lines,
@@ -315,6 +291,35 @@ def provided(run: DeployRun) -> None:
     )
 
 
+def _lineage_installed(run: DeployRun, directory: str, chain: str, key: str, what: str):
+    """``chain`` and ``key`` (PEM) as certbot lays out a lineage, which the runtime helper's
+    install-cert reads: ``directory``/fullchain.pem and privkey.pem, root's alone. Returns the
+    two operations."""
+    files.directory(
+        name=f"Ensure the directory of {what} is root's alone",
+        path=directory,
+        user="root",
+        group="root",
+        mode="700",
+    )
+    chain_put = files.put(
+        name=f"Ensure {what} is in place",
+        src=StringIO(chain),
+        dest=f"{directory}/fullchain.pem",
+        mode="644",
+    )
+    key_put = secret_template(
+        name=f"Ensure the private key of {what} is in place",
+        src=run.template("internal_tls", "key.pem.j2"),
+        dest=f"{directory}/privkey.pem",
+        user="root",
+        group="root",
+        mode="600",
+        key=key,
+    )
+    return chain_put, key_put
+
+
 def _successor_installed(run: DeployRun) -> None:
     """With the private CA: its next certificate beside the current one, and the cron job
     that swaps it in when it becomes valid (hostside/provided_renewal.py)."""
@@ -332,39 +337,31 @@ def _successor_installed(run: DeployRun) -> None:
             present=False,
         )
         return
-    files.directory(
-        name="Ensure the next certificate's directory is root's alone",
-        path=successor,
-        user="root",
-        group="root",
-        mode="700",
-    )
-    files.put(
-        name="Ensure the private CA's next certificate is in place",
-        src=StringIO(material.next_chain),
-        dest=f"{successor}/fullchain.pem",
-        mode="644",
-    )
-    secret_template(
-        name="Ensure its private key is in place",
-        src=run.template("internal_tls", "key.pem.j2"),
-        dest=f"{successor}/privkey.pem",
-        user="root",
-        group="root",
-        mode="600",
-        key=material.next_key,
+    _lineage_installed(
+        run, successor, material.next_chain, material.next_key, "the private CA's next certificate"
     )
     helper_installed("provided_renewal.py")
     apt.packages(name="Ensure cron is installed", packages=["cron"], no_recommends=True)
+    _cron_job(
+        run,
+        f"Ensure cron looks every {run.fleet.settings.renewal_interval} whether it is due",
+        "provided-renewal-cron.j2",
+        PROVIDED_RENEWAL_CRON,
+        helper=PROVIDED_RENEWAL_HELPER,
+    )
+
+
+def _cron_job(run: DeployRun, name: str, template: str, dest: str, **variables) -> None:
+    """One of the role's cron files, on the renewal_interval schedule, and cron running."""
     settings = run.fleet.settings
     files.template(
-        name=f"Ensure cron looks every {settings.renewal_interval} whether the next one is due",
-        src=run.template("certificates", "provided-renewal-cron.j2"),
-        dest=PROVIDED_RENEWAL_CRON,
+        name=name,
+        src=run.template("certificates", template),
+        dest=dest,
         mode="644",
         schedule=cron_schedule(settings),
-        helper=PROVIDED_RENEWAL_HELPER,
         interval=settings.renewal_interval,
+        **variables,
     )
     systemd.service(
         **SERVICE_RETRY,
