@@ -38,12 +38,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from wssfleet_control.internal_tls import key_pem, key_usage
 from wssfleet_control.vault import CommandError, printed_by
 
-ACME_HTTP, FILES, PRIVATE_CA = "acme_http", "files", "private_ca"
-SOURCES = (ACME_HTTP, FILES, PRIVATE_CA)
+FILES, PRIVATE_CA = "files", "private_ca"
 CA_KEY, CA_CERTIFICATE, ISSUED = "site_ca_key", "site_ca_certificate", "site_certificate"
-SECRET_NAMES = (CA_KEY, CA_CERTIFICATE, ISSUED)
 CA_DAYS, LEAF_DAYS, RENEW_DAYS = 3650, 90, 30
-# The alert and `make status` warn this long before a provided certificate expires.
+# `make status` (and the alert, in its rule) warn this long before a provided one expires.
 WARNING_DAYS = 14
 NOT_YET = "(not made yet: the first deploy with certificate_source=private_ca makes it)"
 
@@ -72,12 +70,6 @@ class Material:
         leaf = x509.load_pem_x509_certificates(self.chain.encode())[0]
         digest = leaf.fingerprint(hashes.SHA256())
         return ":".join(f"{byte:02X}" for byte in digest)
-
-    @property
-    def not_after(self) -> datetime.datetime | None:
-        if self.chain == NOT_YET:
-            return None
-        return x509.load_pem_x509_certificates(self.chain.encode())[0].not_valid_after_utc
 
 
 def material(settings, inventory_path: str, stored: dict[str, str]) -> Material | None:

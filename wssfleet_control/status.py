@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from wssfleet_control import commands
+from wssfleet_control import commands, site_certificate
 from wssfleet_control.hostside.layout import (
     BACKEND,
     INSTANCE_PREFIX,
@@ -271,7 +271,6 @@ PROVIDED_RENEWAL = {
     "files": "put renewed files in place, then make deploy",
     "private_ca": "cron swaps in the next one 30 days before the end; make renew: now",
 }
-PROVIDED_WARNING_DAYS = 14
 
 
 def _seconds_left(not_after: str) -> float | None:
@@ -378,7 +377,7 @@ def problems(report: dict) -> list[str]:
     if source in PROVIDED_RENEWAL:
         for master, served in certificates.items():
             left = _seconds_left(served["not_after"]) if served else None
-            if left is not None and left < PROVIDED_WARNING_DAYS * 86400:
+            if left is not None and left < site_certificate.WARNING_DAYS * 86400:
                 found.append(
                     f"{master}: the certificate expires {relative(left)} "
                     f"(certificate_source={source}: {PROVIDED_RENEWAL[source]})"
