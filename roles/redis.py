@@ -242,15 +242,7 @@ def apply(run: DeployRun) -> None:
         daemon_reload=unit.will_change,
         restarted=restarted,
     )
-    secret_template(
-        name="Ensure the operator's Redis password file is current (contents withheld)",
-        src=run.template("redis", "admin.auth.j2"),
-        dest=ADMIN_AUTH_FILE,
-        user="root",
-        group="root",
-        mode="600",
-        password=admin_password,
-    )
+    _password_file(run, "the operator's Redis password file", ADMIN_AUTH_FILE, admin_password)
     if acl.will_change and not restarted:
         # Users alone changed (an app added or removed, a password replaced): loaded live;
         # Redis keeps the old ones if the file is refused, and says why.
@@ -275,14 +267,11 @@ GUARD_INTERVAL = 0.5
 def _promotion_guard(run: DeployRun) -> None:
     """The Sentinels promote only a Redis in step with the primary (redis_guard.py)."""
     fleet = run.fleet
-    password_file = secret_template(
-        name="Ensure the promotion guard's Sentinel password file is current (contents withheld)",
-        src=run.template("redis", "admin.auth.j2"),
-        dest=GUARD_SENTINEL_AUTH_FILE,
-        user="root",
-        group="root",
-        mode="600",
-        password=run.secrets["sentinel_guard_password"],
+    password_file = _password_file(
+        run,
+        "the promotion guard's Sentinel password file",
+        GUARD_SENTINEL_AUTH_FILE,
+        run.secrets["sentinel_guard_password"],
     )
     program = helper_installed("redis_guard.py")
     unit = files.template(
@@ -375,15 +364,7 @@ def sentinel(run: DeployRun) -> None:
     tls_changed = tls and internal_tls_role.install(
         run, host.name, layout.REDIS_TLS_DIRECTORY, "redis", "redis"
     )
-    secret_template(
-        name="Ensure the Sentinel's password file is current (contents withheld)",
-        src=run.template("redis", "admin.auth.j2"),
-        dest=SENTINEL_AUTH_FILE,
-        user="root",
-        group="root",
-        mode="600",
-        password=password,
-    )
+    _password_file(run, "the Sentinel's password file", SENTINEL_AUTH_FILE, password)
     # The Sentinels rewrite their config as they learn (replicas, each other, a new primary):
     # it is written once, and again only when its recipe changes.
     recipe = _sentinel_recipe(run)
@@ -494,3 +475,16 @@ def _admin_cli(run: DeployRun) -> str:
     if run.fleet.settings.internal_tls:
         cli += f" --tls --cacert {layout.REDIS_TLS_DIRECTORY}/ca.pem"
     return cli
+
+
+def _password_file(run: DeployRun, what: str, dest: str, password: str):
+    """A password for root's tools (redis-cli, the guard's unit), root's alone."""
+    return secret_template(
+        name=f"Ensure {what} is current (contents withheld)",
+        src=run.template("redis", "admin.auth.j2"),
+        dest=dest,
+        user="root",
+        group="root",
+        mode="600",
+        password=password,
+    )

@@ -762,6 +762,9 @@ def check(
     fleet = load_fleet(inventory_path)
     if fleet.settings.certificate_source == "files":
         site_certificate_of(fleet, {})
+    elif fleet.settings.certificate_source == "private_ca":
+        # Its name constraints against the domains (the CA lives with the secrets).
+        site_certificate_of(fleet, fleet.secrets(create=False))
     names = ", ".join(
         f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes
     )

@@ -288,3 +288,19 @@ def test_the_successor_is_valid_from_30_days_before_the_current_one_ends(tmp_pat
             text=True,
         )
         assert verified.returncode == verdict, verified.stderr
+
+
+def test_check_refuses_a_domain_outside_the_private_cas_names(tmp_path):
+    path = tmp_path / "internal.py"
+    settings = {"domain": DOMAINS[0], "certificate_source": "private_ca"}
+    path.write_text(INVENTORY.format(settings=settings))
+    assert control_cli("check", "-i", str(path)).returncode == 0
+    stored: dict[str, str] = {}
+    site_certificate.ensure_private_ca(stored, DOMAINS[:1])
+    secrets_file = tmp_path / ".secrets" / "internal.json"
+    secrets_file.parent.mkdir()
+    secrets_file.write_text(json.dumps(stored))
+    path.write_text(INVENTORY.format(settings={**settings, "extra_domains": ["other.example"]}))
+    result = control_cli("check", "-i", str(path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "vouches only for names under wss.example.com" in result.stderr
