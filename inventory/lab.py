@@ -35,7 +35,7 @@ all = (
             "domain": _lab["domain"],
             "acme_server": _lab["acme_directory"],
             "acme_ca_bundle": _lab["acme_ca_bundle"],
-            # Pebble's roots (both CAs'): the masters check each other's certificates with them.
+            # Every Pebble's root: the masters check each other's certificates with them.
             "acme_root_bundle": _lab["acme_roots"],
             # Lab hosts inherit this machine's open-file limit (20000 where it cannot be
             # raised); HAProxy needs two descriptors a connection.
