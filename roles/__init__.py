@@ -34,9 +34,13 @@ def helper_installed(name: str, mode: str = "755"):
 
 
 def virtualenv_from_wheels(
-    label: str, directory: str, wheelhouse: Callable[[], Path], requirement: str, dry: bool
+    label: str,
+    directory: str,
+    wheelhouse: Callable[[], Path],
+    requirements: tuple[str, ...],
+    dry: bool,
 ) -> None:
-    """``requirement`` in ``directory``/venv from wheels shipped to ``directory``/wheels, unless
+    """``requirements`` in ``directory``/venv from wheels shipped to ``directory``/wheels, unless
     a complete install is there: a marker written only after pip succeeds decides it, so a
     deploy after a failed install installs again. ``wheelhouse`` builds them (never in a plan).
     """
@@ -59,7 +63,7 @@ def virtualenv_from_wheels(
             f"rm -rf {quote(venv)}",
             f"python3 -m venv {quote(venv)}",
             f"{quote(venv)}/bin/pip install --quiet --no-index --find-links {quote(wheels)} "
-            f"{quote(requirement)}",
+            + " ".join(quote(requirement) for requirement in requirements),
             f"touch {quote(marker)}",
         ],
     )

@@ -438,7 +438,8 @@ def _install_certbot(run: DeployRun) -> None:
         f"certbot {CERTBOT_VERSION} in its own virtualenv",
         directory,
         lambda: run.tool_wheelhouse(CERTBOT_REQUIREMENTS, *host.get_fact(PythonPlatform)),
-        f"certbot=={CERTBOT_VERSION}",
+        # certbot and its plugins; the pins above hold everything they import.
+        (f"certbot=={CERTBOT_VERSION}", f"certbot-dns-rfc2136=={CERTBOT_VERSION}"),
         run.dry,
     )
     files.link(

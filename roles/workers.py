@@ -143,7 +143,7 @@ def _install_release(run: DeployRun) -> None:
         f"release {run.release}",
         f"{RELEASES}/{run.release}",
         lambda: run.wheelhouse(*host.get_fact(PythonPlatform)),
-        SERVICE_REQUIREMENT,
+        (SERVICE_REQUIREMENT,),
         run.dry,
     )
     release_current(SERVICE_LAYOUT, run.release)

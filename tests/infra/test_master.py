@@ -128,6 +128,8 @@ def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master
         pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no certbot runs")
     host = on(certificate_master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"
+    # Its DNS-01 plugin beside it (certificate_source acme_dns).
+    assert "dns-rfc2136" in host.check_output("certbot plugins --text 2>/dev/null")
     assert host.file(CERTBOT).is_symlink
     # Debian's package would bring a second renewer (certbot.timer) and an older certbot.
     assert not host.package("certbot").is_installed
