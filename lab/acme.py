@@ -162,7 +162,13 @@ def _start_pebble(
         ],
         logs / f"{server.name}.log",
         # No random sleeps before validation, no deliberate bad nonces: fast, repeatable tests.
-        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        # The DNS-01 CA reuses no authorization (Pebble reuses half at random): each order is
+        # proved anew through the DNS, so a test sees every provider's records written.
+        env={
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            **({} if server.reuses_authorizations else {"PEBBLE_AUTHZREUSE": "0"}),
+        },
     )
 
 

@@ -37,6 +37,8 @@ KNOT_DNS_PORT = 8054
 KNOT_BIN = REPO / "build" / "knot"
 KNOT_TSIG_KEY = "wssfleet-lab-acme"
 CHALLTESTSRV_MANAGEMENT_PORT = 8055
+# The stand-in for the Cloudflare and Route 53 APIs (lab/dns_api.py), writing to Knot's zone.
+DNS_API_PORT = 8056
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class AcmeServer:
     # Where it resolves names to validate: pebble-challtestsrv (every name is the front door),
     # or Knot for the CA that validates DNS-01 through real dynamic updates.
     dns_port: int = DNS_PORT
+    # Whether an order may reuse a valid authorization of the same account (Pebble's default
+    # does for half of them, at random).
+    reuses_authorizations: bool = True
 
 
 CLASSIC_LIFETIME_SECONDS = 90 * 24 * 3600
@@ -76,6 +81,7 @@ DNS01_CA = AcmeServer(
     {"classic": CLASSIC_LIFETIME_SECONDS},
     "dns01-root.pem",
     dns_port=KNOT_DNS_PORT,
+    reuses_authorizations=False,
 )
 ACME_SERVERS = (STANDARD_CA, SHORT_LIVED_CA, DNS01_CA)
 

@@ -170,10 +170,11 @@ def up() -> None:
     for host in settings.hosts:
         wait_ssh(host)
     log(
-        "starting Pebble (ACME: a standard, a short-lived and a DNS-01 CA), its DNS and Knot "
-        "(RFC 2136 updates) on the bridge"
+        "starting Pebble (ACME: a standard, a short-lived and a DNS-01 CA), its DNS, Knot "
+        "(RFC 2136 updates) and a Cloudflare and Route 53 API stand-in on the bridge"
     )
     state["processes"].append(dns.start(settings, DNS_DIR, LOGS).to_json())
+    state["processes"].append(dns.start_api(settings, DNS_DIR, LOGS).to_json())
     save_state(state)
     dns.wait_ready(settings)
     listener_ca = acme.make_listener_certificate(ACME_DIR, settings.gateway)
@@ -322,6 +323,8 @@ def write_lab_json(settings: LabSettings, listener_ca: Path) -> None:
             "port": KNOT_DNS_PORT,
             "zone": dns.zone_of(settings.domain),
             **{f"tsig_{key}": value for key, value in dns.tsig(DNS_DIR).items()},
+            # The Cloudflare and Route 53 stand-in: its URLs, credentials and journal.
+            "api": dns.api(DNS_DIR),
         },
     }
     LAB_JSON.write_text(json.dumps(lab, indent=2) + "\n")
@@ -340,6 +343,7 @@ def orphans(settings: LabSettings) -> list[Tracked]:
     found += [p for p in find("/.lab/acme/pebble") if p.role == "pebble"]
     found += [p for p in find(f"{settings.gateway}:{DNS_PORT}") if p.role == "pebble-challtestsrv"]
     found += [p for p in find("/.lab/dns/knot.conf") if p.role == "knotd"]
+    found += find("/.lab/dns/api.json")
     return found
 
 

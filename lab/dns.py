@@ -13,13 +13,24 @@ import base64
 import json
 import secrets
 import socket
+import sys
 import time
 from pathlib import Path
 
-from lab.config import KNOT_BIN, KNOT_DNS_PORT, KNOT_TSIG_KEY, LabError, LabSettings
+from lab import dns_api
+from lab.config import (
+    DNS_API_PORT,
+    KNOT_BIN,
+    KNOT_DNS_PORT,
+    KNOT_TSIG_KEY,
+    LabError,
+    LabSettings,
+)
 from lab.processes import Tracked, spawn
+from wssfleet_control.checkout import REPO
 
 KNOTD = KNOT_BIN / "usr" / "sbin" / "knotd"
+KNOTC = KNOT_BIN / "usr" / "sbin" / "knotc"
 LIBRARIES = KNOT_BIN / "usr" / "lib" / "x86_64-linux-gnu"
 ALGORITHM = "hmac-sha256"
 TSIG_FILE = "tsig.json"
@@ -53,6 +64,8 @@ def start(settings: LabSettings, directory: Path, logs: Path) -> Tracked:
         f"""server:
     rundir: "{directory / "run"}"
     listen: {settings.gateway}@{KNOT_DNS_PORT}
+control:
+    listen: "{directory / "run" / "knot.sock"}"
 database:
     storage: "{directory / "db"}"
 key:
@@ -87,18 +100,62 @@ log:
     )
 
 
+def start_api(settings: LabSettings, directory: Path, logs: Path) -> Tracked:
+    """The Cloudflare and Route 53 stand-in (lab/dns_api.py), with new credentials, changing
+    Knot's zone through knotc."""
+    config = directory / dns_api.CONFIG_FILE
+    config.write_text(
+        json.dumps(
+            {
+                "address": settings.gateway,
+                "port": DNS_API_PORT,
+                "zone": zone_of(settings.domain),
+                "knotc": [
+                    "env",
+                    f"LD_LIBRARY_PATH={LIBRARIES}",
+                    str(KNOTC),
+                    "-c",
+                    str(directory / "knot.conf"),
+                ],
+                **dns_api.credentials(),
+            }
+        )
+    )
+    config.chmod(0o600)
+    (directory / dns_api.JOURNAL_FILE).unlink(missing_ok=True)
+    return spawn(
+        "dns-api",
+        [sys.executable, "-m", "lab.dns_api", str(config)],
+        logs / "dns-api.log",
+        env={"PYTHONPATH": str(REPO)},
+    )
+
+
 def wait_ready(settings: LabSettings, timeout: float = 15.0) -> None:
-    """Until Knot answers on TCP (the plugin's updates go over TCP)."""
+    """Until Knot answers on TCP (the plugin's updates go over TCP), and the API stand-in."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((settings.gateway, KNOT_DNS_PORT), timeout=1):
-                return
-        except OSError as error:
-            if time.monotonic() > deadline:
-                where = f"{settings.gateway}:{KNOT_DNS_PORT}"
-                raise LabError(f"Knot does not answer on {where}: {error}") from None
-        time.sleep(0.2)
+    for port, what in ((KNOT_DNS_PORT, "Knot"), (DNS_API_PORT, "The DNS API stand-in")):
+        while True:
+            try:
+                with socket.create_connection((settings.gateway, port), timeout=1):
+                    break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    where = f"{settings.gateway}:{port}"
+                    raise LabError(f"{what} does not answer on {where}: {error}") from None
+            time.sleep(0.2)
+
+
+def api(directory: Path) -> dict[str, str]:
+    """What certbot's cloudflare and route53 plugins need to reach the stand-in."""
+    config = json.loads((directory / dns_api.CONFIG_FILE).read_text())
+    return {
+        "cloudflare_api_url": f"http://{config['address']}:{config['port']}"
+        + dns_api.CLOUDFLARE_PREFIX,
+        "route53_api_url": f"http://{config['address']}:{config['port']}",
+        **{key: config[key] for key in dns_api.credentials()},
+        "journal": str(directory / dns_api.JOURNAL_FILE),
+    }
 
 
 def tsig(directory: Path) -> dict[str, str]:

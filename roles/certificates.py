@@ -85,6 +85,33 @@ CERTBOT_REQUIREMENTS = (
     "typing-extensions==4.16.0",
     "urllib3==2.8.0",
 )
+# The plugin for each DNS provider but rfc2136 (small, always there), and what it alone imports;
+# a master installs only its provider's (acme_dns_provider).
+DNS_PLUGIN_REQUIREMENTS = {
+    "rfc2136": (),
+    "cloudflare": (
+        f"certbot-dns-cloudflare=={CERTBOT_VERSION}",
+        "cloudflare==5.9.0",
+        "annotated-types==0.8.0",
+        "anyio==4.16.0",
+        "h11==0.16.0",
+        "httpcore==1.0.9",
+        "httpx==0.29.0",
+        "pydantic==2.14.4",
+        "pydantic-core==2.50.5",
+        "sniffio==1.3.1",
+        "typing-inspection==0.4.5",
+    ),
+    "route53": (
+        f"certbot-dns-route53=={CERTBOT_VERSION}",
+        "boto3==1.44.18",
+        "botocore==1.44.18",
+        "jmespath==1.1.0",
+        "python-dateutil==2.9.0.post0",
+        "s3transfer==0.19.3",
+        "six==1.17.0",
+    ),
+}
 CRON_FILE = "/etc/cron.d/wssfleet-certbot"
 # Where wssfleet 0.2 recorded its request; certificates are now judged by themselves.
 REQUEST = "/etc/wssfleet/certificate-request"
@@ -106,13 +133,15 @@ def apply(run: DeployRun) -> None:
         sorted(settings.domains),
         settings.acme_directory,
         settings.acme_profile,
-        AUTHENTICATORS[settings.certificate_source],
+        authenticator(settings),
     )
     # Back from a provided certificate (certificate_source): a new one, issued later than any
     # a master serves, so the deploy's sharing takes it to every master.
     was_provided = bool(host.get_fact(Directory, path=PROVIDED_CERTIFICATE))
     if _issued() != wanted or was_provided:
-        environment = f"REQUESTS_CA_BUNDLE={quote(ca_bundle)} " if ca_bundle else ""
+        environment = "".join(
+            f"{name}={quote(value)} " for name, value in certbot_environment(settings, ca_bundle)
+        )
         # A CA without profiles ignores the one asked for: refuse rather than get another.
         profile_check = (
             [
@@ -184,26 +213,7 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
             mode="644",
         )
     ca_bundle = ACME_CA_BUNDLE if settings.acme_ca_bundle else ""
-    if settings.certificate_source == "acme_dns":
-        secret_template(
-            name="Ensure certbot's RFC 2136 credentials (the TSIG key) are in place",
-            src=run.template("certificates", "acme-dns-rfc2136.ini.j2"),
-            dest=ACME_DNS_CREDENTIALS,
-            user="root",
-            group="root",
-            mode="600",
-            server=settings.acme_dns_server,
-            port=settings.acme_dns_port,
-            key_name=settings.acme_dns_tsig_key,
-            secret=run.secrets["acme_dns_tsig_secret"],
-            algorithm=settings.acme_dns_tsig_algorithm,
-        )
-    else:
-        files.file(
-            name="Ensure no DNS update credentials are kept (HTTP-01)",
-            path=ACME_DNS_CREDENTIALS,
-            present=False,
-        )
+    _dns_credentials(run)
     # certificate_metrics.py writes the certificate's metrics for node_exporter.
     helper_installed("certificate_metrics.py")
     helper_installed("acme_info.py")
@@ -224,7 +234,7 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
         src=run.template("certificates", "wssfleet-renew.j2"),
         dest=RENEW_COMMAND,
         mode="755",
-        ca_bundle=ca_bundle,
+        environment=certbot_environment(settings, ca_bundle),
         cert_name=CERT_NAME,
         certbot=CERTBOT,
         metrics=CERTIFICATE_METRICS_HELPER,
@@ -431,15 +441,72 @@ def cron_schedule(settings: Settings) -> str:
     return f"{minute} */{minutes // 60} * * *"
 
 
+def _dns_credentials(run: DeployRun) -> None:
+    """The DNS provider's credentials for certbot where it reads them (acme_dns), root's
+    alone; every other provider's gone, so a switch leaves no token behind."""
+    settings = run.fleet.settings
+    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    what, variables = "", {}
+    if provider == "rfc2136":
+        what, variables = (
+            "the TSIG key",
+            {
+                "server": settings.acme_dns_server,
+                "port": settings.acme_dns_port,
+                "key_name": settings.acme_dns_tsig_key,
+                "secret": run.secrets["acme_dns_tsig_secret"],
+                "algorithm": settings.acme_dns_tsig_algorithm,
+            },
+        )
+    elif provider == "cloudflare":
+        what, variables = "the API token", {"token": run.secrets["acme_dns_cloudflare_api_token"]}
+    elif provider == "route53" and settings.acme_dns_route53_access_key_id:
+        what, variables = (
+            "the IAM user's key",
+            {
+                "key_id": settings.acme_dns_route53_access_key_id,
+                "secret": run.secrets["acme_dns_route53_secret_access_key"],
+            },
+        )
+    if what:
+        secret_template(
+            name=f"Ensure certbot's {provider} credentials ({what}) are in place",
+            src=run.template("certificates", f"acme-dns-{provider}.ini.j2"),
+            dest=ACME_DNS_CREDENTIALS[provider],
+            user="root",
+            group="root",
+            mode="600",
+            **variables,
+        )
+    # route53 without a key uses the master's own role: no file.
+    keyless = provider == "route53" and not settings.acme_dns_route53_access_key_id
+    for other, path in ACME_DNS_CREDENTIALS.items():
+        if other != provider or keyless:
+            files.file(
+                name=f"Ensure no {other} DNS credentials are kept (not this fleet's provider)",
+                path=path,
+                present=False,
+            )
+
+
+def certbot_requirements(settings: Settings) -> tuple[str, ...]:
+    """certbot's pins with its DNS provider's plugin (acme_dns_provider), if it needs one."""
+    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    return CERTBOT_REQUIREMENTS + DNS_PLUGIN_REQUIREMENTS.get(provider, ())
+
+
 def _install_certbot(run: DeployRun) -> None:
-    """The pinned certbot's virtualenv, unless a complete install is there (a marker decides)."""
-    directory = f"{CERTBOT_HOME}/{requirements_id(CERTBOT_REQUIREMENTS)}"
+    """The pinned certbot's virtualenv, unless a complete install is there (a marker decides).
+    Its directory is named by its requirements: another provider's plugin is another one."""
+    requirements = certbot_requirements(run.fleet.settings)
+    plugins = [r for r in requirements if r.startswith("certbot-dns-")]
+    directory = f"{CERTBOT_HOME}/{requirements_id(requirements)}"
     virtualenv_from_wheels(
         f"certbot {CERTBOT_VERSION} in its own virtualenv",
         directory,
-        lambda: run.tool_wheelhouse(CERTBOT_REQUIREMENTS, *host.get_fact(PythonPlatform)),
+        lambda: run.tool_wheelhouse(requirements, *host.get_fact(PythonPlatform)),
         # certbot and its plugins; the pins above hold everything they import.
-        (f"certbot=={CERTBOT_VERSION}", f"certbot-dns-rfc2136=={CERTBOT_VERSION}"),
+        (f"certbot=={CERTBOT_VERSION}", *plugins),
         run.dry,
     )
     files.link(
@@ -511,18 +578,49 @@ def _certonly(fleet: Fleet) -> str:
     )
 
 
-# certbot's authenticator for each ACME certificate_source, as its renewal config records it.
-AUTHENTICATORS = {"acme_http": "standalone", "acme_dns": "dns-rfc2136"}
+def authenticator(settings: Settings) -> str:
+    """certbot's authenticator, as its renewal config records it: standalone for HTTP-01,
+    the DNS provider's plugin for DNS-01."""
+    if settings.certificate_source == "acme_dns":
+        return f"dns-{settings.acme_dns_provider}"
+    return "standalone"
+
+
+def certbot_environment(settings: Settings, ca_bundle: str) -> list[tuple[str, str]]:
+    """What certbot's process needs in its environment, the same for the deploy's request and
+    cron's renewals: the ACME server's private CA, and where the Cloudflare or AWS SDK finds
+    its API and (route53) its credentials file."""
+    environment = [("REQUESTS_CA_BUNDLE", ca_bundle)] if ca_bundle else []
+    if settings.certificate_source != "acme_dns":
+        return environment
+    provider = settings.acme_dns_provider
+    if provider == "cloudflare" and settings.acme_dns_api_url:
+        environment.append(("CLOUDFLARE_BASE_URL", settings.acme_dns_api_url))
+    if provider == "route53":
+        if settings.acme_dns_route53_access_key_id:
+            environment.append(("AWS_SHARED_CREDENTIALS_FILE", ACME_DNS_CREDENTIALS[provider]))
+        # root's own ~/.aws/config (another tool's profile or region) stays out of it. Route 53
+        # is global; its API is signed for us-east-1 (botocore needs a region named with
+        # another endpoint).
+        environment += [("AWS_CONFIG_FILE", "/dev/null"), ("AWS_DEFAULT_REGION", "us-east-1")]
+        if settings.acme_dns_api_url:
+            environment.append(("AWS_ENDPOINT_URL_ROUTE_53", settings.acme_dns_api_url))
+    return environment
 
 
 def challenge_options(fleet: Fleet) -> str:
     """How certbot proves the names: HTTP-01 through HAProxy's port 80 (its listener where
-    HAProxy passes the challenges), or DNS-01 through RFC 2136 updates."""
+    HAProxy passes the challenges), or DNS-01 through the DNS provider's plugin."""
     settings = fleet.settings
     if settings.certificate_source == "acme_dns":
+        provider = settings.acme_dns_provider
+        plugin = f"dns-{provider}"
+        if provider == "route53":
+            # It waits until Route 53 says the change is in sync: no fixed wait to give.
+            return f"--authenticator {plugin}"
         return (
-            f"--authenticator dns-rfc2136 --dns-rfc2136-credentials {ACME_DNS_CREDENTIALS} "
-            f"--dns-rfc2136-propagation-seconds {settings.acme_dns_propagation_seconds}"
+            f"--authenticator {plugin} --{plugin}-credentials {ACME_DNS_CREDENTIALS[provider]} "
+            f"--{plugin}-propagation-seconds {settings.acme_dns_propagation_seconds}"
         )
     return (
         f"--standalone --http-01-address {challenge_address(fleet)} --http-01-port {CERTBOT_PORT}"

@@ -164,19 +164,39 @@ def secrets_of(session, create: bool) -> dict[str, str]:
         raise Failure(str(error)) from None
 
 
+def _dns_provider_secret_missing(settings, stored: dict[str, str]) -> str:
+    """What is wrong with the secret the DNS-01 provider needs (secrets.GIVEN_BY_PROVIDER),
+    or ""; a secret only the operator can give, so the deploy cannot make it."""
+    from wssfleet_control.secrets import ENVIRONMENT_PREFIX, GIVEN_BY_PROVIDER
+
+    if settings.certificate_source != "acme_dns":
+        return ""
+    provider = settings.acme_dns_provider
+    name, what = GIVEN_BY_PROVIDER[provider]
+    uses_secret = provider != "route53" or settings.acme_dns_route53_access_key_id
+    if not uses_secret:
+        if stored.get(name):
+            return (
+                f"the secret {name} is given, but acme_dns_route53_access_key_id is not: set "
+                "the access key it belongs to, or remove the secret to use the master's own role"
+            )
+        return ""
+    if stored.get(name):
+        return ""
+    return (
+        f"acme_dns_provider={provider!r} needs the secret {name} ({what}): put it in the "
+        f"secrets file, give it from secrets_command, or set {ENVIRONMENT_PREFIX}{name.upper()}"
+    )
+
+
 def site_certificate_of(fleet, stored: dict[str, str]):
     """What the masters serve when no ACME server issues it (site_certificate.py), checked
     on this machine; a fault in it is a setting's, said before any host is touched."""
     from wssfleet_control import site_certificate
 
     source = fleet.settings.certificate_source
-    if source == "acme_dns" and not stored.get("acme_dns_tsig_secret"):
-        raise InvalidSettings(
-            f"{fleet.inventory_path}: certificate_source='acme_dns' needs the secret "
-            "acme_dns_tsig_secret (the TSIG key acme_dns_tsig_key names, base64): put it in "
-            "the secrets file, give it from secrets_command, or set "
-            "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET"
-        )
+    if missing := _dns_provider_secret_missing(fleet.settings, stored):
+        raise InvalidSettings(f"{fleet.inventory_path}: {missing}")
     try:
         if source == site_certificate.PRIVATE_CA:
             site_certificate.check_private_ca(stored, fleet.settings.domains)
@@ -762,8 +782,9 @@ def check(
     fleet = load_fleet(inventory_path)
     if fleet.settings.certificate_source == "files":
         site_certificate_of(fleet, {})
-    elif fleet.settings.certificate_source == "private_ca":
-        # Its name constraints against the domains (the CA lives with the secrets).
+    elif fleet.settings.certificate_source in ("private_ca", "acme_dns"):
+        # The private CA's name constraints against the domains (the CA lives with the
+        # secrets), or the DNS provider's secret.
         site_certificate_of(fleet, fleet.secrets(create=False))
     names = ", ".join(
         f"{node.name} ({'+'.join(fleet.roles_of(node.name))})" for node in fleet.nodes

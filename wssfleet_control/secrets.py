@@ -64,9 +64,21 @@ NOT_YET = "(not made yet: the first deploy makes this secret)"
 APP_SECRET = re.compile(r"app_[a-z0-9_]+")
 # Where values from outside the file may come from, and what they may name.
 ENVIRONMENT_PREFIX = "WSSFLEET_SECRET_"
-# Secrets only the operator can give (never made here): the TSIG key their DNS server takes
-# updates with (certificate_source acme_dns).
-GIVEN = ("acme_dns_tsig_secret",)
+# Secrets only the operator can give (never made here), by the DNS-01 provider that uses them
+# (certificate_source acme_dns): the TSIG key their DNS server takes updates with, a Cloudflare
+# API token, an AWS IAM user's secret key. What each is, for the error when it is missing.
+GIVEN_BY_PROVIDER = {
+    "rfc2136": ("acme_dns_tsig_secret", "the TSIG key acme_dns_tsig_key names, base64"),
+    "cloudflare": (
+        "acme_dns_cloudflare_api_token",
+        "a Cloudflare API token allowed Zone:DNS:Edit on the domains' zone",
+    ),
+    "route53": (
+        "acme_dns_route53_secret_access_key",
+        "the secret access key of acme_dns_route53_access_key_id",
+    ),
+}
+GIVEN = tuple(name for name, _ in GIVEN_BY_PROVIDER.values())
 FROM_OUTSIDE = (*NAMES, PREVIOUS, PREVIOUS_UNTIL, REVOKED, *GIVEN)
 _printed: dict[str, dict[str, str]] = {}
 

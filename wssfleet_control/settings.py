@@ -16,6 +16,7 @@ import shlex
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -158,6 +159,15 @@ def seconds_of(duration: str) -> float:
 
 
 # A path of plain characters (no option-like leading dash): paths reach command lines.
+# The settings each DNS-01 provider (acme_dns_provider) reads; no other provider takes them.
+DNS_PROVIDER_OWNERS = {
+    "rfc2136": ("acme_dns_server", "acme_dns_tsig_key"),
+    "cloudflare": ("acme_dns_api_url",),
+    "route53": ("acme_dns_route53_access_key_id", "acme_dns_api_url"),
+}
+DNS_PROVIDER_SETTINGS = tuple(
+    dict.fromkeys(n for names in DNS_PROVIDER_OWNERS.values() for n in names)
+)
 PLAIN_PATH = re.compile(r"[A-Za-z0-9_./~@+][A-Za-z0-9_./~@+-]{0,1023}")
 # An https:// URL of plain characters: it reaches certbot's command line.
 ACME_URL = re.compile(r"https://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/-]*)?")
@@ -187,6 +197,35 @@ def _address_or_empty(value: str) -> str:
 def _tsig_key_name(value: str) -> str:
     if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", value):
         raise ValueError("give a key name of letters, digits and . _ - (like acme-update)")
+    return value
+
+
+def _dns_api_url(value: str) -> str:
+    """A DNS provider's API: https, or http to a private address (a stand-in or a proxy on
+    your own network: the token crosses nothing else)."""
+    if not value:
+        return value
+    url = urlsplit(value)
+    if url.scheme == "https" and url.hostname and not url.query and not url.fragment:
+        return value.rstrip("/")
+    if url.scheme == "http" and url.hostname:
+        try:
+            private = ipaddress.ip_address(url.hostname).is_private
+        except ValueError:
+            private = False
+        if private and not url.query and not url.fragment:
+            return value.rstrip("/")
+    raise ValueError(
+        "give an https:// URL (http:// only to a private IP address), like "
+        "https://api.cloudflare.com/client/v4"
+    )
+
+
+def _aws_access_key_id(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Z0-9]{16,128}", value):
+        raise ValueError(
+            "give an AWS access key ID (capitals and digits, like AKIAIOSFODNN7EXAMPLE)"
+        )
     return value
 
 
@@ -423,9 +462,16 @@ class Settings(ClientPolicy):
         "the control machine that prints the certificate, its intermediates and its key (PEM), "
         "e.g. from a vault",
     )
+    acme_dns_provider: Literal["rfc2136", "cloudflare", "route53"] = Field(
+        default="rfc2136",
+        description="with certificate_source=acme_dns: how certbot writes the TXT records: "
+        "rfc2136 (dynamic updates to your DNS server: acme_dns_server, acme_dns_tsig_key), "
+        "cloudflare (the API token is the secret acme_dns_cloudflare_api_token), route53 "
+        "(acme_dns_route53_access_key_id, or the host's own IAM role)",
+    )
     acme_dns_server: Annotated[str, AfterValidator(_address_or_empty)] = Field(
         default="",
-        description="with certificate_source=acme_dns: the IP address of the DNS server that "
+        description="with acme_dns_provider=rfc2136: the IP address of the DNS server that "
         "takes RFC 2136 dynamic updates for the domains' zone (BIND, Knot, PowerDNS)",
     )
     acme_dns_port: int = Field(default=53, ge=1, le=65535, description="its DNS port")
@@ -437,6 +483,19 @@ class Settings(ClientPolicy):
     )
     acme_dns_tsig_algorithm: Literal["HMAC-SHA256", "HMAC-SHA384", "HMAC-SHA512"] = Field(
         default="HMAC-SHA512", description="the TSIG key's algorithm"
+    )
+    acme_dns_route53_access_key_id: Annotated[str, AfterValidator(_aws_access_key_id)] = Field(
+        default="",
+        description="with acme_dns_provider=route53: the access key of an IAM user allowed "
+        "route53:ListHostedZones, GetChange and ChangeResourceRecordSets (its secret is the "
+        "secret acme_dns_route53_secret_access_key); empty: the master's own role (an EC2 "
+        "instance profile)",
+    )
+    acme_dns_api_url: Annotated[str, AfterValidator(_dns_api_url)] = Field(
+        default="",
+        description="with acme_dns_provider cloudflare or route53: the provider's API at "
+        "another address (an API proxy, an AWS partition's Route 53 endpoint); empty: the "
+        "provider's own",
     )
     acme_dns_propagation_seconds: int = Field(
         default=60,
@@ -657,19 +716,7 @@ class Settings(ClientPolicy):
                 f"extra_domains {', '.join(wildcards)}: HTTP-01 cannot prove a wildcard; set "
                 "certificate_source to acme_dns (or files, private_ca), or list the names"
             )
-        dns_settings = ("acme_dns_server", "acme_dns_tsig_key")
-        if self.certificate_source == "acme_dns":
-            missing = [name for name in dns_settings if not getattr(self, name)]
-            if missing:
-                raise ValueError(
-                    f"certificate_source='acme_dns' needs {' and '.join(missing)}: the DNS "
-                    "server that takes RFC 2136 updates for your zone, and its TSIG key's name"
-                )
-        elif given := [name for name in dns_settings if getattr(self, name)]:
-            raise ValueError(
-                f"setting {given[0]} is used only with certificate_source='acme_dns' (it is "
-                f"{self.certificate_source!r}): remove it, or set certificate_source='acme_dns'"
-            )
+        self._dns_provider_complete()
         files = self.certificate_file or self.certificate_key_file
         if self.certificate_source != "files":
             given = [
@@ -693,6 +740,33 @@ class Settings(ClientPolicy):
             raise ValueError(
                 "certificate_source='files' needs certificate_file and certificate_key_file "
                 "(PEM files on the control machine), or certificate_command"
+            )
+
+    def _dns_provider_complete(self) -> None:
+        """Each DNS-01 provider's settings with it, and none of another's."""
+        rfc2136 = ("acme_dns_server", "acme_dns_tsig_key")
+        if self.certificate_source != "acme_dns":
+            if given := [name for name in DNS_PROVIDER_SETTINGS if getattr(self, name)]:
+                raise ValueError(
+                    f"setting {given[0]} is used only with certificate_source='acme_dns' (it "
+                    f"is {self.certificate_source!r}): remove it, or set "
+                    "certificate_source='acme_dns'"
+                )
+            return
+        provider = self.acme_dns_provider
+        if provider == "rfc2136":
+            missing = [name for name in rfc2136 if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    f"acme_dns_provider='rfc2136' needs {' and '.join(missing)}: the DNS "
+                    "server that takes RFC 2136 updates for your zone, and its TSIG key's name"
+                )
+        owned = DNS_PROVIDER_OWNERS[provider]
+        if stray := [n for n in DNS_PROVIDER_SETTINGS if n not in owned and getattr(self, n)]:
+            users = [p for p, names in DNS_PROVIDER_OWNERS.items() if stray[0] in names]
+            raise ValueError(
+                f"setting {stray[0]} is used only with acme_dns_provider "
+                f"{' or '.join(map(repr, users))} (it is {provider!r}): remove it"
             )
 
     @model_validator(mode="after")

@@ -1,14 +1,18 @@
 """Every certificate source on the two-master lab, switched on a live fleet: the operator's
-own files, the deployment's private CA, DNS-01 through RFC 2136 updates to Knot (a wildcard),
-and back to ACME over HTTP-01 (Pebble). Each switch is a deploy while 400 clients and their
+own files, the deployment's private CA, DNS-01 (a wildcard) through RFC 2136 updates to Knot
+and through the Cloudflare and Route 53 APIs (the lab's stand-in, writing to Knot), and back
+to ACME over HTTP-01 (Pebble). Each switch is a deploy while 400 clients and their
 publishers run through the front door: each master serves the new certificate to a client
 that trusts only its root, and no WebSocket notices.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
+import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -130,7 +134,7 @@ def test_files_then_the_private_ca_renewed_then_acme_reach_both_masters_with_non
     assert cron.returncode == 0 and "wssfleet-renew" in cron.stdout, cron.stdout + cron.stderr
 
 
-def test_a_wildcard_over_dns01_serves_any_name_under_the_domain_and_renews_on_both_masters(
+def test_a_wildcard_over_each_dns01_provider_serves_any_name_and_renews_on_both_masters(
     lab, tmp_path, source_address, monkeypatch
 ):
     masters = [master.name for master in lab.fleet.masters]
@@ -148,10 +152,42 @@ def test_a_wildcard_over_dns01_serves_any_name_under_the_domain_and_renews_on_bo
         acme_dns_tsig_algorithm=dns01["tsig_algorithm"],
         acme_dns_propagation_seconds=0,
     )
+    # The same zone through the lab's Cloudflare and Route 53 stand-in (lab/dns_api.py),
+    # which checks the token and the AWS signature as the providers do.
+    api = dns01["api"]
+    monkeypatch.setenv("WSSFLEET_SECRET_ACME_DNS_CLOUDFLARE_API_TOKEN", api["cloudflare_api_token"])
+    monkeypatch.setenv(
+        "WSSFLEET_SECRET_ACME_DNS_ROUTE53_SECRET_ACCESS_KEY", api["route53_secret_access_key"]
+    )
+    through_provider = {
+        "certificate_source": "acme_dns",
+        "acme_server": dns01["directory"],
+        "extra_domains": [f"*.{lab.domain}"],
+        "acme_dns_propagation_seconds": 0,
+    }
+    cloudflare = derived_inventory(
+        tmp_path / "cloudflare",
+        **through_provider,
+        acme_dns_provider="cloudflare",
+        acme_dns_api_url=api["cloudflare_api_url"],
+    )
+    route53 = derived_inventory(
+        tmp_path / "route53",
+        **through_provider,
+        acme_dns_provider="route53",
+        acme_dns_route53_access_key_id=api["route53_access_key_id"],
+        acme_dns_api_url=api["route53_api_url"],
+    )
     with open(dns01["root_bundle"]) as bundle:
         root = bundle.read()
+    journal = Path(api["journal"])
+    # The calls of this test alone (the journal lives as long as the lab).
+    earlier_calls = len(journal.read_text().splitlines()) if journal.exists() else 0
     names = [f"a.{lab.domain}", f"b.{lab.domain}", lab.domain]
     seen: dict[str, dict] = {}
+
+    def served() -> set[bytes]:
+        return {fingerprint(served_by(lab, master, root, names[0])) for master in masters}
 
     def switch_then_renew() -> dict:
         code, _, log = deploy(inventory)
@@ -161,9 +197,22 @@ def test_a_wildcard_over_dns01_serves_any_name_under_the_domain_and_renews_on_bo
             for master in masters
             for name in names
         }
-        renewal = wssfleet("renew", "-i", str(inventory))
+        # Through Cloudflare's API, then Route 53's, renewed there by the renewal script.
+        for provider, provider_inventory in (("cloudflare", cloudflare), ("route53", route53)):
+            started = time.monotonic()
+            code, _, log = deploy(provider_inventory)
+            assert code == 0, log[-3000:]
+            print(f"switched to {provider} in {time.monotonic() - started:.1f} s")
+            seen[provider] = served()
+            seen[f"{provider} files"] = {
+                master: lab.on(master, "stat -c '%n %U %a' /etc/wssfleet/acme-dns-*.ini").stdout
+                for master in masters
+            }
+        started = time.monotonic()
+        renewal = wssfleet("renew", "-i", str(route53))
         assert renewal.returncode == 0, renewal.stdout + renewal.stderr
-        seen["renewed"] = {master: served_by(lab, master, root, names[0]) for master in masters}
+        print(f"renewed in {time.monotonic() - started:.1f} s")
+        seen["renewed"] = served()
         return {}
 
     try:
@@ -175,5 +224,24 @@ def test_a_wildcard_over_dns01_serves_any_name_under_the_domain_and_renews_on_bo
     assert summary["failed handshakes"] == 0, summary
     issued = {fingerprint(certificate) for certificate in seen["issued"].values()}
     assert len(issued) == 1, "the masters or the names got different certificates"
-    renewed = {fingerprint(certificate) for certificate in seen["renewed"].values()}
-    assert len(renewed) == 1 and renewed != issued, "the renewal did not reach both masters"
+    # Each provider issued a certificate of its own, the renewal another, and both masters
+    # served each.
+    by_provider = [seen["cloudflare"], seen["route53"], seen["renewed"]]
+    assert all(len(fingerprints) == 1 for fingerprints in by_provider), by_provider
+    assert len({*issued, *seen["cloudflare"], *seen["route53"], *seen["renewed"]}) == 4
+    # Only the provider in use has credentials on a master, root's alone.
+    for master in masters:
+        for provider in ("cloudflare", "route53"):
+            listed = seen[f"{provider} files"][master].split()
+            assert listed == [f"/etc/wssfleet/acme-dns-{provider}.ini", "root", "600"], seen
+    calls = [json.loads(line) for line in journal.read_text().splitlines()[earlier_calls:]]
+    made = [(call["api"], call["call"]) for call in calls]
+    # Every name proved anew through each API (the DNS-01 CA reuses no authorization): a
+    # record each through Cloudflare, removed after; through Route 53, a record set per
+    # challenge name (the domain and its wildcard share one), deleted after, twice.
+    certified = {*lab.fleet.settings.domains, f"*.{lab.domain}"}
+    challenged = {name.removeprefix("*.") for name in certified}
+    assert made.count(("cloudflare", "create")) == len(certified), made
+    assert made.count(("cloudflare", "delete")) == len(certified), made
+    assert made.count(("route53", "delete")) == 2 * len(challenged), made
+    assert not [call for call in calls if call["call"] == "refused"], calls

@@ -10,6 +10,7 @@ import pytest
 
 from roles.certificates import CERTBOT_VERSION
 from wssfleet_control.hostside.layout import (
+    ACME_DNS_CREDENTIALS,
     ADMIN_SOCKET,
     BACKEND,
     CERTBOT,
@@ -128,8 +129,21 @@ def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master
         pytest.skip(f"certificate_source {fleet.settings.certificate_source}: no certbot runs")
     host = on(certificate_master)
     assert host.check_output("certbot --version") == f"certbot {CERTBOT_VERSION}"
-    # Its DNS-01 plugin beside it (certificate_source acme_dns).
-    assert "dns-rfc2136" in host.check_output("certbot plugins --text 2>/dev/null")
+    # Its DNS-01 plugins beside it (certificate_source acme_dns): RFC 2136 always, and the
+    # provider's when it is another (acme_dns_provider); no other provider's SDK.
+    plugins = host.check_output("certbot plugins --text 2>/dev/null")
+    settings = fleet.settings
+    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    for name in ("rfc2136", "cloudflare", "route53"):
+        wanted = name in ("rfc2136", provider)
+        assert (f"* dns-{name}\n" in plugins) == wanted, (name, plugins)
+    # Only the provider in use has credentials here, root's alone.
+    for name, path in ACME_DNS_CREDENTIALS.items():
+        credentials = host.file(path)
+        if name == provider and credentials.exists:
+            assert credentials.user == "root" and credentials.mode == 0o600, path
+        else:
+            assert not credentials.exists, f"{path}: {name} is not this fleet's DNS provider"
     assert host.file(CERTBOT).is_symlink
     # Debian's package would bring a second renewer (certbot.timer) and an older certbot.
     assert not host.package("certbot").is_installed

@@ -252,19 +252,6 @@ def test_dns01_names_its_missing_settings_and_refuses_them_elsewhere():
         Settings(domain=DOMAINS[0], **{**DNS01, "acme_dns_server": "ns1.example.com"})
 
 
-def test_dns01_without_its_tsig_secret_stops_before_any_host(tmp_path):
-    path = tmp_path / "staging.py"
-    path.write_text(
-        INVENTORY.format(
-            settings={"domain": DOMAINS[0], "acme_server": "https://192.0.2.1/dir", **DNS01}
-        )
-    )
-    result = control_cli("deploy", "-i", str(path))
-    assert result.returncode == 3, result.stdout + result.stderr
-    assert "needs the secret acme_dns_tsig_secret" in result.stderr
-    assert "WSSFLEET_SECRET_ACME_DNS_TSIG_SECRET" in result.stderr
-
-
 def test_the_successor_is_valid_from_30_days_before_the_current_one_ends(tmp_path):
     stored: dict[str, str] = {}
     site_certificate.ensure_private_ca(stored, ["a.b"])

@@ -166,8 +166,12 @@ DEPLOY_HOOK = helper("haproxy-deploy-hook")
 # What cron and `wssfleet renew` run.
 RENEW_COMMAND = "/usr/local/sbin/wssfleet-renew"
 ACME_CA_BUNDLE = f"{CONFIG_DIRECTORY}/acme-ca.pem"
-# With certificate_source acme_dns: certbot's dns-rfc2136 credentials (the TSIG key), root's.
-ACME_DNS_CREDENTIALS = f"{CONFIG_DIRECTORY}/acme-dns-rfc2136.ini"
+# With certificate_source acme_dns: the DNS provider's credentials for certbot, root's alone:
+# dns-rfc2136's TSIG key, dns-cloudflare's API token, an AWS credentials file for route53.
+ACME_DNS_CREDENTIALS = {
+    provider: f"{CONFIG_DIRECTORY}/acme-dns-{provider}.ini"
+    for provider in ("rfc2136", "cloudflare", "route53")
+}
 # With several masters: the roots a certificate another master serves must chain to (the
 # acme_root_bundle setting; without it, the system's), and the timer that fetches one.
 ACME_ROOTS = f"{CONFIG_DIRECTORY}/acme-roots.pem"
