@@ -79,6 +79,7 @@ if "master" in roles:
     if not fleet.settings.acme:
         certificates.provided(run)
     else:
+        certificates.installed(run)
         if host.name == fleet.master.name:
             certificates.apply(run)
         else:

@@ -117,6 +117,27 @@ CRON_FILE = "/etc/cron.d/wssfleet-certbot"
 REQUEST = "/etc/wssfleet/certificate-request"
 
 
+@deploy("certbot")
+def installed(run: DeployRun) -> None:
+    """On every master, with an ACME certificate_source: the pinned certbot with its DNS
+    provider's plugin. One deploy for all masters, so pyinfra installs on them at once.
+
+    + run: the deploy (certificate_source, acme_dns_provider)
+    """
+    apt.packages(
+        name="Ensure python3-venv and cron are installed",
+        packages=["python3-venv", "cron"],
+        no_recommends=True,
+    )
+    # Its timer and /usr/bin/certbot would be a second, older renewer beside ours.
+    apt.packages(
+        name="Ensure Debian's certbot package is absent (wssfleet runs its own certbot)",
+        packages=["certbot"],
+        present=False,
+    )
+    _install_certbot(run)
+
+
 @deploy("Certificates")
 def apply(run: DeployRun) -> None:
     """On the first master: obtain the certificate once, then leave renewals to cron and the
@@ -188,18 +209,6 @@ def _renewal_installed(run: DeployRun, earlier_masters: list[str]) -> str:
     addresses of the masters before this one (none on the first, which always renews)."""
     fleet = run.fleet
     settings = fleet.settings
-    apt.packages(
-        name="Ensure python3-venv and cron are installed",
-        packages=["python3-venv", "cron"],
-        no_recommends=True,
-    )
-    # Its timer and /usr/bin/certbot would be a second, older renewer beside ours.
-    apt.packages(
-        name="Ensure Debian's certbot package is absent (wssfleet runs its own certbot)",
-        packages=["certbot"],
-        present=False,
-    )
-    _install_certbot(run)
     files.file(
         name="Ensure cron swaps in no private CA certificate (ACME renews here)",
         path=PROVIDED_RENEWAL_CRON,
