@@ -534,16 +534,16 @@ def renew(ctx: click.Context, inventory_path: str) -> None:
     from wssfleet_control import certificate_sharing, commands
 
     require_lab(inventory_path)
-    settings = load_fleet(inventory_path).settings
-    if settings.certificate_source == "files":
-        raise Failure(
-            "certificate_source='files': nothing here renews your certificate; put the renewed "
-            "files in place, then `make deploy` checks and installs them"
-        )
-    if settings.certificate_source == "private_ca":
-        _renew_from_the_private_ca(ctx, inventory_path)
-        return
     with open_session(inventory_path, quiet=True) as session:
+        source = session.fleet.settings.certificate_source
+        if source == "files":
+            raise Failure(
+                "certificate_source='files': nothing here renews your certificate; put the "
+                "renewed files in place, then `make deploy` checks and installs them"
+            )
+        if source == "private_ca":
+            _renew_from_the_private_ca(ctx, session, inventory_path)
+            return
         # The first master renews; while it is down, the next one that answers (its script
         # renews only while every master before it is unreachable).
         session.connect(every_host=False)
@@ -570,28 +570,27 @@ def renew(ctx: click.Context, inventory_path: str) -> None:
         raise Failure("the renewal failed (certbot's words are above)")
 
 
-def _renew_from_the_private_ca(ctx: click.Context, inventory_path: str) -> None:
+def _renew_from_the_private_ca(ctx: click.Context, session, inventory_path: str) -> None:
     """A new certificate from the private CA, deployed to every master (swapped in)."""
     from wssfleet_control import secrets
 
-    with open_session(inventory_path, quiet=True) as session:
-        fleet = session.fleet
-        site_certificate_of(fleet, secrets_of(session, create=False))
-        lock = _locked(session, "renew")
-        outcome = "failed"
+    fleet = session.fleet
+    site_certificate_of(fleet, secrets_of(session, create=False))
+    lock = _locked(session, "renew")
+    outcome = "failed"
+    try:
         try:
-            try:
-                secrets.renew_private_ca(fleet.inventory_path, fleet.settings.domains)
-            except ValueError as error:
-                outcome = f"refused: {error}"
-                raise Failure(str(error)) from None
-            _say("--> A new certificate from the private CA;", "deploying it to every master")
-            ctx.invoke(
-                deploy, inventory_path=inventory_path, as_json=False, templates=None, holding=lock
-            )
-            outcome = "ok"
-        finally:
-            lock.finish(outcome, lock.deployed_release)
+            secrets.renew_private_ca(fleet.inventory_path, fleet.settings.domains)
+        except ValueError as error:
+            outcome = f"refused: {error}"
+            raise Failure(str(error)) from None
+        _say("--> A new certificate from the private CA;", "deploying it to every master")
+        ctx.invoke(
+            deploy, inventory_path=inventory_path, as_json=False, templates=None, holding=lock
+        )
+        outcome = "ok"
+    finally:
+        lock.finish(outcome, lock.deployed_release)
 
 
 @main.group()
@@ -684,8 +683,10 @@ def rotate_secret(
         outcome = "failed"
         try:
             try:
+                # Where the fleet keeps its secrets: an inventory may name another's
+                # (wssfleet_inventory), as a derived one names the file it derives from.
                 secrets.rotate(
-                    inventory_path,
+                    session.fleet.inventory_path,
                     overlap,
                     force=force,
                     revoke=revoke,
