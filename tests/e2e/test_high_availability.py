@@ -95,7 +95,11 @@ def highly_available(lab):
 
 
 def promotable_in_view_of(lab, sentinel: str) -> bool:
-    """Whether ``sentinel`` knows of a replica it may promote (link up, priority above 0)."""
+    """Whether ``sentinel`` knows of a replica it may promote (link up, priority above 0) and
+    has seen it report itself a replica. A Sentinel that last saw it claim to be the primary
+    (back from a cut, before its guard or the Sentinels made it a replica) takes the promoted
+    replica for that stale primary still and converts it back, and the failover is aborted
+    (seen in the lab: -failover-abort-slave-timeout)."""
     lines = lab.on(sentinel, commands.sentinel_replicas(), timeout=5).stdout.splitlines()
     replicas, fields = [], {}
     for key, value in zip(lines[::2], lines[1::2], strict=False):
@@ -105,7 +109,9 @@ def promotable_in_view_of(lab, sentinel: str) -> bool:
         fields[key] = value
     replicas.append(fields)
     return any(
-        fields.get("slave-priority", "0") != "0" and fields.get("master-link-status") == "ok"
+        fields.get("slave-priority", "0") != "0"
+        and fields.get("master-link-status") == "ok"
+        and fields.get("role-reported") == "slave"
         for fields in replicas
     )
 
@@ -114,11 +120,16 @@ def move_primary_away_from(lab, host: str) -> str:
     """Have the Sentinels move the Redis primary off ``host`` (when it is there) and wait
     until the old one follows in sync; returns the primary."""
     if lab.redis_primary() == host:
-        sentinel = lab.fleet.sentinels[-1].name
+        sentinels = [node.name for node in lab.fleet.sentinels]
+        sentinel = sentinels[-1]
         # A replica just in step has been made promotable by its guard, but the Sentinels
         # learn that from its next INFO (every 10 s while the primary is up); until then a
-        # planned failover answers NOGOODSLAVE.
-        wait_for(lambda: promotable_in_view_of(lab, sentinel), 30, "a promotable replica")
+        # planned failover answers NOGOODSLAVE. Every Sentinel must know it as a replica.
+        wait_for(
+            lambda: all(promotable_in_view_of(lab, name) for name in sentinels),
+            30,
+            "a replica every Sentinel may promote",
+        )
         answer = lab.on(sentinel, commands.sentinel_failover())
         assert answer.stdout.strip() == "OK", answer.stdout + answer.stderr
         wait_for(lambda: lab.redis_primary() != host, 30, "the Sentinels moved the primary")
