@@ -454,7 +454,7 @@ def _dns_credentials(run: DeployRun) -> None:
     """The DNS provider's credentials for certbot where it reads them (acme_dns), root's
     alone; every other provider's gone, so a switch leaves no token behind."""
     settings = run.fleet.settings
-    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    provider = settings.dns_provider
     what, variables = "", {}
     if provider == "rfc2136":
         what, variables = (
@@ -500,7 +500,7 @@ def _dns_credentials(run: DeployRun) -> None:
 
 def certbot_requirements(settings: Settings) -> tuple[str, ...]:
     """certbot's pins with its DNS provider's plugin (acme_dns_provider), if it needs one."""
-    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    provider = settings.dns_provider
     return CERTBOT_REQUIREMENTS + DNS_PLUGIN_REQUIREMENTS.get(provider, ())
 
 
@@ -600,9 +600,7 @@ def certbot_environment(settings: Settings, ca_bundle: str) -> list[tuple[str, s
     cron's renewals: the ACME server's private CA, and where the Cloudflare or AWS SDK finds
     its API and (route53) its credentials file."""
     environment = [("REQUESTS_CA_BUNDLE", ca_bundle)] if ca_bundle else []
-    if settings.certificate_source != "acme_dns":
-        return environment
-    provider = settings.acme_dns_provider
+    provider = settings.dns_provider
     if provider == "cloudflare" and settings.acme_dns_api_url:
         environment.append(("CLOUDFLARE_BASE_URL", settings.acme_dns_api_url))
     if provider == "route53":

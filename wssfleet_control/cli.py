@@ -169,9 +169,9 @@ def _dns_provider_secret_missing(settings, stored: dict[str, str]) -> str:
     or ""; a secret only the operator can give, so the deploy cannot make it."""
     from wssfleet_control.secrets import ENVIRONMENT_PREFIX, GIVEN_BY_PROVIDER
 
-    if settings.certificate_source != "acme_dns":
+    provider = settings.dns_provider
+    if not provider:
         return ""
-    provider = settings.acme_dns_provider
     name, what = GIVEN_BY_PROVIDER[provider]
     uses_secret = provider != "route53" or settings.acme_dns_route53_access_key_id
     if not uses_secret:

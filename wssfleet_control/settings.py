@@ -884,6 +884,11 @@ class Settings(ClientPolicy):
         return self.certificate_source in ("acme_http", "acme_dns")
 
     @property
+    def dns_provider(self) -> str:
+        """The DNS-01 provider certbot writes TXT records through, "" without DNS-01."""
+        return self.acme_dns_provider if self.certificate_source == "acme_dns" else ""
+
+    @property
     def origins(self) -> tuple[str, ...]:
         # A wildcard is no origin: list the names it serves in allowed_origins.
         return self.allowed_origins or tuple(

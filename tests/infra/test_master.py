@@ -133,7 +133,7 @@ def test_certbot_is_the_pinned_one_and_debian_s_is_absent(on, certificate_master
     # provider's when it is another (acme_dns_provider); no other provider's SDK.
     plugins = host.check_output("certbot plugins --text 2>/dev/null")
     settings = fleet.settings
-    provider = settings.acme_dns_provider if settings.certificate_source == "acme_dns" else ""
+    provider = settings.dns_provider
     for name in ("rfc2136", "cloudflare", "route53"):
         wanted = name in ("rfc2136", provider)
         assert (f"* dns-{name}\n" in plugins) == wanted, (name, plugins)
