@@ -11,20 +11,18 @@ from roles import daemon_running, secret_template
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside.layout import HELPERS, RUNTIME_HELPER, TEXTFILE_DIRECTORY
-from wssfleet_control.settings import SettingsError
+from wssfleet_control.settings import SettingsError, seconds_of
 
 CONFIG = "/etc/keepalived/keepalived.conf"
 NOTIFY_SCRIPT = f"{HELPERS}/front-door-state"
-# VRRP's simple authentication carries at most eight characters.
-VRRP_PASSWORD_LENGTH = 8
 
 
 @deploy("Front door")
 def apply(run: DeployRun) -> None:
     """keepalived on this master, holding the front door when it is the healthy choice.
 
-    + run: the deploy: the masters, front_door_address and front_door_router_id, and the
-      masters' VRRP password (secrets)
+    + run: the deploy: the masters, front_door_address, front_door_router_id and
+      front_door_advert_interval
     """
     fleet = run.fleet
     node = fleet.node(host.name)
@@ -68,7 +66,7 @@ def apply(run: DeployRun) -> None:
         priority=150 - index,
         own_address=node.address,
         peers=[master.address for master in fleet.masters if master.name != host.name],
-        password=run.secrets["front_door_password"][:VRRP_PASSWORD_LENGTH],
+        advert_interval=f"{seconds_of(fleet.settings.front_door_advert_interval):g}",
         runtime=RUNTIME_HELPER,
         notify=NOTIFY_SCRIPT,
     )

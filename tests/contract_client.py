@@ -8,6 +8,8 @@ continuity tests.
 - a subscriber comes back with ``since`` = the last offset it received;
 - nothing received for the welcome's ``heartbeat`` + HEARTBEAT_GRACE seconds: the path is dead
   (a master gone, a NAT that forgot it): drop the connection and reconnect as after 1006;
+- TCP keepalive probes an idle path every PATH_PROBE_SECONDS; a reset (the front door moved
+  to another master) or two probes unanswered end it: reconnect as after 1006;
 - a publisher publishes with an ``id`` and sends the same message again, same id, until it is
   acknowledged (after an error reply, or on a new connection after a reconnection or after
   REPLY_TIMEOUT s without an answer).
@@ -21,6 +23,7 @@ import json
 import math
 import random
 import resource
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -37,6 +40,19 @@ BACKOFF_MAX = 10.0
 RETRY_AFTER = {1001, 1006, 1012}
 # A publisher that hears nothing back for this long takes the path for dead.
 REPLY_TIMEOUT = 10.0
+PATH_PROBE_SECONDS = 1
+PATH_PROBES_UNANSWERED = 2
+
+
+def probe_path(ws: ClientConnection) -> None:
+    """TCP keepalive on the connection's socket, as the contract asks (Linux options)."""
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, PATH_PROBE_SECONDS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, PATH_PROBE_SECONDS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PATH_PROBES_UNANSWERED)
+    unacknowledged_ms = 1000 * PATH_PROBE_SECONDS * (1 + PATH_PROBES_UNANSWERED)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, unacknowledged_ms)
 
 
 @dataclass
@@ -96,6 +112,7 @@ async def follow_contract(
     while not stop.is_set():
         try:
             ws = await connect()
+            probe_path(ws)
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
         except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as error:
             seen.refusals.append((time.monotonic(), type(error).__name__))

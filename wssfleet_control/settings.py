@@ -158,7 +158,6 @@ def seconds_of(duration: str) -> float:
     return int(number) * DURATION_UNITS[duration[len(number) :]]
 
 
-# A path of plain characters (no option-like leading dash): paths reach command lines.
 # The settings each DNS-01 provider (acme_dns_provider) reads; no other provider takes them.
 DNS_PROVIDER_OWNERS = {
     "rfc2136": ("acme_dns_server", "acme_dns_tsig_key"),
@@ -168,6 +167,7 @@ DNS_PROVIDER_OWNERS = {
 DNS_PROVIDER_SETTINGS = tuple(
     dict.fromkeys(n for names in DNS_PROVIDER_OWNERS.values() for n in names)
 )
+# A path of plain characters (no option-like leading dash): paths reach command lines.
 PLAIN_PATH = re.compile(r"[A-Za-z0-9_./~@+][A-Za-z0-9_./~@+-]{0,1023}")
 # An https:// URL of plain characters: it reaches certbot's command line.
 ACME_URL = re.compile(r"https://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/-]*)?")
@@ -232,6 +232,14 @@ def _aws_access_key_id(value: str) -> str:
 def _plain_path(value: str) -> str:
     if value and not PLAIN_PATH.fullmatch(value):
         raise ValueError("give a path of letters, digits and ./_~@+- (no leading dash)")
+    return value
+
+
+def _advert_interval(value: str) -> str:
+    """VRRP version 3 counts adverts in centiseconds, up to 40.95 s."""
+    milliseconds = round(seconds_of(value) * 1000, 3)
+    if not 50 <= milliseconds <= 10_000 or milliseconds % 10:
+        raise ValueError("give 50ms to 10s in steps of 10ms, like 200ms or 1s")
     return value
 
 
@@ -546,6 +554,11 @@ class Settings(ClientPolicy):
         ge=1,
         le=255,
         description="the VRRP router id of the front door, unique on its network segment",
+    )
+    front_door_advert_interval: Annotated[Duration, AfterValidator(_advert_interval)] = Field(
+        default="200ms",
+        description="how often the holder announces the front door (VRRP version 3); the "
+        "others take it over after about three missed: 200ms moves it in under a second",
     )
     # Workers
     worker_processes: Annotated[Literal["auto"] | int, PlainValidator(_processes)] = Field(

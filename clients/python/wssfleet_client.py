@@ -11,6 +11,10 @@ the contract asks so that deploys, renewals and lost hosts go unnoticed:
   (``ClientClosed``);
 - nothing heard for the welcome's ``heartbeat`` + ``heartbeat_grace`` s: the path is dead
   (a master gone); drop it and reconnect as after 1006;
+- the socket's TCP keepalive probes an idle path every ``path_probe`` s (the master's kernel
+  answers them: no frame, nothing for the fleet to process). After the front door moved,
+  the new holder answers a probe with a reset, so the client learns at once; a path that
+  answers nothing is dead after two probes unanswered. Either way: reconnect as after 1006;
 - subscriptions come back with ``since`` = the last offset received: nothing published
   meanwhile is missed, nothing is delivered twice;
 - a publish carries an id and is sent again, same id, until the fleet acknowledges it
@@ -40,6 +44,7 @@ import contextlib
 import inspect
 import json
 import random
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,8 +64,29 @@ SUBSCRIBE_ID = "subscribe:"
 REFRESH_RETRY_SECONDS = 5.0
 # Handshakes refused for who the client is, not for a passing trouble: not retried.
 REFUSED_STATUSES = frozenset({401, 403})
+# Keepalive probes a path may leave unanswered before it counts as dead (probe_path).
+PROBES_UNANSWERED = 2
 
 Token = str | Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+def probe_path(sock: socket.socket | None, every: float) -> None:
+    """TCP keepalive on ``sock``: a probe after ``every`` s without a packet, then every
+    ``every`` s; two unanswered (or a reset) end the connection. Unacknowledged data ends it
+    as soon (TCP_USER_TIMEOUT): a publish sent into a dead path is not retransmitted for
+    minutes. Where the platform has no such options, the heartbeat alone decides."""
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return
+    seconds = max(1, round(every))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", seconds),
+        ("TCP_KEEPINTVL", seconds),
+        ("TCP_KEEPCNT", PROBES_UNANSWERED),
+        ("TCP_USER_TIMEOUT", 1000 * seconds * (1 + PROBES_UNANSWERED)),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class ClientClosed(Exception):
@@ -166,6 +192,7 @@ class Client:
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
         heartbeat_grace: float = 5.0,
+        path_probe: float | None = 1.0,
         reply_timeout: float = 10.0,
         open_timeout: float = 15.0,
         refresh_before: float = 30.0,
@@ -178,6 +205,7 @@ class Client:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.heartbeat_grace = heartbeat_grace
+        self.path_probe = path_probe
         self.reply_timeout = reply_timeout
         self.open_timeout = open_timeout
         self.refresh_before = refresh_before
@@ -286,6 +314,8 @@ class Client:
             ping_interval=None,  # the server's heartbeat says whether the path is alive
             **self._connect_options,
         )
+        if self.path_probe:
+            probe_path(ws.transport.get_extra_info("socket"), self.path_probe)
         try:
             welcome = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
         except BaseException:

@@ -27,7 +27,7 @@ from tests.unit.helpers import (
 )
 from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import from_groups
-from wssfleet_control.settings import SettingsError, resolve
+from wssfleet_control.settings import Settings, SettingsError, resolve
 
 
 def test_defaults_fill_in_everything_but_the_domain():
@@ -537,3 +537,26 @@ def test_an_exempt_source_passes_the_admission_limits_a_real_haproxy_keeps_for_o
     assert all(exempt), exempt
     keys = {line.split("key=")[1].split()[0] for line in table.splitlines() if "key=" in line}
     assert keys == {"::ffff:127.0.0.1"}, table
+
+
+def test_the_front_door_is_announced_over_vrrp3_at_the_advert_interval():
+    config = render(
+        "front_door",
+        "keepalived.conf.j2",
+        host_name="m1",
+        address="10.0.0.100",
+        address_with_prefix="10.0.0.100/24",
+        interface="eth0",
+        router_id=51,
+        priority=150,
+        own_address="10.0.0.10",
+        peers=["10.0.0.11"],
+        advert_interval="0.2",
+        runtime="/r.py",
+        notify="/n",
+    )
+    assert "    version 3\n    advert_int 0.2\n" in config
+    # Version 3 has no authentication: no password to leave in the file.
+    assert "auth_" not in config
+    with pytest.raises(ValueError, match="give 50ms to 10s in steps of 10ms"):
+        Settings(**PEBBLE, front_door_advert_interval="15ms")

@@ -155,3 +155,24 @@ def test_the_token_is_renewed_on_the_open_connection_and_refusals_are_said(start
     # One connection, closed by the application only.
     assert events == ["connected", "closed 1000"], events
     assert closed.code == 4001, closed
+
+
+def test_an_idle_path_is_probed_by_tcp_keepalive_and_unacknowledged_data_ends_it():
+    """A moved front door answers a probe with a reset; a path that answers nothing is dead
+    after two probes: the socket options that make it so."""
+    import socket
+
+    from wssfleet_client import probe_path
+
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as sock,
+    ):
+        probe_path(sock, 1.0)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 3000
+    # No socket to probe (another transport): nothing to do, nothing raised.
+    probe_path(None, 1.0)
