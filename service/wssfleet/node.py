@@ -170,6 +170,10 @@ class Service:
             stats.drops["rate_limit"] += 1
             client.reply("error", reason="rate limited: message dropped")
             return None
+        if not message:
+            # A client's path probe (docs/protocol.md): it makes a path that went dead answer
+            # with a reset. Counted against the rate above; nothing to parse or answer.
+            return None
         try:
             request = protocol.parse(message)
         except protocol.ProtocolError as error:

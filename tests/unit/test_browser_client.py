@@ -118,3 +118,53 @@ def test_the_token_is_renewed_on_the_open_connection_and_refusals_are_said(start
     assert outcome["refusals"] == ["not allowed"], outcome
     assert outcome["rejected"] == "not allowed", outcome
     assert outcome["offset"] and outcome["messages"] == ["after the first token's expiry"]
+
+
+def test_a_quiet_path_is_probed_once_per_quiet_spell_with_an_empty_frame():
+    """What a moved front door answers with a reset: one empty frame after probeAfterMs of
+    silence, none while the server keeps talking, and one again when it falls quiet."""
+    import asyncio
+    import time
+
+    from websockets.asyncio.server import serve
+
+    frames: list[tuple[float, str]] = []
+
+    async def scenario() -> dict:
+        async def talk_then_fall_quiet(ws) -> None:
+            await ws.send(json.dumps({"type": "welcome", "worker": "w", "heartbeat": 60}))
+            await asyncio.sleep(1.0)  # quiet: one probe
+            for _ in range(10):  # talking, 0.1 s apart: none
+                await ws.send(json.dumps({"type": "heartbeat"}))
+                await asyncio.sleep(0.1)
+            # Quiet again until the client leaves: one more.
+
+        async def record(ws) -> None:
+            connected = time.monotonic()
+            talking = asyncio.ensure_future(talk_then_fall_quiet(ws))
+            async for frame in ws:
+                frames.append((time.monotonic() - connected, frame))
+            talking.cancel()
+
+        async with serve(record, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            node = await asyncio.create_subprocess_exec(
+                "node",
+                "--experimental-websocket",
+                "--no-warnings",
+                str(Path(__file__).parent / "js" / "probe_run.mjs"),
+                MODULE.as_uri(),
+                f"ws://127.0.0.1:{port}/ws",
+                "400",
+                "3",
+                stdout=subprocess.PIPE,
+            )
+            output, _ = await node.communicate()
+            return json.loads(output)
+
+    outcome = asyncio.run(scenario())
+    assert outcome["events"][:2] == ["connecting", "connected"], outcome
+    assert [frame for _, frame in frames] == ["", ""], frames
+    # The first while the server was quiet (its first second), the second after it fell
+    # quiet again (2 s on), none while it talked.
+    assert frames[0][0] < 1.0 < 2.0 < frames[1][0], frames

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.unit.clients import open_client, receive, request, run
+from tests.unit.clients import expect_nothing, open_client, receive, request, run
 from tests.unit.helpers import ORIGIN, token, wait_until
 from wssfleet.redis_broker import UNSUBSCRIBE_AFTER
 
@@ -248,3 +248,25 @@ def test_the_channel_and_since_limits_are_said_with_the_request(start_service):
         "id": "one-too-many",
     }
     assert long_since["type"] == "error" and long_since["id"] == "long-since", long_since
+
+
+def test_an_empty_frame_is_a_path_probe_answered_never_and_counted_against_the_rate(
+    start_service,
+):
+    """The shipped browser client's path probe costs no parse and no answer; a flood of
+    them is a flood like any other."""
+    service = start_service(WSSFLEET_MESSAGES_PER_SECOND="5")
+
+    async def scenario():
+        ws = await open_client(service)
+        await ws.send("")
+        await expect_nothing(ws)
+        await request(ws, type="echo", data="after a probe")
+        answered = await receive(ws)
+        for _ in range(20):
+            await ws.send("")
+        return answered, await receive(ws)
+
+    answered, flooded = run(scenario())
+    assert answered == {"type": "echo", "data": "after a probe"}
+    assert flooded == {"type": "error", "reason": "rate limited: message dropped"}

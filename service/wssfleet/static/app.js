@@ -1,6 +1,7 @@
 // Demo page: one channel through the client contract's ES module (/wssfleet-client.js, the
 // same one applications import: docs/protocol.md). The module reconnects with backoff,
-// comes back with `since`, gives up on a silent connection after the heartbeat, and sends a
+// comes back with `since`, probes a quiet path (an empty frame: a moved front door answers it
+// with a reset), gives up on a silent connection after the heartbeat, and sends a
 // publish again (same id) until it is stored; this page only shows what happens.
 import { Client } from "/wssfleet-client.js";
 

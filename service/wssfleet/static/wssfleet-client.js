@@ -7,6 +7,9 @@
 // - closed with 1008 or a 4xxx code: stop, and say why (onEvent("stopped", ...));
 // - nothing heard for the welcome's `heartbeat` + heartbeatGraceMs: the path is dead (a
 //   master gone): drop it and reconnect as after 1006;
+// - nothing heard for probeAfterMs: send an empty frame, a path probe the fleet ignores.
+//   After the front door moved to another master, the new holder answers it with a reset
+//   and the browser closes the socket (1006) at once: reconnect as after 1006;
 // - subscriptions come back with `since` = the last offset received: nothing published
 //   meanwhile is missed, nothing is delivered twice;
 // - a publish carries an id and is sent again, same id, until it is acknowledged (after an
@@ -36,6 +39,8 @@ export class Client {
     this.backoffBaseMs = options.backoffBaseMs ?? 500;
     this.backoffMaxMs = options.backoffMaxMs ?? 10000;
     this.heartbeatGraceMs = options.heartbeatGraceMs ?? 5000;
+    this.probeAfterMs = options.probeAfterMs ?? 2500;
+    this.probedAt = 0;
     this.replyTimeoutMs = options.replyTimeoutMs ?? 10000;
     this.refreshBeforeMs = options.refreshBeforeMs ?? 30000;
     this.refreshTimer = null;
@@ -224,6 +229,12 @@ export class Client {
     const socket = this.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
     const now = Date.now();
+    if (this.probeAfterMs && now - this.lastHeardAt > this.probeAfterMs && this.probedAt <= this.lastHeardAt) {
+      // One probe per quiet spell: an idle client sends one between two heartbeats, a busy
+      // one none. Sent into a dead path, TCP retransmits it until an answer (a reset) comes.
+      this.probedAt = now;
+      socket.send("");
+    }
     const silent = this.heartbeatMs !== null && now - this.lastHeardAt > this.heartbeatMs + this.heartbeatGraceMs;
     const unanswered = [...this.publishes.values()].some(
       (entry) => entry.sentAt !== null && now - entry.sentAt > this.replyTimeoutMs,
