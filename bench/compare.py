@@ -51,7 +51,7 @@ from bench.loopback import (
 )
 from tests.processes import free_port, wait_for_port
 from wssfleet import auth
-from wssfleet.config import ClientPolicy
+from wssfleet.config import ClientPolicy, ServiceConfig
 
 PEER = Path(__file__).resolve().parent / "peer"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -91,6 +91,8 @@ class Measure:
 
 
 FANOUT = "fan-out, 1,000 subscribers"
+# The deployed heartbeat interval: an idle browser client sends one path probe per interval.
+PRODUCTION_HEARTBEAT = ServiceConfig.model_fields["heartbeat_interval"].default
 CAPACITY = capacity_connections()
 MEASURES = [
     Measure("echo_rate", "echo through HAProxy TLS, 50 clients, 256 B", "msg/s", True),
@@ -103,6 +105,21 @@ MEASURES = [
     Measure("idle_memory", "memory per idle connection (1,000 open)", "KiB", False, 1),
     Measure(
         "heartbeat_cpu", "service CPU per heartbeat (1,000 idle, one a second each)", "µs", False, 1
+    ),
+    Measure(
+        "probe_cpu",
+        "service CPU per path probe (1,000 idle, an empty frame a second each)",
+        "µs",
+        False,
+        1,
+    ),
+    Measure(
+        "probe_share",
+        f"path probes at {CAPACITY:,} idle connections, one each per {PRODUCTION_HEARTBEAT} s "
+        "heartbeat (from the row above): share of one core",
+        "%",
+        False,
+        2,
     ),
     Measure("connect_cpu", "service CPU per connection opened (upgrade, JWT)", "µs", False),
     Measure(
@@ -362,8 +379,18 @@ def measure_side(side: str, redis_url: str, tls: Path, only: str | None) -> dict
         before = cpu_seconds(pids)
         time.sleep(HEARTBEAT_SECONDS)
         heartbeats = IDLE_CONNECTIONS * HEARTBEAT_SECONDS / BENCH_SETTINGS["heartbeat_interval"]
-        results["heartbeat_cpu"] = (cpu_seconds(pids) - before) / heartbeats * 1e6
+        idle_cpu = cpu_seconds(pids) - before
+        results["heartbeat_cpu"] = idle_cpu / heartbeats * 1e6
         idle.close()
+
+        # The browser client's path probes on top of the same idle connections' heartbeats.
+        probe = {**base, "mode": "probe", "clients": IDLE_CONNECTIONS, "interval": 1,
+                 "seconds": HEARTBEAT_SECONDS}  # fmt: skip
+        done, cpu = run_measured(probe, pids)
+        results["probe_cpu"] = max(0.0, cpu - idle_cpu * done["seconds"] / HEARTBEAT_SECONDS)
+        results["probe_cpu"] *= 1e6 / done["sent"]
+        per_second = CAPACITY / PRODUCTION_HEARTBEAT
+        results["probe_share"] = per_second * results["probe_cpu"] / 1e6 * 100
 
         echo = {**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS}
         runs = [run_measured(echo, pids) for _ in range(RUNS_A_ROUND)]

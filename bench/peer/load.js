@@ -191,6 +191,29 @@ const jobs = {
     };
   },
 
+  // `clients` idle connections; on "go", each sends an empty frame (the browser client's path
+  // probe) every `interval` s for `seconds`, spread over the interval; how many were sent.
+  async probe() {
+    const clients = await openMany(job.clients, 50, (index) => open('/ws', 1, null, index));
+    return {
+      clients,
+      async run() {
+        let sent = 0;
+        const started = performance.now();
+        const until = started + job.seconds * 1000;
+        await Promise.all(clients.map(async (ws, index) => {
+          await sleep((job.interval * 1000 * index) / clients.length);
+          while (performance.now() < until) {
+            ws.send('');
+            sent += 1;
+            await sleep(job.interval * 1000);
+          }
+        }));
+        return { sent, seconds: (performance.now() - started) / 1000 };
+      },
+    };
+  },
+
   // The reconnect storm: `clients` subscribers on `channels` channels, opened from the
   // `sources` addresses in turn. On "go" every service process is asked to close all of its
   // clients with 1012 at once (`shed`: their /internal/shed URLs, with `key`); each client

@@ -296,6 +296,11 @@ function onPong() {
 
 function onMessage(data, isBinary) {
   if (isBinary) return this.close(1003, 'binary frames are not supported');
+  // A path probe (an empty frame, docs/protocol.md): counted against the rate, not answered.
+  if (data.length === 0) {
+    if (!takeToken(this)) send(this, { type: 'error', reason: 'rate limited: message dropped' });
+    return;
+  }
   answer(this, data.toString());
 }
 
