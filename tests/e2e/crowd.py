@@ -76,11 +76,19 @@ class ShippedSubscriber:
 
 
 def through(
-    lab, source: str, fault: Callable[[], object], after: float = 5, host: str | None = None
+    lab,
+    source: str | list[str],
+    fault: Callable[[], object],
+    after: float = 5,
+    host: str | None = None,
 ) -> dict:
     """Run the crowd through ``fault`` (called in a thread while messages flow), keep
     publishing ``after`` more seconds, then check every subscriber's messages. The clients
-    reach the front door, or ``host`` (one master's own address) when given."""
+    reach the front door, or ``host`` (one master's own address) when given, from
+    ``source``, or from each of several sources in turn (clients behind as many addresses:
+    each address's admission pace is its own)."""
+    sources = itertools.cycle([source] if isinstance(source, str) else source)
+    source = source if isinstance(source, str) else source[0]
 
     # Fresh channels each run: an earlier run's history and publish ids would answer for them.
     run_id = uuid.uuid4().hex[:8]
@@ -88,7 +96,9 @@ def through(
 
     def connect(path: str, subject: str):
         reach = {"host": host} if host else {}
-        return lab.connect(path, subject=subject, local_addr=(source, 0), open_timeout=15, **reach)
+        return lab.connect(
+            path, subject=subject, local_addr=(next(sources), 0), open_timeout=15, **reach
+        )
 
     async def scenario():
         subscribers = Subscribers(lambda path: connect(path, "subscriber"), channels, PER_CHANNEL)

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.timeout(420)
 CUT_SECONDS = 30
 # The issue's bound for clients and publishers after a master or the Redis primary is lost.
 BOUND_SECONDS = 15
+# Every client of a lost front door subscribed again (issue 36: VRRPv3 adverts every 200 ms
+# and the clients' path probes; measured 2.0 s).
+CLIENTS_BACK_SECONDS = 5
 
 
 def cut_for(lab, host: str, seconds: int) -> float:
@@ -191,7 +194,7 @@ def took_over_after(lab, master: str, cut_wall: float) -> float | None:
 
 
 @pytest.mark.parametrize("redis_primary", ["on the holder", "on the other master"])
-def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(
+def test_the_front_door_master_cut_off_for_good_costs_clients_under_5_s(
     highly_available, source_address, redis_primary
 ):
     # Two faults in one when the holder is the Redis primary (a failover too); when it is
@@ -224,11 +227,14 @@ def test_the_front_door_master_cut_off_for_good_costs_clients_under_15_s(
             "keepalived took over after": took_over_after(lab, other, cut_wall),
         }
 
-    summary = through(lab, source_address(40), lose_the_holder)
-    # Every subscriber was on a connection through the lost master: each noticed (the
-    # heartbeat's silence), and each came back through the other one within the bound.
+    # Clients behind several addresses, as a crowd is: one address's 400 would come back at
+    # its admission pace (haproxy_connection_rate_limit), whatever the front door does.
+    summary = through(lab, [source_address(n) for n in range(45, 53)], lose_the_holder)
+    # Every subscriber was on a connection through the lost master: each noticed (its path
+    # probe was answered by a reset once the address moved, or not at all), and each came
+    # back through the other one within the bound.
     assert summary["subscribers cut off"] == CHANNELS * PER_CHANNEL
-    assert summary["every subscriber back after"] <= BOUND_SECONDS, summary
+    assert summary["every subscriber back after"] <= CLIENTS_BACK_SECONDS, summary
     assert summary["publishes acknowledged again after"] <= BOUND_SECONDS, summary
     assert lab.front_door_holder() == [other]
     if primary == holder:
