@@ -41,6 +41,8 @@ PRIMARY_NAME = layout.REDIS_PRIMARY_NAME
 REPLICATION_FILE = layout.REDIS_REPLICATION_FILE
 SENTINEL_CONFIG = "/etc/redis/sentinel.conf"
 UNIT_OVERRIDE = "/etc/systemd/system/redis-server.service.d/wssfleet.conf"
+# How long systemd waits for redis-server to stop before it kills it.
+REDIS_STOP_TIMEOUT_SECONDS = 30
 SENTINEL_AUTH_FILE = layout.SENTINEL_AUTH_FILE
 MONITOR_REDIS_USER = "wssfleet-monitor"
 # The message plane's functions, and the operator's password that loads them (root's only:
@@ -192,6 +194,9 @@ def apply(run: DeployRun) -> None:
             "# Managed by wssfleet (roles/redis.py)\n[Service]\nExecStart=\n"
             f"ExecStart=/usr/bin/redis-server {layout.REDIS_CONFIG} --supervised systemd "
             "--daemonize no\n"
+            # Debian's unit waits forever for a stop; Redis ends within shutdown-timeout
+            # (10 s for lagging replicas) plus its AOF's fsync, so a hung stop is killed.
+            f"TimeoutStopSec={REDIS_STOP_TIMEOUT_SECONDS}s\n"
         ),
         dest=UNIT_OVERRIDE,
         mode="644",

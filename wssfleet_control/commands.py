@@ -199,13 +199,18 @@ def sentinel_failover(port: int = 26379, tls: bool = False) -> str:
     return _sentinel(port, tls, "FAILOVER")
 
 
-def redis_replication(port: int = 6379, tls: bool = False) -> str:
-    """This host's Redis's INFO replication (its role, replicas and their lag)."""
+def redis_admin(*words: str, port: int = 6379, tls: bool = False) -> str:
+    """One command to this host's Redis as the operator's user (root's password file)."""
     return (
         f'REDISCLI_AUTH="$(cat {layout.REDIS_ADMIN_AUTH_FILE})" timeout 5 redis-cli '
         f"--no-auth-warning {_tls(tls)}--user wssfleet-admin -h 127.0.0.1 -p {int(port)} "
-        "INFO replication"
+        + _line(*words)
     )
+
+
+def redis_replication(port: int = 6379, tls: bool = False) -> str:
+    """This host's Redis's INFO replication (its role, replicas and their lag)."""
+    return redis_admin("INFO", "replication", port=port, tls=tls)
 
 
 def holds_address(address: str) -> str:

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from roles.redis import REDIS_STOP_TIMEOUT_SECONDS
 from tests.e2e.crowd import CHANNELS, PER_CHANNEL, through
 from tests.e2e.test_observability import alert_states
 from tests.lab_fleet import deploy, derived_inventory, wssfleet
@@ -315,6 +316,48 @@ def test_a_renewal_with_a_master_down_succeeds_and_reaches_it_when_it_returns(
     assert code == 0, log[-3000:]
     assert report["certificates"][cut] == "current"
     wait_for(lambda: settled(lab), 90, "Redis in sync again")
+
+
+def test_a_replica_told_to_stop_while_writing_its_first_aof_stops_and_catches_up(
+    highly_available,
+):
+    """A replica that has just copied its primary rewrites its first AOF, and Redis used to
+    refuse a SIGTERM until that was done: with Debian's unit, ``systemctl stop`` then waited
+    forever (seen in the lab right after a failover). The rewrite is slowed to a second a key
+    here, so the stop lands inside it."""
+    lab = highly_available
+    primary = lab.redis_primary()
+    replica = next(node.name for node in lab.fleet.redis_nodes if node.name != primary)
+    # At least one key for the rewrite to be slow on; it expires by itself.
+    marker = "wssfleet:test:first-aof"
+    assert lab.on(primary, commands.redis_admin("SET", marker, "1", "EX", "300")).returncode == 0
+    wait_for(
+        lambda: lab.on(replica, commands.redis_admin("EXISTS", marker)).stdout.strip() == "1",
+        30,
+        f"{replica} has copied the key",
+    )
+    for words in (
+        ("CONFIG", "SET", "rdb-key-save-delay", "1000000"),
+        ("CONFIG", "SET", "appendonly", "no"),
+        ("CONFIG", "SET", "appendonly", "yes"),
+    ):
+        answer = lab.on(replica, commands.redis_admin(*words))
+        assert answer.stdout.strip() == "OK", (words, answer.stdout + answer.stderr)
+    persistence = lab.on(replica, commands.redis_admin("INFO", "persistence")).stdout
+    assert "aof_rewrite_in_progress:1" in persistence, persistence
+
+    since = lab.on(replica, "date +%s").stdout.strip()
+    asked_at = time.monotonic()
+    stopped = lab.on(
+        replica, "systemctl restart redis-server", timeout=2 * REDIS_STOP_TIMEOUT_SECONDS
+    )
+    took = time.monotonic() - asked_at
+    journal = lab.on(replica, f"journalctl -u redis-server --since=@{since} -o cat").stdout
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr + journal[-2000:]
+    # Redis ended by itself (well within systemd's kill timeout), and said why.
+    assert "Writing initial AOF. Exit anyway." in journal, journal[-2000:]
+    assert took < REDIS_STOP_TIMEOUT_SECONDS / 2, f"the restart took {took:.1f} s"
+    wait_for(lambda: settled(lab), 60, f"{replica} a replica in sync again")
 
 
 # What a master runs that clients or Redis depend on: stopped on a host not in the fleet yet.

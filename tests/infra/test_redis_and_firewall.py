@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from roles.redis import ADMIN_REDIS_USER
+from roles.redis import ADMIN_REDIS_USER, REDIS_STOP_TIMEOUT_SECONDS
 from wssfleet.redis_functions import LIBRARY_VERSION
 from wssfleet_control import commands
 from wssfleet_control.hostside import layout
@@ -47,6 +47,19 @@ def test_redis_keeps_the_history_in_an_append_only_file(on, redis_node, fleet):
     )
     assert "aof_enabled:1" in info, info
     assert "aof_last_write_status:ok" in info, info
+
+
+def test_a_stop_of_redis_ends_even_mid_way_through_its_first_aof(on, redis_node, fleet):
+    password = fleet.secrets(create=False)["redis_admin_password"]
+    host = on(redis_node)
+    answer = host.check_output(
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli {tls_options(fleet)} "
+        f"--user {ADMIN_REDIS_USER} "
+        f"-h {redis_node.address} -p {fleet.settings.redis_port} config get shutdown-on-sigterm"
+    )
+    assert answer.split() == ["shutdown-on-sigterm", "force"], answer
+    stop_timeout = host.check_output("systemctl show -P TimeoutStopUSec redis-server")
+    assert stop_timeout == f"{REDIS_STOP_TIMEOUT_SECONDS}s", stop_timeout
 
 
 REDIS_PROBE = """
