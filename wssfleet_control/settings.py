@@ -243,6 +243,15 @@ def _advert_interval(value: str) -> str:
     return value
 
 
+def _failover_after(value: str) -> str:
+    """The Sentinels ping every second (more often below that): under a second they would
+    promote a replica over one slow reply; over a minute a lost primary stops every publish
+    for that long."""
+    if not 1 <= seconds_of(value) <= 60:
+        raise ValueError("give 1s to 60s, like 1500ms or 5s")
+    return value
+
+
 def _front_door(value: str) -> str:
     if not value:
         return value
@@ -665,10 +674,10 @@ class Settings(ClientPolicy):
         description="Redis Sentinel's port, with several redis hosts (three Sentinels watch "
         "the primary and promote a replica when it is lost)",
     )
-    redis_failover_after: Duration = Field(
-        default="3s",
+    redis_failover_after: Annotated[Duration, AfterValidator(_failover_after)] = Field(
+        default="1500ms",
         description="how long the Sentinels wait for a primary that does not answer before "
-        "they promote a replica (sooner: faster failover, more false alarms)",
+        "they promote a replica (sooner: faster failover, more false alarms; 1s to 60s)",
     )
     redis_maxmemory: Memory = Field(
         default="256mb",

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import random
+import sys
 
 from wssfleet.broker import (
     FRAME_TAIL,
@@ -44,6 +45,11 @@ CHANNEL_PREFIX_LENGTH = len(CHANNEL_PREFIX)
 # straight back (a reconnect) finds its feed still warm.
 UNSUBSCRIBE_AFTER = 5.0
 COMMAND_TIMEOUT = 2.0
+# The longest pause between two attempts to reach Redis again. Each attempt asks the Sentinels
+# where the primary is, so this is how late a process may learn of a failover's end (a
+# failover takes a second or two): a handful of processes per host, each asking three
+# Sentinels twice a second while Redis is away, costs the Sentinels nothing.
+RECONNECT_DELAY_MAX = 0.5
 # A history read answers about this many bytes at a time: as many entries as fit when each is
 # as large as a publish may be, and no more bytes than this (entries stored before that bound
 # may be larger). Redis reads no more than a page for it, and serves others between pages.
@@ -60,10 +66,15 @@ PRIMARY_CHECK_INTERVAL = 1.0
 REPLICA_MAX_LAG = 2
 
 
-def replicas_in_step(info: bytes) -> tuple[bool, int]:
+def replication_fields(info: bytes) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+
+
+def replicas_in_step(info: bytes, caught_up_to: int = 0) -> tuple[bool, int]:
     """From INFO replication: whether the server is a primary, and how many replicas are
-    online and acknowledged within REPLICA_MAX_LAG seconds."""
-    fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+    online, acknowledged within REPLICA_MAX_LAG seconds and hold the primary's stream up to
+    ``caught_up_to`` at least."""
+    fields = replication_fields(info)
     in_step = 0
     for name, value in fields.items():
         if name.startswith("slave") and name[5:].isdigit():
@@ -71,6 +82,7 @@ def replicas_in_step(info: bytes) -> tuple[bool, int]:
             if (
                 replica.get("state") == "online"
                 and int(replica.get("lag", "99")) <= REPLICA_MAX_LAG
+                and int(replica.get("offset", "-1")) >= caught_up_to
             ):
                 in_step += 1
     return fields.get("role") == "master", in_step
@@ -145,6 +157,9 @@ class RedisBus(Bus):
         # is acknowledged only once one of them has it too.
         self.replicas = 0
         self._replica_wait_ms = replica_wait_ms
+        # Set when a replica let a publish's WAIT run out: the primary's stream offset then.
+        # No replica counts until one holds the stream that far (see _replica_missed).
+        self._replicas_behind_from = 0
         self._watching: asyncio.Task[None] | None = None
 
     def start(self, deliver: Deliver, resync: Resync) -> None:
@@ -252,25 +267,28 @@ class RedisBus(Bus):
 
     async def publish(self, channel: str, head: str, subject: str, message_key: str | None) -> str:
         keys = publish_keys(channel, subject, message_key)
-        arguments = [
-            self._bus_channel(channel),
-            head,
-            self.history_size,
-            self.history_ttl,
-            # Names a new history's epoch: unique enough, and no system call per message.
-            f"{random.getrandbits(32):08x}",
-            *self._publish_limits,
-            channel,
-            # With a replica, subscribers hold the message until it is on two nodes: one
-            # delivered and then lost with the primary would leave them ahead of the history.
-            "1" if self.replicas else "0",
-            self._publish_ids,
-        ]
-        command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
+        # Names a new history's epoch: unique enough, and no system call per message.
+        epoch = f"{random.getrandbits(32):08x}"
         # A second try only where it cannot store the message twice: the connection was gone
         # before the command left (Redis restarted between two publishes), or the publish
         # has an idempotency key.
         for last_try in (False, True):
+            if last_try:
+                await self._count_replicas_again()
+            arguments = [
+                self._bus_channel(channel),
+                head,
+                self.history_size,
+                self.history_ttl,
+                epoch,
+                *self._publish_limits,
+                channel,
+                # With a replica, subscribers hold the message until it is on two nodes: one
+                # delivered and then lost with the primary would leave them ahead of it.
+                "1" if self.replicas else "0",
+                self._publish_ids,
+            ]
+            command = ("FCALL", "wssfleet_store_and_publish", len(keys), *keys, *arguments)
             try:
                 if arguments[-2] == "0":
                     return (await self._publishing.call(*command)).decode()
@@ -278,6 +296,8 @@ class RedisBus(Bus):
                     command, ("WAIT", 1, self._replica_wait_ms)
                 )
                 offset = stored.decode()
+                if confirmed < 1:
+                    await self._replica_missed()
                 if confirmed < 1 and message_key is not None:
                     # Still held: sent again with its id, it is confirmed then.
                     raise NotConfirmed(
@@ -299,6 +319,38 @@ class RedisBus(Bus):
                 if last_try or (error.sent and message_key is None):
                     raise BusUnavailable(_reason(error)) from None
         raise AssertionError("unreachable")
+
+    async def _replica_missed(self) -> None:
+        """No replica confirmed a publish within replica_wait_ms: it is gone (cut off, its
+        host lost) or far behind. Publishes stop waiting for one now, rather than once the
+        primary's own count drops it (2 to 4 s later, every publish meanwhile refused after
+        waiting in vain), and until a replica holds everything the primary holds now."""
+        if not self.replicas:
+            return
+        self.replicas = 0
+        # None counts while the primary is asked how far its stream is (the primary watch
+        # may look meanwhile).
+        self._replicas_behind_from = sys.maxsize
+        try:
+            info = await self._publishing.call("INFO", "replication")
+            offset = int(replication_fields(info).get("master_repl_offset", "0"))
+        except (LinkLost, ReplyError):
+            # Unknown: the primary's own count of its replicas decides, as it always does.
+            offset = 0
+        self._replicas_behind_from = offset
+        log.info("redis: no replica confirmed in time; publishes do not wait for one")
+
+    async def _count_replicas_again(self) -> None:
+        """Before a publish is tried again on a new connection: the replicas counted were
+        the old server's. A failover's new primary has none while the old one is away, and
+        a publish that waited for one would wait redis_replica_wait_ms for nothing, then be
+        refused (in the lab that cost the publishers a second after every failover). The
+        new server is asked; what it cannot answer is left to the try itself."""
+        with contextlib.suppress(LinkLost, ReplyError):
+            info = await self._publishing.call("INFO", "replication")
+            is_primary, replicas = replicas_in_step(info, self._replicas_behind_from)
+            if is_primary:
+                self.replicas = replicas
 
     async def since(self, channel: str, offset: str | None) -> History:
         """Read in pages of about HISTORY_PAGE_BYTES, each a command of its own, so that no
@@ -381,7 +433,7 @@ class RedisBus(Bus):
                 unanswered = True
                 continue
             unanswered = False
-            is_primary, replicas = replicas_in_step(info)
+            is_primary, replicas = replicas_in_step(info, self._replicas_behind_from)
             try:
                 primary = await self._address.primary(COMMAND_TIMEOUT)
             except LinkLost as error:
@@ -393,8 +445,12 @@ class RedisBus(Bus):
                 primary = None
             if is_primary and primary == self._address.current:
                 self.replicas = replicas
+                if replicas:
+                    # One has caught up with what no replica confirmed.
+                    self._replicas_behind_from = 0
                 continue
             self.replicas = 0
+            self._replicas_behind_from = 0
             named = f"{primary[0]}:{primary[1]}" if primary else "not agreed on"
             log.warning("redis: the primary is now %s; reconnecting", named)
             self._publishing.close()
@@ -436,7 +492,7 @@ class RedisBus(Bus):
             raise_if_cancelled()
             # Full jitter keeps a fleet of processes from reconnecting in lockstep.
             await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
     async def _until_lost(self, subscriber: RespConnection) -> None:
         """Return when the connection is lost, or silent COMMAND_TIMEOUT past the PING that a

@@ -35,11 +35,12 @@ pytestmark = pytest.mark.timeout(420)
 
 # How long a cut host stays cut: longer than the measurement below, then its timer restores it.
 CUT_SECONDS = 30
-# The issue's bound for clients and publishers after a master or the Redis primary is lost.
+# The bound for clients and publishers after the Redis primary alone is lost.
 BOUND_SECONDS = 15
-# Every client of a lost front door subscribed again (issue 36: VRRPv3 adverts every 200 ms
-# and the clients' path probes; measured 2.0 s).
-CLIENTS_BACK_SECONDS = 5
+# Every client of a lost front-door master subscribed again, and every publisher acknowledged
+# again (issue 36: VRRPv3 adverts every 200 ms, the clients' path probes, the Sentinels'
+# redis_failover_after of 1.5 s; measured 2.0-4.0 s and 3.2-4.6 s).
+FRONT_DOOR_BOUND_SECONDS = 5
 
 
 def cut_for(lab, host: str, seconds: int) -> float:
@@ -235,8 +236,8 @@ def test_the_front_door_master_cut_off_for_good_costs_clients_under_5_s(
     # probe was answered by a reset once the address moved, or not at all), and each came
     # back through the other one within the bound.
     assert summary["subscribers cut off"] == CHANNELS * PER_CHANNEL
-    assert summary["every subscriber back after"] <= CLIENTS_BACK_SECONDS, summary
-    assert summary["publishes acknowledged again after"] <= BOUND_SECONDS, summary
+    assert summary["every subscriber back after"] <= FRONT_DOOR_BOUND_SECONDS, summary
+    assert summary["publishes acknowledged again after"] <= FRONT_DOOR_BOUND_SECONDS, summary
     assert lab.front_door_holder() == [other]
     if primary == holder:
         assert lab.redis_primary() == other
@@ -252,7 +253,7 @@ def test_the_front_door_master_cut_off_for_good_costs_clients_under_5_s(
     wait_for(lambda: front_door_alert(lab, "WssfleetFrontDoorMoved", other), 60, "the alert fires")
 
 
-def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_s(
+def test_the_redis_primary_cut_off_for_good_costs_publishers_seconds_and_no_message(
     highly_available, source_address
 ):
     lab = highly_available
@@ -266,10 +267,10 @@ def test_the_redis_primary_cut_off_for_good_refuses_aloud_and_is_back_within_15_
         return {"cut_at": cut_at, "redis primary": primary}
 
     summary = through(lab, source_address(41), lose_the_primary)
-    # The front door did not move: no client lost its connection, and publishing was refused
-    # aloud (never dropped) until the Sentinels promoted the replica.
+    # The front door did not move: no client lost its connection. A publish in flight waits
+    # for the new primary (its process follows the Sentinels) or is refused aloud, never
+    # dropped: through() checked that every acknowledged message reached every subscriber.
     assert summary["subscribers cut off"] == 0, summary
-    assert summary["refused publishes"] > 0, summary
     assert summary["publishes acknowledged again after"] <= BOUND_SECONDS, summary
     assert lab.redis_primary() != primary
     wait_for(lambda: lab.on(primary, "true", timeout=5).returncode == 0, 60, f"{primary} is back")

@@ -62,6 +62,20 @@ def test_a_stop_of_redis_ends_even_mid_way_through_its_first_aof(on, redis_node,
     assert stop_timeout == f"{REDIS_STOP_TIMEOUT_SECONDS}s", stop_timeout
 
 
+def test_a_silent_replication_link_is_made_again_within_seconds(on, redis_node, fleet):
+    if len(fleet.redis_nodes) < 2:
+        return
+    password = fleet.secrets(create=False)["redis_admin_password"]
+    answer = on(redis_node).check_output(
+        f"REDISCLI_AUTH={shlex.quote(password)} redis-cli {tls_options(fleet)} "
+        f"--user {ADMIN_REDIS_USER} -h {redis_node.address} -p {fleet.settings.redis_port} "
+        "config get repl-*"
+    )
+    values = dict(zip(answer.split()[::2], answer.split()[1::2], strict=True))
+    assert values["repl-timeout"] == "5", values
+    assert values["repl-ping-replica-period"] == "1", values
+
+
 REDIS_PROBE = """
 import os, redis
 r = redis.Redis.from_url(os.environ["WSSFLEET_REDIS_URL"])

@@ -264,6 +264,13 @@ def test_rendered_firewall_passes_nft_check_and_touches_no_other_table(tmp_path,
     vrrp = 'iifname "lo" ip saddr { 127.0.0.20 } ip protocol vrrp ip ttl 255 accept'
     assert (vrrp in text) is several
     assert ("ip saddr { 127.0.0.11, 127.0.0.20 } tcp dport 26379 accept" in text) is several
+    # With a front door, a packet of a connection through its previous holder reaches the
+    # kernel, which resets it (dropped, the client waits for its own timeout).
+    lines = [line.strip() for line in text.splitlines()]
+    answered = "ct state invalid tcp dport { 80, 443 } accept"
+    assert (answered in lines) is several
+    if several:
+        assert lines.index(answered) < lines.index("ct state invalid drop")
     statements = [line.split()[0] for line in text.splitlines() if line and line[0].isalpha()]
     # Only wssfleet's own table is declared, deleted and defined: no flush of the ruleset.
     assert "flush" not in statements
@@ -560,3 +567,11 @@ def test_the_front_door_is_announced_over_vrrp3_at_the_advert_interval():
     assert "auth_" not in config
     with pytest.raises(ValueError, match="give 50ms to 10s in steps of 10ms"):
         Settings(**PEBBLE, front_door_advert_interval="15ms")
+
+
+def test_the_sentinels_wait_at_least_their_ping_period_before_a_failover():
+    assert Settings(**PEBBLE).redis_failover_after == "1500ms"
+    assert Settings(**PEBBLE, redis_failover_after="5s").redis_failover_after == "5s"
+    for value in ("500ms", "0s", "2m"):
+        with pytest.raises(ValueError, match=r"redis_failover_after\n.*give 1s to 60s"):
+            Settings(**PEBBLE, redis_failover_after=value)

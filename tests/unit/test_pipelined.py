@@ -216,3 +216,49 @@ def test_a_sentinel_back_from_a_cut_naming_the_old_primary_is_outvoted(redis_ser
     # No majority names one server: none is taken, and the error says what each said.
     with pytest.raises(LinkLost, match=r"no majority of the 3 Sentinels .*:\d+ by 1"):
         run(primary_named_by(NamingSentinel(old), NamingSentinel(new), NamingSentinel(None)))
+
+
+def test_a_connection_hanging_on_a_cut_primary_is_dropped_when_the_sentinels_name_another(
+    redis_server,
+):
+    """A cut-off primary answers nothing: a connection to it hangs until its timeout. When a
+    failover ends meanwhile, the process goes to the new primary at once."""
+    new = ("127.0.0.1", redis_server.port)
+
+    async def scenario() -> tuple[float, tuple[str, int] | None, int]:
+        # Accepts, then never answers, as a host cut off mid-way would (AUTH waits forever).
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        cut_off = await asyncio.start_server(hold, "127.0.0.1", 0)
+        old = ("127.0.0.1", cut_off.sockets[0].getsockname()[1])
+        sentinels = [NamingSentinel(old) for _ in range(3)]
+        address = Address(redis_server.url, sentinels=tuple([await s.start() for s in sentinels]))
+        loop = asyncio.get_running_loop()
+
+        async def failover_ends() -> None:
+            await asyncio.sleep(0.6)
+            for sentinel in sentinels:
+                sentinel.names = new
+
+        started = loop.time()
+        ending = asyncio.create_task(failover_ends())
+        try:
+            connection = await address.connect("bus:unit", timeout=5.0)
+            took = loop.time() - started
+            connection.close("done")
+        finally:
+            await ending
+            for server in (cut_off, *(s.server for s in sentinels)):
+                server.close()
+            for writer in held:
+                writer.close()
+        return took, address.current, len(held)
+
+    took, current, attempts_on_the_old = run(scenario())
+    assert current == new
+    assert attempts_on_the_old == 1
+    # Not the 5 s timeout: the failover's end plus a recheck or two.
+    assert took < 2.0, took

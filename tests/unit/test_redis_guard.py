@@ -140,8 +140,8 @@ def sentinels_naming(sentinels: Sentinels, server: RedisServer) -> int:
 
 def test_a_primary_back_from_a_cut_is_not_promoted_over_what_the_new_one_acknowledged(tmp_path):
     first, second = started_pair(tmp_path, Deployed, DeployedReplica)
-    # As deployed (redis_failover_after: 3 s).
-    sentinels = Sentinels(tmp_path, first, down_after_ms=3000)
+    # As deployed (redis_failover_after: 1.5 s).
+    sentinels = Sentinels(tmp_path, first, down_after_ms=1500)
     try:
         with (
             guarding(first, sentinels, tmp_path) as first_log,

@@ -19,6 +19,8 @@ from tests.attacks import SENTINEL_ADMIN_COMMANDS
 from tests.processes import RedisServer, free_port, wait_for_port
 from tests.unit.clients import open_client, receive, request, run
 from tests.unit.helpers import wait_until, wait_until_redis
+from wssfleet.broker import Limits
+from wssfleet.redis_broker import COMMAND_TIMEOUT, RedisBus
 
 PRIMARY_NAME = "wssfleet"
 
@@ -312,3 +314,71 @@ def test_the_workers_sentinel_user_may_only_ask_where_the_primary_is(replicated)
         anonymous.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", PRIMARY_NAME)
     with redis.Redis(port=port, password=PEER_PASSWORD) as peer:
         assert peer.execute_command("SENTINEL", "MASTERS")
+
+
+def test_a_publish_sent_again_after_a_lost_link_counts_the_new_servers_replicas(redis_server):
+    """A publish whose link is lost is tried again on a new connection: after a failover,
+    to a new primary that has no replica while the old one is away. Waiting for the replica
+    the old server had would refuse it a second later ("not confirmed")."""
+
+    async def scenario() -> tuple[str, float]:
+        bus = RedisBus(redis_server.url, Limits(history_size=100, history_ttl=60), "unit")
+        bus.start(lambda channel, run: None, lambda channels: None)
+        await bus.wait_connected()
+        # What the process last knew: one replica in step (the old primary's).
+        bus._watching.cancel()
+        bus.replicas = 1
+        loop = asyncio.get_running_loop()
+        with frozen(redis_server):
+            started = loop.time()
+            publishing = asyncio.ensure_future(
+                bus.publish("room", '{"data":1,"offset":"', "p", "m1")
+            )
+            # The first try goes unanswered for COMMAND_TIMEOUT; the second finds the server
+            # answering again, with no replica.
+            await asyncio.sleep(COMMAND_TIMEOUT + 0.5)
+        try:
+            offset = await publishing
+        finally:
+            await bus.stop()
+        return offset, loop.time() - started
+
+    offset, took = run(scenario())
+    # Stored once, and acknowledged with its place in the history.
+    [(entry_id, _)] = redis_server.cli("XRANGE", "wssfleet:history:room", "-", "+")
+    milliseconds, sequence = offset.partition(":")[2].split("-")
+    assert f"{milliseconds}-{int(sequence)}" == entry_id.decode(), (offset, entry_id)
+    assert took < COMMAND_TIMEOUT + 1.0, took
+
+
+def test_a_replica_that_lets_a_wait_run_out_is_not_waited_for_until_it_catches_up(
+    replicated, start_service
+):
+    """The primary counts a silent replica for seconds more (its lag is in whole seconds):
+    publishes waiting for it all that time were refused one after the other. The first one
+    it fails is enough; it counts again once it holds what the primary held then."""
+    primary, replica, sentinels = replicated
+    service, _ = waiting_for_the_replica(start_service, primary, sentinels)
+
+    async def publish(ws, message_id: str) -> dict:
+        await request(ws, type="publish", channel="room", data=message_id, id=message_id)
+        return await receive(ws)
+
+    async def scenario():
+        ws = await open_client(service, subject="p")
+        await asyncio.sleep(1.5)
+        with frozen(replica):
+            missed = await publish(ws, "m1")
+            alone = await publish(ws, "m2")
+        # Back and caught up: the process counts it again (its next look, within a second),
+        # and waits for it again.
+        await asyncio.sleep(2.5)
+        with frozen(replica):
+            waited_for = await publish(ws, "m3")
+        return missed, alone, waited_for
+
+    missed, alone, waited_for = run(scenario())
+    assert missed["type"] == "error" and missed["reason"].startswith("not confirmed"), missed
+    assert alone["type"] == "published", alone
+    assert waited_for["type"] == "error", waited_for
+    assert waited_for["reason"].startswith("not confirmed"), waited_for
