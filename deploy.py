@@ -11,6 +11,7 @@ from pyinfra import host, inventory, state
 from roles import (
     apps,
     base,
+    canary,
     certificates,
     firewall,
     front_door,
@@ -76,6 +77,13 @@ if "master" in roles:
     )
     if fleet.front_door:
         front_door.apply(run)
+    canary.apply(
+        run,
+        [
+            (server_name(name, port), address, port, name)
+            for name, address, port in every_instance()
+        ],
+    )
     if not fleet.settings.acme:
         certificates.provided(run)
     else:

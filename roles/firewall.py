@@ -16,6 +16,7 @@ from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside import layout
 from wssfleet_control.hostside.layout import (
+    CANARY_METRICS_PORT,
     CONFIG_DIRECTORY,
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
@@ -128,7 +129,7 @@ def metrics_ports(fleet: Fleet, roles: list[str], service_ports: list[int]) -> l
     each service process's metrics port."""
     ports = [NODE_EXPORTER_PORT]
     if "master" in roles:
-        ports.append(HAPROXY_METRICS_PORT)
+        ports += [HAPROXY_METRICS_PORT, CANARY_METRICS_PORT]
     if "redis" in roles:
         ports.append(REDIS_EXPORTER_PORT)
     ports += [fleet.settings.metrics_port(port) for port in service_ports]

@@ -57,6 +57,7 @@ def service_config(run: DeployRun, node: Node) -> ServiceConfig:
             "jwt_previous_secret": secrets.previous_key(run.secrets),
             "jwt_previous_until": secrets.previous_until(run.secrets),
             "internal_key": run.secrets["internal_key"],
+            "canary_key": run.secrets["canary_key"],
             "redis_url": run.fleet.redis_url(run.secrets["redis_password"]),
             **(
                 {

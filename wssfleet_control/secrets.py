@@ -44,6 +44,9 @@ NAMES = (
     "front_door_password",
     # What the master's rebalancer presents to the workers' /internal/shed.
     "internal_key",
+    # What each master's canary signs its tokens with: the workers accept it for the
+    # wssfleet.canary.* channels only (roles/canary.py).
+    "canary_key",
 )
 # Secrets no longer used, dropped from the file at the next deploy: redis_sentinel_password was
 # the Sentinels' and also in every worker's environment (issue #33); its three successors are

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from wssfleet_control import commands, site_certificate
 from wssfleet_control.hostside.layout import (
     BACKEND,
+    CANARY_STALL_AFTER_SECONDS,
+    CANARY_UNIT,
     INSTANCE_PREFIX,
     PROMETHEUS_PORT,
     REBALANCER_UNIT,
@@ -33,7 +35,7 @@ def units_of(fleet, node: Node) -> list[str]:
     units = ["wssfleet-firewall.service"]
     units.append("prometheus-node-exporter.service")
     if "master" in roles:
-        units += ["haproxy.service", REBALANCER_UNIT, "cron.service"]
+        units += ["haproxy.service", REBALANCER_UNIT, CANARY_UNIT, "cron.service"]
         if fleet.front_door:
             units.append("keepalived.service")
     if "redis" in roles:
@@ -549,6 +551,7 @@ def _render_live(live: dict) -> list[str]:
             f"{values.get('delivered_per_second', 0):>9.1f} "
             f"{values.get('drops_per_second', 0):>8.2f}"
         )
+    lines += _render_canary(live.get("canary") or {})
     targets = live["targets"]
     down = [target for target in targets if target["health"] != "up"]
     lines.append(f"  targets: {len(targets) - len(down)} of {len(targets)} up")
@@ -565,6 +568,37 @@ def _render_live(live: dict) -> list[str]:
     for alert in firing + pending:
         runbook = f" (what to do: {alert['runbook']})" if alert.get("runbook") else ""
         lines.append(f"    {alert['state'].upper()} {alert['name']}: {alert['summary']}{runbook}")
+    return lines
+
+
+def _render_canary(canaries: dict[str, dict]) -> list[str]:
+    """A line per master's canary, and one per instance that owes it a message."""
+    lines = []
+    for master, seen in sorted(canaries.items()):
+        instances = seen["instances"]
+        delivering = [
+            server
+            for server, figures in instances.items()
+            if figures.get("subscribed") and figures.get("overdue", 0) < CANARY_STALL_AFTER_SECONDS
+        ]
+        p99s = [f["p99"] for f in instances.values() if f.get("p99") is not None]
+        p99 = f"p99 {max(p99s) * 1000:.0f} ms" if p99s else "no delivery in the last minute"
+        since = seen.get("since_acknowledged")
+        acknowledged = (
+            "none acknowledged" if since is None else f"last acknowledged {since:.1f} s ago"
+        )
+        lines.append(
+            f"  canary on {master}: {len(delivering)} of {len(instances)} instances delivering, "
+            f"{p99}; publishes: {acknowledged}"
+        )
+        for server, figures in sorted(instances.items()):
+            if not figures.get("subscribed"):
+                lines.append(f"    not subscribed on {server} (the canary is reconnecting)")
+            elif figures.get("overdue", 0) >= CANARY_STALL_AFTER_SECONDS:
+                lines.append(
+                    f"    STALLED {server}: owes a message acknowledged "
+                    f"{figures['overdue']:.1f} s ago"
+                )
     return lines
 
 

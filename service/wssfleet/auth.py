@@ -30,6 +30,12 @@ PATTERN = re.compile(r"[A-Za-z0-9_.:*-]{1,64}")
 PATTERN_RULE = "a channel pattern is 1-64 characters of A-Z a-z 0-9 _ . : - and * (any run)"
 MAX_PATTERNS = 100
 CLAIMS = ("subscribe", "publish")
+# The canary's channels (hostside/canary.py on each master): a token signed with the canary
+# key may use these and nothing else, whatever it claims, so a master's key is worth a
+# canary's messages and no client's.
+CANARY_CHANNELS = ("wssfleet.canary.*",)
+# Which key signed a token.
+CURRENT, PREVIOUS, CANARY = "current", "previous", "canary"
 
 
 class TokenError(Exception):
@@ -189,9 +195,11 @@ def _date(claims: dict, name: str) -> float | None:
     return value
 
 
-def _checked(token: str, secret: str, previous: str, skew: float) -> tuple[dict, bool]:
-    """The claims of a token signed with HS256 by a key it may use, and whether that key was
-    the previous one; or TokenError."""
+def _checked(
+    token: str, secret: str, previous: str, skew: float, canary: str = ""
+) -> tuple[dict, str]:
+    """The claims of a token signed with HS256 by a key it may use, and which key signed it
+    (CURRENT, PREVIOUS or CANARY); or TokenError."""
     try:
         signing_input, _, signature_segment = token.rpartition(".")
         header_segment, dot, payload_segment = signing_input.partition(".")
@@ -206,13 +214,25 @@ def _checked(token: str, secret: str, previous: str, skew: float) -> tuple[dict,
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise TokenError("invalid token (kid is not a string)")
-    keys = {key_id(secret): secret, **({key_id(previous): previous} if previous else {})}
+    keys = {key_id(secret): (secret, CURRENT)}
+    if previous:
+        keys.setdefault(key_id(previous), (previous, PREVIOUS))
+    if canary and kid == key_id(canary):
+        # Only when named, and never in place of a client key: a token without a kid is
+        # never taken for a canary's.
+        keys.setdefault(kid, (canary, CANARY))
     if kid is not None and kid not in keys:
         raise TokenError("unknown signing key (another deployment's, or rotated out)")
     # A token without a kid (an application that mints its own) may be signed with either.
-    candidates = [keys[kid]] if kid is not None else [secret, *([previous] if previous else [])]
+    candidates = (
+        [keys[kid]]
+        if kid is not None
+        else [keys[key_id(secret)], *([keys[key_id(previous)]] if previous else [])]
+    )
     signed = (
-        key for key in candidates if hmac.compare_digest(_signature(key, signing_input), signature)
+        signer
+        for key, signer in candidates
+        if hmac.compare_digest(_signature(key, signing_input), signature)
     )
     signer = next(signed, None)
     if signer is None:
@@ -233,7 +253,7 @@ def _checked(token: str, secret: str, previous: str, skew: float) -> tuple[dict,
             raise TokenError(f"invalid token ({name} is in the future)")
     if "aud" in claims:
         raise TokenError("invalid token (it names an audience; this service is none)")
-    return claims, signer != secret
+    return claims, signer
 
 
 def verify(
@@ -243,6 +263,7 @@ def verify(
     max_ttl: int | None = None,
     previous_until: float = 0,
     skew: float = 0,
+    canary: str = "",
 ) -> Grant:
     """Return what the token grants, or raise TokenError. The token's ``kid`` picks the key:
     the current one, or the ``previous`` one while a rotation's overlap lasts (until
@@ -250,10 +271,11 @@ def verify(
     ``kid`` (an application that mints its own) is checked against the current key, then the
     previous one: it keeps working through the overlap like any other. A token meant to live
     longer than ``max_ttl`` seconds is refused; ``nbf`` and ``iat`` may lie ``skew`` seconds
-    in the future."""
+    in the future. A token signed with the ``canary`` key (named by its kid) may use
+    CANARY_CHANNELS only."""
     if not token:
         raise TokenError("missing token")
-    claims, by_previous = _checked(token, secret, previous, skew)
+    claims, signer = _checked(token, secret, previous, skew, canary)
     if max_ttl is not None:
         issued = claims.get("iat", time.time())
         if claims["exp"] - issued > max_ttl:
@@ -271,6 +293,8 @@ def verify(
             except ValueError:
                 raise TokenError(f"invalid token (bad {name} pattern)") from None
     expires = float(claims["exp"])
-    if by_previous and previous_until:
+    if signer == CANARY:
+        return Grant(subject, expires, subscribe=CANARY_CHANNELS, publish=CANARY_CHANNELS)
+    if signer == PREVIOUS and previous_until:
         expires = min(expires, float(previous_until))
     return Grant(subject, expires, **granted)

@@ -269,6 +269,11 @@ class ServiceConfig(ClientPolicy):
         default=SecretStr(""),
         description="key the master's rebalancer presents to /internal/shed; empty: refused",
     )
+    canary_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="key the masters' canaries sign their tokens with; such a token may use "
+        "the wssfleet.canary.* channels only. Empty: no canary token is accepted",
+    )
     tls_certificate_file: str = Field(
         default="",
         description="PEM certificate this process serves TLS with (the deployment's internal "

@@ -139,6 +139,7 @@ class Routes:
             max_ttl=config.token_max_ttl,
             previous_until=config.jwt_previous_until,
             skew=config.token_clock_skew,
+            canary=config.canary_key.get_secret_value(),
         )
 
     def _previous_key(self) -> str:

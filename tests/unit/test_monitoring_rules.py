@@ -9,13 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from roles.monitoring import CANARY_SCRAPE_INTERVAL
 from tests.unit.helpers import PEBBLE, render
+from wssfleet_control.hostside.layout import CANARY_STALL_AFTER_SECONDS
 from wssfleet_control.checkout import REPO
 from wssfleet_control.inventory import Node
 from wssfleet_control.settings import resolve
 
 PROMTOOL = REPO / "build/prometheus/usr/bin/promtool"
 WORKER = 'job="wssfleet", instance="10.0.0.2:9001", host="w1", server="w1-8001"'
+# What the deploy hands the rules about the canary (roles/monitoring.py).
+CANARY = {
+    "canary_interval": CANARY_SCRAPE_INTERVAL,
+    "canary_stall_after": CANARY_STALL_AFTER_SECONDS,
+}
 
 
 def promtool(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -35,6 +42,7 @@ def rendered_rules(directory: Path, masters: int = 1, front_door: str = "", **se
             masters=masters,
             redis_nodes=masters,
             front_door=front_door,
+            **CANARY,
         )
     )
     return path
@@ -66,16 +74,19 @@ def test_the_rendered_config_and_rules_pass_promtool(tmp_path, rules):
             address="10.0.0.1",
             port=9090,
             haproxy_port=8405,
+            canary_port=9311,
+            canary_scrape_interval="2s",
             redis_exporter_port=9121,
             node_exporter_port=9100,
         )
     )
     checked = promtool("check", "config", str(config), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 15 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 17 rules found" in checked.stdout, checked.stdout
     text = config.read_text()
     jobs = [line.split(":")[1].strip() for line in text.splitlines() if "job_name:" in line]
-    assert jobs == ["wssfleet", "haproxy", "redis", "node", "prometheus"]
+    assert jobs == ["wssfleet", "haproxy", "canary", "redis", "node", "prometheus"]
+    assert '- targets: ["10.0.0.1:9311"]' in text and "scrape_interval: 2s" in text
     assert '- targets: ["10.0.0.2:9001"]\n        labels:\n          host: "w1"\n' in text
     assert '            - "10.0.0.9:9093"' in text
     assert '- targets: ["10.0.0.1:8405"]' in text and '- targets: ["10.0.0.1:9121"]' in text
@@ -268,11 +279,12 @@ def test_the_high_availability_alerts_fire_on_a_move_a_failover_and_a_missing_re
             masters=2,
             redis_nodes=2,
             front_door="10.0.0.100",
+            **CANARY,
         )
     )
     checked = promtool("check", "rules", rules.name, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 21 rules found" in checked.stdout, checked.stdout
+    assert "SUCCESS: 23 rules found" in checked.stdout, checked.stdout
 
     def node(host: str) -> str:
         return f'job="node", instance="{host}:9100", host="{host}"'
@@ -564,7 +576,7 @@ def test_with_runbook_base_url_every_alert_links_to_its_runbook_absolutely(tmp_p
     checked = promtool("check", "rules", str(path), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     blocks = path.read_text().split("- alert: ")[1:]
-    assert len(blocks) == 21
+    assert len(blocks) == 23
     for block in blocks:
         anchor = block.split()[0].lower()
         assert f'runbook: "docs/runbooks.md#{anchor}"' in block, block
@@ -575,7 +587,7 @@ def test_an_app_without_a_healthy_instance_alerts_after_30_s(tmp_path):
     chat = {"source": "chat", "command": "node server.js", "path": "/chat", "port": 8111}
     rules = rendered_rules(tmp_path, apps={"chat": chat})
     checked = promtool("check", "rules", rules.name, cwd=tmp_path)
-    assert "SUCCESS: 16 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert "SUCCESS: 18 rules found" in checked.stdout, checked.stdout + checked.stderr
     backend = 'job="haproxy", instance="10.0.0.1:8405", host="m"'
     tests = {
         "rule_files": [rules.name],
@@ -696,3 +708,87 @@ def test_a_provided_certificate_alerts_14_days_before_it_expires_and_not_on_acme
         ],
     }
     passes_promtool_tests(tmp_path, tests, "provided-certificate-tests.yml")
+
+
+def test_the_canary_alerts_within_15_s_of_an_instance_that_stops_delivering(tmp_path, rules):
+    """Issue 36: the canary's gauge as Prometheus scrapes it every 2 s. One instance starts
+    owing a message at 20 s (its gauge counts up from then); the alert fires once it owes
+    one 5 s old, at 26 s, 6 s after the stall: inside 15 s. The other instance, whose gauge
+    touches 4 s (a front-door failover's wait), never alerts; nor does the publisher's gauge
+    below 15 s."""
+    canary = 'job="canary", instance="10.0.0.1:9311", host="m"'
+    stalled = " ".join(["0"] * 10 + [str(n * 2) for n in range(0, 10)])
+    wobbly = " ".join(["0"] * 10 + ["2", "4", "0"] + ["0"] * 7)
+    tests = {
+        "rule_files": [rules.name],
+        "evaluation_interval": "2s",
+        "tests": [
+            {
+                "interval": "2s",
+                "input_series": [
+                    {
+                        "series": f'wssfleet_canary_overdue_seconds{{{canary}, server="w1-8001"}}',
+                        "values": stalled,
+                    },
+                    {
+                        "series": f'wssfleet_canary_overdue_seconds{{{canary}, server="w1-8002"}}',
+                        "values": wobbly,
+                    },
+                    {
+                        "series": f"wssfleet_canary_since_acknowledged_seconds{{{canary}}}",
+                        "values": "1 1 1 1 1 3 5 7 9 11 13 15 1 1 1 17 19 21",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "24s", "alertname": "WssfleetCanaryStalled", "exp_alerts": []},
+                    {
+                        "eval_time": "26s",
+                        "alertname": "WssfleetCanaryStalled",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "canary",
+                                    "instance": "10.0.0.1:9311",
+                                    "host": "m",
+                                    "server": "w1-8001",
+                                    "severity": "critical",
+                                },
+                                {
+                                    "summary": "w1-8001 stopped delivering the canary's "
+                                    "messages (seen from m)",
+                                    "description": "Its oldest owed message was acknowledged "
+                                    "6s ago; its clients miss messages.",
+                                },
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "22s",
+                        "alertname": "WssfleetCanaryCannotPublish",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "32s",
+                        "alertname": "WssfleetCanaryCannotPublish",
+                        "exp_alerts": [
+                            alert(
+                                {
+                                    "job": "canary",
+                                    "instance": "10.0.0.1:9311",
+                                    "host": "m",
+                                    "severity": "critical",
+                                },
+                                {
+                                    "summary": "the canary on m has had no publish "
+                                    "acknowledged for 19s",
+                                    "description": "Publishing through the front door fails; "
+                                    "see make status and the canary's journal.",
+                                },
+                            )
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    passes_promtool_tests(tmp_path, tests, "canary.yml")

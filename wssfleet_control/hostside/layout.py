@@ -69,6 +69,16 @@ REBALANCER_UNIT = "wssfleet-rebalancer.service"
 # The internal key the rebalancer presents to the workers' /internal/shed: root's only,
 # systemd reads it into the rebalancer's environment.
 REBALANCER_ENVIRONMENT = "/etc/wssfleet-rebalancer.env"
+# The canary on each master (roles/canary.py): its key, root's only, read into its
+# environment by systemd; the roots it checks the front door's certificate with when they
+# are not the system's (a private ACME server, the private CA).
+CANARY_HELPER = helper("canary.py")
+CANARY_UNIT = "wssfleet-canary.service"
+CANARY_ENVIRONMENT = "/etc/wssfleet-canary.env"
+CANARY_ROOTS = f"{CONFIG_DIRECTORY}/canary-roots.pem"
+# An instance that owes the canary a message acknowledged this many seconds ago has stopped
+# delivering: the canary's journal, `status` and WssfleetCanaryStalled say so.
+CANARY_STALL_AFTER_SECONDS = 5
 
 
 def server_name(worker: str, port: int | str) -> str:
@@ -219,3 +229,4 @@ NODE_EXPORTER_PORT = 9100
 REDIS_EXPORTER_PORT = 9121
 HAPROXY_METRICS_PORT = 8405
 PROMETHEUS_PORT = 9090
+CANARY_METRICS_PORT = 9311

@@ -56,7 +56,37 @@ def summary(base: str) -> dict:
         for sample in query(base, expression):
             server = sample["metric"].get("server", "?")
             figures.setdefault(server, {})[name] = float(sample["value"][1])
-    return {"targets": targets, "alerts": alerts(base), "instances": figures}
+    return {
+        "targets": targets,
+        "alerts": alerts(base),
+        "instances": figures,
+        "canary": canary(base),
+    }
+
+
+# What each master's canary (canary.py) sees, per worker instance.
+CANARY_PER_INSTANCE = {
+    "overdue": "wssfleet_canary_overdue_seconds",
+    "subscribed": "wssfleet_canary_subscribed",
+    "p99": "histogram_quantile(0.99, sum by (host, server, le) "
+    "(rate(wssfleet_canary_delivery_seconds_bucket[1m])))",
+}
+
+
+def canary(base: str) -> dict[str, dict]:
+    """By master: seconds since its last acknowledged publish, and by instance its figures."""
+    found: dict[str, dict] = {}
+    for sample in query(base, "wssfleet_canary_since_acknowledged_seconds"):
+        master = found.setdefault(sample["metric"].get("host", "?"), {"instances": {}})
+        master["since_acknowledged"] = float(sample["value"][1])
+    for name, expression in CANARY_PER_INSTANCE.items():
+        for sample in query(base, expression):
+            master = found.setdefault(sample["metric"].get("host", "?"), {"instances": {}})
+            server = master["instances"].setdefault(sample["metric"].get("server", "?"), {})
+            # NaN (no delivery in the last minute) is not JSON: None.
+            value = float(sample["value"][1])
+            server[name] = None if value != value else value
+    return found
 
 
 def alerts(base: str) -> list[dict]:
