@@ -15,7 +15,9 @@ import pytest
 
 from tests.e2e.conftest import run
 from tests.lab_fleet import REPO, deploy, derived_inventory, make, wssfleet
+from wssfleet_control import commands
 from wssfleet_control.hostside.layout import (
+    CANARY_METRICS_PORT,
     HAPROXY_METRICS_PORT,
     NODE_EXPORTER_PORT,
     PROMETHEUS_PORT,
@@ -168,6 +170,7 @@ def test_metrics_ports_answer_the_monitoring_host_and_nobody_else(lab):
         (worker.address, NODE_EXPORTER_PORT),
         (fleet.master.address, HAPROXY_METRICS_PORT),
         (fleet.redis.address, REDIS_EXPORTER_PORT),
+        (fleet.masters[-1].address, CANARY_METRICS_PORT),
     ]
     for address, port in inside:
         assert can_connect(lab, fleet.monitoring.name, address, port), (address, port)
@@ -312,3 +315,118 @@ def test_every_panel_of_the_grafana_dashboard_has_data_in_the_labs_prometheus(la
 
     missing = run(with_traffic(), timeout=120)
     assert not missing, "panels without data:\n" + "\n".join(missing)
+
+
+# Issue 36: the canary alerts within 15 s of an instance that stops delivering.
+CANARY_ALERT_BOUND_SECONDS = 15
+STALL_TABLE = "wssfleet_test_stall"
+# On the Redis primary: every connection from the worker stays answered except the instance's
+# pub/sub and history connections (named bus:… and read:… by the service), and no new one
+# is: the instance's subscription goes silent, it cannot resubscribe, and it stays up.
+STALL = """
+import re, subprocess, sys
+worker, port, redis_port = sys.argv[1], sys.argv[2], sys.argv[3]
+listed = subprocess.run(sys.argv[4], shell=True, capture_output=True, text=True, check=True)
+kept, cut = [], []
+for line in listed.stdout.splitlines():
+    address = re.search(r"addr=([0-9.]+):([0-9]+) ", line)
+    name = re.search(r" name=(\\S*)", line)
+    if not address or address.group(1) != worker:
+        continue
+    silenced = re.fullmatch(rf"(bus|read):.*:{port}", name.group(1) if name else "")
+    (cut if silenced else kept).append(address.group(2))
+if len(cut) != 2:
+    sys.exit(f"expected the instance's bus and read connections, found {cut}")
+elements = f"elements = {{ {', '.join(kept)} }}" if kept else ""
+rules = f'''table inet {sys.argv[5]} {{
+    set kept {{ type inet_service; {elements} }}
+    chain out {{
+        type filter hook output priority 0;
+        ip daddr {worker} tcp sport {redis_port} tcp dport != @kept drop
+    }}
+}}'''
+subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+print(" ".join(cut))
+"""
+
+
+def canary_figures(lab, expression: str) -> dict[tuple[str, str], float]:
+    """(canary's master, instance) -> the value, for a canary metric."""
+    return {
+        (sample["metric"]["host"], sample["metric"]["server"]): float(sample["value"][1])
+        for sample in prometheus(lab, "query", expression)
+    }
+
+
+def test_the_canary_alerts_within_15_s_when_one_instance_stops_delivering(lab):
+    fleet = lab.fleet
+    worker = fleet.workers[0]
+    port = lab.ports(worker.name)[0]
+    stalled = server_name(worker.name, port)
+    servers = {server_name(w.name, p) for w in fleet.workers for p in lab.ports(w.name)}
+    masters = {master.name for master in fleet.masters}
+
+    def every_canary_delivering():
+        subscribed = canary_figures(lab, "wssfleet_canary_subscribed")
+        delivered = canary_figures(lab, "increase(wssfleet_canary_delivery_seconds_count[10s])")
+        overdue = canary_figures(lab, "wssfleet_canary_overdue_seconds")
+        pairs = {(master, server) for master in masters for server in servers}
+        return (
+            all(subscribed.get(pair) == 1 for pair in pairs)
+            and all(delivered.get(pair, 0) > 0 for pair in pairs)
+            and all(overdue.get(pair, 1) < 1 for pair in pairs)
+        )
+
+    # Every master's canary delivers through every instance, scraped by Prometheus.
+    wait_for(every_canary_delivering, 60, "every canary delivering through every instance")
+    primary = lab.redis_primary()
+    redis_port = fleet.settings.redis_port
+    client_list = commands.redis_admin("CLIENT", "LIST", port=redis_port)
+    stall = lab.on(
+        primary,
+        f"python3 -c {shlex.quote(STALL)} {worker.address} {port} {redis_port} "
+        f"{shlex.quote(client_list)} {STALL_TABLE}",
+    )
+    assert stall.returncode == 0, stall.stderr
+    started = time.monotonic()
+    try:
+
+        def firing() -> set[str]:
+            return {
+                alert["labels"]["server"]
+                for alert in alert_states(lab, "WssfleetCanaryStalled")
+                if alert["state"] == "firing"
+            }
+
+        seen: set[str] = set()
+        while stalled not in seen:
+            took = time.monotonic() - started
+            assert took <= CANARY_ALERT_BOUND_SECONDS + POLL_SECONDS, (
+                f"WssfleetCanaryStalled for {stalled} not within {CANARY_ALERT_BOUND_SECONDS} s"
+            )
+            time.sleep(0.5)
+            seen = firing()
+        took = time.monotonic() - started
+        assert took <= CANARY_ALERT_BOUND_SECONDS, took
+        # Only the silenced instance: the others deliver on.
+        assert seen == {stalled}, seen
+        # Not killed: its process runs, and it still serves its health check.
+        active = lab.on(worker.name, f"systemctl is-active {instance_unit(port)}")
+        assert active.stdout.strip() == "active", active.stdout
+        status = wssfleet("status")
+        assert f"STALLED {stalled}: owes a message acknowledged" in status.stdout, status.stdout
+        assert "alert firing: WssfleetCanaryStalled" in status.stdout, status.stdout
+        print(
+            f"WssfleetCanaryStalled fired {took:.1f} s after {stalled}'s subscription went silent"
+        )
+    finally:
+        lab.on(primary, f"nft delete table inet {STALL_TABLE} 2>/dev/null; true")
+
+    # Back on its own: the instance resubscribes and catches up; the alert resolves.
+    def resolved():
+        return every_canary_delivering() and not any(
+            alert["labels"].get("server") == stalled
+            for alert in alert_states(lab, "WssfleetCanaryStalled")
+        )
+
+    wait_for(resolved, 60, f"{stalled} delivering again and its alert gone")

@@ -13,6 +13,9 @@ from wssfleet_control.hostside.layout import (
     ACME_DNS_CREDENTIALS,
     ADMIN_SOCKET,
     BACKEND,
+    CANARY_ENVIRONMENT,
+    CANARY_METRICS_PORT,
+    CANARY_UNIT,
     CERTBOT,
     CERTIFICATE_SYNC_UNIT,
     HAPROXY_CERTIFICATE,
@@ -62,6 +65,18 @@ def test_rebalancer_is_confined_and_only_reads_haproxy(on, master, exposure):
     assert host.file(ADMIN_SOCKET).mode == 0o600
     answer = host.check_output(f"python3 -c {shlex.quote(ASK_STATS_SOCKET)}")
     assert "Permission denied" in answer, answer
+
+
+def test_the_canary_runs_confined_and_its_key_is_root_s_alone(on, master, exposure):
+    host = on(master)
+    service = host.service(CANARY_UNIT)
+    assert service.is_running and service.is_enabled
+    assert exposure(host, CANARY_UNIT)
+    key = host.file(CANARY_ENVIRONMENT)
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    # Unprivileged: systemd reads the key into its environment, the process cannot reread it.
+    user = host.check_output(f"systemctl show -p User -p DynamicUser --value {CANARY_UNIT}")
+    assert "yes" in user.split(), user
 
 
 def test_haproxy_config_is_valid(on, master):
@@ -162,7 +177,7 @@ def test_runtime_api_is_a_local_socket_only(on, master, fleet):
         expected.add(fleet.settings.redis_sentinel_port)
     # The monitoring ports, on the private address only (the firewall admits the monitoring
     # hosts alone; tests/infra/test_monitoring.py checks where they listen).
-    private = {NODE_EXPORTER_PORT, HAPROXY_METRICS_PORT}
+    private = {NODE_EXPORTER_PORT, HAPROXY_METRICS_PORT, CANARY_METRICS_PORT}
     if len(fleet.masters) > 1:
         private.add(HAPROXY_PEERS_PORT)
     if "redis" in roles:

@@ -93,7 +93,13 @@ def test_prometheus_scrapes_every_exporter(on, monitoring_node, fleet):
     ]
     down = [f"{t['job']} on {t['host']}: {t['error']}" for t in exporters if t["health"] != "up"]
     assert not down, down
-    assert {target["job"] for target in exporters} == {"haproxy", "redis", "node", "prometheus"}
+    assert {target["job"] for target in exporters} == {
+        "haproxy",
+        "canary",
+        "redis",
+        "node",
+        "prometheus",
+    }
     assert sum(target["job"] == "node" for target in exporters) == len(fleet.nodes)
 
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from wssfleet import auth
 from tests.unit.test_monitoring_rules import PROMTOOL
+from wssfleet import auth
 from wssfleet_control.hostside import canary
 
 SECRET = "the deployment's client signing key, long enough"

@@ -11,8 +11,8 @@ import pytest
 
 from roles.monitoring import CANARY_SCRAPE_INTERVAL
 from tests.unit.helpers import PEBBLE, render
-from wssfleet_control.hostside.layout import CANARY_STALL_AFTER_SECONDS
 from wssfleet_control.checkout import REPO
+from wssfleet_control.hostside.layout import CANARY_STALL_AFTER_SECONDS
 from wssfleet_control.inventory import Node
 from wssfleet_control.settings import resolve
 

@@ -59,6 +59,7 @@ def test_the_environment_file_reads_back_as_the_config_the_deploy_meant(override
         "jwt_secret": 'a secret with "quotes" and \\ and spaces, 32+ bytes',
         "redis_password": "pw",
         "internal_key": "the rebalancer's key",
+        "canary_key": "the canaries' key",
     }
     run = DeployRun(fleet=deployment, secrets=secrets, dry=True, release="test")
     meant = service_config(run, deployment.workers[0])
