@@ -41,7 +41,7 @@ VENV_STAMP := $(VENV)/.installed
 SSLYZE := build/sslyze/bin/sslyze
 SSLYZE_VERSION := 6.3.1
 
-.PHONY: help tools control deploy plan rollback drain ready verify check status details renew private-ca test test-unit test-lab test-e2e \
+.PHONY: help tools control deploy plan rollback drain ready drain-master front-door-move verify check status details renew private-ca test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
 	audit lock-status lock-release logs ssh
 
@@ -137,6 +137,12 @@ drain: control ## take WORKER=name out of rotation, its clients moved gently to 
 
 ready: control ## put WORKER=name back in rotation after a drain
 	@$(WSSFLEET) ready $(INVENTORY_OPTION) $(WORKER)
+
+drain-master: control ## before maintenance of MASTER=name: front door handed over, its clients moved
+	@$(WSSFLEET) drain-master $(INVENTORY_OPTION) $(MASTER)
+
+front-door-move: control ## hand the front door to another master (TO=name: that one) unnoticed
+	@$(WSSFLEET) front-door move $(INVENTORY_OPTION) $(if $(TO),--to $(TO))
 
 verify: control ## the testinfra suite against the inventory's hosts
 	@$(WSSFLEET) verify $(INVENTORY_OPTION)

@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
-from roles import daemon_running, secret_template
+from roles import daemon_running, helper_installed, secret_template
 from wssfleet_control.deployment import DeployRun
 from wssfleet_control.facts import InterfaceOf
 from wssfleet_control.hostside.layout import HELPERS, RUNTIME_HELPER, TEXTFILE_DIRECTORY
@@ -33,6 +33,8 @@ def apply(run: DeployRun) -> None:
             "announce the front door there: give the host's private_address"
         )
     apt.packages(name="Ensure keepalived is installed", packages=["keepalived"], no_recommends=True)
+    # What `wssfleet front-door move` runs here (a planned move nobody notices).
+    helper_installed("front_door_handover.py")
     notify = files.template(
         name="Ensure keepalived records who holds the front door (for Prometheus)",
         src=run.template("front_door", "front-door-state.j2"),

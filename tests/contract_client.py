@@ -2,7 +2,9 @@
 contract'; the demo page's app.js does the same), and record what they saw, for the
 continuity tests.
 
-- closed with 1001, 1006 or 1012: reconnect after a random delay in [0, FIRST_DELAY] s;
+- closed with 1001 or 1006: reconnect after a random delay in [0, FIRST_DELAY] s; with 1012
+  (which the service paces itself: a drain, a rebalance, a planned move of the front door)
+  after one in [0, RESTART_DELAY] s;
 - a failed attempt: wait a random delay in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n)] s;
 - closed with 1008 or a 4xxx code: do not retry;
 - a subscriber comes back with ``since`` = the last offset it received;
@@ -35,6 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from wssfleet.protocol import HEARTBEAT_GRACE
 
 FIRST_DELAY = 1.0
+RESTART_DELAY = 0.25
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 10.0
 RETRY_AFTER = {1001, 1006, 1012}
@@ -136,7 +139,7 @@ async def follow_contract(
         seen.closes.append((time.monotonic(), code, welcome["worker"]))
         if code not in RETRY_AFTER:
             return
-        await _pause(stop, random.uniform(0, FIRST_DELAY))
+        await _pause(stop, random.uniform(0, RESTART_DELAY if code == 1012 else FIRST_DELAY))
 
 
 class Crowd:

@@ -438,6 +438,52 @@ def ready(inventory_path: str, worker_name: str) -> None:
     click.echo(f"{worker_name} is back in rotation")
 
 
+def _move_front_door(inventory_path: str, away_from: str | None, to: str | None) -> None:
+    from wssfleet_control import front_door_move
+
+    require_lab(inventory_path)
+    with open_session(inventory_path, quiet=True) as session:
+        lock = _locked(session, f"front-door move from {away_from or 'its holder'}")
+        outcome = "interrupted"
+        try:
+            moved = front_door_move.move(
+                session, away_from, to, say=lambda line: click.echo(line, err=True)
+            )
+            outcome = "ok" if not moved.sessions_left else "clients left"
+        except front_door_move.MoveError as error:
+            outcome = _outcome([str(error)])
+            raise Failure(str(error)) from None
+        finally:
+            lock.finish(outcome)
+    click.echo(moved.said())
+    if moved.sessions_left:
+        raise Failure(f"{moved.away_from} still holds {moved.sessions_left} clients")
+
+
+@main.group("front-door")
+def front_door() -> None:
+    """The floating front door the masters share (front_door_address)."""
+
+
+@front_door.command("move")
+@inventory_option
+@click.option("--to", "to", metavar="MASTER", help="the master to take it (default: another)")
+def front_door_move(inventory_path: str, to: str | None) -> None:
+    """Hand the front door to another master on purpose, without a client noticing: the old
+    holder keeps serving its connections, which then move with 1012 over drain_seconds;
+    done when it holds no client."""
+    _move_front_door(inventory_path, None, to)
+
+
+@main.command("drain-master")
+@inventory_option
+@click.argument("master_name", metavar="MASTER")
+def drain_master(inventory_path: str, master_name: str) -> None:
+    """Before maintenance of MASTER: if it holds the front door, hand it to another master;
+    move its clients (1012, over drain_seconds) and wait until it holds none."""
+    _move_front_door(inventory_path, master_name, None)
+
+
 @main.command()
 @inventory_option
 @json_option

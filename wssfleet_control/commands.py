@@ -214,8 +214,19 @@ def redis_replication(port: int = 6379, tls: bool = False) -> str:
 
 
 def holds_address(address: str) -> str:
-    """Prints a line when this host holds ``address`` (the front door), nothing otherwise."""
-    return _line("ip", "-4", "-o", "addr", "show", "to", address)
+    """Prints a line when this host holds ``address`` (the front door), nothing otherwise. Not
+    the copy an old holder keeps on loopback during a planned move (scope host)."""
+    return _line("ip", "-4", "-o", "addr", "show", "to", address, "scope", "global")
+
+
+def haproxy_answers() -> str:
+    """Exit 0 when this master's HAProxy answers HTTP (keepalived's own check)."""
+    return _line("python3", layout.RUNTIME_HELPER, "answers")
+
+
+def front_door_handover(*words: str) -> str:
+    """One step of a planned move of the front door (hostside/front_door_handover.py)."""
+    return _line("python3", layout.HANDOVER_HELPER, *words)
 
 
 # Preflight (wssfleet check --hosts).

@@ -217,8 +217,10 @@ const jobs = {
   // The reconnect storm: `clients` subscribers on `channels` channels, opened from the
   // `sources` addresses in turn. On "go" every service process is asked to close all of its
   // clients with 1012 at once (`shed`: their /internal/shed URLs, with `key`); each client
-  // comes back as the client contract says (docs/continuity.md): after a random delay in
-  // [0, 1] s, and after a failed attempt with full-jitter backoff. Done when every one is
+  // comes back after a random delay in [0, 1] s, what the client contract (docs/continuity.md)
+  // asks after a lost connection (a crowd that loses its path at once; after a 1012, which
+  // the fleet itself paces, it waits [0, 0.25] s), and after a failed attempt with
+  // full-jitter backoff. Done when every one is
   // subscribed again. With `threads`, the clients are shared out among that many threads,
   // so that 5,000 TLS clients coming back at once are not held up by one core's worth of
   // client work (the services' own CPU is what the storm is about).

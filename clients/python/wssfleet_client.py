@@ -3,8 +3,10 @@
 A ``Client`` keeps one WebSocket to the fleet open for as long as it is used, and does what
 the contract asks so that deploys, renewals and lost hosts go unnoticed:
 
-- closed with 1001, 1006 or 1012 (a restart, a lost path, a drain): reconnect after a random
-  delay in [0, first_delay] s; a failed attempt: wait a random delay in
+- closed with 1001 or 1006 (a restart, a lost path): reconnect after a random delay in
+  [0, first_delay] s; with 1012 (a drain, a rebalance, a planned move of the front door: the
+  fleet paces those closes itself) after one in [0, restart_delay] s; a failed attempt: wait a
+  random delay in
   [0, min(backoff_max, backoff_base * 2**n)] s; with several URLs (DNS mode: every master's
   address), each attempt tries the next;
 - closed with 1008 or a 4xxx code, or a handshake answered 401 or 403: stop, and say why
@@ -56,6 +58,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 RETRY_AFTER = frozenset({1001, 1006, 1012})
+# The fleet spreads its 1012 closes over time itself (drain_seconds, rebalance_rate): a short
+# delay of the client's own is enough, and keeps it without a connection well under a second.
+SERVICE_RESTART = 1012
 # The token expired on the open connection: a new one reconnects (when one can be asked for).
 TOKEN_EXPIRED = 4001
 REFRESH_ID = "refresh"
@@ -189,6 +194,7 @@ class Client:
         *,
         ssl: Any = None,
         first_delay: float = 1.0,
+        restart_delay: float = 0.25,
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
         heartbeat_grace: float = 5.0,
@@ -202,6 +208,7 @@ class Client:
         self.urls = [url] if isinstance(url, str) else list(url)
         self.token = token
         self.first_delay = first_delay
+        self.restart_delay = restart_delay
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.heartbeat_grace = heartbeat_grace
@@ -299,7 +306,8 @@ class Client:
             if code not in RETRY_AFTER and not renewable:
                 self._finish(ClientClosed(code, reason))
                 return
-            await self._pause(random.uniform(0, self.first_delay))
+            delay = self.restart_delay if code == SERVICE_RESTART else self.first_delay
+            await self._pause(random.uniform(0, delay))
 
     async def _open(self) -> tuple[ClientConnection, dict]:
         url = self.urls[self._next_url % len(self.urls)]

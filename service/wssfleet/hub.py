@@ -496,10 +496,20 @@ class Hub:
             worker=self.config.worker_label,
         )
 
-    async def shed(self, count: int, seconds: float) -> None:
-        """Close ``count`` clients with 1012 over ``seconds``, so that they reconnect to
-        emptier instances (the master's rebalancer asks)."""
-        clients = [client for client in self.clients if not client.closing]
+    def clients_via(self, address: str) -> list[Client]:
+        """The clients whose connection comes from ``address`` (the master that proxies
+        them)."""
+        return [
+            client
+            for client in self.clients
+            if (client.transport.get_extra_info("peername") or ("",))[0] == address
+        ]
+
+    async def shed(self, count: int, seconds: float, among: list[Client] | None = None) -> None:
+        """Close ``count`` clients (of ``among``, else any) with 1012 over ``seconds``, so
+        that they reconnect elsewhere: to emptier instances (the rebalancer asks), or through
+        another master (a planned move of the front door)."""
+        clients = [c for c in (self.clients if among is None else among) if not c.closing]
         random.shuffle(clients)
         busiest = await self._close_paced(clients[:count], seconds, "rebalance")
         event("shed", clients=min(count, len(clients)), busiest_second=busiest)

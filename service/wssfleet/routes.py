@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
 from http import HTTPStatus
@@ -151,9 +152,11 @@ class Routes:
         return self.config.jwt_previous_secret.get_secret_value()
 
     def _shed(self, request: WSUpgradeRequest, query: str) -> WSUpgradeResponseWithListener:
-        """GET /internal/shed?count=N&seconds=S, for the master's rebalancer only: it presents
-        the deployment's internal key. HAProxy refuses /internal/ to clients besides, and
-        whatever it forwards carries X-Forwarded-For; either way the path does not exist."""
+        """GET /internal/shed?count=N&seconds=S[&via=ADDRESS], for the masters only: they
+        present the deployment's internal key. With ``via``, only the clients whose connection
+        comes from that address (a master whose front door moved away). HAProxy refuses
+        /internal/ to clients besides, and whatever it forwards carries X-Forwarded-For;
+        either way the path does not exist."""
         key = self.config.internal_key.get_secret_value()
         try:
             presented = single_header(request.headers, "Authorization") or ""
@@ -169,16 +172,24 @@ class Routes:
         try:
             count = int(arguments["count"][0])
             seconds = float(arguments.get("seconds", ["1"])[0])
-            if not (1 <= count <= 1_000_000 and 0.1 <= seconds <= 600):
+            via = arguments.get("via", [""])[0]
+            if not (1 <= count <= 1_000_000 and 0.1 <= seconds <= 600 and len(via) <= 64):
                 raise ValueError
+            if via:
+                via = str(ipaddress.ip_address(via))
         except (KeyError, ValueError):
             return http_response(
-                HTTPStatus.BAD_REQUEST, b"give count=1..1000000 and seconds=0.1..600\n"
+                HTTPStatus.BAD_REQUEST,
+                b"give count=1..1000000, seconds=0.1..600 and optionally via=an IP address\n",
             )
         if self.hub.shedding is not None and not self.hub.shedding.done():
             return http_response(HTTPStatus.CONFLICT, b"already shedding\n")
-        self.hub.shedding = asyncio.get_running_loop().create_task(self.hub.shed(count, seconds))
-        body = json.dumps({"shedding": min(count, len(self.hub.clients))}).encode()
+        among = self.hub.clients_via(via) if via else None
+        self.hub.shedding = asyncio.get_running_loop().create_task(
+            self.hub.shed(count, seconds, among)
+        )
+        shedding = len(self.hub.clients if among is None else among)
+        body = json.dumps({"shedding": min(count, shedding)}).encode()
         return http_response(HTTPStatus.ACCEPTED, body, "application/json")
 
     @staticmethod

@@ -7,6 +7,7 @@ application per channel on the shipped Python client (clients/python) must recei
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import time
@@ -194,6 +195,30 @@ def through(
             for seen in [*subscribers.seen, *(publisher.seen for publisher in publishers)]
         ),
         "fault seconds": round(fault_seconds, 1),
+        # Once the crowd was settled: how each connection ended, and the longest any client
+        # was without one (from a close to its next welcome).
+        "close codes": dict(
+            collections.Counter(
+                code
+                for seen in [*subscribers.seen, *(publisher.seen for publisher in publishers)]
+                for closed_at, code, _ in seen.closes
+                if closed_at >= settled_at
+            )
+        ),
+        "longest without a connection": round(
+            max(
+                (
+                    span
+                    for seen in [*subscribers.seen, *(p.seen for p in publishers)]
+                    for span, (closed_at, _, _) in zip(
+                        seen.offline_spans(time.monotonic()), seen.closes, strict=True
+                    )
+                    if closed_at >= settled_at
+                ),
+                default=0.0,
+            ),
+            2,
+        ),
         "shipped client connections": sum(application.connections for application in shipped),
         "outcome": outcome,
     }

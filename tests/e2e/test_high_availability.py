@@ -440,3 +440,44 @@ def test_a_vrrp_partition_gives_two_holders_and_fires_not_held_once(highly_avail
             for handle in handles:
                 lab.on(master, f"nft delete rule inet wssfleet input handle {handle}")
     wait_for(lambda: len(lab.front_door_holder()) == 1, 30, "one master holds it again")
+
+
+# Issue 36: a planned move of the front door that nobody sees.
+PLANNED_MOVE_OFFLINE_BOUND_SECONDS = 1.0
+
+
+def test_a_planned_move_of_the_front_door_fails_no_handshake_and_loses_nothing(
+    highly_available, source_address
+):
+    lab = highly_available
+    [holder] = lab.front_door_holder()
+    other = next(master.name for master in lab.fleet.masters if master.name != holder)
+
+    def move() -> dict:
+        started = time.monotonic()
+        moved = wssfleet("front-door", "move", timeout=300)
+        return {
+            "code": moved.returncode,
+            "said": moved.stdout.strip(),
+            "log": moved.stderr[-3000:],
+            "seconds": round(time.monotonic() - started, 1),
+        }
+
+    summary = through(lab, [source_address(n) for n in range(53, 61)], move)
+    outcome = summary["outcome"]
+    assert outcome["code"] == 0, outcome
+    assert f"moved from {holder} to {other}" in outcome["said"], outcome
+    assert f"{holder} holds no client" in outcome["said"], outcome
+    assert lab.front_door_holder() == [other]
+    # Every client was moved, and gently: a 1012 from the service, no connection cut (1006),
+    # no handshake refused, nobody offline longer than its own reconnect delay allows.
+    assert set(summary["close codes"]) == {1012}, summary
+    assert summary["close codes"][1012] >= CHANNELS * PER_CHANNEL, summary
+    assert summary["failed handshakes"] == 0, summary
+    assert summary["longest without a connection"] <= PLANNED_MOVE_OFFLINE_BOUND_SECONDS, summary
+    # Nothing of the handover is left: the old holder is a backup again, ready to take the
+    # front door back if need be.
+    for master in (holder, other):
+        state = lab.on(master, "ip -4 -o addr show dev lo; nft list tables; ls /run").stdout
+        assert lab.fleet.front_door not in state, state
+        assert "wssfleet_handover" not in state and "front-door-release" not in state, state

@@ -678,3 +678,42 @@ def test_a_frozen_redis_is_noticed_by_the_health_check_and_delivery_resumes(
 
     noticed = run(scenario())
     assert noticed <= 9.0, f"a frozen Redis went unnoticed for {noticed:.1f} s"
+
+
+def test_a_shed_request_via_a_master_closes_only_the_clients_that_came_through_it(
+    start_service,
+):
+    # A planned move of the front door: the old holder's clients only (their TCP peer is
+    # that master's address; here every client comes from 127.0.0.1).
+    service = start_service(WSSFLEET_INTERNAL_KEY="the-masters-internal-key")
+    base = f"http://127.0.0.1:{service.port}/internal/shed"
+    key = {"Authorization": "Bearer the-masters-internal-key"}
+
+    async def scenario():
+        clients = [await open_client(service) for _ in range(4)]
+        bogus = await asyncio.to_thread(http_status, f"{base}?count=9&via=not-an-address", **key)
+        elsewhere = await asyncio.to_thread(
+            http_status, f"{base}?count=9&seconds=0.2&via=10.9.9.9", **key
+        )
+        await asyncio.sleep(0.5)
+        # None of them came through 10.9.9.9: all still answer.
+        for ws in clients:
+            await request(ws, type="echo", data="still here")
+            assert (await receive(ws, timeout=2))["data"] == "still here"
+        through = await asyncio.to_thread(
+            http_status, f"{base}?count=9&seconds=0.5&via=127.0.0.1", **key
+        )
+        await asyncio.sleep(1.5)
+        codes = []
+        for ws in clients:
+            try:
+                await request(ws, type="echo", data="x")
+                await receive(ws, timeout=2)
+                codes.append(None)
+            except ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else 1006)
+        return (bogus, elsewhere, through), codes
+
+    answers, codes = run(scenario())
+    assert answers == (400, 202, 202)
+    assert codes == [1012] * 4

@@ -44,6 +44,7 @@ import urllib.request
 from layout import (  # beside this file on the host
     ADMIN_SOCKET,
     BACKEND,
+    FRONT_DOOR_RELEASE,
     HAPROXY_CERTIFICATE,
     MASTER_SOCKET,
     REBALANCER_ENVIRONMENT,
@@ -202,7 +203,10 @@ def close_old(pid: int, spread_seconds: float) -> int:
 
 def answers(timeout: float = 1.0) -> bool:
     """Whether HAProxy answers an HTTP request on :80 (a redirect is an answer): a process
-    that is gone or frozen does not, though the kernel may still accept the connection."""
+    that is gone or frozen does not, though the kernel may still accept the connection. No
+    while a planned move gives the front door away (FRONT_DOOR_RELEASE)."""
+    if os.path.exists(FRONT_DOOR_RELEASE):
+        return False
     try:
         with socket.create_connection(("127.0.0.1", 80), timeout=timeout) as connection:
             connection.settimeout(timeout)
@@ -410,13 +414,15 @@ def internal_setting(name: str) -> str:
     return value or ""
 
 
-def shed(address: str, count: int, seconds: float) -> str:
+def shed(address: str, count: int, seconds: float, via: str = "") -> str:
     """Ask the instance at ``address`` (host:port) to close ``count`` clients with 1012 over
-    ``seconds``; its answer. OSError when it cannot be asked."""
+    ``seconds`` (with ``via``, only those that came through the master at that address); its
+    answer. OSError when it cannot be asked."""
     authority = internal_setting("WSSFLEET_INTERNAL_CA")
     scheme = "https" if authority else "http"
+    through = f"&via={via}" if via else ""
     request = urllib.request.Request(
-        f"{scheme}://{address}/internal/shed?count={count}&seconds={seconds}",
+        f"{scheme}://{address}/internal/shed?count={count}&seconds={seconds}{through}",
         headers={"Authorization": f"Bearer {internal_setting('WSSFLEET_INTERNAL_KEY')}"},
     )
     context = ssl.create_default_context(cafile=authority) if authority else None

@@ -69,6 +69,12 @@ REBALANCER_UNIT = "wssfleet-rebalancer.service"
 # The internal key the rebalancer presents to the workers' /internal/shed: root's only,
 # systemd reads it into the rebalancer's environment.
 REBALANCER_ENVIRONMENT = "/etc/wssfleet-rebalancer.env"
+# A planned move of the front door (front_door_handover.py): while FRONT_DOOR_RELEASE exists,
+# keepalived's check fails on this master, so it gives the front door away; what the move
+# changed on this host, to undo it.
+FRONT_DOOR_RELEASE = "/run/wssfleet-front-door-release"
+HANDOVER_STATE = "/run/wssfleet-front-door-handover.json"
+HANDOVER_HELPER = helper("front_door_handover.py")
 # The canary on each master (roles/canary.py): its key, root's only, read into its
 # environment by systemd; the roots it checks the front door's certificate with when they
 # are not the system's (a private ACME server, the private CA).

@@ -1,7 +1,9 @@
 // wssfleet's client contract for browsers (and any runtime with a WebSocket global), as an
 // ES module with no build step: `import { Client } from "/wssfleet-client.js"`.
 //
-// - closed with 1001, 1006 or 1012: reconnect after a random delay in [0, firstDelayMs];
+// - closed with 1001 or 1006: reconnect after a random delay in [0, firstDelayMs]; with 1012
+//   (a drain, a rebalance, a planned move of the front door: the fleet paces those closes
+//   itself) after one in [0, restartDelayMs];
 //   a failed attempt: wait a random delay in [0, min(backoffMaxMs, backoffBaseMs * 2^n)];
 //   with several URLs (DNS mode: every master's address) each attempt tries the next;
 // - closed with 1008 or a 4xxx code: stop, and say why (onEvent("stopped", ...));
@@ -26,6 +28,7 @@
 //   await client.publish("lobby", "hello");   // resolves with its offset once stored
 
 const RETRY_AFTER = new Set([1001, 1006, 1012]);
+const SERVICE_RESTART = 1012;
 const TOKEN_EXPIRED = 4001;
 const REFRESH_ID = "refresh";
 const SUBSCRIBE_ID = "subscribe:";
@@ -36,6 +39,7 @@ export class Client {
     this.urls = Array.isArray(urls) ? urls : [urls];
     this.token = options.token ?? "";
     this.firstDelayMs = options.firstDelayMs ?? 1000;
+    this.restartDelayMs = options.restartDelayMs ?? 250;
     this.backoffBaseMs = options.backoffBaseMs ?? 500;
     this.backoffMaxMs = options.backoffMaxMs ?? 10000;
     this.heartbeatGraceMs = options.heartbeatGraceMs ?? 5000;
@@ -133,15 +137,15 @@ export class Client {
         this.#stop(event.code, event.reason || "closed by the server");
         return;
       }
-      this.#retry(opened, `closed ${event.code}`);
+      this.#retry(opened, `closed ${event.code}`, event.code);
     };
   }
 
-  #retry(wasOpen, why) {
+  #retry(wasOpen, why, code) {
     if (this.stopped) return;
     let delay;
     if (wasOpen) {
-      delay = Math.random() * this.firstDelayMs;
+      delay = Math.random() * (code === SERVICE_RESTART ? this.restartDelayMs : this.firstDelayMs);
     } else {
       this.failures += 1;
       delay = Math.random() * Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** this.failures);
