@@ -249,12 +249,12 @@ def test_a_monitoring_group_moves_prometheus_and_the_firewall_follows(lab, tmp_p
         master_prometheus = lab.on(fleet.master.name, "systemctl is-active prometheus")
         assert master_prometheus.stdout.strip() == "inactive", master_prometheus.stdout
 
-        # Every instance, every host's node_exporter, each master's HAProxy, each Redis,
-        # Prometheus itself, and each instance of an app that serves metrics.
+        # Every instance, every host's node_exporter, each master's HAProxy and canary, each
+        # Redis, Prometheus itself, and each instance of an app that serves metrics.
         expected = (
             sum(len(lab.ports(w.name)) for w in fleet.workers)
             + len(fleet.nodes)
-            + len(fleet.masters)
+            + 2 * len(fleet.masters)
             + len(fleet.redis_nodes)
             + 1
             + sum(
