@@ -605,6 +605,17 @@ def test_keepalive_pings_every_client_and_keeps_those_that_answer(start_service)
     assert run(scenario()) >= 9
 
 
+async def close_code(ws) -> int | None:
+    """How the service closed this client's connection (1006: without a close frame); None
+    while it still answers an echo."""
+    try:
+        await request(ws, type="echo", data="x")
+        await receive(ws, timeout=2)
+        return None
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else 1006
+
+
 def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_service):
     service = start_service(WSSFLEET_INTERNAL_KEY="the-rebalancer-s-internal-key")
     base = f"http://127.0.0.1:{service.port}/internal/shed"
@@ -624,14 +635,7 @@ def test_a_shed_request_closes_that_many_clients_with_1012_and_no_more(start_ser
         nonsense = await asyncio.to_thread(http_status, f"{base}?count=0", **key)
         accepted = await asyncio.to_thread(http_status, f"{base}?count=3&seconds=0.5", **key)
         await asyncio.sleep(1.5)
-        codes = []
-        for ws in clients:
-            try:
-                await request(ws, type="echo", data="x")
-                await receive(ws, timeout=2)
-                codes.append(None)
-            except ConnectionClosed as closed:
-                codes.append(closed.rcvd.code if closed.rcvd else 1006)
+        codes = [await close_code(ws) for ws in clients]
         return (keyless, wrong, forwarded, nonsense, accepted), codes
 
     answers, codes = run(scenario())
@@ -704,14 +708,7 @@ def test_a_shed_request_via_a_master_closes_only_the_clients_that_came_through_i
             http_status, f"{base}?count=9&seconds=0.5&via=127.0.0.1", **key
         )
         await asyncio.sleep(1.5)
-        codes = []
-        for ws in clients:
-            try:
-                await request(ws, type="echo", data="x")
-                await receive(ws, timeout=2)
-                codes.append(None)
-            except ConnectionClosed as closed:
-                codes.append(closed.rcvd.code if closed.rcvd else 1006)
+        codes = [await close_code(ws) for ws in clients]
         return (bogus, elsewhere, through), codes
 
     answers, codes = run(scenario())
