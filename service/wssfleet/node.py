@@ -274,6 +274,10 @@ async def _close_every_client(hub: Hub) -> None:
     )
 
 
+# The one HTTP/1.0 request a process answers (RoutedProtocol): a load balancer's health check.
+HEALTH_CHECK_HTTP10 = b"GET /healthz HTTP/1.0\r\n"
+
+
 class RoutedProtocol(WSProtocol):
     """picows' server protocol, with the peer's address known to the router: picows gives
     its listener factory only the request.
@@ -284,9 +288,16 @@ class RoutedProtocol(WSProtocol):
     buffer under that mark, unless the frame being read already fills it: the buffer grows
     only for a frame that needs the room (at most max_message_bytes and its header, so at
     most about twice that). ``read_size`` follows picows' own size (2.3.1's rule, which
-    tests/unit/test_hostile_frames.py checks through the process's memory)."""
+    tests/unit/test_hostile_frames.py checks through the process's memory).
 
-    __slots__ = ("address", "held", "read_size", "router")
+    And it answers a health check in HTTP/1.0, which picows refuses with 400: HAProxy's
+    default ``option httpchk`` sends ``GET /healthz HTTP/1.0`` (no Host), so a load balancer
+    configured the common way would mark every instance down. Only that exact request line is
+    read as HTTP/1.1 (same length, mended in place before picows parses it) and answered like
+    any /healthz; any other HTTP/1.0 request, an upgrade included, is still refused (RFC 6455
+    asks for HTTP/1.1)."""
+
+    __slots__ = ("address", "first_read", "held", "read_size", "router")
 
     def __init__(
         self,
@@ -316,10 +327,14 @@ class RoutedProtocol(WSProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.address = transport.get_extra_info("peername")
         self.read_size = self.held = 0
+        self.first_read = None
         super().connection_made(transport)
 
     def get_buffer(self, size_hint: int) -> memoryview:
         view = super().get_buffer(size_hint)
+        if self.address is not None and self.held == 0:
+            # Before the request is routed, its first read: it starts the buffer.
+            self.first_read = view
         free = len(view)
         size = self.read_size
         if not size:
@@ -329,6 +344,11 @@ class RoutedProtocol(WSProtocol):
         return view[:room] if room > 0 else view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.first_read is not None:
+            first, self.first_read = self.first_read, None
+            length = len(HEALTH_CHECK_HTTP10)
+            if nbytes >= length and first[:length] == HEALTH_CHECK_HTTP10:
+                first[length - 5 : length - 2] = b"1.1"
         filled, size = self.held + nbytes, self.read_size
         if 100 * filled >= 91 * size or size - filled <= 256:
             self.read_size = size * 2

@@ -48,6 +48,35 @@ def test_healthz_without_redis_says_redis_disabled(start_service):
     assert health["redis"] == "disabled"
 
 
+def raw_http(port: int, request: bytes) -> bytes:
+    """What the service answers to these bytes, read until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_load_balancer_s_http_1_0_health_check_is_answered(start_service):
+    # HAProxy's `option httpchk GET /healthz`: HTTP/1.0, no Host.
+    service = start_service()
+    answer = raw_http(service.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer
+    assert json.loads(body)["status"] == "ok"
+    # Any other HTTP/1.0 request is still refused: an upgrade needs HTTP/1.1 (RFC 6455).
+    upgrade = (
+        b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert raw_http(service.port, upgrade).startswith(b"HTTP/1.1 400 ")
+    assert raw_http(service.port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    # And HTTP/1.1 as before.
+    again = raw_http(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert again.startswith(b"HTTP/1.1 200 "), again
+
+
 def test_the_listening_socket_queues_a_reconnect_storm(start_service):
     """The kernel queues thousands of connections for accept, not asyncio's default 100: a
     reconnect storm past that would lose SYNs, each retried a second later."""
