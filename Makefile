@@ -41,7 +41,7 @@ VENV_STAMP := $(VENV)/.installed
 SSLYZE := build/sslyze/bin/sslyze
 SSLYZE_VERSION := 6.3.1
 
-.PHONY: help tools control deploy plan rollback drain ready drain-master front-door-move verify check status details renew private-ca test test-unit test-lab test-e2e \
+.PHONY: help tools control deploy plan rollback drain ready drain-master front-door-move soak verify check status details renew private-ca test test-unit test-lab test-e2e \
 	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
 	audit lock-status lock-release logs ssh
 
@@ -195,6 +195,14 @@ test-e2e: tools ## end to end through the deployed lab: TLS, WebSockets, deploy 
 
 lint: tools ## ruff at line length 100
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# `make soak`: outside `make test`, for as long as DURATION (2h, 30m, 900s); SEED picks the
+# faults and their times; the report goes to REPORT (default artifacts/soak-SEED).
+DURATION ?= 2h
+SEED ?= 1
+soak: deploy ## hours of random faults under a crowd, the whole history checked: DURATION= SEED= REPORT=
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[soak]'
+	$(PY) -m tests.soak --duration $(DURATION) --seed $(SEED) $(if $(REPORT),--report $(REPORT))
 
 bench: tools ## wssfleet against the Node ws peer behind the same HAProxy: the performance table
 	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS))

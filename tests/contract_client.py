@@ -322,6 +322,8 @@ class Publisher:
         self.acked: list[tuple[int, str]] = []
         # When each was acknowledged (monotonic seconds).
         self.acked_at: list[float] = []
+        # When each was first sent (monotonic seconds): what its delivery latency counts from.
+        self.first_sent: list[float] = []
         self.refused: list[str] = []
         self.retries = 0
         self.seen = Seen()
@@ -353,6 +355,8 @@ class Publisher:
                     "id": f"{self.channel}-{number}",
                 }
                 self.in_flight = True
+                if number == len(self.first_sent):
+                    self.first_sent.append(time.monotonic())
                 await ws.send(json.dumps(frame))
                 try:
                     reply = await asyncio.wait_for(self._reply(ws, frame["id"]), REPLY_TIMEOUT)

@@ -164,7 +164,7 @@ class Lab:
         holders = []
         for master in self.fleet.masters:
             try:
-                shown = self.on(master.name, f"ip -4 -o addr show to {front_door}", timeout=5)
+                shown = self.on(master.name, commands.holds_address(front_door), timeout=5)
             except subprocess.TimeoutExpired:
                 continue  # cut off: it holds nothing anyone can reach
             if shown.stdout:
