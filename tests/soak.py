@@ -115,9 +115,12 @@ class Latencies:
         return sum(sum(counts) for second, counts in self.seconds.items() if which(second))
 
 
-def offset_key(offset: str) -> tuple[int, ...]:
-    """A stream offset ("ms-seq") as numbers, to compare in order."""
-    return tuple(int(part) for part in offset.split("-")) if offset else ()
+def offset_key(offset: str) -> tuple[str, int, int]:
+    """An offset (``<epoch>:<milliseconds>-<sequence>``, docs/protocol.md) as its epoch and
+    its position in that epoch, to compare in order."""
+    epoch, _, position = offset.rpartition(":")
+    milliseconds, _, sequence = position.partition("-")
+    return epoch, int(milliseconds or 0), int(sequence or 0)
 
 
 @dataclass
@@ -159,9 +162,13 @@ class SoakInbox:
                     self.offset = frame["offset"]
 
     def heard(self, number: int, offset: str, at: float) -> None:
-        if offset_key(offset) <= offset_key(self.offset) and self.answered and self.offset:
-            self.offsets_back += 1
-            self._note(f"offset {offset} after {self.offset}")
+        if self.offset:
+            (epoch, *position), (last_epoch, *last) = offset_key(offset), offset_key(self.offset)
+            # Within one life of the channel's history only: a new epoch comes with a
+            # declared gap (recovered: false).
+            if epoch == last_epoch and position <= last:
+                self.offsets_back += 1
+                self._note(f"offset {offset} after {self.offset}")
         self.offset = offset
         if number == self.expected:
             self.expected += 1

@@ -21,7 +21,7 @@ def inbox() -> SoakInbox:
 def test_messages_in_order_are_counted_and_their_latency_kept():
     seen = inbox()
     for n in range(3):
-        seen.heard(n, f"100-{n}", 10.05 + n)
+        seen.heard(n, f"e1:100-{n}", 10.05 + n)
     assert (seen.expected, seen.missed, seen.repeated, seen.offsets_back) == (3, 0, 0, 0)
     assert seen.latencies.count(lambda _s: True) == 3
     [p50] = seen.latencies.percentiles(lambda _s: True, 0.5)
@@ -30,12 +30,15 @@ def test_messages_in_order_are_counted_and_their_latency_kept():
 
 def test_a_missing_a_repeated_and_a_backward_message_are_each_counted():
     seen = inbox()
-    seen.heard(0, "100-0", 10.0)
-    seen.heard(2, "100-2", 12.0)  # 1 never came
-    seen.heard(2, "100-2", 12.1)  # again, and its offset does not grow
-    seen.heard(3, "100-1", 13.0)  # an offset going back
+    seen.heard(0, "e1:100-0", 10.0)
+    seen.heard(2, "e1:100-2", 12.0)  # 1 never came
+    seen.heard(2, "e1:100-2", 12.1)  # again, and its offset does not grow
+    seen.heard(3, "e1:100-1", 13.0)  # an offset going back
     assert (seen.missed, seen.repeated, seen.offsets_back, seen.expected) == (1, 1, 2, 4)
     assert seen.notes[0] == "messages 1..1 never came"
+    # A new life of the channel's history is no step back.
+    seen.heard(4, "e2:5-0", 14.0)
+    assert seen.offsets_back == 2
 
 
 def test_latency_buckets_are_within_5_percent_and_split_by_second():
