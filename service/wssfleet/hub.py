@@ -483,6 +483,13 @@ class Hub:
         arrived meanwhile are closed at the end of the window."""
         seconds = self.config.drain_seconds
         clients = list(self.clients)
+        # The masters' canaries are probes, not a crowd to pace: closed at once, they stay
+        # away while this process drains and restarts (hostside/canary.py), so a drain
+        # waits for no one but clients.
+        canaries = [c for c in clients if c.may_subscribe == auth.CANARY_CHANNELS]
+        for canary in canaries:
+            self._restart_close(canary, "drain")
+        clients = [c for c in clients if c.may_subscribe != auth.CANARY_CHANNELS]
         event("drain", clients=len(clients), seconds=seconds, worker=self.config.worker_label)
         busiest = await self._close_paced(clients, seconds, "drain")
         latecomers = [client for client in self.clients if not client.closing]

@@ -48,6 +48,10 @@ HANDSHAKE_TIMEOUT = 5.0
 # few seconds; the canary's own messages every interval).
 SILENCE_LIMIT = 15.0
 RECONNECT_DELAY = 0.5
+# After an instance closed the subscription with 1012 or 1001 (a drain, a restart), the
+# canary stays away this long: back at once, it would be a client the instance's drain waits
+# for, and each rollout step would last the whole drain window.
+AWAY_AFTER_RESTART = 10.0
 # Acknowledged publishes remembered per canary: the overdue age of anything older than this
 # many intervals is not told apart (the alert fires long before).
 REMEMBERED = 600
@@ -193,6 +197,10 @@ class WebSocket:
             opcode = first & 0x0F
             if opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                # The close handshake answered (RFC 6455, 5.5.1): a service waits for it, up
+                # to its close timeout, before it lets the connection go; a restart or a
+                # drain would wait those seconds for the canary.
+                self.writer.write(masked(0x8, payload[:2]))
                 raise Closed(f"closed with {code}")
             if opcode == 0x9:
                 self.writer.write(masked(0xA, payload))
@@ -339,14 +347,17 @@ class Canary:
                 log("subscriber_unconnected", server=instance.server, reason=str(error))
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
+            delay = RECONNECT_DELAY
             try:
                 await self.listen_on(socket, instance)
             except Closed as error:
                 log("subscriber_lost", server=instance.server, reason=str(error))
+                if str(error) in ("closed with 1012", "closed with 1001"):
+                    delay = AWAY_AFTER_RESTART
             finally:
                 instance.subscribed_at = None
                 socket.close()
-            await asyncio.sleep(RECONNECT_DELAY)
+            await asyncio.sleep(delay)
 
     async def listen_on(self, socket: WebSocket, instance: Instance) -> None:
         socket.send({"type": "subscribe", "channel": self.channel})
