@@ -208,19 +208,20 @@ class Sample:
     files: int
 
 
-# What the sampler runs on each host: the largest process of each unit it watches, with its
-# RSS and open files.
+# What the sampler runs on each host: the largest process of each unit it watches (its main
+# process or a child: HAProxy's worker), with its RSS and open files.
 SAMPLE_SCRIPT = r"""
 for unit in $(systemctl list-units --plain --no-legend --state=running \
         'wssfleet@*' haproxy.service redis-server.service | awk '{print $1}'); do
     best=0; bestpid=0
-    for pid in $(cat /sys/fs/cgroup/system.slice/$unit/cgroup.procs 2>/dev/null \
-            /sys/fs/cgroup/system.slice/system-wssfleet.slice/$unit/cgroup.procs 2>/dev/null); do
+    main=$(systemctl show -p MainPID --value "$unit")
+    for pid in $main $(pgrep -P "$main"); do
         rss=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
         [ -n "$rss" ] && [ "$rss" -gt "$best" ] && best=$rss && bestpid=$pid
     done
     [ "$bestpid" -gt 0 ] && echo "$unit $bestpid $best $(ls /proc/$bestpid/fd | wc -l)"
 done
+true
 """
 
 
