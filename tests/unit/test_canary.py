@@ -5,6 +5,7 @@ runs it against the fleet."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 
 import pytest
@@ -74,13 +75,72 @@ def the_canary(instances: int = 2) -> canary.Canary:
     return canary.Canary(args, CANARY_KEY)
 
 
-def message(sequence: int, sender: str = "wssfleet-canary.m") -> dict:
+def message(sequence: int, run: str, sender: str = "wssfleet-canary.m") -> dict:
     return {
         "type": "message",
         "channel": "wssfleet.canary.m",
         "from": sender,
-        "data": {"seq": sequence},
+        "data": {"seq": sequence, "run": run},
     }
+
+
+class RecordingSocket:
+    """Takes what the canary sends; answers each publish with the acknowledgement given."""
+
+    def __init__(self, answer) -> None:
+        self.sent: list[dict] = []
+        self.replies: asyncio.Queue[dict] = asyncio.Queue()
+        self.answer = answer
+
+    def send(self, frame: dict) -> None:
+        self.sent.append(frame)
+        self.replies.put_nowait(self.answer(frame))
+
+    async def receive(self) -> dict:
+        reply = await self.replies.get()
+        if reply is None:
+            raise canary.Closed("closed with 1000")
+        return reply
+
+
+def acknowledged_after_publishing(watcher: canary.Canary, answer) -> list[dict]:
+    """One publish through a socket whose only acknowledgement is answer(publish)."""
+
+    async def one_publish():
+        socket = RecordingSocket(answer)
+        reading = asyncio.create_task(watcher.hear_acknowledgements(socket))
+        publishing = asyncio.create_task(watcher.publish_on(socket, reading))
+        await asyncio.sleep(0.05)
+        socket.replies.put_nowait(None)
+        with pytest.raises(canary.Closed):
+            await publishing
+        return socket.sent
+
+    return asyncio.run(one_publish())
+
+
+def test_a_restarted_canary_is_never_acknowledged_with_an_earlier_runs_message():
+    # The service answers a publish id it has seen with the first publish's offset and does
+    # not publish again: a canary counting from 1 after a restart would be acknowledged for
+    # messages nobody receives (a lab deploy stalled every instance's alert for 90 s).
+    before, after = the_canary(), the_canary()
+    sent = acknowledged_after_publishing(
+        before, lambda frame: {"type": "published", "id": frame["id"], "offset": "e:1"}
+    )
+    assert len(sent) == 1 and before.acknowledged.keys() == {1}
+    again = acknowledged_after_publishing(
+        after, lambda frame: {"type": "published", "id": sent[0]["id"], "offset": "e:1"}
+    )
+    assert again[0]["id"] != sent[0]["id"] and again[0]["data"]["seq"] == 1
+    # The earlier run's acknowledgement says nothing of this one's publish.
+    assert not after.acknowledged
+    # Nor does the earlier run's message, in flight when this one subscribed.
+    instance = after.instances[0]
+    instance.subscribed_at, instance.received = 100.0, 0
+    after.heard(instance, message(1, before.run_id))
+    assert instance.received == 0
+    after.heard(instance, message(1, after.run_id))
+    assert instance.received == 1
 
 
 def test_an_instance_owes_each_message_acknowledged_after_its_subscription():
@@ -94,15 +154,15 @@ def test_an_instance_owes_each_message_acknowledged_after_its_subscription():
         watcher.sequence = sequence
         watcher.sent[sequence] = at - 0.01
         watcher.acknowledged[sequence] = at
-    watcher.heard(first, message(4))
-    watcher.heard(first, message(5))
+    watcher.heard(first, message(4, watcher.run_id))
+    watcher.heard(first, message(5, watcher.run_id))
     assert watcher.overdue(first, 110.0) == 0
     # The second heard nothing: it owes message 4 since its acknowledgement.
     assert watcher.overdue(second, 110.0) == pytest.approx(9.0)
     # Someone else's message on the channel proves nothing.
-    watcher.heard(second, message(4, sender="intruder"))
+    watcher.heard(second, message(4, watcher.run_id, sender="intruder"))
     assert watcher.overdue(second, 110.0) == pytest.approx(9.0)
-    watcher.heard(second, message(4))
+    watcher.heard(second, message(4, watcher.run_id))
     assert watcher.overdue(second, 110.0) == pytest.approx(8.0)
     # Not subscribed (reconnecting): it owes nothing; its clients are elsewhere.
     second.subscribed_at = None

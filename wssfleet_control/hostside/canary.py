@@ -265,12 +265,27 @@ class Canary:
         if args.instance_ca:
             self.instance_tls = ssl.create_default_context(cafile=args.instance_ca)
         self.instances = [parse_instance(text) for text in args.instance]
+        # Names this process's publishes: the service answers a publish whose id it has seen
+        # (from this subject, within history_ttl) with the first one's offset and does not
+        # publish it again, so a restarted canary counting from 1 would be acknowledged for
+        # messages nobody receives.
+        self.run_id = os.urandom(6).hex()
         self.sequence = 0
         self.sent: dict[int, float] = {}
         self.acknowledged: collections.OrderedDict[int, float] = collections.OrderedDict()
         self.published = 0
+        # The last reason each connection (the publisher's, each instance's) failed for: a
+        # connection refused every RECONNECT_DELAY is said once, not twice a second.
+        self.failing: dict[str, str] = {}
         self.started = time.monotonic()
         self.last_acknowledged = self.started
+
+    def failed(self, event: str, reason: str, **fields: str) -> None:
+        """Log a failed connection when it fails for a new reason."""
+        who = " ".join((event, *fields.values()))
+        if self.failing.get(who) != reason:
+            self.failing[who] = reason
+            log(event, reason=reason, **fields)
 
     def token(self) -> str:
         return mint(self.key, self.subject, self.ttl)
@@ -283,9 +298,10 @@ class Canary:
                     self.front_door, 443, "/ws", self.token(), self.site_tls, self.server_name
                 )
             except Closed as error:
-                log("publisher_unconnected", reason=str(error))
+                self.failed("publisher_unconnected", str(error))
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
+            self.failing.pop("publisher_unconnected", None)
             log("publisher_connected")
             reading = asyncio.create_task(self.hear_acknowledgements(socket))
             try:
@@ -305,9 +321,14 @@ class Canary:
             # Sent but never acknowledged (a connection lost on the way) is forgotten.
             for old in [s for s in self.sent if s < self.sequence - REMEMBERED]:
                 del self.sent[old]
-            message = {"seq": self.sequence, "from": self.name}
+            message = {"seq": self.sequence, "run": self.run_id, "from": self.name}
             socket.send(
-                {"type": "publish", "channel": self.channel, "data": message, "id": self.sequence}
+                {
+                    "type": "publish",
+                    "channel": self.channel,
+                    "data": message,
+                    "id": f"{self.run_id}.{self.sequence}",
+                }
             )
             self.published += 1
             if time.monotonic() - refreshed > self.ttl / 2:
@@ -319,8 +340,8 @@ class Canary:
     async def hear_acknowledgements(self, socket: WebSocket) -> None:
         while True:
             message = await socket.receive()
-            if message.get("type") == "published" and isinstance(message.get("id"), int):
-                sequence = message["id"]
+            if message.get("type") == "published":
+                sequence = self.sequence_of(message.get("id"))
                 if sequence in self.sent:
                     now = time.monotonic()
                     self.acknowledged[sequence] = now
@@ -329,6 +350,11 @@ class Canary:
                         self.acknowledged.popitem(last=False)
             elif message.get("type") == "error":
                 log("publish_refused", reason=str(message.get("reason"))[:200])
+
+    def sequence_of(self, request_id: object) -> int | None:
+        """The sequence number of one of this process's publish ids, else None."""
+        run, _, sequence = str(request_id).partition(".")
+        return int(sequence) if run == self.run_id and sequence.isdigit() else None
 
     async def subscribe_forever(self, instance: Instance) -> None:
         """Hold a subscription on ``instance`` directly (not through HAProxy)."""
@@ -344,7 +370,7 @@ class Canary:
                     instance.tls_name,
                 )
             except Closed as error:
-                log("subscriber_unconnected", server=instance.server, reason=str(error))
+                self.failed("subscriber_unconnected", str(error), server=instance.server)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
             delay = RECONNECT_DELAY
@@ -369,6 +395,7 @@ class Canary:
                 instance.subscribed_at = time.monotonic()
                 instance.owed_after = self.sequence
                 instance.received = self.sequence
+                self.failing.pop(f"subscriber_unconnected {instance.server}", None)
                 log("subscribed", server=instance.server)
             elif kind == "message" and message.get("channel") == self.channel:
                 self.heard(instance, message)
@@ -382,6 +409,9 @@ class Canary:
         data = message.get("data")
         # Only the canary's own: anyone else's message on its channel proves nothing.
         if message.get("from") != self.subject or not isinstance(data, dict):
+            return
+        # An earlier process's (in flight while this one started) says nothing of this one's.
+        if data.get("run") != self.run_id:
             return
         sequence = data.get("seq")
         if not isinstance(sequence, int) or sequence <= instance.received:
