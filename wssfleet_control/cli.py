@@ -438,7 +438,9 @@ def ready(inventory_path: str, worker_name: str) -> None:
     click.echo(f"{worker_name} is back in rotation")
 
 
-def _move_front_door(inventory_path: str, away_from: str | None, to: str | None) -> None:
+def _move_front_door(
+    inventory_path: str, away_from: str | None, to: str | None, as_json: bool
+) -> None:
     from wssfleet_control import front_door_move
 
     require_lab(inventory_path)
@@ -452,12 +454,22 @@ def _move_front_door(inventory_path: str, away_from: str | None, to: str | None)
             outcome = "ok" if not moved.sessions_left else "clients left"
         except front_door_move.MoveError as error:
             outcome = _outcome([str(error)])
+            if as_json:
+                click.echo(json.dumps({"ok": False, "errors": [str(error)]}, indent=2))
             raise Failure(str(error)) from None
         finally:
             lock.finish(outcome)
-    click.echo(moved.said())
-    if moved.sessions_left:
-        raise Failure(f"{moved.away_from} still holds {moved.sessions_left} clients")
+    left = (
+        [f"{moved.away_from} still holds {moved.sessions_left} clients"]
+        if moved.sessions_left
+        else []
+    )
+    if as_json:
+        click.echo(json.dumps({"ok": not left, **moved.report(), "errors": left}, indent=2))
+    else:
+        click.echo(moved.said())
+    if left:
+        raise Failure(left[0])
 
 
 @main.group("front-door")
@@ -467,21 +479,23 @@ def front_door() -> None:
 
 @front_door.command("move")
 @inventory_option
+@json_option
 @click.option("--to", "to", metavar="MASTER", help="the master to take it (default: another)")
-def front_door_move(inventory_path: str, to: str | None) -> None:
+def front_door_move(inventory_path: str, as_json: bool, to: str | None) -> None:
     """Hand the front door to another master on purpose, without a client noticing: the old
     holder keeps serving its connections, which then move with 1012 over drain_seconds;
     done when it holds no client."""
-    _move_front_door(inventory_path, None, to)
+    _move_front_door(inventory_path, None, to, as_json)
 
 
 @main.command("drain-master")
 @inventory_option
+@json_option
 @click.argument("master_name", metavar="MASTER")
-def drain_master(inventory_path: str, master_name: str) -> None:
+def drain_master(inventory_path: str, as_json: bool, master_name: str) -> None:
     """Before maintenance of MASTER: if it holds the front door, hand it to another master;
     move its clients (1012, over drain_seconds) and wait until it holds none."""
-    _move_front_door(inventory_path, master_name, None)
+    _move_front_door(inventory_path, master_name, None, as_json)
 
 
 @main.command()

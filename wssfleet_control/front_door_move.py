@@ -34,6 +34,17 @@ class Moved:
     empty_after: float
     sessions_left: int
 
+    def report(self) -> dict[str, object]:
+        """For --json: the same facts as said(), a field each (seconds; -1 where the
+        address did not have to move)."""
+        return {
+            "from": self.away_from,
+            "to": self.to,
+            "address_moved_after_seconds": round(self.address_moved_after, 3),
+            "empty_after_seconds": round(self.empty_after, 3),
+            "sessions_left": self.sessions_left,
+        }
+
     def said(self) -> str:
         moved = (
             f"the front door moved from {self.away_from} to {self.to} in "

@@ -124,4 +124,8 @@ def test_draining_a_master_without_the_front_door_only_waits_for_its_stragglers(
     moved = front_door_move.move(hosts, away_from="m2", say=lambda _line: None)
     assert (moved.away_from, moved.to, moved.sessions_left) == ("m2", "m1", 0)
     assert "m2 did not hold the front door (m1 does)" in moved.said()
+    # --json: the same facts, a field each.
+    report = moved.report()
+    assert (report["from"], report["to"], report["sessions_left"]) == ("m2", "m1", 0)
+    assert report["address_moved_after_seconds"] == -1 and report["empty_after_seconds"] >= 0
     assert hosts.steps() == []
