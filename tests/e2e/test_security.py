@@ -172,7 +172,9 @@ def secrets_seen(lab, host: str) -> dict:
 
 
 def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_it(lab, tmp_path):
-    overlap = 45
+    # The token lifetime, and so the old key's overlap: an old token minted just before the
+    # rotation must outlive its rollout (39 s in the lab, over 45 s in a CI run).
+    overlap = 80
     # Deployed by a sudo user, as a watcher on the hosts tries to read every secret uploaded.
     own = derived_inventory(tmp_path, own_secrets=True, ssh_user=SUDO_USER, token_max_ttl=overlap)
     watched = [lab.fleet.master.name, lab.fleet.workers[0].name]
@@ -189,8 +191,11 @@ def test_a_rotated_key_keeps_old_tokens_through_the_overlap_then_a_revoke_drops_
             assert report["seen"] == [CANARY_FILE] and report["rounds"] > 10, (host, report)
         old_key = secrets.load(own, create=False)["jwt_secret"]
         old_token = auth.mint(old_key, "before", overlap, subscribe=["*"], publish=["*"])
+        rotation_started = time.monotonic()
         rotation = wssfleet("rotate-secret", "-i", str(own), "--json")
         assert rotation.returncode == 0, rotation.stdout[-2000:] + rotation.stderr[-2000:]
+        rotated_in = time.monotonic() - rotation_started
+        assert rotated_in < overlap - 10, f"the rotation took {rotated_in:.0f} s of {overlap}"
         assert json.loads(rotation.stdout)["ok"]
         stored = secrets.load(own, create=False)
         assert stored["jwt_secret"] != old_key and stored["jwt_previous_secret"] == old_key
