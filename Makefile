@@ -42,7 +42,7 @@ SSLYZE := build/sslyze/bin/sslyze
 SSLYZE_VERSION := 6.3.1
 
 .PHONY: help tools control deploy plan rollback drain ready drain-master front-door-move soak verify check status details renew private-ca test test-unit test-lab test-e2e \
-	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-loopback token rotate-secret \
+	test-browser test-infra test-debian12 lab-up lab-down lint bench bench-storm bench-capacity bench-publish bench-loopback token rotate-secret \
 	audit lock-status lock-release logs ssh
 
 help: ## list the commands
@@ -212,6 +212,9 @@ bench-storm: tools ## only make bench's reconnect storm, against the same peer
 
 bench-capacity: tools ## only make bench's capacity rows: a process of each side at the open-file limit; the lab's master at haproxy_maxconn when the lab is up
 	$(PY) -m bench --capacity-only $(if $(ROUNDS),--rounds $(ROUNDS))
+
+bench-publish: tools ## only make bench's publish rows: throughput, how long a publish waits for its answer, with and without a Redis replica
+	$(PY) -m bench --publish-only $(if $(ROUNDS),--rounds $(ROUNDS))
 
 bench-loopback: tools ## the service alone on loopback; COMPARE=<git revision> adds a column for it
 	$(PY) -m bench.loopback $(if $(COMPARE),--compare $(COMPARE))

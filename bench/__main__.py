@@ -21,4 +21,11 @@ parser.add_argument(
     const="capacity",
     help="only the capacity rows (make bench-capacity)",
 )
+parser.add_argument(
+    "--publish-only",
+    dest="only",
+    action="store_const",
+    const="publish",
+    help="only the publish rows: throughput, acknowledgement, with a replica (make bench-publish)",
+)
 main(parser.parse_args())

@@ -1,9 +1,13 @@
 """The capacity rows of `make bench` (alone: `make bench-capacity`): one service process of each
 side holding as many idle connections as this machine's open-file limit lets one process hold,
 reached directly on loopback (HAProxy's two descriptors a connection would halve the count),
-on Redis as deployed. For each side: how many of them are still open after the window, the
-process's resident memory per connection, and its CPU per heartbeat round (every connection
-sent one heartbeat), counted over the window."""
+on Redis as deployed. For each side: how many of them are still open after the windows, the
+process's resident memory per connection, its CPU per heartbeat round (every connection sent
+one heartbeat), counted over an idle window, and the share of one core that the browser
+client's path probes add at that size (each connection an empty frame per deployed heartbeat
+interval), counted over a second window against an idle one before it and one after.
+
+"""
 
 from __future__ import annotations
 
@@ -28,27 +32,38 @@ def capacity_connections() -> int:
 
 
 def measure_capacity(side: str, redis_url: str, tls: Path, token: str) -> dict[str, float]:
-    from bench.compare import Load, cpu_seconds, processes
+    from bench.compare import PRODUCTION_HEARTBEAT, Load, cpu_seconds, processes
 
     clients = capacity_connections()
     with processes(side, redis_url, count=1) as ([pid], [port]):
         before_rss = rss_kib(pid)
         load = Load(
             {"url": f"ws://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
-             "ca": str(tls / "ca.pem"), "mode": "idle", "clients": clients,
-             "seconds": WINDOW_SECONDS}
+             "ca": str(tls / "ca.pem"), "mode": "probe", "clients": clients,
+             "interval": PRODUCTION_HEARTBEAT, "seconds": WINDOW_SECONDS}
         )  # fmt: skip
         time.sleep(1)
         rss = rss_kib(pid)
         before_cpu = cpu_seconds([pid])
+        time.sleep(WINDOW_SECONDS)
+        idle_cpu = cpu_seconds([pid]) - before_cpu
+        before_cpu = cpu_seconds([pid])
         done = load.run()
-        cpu = cpu_seconds([pid]) - before_cpu
+        probing_cpu = cpu_seconds([pid]) - before_cpu
+        # The heartbeats' own CPU drifts: the probes are counted against the mean of an idle
+        # window before them and one after.
+        before_cpu = cpu_seconds([pid])
+        time.sleep(WINDOW_SECONDS)
+        idle_after_cpu = cpu_seconds([pid]) - before_cpu
         load.close()
     rounds = WINDOW_SECONDS / BENCH_SETTINGS["heartbeat_interval"]
+    idle_per_second = (idle_cpu + idle_after_cpu) / (2 * WINDOW_SECONDS)
+    probes_cpu = max(0.0, probing_cpu - idle_per_second * done["seconds"])
     return {
         "capacity_open": done["open"],
         "capacity_memory": (rss - before_rss) / clients,
-        "capacity_round_cpu": cpu / rounds * 1000,
+        "capacity_round_cpu": idle_cpu / rounds * 1000,
+        "capacity_probe_share": probes_cpu / done["seconds"] * 100,
     }
 
 

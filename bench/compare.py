@@ -113,14 +113,6 @@ MEASURES = [
         False,
         1,
     ),
-    Measure(
-        "probe_share",
-        f"path probes at {CAPACITY:,} idle connections, one each per {PRODUCTION_HEARTBEAT} s "
-        "heartbeat (from the row above): share of one core",
-        "%",
-        False,
-        2,
-    ),
     Measure("connect_cpu", "service CPU per connection opened (upgrade, JWT)", "µs", False),
     Measure(
         "storm_seconds",
@@ -147,6 +139,14 @@ MEASURES = [
         False,
         1,
     ),
+    Measure(
+        "capacity_probe_share",
+        f"capacity: path probes at {CAPACITY:,} idle connections, one each per "
+        f"{PRODUCTION_HEARTBEAT} s: share of one core",
+        "%",
+        False,
+        2,
+    ),
     *(
         Measure(
             f"publish_{count}",
@@ -156,6 +156,23 @@ MEASURES = [
         )
         for count, noun in ((1, "process"), (2, "processes"), (4, "processes"))
     ),
+    Measure(
+        "publish_ack_p50",
+        f"publish acknowledgement, {PAIRS} publishers, 1 process: p50",
+        "ms",
+        False,
+        2,
+    ),
+    Measure("publish_ack_p99", "publish acknowledgement: p99", "ms", False, 2),
+    Measure(
+        "replica_publish",
+        f"with a Redis replica (wssfleet waits for it, the peer has none to wait for): publish "
+        f"throughput, {PAIRS} publishers, 1 process",
+        "msg/s",
+        True,
+    ),
+    Measure("replica_ack_p50", "with a Redis replica: publish acknowledgement p50", "ms", False, 2),
+    Measure("replica_ack_p99", "with a Redis replica: publish acknowledgement p99", "ms", False, 2),
 ]
 # Typography of the table, spelled out so that no one mistakes them for ASCII.
 TIMES, EN_DASH = "\u00d7", "\u2013"
@@ -367,6 +384,8 @@ def measure_side(side: str, redis_url: str, tls: Path, only: str | None) -> dict
         return reconnect_storm(side, redis_url, tls, token)
     if only == "capacity":
         return measure_capacity(side, redis_url, tls, token)
+    if only == "publish":
+        return measure_publishing(side, redis_url, tls, token)
     results: dict[str, float] = {}
     with processes(side, redis_url) as (pids, ports), haproxy(tls, ports) as port:
         base = {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
@@ -389,8 +408,6 @@ def measure_side(side: str, redis_url: str, tls: Path, only: str | None) -> dict
         done, cpu = run_measured(probe, pids)
         results["probe_cpu"] = max(0.0, cpu - idle_cpu * done["seconds"] / HEARTBEAT_SECONDS)
         results["probe_cpu"] *= 1e6 / done["sent"]
-        per_second = CAPACITY / PRODUCTION_HEARTBEAT
-        results["probe_share"] = per_second * results["probe_cpu"] / 1e6 * 100
 
         echo = {**base, "mode": "echo", "clients": 50, "bytes": 256, "seconds": ECHO_SECONDS}
         runs = [run_measured(echo, pids) for _ in range(RUNS_A_ROUND)]
@@ -417,8 +434,7 @@ def measure_side(side: str, redis_url: str, tls: Path, only: str | None) -> dict
 
         done, cpu = run_measured({**base, "mode": "connect", "count": CONNECTIONS_OPENED}, pids)
         results["connect_cpu"] = cpu / done["connections"] * 1e6
-    for count in (1, 2, 4):
-        results[f"publish_{count}"] = publish_throughput(side, redis_url, tls, token, count)
+    results.update(measure_publishing(side, redis_url, tls, token))
     results.update(reconnect_storm(side, redis_url, tls, token))
     results.update(measure_capacity(side, redis_url, tls, token))
     return results
@@ -443,20 +459,43 @@ def reconnect_storm(side: str, redis_url: str, tls: Path, token: str) -> dict[st
     return {"storm_seconds": done["seconds"], "storm_cpu": cpu / STORM_CLIENTS * 1e6}
 
 
-def publish_throughput(side: str, redis_url: str, tls: Path, token: str, count: int) -> float:
+def measure_publishing(side: str, redis_url: str, tls: Path, token: str) -> dict[str, float]:
+    """Publish throughput on 1, 2 and 4 processes, and with one process how long a publish
+    waits for its acknowledgement: on the bench's Redis, then on a primary with a replica,
+    as a fleet of two masters runs (wssfleet then waits for the replica; the peer does not)."""
+    results: dict[str, float] = {}
+    for count in (1, 2, 4):
+        done = publish_throughput(side, redis_url, tls, token, count)
+        results[f"publish_{count}"] = done["published"] / done["seconds"]
+        if count == 1:
+            results["publish_ack_p50"] = done["ack_p50_ms"]
+            results["publish_ack_p99"] = done["ack_p99_ms"]
+    with redis_server(replica=True) as replicated_url:
+        # wssfleet's processes count a primary's replicas every second: past the first count.
+        done = publish_throughput(side, replicated_url, tls, token, 1, settle=1.5)
+    results["replica_publish"] = done["published"] / done["seconds"]
+    results["replica_ack_p50"] = done["ack_p50_ms"]
+    results["replica_ack_p99"] = done["ack_p99_ms"]
+    return results
+
+
+def publish_throughput(
+    side: str, redis_url: str, tls: Path, token: str, count: int, settle: float = 0.0
+) -> dict:
     """Messages stored and delivered a second by ``count`` processes (channels routed to the
-    processes that serve them)."""
+    processes that serve them), and how long each publish waited for its answer."""
     with processes(side, redis_url, count) as (_, ports), haproxy(tls, ports) as port:
         load = Load(
             {"url": f"wss://127.0.0.1:{port}", "token": token, "origin": ORIGIN,
              "ca": str(tls / "ca.pem"), "mode": "publish", "pairs": PAIRS,
              "seconds": PUBLISH_SECONDS}
         )  # fmt: skip
+        time.sleep(settle)
         done = load.run()
         load.close()
     if done["delivered"] != done["published"]:
         raise RuntimeError(f"{side}: {done['delivered']} of {done['published']} delivered")
-    return done["published"] / done["seconds"]
+    return done
 
 
 def ensure_peer_installed() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from tests.processes import RedisServer, free_port, wait_for_port
+from tests.processes import RedisServer, Replica, free_port, wait_for_port
 from wssfleet import auth
 from wssfleet_control.checkout import REPO
 
@@ -103,17 +103,37 @@ def start_service(port: int, source: Path | None, redis_url: str = "") -> subpro
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server(replica: bool = False) -> Iterator[str]:
     """A redis-server as deployed (append-only file, everysec, the message plane's functions
     loaded), with one user for everything: an earlier revision (--compare) ran scripts, which
-    the deployed rules refuse. Yields its URL."""
+    the deployed rules refuse. With ``replica``, a second one replicating it, as a fleet of two
+    masters has (publishes then wait for it). Yields the primary's URL."""
     with tempfile.TemporaryDirectory(prefix="wssfleet-bench-redis-") as directory:
         server = RedisServer(Path(directory), deployed_users=False)
         server.start()
+        follower = None
         try:
+            if replica:
+                (Path(directory) / "replica").mkdir()
+                follower = Replica(Path(directory) / "replica", server, deployed_users=False)
+                follower.start()
+                wait_until_in_step(server)
             yield server.url
         finally:
+            if follower is not None:
+                follower.stop()
             server.stop()
+
+
+def wait_until_in_step(primary: RedisServer, seconds: float = 30) -> None:
+    """Until the primary counts one online replica."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        info = primary.cli("INFO", "replication")
+        if info.get("connected_slaves") == 1 and info.get("slave0", {}).get("state") == "online":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the bench's Redis replica was not in step within {seconds} s")
 
 
 @contextlib.contextmanager

@@ -133,6 +133,10 @@ class RedisServer:
                 # to share the transfer with (the Sentinel tests start one per test).
                 "--repl-diskless-sync-delay",
                 "0",
+                # As deployed: a stop always ends (a replica writing its first append-only
+                # file otherwise refuses SIGTERM).
+                "--shutdown-on-sigterm",
+                "force",
                 *self.users(),
                 "--dir",
                 str(self.directory),
@@ -165,6 +169,24 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class Replica(RedisServer):
+    """A redis-server that replicates ``primary`` (as the deploy's operator user, where the
+    deployed users are in place)."""
+
+    def __init__(self, directory: Path, primary: RedisServer, deployed_users: bool = True) -> None:
+        super().__init__(directory, deployed_users)
+        self.primary = primary
+
+    def listening(self) -> list[str]:
+        replicating = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        if self.deployed_users:
+            replicating += ["--masteruser", "wssfleet-admin", "--masterauth", self.admin_password]
+        return [*super().listening(), *replicating]
+
+    def ready(self) -> None:
+        """The functions come from the primary."""
 
 
 def render(role: str, name: str, **variables) -> str:

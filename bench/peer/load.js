@@ -137,27 +137,37 @@ const jobs = {
   },
 
   // `pairs` publishers, each with one subscriber on its own channel; each publisher sends with
-  // an id and waits for the "published" answer before the next, for `seconds`.
+  // an id and waits for the "published" answer before the next, for `seconds`. How many were
+  // published and delivered, and how long each publish waited for its answer (p50, p99).
   async publish() {
     const prefix = `pub-${process.pid}-${Date.now()}`;
     let delivered = 0;
-    const count = () => { delivered += 1; };
+    // Messages only: an idle subscriber also hears the service's heartbeats.
+    const count = (data) => {
+      if (data.toString().startsWith('{"type":"message"')) delivered += 1;
+    };
     const subscribers = await openMany(job.pairs, 50, (i) => open(`/ws/${prefix}-${i}`, 2, count));
     const publishers = await openMany(job.pairs, 50, () => open('/ws', 1));
     return {
       clients: [...subscribers, ...publishers],
       async run() {
         let published = 0;
+        const waits = [];
         const until = performance.now() + job.seconds * 1000;
         const started = performance.now();
         await Promise.all(publishers.map((ws, i) => new Promise((resolve, reject) => {
-          const next = () => ws.send(JSON.stringify(
-            { type: 'publish', channel: `${prefix}-${i}`, data: published, id: published }));
+          let sentAt = 0;
+          const next = () => {
+            sentAt = performance.now();
+            ws.send(JSON.stringify(
+              { type: 'publish', channel: `${prefix}-${i}`, data: published, id: published }));
+          };
           ws.on('message', (data) => {
             const text = data.toString();
             // A refusal would leave this publisher waiting for ever: fail the measure aloud.
             if (text.startsWith('{"type":"error"')) reject(new Error(`publish refused: ${text}`));
             if (!text.startsWith('{"type":"published"')) return;
+            waits.push(performance.now() - sentAt);
             published += 1;
             if (performance.now() < until) next();
             else resolve();
@@ -167,7 +177,14 @@ const jobs = {
         const seconds = (performance.now() - started) / 1000;
         const deadline = performance.now() + 10000;
         while (delivered < published && performance.now() < deadline) await sleep(20);
-        return { published, delivered, seconds };
+        waits.sort((a, b) => a - b);
+        return {
+          published,
+          delivered,
+          seconds,
+          ack_p50_ms: percentile(waits, 0.5),
+          ack_p99_ms: percentile(waits, 0.99),
+        };
       },
     };
   },
@@ -192,7 +209,8 @@ const jobs = {
   },
 
   // `clients` idle connections; on "go", each sends an empty frame (the browser client's path
-  // probe) every `interval` s for `seconds`, spread over the interval; how many were sent.
+  // probe) every `interval` s for `seconds`, spread over the interval; how many were sent, and
+  // how many connections are still open after.
   async probe() {
     const clients = await openMany(job.clients, 50, (index) => open('/ws', 1, null, index));
     return {
@@ -209,7 +227,8 @@ const jobs = {
             await sleep(job.interval * 1000);
           }
         }));
-        return { sent, seconds: (performance.now() - started) / 1000 };
+        const open = clients.filter((ws) => ws.readyState === WebSocket.OPEN).length;
+        return { sent, seconds: (performance.now() - started) / 1000, open };
       },
     };
   },

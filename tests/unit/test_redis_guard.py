@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from roles.redis import SENTINEL_CLIENT_USER, SENTINEL_GUARD_USER
-from tests.processes import RedisServer
+from tests.processes import RedisServer, Replica
 from tests.unit.helpers import wait_until
 from tests.unit.test_sentinel import (
     GUARD_PASSWORD,
     PRIMARY_NAME,
     SENTINEL_PASSWORD,
-    Replica,
     Sentinels,
     started_pair,
 )

@@ -16,36 +16,13 @@ import pytest
 
 from roles.redis import SENTINEL_CLIENT_USER, sentinel_users
 from tests.attacks import SENTINEL_ADMIN_COMMANDS
-from tests.processes import RedisServer, free_port, wait_for_port
+from tests.processes import RedisServer, Replica, free_port, wait_for_port
 from tests.unit.clients import open_client, receive, request, run
 from tests.unit.helpers import wait_until, wait_until_redis
 from wssfleet.broker import Limits
 from wssfleet.redis_broker import COMMAND_TIMEOUT, RedisBus
 
 PRIMARY_NAME = "wssfleet"
-
-
-class Replica(RedisServer):
-    """A redis-server that replicates ``primary`` as the deploy's operator user."""
-
-    def __init__(self, directory: Path, primary: RedisServer) -> None:
-        super().__init__(directory)
-        self.primary = primary
-
-    def listening(self) -> list[str]:
-        return [
-            *super().listening(),
-            "--replicaof",
-            "127.0.0.1",
-            str(self.primary.port),
-            "--masteruser",
-            "wssfleet-admin",
-            "--masterauth",
-            self.admin_password,
-        ]
-
-    def ready(self) -> None:
-        """The functions come from the primary."""
 
 
 SENTINEL_PASSWORD = "the-workers-sentinel-password"
