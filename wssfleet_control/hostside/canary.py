@@ -247,6 +247,11 @@ class Instance:
         self.total += seconds
 
 
+def failing_connection(event: str, fields: dict[str, str]) -> str:
+    """Which connection a failure event is about: the publisher's, or one instance's."""
+    return " ".join((event, *fields.values()))
+
+
 class Canary:
     def __init__(self, args: argparse.Namespace, key: str) -> None:
         self.name = args.name
@@ -282,10 +287,14 @@ class Canary:
 
     def failed(self, event: str, reason: str, **fields: str) -> None:
         """Log a failed connection when it fails for a new reason."""
-        who = " ".join((event, *fields.values()))
+        who = failing_connection(event, fields)
         if self.failing.get(who) != reason:
             self.failing[who] = reason
             log(event, reason=reason, **fields)
+
+    def connected(self, event: str, **fields: str) -> None:
+        """The connection that failed as ``event`` is up again: its next failure is said."""
+        self.failing.pop(failing_connection(event, fields), None)
 
     def token(self) -> str:
         return mint(self.key, self.subject, self.ttl)
@@ -301,7 +310,7 @@ class Canary:
                 self.failed("publisher_unconnected", str(error))
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            self.failing.pop("publisher_unconnected", None)
+            self.connected("publisher_unconnected")
             log("publisher_connected")
             reading = asyncio.create_task(self.hear_acknowledgements(socket))
             try:
@@ -395,7 +404,7 @@ class Canary:
                 instance.subscribed_at = time.monotonic()
                 instance.owed_after = self.sequence
                 instance.received = self.sequence
-                self.failing.pop(f"subscriber_unconnected {instance.server}", None)
+                self.connected("subscriber_unconnected", server=instance.server)
                 log("subscribed", server=instance.server)
             elif kind == "message" and message.get("channel") == self.channel:
                 self.heard(instance, message)
